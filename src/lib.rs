@@ -1,0 +1,12 @@
+//! wsedge: a WebSocket edge for Linux that absorbs connection storms.
+//!
+//! The crate is split so that protocol logic never touches a socket:
+//!
+//! - [`handshake`]: the RFC 6455 opening handshake as a pure function of the bytes
+//!   received so far (parse, validate, negotiate, write the answer), plus the client-side
+//!   check the load generator uses to verify servers.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod handshake;
