@@ -106,6 +106,19 @@ pub const MAX_RESPONSE_HEADER_BYTES: usize = 8192;
 
 /// Checks a server's answer to a request that sent `key` and offered `offered` subprotocols
 /// (and no extensions), as RFC 6455 section 4.1 requires of a client.
+///
+/// ```
+/// use wsedge::handshake::{check_response, ResponseCheck, ResponseError};
+/// let key = b"dGhlIHNhbXBsZSBub25jZQ==";
+/// let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+///            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+/// assert!(matches!(check_response(ok, key, &[]), ResponseCheck::Accepted { protocol: None, .. }));
+/// let refused = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+/// assert_eq!(
+///     check_response(refused, key, &[]),
+///     ResponseCheck::Failed(ResponseError::NotSwitching { status: 401 })
+/// );
+/// ```
 pub fn check_response<'b>(buf: &'b [u8], key: &[u8], offered: &[&str]) -> ResponseCheck<'b> {
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEADER_BYTES)];
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
