@@ -5,8 +5,16 @@
 //! - [`handshake`]: the RFC 6455 opening handshake as a pure function of the bytes
 //!   received so far (parse, validate, negotiate, write the answer), plus the client-side
 //!   check the load generator uses to verify servers.
+//! - [`conn`]: the per-connection state machine (handshake, echo framing, close
+//!   handshake, timeouts), bytes and time in, bytes and socket actions out.
+//! - [`timer`]: the hashed timer wheel that enforces the deadlines.
+//! - [`reactor`]: the per-core threads, listeners and the I/O backends that drive it all.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod conn;
 pub mod handshake;
+pub mod reactor;
+pub mod stats;
+pub mod timer;

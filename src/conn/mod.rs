@@ -1,0 +1,411 @@
+//! The per-connection state machine, with no I/O.
+//!
+//! A backend reads bytes and hands them to [`Conn::on_data`] with the current time; the
+//! connection appends what must be sent to the caller's output buffer and answers with a
+//! [`Next`] telling the backend what to do with the socket. The backend asks
+//! [`Conn::deadline`] after every call and arms its timer wheel accordingly, calling
+//! [`Conn::on_timeout`] when it fires. Both the epoll and the io_uring backends drive this
+//! same code, so they cannot disagree on protocol behaviour.
+//!
+//! # Buffers
+//! Input is processed straight from the backend's buffer; only an incomplete request or
+//! frame is copied into the connection, and that copy is freed once consumed. An idle
+//! upgraded connection therefore owns no heap memory at all.
+
+pub mod frame;
+
+use std::mem;
+
+use crate::handshake::{
+    parse_request, write_rejection, write_switching_protocols, Parse, Policy, Rejection,
+    MAX_RESPONSE_LEN,
+};
+use crate::stats::Counters;
+use frame::{
+    close_frame, parse_client_header, unmask_into, write_close, write_server_header, CloseCode,
+    HeaderParse, OpCode,
+};
+
+/// What an upgraded connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpgrade {
+    /// Send Close (1000) in the same write as the 101, then close: handshake benchmarks.
+    Close,
+    /// Echo every message back: a conforming RFC 6455 endpoint.
+    Echo,
+}
+
+/// Settings shared by every connection of a server.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// What a valid handshake must satisfy.
+    pub policy: Policy,
+    /// Behaviour after the 101.
+    pub after: AfterUpgrade,
+    /// Time from accept to a complete request, in ms.
+    pub handshake_timeout_ms: u64,
+    /// Time an upgraded connection may stay silent, in ms; 0 disables.
+    pub idle_timeout_ms: u64,
+    /// Largest message (after reassembly) accepted in echo mode.
+    pub max_message_bytes: usize,
+    /// How long a closing connection waits for the peer's FIN or Close, in ms.
+    pub linger_ms: u64,
+}
+
+/// What the backend must do with the socket after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Next {
+    /// Send the output and keep reading.
+    Continue,
+    /// Send the output, shut down the write side, then read and discard until the peer
+    /// closes or the deadline passes: a rejection is never cut short by a reset.
+    HalfClose,
+    /// Send the output and close the socket.
+    Close,
+}
+
+/// Everything a connection needs from its caller for one event.
+pub struct Ctx<'a> {
+    /// Server settings.
+    pub config: &'a ConnConfig,
+    /// Current time in ms (any epoch, monotonic).
+    pub now: u64,
+    /// Where to append bytes to send.
+    pub out: &'a mut Vec<u8>,
+    /// The reactor's counters.
+    pub stats: &'a Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a complete upgrade request.
+    Handshake,
+    /// Upgraded, echoing.
+    Open,
+    /// We sent Close; waiting for the peer's Close (ignoring data) or FIN.
+    Closing,
+    /// We answered and shut down our side; discarding input until the peer's FIN.
+    Lingering,
+    /// Nothing left to do but close.
+    Done,
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    /// Message type of a fragmented message in progress.
+    message_opcode: Option<OpCode>,
+    deadline: u64,
+    /// Bytes received but not yet consumed: an incomplete request or frame.
+    pending: Vec<u8>,
+    /// Payload of a fragmented message, unmasked.
+    message: Vec<u8>,
+    /// Output the socket did not take yet.
+    unsent: Vec<u8>,
+}
+
+impl Conn {
+    /// A connection accepted at `now`.
+    pub fn new(config: &ConnConfig, now: u64) -> Self {
+        Conn {
+            phase: Phase::Handshake,
+            message_opcode: None,
+            deadline: now.saturating_add(config.handshake_timeout_ms),
+            pending: Vec::new(),
+            message: Vec::new(),
+            unsent: Vec::new(),
+        }
+    }
+
+    /// When [`Conn::on_timeout`] must be called, in the caller's ms clock.
+    pub fn deadline(&self) -> Option<u64> {
+        (self.deadline != NO_DEADLINE).then_some(self.deadline)
+    }
+
+    /// Whether the connection is upgraded and open.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// Whether the handshake is still in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.phase == Phase::Handshake
+    }
+
+    /// Output a previous write did not finish.
+    pub fn unsent(&self) -> &[u8] {
+        &self.unsent
+    }
+
+    /// Keeps `bytes` to send once the socket is writable again.
+    pub fn keep_unsent(&mut self, bytes: &[u8]) {
+        self.unsent.extend_from_slice(bytes);
+    }
+
+    /// Drops the first `n` unsent bytes, which the socket took.
+    pub fn advance_unsent(&mut self, n: usize) {
+        self.unsent.drain(..n.min(self.unsent.len()));
+        if self.unsent.is_empty() {
+            self.unsent = Vec::new();
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    pub fn on_data(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
+        if self.pending.is_empty() {
+            let (consumed, next) = self.process(data, cx);
+            if next == Next::Continue && consumed < data.len() {
+                self.pending.extend_from_slice(&data[consumed..]);
+            }
+            return next;
+        }
+        let mut pending = mem::take(&mut self.pending);
+        pending.extend_from_slice(data);
+        let (consumed, next) = self.process(&pending, cx);
+        if next == Next::Continue && consumed < pending.len() {
+            pending.drain(..consumed);
+            self.pending = pending;
+        }
+        next
+    }
+
+    /// The peer closed its side (read returned 0).
+    pub fn on_eof(&mut self, _cx: &mut Ctx<'_>) -> Next {
+        self.finish()
+    }
+
+    /// The deadline from [`Conn::deadline`] has passed.
+    pub fn on_timeout(&mut self, cx: &mut Ctx<'_>) -> Next {
+        match self.phase {
+            Phase::Handshake => {
+                Counters::bump(&cx.stats.handshake_timeouts);
+                if self.pending.is_empty() {
+                    // A silent connection gets no answer: nothing says it speaks HTTP.
+                    self.finish()
+                } else {
+                    self.reject(Rejection::Timeout, cx)
+                }
+            }
+            Phase::Open => {
+                Counters::bump(&cx.stats.idle_timeouts);
+                self.start_closing(CloseCode::GOING_AWAY, cx)
+            }
+            Phase::Closing | Phase::Lingering | Phase::Done => self.finish(),
+        }
+    }
+
+    /// The server is shutting down: upgraded connections are closed with 1001, handshakes
+    /// in progress may finish (they are bounded by the handshake timeout).
+    pub fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> Next {
+        match self.phase {
+            Phase::Open => self.start_closing(CloseCode::GOING_AWAY, cx),
+            _ => Next::Continue,
+        }
+    }
+
+    fn finish(&mut self) -> Next {
+        self.phase = Phase::Done;
+        self.deadline = NO_DEADLINE;
+        self.pending = Vec::new();
+        self.message = Vec::new();
+        Next::Close
+    }
+
+    /// Processes `input`; returns how many bytes were consumed (the rest must be kept).
+    fn process(&mut self, input: &[u8], cx: &mut Ctx<'_>) -> (usize, Next) {
+        match self.phase {
+            Phase::Handshake => self.handshake(input, cx),
+            Phase::Open | Phase::Closing => self.frames(input, cx),
+            Phase::Lingering | Phase::Done => (input.len(), Next::Continue),
+        }
+    }
+
+    fn handshake(&mut self, input: &[u8], cx: &mut Ctx<'_>) -> (usize, Next) {
+        let upgrade = match parse_request(input, &cx.config.policy) {
+            Parse::Partial => return (0, Next::Continue),
+            Parse::Reject(rejection) => return (input.len(), self.reject(rejection, cx)),
+            Parse::Upgrade(upgrade) => upgrade,
+        };
+        let mut response = [0u8; MAX_RESPONSE_LEN];
+        let Ok(len) = write_switching_protocols(&mut response, upgrade.key, upgrade.protocol)
+        else {
+            // Only a configured subprotocol name longer than the config allows gets here.
+            return (input.len(), self.finish());
+        };
+        cx.out.extend_from_slice(&response[..len]);
+        Counters::bump(&cx.stats.upgraded);
+        match cx.config.after {
+            AfterUpgrade::Close => {
+                cx.out.extend_from_slice(&close_frame(CloseCode::NORMAL));
+                (input.len(), self.finish())
+            }
+            AfterUpgrade::Echo => {
+                self.phase = Phase::Open;
+                self.touch(cx);
+                // Frames the client sent along with its request are processed now.
+                let (consumed, next) = self.frames(&input[upgrade.header_len..], cx);
+                (upgrade.header_len + consumed, next)
+            }
+        }
+    }
+
+    fn reject(&mut self, rejection: Rejection, cx: &mut Ctx<'_>) -> Next {
+        let mut response = [0u8; MAX_RESPONSE_LEN];
+        if let Ok(len) = write_rejection(&mut response, rejection) {
+            cx.out.extend_from_slice(&response[..len]);
+        }
+        Counters::bump(&cx.stats.rejected);
+        self.linger(cx)
+    }
+
+    fn linger(&mut self, cx: &mut Ctx<'_>) -> Next {
+        self.phase = Phase::Lingering;
+        self.deadline = cx.now.saturating_add(cx.config.linger_ms);
+        self.pending = Vec::new();
+        self.message = Vec::new();
+        self.message_opcode = None;
+        Next::HalfClose
+    }
+
+    /// Resets the idle deadline.
+    fn touch(&mut self, cx: &Ctx<'_>) {
+        self.deadline = match cx.config.idle_timeout_ms {
+            0 => NO_DEADLINE,
+            idle => cx.now.saturating_add(idle),
+        };
+    }
+
+    fn start_closing(&mut self, code: CloseCode, cx: &mut Ctx<'_>) -> Next {
+        write_close(cx.out, code);
+        self.phase = Phase::Closing;
+        self.deadline = cx.now.saturating_add(cx.config.linger_ms);
+        self.message = Vec::new();
+        self.message_opcode = None;
+        Next::Continue
+    }
+
+    /// Fails the WebSocket connection with `code` (RFC 6455 section 7.1.7).
+    fn fail(&mut self, code: CloseCode, cx: &mut Ctx<'_>) -> Next {
+        write_close(cx.out, code);
+        Counters::bump(&cx.stats.protocol_errors);
+        self.linger(cx)
+    }
+
+    fn frames(&mut self, input: &[u8], cx: &mut Ctx<'_>) -> (usize, Next) {
+        if self.phase == Phase::Open {
+            self.touch(cx);
+        }
+        let mut at = 0;
+        loop {
+            let header = match parse_client_header(&input[at..]) {
+                HeaderParse::Partial => return (at, Next::Continue),
+                HeaderParse::Invalid(_) => {
+                    return (input.len(), self.fail(CloseCode::PROTOCOL_ERROR, cx))
+                }
+                HeaderParse::Header(header) => header,
+            };
+            // Refuse an oversized message as soon as its header says so, before buffering it.
+            let limit = cx.config.max_message_bytes as u64;
+            if !header.opcode.is_control()
+                && header.payload_len.saturating_add(self.message.len() as u64) > limit
+            {
+                return (input.len(), self.fail(CloseCode::MESSAGE_TOO_BIG, cx));
+            }
+            let frame_len = header.header_len + header.payload_len as usize;
+            let Some(frame) = input.get(at..at + frame_len) else {
+                return (at, Next::Continue);
+            };
+            at += frame_len;
+            let payload = &frame[header.header_len..];
+            let next = self.on_frame(header.fin, header.opcode, header.mask, payload, cx);
+            if next != Next::Continue {
+                return (input.len(), next);
+            }
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        mask: [u8; 4],
+        payload: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> Next {
+        if self.phase == Phase::Closing {
+            // After our Close only the peer's Close matters (RFC 6455 section 5.5.1).
+            return if opcode == OpCode::Close { self.finish() } else { Next::Continue };
+        }
+        match (opcode, self.message_opcode) {
+            (OpCode::Text | OpCode::Binary, Some(_)) | (OpCode::Continuation, None) => {
+                self.fail(CloseCode::PROTOCOL_ERROR, cx)
+            }
+            (OpCode::Text | OpCode::Binary, None) if fin => {
+                let start = cx.out.len();
+                write_server_header(cx.out, opcode, payload.len());
+                let body = cx.out.len();
+                unmask_into(cx.out, payload, mask);
+                if opcode == OpCode::Text && simdutf8::basic::from_utf8(&cx.out[body..]).is_err() {
+                    cx.out.truncate(start);
+                    return self.fail(CloseCode::INVALID_PAYLOAD, cx);
+                }
+                Next::Continue
+            }
+            (OpCode::Text | OpCode::Binary, None) => {
+                self.message_opcode = Some(opcode);
+                unmask_into(&mut self.message, payload, mask);
+                Next::Continue
+            }
+            (OpCode::Continuation, Some(message_opcode)) => {
+                unmask_into(&mut self.message, payload, mask);
+                if !fin {
+                    return Next::Continue;
+                }
+                let message = mem::take(&mut self.message);
+                self.message_opcode = None;
+                if message_opcode == OpCode::Text && simdutf8::basic::from_utf8(&message).is_err() {
+                    return self.fail(CloseCode::INVALID_PAYLOAD, cx);
+                }
+                write_server_header(cx.out, message_opcode, message.len());
+                cx.out.extend_from_slice(&message);
+                Next::Continue
+            }
+            (OpCode::Ping, _) => {
+                write_server_header(cx.out, OpCode::Pong, payload.len());
+                unmask_into(cx.out, payload, mask);
+                Next::Continue
+            }
+            (OpCode::Pong, _) => Next::Continue,
+            (OpCode::Close, _) => self.on_close_frame(payload, mask, cx),
+        }
+    }
+
+    /// The peer started the close handshake: echo its code and close.
+    fn on_close_frame(&mut self, payload: &[u8], mask: [u8; 4], cx: &mut Ctx<'_>) -> Next {
+        let mut body = Vec::with_capacity(payload.len());
+        unmask_into(&mut body, payload, mask);
+        match body.as_slice() {
+            [] => cx.out.extend_from_slice(&[0x88, 0x00]),
+            [_] => return self.fail(CloseCode::PROTOCOL_ERROR, cx),
+            [hi, lo, reason @ ..] => {
+                let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+                if !code.is_valid_on_wire() {
+                    return self.fail(CloseCode::PROTOCOL_ERROR, cx);
+                }
+                if simdutf8::basic::from_utf8(reason).is_err() {
+                    return self.fail(CloseCode::INVALID_PAYLOAD, cx);
+                }
+                write_close(cx.out, code);
+            }
+        }
+        // The server closes the TCP connection first (RFC 6455 section 7.1.1).
+        self.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! The state machine driven in memory, as a backend would, with no sockets.
+
+use super::*;
+
+fn config(after: AfterUpgrade) -> ConnConfig {
+    ConnConfig {
+        policy: Policy::default(),
+        after,
+        handshake_timeout_ms: 1000,
+        idle_timeout_ms: 5000,
+        max_message_bytes: 64,
+        linger_ms: 100,
+    }
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A connection plus the output it produced, fed as a backend would.
+struct Harness {
+    config: ConnConfig,
+    conn: Conn,
+    stats: Counters,
+    out: Vec<u8>,
+    now: u64,
+}
+
+impl Harness {
+    fn new(after: AfterUpgrade) -> Self {
+        let config = config(after);
+        let conn = Conn::new(&config, 0);
+        Harness { config, conn, stats: Counters::default(), out: Vec::new(), now: 0 }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Next {
+        let mut cx = Ctx { config: &self.config, now: self.now, out: &mut self.out, stats: &self.stats };
+        self.conn.on_data(bytes, &mut cx)
+    }
+
+    fn timeout(&mut self) -> Next {
+        self.now = self.conn.deadline().expect("a deadline is armed");
+        let mut cx = Ctx { config: &self.config, now: self.now, out: &mut self.out, stats: &self.stats };
+        self.conn.on_timeout(&mut cx)
+    }
+
+    fn take_out(&mut self) -> Vec<u8> {
+        mem::take(&mut self.out)
+    }
+
+    fn upgraded() -> Self {
+        let mut h = Harness::new(AfterUpgrade::Echo);
+        assert_eq!(h.feed(REQUEST), Next::Continue);
+        assert!(h.take_out().starts_with(b"HTTP/1.1 101 "));
+        h
+    }
+}
+
+fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xA1, 0xB2, 0xC3, 0xD4];
+    let mut frame = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[test]
+fn close_mode_sends_101_and_close_1000_in_one_output() {
+    let mut h = Harness::new(AfterUpgrade::Close);
+    assert_eq!(h.feed(REQUEST), Next::Close);
+    let out = h.take_out();
+    assert!(out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    assert!(out.ends_with(b"\r\n\r\n\x88\x02\x03\xe8"));
+}
+
+#[test]
+fn request_split_byte_by_byte_upgrades_once() {
+    let mut h = Harness::new(AfterUpgrade::Echo);
+    for (i, byte) in REQUEST.iter().enumerate() {
+        assert_eq!(h.feed(&[*byte]), Next::Continue, "byte {i}");
+        assert_eq!(h.out.is_empty(), i + 1 < REQUEST.len(), "byte {i}");
+    }
+    assert!(h.conn.is_open());
+    assert!(h.conn.pending.capacity() == 0, "an idle upgraded connection holds no buffer");
+}
+
+#[test]
+fn frames_sent_with_the_request_are_echoed() {
+    let mut h = Harness::new(AfterUpgrade::Echo);
+    let mut bytes = REQUEST.to_vec();
+    bytes.extend(masked(true, 1, b"early"));
+    assert_eq!(h.feed(&bytes), Next::Continue);
+    let out = h.take_out();
+    assert!(out.ends_with(b"\x81\x05early"), "{out:?}");
+}
+
+#[test]
+fn fragmented_message_is_reassembled_and_pings_answered_between() {
+    let mut h = Harness::upgraded();
+    let mut bytes = masked(false, 1, b"hel");
+    bytes.extend(masked(true, 9, b"p"));
+    bytes.extend(masked(true, 0, b"lo"));
+    // Split mid-frame to exercise the pending buffer.
+    assert_eq!(h.feed(&bytes[..5]), Next::Continue);
+    assert_eq!(h.feed(&bytes[5..]), Next::Continue);
+    assert_eq!(h.take_out(), b"\x8a\x01p\x81\x05hello");
+    assert!(h.conn.message.capacity() == 0 && h.conn.pending.capacity() == 0);
+}
+
+#[test]
+fn protocol_violations_close_with_their_codes() {
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("unmasked", vec![0x81, 0x01, b'x'], 1002),
+        ("continuation first", masked(true, 0, b"x"), 1002),
+        ("invalid utf-8", masked(true, 1, &[0xff, 0xfe]), 1007),
+        ("too big", masked(true, 2, &[0; 65]), 1009),
+        ("close with 1 byte", masked(true, 8, &[3]), 1002),
+        ("close with code 1005", masked(true, 8, &[0x03, 0xED]), 1002),
+    ];
+    for (name, frame, code) in cases {
+        let mut h = Harness::upgraded();
+        assert_eq!(h.feed(&frame), Next::HalfClose, "{name}");
+        assert_eq!(h.take_out(), close_frame(CloseCode(code)), "{name}");
+    }
+}
+
+#[test]
+fn new_message_inside_a_fragmented_one_is_1002() {
+    let mut h = Harness::upgraded();
+    assert_eq!(h.feed(&masked(false, 2, b"a")), Next::Continue);
+    assert_eq!(h.feed(&masked(true, 2, b"b")), Next::HalfClose);
+    assert_eq!(h.take_out(), close_frame(CloseCode::PROTOCOL_ERROR));
+}
+
+#[test]
+fn close_handshake_echoes_the_code() {
+    let mut h = Harness::upgraded();
+    assert_eq!(h.feed(&masked(true, 8, &[0x0F, 0xA0, b'b', b'y', b'e'])), Next::Close);
+    assert_eq!(h.take_out(), [0x88, 0x02, 0x0F, 0xA0]);
+}
+
+#[test]
+fn handshake_timeout_answers_408_only_to_talkers() {
+    let mut silent = Harness::new(AfterUpgrade::Echo);
+    assert_eq!(silent.timeout(), Next::Close);
+    assert!(silent.out.is_empty());
+
+    let mut talker = Harness::new(AfterUpgrade::Echo);
+    assert_eq!(talker.feed(b"GET / HT"), Next::Continue);
+    assert_eq!(talker.timeout(), Next::HalfClose);
+    assert!(talker.take_out().starts_with(b"HTTP/1.1 408 "));
+    assert_eq!(talker.timeout(), Next::Close, "linger ends");
+}
+
+#[test]
+fn idle_timeout_closes_with_1001_then_waits_for_the_reply() {
+    let mut h = Harness::upgraded();
+    assert_eq!(h.conn.deadline(), Some(5000));
+    h.now = 4000;
+    assert_eq!(h.feed(&masked(true, 10, b"")), Next::Continue, "a pong is activity");
+    assert_eq!(h.conn.deadline(), Some(9000));
+    assert_eq!(h.timeout(), Next::Continue);
+    assert_eq!(h.take_out(), close_frame(CloseCode::GOING_AWAY));
+    assert_eq!(h.feed(&masked(true, 1, b"ignored")), Next::Continue);
+    assert!(h.out.is_empty());
+    assert_eq!(h.feed(&masked(true, 8, &[0x03, 0xE9])), Next::Close);
+}
+
+#[test]
+fn rejection_writes_the_response_and_half_closes() {
+    let mut h = Harness::new(AfterUpgrade::Echo);
+    assert_eq!(h.feed(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"), Next::HalfClose);
+    assert!(h.take_out().starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
+    assert_eq!(h.feed(b"more garbage"), Next::Continue, "discarded while lingering");
+    assert!(h.out.is_empty());
+}

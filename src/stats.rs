@@ -1,0 +1,63 @@
+//! Per-reactor counters. Each reactor owns its own set (no shared cache lines on the
+//! connection path); readers sum them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What one reactor has seen. Written only by its reactor thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Handshakes answered with 101.
+    pub upgraded: AtomicU64,
+    /// Handshakes refused with an HTTP status (including 408).
+    pub rejected: AtomicU64,
+    /// Connections closed at the handshake timeout (with or without 408).
+    pub handshake_timeouts: AtomicU64,
+    /// Upgraded connections closed for idleness (1001).
+    pub idle_timeouts: AtomicU64,
+    /// Upgraded connections failed with a close code (1002, 1007, 1009).
+    pub protocol_errors: AtomicU64,
+    /// Connections closed, for any reason.
+    pub closed: AtomicU64,
+    /// Times accepting paused for lack of descriptors or memory (EMFILE, ENFILE, ...).
+    pub accept_pauses: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// The sum of several reactors' counters.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Snapshot {
+        let mut total = Snapshot::default();
+        for c in all {
+            total.accepted += c.accepted.load(Relaxed);
+            total.upgraded += c.upgraded.load(Relaxed);
+            total.rejected += c.rejected.load(Relaxed);
+            total.handshake_timeouts += c.handshake_timeouts.load(Relaxed);
+            total.idle_timeouts += c.idle_timeouts.load(Relaxed);
+            total.protocol_errors += c.protocol_errors.load(Relaxed);
+            total.closed += c.closed.load(Relaxed);
+            total.accept_pauses += c.accept_pauses.load(Relaxed);
+        }
+        total
+    }
+}
+
+/// Plain totals, for logging.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub upgraded: u64,
+    pub rejected: u64,
+    pub handshake_timeouts: u64,
+    pub idle_timeouts: u64,
+    pub protocol_errors: u64,
+    pub closed: u64,
+    pub accept_pauses: u64,
+}
