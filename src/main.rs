@@ -1,6 +1,126 @@
-//! The `wsedge` binary.
+//! The `wsedge` binary: flags, startup, signals.
 
-fn main() {
-    eprintln!("wsedge: the server is not built yet");
-    std::process::exit(2);
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use wsedge::config::{Cli, Command, IoBackend, ServeArgs};
+use wsedge::reactor::{sys, Server, ShutdownState};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.io == IoBackend::Uring {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::InvalidValue,
+                "--io uring: the io_uring backend is not in this build yet; use --io epoll or --io auto",
+            )
+            .exit();
+    }
+    let backend = match args.io {
+        IoBackend::Auto => "epoll (auto: io_uring backend not built yet)",
+        _ => "epoll",
+    };
+    let fd_limit = sys::raise_fd_limit().context("raising the descriptor limit")?;
+    let config = args.server_config();
+    if let Some(max) = sys::somaxconn().filter(|&max| max < config.listen_options.backlog) {
+        tracing::warn!(
+            "--backlog {} exceeds net.core.somaxconn={max}: the kernel caps accept queues at {max}; \
+             raise it with `sysctl -w net.core.somaxconn={}` for storms",
+            config.listen_options.backlog,
+            config.listen_options.backlog
+        );
+    }
+    let server = Server::start(config.clone()).context("starting the server")?;
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let policy = &config.conn.policy;
+    tracing::info!(
+        "listening on {} (threads={}, pinned={}, backend={backend}, after={}, \
+         handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
+         backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, fd_limit={fd_limit})",
+        addrs.join(","),
+        config.threads,
+        config.pin,
+        match config.conn.after {
+            wsedge::conn::AfterUpgrade::Close => "close",
+            wsedge::conn::AfterUpgrade::Echo => "echo",
+        },
+        config.conn.handshake_timeout_ms,
+        match config.conn.idle_timeout_ms {
+            0 => "off".to_string(),
+            ms => format!("{ms}ms"),
+        },
+        policy.max_header_bytes,
+        config.conn.max_message_bytes,
+        config.listen_options.backlog,
+        match config.listen_options.defer_accept_secs {
+            0 => "off".to_string(),
+            s => format!("{s}s"),
+        },
+        list_or_any(&policy.paths),
+        if policy.subprotocols.is_empty() { "none".to_string() } else { policy.subprotocols.join(",") },
+        list_or_any(&policy.allowed_origins),
+        if policy.auth_token.is_some() { "bearer" } else { "none" },
+    );
+
+    let shutdown = server.shutdown();
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("wsedge-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let state = if signal == SIGQUIT { shutdown.escalate_to_abort() } else { shutdown.escalate() };
+                match state {
+                    ShutdownState::Draining => tracing::info!(
+                        "signal {signal}: draining (stop accepting, finish handshakes, close with 1001); \
+                         send it again to exit at once"
+                    ),
+                    _ => tracing::info!("signal {signal}: exiting now"),
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    let totals = server.join().context("a reactor failed")?;
+    tracing::info!(
+        "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
+         protocol_errors={} accept_pauses={}",
+        totals.accepted,
+        totals.upgraded,
+        totals.rejected,
+        totals.handshake_timeouts,
+        totals.idle_timeouts,
+        totals.protocol_errors,
+        totals.accept_pauses
+    );
+    Ok(())
+}
+
+fn list_or_any(items: &[String]) -> String {
+    if items.is_empty() {
+        "any".into()
+    } else {
+        items.join(",")
+    }
 }

@@ -1,0 +1,206 @@
+//! Command-line flags and their validation. A bad value is a one-line error that names
+//! the flag, with exit code 2 (clap's convention for usage errors).
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::conn::{AfterUpgrade, ConnConfig};
+use crate::handshake::Policy;
+use crate::reactor::{ListenOptions, ServerConfig};
+
+/// Longest subprotocol name accepted (the 101 must fit the response buffer).
+const MAX_SUBPROTOCOL_LEN: usize = 128;
+
+/// wsedge: a WebSocket edge that absorbs connection storms.
+#[derive(Debug, Parser)]
+#[command(name = "wsedge", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Accept WebSocket upgrades and close or echo.
+    Serve(ServeArgs),
+}
+
+/// I/O backend choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoBackend {
+    /// epoll via mio.
+    Epoll,
+    /// io_uring (not built yet).
+    Uring,
+    /// The best the kernel offers (today: epoll).
+    Auto,
+}
+
+/// What upgraded connections do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum After {
+    /// Send Close (1000) with the 101 and close: for handshake benchmarks.
+    Close,
+    /// Echo messages (a conforming RFC 6455 endpoint).
+    Echo,
+}
+
+/// Flags of `wsedge serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable; IPv6 as [::1]:8080; port 0 picks a free port).
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: Vec<SocketAddr>,
+    /// Reactor threads [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
+    /// Do not pin reactor threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io: IoBackend,
+    /// What to do after the 101.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub after: After,
+    /// Serve only this path (repeatable; default: any path). Others get 404.
+    #[arg(long = "path", value_name = "PATH", value_parser = parse_path)]
+    pub paths: Vec<String>,
+    /// Subprotocols the server speaks, most preferred first.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_subprotocol)]
+    pub subprotocols: Vec<String>,
+    /// Refuse (400) clients that offer none of --subprotocols.
+    #[arg(long, requires = "subprotocols")]
+    pub require_subprotocol: bool,
+    /// Allowed Origin (repeatable; default: any). Others get 403.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allowed_origins: Vec<String>,
+    /// Bearer token clients must present (Authorization: Bearer, or ?access_token=).
+    #[arg(long, value_name = "TOKEN", conflicts_with = "auth_token_file", value_parser = parse_token)]
+    pub auth_token: Option<String>,
+    /// Read the bearer token from FILE (first line), keeping it out of `ps`.
+    #[arg(long, value_name = "FILE", value_parser = read_token_file)]
+    pub auth_token_file: Option<TokenFromFile>,
+    /// Time from accept to a complete handshake request, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub handshake_timeout_ms: u64,
+    /// Close upgraded connections silent this long with 1001, in ms; 0 = never.
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
+    pub idle_timeout_ms: u64,
+    /// Largest request header block, in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Largest message in echo mode, in bytes (close 1009 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(125..=1_073_741_824))]
+    pub max_message_bytes: u64,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub backlog: u32,
+    /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub defer_accept_secs: u32,
+}
+
+/// A token read from a file (kept apart from `String` so that it never prints).
+#[derive(Clone)]
+pub struct TokenFromFile(pub String);
+
+impl std::fmt::Debug for TokenFromFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenFromFile(<redacted>)")
+    }
+}
+
+fn parse_path(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') {
+        return Err("a path must start with '/'".into());
+    }
+    if value.contains('?') || value.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("a path may not contain '?', spaces or control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn parse_subprotocol(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(is_token_char) {
+        return Err("a subprotocol must be a non-empty HTTP token (letters, digits, !#$%&'*+-.^_`|~)".into());
+    }
+    if value.len() > MAX_SUBPROTOCOL_LEN {
+        return Err(format!("a subprotocol may be at most {MAX_SUBPROTOCOL_LEN} bytes"));
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_origin(value: &str) -> Result<String, String> {
+    let valid = ["http://", "https://"].iter().any(|s| value.len() > s.len() && value.starts_with(s))
+        && !value.trim_start_matches("http://").trim_start_matches("https://").contains('/');
+    if valid || value == "null" {
+        Ok(value.to_owned())
+    } else {
+        Err("an origin is scheme://host[:port] with no path, e.g. https://app.example.com".into())
+    }
+}
+
+fn parse_token(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token must be non-empty printable ASCII without spaces".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn read_token_file(value: &str) -> Result<TokenFromFile, String> {
+    let text = std::fs::read_to_string(PathBuf::from(value)).map_err(|e| format!("cannot read it: {e}"))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    parse_token(token).map(|t| TokenFromFile(t.to_owned())).map_err(|e| format!("its first line is not a valid token: {e}"))
+}
+
+/// Linger after a rejection or a Close: long enough for the response to reach the client.
+const LINGER_MS: u64 = 2_000;
+
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn server_config(&self) -> ServerConfig {
+        let threads = self
+            .threads
+            .map(NonZeroUsize::get)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+        let auth_token = self
+            .auth_token
+            .clone()
+            .or_else(|| self.auth_token_file.as_ref().map(|t| t.0.clone()))
+            .map(String::into_bytes);
+        ServerConfig {
+            listen: self.listen.clone(),
+            threads,
+            pin: !self.no_pin,
+            listen_options: ListenOptions { backlog: self.backlog, defer_accept_secs: self.defer_accept_secs },
+            conn: ConnConfig {
+                policy: Policy {
+                    max_header_bytes: self.max_header_bytes as usize,
+                    paths: self.paths.clone(),
+                    allowed_origins: self.allowed_origins.clone(),
+                    auth_token,
+                    subprotocols: self.subprotocols.clone(),
+                    require_subprotocol: self.require_subprotocol,
+                },
+                after: match self.after {
+                    After::Close => AfterUpgrade::Close,
+                    After::Echo => AfterUpgrade::Echo,
+                },
+                handshake_timeout_ms: self.handshake_timeout_ms,
+                idle_timeout_ms: self.idle_timeout_ms,
+                max_message_bytes: self.max_message_bytes as usize,
+                linger_ms: LINGER_MS.min(self.handshake_timeout_ms),
+            },
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The epoll backend (`mio`): one event loop per reactor thread.
+//!
+//! # Syscalls per connection
+//! A client whose request is already there when it is accepted costs `accept4`, `read`,
+//! `write` and `close`: the first read happens right after accept, before the socket is
+//! ever registered with epoll, and in close mode it never is. `TCP_DEFER_ACCEPT` makes
+//! that the common case.
+//!
+//! # Draining readiness
+//! Registrations are edge-triggered: a readiness edge is reported once, so a socket is
+//! read until `WouldBlock` (or a short read, which means the kernel buffer was emptied
+//! and the next arrival raises a new edge). A connection or listener that uses up its
+//! budget in one turn is revisited on the next turn with a zero poll timeout, because no
+//! new edge would come for it.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown as HalfClose;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::{sys, Shutdown, ShutdownState};
+use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::stats::Counters;
+use crate::timer::TimerWheel;
+
+const WAKER: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE + i`; connection keys stay far below.
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// Connections accepted per listener per turn, so established ones are not starved.
+const ACCEPT_BUDGET: usize = 256;
+/// Reads per connection per turn.
+const READ_BUDGET: usize = 8;
+/// The reactor's read buffer; connections copy out only incomplete data.
+const READ_BUFFER: usize = 64 * 1024;
+/// How long accepting pauses when descriptors or memory run out.
+const ACCEPT_PAUSE_MS: u64 = 100;
+const EVENTS_CAPACITY: usize = 1024;
+
+/// What to do once a connection's unsent output is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFlush {
+    Nothing,
+    ShutdownWrite,
+    Close,
+}
+
+struct Client {
+    stream: TcpStream,
+    conn: Conn,
+    registered: bool,
+    wants_writable: bool,
+    after_flush: AfterFlush,
+    /// Upper bound on waiting for a flush when the connection itself has no deadline.
+    flush_deadline: Option<u64>,
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// Readiness not yet drained (edge-triggered: no new event until `WouldBlock`).
+    ready: bool,
+}
+
+/// One reactor: listeners, connections and timers of one thread.
+pub struct Reactor {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    clients: Slab<Client>,
+    wheel: TimerWheel,
+    config: Arc<ConnConfig>,
+    stats: Arc<Counters>,
+    shutdown: Arc<Shutdown>,
+    read_buffer: Box<[u8]>,
+    out: Vec<u8>,
+    epoch: Instant,
+    accept_paused_until: u64,
+    last_pause_log: Option<u64>,
+    /// Connections whose read budget ran out: revisit next turn.
+    revisit: Vec<usize>,
+    fired: Vec<u32>,
+    draining: bool,
+}
+
+impl Reactor {
+    /// Creates a reactor over its own listeners; the waker interrupts its poll.
+    pub fn new(
+        listeners: Vec<std::net::TcpListener>,
+        config: Arc<ConnConfig>,
+        stats: Arc<Counters>,
+        shutdown: Arc<Shutdown>,
+    ) -> io::Result<(Reactor, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut registered = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let mut socket = TcpListener::from_std(listener);
+            poll.registry().register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            // Connections may already be queued: look before the first event.
+            registered.push(Listener { socket, ready: true });
+        }
+        let reactor = Reactor {
+            poll,
+            listeners: registered,
+            clients: Slab::new(),
+            wheel: TimerWheel::new(0),
+            config,
+            stats,
+            shutdown,
+            read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            out: Vec::with_capacity(4096),
+            epoch: Instant::now(),
+            accept_paused_until: 0,
+            last_pause_log: None,
+            revisit: Vec::new(),
+            fired: Vec::new(),
+            draining: false,
+        };
+        Ok((reactor, waker))
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs until a shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(self.now());
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            let now = self.now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => {
+                        if let Some(listener) = self.listeners.get_mut(t - LISTENER_BASE) {
+                            listener.ready = true;
+                        }
+                    }
+                    Token(key) => self.drive(key, now),
+                }
+            }
+            match self.shutdown.state() {
+                ShutdownState::Aborting => return Ok(()),
+                ShutdownState::Draining if !self.draining => self.start_draining(now),
+                _ => {}
+            }
+            self.accept_ready(now);
+            for key in std::mem::take(&mut self.revisit) {
+                self.drive(key, now);
+            }
+            self.expire_timers(now);
+            if self.draining && self.clients.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: u64) -> Option<Duration> {
+        let accepting = !self.draining && self.listeners.iter().any(|l| l.ready);
+        if !self.revisit.is_empty() || (accepting && now >= self.accept_paused_until) {
+            return Some(Duration::ZERO);
+        }
+        let mut wait = self.wheel.next_wake(now);
+        if accepting {
+            let resume = self.accept_paused_until - now;
+            wait = Some(wait.map_or(resume, |w| w.min(resume)));
+        }
+        wait.map(Duration::from_millis)
+    }
+
+    fn accept_ready(&mut self, now: u64) {
+        if self.draining || now < self.accept_paused_until {
+            return;
+        }
+        for index in 0..self.listeners.len() {
+            let mut budget = ACCEPT_BUDGET;
+            while self.listeners[index].ready && budget > 0 {
+                match self.listeners[index].socket.accept() {
+                    Ok((stream, _peer)) => {
+                        budget -= 1;
+                        self.on_accepted(stream, now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[index].ready = false,
+                    Err(e) if sys::is_transient_accept_error(&e) => {}
+                    Err(e) => {
+                        // Out of descriptors or memory: the connection waits in the kernel
+                        // queue; retrying now would spin, so pause and say so (once a second).
+                        self.accept_paused_until = now + ACCEPT_PAUSE_MS;
+                        Counters::bump(&self.stats.accept_pauses);
+                        if self.last_pause_log.is_none_or(|t| now >= t + 1000) {
+                            self.last_pause_log = Some(now);
+                            let what = if sys::is_resource_exhaustion(&e) { "resources exhausted" } else { "accept failed" };
+                            tracing::warn!("{what}: {e}; pausing accept for {ACCEPT_PAUSE_MS} ms");
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, stream: TcpStream, now: u64) {
+        Counters::bump(&self.stats.accepted);
+        let client = Client {
+            stream,
+            conn: Conn::new(&self.config, now),
+            registered: false,
+            wants_writable: false,
+            after_flush: AfterFlush::Nothing,
+            flush_deadline: None,
+        };
+        let key = self.clients.insert(client);
+        // Read before registering: with the request already queued (always, under
+        // TCP_DEFER_ACCEPT) the connection may finish without ever touching epoll.
+        self.drive(key, now);
+    }
+
+    /// Flushes, reads and processes one connection, then settles its registration and timer.
+    fn drive(&mut self, key: usize, now: u64) {
+        if !self.flush(key) {
+            return self.settle(key, now);
+        }
+        for _ in 0..READ_BUDGET {
+            let Some(client) = self.clients.get_mut(key) else { return };
+            if client.after_flush != AfterFlush::Nothing {
+                break;
+            }
+            let read = (&client.stream).read(&mut self.read_buffer);
+            let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+            let (next, drained) = match read {
+                Ok(0) => (client.conn.on_eof(&mut cx), true),
+                Ok(n) => (client.conn.on_data(&self.read_buffer[..n], &mut cx), n < self.read_buffer.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.close(key),
+            };
+            if !self.apply(key, next) {
+                return;
+            }
+            if drained {
+                return self.settle(key, now);
+            }
+        }
+        if self.clients.get(key).is_some_and(|c| c.after_flush == AfterFlush::Nothing) {
+            // Budget used up with data possibly left: no new edge will come for it.
+            self.revisit.push(key);
+        }
+        self.settle(key, now)
+    }
+
+    /// Sends the output of the last call and carries out `next`. Returns whether the
+    /// connection is still there.
+    fn apply(&mut self, key: usize, next: Next) -> bool {
+        let Some(client) = self.clients.get_mut(key) else { return false };
+        if !self.out.is_empty() {
+            if client.conn.unsent().is_empty() {
+                match (&client.stream).write(&self.out) {
+                    Ok(n) if n == self.out.len() => {}
+                    Ok(n) => client.conn.keep_unsent(&self.out[n..]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.conn.keep_unsent(&self.out),
+                    Err(_) => {
+                        self.out.clear();
+                        self.close(key);
+                        return false;
+                    }
+                }
+            } else {
+                client.conn.keep_unsent(&self.out);
+            }
+            self.out.clear();
+        }
+        let flushed = client.conn.unsent().is_empty();
+        match (next, flushed) {
+            (Next::Continue, _) => true,
+            (Next::Close, true) => {
+                self.close(key);
+                false
+            }
+            (Next::HalfClose, true) => {
+                let _ = client.stream.shutdown(HalfClose::Write);
+                true
+            }
+            (Next::Close, false) => {
+                client.after_flush = AfterFlush::Close;
+                true
+            }
+            (Next::HalfClose, false) => {
+                client.after_flush = AfterFlush::ShutdownWrite;
+                true
+            }
+        }
+    }
+
+    /// Writes unsent output. Returns whether reading may go on.
+    fn flush(&mut self, key: usize) -> bool {
+        let Some(client) = self.clients.get_mut(key) else { return false };
+        while !client.conn.unsent().is_empty() {
+            match (&client.stream).write(client.conn.unsent()) {
+                Ok(0) => {
+                    self.close(key);
+                    return false;
+                }
+                Ok(n) => client.conn.advance_unsent(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(key);
+                    return false;
+                }
+            }
+        }
+        match std::mem::replace(&mut client.after_flush, AfterFlush::Nothing) {
+            AfterFlush::Nothing => true,
+            AfterFlush::ShutdownWrite => {
+                let _ = client.stream.shutdown(HalfClose::Write);
+                true
+            }
+            AfterFlush::Close => {
+                self.close(key);
+                false
+            }
+        }
+    }
+
+    /// Registers the socket if it must wait for events, and arms its timer.
+    fn settle(&mut self, key: usize, now: u64) {
+        if self.draining {
+            let Some(client) = self.clients.get_mut(key) else { return };
+            if client.conn.is_open() {
+                let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+                let next = client.conn.on_shutdown(&mut cx);
+                if !self.apply(key, next) {
+                    return;
+                }
+            }
+        }
+        let Some(client) = self.clients.get_mut(key) else { return };
+        let wants_writable = !client.conn.unsent().is_empty();
+        let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let registry = self.poll.registry();
+        let result = if !client.registered {
+            registry.register(&mut client.stream, Token(key), interest)
+        } else if wants_writable != client.wants_writable {
+            registry.reregister(&mut client.stream, Token(key), interest)
+        } else {
+            Ok(())
+        };
+        if result.is_err() {
+            return self.close(key);
+        }
+        client.registered = true;
+        client.wants_writable = wants_writable;
+        if client.after_flush != AfterFlush::Nothing && client.flush_deadline.is_none() {
+            client.flush_deadline = Some(now + self.config.linger_ms);
+        }
+        match client.conn.deadline().or(client.flush_deadline) {
+            Some(deadline) if self.wheel.deadline(key as u32) != Some(deadline) => {
+                self.wheel.schedule(key as u32, deadline)
+            }
+            Some(_) => {}
+            None => self.wheel.cancel(key as u32),
+        }
+    }
+
+    fn expire_timers(&mut self, now: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(now, |key| fired.push(key));
+        for key in fired.drain(..) {
+            let key = key as usize;
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if client.after_flush == AfterFlush::Close {
+                self.close(key);
+                continue;
+            }
+            let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+            let next = client.conn.on_timeout(&mut cx);
+            if self.apply(key, next) {
+                self.settle(key, now);
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn start_draining(&mut self, now: u64) {
+        self.draining = true;
+        // Take what the kernel already queued for us: those clients were accepted by the
+        // kernel on our behalf, and closing the listener would reset them.
+        for index in 0..self.listeners.len() {
+            while let Ok((stream, _)) = self.listeners[index].socket.accept() {
+                self.on_accepted(stream, now);
+            }
+        }
+        self.listeners.clear();
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.settle(key, now);
+        }
+        tracing::info!(connections = self.clients.len(), "draining");
+    }
+
+    fn close(&mut self, key: usize) {
+        if self.clients.try_remove(key).is_some() {
+            // Dropping the stream closes it, which also removes it from epoll.
+            self.wheel.cancel(key as u32);
+            Counters::bump(&self.stats.closed);
+        }
+    }
+}

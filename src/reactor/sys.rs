@@ -1,0 +1,67 @@
+//! The few Linux calls the standard library, `socket2` and `mio` do not wrap.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
+///
+/// A storm edge holds one descriptor per connection, and the soft limit (often 1024) is
+/// far below what the hard limit allows.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit read back from the kernel above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Sets `TCP_DEFER_ACCEPT`: the kernel completes `accept` only once the client has sent
+/// data (or after `secs`), so the first read after accept finds the request.
+pub fn set_defer_accept(socket: &impl AsRawFd, secs: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is open (borrowed from a live socket), and the option value
+    // points to a c_int whose size is passed alongside it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `net.core.somaxconn`, the kernel's cap on any listen backlog, if readable.
+pub fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+}
+
+/// Whether an `accept` error means the process or system is out of a resource, so that
+/// retrying at once would spin (the connection stays queued in the kernel meanwhile).
+pub fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether an `accept` error concerns only the one connection (it went away while
+/// queued), so accepting should simply go on.
+pub fn is_transient_accept_error(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::Interrupted
+        || matches!(error.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM))
+}
