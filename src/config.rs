@@ -57,7 +57,7 @@ pub struct ServeArgs {
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: Vec<SocketAddr>,
     /// Reactor threads [default: number of CPUs].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<NonZeroUsize>,
     /// Do not pin reactor threads to CPUs.
     #[arg(long)]
@@ -87,22 +87,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", value_parser = read_token_file)]
     pub auth_token_file: Option<TokenFromFile>,
     /// Time from accept to a complete handshake request, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub handshake_timeout_ms: u64,
     /// Close upgraded connections silent this long with 1001, in ms; 0 = never.
-    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
     pub idle_timeout_ms: u64,
     /// Largest request header block, in bytes (431 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub max_header_bytes: u64,
     /// Largest message in echo mode, in bytes (close 1009 beyond).
-    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(125..=1_073_741_824))]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true, default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(125..=1_073_741_824))]
     pub max_message_bytes: u64,
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub backlog: u32,
     /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
-    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub defer_accept_secs: u32,
 }
 
@@ -132,17 +132,27 @@ fn is_token_char(b: u8) -> bool {
 
 fn parse_subprotocol(value: &str) -> Result<String, String> {
     if value.is_empty() || !value.bytes().all(is_token_char) {
-        return Err("a subprotocol must be a non-empty HTTP token (letters, digits, !#$%&'*+-.^_`|~)".into());
+        return Err(
+            "a subprotocol must be a non-empty HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+                .into(),
+        );
     }
     if value.len() > MAX_SUBPROTOCOL_LEN {
-        return Err(format!("a subprotocol may be at most {MAX_SUBPROTOCOL_LEN} bytes"));
+        return Err(format!(
+            "a subprotocol may be at most {MAX_SUBPROTOCOL_LEN} bytes"
+        ));
     }
     Ok(value.to_owned())
 }
 
 fn parse_origin(value: &str) -> Result<String, String> {
-    let valid = ["http://", "https://"].iter().any(|s| value.len() > s.len() && value.starts_with(s))
-        && !value.trim_start_matches("http://").trim_start_matches("https://").contains('/');
+    let valid = ["http://", "https://"]
+        .iter()
+        .any(|s| value.len() > s.len() && value.starts_with(s))
+        && !value
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .contains('/');
     if valid || value == "null" {
         Ok(value.to_owned())
     } else {
@@ -158,9 +168,12 @@ fn parse_token(value: &str) -> Result<String, String> {
 }
 
 fn read_token_file(value: &str) -> Result<TokenFromFile, String> {
-    let text = std::fs::read_to_string(PathBuf::from(value)).map_err(|e| format!("cannot read it: {e}"))?;
+    let text = std::fs::read_to_string(PathBuf::from(value))
+        .map_err(|e| format!("cannot read it: {e}"))?;
     let token = text.lines().next().unwrap_or("").trim();
-    parse_token(token).map(|t| TokenFromFile(t.to_owned())).map_err(|e| format!("its first line is not a valid token: {e}"))
+    parse_token(token)
+        .map(|t| TokenFromFile(t.to_owned()))
+        .map_err(|e| format!("its first line is not a valid token: {e}"))
 }
 
 /// Linger after a rejection or a Close: long enough for the response to reach the client.
@@ -182,7 +195,10 @@ impl ServeArgs {
             listen: self.listen.clone(),
             threads,
             pin: !self.no_pin,
-            listen_options: ListenOptions { backlog: self.backlog, defer_accept_secs: self.defer_accept_secs },
+            listen_options: ListenOptions {
+                backlog: self.backlog,
+                defer_accept_secs: self.defer_accept_secs,
+            },
             conn: ConnConfig {
                 policy: Policy {
                     max_header_bytes: self.max_header_bytes as usize,

@@ -53,8 +53,16 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             config.listen_options.backlog
         );
     }
+    // Handlers go in before the server announces itself: a supervisor may signal as soon
+    // as it sees the "listening on" line.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("installing signal handlers")?;
     let server = Server::start(config.clone()).context("starting the server")?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let policy = &config.conn.policy;
     tracing::info!(
         "listening on {} (threads={}, pinned={}, backend={backend}, after={}, \
@@ -86,7 +94,6 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = server.shutdown();
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("wsedge-signals".into())
         .spawn(move || {

@@ -19,7 +19,12 @@ struct Entry {
     scheduled: bool,
 }
 
-const UNSCHEDULED: Entry = Entry { deadline: 0, prev: NIL, next: NIL, scheduled: false };
+const UNSCHEDULED: Entry = Entry {
+    deadline: 0,
+    prev: NIL,
+    next: NIL,
+    scheduled: false,
+};
 
 /// A timer wheel over keys `0..u32::MAX`, ticking in caller-defined units (wsedge: ms).
 pub struct TimerWheel {
@@ -65,7 +70,12 @@ impl TimerWheel {
         let deadline = deadline.max(self.cursor);
         let slot = (deadline % SLOTS as u64) as usize;
         let head = self.heads[slot];
-        self.entries[index] = Entry { deadline, prev: NIL, next: head, scheduled: true };
+        self.entries[index] = Entry {
+            deadline,
+            prev: NIL,
+            next: head,
+            scheduled: true,
+        };
         if head != NIL {
             self.entries[head as usize].prev = key;
         }
@@ -76,7 +86,9 @@ impl TimerWheel {
 
     /// Removes `key`'s deadline, if any.
     pub fn cancel(&mut self, key: u32) {
-        let Some(entry) = self.entries.get(key as usize).copied() else { return };
+        let Some(entry) = self.entries.get(key as usize).copied() else {
+            return;
+        };
         if !entry.scheduled {
             return;
         }
@@ -98,7 +110,10 @@ impl TimerWheel {
 
     /// The deadline scheduled for `key`.
     pub fn deadline(&self, key: u32) -> Option<u64> {
-        self.entries.get(key as usize).filter(|e| e.scheduled).map(|e| e.deadline)
+        self.entries
+            .get(key as usize)
+            .filter(|e| e.scheduled)
+            .map(|e| e.deadline)
     }
 
     /// Turns the wheel to `now`, calling `fire(key)` for every deadline `<= now` (each is

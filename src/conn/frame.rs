@@ -106,7 +106,9 @@ pub enum HeaderParse {
 /// Parses a client frame header. Rule violations visible in the first two bytes are
 /// reported before the rest of the header arrives, so a bad peer is cut off at once.
 pub fn parse_client_header(buf: &[u8]) -> HeaderParse {
-    let [b0, b1, ..] = *buf else { return HeaderParse::Partial };
+    let [b0, b1, ..] = *buf else {
+        return HeaderParse::Partial;
+    };
     let fin = b0 & 0x80 != 0;
     let Some(opcode) = OpCode::from_bits(b0 & 0x0F) else {
         return HeaderParse::Invalid(FrameError::Protocol);
@@ -138,7 +140,9 @@ pub fn parse_client_header(buf: &[u8]) -> HeaderParse {
         n => (u64::from(n), 0),
     };
     let mask_at = 2 + ext_len;
-    let Some(mask) = buf.get(mask_at..mask_at + 4) else { return HeaderParse::Partial };
+    let Some(mask) = buf.get(mask_at..mask_at + 4) else {
+        return HeaderParse::Partial;
+    };
     HeaderParse::Header(FrameHeader {
         fin,
         opcode,
@@ -201,35 +205,58 @@ mod tests {
         let short = [0x81, 0x85, 1, 2, 3, 4];
         assert!(matches!(
             parse_client_header(&short),
-            HeaderParse::Header(FrameHeader { fin: true, opcode: OpCode::Text, payload_len: 5, header_len: 6, .. })
+            HeaderParse::Header(FrameHeader {
+                fin: true,
+                opcode: OpCode::Text,
+                payload_len: 5,
+                header_len: 6,
+                ..
+            })
         ));
         let medium = [0x82, 0xFE, 0x01, 0x00, 1, 2, 3, 4];
         assert!(matches!(
             parse_client_header(&medium),
-            HeaderParse::Header(FrameHeader { payload_len: 256, header_len: 8, .. })
+            HeaderParse::Header(FrameHeader {
+                payload_len: 256,
+                header_len: 8,
+                ..
+            })
         ));
         let long = [0x02, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 9, 9, 9, 9];
         assert!(matches!(
             parse_client_header(&long),
-            HeaderParse::Header(FrameHeader { fin: false, payload_len: 65536, header_len: 14, .. })
+            HeaderParse::Header(FrameHeader {
+                fin: false,
+                payload_len: 65536,
+                header_len: 14,
+                ..
+            })
         ));
         for cut in 0..long.len() {
-            assert_eq!(parse_client_header(&long[..cut]), HeaderParse::Partial, "cut {cut}");
+            assert_eq!(
+                parse_client_header(&long[..cut]),
+                HeaderParse::Partial,
+                "cut {cut}"
+            );
         }
     }
 
     #[test]
     fn rejects_what_no_client_may_send() {
         let bad: &[&[u8]] = &[
-            &[0x81, 0x05],             // unmasked
-            &[0xC1, 0x85],             // RSV1 without an extension
-            &[0x83, 0x85],             // reserved opcode
-            &[0x09, 0x80],             // fragmented ping
-            &[0x89, 0xFE],             // ping longer than 125
+            &[0x81, 0x05],                            // unmasked
+            &[0xC1, 0x85],                            // RSV1 without an extension
+            &[0x83, 0x85],                            // reserved opcode
+            &[0x09, 0x80],                            // fragmented ping
+            &[0x89, 0xFE],                            // ping longer than 125
             &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], // 64-bit length with the top bit set
         ];
         for frame in bad {
-            assert_eq!(parse_client_header(frame), HeaderParse::Invalid(FrameError::Protocol), "{frame:x?}");
+            assert_eq!(
+                parse_client_header(frame),
+                HeaderParse::Invalid(FrameError::Protocol),
+                "{frame:x?}"
+            );
         }
     }
 
@@ -244,7 +271,13 @@ mod tests {
 
     #[test]
     fn server_headers_pick_the_shortest_length() {
-        for (len, expected) in [(5usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+        for (len, expected) in [
+            (5usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65535, 4),
+            (65536, 10),
+        ] {
             let mut out = Vec::new();
             write_server_header(&mut out, OpCode::Binary, len);
             assert_eq!(out.len(), expected, "len {len}");

@@ -338,7 +338,11 @@ impl Conn {
     ) -> Next {
         if self.phase == Phase::Closing {
             // After our Close only the peer's Close matters (RFC 6455 section 5.5.1).
-            return if opcode == OpCode::Close { self.finish() } else { Next::Continue };
+            return if opcode == OpCode::Close {
+                self.finish()
+            } else {
+                Next::Continue
+            };
         }
         match (opcode, self.message_opcode) {
             (OpCode::Text | OpCode::Binary, Some(_)) | (OpCode::Continuation, None) => {

@@ -13,7 +13,8 @@ fn config(after: AfterUpgrade) -> ConnConfig {
     }
 }
 
-const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// A connection plus the output it produced, fed as a backend would.
@@ -29,17 +30,33 @@ impl Harness {
     fn new(after: AfterUpgrade) -> Self {
         let config = config(after);
         let conn = Conn::new(&config, 0);
-        Harness { config, conn, stats: Counters::default(), out: Vec::new(), now: 0 }
+        Harness {
+            config,
+            conn,
+            stats: Counters::default(),
+            out: Vec::new(),
+            now: 0,
+        }
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Next {
-        let mut cx = Ctx { config: &self.config, now: self.now, out: &mut self.out, stats: &self.stats };
+        let mut cx = Ctx {
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
         self.conn.on_data(bytes, &mut cx)
     }
 
     fn timeout(&mut self) -> Next {
         self.now = self.conn.deadline().expect("a deadline is armed");
-        let mut cx = Ctx { config: &self.config, now: self.now, out: &mut self.out, stats: &self.stats };
+        let mut cx = Ctx {
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
         self.conn.on_timeout(&mut cx)
     }
 
@@ -87,7 +104,10 @@ fn request_split_byte_by_byte_upgrades_once() {
         assert_eq!(h.out.is_empty(), i + 1 < REQUEST.len(), "byte {i}");
     }
     assert!(h.conn.is_open());
-    assert!(h.conn.pending.capacity() == 0, "an idle upgraded connection holds no buffer");
+    assert!(
+        h.conn.pending.capacity() == 0,
+        "an idle upgraded connection holds no buffer"
+    );
 }
 
 #[test]
@@ -141,7 +161,10 @@ fn new_message_inside_a_fragmented_one_is_1002() {
 #[test]
 fn close_handshake_echoes_the_code() {
     let mut h = Harness::upgraded();
-    assert_eq!(h.feed(&masked(true, 8, &[0x0F, 0xA0, b'b', b'y', b'e'])), Next::Close);
+    assert_eq!(
+        h.feed(&masked(true, 8, &[0x0F, 0xA0, b'b', b'y', b'e'])),
+        Next::Close
+    );
     assert_eq!(h.take_out(), [0x88, 0x02, 0x0F, 0xA0]);
 }
 
@@ -163,7 +186,11 @@ fn idle_timeout_closes_with_1001_then_waits_for_the_reply() {
     let mut h = Harness::upgraded();
     assert_eq!(h.conn.deadline(), Some(5000));
     h.now = 4000;
-    assert_eq!(h.feed(&masked(true, 10, b"")), Next::Continue, "a pong is activity");
+    assert_eq!(
+        h.feed(&masked(true, 10, b"")),
+        Next::Continue,
+        "a pong is activity"
+    );
     assert_eq!(h.conn.deadline(), Some(9000));
     assert_eq!(h.timeout(), Next::Continue);
     assert_eq!(h.take_out(), close_frame(CloseCode::GOING_AWAY));
@@ -175,8 +202,17 @@ fn idle_timeout_closes_with_1001_then_waits_for_the_reply() {
 #[test]
 fn rejection_writes_the_response_and_half_closes() {
     let mut h = Harness::new(AfterUpgrade::Echo);
-    assert_eq!(h.feed(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"), Next::HalfClose);
-    assert!(h.take_out().starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
-    assert_eq!(h.feed(b"more garbage"), Next::Continue, "discarded while lingering");
+    assert_eq!(
+        h.feed(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Next::HalfClose
+    );
+    assert!(h
+        .take_out()
+        .starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"));
+    assert_eq!(
+        h.feed(b"more garbage"),
+        Next::Continue,
+        "discarded while lingering"
+    );
     assert!(h.out.is_empty());
 }

@@ -97,9 +97,13 @@ impl Reactor {
         let mut registered = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(listener);
-            poll.registry().register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            poll.registry()
+                .register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
             // Connections may already be queued: look before the first event.
-            registered.push(Listener { socket, ready: true });
+            registered.push(Listener {
+                socket,
+                ready: true,
+            });
         }
         let reactor = Reactor {
             poll,
@@ -189,7 +193,9 @@ impl Reactor {
                         budget -= 1;
                         self.on_accepted(stream, now);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.listeners[index].ready = false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.listeners[index].ready = false
+                    }
                     Err(e) if sys::is_transient_accept_error(&e) => {}
                     Err(e) => {
                         // Out of descriptors or memory: the connection waits in the kernel
@@ -198,7 +204,11 @@ impl Reactor {
                         Counters::bump(&self.stats.accept_pauses);
                         if self.last_pause_log.is_none_or(|t| now >= t + 1000) {
                             self.last_pause_log = Some(now);
-                            let what = if sys::is_resource_exhaustion(&e) { "resources exhausted" } else { "accept failed" };
+                            let what = if sys::is_resource_exhaustion(&e) {
+                                "resources exhausted"
+                            } else {
+                                "accept failed"
+                            };
                             tracing::warn!("{what}: {e}; pausing accept for {ACCEPT_PAUSE_MS} ms");
                         }
                         return;
@@ -230,16 +240,27 @@ impl Reactor {
             return self.settle(key, now);
         }
         for _ in 0..READ_BUDGET {
-            let Some(client) = self.clients.get_mut(key) else { return };
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
             if client.after_flush != AfterFlush::Nothing {
-                break;
+                // Blocked on a flush: the writable edge resumes this connection.
+                return self.settle(key, now);
             }
             let read = (&client.stream).read(&mut self.read_buffer);
-            let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
             let (next, drained) = match read {
                 Ok(0) => (client.conn.on_eof(&mut cx), true),
-                Ok(n) => (client.conn.on_data(&self.read_buffer[..n], &mut cx), n < self.read_buffer.len()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => (
+                    client.conn.on_data(&self.read_buffer[..n], &mut cx),
+                    n < self.read_buffer.len(),
+                ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.settle(key, now),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.close(key),
             };
@@ -250,23 +271,25 @@ impl Reactor {
                 return self.settle(key, now);
             }
         }
-        if self.clients.get(key).is_some_and(|c| c.after_flush == AfterFlush::Nothing) {
-            // Budget used up with data possibly left: no new edge will come for it.
-            self.revisit.push(key);
-        }
+        // Budget used up with data possibly left: no new edge will come for it.
+        self.revisit.push(key);
         self.settle(key, now)
     }
 
     /// Sends the output of the last call and carries out `next`. Returns whether the
     /// connection is still there.
     fn apply(&mut self, key: usize, next: Next) -> bool {
-        let Some(client) = self.clients.get_mut(key) else { return false };
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
         if !self.out.is_empty() {
             if client.conn.unsent().is_empty() {
                 match (&client.stream).write(&self.out) {
                     Ok(n) if n == self.out.len() => {}
                     Ok(n) => client.conn.keep_unsent(&self.out[n..]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => client.conn.keep_unsent(&self.out),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        client.conn.keep_unsent(&self.out)
+                    }
                     Err(_) => {
                         self.out.clear();
                         self.close(key);
@@ -302,7 +325,9 @@ impl Reactor {
 
     /// Writes unsent output. Returns whether reading may go on.
     fn flush(&mut self, key: usize) -> bool {
-        let Some(client) = self.clients.get_mut(key) else { return false };
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
         while !client.conn.unsent().is_empty() {
             match (&client.stream).write(client.conn.unsent()) {
                 Ok(0) => {
@@ -334,18 +359,31 @@ impl Reactor {
     /// Registers the socket if it must wait for events, and arms its timer.
     fn settle(&mut self, key: usize, now: u64) {
         if self.draining {
-            let Some(client) = self.clients.get_mut(key) else { return };
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
             if client.conn.is_open() {
-                let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+                let mut cx = Ctx {
+                    config: &self.config,
+                    now,
+                    out: &mut self.out,
+                    stats: &self.stats,
+                };
                 let next = client.conn.on_shutdown(&mut cx);
                 if !self.apply(key, next) {
                     return;
                 }
             }
         }
-        let Some(client) = self.clients.get_mut(key) else { return };
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
         let wants_writable = !client.conn.unsent().is_empty();
-        let interest = if wants_writable { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if wants_writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         let registry = self.poll.registry();
         let result = if !client.registered {
             registry.register(&mut client.stream, Token(key), interest)
@@ -376,12 +414,19 @@ impl Reactor {
         self.wheel.expire(now, |key| fired.push(key));
         for key in fired.drain(..) {
             let key = key as usize;
-            let Some(client) = self.clients.get_mut(key) else { continue };
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
             if client.after_flush == AfterFlush::Close {
                 self.close(key);
                 continue;
             }
-            let mut cx = Ctx { config: &self.config, now, out: &mut self.out, stats: &self.stats };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
             let next = client.conn.on_timeout(&mut cx);
             if self.apply(key, next) {
                 self.settle(key, now);

@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let options = ListenOptions { backlog: 16, defer_accept_secs: 0 };
+        let options = ListenOptions {
+            backlog: 16,
+            defer_accept_secs: 0,
+        };
         let listener = bind("127.0.0.1:0".parse().unwrap(), options).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         listener.set_nonblocking(false).unwrap();
@@ -59,7 +62,10 @@ mod tests {
 
     #[test]
     fn two_reactors_share_one_port() {
-        let options = ListenOptions { backlog: 16, defer_accept_secs: 1 };
+        let options = ListenOptions {
+            backlog: 16,
+            defer_accept_secs: 1,
+        };
         let first = bind("127.0.0.1:0".parse().unwrap(), options).unwrap();
         let second = bind(first.local_addr().unwrap(), options).unwrap();
         assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());

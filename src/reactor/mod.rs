@@ -87,7 +87,11 @@ impl Shutdown {
 
     /// Starts a graceful drain (first signal), or aborts if one is already under way.
     pub fn escalate(&self) -> ShutdownState {
-        let next = if self.state.load(Ordering::Acquire) == RUNNING { DRAINING } else { ABORTING };
+        let next = if self.state.load(Ordering::Acquire) == RUNNING {
+            DRAINING
+        } else {
+            ABORTING
+        };
         self.state.fetch_max(next, Ordering::AcqRel);
         self.wake_all();
         self.state()
@@ -139,7 +143,9 @@ impl Server {
                 let listener = listener::bind(addr, config.listen_options)
                     .map_err(|source| StartError::Bind { addr, source })?;
                 if reactor == 0 {
-                    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+                    let bound = listener
+                        .local_addr()
+                        .map_err(|source| StartError::Bind { addr, source })?;
                     local_addrs.push(bound);
                 }
                 listeners.push(listener);
@@ -149,14 +155,22 @@ impl Server {
 
         let shutdown = Arc::new(Shutdown::default());
         let conn_config = Arc::new(config.conn.clone());
-        let cores = if config.pin { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut reactors = Vec::with_capacity(threads);
         let mut counters = Vec::with_capacity(threads);
         for listeners in per_reactor {
             let stats = Arc::new(Counters::default());
-            let (reactor, waker) =
-                epoll::Reactor::new(listeners, Arc::clone(&conn_config), Arc::clone(&stats), Arc::clone(&shutdown))
-                    .map_err(StartError::Poll)?;
+            let (reactor, waker) = epoll::Reactor::new(
+                listeners,
+                Arc::clone(&conn_config),
+                Arc::clone(&stats),
+                Arc::clone(&shutdown),
+            )
+            .map_err(StartError::Poll)?;
             shutdown.register(waker);
             counters.push(stats);
             reactors.push(reactor);
@@ -177,7 +191,12 @@ impl Server {
                 .map_err(StartError::Spawn)?;
             handles.push(handle);
         }
-        Ok(Server { threads: handles, local_addrs, shutdown, counters })
+        Ok(Server {
+            threads: handles,
+            local_addrs,
+            shutdown,
+            counters,
+        })
     }
 
     /// The bound addresses, in the order of [`ServerConfig::listen`].

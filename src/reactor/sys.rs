@@ -8,7 +8,10 @@ use std::os::fd::AsRawFd;
 /// A storm edge holds one descriptor per connection, and the soft limit (often 1024) is
 /// far below what the hard limit allows.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
@@ -47,7 +50,11 @@ pub fn set_defer_accept(socket: &impl AsRawFd, secs: u32) -> io::Result<()> {
 
 /// `net.core.somaxconn`, the kernel's cap on any listen backlog, if readable.
 pub fn somaxconn() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether an `accept` error means the process or system is out of a resource, so that
@@ -63,5 +70,8 @@ pub fn is_resource_exhaustion(error: &io::Error) -> bool {
 /// queued), so accepting should simply go on.
 pub fn is_transient_accept_error(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::Interrupted
-        || matches!(error.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM))
+        || matches!(
+            error.raw_os_error(),
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+        )
 }

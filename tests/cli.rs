@@ -1,0 +1,60 @@
+//! Flags: wrong values are one-line errors naming the flag, with exit code 2.
+
+use std::process::Command;
+
+fn serve(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .arg("serve")
+        .args(args)
+        .output()
+        .expect("run wsedge");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+macro_rules! rejects_flag {
+    ($($name:ident: [$($arg:expr),*] names $flag:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            let (code, stderr) = serve(&[$($arg),*]);
+            assert_eq!(code, 2, "{stderr}");
+            let first: String = stderr.lines().take(2).collect::<Vec<_>>().join(" ");
+            assert!(first.starts_with("error:") && first.contains($flag), "{stderr}");
+        }
+    )*};
+}
+
+rejects_flag! {
+    zero_threads:                ["--threads", "0"] names "--threads";
+    non_numeric_threads:         ["--threads", "many"] names "--threads";
+    bad_listen_address:          ["--listen", "localhost"] names "--listen";
+    unknown_backend:             ["--io", "kqueue"] names "--io";
+    uring_not_built:             ["--io", "uring"] names "--io uring";
+    unknown_after_mode:          ["--after", "proxy"] names "--after";
+    relative_path:               ["--path", "chat"] names "--path";
+    subprotocol_with_space:      ["--subprotocols", "a b"] names "--subprotocols";
+    require_without_protocols:   ["--require-subprotocol"] names "--subprotocols";
+    origin_with_path:            ["--allowed-origin", "https://a.example/x"] names "--allowed-origin";
+    empty_token:                 ["--auth-token", ""] names "--auth-token";
+    missing_token_file:          ["--auth-token-file", "/nonexistent/token"] names "--auth-token-file";
+    both_token_sources:          ["--auth-token", "a", "--auth-token-file", "/etc/hostname"] names "--auth-token";
+    zero_handshake_timeout:      ["--handshake-timeout-ms", "0"] names "--handshake-timeout-ms";
+    tiny_header_limit:           ["--max-header-bytes", "10"] names "--max-header-bytes";
+    tiny_message_limit:          ["--max-message-bytes", "100"] names "--max-message-bytes";
+    zero_backlog:                ["--backlog", "0"] names "--backlog";
+    negative_idle_timeout:       ["--idle-timeout-ms", "-1"] names "--idle-timeout-ms";
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = serve(&["--listen", &addr, "--threads", "1"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

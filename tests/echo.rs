@@ -1,0 +1,143 @@
+//! Echo mode against an independent client (tungstenite) and raw frames.
+
+mod common;
+
+use std::io::Write;
+
+use common::{client_frame, exchange, read_exact, read_to_close, upgrade_request, Server};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Error, Message};
+
+#[test]
+fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly() {
+    let server = Server::start(&["--subprotocols", "v2,v1"]);
+    let mut request = server.url("/chat").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v1, v2".parse().unwrap());
+    let (mut socket, response) = tungstenite::connect(request).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "v2");
+
+    socket.send(Message::text("héllo")).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::text("héllo"));
+    let blob: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    socket.send(Message::binary(blob.clone())).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::binary(blob));
+    socket
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    assert_eq!(
+        socket.read().unwrap(),
+        Message::Pong(b"are you there".to_vec().into())
+    );
+
+    socket.close(None).unwrap();
+    loop {
+        match socket.read() {
+            Ok(Message::Close(_)) => continue,
+            Err(Error::ConnectionClosed) => break,
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn close_code_is_echoed() {
+    let server = Server::start(&[]);
+    let (mut socket, _) = tungstenite::connect(server.url("/")).unwrap();
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Library(4001),
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    match socket.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Library(4001)),
+        other => panic!("expected the echoed close, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_frame_sent_with_the_handshake_is_echoed() {
+    let server = Server::start(&[]);
+    let mut bytes = upgrade_request("/", &[]);
+    bytes.extend(client_frame(true, 1, b"eager"));
+    let (head, mut stream) = exchange(&server, &bytes);
+    assert_eq!(head.status, 101);
+    let mut echoed = head.rest;
+    if echoed.len() < 7 {
+        echoed.extend(read_exact(&mut stream, 7 - echoed.len()));
+    }
+    assert_eq!(echoed, b"\x81\x05eager");
+}
+
+#[test]
+fn fragmented_message_is_reassembled() {
+    let server = Server::start(&[]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    stream.write_all(&client_frame(false, 2, b"abc")).unwrap();
+    stream.write_all(&client_frame(false, 0, b"def")).unwrap();
+    stream.write_all(&client_frame(true, 0, b"g")).unwrap();
+    assert_eq!(read_exact(&mut stream, 9), b"\x82\x07abcdefg");
+}
+
+/// Sends `frame` after upgrading and expects a Close with `code`, then the TCP close.
+fn expect_failure(args: &[&str], frame: &[u8], code: u16) {
+    let server = Server::start(args);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    stream.write_all(frame).unwrap();
+    let rest = read_to_close(&mut stream, head.rest);
+    let [hi, lo] = code.to_be_bytes();
+    assert_eq!(rest, [0x88, 0x02, hi, lo], "expected close {code}");
+}
+
+#[test]
+fn unmasked_frame_is_1002() {
+    expect_failure(&[], &[0x81, 0x02, b'h', b'i'], 1002);
+}
+
+#[test]
+fn reserved_bits_are_1002() {
+    let mut frame = client_frame(true, 1, b"x");
+    frame[0] |= 0x40;
+    expect_failure(&[], &frame, 1002);
+}
+
+#[test]
+fn unknown_opcode_is_1002() {
+    expect_failure(&[], &client_frame(true, 0x3, b"x"), 1002);
+}
+
+#[test]
+fn fragmented_ping_is_1002() {
+    expect_failure(&[], &client_frame(false, 0x9, b"x"), 1002);
+}
+
+#[test]
+fn invalid_utf8_text_is_1007() {
+    expect_failure(&[], &client_frame(true, 1, &[0xC3, 0x28]), 1007);
+}
+
+#[test]
+fn message_over_the_limit_is_1009() {
+    expect_failure(
+        &["--max-message-bytes", "1000"],
+        &client_frame(true, 2, &[0u8; 1001]),
+        1009,
+    );
+}
+
+#[test]
+fn close_mode_sends_101_and_close_1000_then_closes() {
+    let server = Server::start(&["--after", "close"]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    assert_eq!(
+        read_to_close(&mut stream, head.rest),
+        [0x88, 0x02, 0x03, 0xE8]
+    );
+}

@@ -1,0 +1,110 @@
+//! Many clients at once, and running out of descriptors.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{read_head, upgrade_request, Server, ACCEPT, DEADLINE};
+
+#[test]
+fn a_thousand_concurrent_clients_on_two_threads_all_upgrade() {
+    let mut server = Server::start(&["--threads", "2"]);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let request = upgrade_request("/", &[]);
+                let mut streams: Vec<TcpStream> = (0..250)
+                    .map(|_| {
+                        let s = TcpStream::connect(addr).unwrap();
+                        s.set_read_timeout(Some(DEADLINE)).unwrap();
+                        s
+                    })
+                    .collect();
+                for s in &mut streams {
+                    s.write_all(&request).unwrap();
+                }
+                for s in &mut streams {
+                    let head = read_head(s);
+                    assert_eq!(head.status, 101);
+                    assert_eq!(head.header("Sec-WebSocket-Accept"), Some(ACCEPT));
+                }
+                streams
+            })
+        })
+        .collect();
+    let held: Vec<Vec<TcpStream>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(held.iter().map(Vec::len).sum::<usize>(), 1000);
+    drop(held);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    server.wait_for_log("upgraded=1000 ");
+}
+
+#[test]
+fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client() {
+    // 64 descriptors: room for about 50 clients; 80 connect.
+    let server = Server::start_with(&["--threads", "1"], |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let request = upgrade_request("/", &[]);
+    let mut streams: Vec<TcpStream> = (0..80).map(|_| server.connect()).collect();
+    for stream in &mut streams {
+        stream.write_all(&request).unwrap();
+    }
+    server.wait_for_log("resources exhausted");
+
+    // While stuck at the limit, the server must idle, not spin on EMFILE.
+    let cpu_before = server.cpu_time();
+    let wall = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < wall.elapsed() / 4,
+        "server burned {cpu:?} of CPU in {:?} while out of fds",
+        wall.elapsed()
+    );
+
+    // Sort the clients into answered and still queued, holding on to all of them.
+    let (mut served, mut waiting) = (Vec::new(), Vec::new());
+    for stream in streams {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut probe = [0u8; 1];
+        match stream.peek(&mut probe) {
+            Ok(n) => {
+                assert!(n > 0, "a client was closed without an answer");
+                served.push(stream);
+            }
+            Err(_) => waiting.push(stream),
+        }
+    }
+    assert!(
+        !served.is_empty() && !waiting.is_empty(),
+        "{} served, {} waiting",
+        served.len(),
+        waiting.len()
+    );
+    // Served clients leave, freeing descriptors: every queued client must now be upgraded.
+    drop(served);
+    for stream in &mut waiting {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        assert_eq!(read_head(stream).status, 101);
+    }
+}
