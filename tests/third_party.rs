@@ -1,0 +1,83 @@
+//! Independent clients from other ecosystems: Python `websockets` and Node `ws`.
+//!
+//! `.ci/run` installs both (into `target/thirdparty/`) and sets
+//! `WSEDGE_REQUIRE_THIRD_PARTY=1`, which turns a missing client into a failure; on a
+//! developer machine without them these tests say so and pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Server;
+
+fn thirdparty_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty")
+}
+
+fn required() -> bool {
+    std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1")
+}
+
+fn run_client(mut command: Command, name: &str, expected: &[&str]) {
+    let server = Server::start(&["--path", "/chat", "--subprotocols", "v2,v1"]);
+    let output = command
+        .arg(format!("ws://{}", server.addr))
+        .output()
+        .expect("run client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} client failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    for line in expected {
+        assert!(
+            stdout.contains(line),
+            "{name} client did not report {line:?}:\n{stdout}"
+        );
+    }
+}
+
+fn skip(name: &str, why: &str) {
+    assert!(!required(), "{name} client is required but {why}");
+    eprintln!("skipping the {name} client: {why} (run .ci/run to install it)");
+}
+
+#[test]
+fn python_websockets_client() {
+    let python = std::env::var_os("WSEDGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| thirdparty_dir().join("venv/bin/python"));
+    if !python.exists() {
+        return skip(
+            "Python websockets",
+            &format!("{} does not exist", python.display()),
+        );
+    }
+    let mut command = Command::new(python);
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py"));
+    run_client(
+        command,
+        "Python websockets",
+        &["echo ok", "close ok: 1000", "rejection ok: 404"],
+    );
+}
+
+#[test]
+fn node_ws_client() {
+    let modules = thirdparty_dir().join("node/node_modules");
+    if !modules.join("ws").exists() {
+        return skip("Node ws", &format!("{} has no ws", modules.display()));
+    }
+    let mut command = Command::new("node");
+    command
+        .env("NODE_PATH", &modules)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_client.js"));
+    run_client(
+        command,
+        "Node ws",
+        &["echo ok", "close ok: 1000", "rejection ok: 404"],
+    );
+}
