@@ -166,6 +166,7 @@ impl Server {
             let stats = Arc::new(Counters::default());
             let (reactor, waker) = epoll::Reactor::new(
                 listeners,
+                config.listen_options.defer_accept_secs > 0,
                 Arc::clone(&conn_config),
                 Arc::clone(&stats),
                 Arc::clone(&shutdown),
