@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::conn::{AfterUpgrade, ConnConfig};
 use crate::handshake::Policy;
-use crate::reactor::{ListenOptions, ServerConfig};
+use crate::reactor::{Backend, ListenOptions, ServerConfig};
 
 /// Longest subprotocol name accepted (the 101 must fit the response buffer).
 const MAX_SUBPROTOCOL_LEN: usize = 128;
@@ -35,9 +35,9 @@ pub enum Command {
 pub enum IoBackend {
     /// epoll via mio.
     Epoll,
-    /// io_uring (not built yet).
+    /// io_uring; refused at startup when the kernel does not allow it.
     Uring,
-    /// The best the kernel offers (today: epoll).
+    /// io_uring when the kernel allows it, else epoll.
     Auto,
 }
 
@@ -195,6 +195,7 @@ impl ServeArgs {
             listen: self.listen.clone(),
             threads,
             pin: !self.no_pin,
+            backend: Backend::Epoll,
             listen_options: ListenOptions {
                 backlog: self.backlog,
                 defer_accept_secs: self.defer_accept_secs,

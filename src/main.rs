@@ -9,7 +9,8 @@ use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use wsedge::config::{Cli, Command, IoBackend, ServeArgs};
-use wsedge::reactor::{sys, Server, ShutdownState};
+use wsedge::reactor::uring::probe::probe;
+use wsedge::reactor::{sys, Backend, Server, ShutdownState};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,20 +32,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.io == IoBackend::Uring {
-        Cli::command()
+    let (backend, why) = match (args.io, probe()) {
+        (IoBackend::Epoll, _) => (Backend::Epoll, "--io epoll".to_string()),
+        (IoBackend::Uring, Ok(())) => (Backend::Uring, "--io uring".to_string()),
+        (IoBackend::Uring, Err(unavailable)) => Cli::command()
             .error(
                 clap::error::ErrorKind::InvalidValue,
-                "--io uring: the io_uring backend is not in this build yet; use --io epoll or --io auto",
+                format!("--io uring: io_uring is unavailable here: {unavailable}; use --io epoll or --io auto"),
             )
-            .exit();
-    }
-    let backend = match args.io {
-        IoBackend::Auto => "epoll (auto: io_uring backend not built yet)",
-        _ => "epoll",
+            .exit(),
+        (IoBackend::Auto, Ok(())) => (Backend::Uring, "auto: io_uring available".to_string()),
+        (IoBackend::Auto, Err(unavailable)) => {
+            (Backend::Epoll, format!("auto: io_uring unavailable ({unavailable}), using epoll"))
+        }
     };
     let fd_limit = sys::raise_fd_limit().context("raising the descriptor limit")?;
-    let config = args.server_config();
+    let mut config = args.server_config();
+    config.backend = backend;
     if let Some(max) = sys::somaxconn().filter(|&max| max < config.listen_options.backlog) {
         tracing::warn!(
             "--backlog {} exceeds net.core.somaxconn={max}: the kernel caps accept queues at {max}; \
@@ -65,7 +69,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .collect();
     let policy = &config.conn.policy;
     tracing::info!(
-        "listening on {} (threads={}, pinned={}, backend={backend}, after={}, \
+        "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
          backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, fd_limit={fd_limit})",
         addrs.join(","),

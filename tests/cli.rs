@@ -31,7 +31,6 @@ rejects_flag! {
     non_numeric_threads:         ["--threads", "many"] names "--threads";
     bad_listen_address:          ["--listen", "localhost"] names "--listen";
     unknown_backend:             ["--io", "kqueue"] names "--io";
-    uring_not_built:             ["--io", "uring"] names "--io uring";
     unknown_after_mode:          ["--after", "proxy"] names "--after";
     relative_path:               ["--path", "chat"] names "--path";
     subprotocol_with_space:      ["--subprotocols", "a b"] names "--subprotocols";
@@ -55,6 +54,21 @@ fn a_port_in_use_is_a_clear_startup_error() {
     assert_ne!(code, 0);
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn io_uring_required_but_unavailable_is_a_startup_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .env("WSEDGE_IO_URING_PROBE", "fail")
+        .args(["serve", "--io", "uring", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run wsedge");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --io uring: io_uring is unavailable here"),
         "{stderr}"
     );
 }

@@ -1,6 +1,9 @@
 //! Echo mode against an independent client (tungstenite) and raw frames.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use std::io::Write;
 
@@ -9,9 +12,8 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error, Message};
 
-#[test]
-fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly() {
-    let server = Server::start(&["--subprotocols", "v2,v1"]);
+fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly(io: Io) {
+    let server = Server::start(io, &["--subprotocols", "v2,v1"]);
     let mut request = server.url("/chat").into_client_request().unwrap();
     request
         .headers_mut()
@@ -43,9 +45,8 @@ fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly() {
     }
 }
 
-#[test]
-fn close_code_is_echoed() {
-    let server = Server::start(&[]);
+fn close_code_is_echoed(io: Io) {
+    let server = Server::start(io, &[]);
     let (mut socket, _) = tungstenite::connect(server.url("/")).unwrap();
     socket
         .close(Some(tungstenite::protocol::CloseFrame {
@@ -59,9 +60,8 @@ fn close_code_is_echoed() {
     }
 }
 
-#[test]
-fn a_frame_sent_with_the_handshake_is_echoed() {
-    let server = Server::start(&[]);
+fn a_frame_sent_with_the_handshake_is_echoed(io: Io) {
+    let server = Server::start(io, &[]);
     let mut bytes = upgrade_request("/", &[]);
     bytes.extend(client_frame(true, 1, b"eager"));
     let (head, mut stream) = exchange(&server, &bytes);
@@ -73,9 +73,8 @@ fn a_frame_sent_with_the_handshake_is_echoed() {
     assert_eq!(echoed, b"\x81\x05eager");
 }
 
-#[test]
-fn fragmented_message_is_reassembled() {
-    let server = Server::start(&[]);
+fn fragmented_message_is_reassembled(io: Io) {
+    let server = Server::start(io, &[]);
     let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     stream.write_all(&client_frame(false, 2, b"abc")).unwrap();
@@ -85,8 +84,8 @@ fn fragmented_message_is_reassembled() {
 }
 
 /// Sends `frame` after upgrading and expects a Close with `code`, then the TCP close.
-fn expect_failure(args: &[&str], frame: &[u8], code: u16) {
-    let server = Server::start(args);
+fn expect_failure(io: Io, args: &[&str], frame: &[u8], code: u16) {
+    let server = Server::start(io, args);
     let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     stream.write_all(frame).unwrap();
@@ -95,45 +94,39 @@ fn expect_failure(args: &[&str], frame: &[u8], code: u16) {
     assert_eq!(rest, [0x88, 0x02, hi, lo], "expected close {code}");
 }
 
-#[test]
-fn unmasked_frame_is_1002() {
-    expect_failure(&[], &[0x81, 0x02, b'h', b'i'], 1002);
+fn unmasked_frame_is_1002(io: Io) {
+    expect_failure(io, &[], &[0x81, 0x02, b'h', b'i'], 1002);
 }
 
-#[test]
-fn reserved_bits_are_1002() {
+fn reserved_bits_are_1002(io: Io) {
     let mut frame = client_frame(true, 1, b"x");
     frame[0] |= 0x40;
-    expect_failure(&[], &frame, 1002);
+    expect_failure(io, &[], &frame, 1002);
 }
 
-#[test]
-fn unknown_opcode_is_1002() {
-    expect_failure(&[], &client_frame(true, 0x3, b"x"), 1002);
+fn unknown_opcode_is_1002(io: Io) {
+    expect_failure(io, &[], &client_frame(true, 0x3, b"x"), 1002);
 }
 
-#[test]
-fn fragmented_ping_is_1002() {
-    expect_failure(&[], &client_frame(false, 0x9, b"x"), 1002);
+fn fragmented_ping_is_1002(io: Io) {
+    expect_failure(io, &[], &client_frame(false, 0x9, b"x"), 1002);
 }
 
-#[test]
-fn invalid_utf8_text_is_1007() {
-    expect_failure(&[], &client_frame(true, 1, &[0xC3, 0x28]), 1007);
+fn invalid_utf8_text_is_1007(io: Io) {
+    expect_failure(io, &[], &client_frame(true, 1, &[0xC3, 0x28]), 1007);
 }
 
-#[test]
-fn message_over_the_limit_is_1009() {
+fn message_over_the_limit_is_1009(io: Io) {
     expect_failure(
+        io,
         &["--max-message-bytes", "1000"],
         &client_frame(true, 2, &[0u8; 1001]),
         1009,
     );
 }
 
-#[test]
-fn close_mode_sends_101_and_close_1000_then_closes() {
-    let server = Server::start(&["--after", "close"]);
+fn close_mode_sends_101_and_close_1000_then_closes(io: Io) {
+    let server = Server::start(io, &["--after", "close"]);
     let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     assert_eq!(
@@ -141,3 +134,17 @@ fn close_mode_sends_101_and_close_1000_then_closes() {
         [0x88, 0x02, 0x03, 0xE8]
     );
 }
+
+on_both_backends!(
+    tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly,
+    close_code_is_echoed,
+    a_frame_sent_with_the_handshake_is_echoed,
+    fragmented_message_is_reassembled,
+    unmasked_frame_is_1002,
+    reserved_bits_are_1002,
+    unknown_opcode_is_1002,
+    fragmented_ping_is_1002,
+    invalid_utf8_text_is_1007,
+    message_over_the_limit_is_1009,
+    close_mode_sends_101_and_close_1000_then_closes,
+);

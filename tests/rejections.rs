@@ -1,6 +1,9 @@
 //! Every rejection, through a real socket: status, required headers, body, then close.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use common::{exchange, read_to_close, upgrade_request, Server, ACCEPT};
 use std::io::Write;
@@ -44,9 +47,8 @@ fn expect(server: &Server, request: &[u8], status: u16, headers: &[(&str, &str)]
     assert!(text.contains(body), "body {text:?} lacks {body:?}");
 }
 
-#[test]
-fn every_rule_has_its_status_through_the_server() {
-    let server = Server::start(POLICY);
+fn every_rule_has_its_status_through_the_server(io: Io) {
+    let server = Server::start(io, POLICY);
     let ok = [AUTH, PROTO];
     expect(
         &server,
@@ -135,9 +137,8 @@ fn every_rule_has_its_status_through_the_server() {
     );
 }
 
-#[test]
-fn a_valid_request_through_the_same_policy_upgrades() {
-    let server = Server::start(POLICY);
+fn a_valid_request_through_the_same_policy_upgrades(io: Io) {
+    let server = Server::start(io, POLICY);
     let (head, _stream) = exchange(
         &server,
         &upgrade_request(
@@ -155,9 +156,8 @@ fn a_valid_request_through_the_same_policy_upgrades() {
     assert_eq!(head.header("Sec-WebSocket-Extensions"), None);
 }
 
-#[test]
-fn a_request_sent_one_byte_at_a_time_upgrades() {
-    let server = Server::start(&[]);
+fn a_request_sent_one_byte_at_a_time_upgrades(io: Io) {
+    let server = Server::start(io, &[]);
     let mut stream = server.connect();
     for byte in upgrade_request("/", &[]) {
         stream.write_all(&[byte]).unwrap();
@@ -168,9 +168,8 @@ fn a_request_sent_one_byte_at_a_time_upgrades() {
     assert_eq!(head.header("Sec-WebSocket-Accept"), Some(ACCEPT));
 }
 
-#[test]
-fn garbage_gets_400_not_silence() {
-    let server = Server::start(&[]);
+fn garbage_gets_400_not_silence(io: Io) {
+    let server = Server::start(io, &[]);
     // A TLS ClientHello sent to the plain port.
     expect(
         &server,
@@ -180,3 +179,10 @@ fn garbage_gets_400_not_silence() {
         "malformed",
     );
 }
+
+on_both_backends!(
+    every_rule_has_its_status_through_the_server,
+    a_valid_request_through_the_same_policy_upgrades,
+    a_request_sent_one_byte_at_a_time_upgrades,
+    garbage_gets_400_not_silence,
+);

@@ -1,16 +1,18 @@
 //! SIGTERM drains: no new connections, handshakes in flight finish, upgraded connections
 //! get Close 1001, and the process exits 0.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use common::{exchange, read_head, read_to_close, upgrade_request, Server};
 
-#[test]
-fn sigterm_finishes_handshakes_closes_with_1001_and_exits_0() {
-    let mut server = Server::start(&[]);
+fn sigterm_finishes_handshakes_closes_with_1001_and_exits_0(io: Io) {
+    let mut server = Server::start(io, &[]);
     let (head, mut upgraded) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let request = upgrade_request("/", &[]);
@@ -47,9 +49,8 @@ fn sigterm_finishes_handshakes_closes_with_1001_and_exits_0() {
     assert!(server.wait_exit().success());
 }
 
-#[test]
-fn a_second_signal_exits_at_once() {
-    let mut server = Server::start(&[]);
+fn a_second_signal_exits_at_once(io: Io) {
+    let mut server = Server::start(io, &[]);
     let (head, _upgraded) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let mut slow = server.connect();
@@ -59,3 +60,8 @@ fn a_second_signal_exits_at_once() {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
 }
+
+on_both_backends!(
+    sigterm_finishes_handshakes_closes_with_1001_and_exits_0,
+    a_second_signal_exits_at_once,
+);

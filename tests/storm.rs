@@ -1,6 +1,9 @@
 //! Many clients at once, and running out of descriptors.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -8,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{read_head, upgrade_request, Server, ACCEPT, DEADLINE};
 
-#[test]
-fn a_thousand_concurrent_clients_on_two_threads_all_upgrade() {
-    let mut server = Server::start(&["--threads", "2"]);
+fn a_thousand_concurrent_clients_on_two_threads_all_upgrade(io: Io) {
+    let mut server = Server::start(io, &["--threads", "2"]);
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let addr = server.addr;
@@ -43,10 +45,9 @@ fn a_thousand_concurrent_clients_on_two_threads_all_upgrade() {
     server.wait_for_log("upgraded=1000 ");
 }
 
-#[test]
-fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client() {
+fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client(io: Io) {
     // 64 descriptors: room for about 50 clients; 80 connect.
-    let server = Server::start_with(&["--threads", "1"], |command| {
+    let server = Server::start_with(io, &["--threads", "1"], |command| {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe and touches only the child.
         unsafe {
@@ -108,3 +109,8 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client() {
         assert_eq!(read_head(stream).status, 101);
     }
 }
+
+on_both_backends!(
+    a_thousand_concurrent_clients_on_two_threads_all_upgrade,
+    out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client,
+);

@@ -4,7 +4,10 @@
 //! `WSEDGE_REQUIRE_THIRD_PARTY=1`, which turns a missing client into a failure; on a
 //! developer machine without them these tests say so and pass.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +22,8 @@ fn required() -> bool {
     std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1")
 }
 
-fn run_client(mut command: Command, name: &str, expected: &[&str]) {
-    let server = Server::start(&["--path", "/chat", "--subprotocols", "v2,v1"]);
+fn run_client(io: Io, mut command: Command, name: &str, expected: &[&str]) {
+    let server = Server::start(io, &["--path", "/chat", "--subprotocols", "v2,v1"]);
     let output = command
         .arg(format!("ws://{}", server.addr))
         .output()
@@ -45,8 +48,7 @@ fn skip(name: &str, why: &str) {
     eprintln!("skipping the {name} client: {why} (run .ci/run to install it)");
 }
 
-#[test]
-fn python_websockets_client() {
+fn python_websockets_client(io: Io) {
     let python = std::env::var_os("WSEDGE_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| thirdparty_dir().join("venv/bin/python"));
@@ -59,14 +61,14 @@ fn python_websockets_client() {
     let mut command = Command::new(python);
     command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py"));
     run_client(
+        io,
         command,
         "Python websockets",
         &["echo ok", "close ok: 1000", "rejection ok: 404"],
     );
 }
 
-#[test]
-fn node_ws_client() {
+fn node_ws_client(io: Io) {
     let modules = thirdparty_dir().join("node/node_modules");
     if !modules.join("ws").exists() {
         return skip("Node ws", &format!("{} has no ws", modules.display()));
@@ -76,8 +78,11 @@ fn node_ws_client() {
         .env("NODE_PATH", &modules)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_client.js"));
     run_client(
+        io,
         command,
         "Node ws",
         &["echo ok", "close ok: 1000", "rejection ok: 404"],
     );
 }
+
+on_both_backends!(python_websockets_client, node_ws_client,);

@@ -1,15 +1,17 @@
 //! Handshake and idle deadlines, including slowloris clients that keep trickling.
 
+#[macro_use]
 mod common;
+
+use common::Io;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{exchange, read_to_close, upgrade_request, Server, DEADLINE};
 
-#[test]
-fn a_silent_connection_is_closed_without_an_answer() {
-    let server = Server::start(&["--handshake-timeout-ms", "300"]);
+fn a_silent_connection_is_closed_without_an_answer(io: Io) {
+    let server = Server::start(io, &["--handshake-timeout-ms", "300"]);
     let mut stream = server.connect();
     let start = Instant::now();
     let mut buf = [0u8; 64];
@@ -24,9 +26,8 @@ fn a_silent_connection_is_closed_without_an_answer() {
     );
 }
 
-#[test]
-fn a_slowloris_client_gets_408_at_the_deadline_despite_trickling() {
-    let server = Server::start(&["--handshake-timeout-ms", "500"]);
+fn a_slowloris_client_gets_408_at_the_deadline_despite_trickling(io: Io) {
+    let server = Server::start(io, &["--handshake-timeout-ms", "500"]);
     let mut stream = server.connect();
     let request = upgrade_request("/", &[]);
     let start = Instant::now();
@@ -65,9 +66,8 @@ fn a_slowloris_client_gets_408_at_the_deadline_despite_trickling() {
     );
 }
 
-#[test]
-fn an_idle_upgraded_connection_is_closed_with_1001() {
-    let server = Server::start(&["--idle-timeout-ms", "300"]);
+fn an_idle_upgraded_connection_is_closed_with_1001(io: Io) {
+    let server = Server::start(io, &["--idle-timeout-ms", "300"]);
     let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let start = Instant::now();
@@ -87,9 +87,8 @@ fn an_idle_upgraded_connection_is_closed_with_1001() {
     assert!(read_to_close(&mut stream, Vec::new()).is_empty());
 }
 
-#[test]
-fn activity_postpones_the_idle_timeout() {
-    let server = Server::start(&["--idle-timeout-ms", "400"]);
+fn activity_postpones_the_idle_timeout(io: Io) {
+    let server = Server::start(io, &["--idle-timeout-ms", "400"]);
     let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let start = Instant::now();
@@ -104,3 +103,10 @@ fn activity_postpones_the_idle_timeout() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+on_both_backends!(
+    a_silent_connection_is_closed_without_an_answer,
+    a_slowloris_client_gets_408_at_the_deadline_despite_trickling,
+    an_idle_upgraded_connection_is_closed_with_1001,
+    activity_postpones_the_idle_timeout,
+);

@@ -24,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{sys, Shutdown, ShutdownState};
+use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -112,17 +112,17 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// Creates a reactor over its own listeners; the waker interrupts its poll.
-    /// `defer_accept` says the listeners use `TCP_DEFER_ACCEPT`.
-    pub fn new(
-        listeners: Vec<std::net::TcpListener>,
-        defer_accept: bool,
-        config: Arc<ConnConfig>,
-        stats: Arc<Counters>,
-        shutdown: Arc<Shutdown>,
-    ) -> io::Result<(Reactor, Arc<Waker>)> {
+    /// Creates a reactor over its own listeners, and the function that wakes its poll.
+    pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
+        let ReactorParts {
+            listeners,
+            defer_accept,
+            config,
+            stats,
+            shutdown,
+        } = parts;
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Waker::new(poll.registry(), WAKER)?;
         let mut registered = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
             let mut socket = TcpListener::from_std(listener);
@@ -156,7 +156,9 @@ impl Reactor {
             },
             draining: false,
         };
-        Ok((reactor, waker))
+        // A reactor that cannot be woken still sees the flag on its next timer tick.
+        let wake: Wake = Arc::new(move || drop(waker.wake()));
+        Ok((reactor, wake))
     }
 
     fn now(&self) -> u64 {

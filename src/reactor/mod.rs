@@ -7,16 +7,68 @@
 pub mod epoll;
 pub mod listener;
 pub mod sys;
+pub mod uring;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::conn::ConnConfig;
 use crate::stats::{Counters, Snapshot};
 pub use listener::ListenOptions;
+
+/// The I/O backend that drives the reactors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Readiness with epoll (`mio`).
+    Epoll,
+    /// Completions with io_uring: multishot accept, provided buffers.
+    Uring,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Epoll => "epoll",
+            Backend::Uring => "io_uring",
+        })
+    }
+}
+
+/// What each backend's reactor is built from.
+pub struct ReactorParts {
+    /// This reactor's listeners, one per listen address.
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The listeners use `TCP_DEFER_ACCEPT`: a request is queued by the time of accept.
+    pub defer_accept: bool,
+    /// Per-connection behaviour.
+    pub config: Arc<ConnConfig>,
+    /// This reactor's counters.
+    pub stats: Arc<Counters>,
+    /// The server-wide shutdown signal.
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// Wakes a reactor blocked in its event loop.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+// One per thread, moved once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Runner {
+    Epoll(epoll::Reactor),
+    Uring(uring::Reactor),
+}
+
+impl Runner {
+    fn run(self) -> io::Result<()> {
+        match self {
+            Runner::Epoll(reactor) => reactor.run(),
+            Runner::Uring(reactor) => reactor.run(),
+        }
+    }
+}
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -27,6 +79,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Pin reactor `i` to CPU `i` (modulo the CPUs available).
     pub pin: bool,
+    /// The I/O backend.
+    pub backend: Backend,
     /// Listener settings.
     pub listen_options: ListenOptions,
     /// Per-connection behaviour.
@@ -44,9 +98,9 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
-    /// The event loop could not be created.
-    #[error("cannot create the event loop: {0}")]
-    Poll(io::Error),
+    /// A reactor could not set up its event loop.
+    #[error("cannot set up a reactor: {0}")]
+    Reactor(io::Error),
     /// A reactor thread could not be spawned.
     #[error("cannot start a reactor thread: {0}")]
     Spawn(io::Error),
@@ -61,7 +115,7 @@ const ABORTING: u8 = 2;
 #[derive(Default)]
 pub struct Shutdown {
     state: AtomicU8,
-    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    wakers: Mutex<Vec<Wake>>,
 }
 
 /// What the reactors should be doing.
@@ -104,7 +158,7 @@ impl Shutdown {
         self.state()
     }
 
-    fn register(&self, waker: Arc<mio::Waker>) {
+    fn register(&self, waker: Wake) {
         if let Ok(mut wakers) = self.wakers.lock() {
             wakers.push(waker);
         }
@@ -112,9 +166,8 @@ impl Shutdown {
 
     fn wake_all(&self) {
         if let Ok(wakers) = self.wakers.lock() {
-            for waker in wakers.iter() {
-                // A reactor that cannot be woken still sees the flag on its next timer tick.
-                let _ = waker.wake();
+            for wake in wakers.iter() {
+                wake();
             }
         }
     }
@@ -160,25 +213,22 @@ impl Server {
         } else {
             Vec::new()
         };
-        let mut reactors = Vec::with_capacity(threads);
         let mut counters = Vec::with_capacity(threads);
-        for listeners in per_reactor {
-            let stats = Arc::new(Counters::default());
-            let (reactor, waker) = epoll::Reactor::new(
-                listeners,
-                config.listen_options.defer_accept_secs > 0,
-                Arc::clone(&conn_config),
-                Arc::clone(&stats),
-                Arc::clone(&shutdown),
-            )
-            .map_err(StartError::Poll)?;
-            shutdown.register(waker);
-            counters.push(stats);
-            reactors.push(reactor);
-        }
         let mut handles = Vec::with_capacity(threads);
-        for (index, reactor) in reactors.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for (index, listeners) in per_reactor.into_iter().enumerate() {
+            let stats = Arc::new(Counters::default());
+            counters.push(Arc::clone(&stats));
+            let parts = ReactorParts {
+                listeners,
+                defer_accept: config.listen_options.defer_accept_secs > 0,
+                config: Arc::clone(&conn_config),
+                stats,
+                shutdown: Arc::clone(&shutdown),
+            };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let backend = config.backend;
+            let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("wsedge-reactor-{index}"))
                 .spawn(move || {
@@ -187,10 +237,45 @@ impl Server {
                             tracing::warn!(reactor = index, "could not pin to CPU {}", core.id);
                         }
                     }
-                    reactor.run()
+                    // Built on its own thread: an io_uring set up for a single issuer must be
+                    // created by the thread that submits to it.
+                    let built = match backend {
+                        Backend::Epoll => {
+                            epoll::Reactor::new(parts).map(|(r, wake)| (Runner::Epoll(r), wake))
+                        }
+                        Backend::Uring => {
+                            uring::Reactor::new(parts).map(|(r, wake)| (Runner::Uring(r), wake))
+                        }
+                    };
+                    match built {
+                        Ok((runner, wake)) => {
+                            let _ = ready.send(Ok(wake));
+                            runner.run()
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                            Ok(())
+                        }
+                    }
                 })
                 .map_err(StartError::Spawn)?;
             handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(wake)) => shutdown.register(wake),
+                Ok(Err(error)) => failure = Some(error),
+                Err(_) => failure = Some(io::Error::other("a reactor thread exited during setup")),
+            }
+        }
+        if let Some(error) = failure {
+            shutdown.escalate_to_abort();
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(StartError::Reactor(error));
         }
         Ok(Server {
             threads: handles,

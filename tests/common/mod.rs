@@ -14,6 +14,36 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
+/// The I/O backend a test runs against; every server test runs once per backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    Epoll,
+    Uring,
+}
+
+impl Io {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::Uring => "uring",
+        }
+    }
+}
+
+/// Generates, for each listed `fn name(io: Io)`, one `#[test]` per backend:
+/// `epoll::name` and `uring::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name($crate::common::Io::Epoll) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name($crate::common::Io::Uring) } )*
+        }
+    };
+}
+
 /// A running `wsedge serve`, killed on drop.
 pub struct Server {
     child: Child,
@@ -22,16 +52,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `wsedge serve` with `args`, on 127.0.0.1:0 and 2 unpinned threads unless
+    /// Starts `wsedge serve --io IO` with `args`, on 127.0.0.1:0 and 2 unpinned threads unless
     /// `args` says otherwise, and waits for its "listening on" line.
-    pub fn start(args: &[&str]) -> Server {
-        Server::start_with(args, |_| {})
+    pub fn start(io: Io, args: &[&str]) -> Server {
+        Server::start_with(io, args, |_| {})
     }
 
     /// Like [`Server::start`], with a hook to adjust the command (limits, environment).
-    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+    pub fn start_with(io: Io, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wsedge"));
-        command.arg("serve");
+        command.args(["serve", "--io", io.flag()]);
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
@@ -51,11 +81,12 @@ impl Server {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split([' ', ',']).next().unwrap_or_default().to_owned();
                     let _ = addr_tx.send(addr);
                 }
-                sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
         let addr = match addr_rx.recv_timeout(DEADLINE) {
@@ -65,7 +96,17 @@ impl Server {
                 panic!("wsedge did not start: {}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log }
+        let server = Server { child, addr, log };
+        let backend = match io {
+            Io::Epoll => "backend=epoll",
+            Io::Uring => "backend=io_uring",
+        };
+        assert!(
+            server.log().contains(backend),
+            "asked for {io:?}, got: {}",
+            server.log()
+        );
+        server
     }
 
     pub fn pid(&self) -> i32 {

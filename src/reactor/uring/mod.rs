@@ -1,0 +1,768 @@
+//! The io_uring backend: one ring per reactor thread, completions instead of readiness.
+//!
+//! Per connection in close mode the reactor submits a receive (with a buffer picked by the
+//! kernel from a provided-buffer ring when data arrives), then the response send linked to
+//! the close; the accept itself is one multishot request per listener. All of it goes into
+//! the kernel in one `io_uring_enter` per loop turn, which also waits for the next
+//! completions with the timer wheel's next deadline as its timeout.
+//!
+//! # Multishot re-arming
+//! A multishot accept ends when a completion arrives without `IORING_CQE_F_MORE` (the
+//! kernel ran out of descriptors, or the request was cancelled): it is re-armed at the end
+//! of the loop turn, after a pause when it ended on an error, so that `EMFILE` does not
+//! turn into a loop of failing completions.
+//!
+//! # Buffers
+//! An operation's buffer must stay put until its completion: a send uses the connection's
+//! unsent output, to which nothing is appended while the send is in flight (new output waits
+//! in `queued`). A slot is freed only once every operation submitted for it has completed,
+//! so a late completion never finds another connection in its place.
+
+mod buf_ring;
+pub mod probe;
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::stats::Counters;
+use crate::timer::TimerWheel;
+use buf_ring::BufRing;
+
+const RING_ENTRIES: u32 = 4096;
+/// 256 buffers of 16 KiB: 4 MiB per reactor, shared by all its connections.
+const BUFFER_COUNT: u16 = 256;
+const BUFFER_SIZE: usize = 16 * 1024;
+const BUFFER_GROUP: u16 = 1;
+const ACCEPT_PAUSE_MS: u64 = 100;
+/// Keys of listeners in `user_data` (connection keys stay far below).
+const LISTENER_BASE: usize = 1 << 40;
+const WAKE_KEY: usize = (1 << 48) - 1;
+
+/// The operation a completion belongs to, in the low byte of `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Shutdown = 4,
+    Close = 5,
+    Cancel = 6,
+    Wake = 7,
+}
+
+fn user_data(key: usize, op: Op) -> u64 {
+    ((key as u64) << 8) | op as u64
+}
+
+fn decode(user_data: u64) -> (usize, Option<Op>) {
+    let op = match user_data & 0xFF {
+        1 => Op::Accept,
+        2 => Op::Recv,
+        3 => Op::Send,
+        4 => Op::Shutdown,
+        5 => Op::Close,
+        6 => Op::Cancel,
+        7 => Op::Wake,
+        _ => return ((user_data >> 8) as usize, None),
+    };
+    ((user_data >> 8) as usize, Some(op))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterSend {
+    Nothing,
+    ShutdownWrite,
+    Close,
+}
+
+struct Client {
+    fd: RawFd,
+    conn: Conn,
+    /// Output produced while a send was in flight.
+    queued: Vec<u8>,
+    /// Submitted operations whose completion has not arrived.
+    in_flight: u8,
+    recv_armed: bool,
+    send_in_flight: bool,
+    after_send: AfterSend,
+    /// The close is submitted; the slot is freed when `in_flight` reaches 0.
+    closing: bool,
+    flush_deadline: Option<u64>,
+}
+
+struct Listener {
+    /// `None` once closed for a drain.
+    socket: Option<std::net::TcpListener>,
+    armed: bool,
+}
+
+/// One reactor on io_uring.
+pub struct Reactor {
+    ring: IoUring,
+    /// Dropped by hand: see `Drop`.
+    buffers: ManuallyDrop<BufRing>,
+    listeners: Vec<Listener>,
+    clients: Slab<Client>,
+    wheel: TimerWheel,
+    config: Arc<ConnConfig>,
+    stats: Arc<Counters>,
+    shutdown: Arc<Shutdown>,
+    out: Vec<u8>,
+    epoch: Instant,
+    accept_paused_until: u64,
+    last_pause_log: Option<u64>,
+    wake_fd: Arc<OwnedFd>,
+    wake_buf: Box<[u8; 8]>,
+    /// Receives that found the buffer ring empty: re-armed next turn.
+    rearm: Vec<usize>,
+    completions: Vec<(u64, i32, u32)>,
+    fired: Vec<u32>,
+    draining: bool,
+}
+
+/// Builds the ring with the cheapest task-running mode the kernel accepts: with
+/// `DEFER_TASKRUN` completion work runs only when this thread enters the kernel to wait,
+/// never as an interrupt in the middle of processing a batch.
+fn build_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
+        .or_else(|_| IoUring::new(RING_ENTRIES))
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no pointer arguments; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Reactor {
+    /// Creates a reactor over its own listeners, and the function that wakes its wait.
+    /// Must run on the thread that will call [`Reactor::run`] (single-issuer ring).
+    pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
+        let ReactorParts {
+            listeners,
+            config,
+            stats,
+            shutdown,
+            ..
+        } = parts;
+        let ring = build_ring()?;
+        let buffers = ManuallyDrop::new(BufRing::new(
+            &ring,
+            BUFFER_GROUP,
+            BUFFER_COUNT,
+            BUFFER_SIZE,
+        )?);
+        let wake_fd = Arc::new(eventfd()?);
+        let mut reactor = Reactor {
+            ring,
+            buffers,
+            listeners: listeners
+                .into_iter()
+                .map(|l| Listener {
+                    socket: Some(l),
+                    armed: false,
+                })
+                .collect(),
+            clients: Slab::new(),
+            wheel: TimerWheel::new(0),
+            config,
+            stats,
+            shutdown,
+            out: Vec::with_capacity(4096),
+            epoch: Instant::now(),
+            accept_paused_until: 0,
+            last_pause_log: None,
+            wake_fd: Arc::clone(&wake_fd),
+            wake_buf: Box::new([0; 8]),
+            rearm: Vec::new(),
+            completions: Vec::with_capacity(1024),
+            fired: Vec::new(),
+            draining: false,
+        };
+        reactor.arm_wake()?;
+        reactor.arm_accepts(0)?;
+        let wake: Wake = Arc::new(move || {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live local to an eventfd we keep open; a failed
+            // write (counter full) still leaves the reactor woken.
+            unsafe { libc::write(wake_fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        });
+        Ok((reactor, wake))
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Queues `entry`, flushing the submission queue to the kernel if it is full.
+    ///
+    /// # Safety
+    /// Every buffer `entry` points to must stay valid until its completion arrives.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller guarantees the entry's buffers outlive the operation.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let read = opcode::Read::new(
+            types::Fd(self.wake_fd.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(user_data(WAKE_KEY, Op::Wake));
+        // SAFETY: `wake_buf` is boxed (stable address) and lives as long as the ring.
+        unsafe { self.push(&read) }
+    }
+
+    fn arm_accepts(&mut self, now: u64) -> io::Result<()> {
+        if self.draining || now < self.accept_paused_until {
+            return Ok(());
+        }
+        for index in 0..self.listeners.len() {
+            let listener = &self.listeners[index];
+            let Some(socket) = listener.socket.as_ref().filter(|_| !listener.armed) else {
+                continue;
+            };
+            let accept = opcode::AcceptMulti::new(types::Fd(socket.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build()
+                .user_data(user_data(LISTENER_BASE + index, Op::Accept));
+            // SAFETY: a multishot accept without an address buffer references no memory.
+            unsafe { self.push(&accept)? };
+            self.listeners[index].armed = true;
+        }
+        Ok(())
+    }
+
+    /// Runs until a shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        loop {
+            let wait = self.wait_timeout(self.now());
+            self.submit_and_wait(wait)?;
+            let now = self.now();
+            self.reap(now)?;
+            match self.shutdown.state() {
+                ShutdownState::Aborting => return Ok(()),
+                ShutdownState::Draining if !self.draining => self.start_draining(now)?,
+                _ => {}
+            }
+            self.arm_accepts(now)?;
+            for key in std::mem::take(&mut self.rearm) {
+                self.arm_recv(key)?;
+            }
+            self.expire_timers(now)?;
+            if self.draining && self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn wait_timeout(&self, now: u64) -> Option<Duration> {
+        if !self.rearm.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut wait = self.wheel.next_wake(now);
+        let paused = !self.draining
+            && self
+                .listeners
+                .iter()
+                .any(|l| !l.armed && l.socket.is_some());
+        if paused {
+            let resume = self.accept_paused_until.saturating_sub(now);
+            wait = Some(wait.map_or(resume, |w| w.min(resume)));
+        }
+        wait.map(Duration::from_millis)
+    }
+
+    /// One `io_uring_enter`: submits everything queued this turn and waits for at least one
+    /// completion or the timeout.
+    fn submit_and_wait(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        let result = match wait {
+            None => self.ring.submit_and_wait(1),
+            Some(timeout) => {
+                let timespec = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self, now: u64) -> io::Result<()> {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(data, result, flags) in &completions {
+            let (key, op) = decode(data);
+            match op {
+                Some(Op::Wake) => self.arm_wake()?,
+                Some(Op::Accept) => self.on_accept(key - LISTENER_BASE, result, flags, now)?,
+                Some(op) => self.on_client_completion(key, op, result, flags, now)?,
+                None => {}
+            }
+        }
+        completions.clear();
+        self.completions = completions;
+        Ok(())
+    }
+
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32, now: u64) -> io::Result<()> {
+        if !cqueue::more(flags) {
+            if let Some(listener) = self.listeners.get_mut(index) {
+                listener.armed = false;
+                if self.draining {
+                    self.close_listener(index, now)?;
+                }
+            }
+        }
+        if result >= 0 {
+            return self.on_accepted(result, now);
+        }
+        let error = io::Error::from_raw_os_error(-result);
+        if result == -libc::ECANCELED || sys::is_transient_accept_error(&error) {
+            return Ok(());
+        }
+        // Out of descriptors or memory: the connection stays queued in the kernel. Pause
+        // before re-arming, or the ring would spin on failing completions.
+        self.accept_paused_until = now + ACCEPT_PAUSE_MS;
+        Counters::bump(&self.stats.accept_pauses);
+        if self.last_pause_log.is_none_or(|t| now >= t + 1000) {
+            self.last_pause_log = Some(now);
+            let what = if sys::is_resource_exhaustion(&error) {
+                "resources exhausted"
+            } else {
+                "accept failed"
+            };
+            tracing::warn!("{what}: {error}; pausing accept for {ACCEPT_PAUSE_MS} ms");
+        }
+        if cqueue::more(flags) {
+            // Still armed: cancel it so that it is re-armed after the pause.
+            let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
+                .build()
+                .user_data(user_data(WAKE_KEY, Op::Cancel));
+            // SAFETY: a cancel references no memory.
+            unsafe { self.push(&cancel)? };
+        }
+        Ok(())
+    }
+
+    fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {
+        Counters::bump(&self.stats.accepted);
+        let key = self.clients.insert(Client {
+            fd,
+            conn: Conn::new(&self.config, now),
+            queued: Vec::new(),
+            in_flight: 0,
+            recv_armed: false,
+            send_in_flight: false,
+            after_send: AfterSend::Nothing,
+            closing: false,
+            flush_deadline: None,
+        });
+        self.settle(key, now)
+    }
+
+    fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.closing
+            || client.recv_armed
+            || client.send_in_flight
+            || client.after_send != AfterSend::Nothing
+        {
+            return Ok(());
+        }
+        let recv = opcode::Recv::new(
+            types::Fd(client.fd),
+            std::ptr::null_mut(),
+            BUFFER_SIZE as u32,
+        )
+        .buf_group(self.buffers.group())
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(user_data(key, Op::Recv));
+        client.recv_armed = true;
+        client.in_flight += 1;
+        // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
+        unsafe { self.push(&recv) }
+    }
+
+    /// Sends the connection's unsent output; with `then_close`, links the close to it.
+    fn submit_send(&mut self, key: usize, then_close: bool) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let unsent = client.conn.unsent();
+        let mut send =
+            opcode::Send::new(types::Fd(client.fd), unsent.as_ptr(), unsent.len() as u32)
+                // Stream sockets: the kernel retries a short send until all is sent or it fails.
+                .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(user_data(key, Op::Send));
+        client.send_in_flight = true;
+        client.in_flight += 1;
+        if then_close {
+            send = send.flags(squeue::Flags::IO_LINK);
+            client.closing = true;
+            client.in_flight += 1;
+            let fd = client.fd;
+            self.wheel.cancel(key as u32);
+            // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
+            unsafe { self.push(&send)? };
+            let close = opcode::Close::new(types::Fd(fd))
+                .build()
+                .user_data(user_data(key, Op::Close));
+            // SAFETY: a close references no memory.
+            return unsafe { self.push(&close) };
+        }
+        // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
+        unsafe { self.push(&send) }
+    }
+
+    fn submit_shutdown(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        client.in_flight += 1;
+        let shutdown = opcode::Shutdown::new(types::Fd(client.fd), libc::SHUT_WR)
+            .build()
+            .user_data(user_data(key, Op::Shutdown));
+        // SAFETY: a shutdown references no memory.
+        unsafe { self.push(&shutdown) }
+    }
+
+    /// Cancels what is in flight and closes the socket; the slot goes when all completed.
+    fn begin_close(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.closing {
+            return Ok(());
+        }
+        client.closing = true;
+        self.wheel.cancel(key as u32);
+        let mut entries = Vec::with_capacity(3);
+        for (armed, op) in [
+            (client.recv_armed, Op::Recv),
+            (client.send_in_flight, Op::Send),
+        ] {
+            if armed {
+                entries.push(
+                    opcode::AsyncCancel::new(user_data(key, op))
+                        .build()
+                        .user_data(user_data(key, Op::Cancel)),
+                );
+            }
+        }
+        entries.push(
+            opcode::Close::new(types::Fd(client.fd))
+                .build()
+                .user_data(user_data(key, Op::Close)),
+        );
+        client.in_flight += entries.len() as u8;
+        for entry in &entries {
+            // SAFETY: cancels and closes reference no memory.
+            unsafe { self.push(entry)? };
+        }
+        Ok(())
+    }
+
+    fn on_client_completion(
+        &mut self,
+        key: usize,
+        op: Op,
+        result: i32,
+        flags: u32,
+        now: u64,
+    ) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        client.in_flight = client.in_flight.saturating_sub(1);
+        match op {
+            Op::Recv => {
+                client.recv_armed = false;
+                let buffer = cqueue::buffer_select(flags);
+                if client.closing {
+                    if let Some(bid) = buffer {
+                        self.buffers.recycle(bid);
+                    }
+                } else if result > 0 {
+                    let Some(bid) = buffer else {
+                        return self.begin_close(key);
+                    };
+                    let mut cx = Ctx {
+                        config: &self.config,
+                        now,
+                        out: &mut self.out,
+                        stats: &self.stats,
+                    };
+                    let next = client
+                        .conn
+                        .on_data(self.buffers.get(bid, result as usize), &mut cx);
+                    self.buffers.recycle(bid);
+                    self.apply(key, next)?;
+                } else if result == 0 {
+                    let mut cx = Ctx {
+                        config: &self.config,
+                        now,
+                        out: &mut self.out,
+                        stats: &self.stats,
+                    };
+                    let next = client.conn.on_eof(&mut cx);
+                    self.apply(key, next)?;
+                } else if result == -libc::ENOBUFS {
+                    // Every buffer is in use this turn; they come back as completions are handled.
+                    self.rearm.push(key);
+                } else if result != -libc::ECANCELED {
+                    self.begin_close(key)?;
+                }
+            }
+            Op::Send => {
+                client.send_in_flight = false;
+                if client.closing {
+                    // The linked close follows (or was cancelled by a failed send).
+                } else if result < 0 {
+                    self.begin_close(key)?;
+                } else {
+                    client.conn.advance_unsent(result as usize);
+                    self.after_send(key)?;
+                }
+            }
+            Op::Close if result == -libc::ECANCELED => {
+                // A linked close whose send failed: close on its own.
+                client.in_flight += 1;
+                let close = opcode::Close::new(types::Fd(client.fd))
+                    .build()
+                    .user_data(user_data(key, Op::Close));
+                // SAFETY: a close references no memory.
+                unsafe { self.push(&close)? };
+            }
+            Op::Shutdown | Op::Close | Op::Cancel | Op::Accept | Op::Wake => {}
+        }
+        self.settle(key, now)
+    }
+
+    /// After a send completed: send the rest, or what queued up meanwhile, or act on what
+    /// was waiting for the output to be out.
+    fn after_send(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if !client.conn.unsent().is_empty() {
+            return self.submit_send(key, false);
+        }
+        if !client.queued.is_empty() {
+            let queued = std::mem::take(&mut client.queued);
+            client.conn.keep_unsent(&queued);
+            return self.submit_send(key, false);
+        }
+        match std::mem::replace(&mut client.after_send, AfterSend::Nothing) {
+            AfterSend::Nothing => Ok(()),
+            AfterSend::ShutdownWrite => self.submit_shutdown(key),
+            AfterSend::Close => self.begin_close(key),
+        }
+    }
+
+    /// Sends the output of the last call and carries out `next`.
+    fn apply(&mut self, key: usize, next: Next) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let mut sending = false;
+        if !self.out.is_empty() {
+            if client.send_in_flight || !client.conn.unsent().is_empty() {
+                client.queued.extend_from_slice(&self.out);
+            } else {
+                client.conn.keep_unsent(&self.out);
+                sending = true;
+            }
+            self.out.clear();
+        }
+        let busy = sending || client.send_in_flight;
+        match (next, busy) {
+            // The common close-mode path: 101 and close in the same submission.
+            (Next::Close, true) if sending && !client.recv_armed => self.submit_send(key, true),
+            (Next::Close, true) => {
+                client.after_send = AfterSend::Close;
+                if sending {
+                    self.submit_send(key, false)?;
+                }
+                Ok(())
+            }
+            (Next::Close, false) => self.begin_close(key),
+            (Next::HalfClose, true) => {
+                client.after_send = AfterSend::ShutdownWrite;
+                if sending {
+                    self.submit_send(key, false)?;
+                }
+                Ok(())
+            }
+            (Next::HalfClose, false) => self.submit_shutdown(key),
+            (Next::Continue, _) if sending => self.submit_send(key, false),
+            (Next::Continue, _) => Ok(()),
+        }
+    }
+
+    /// Frees a finished slot, or re-arms the receive and the timer of a live one.
+    fn settle(&mut self, key: usize, now: u64) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.closing {
+            if client.in_flight == 0 {
+                self.clients.remove(key);
+                self.wheel.cancel(key as u32);
+                Counters::bump(&self.stats.closed);
+            }
+            return Ok(());
+        }
+        if self.draining && client.conn.is_open() {
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            let next = client.conn.on_shutdown(&mut cx);
+            self.apply(key, next)?;
+        }
+        self.arm_recv(key)?;
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.closing {
+            return Ok(());
+        }
+        if client.after_send != AfterSend::Nothing && client.flush_deadline.is_none() {
+            client.flush_deadline = Some(now + self.config.linger_ms);
+        }
+        match client.conn.deadline().or(client.flush_deadline) {
+            Some(deadline) if self.wheel.deadline(key as u32) != Some(deadline) => {
+                self.wheel.schedule(key as u32, deadline)
+            }
+            Some(_) => {}
+            None => self.wheel.cancel(key as u32),
+        }
+        Ok(())
+    }
+
+    fn expire_timers(&mut self, now: u64) -> io::Result<()> {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.expire(now, |key| fired.push(key));
+        for key in fired.drain(..) {
+            let key = key as usize;
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            if client.closing {
+                continue;
+            }
+            if client.after_send == AfterSend::Close
+                || client.send_in_flight && client.flush_deadline.is_some()
+            {
+                // The peer stopped reading our output: give up on it.
+                self.begin_close(key)?;
+                continue;
+            }
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            let next = client.conn.on_timeout(&mut cx);
+            self.apply(key, next)?;
+            self.settle(key, now)?;
+        }
+        self.fired = fired;
+        Ok(())
+    }
+
+    fn start_draining(&mut self, now: u64) -> io::Result<()> {
+        self.draining = true;
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].armed {
+                let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
+                    .build()
+                    .user_data(user_data(WAKE_KEY, Op::Cancel));
+                // SAFETY: a cancel references no memory.
+                unsafe { self.push(&cancel)? };
+            } else {
+                self.close_listener(index, now)?;
+            }
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.settle(key, now)?;
+        }
+        tracing::info!(connections = self.clients.len(), "draining");
+        Ok(())
+    }
+
+    /// Takes the connections still queued on a listener (closing it would reset them), then
+    /// closes it.
+    fn close_listener(&mut self, index: usize, now: u64) -> io::Result<()> {
+        let Some(socket) = self.listeners[index].socket.take() else {
+            return Ok(());
+        };
+        socket.set_nonblocking(true)?;
+        while let Ok((stream, _)) = socket.accept() {
+            stream.set_nonblocking(true)?;
+            self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        if self.clients.is_empty() {
+            self.buffers.unregister(&self.ring);
+            // SAFETY: no receive is in flight (every slot is gone, and a slot outlives its
+            // operations) and the group is unregistered, so nothing uses the buffers; they
+            // are dropped once, here.
+            unsafe { ManuallyDrop::drop(&mut self.buffers) };
+        }
+        // Otherwise (aborted with receives in flight) the kernel may still write into the
+        // buffers while it tears the ring down, so they are leaked; the process exits next.
+    }
+}
