@@ -29,7 +29,7 @@ trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
 addr=$(grep -o 'listening on [^ ,]*' "$log" | head -1 | cut -d' ' -f3)
 
-events=recvfrom,accept4,epoll_ctl,epoll_wait,sendto,close,read,write,shutdown
+events=recvfrom,accept4,epoll_ctl,epoll_wait,sendto,close,read,write,shutdown,io_uring_enter
 perf_events=$(printf 'syscalls:sys_enter_%s,' ${events//,/ })
 counts=$(mktemp)
 perf stat -x, -e "${perf_events%,}" -p "$server" -o "$counts" -- sleep "$((secs + 1))" &

@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench upgrade_storm -- [--rounds 5] [--secs 3] [--concurrency 64] [--idle 10000]
+//!     [--threads 1] [--servers epoll,epoll-defer,uring,uring-defer,floor]
 //! cargo bench --bench upgrade_storm -- --target 127.0.0.1:8080 [--secs 3]   # any server
 //! ```
 //!
@@ -37,6 +38,8 @@ struct Options {
     secs: u64,
     concurrency: usize,
     idle: usize,
+    threads: usize,
+    servers: Vec<String>,
 }
 
 fn main() -> std::io::Result<()> {
@@ -62,6 +65,15 @@ fn main() -> std::io::Result<()> {
         secs: value("--secs", 3) as u64,
         concurrency: value("--concurrency", 64),
         idle: value("--idle", 10_000),
+        threads: value("--threads", 1),
+        servers: args
+            .iter()
+            .position(|a| a == "--servers")
+            .and_then(|i| args.get(i + 1))
+            .map_or("epoll,epoll-defer,uring,uring-defer,floor", String::as_str)
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
     };
     pin_to_cpu(1);
     if let Some(target) = args
@@ -82,7 +94,9 @@ fn main() -> std::io::Result<()> {
     }
     handshake_storm(&options)?;
     if options.idle > 0 {
-        idle_memory(options.idle)?;
+        for io in ["epoll", "uring"] {
+            idle_memory(options.idle, io)?;
+        }
     }
     Ok(())
 }
@@ -179,39 +193,50 @@ struct Run {
     latency: Histogram<u64>,
 }
 
+/// The wsedge variants to compare, by `--servers` name.
+const WSEDGE_VARIANTS: &[(&str, &[&str])] = &[
+    ("epoll", &["--io", "epoll"]),
+    (
+        "epoll-defer",
+        &["--io", "epoll", "--defer-accept-secs", "1"],
+    ),
+    ("uring", &["--io", "uring"]),
+    (
+        "uring-defer",
+        &["--io", "uring", "--defer-accept-secs", "1"],
+    ),
+];
+
 fn handshake_storm(options: &Options) -> std::io::Result<()> {
-    let mut wsedge = Command::new(env!("CARGO_BIN_EXE_wsedge"));
-    wsedge.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--after",
-        "close",
-    ]);
-    let mut deferred = Command::new(env!("CARGO_BIN_EXE_wsedge"));
-    deferred.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--after",
-        "close",
-    ]);
-    deferred.args(["--defer-accept-secs", "1"]);
-    let mut floor = Command::new(std::env::current_exe()?);
-    floor.arg("--floor-server");
-    let targets = [
-        start("wsedge", wsedge),
-        start("wsedge --defer-accept-secs 1", deferred),
-        start("floor server", floor),
-    ];
+    let threads = options.threads.to_string();
+    let mut targets = Vec::new();
+    for name in &options.servers {
+        if name == "floor" {
+            let mut floor = Command::new(std::env::current_exe()?);
+            floor.arg("--floor-server");
+            targets.push(start("floor", floor));
+            continue;
+        }
+        let Some((label, flags)) = WSEDGE_VARIANTS.iter().find(|(n, _)| n == name) else {
+            panic!("--servers: unknown server {name:?} (floor, epoll, epoll-defer, uring, uring-defer)");
+        };
+        let mut wsedge = Command::new(env!("CARGO_BIN_EXE_wsedge"));
+        wsedge.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            &threads,
+            "--after",
+            "close",
+        ]);
+        wsedge.args(*flags);
+        targets.push(start(label, wsedge));
+    }
     let mut runs: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
     println!(
-        "handshake storm: {} rounds x {} s, concurrency {}, servers on CPU 0, load on CPU 1",
-        options.rounds, options.secs, options.concurrency
+        "handshake storm: {} rounds x {} s, concurrency {}, wsedge with {} thread(s) from CPU 0, load on CPU 1",
+        options.rounds, options.secs, options.concurrency, options.threads
     );
     for round in 0..options.rounds {
         for (i, target) in targets.iter().enumerate() {
@@ -263,13 +288,14 @@ fn handshake_storm(options: &Options) -> std::io::Result<()> {
             median(&p99)
         );
     }
-    let floor = cpu_medians[targets.len() - 1];
-    for (target, cpu) in targets.iter().zip(&cpu_medians).take(targets.len() - 1) {
-        println!(
-            "{} CPU per upgrade / floor: {:.3}",
-            target.name,
-            cpu / floor
-        );
+    println!("\nCPU per upgrade, ratios of medians (row / column):");
+    for (row, row_cpu) in targets.iter().zip(&cpu_medians) {
+        let ratios: Vec<String> = targets
+            .iter()
+            .zip(&cpu_medians)
+            .map(|(col, c)| format!("{}: {:.3}", col.name, row_cpu / c))
+            .collect();
+        println!("  {:<12} {}", row.name, ratios.join("  "));
     }
     Ok(())
 }
@@ -374,7 +400,7 @@ fn storm(addr: SocketAddr, concurrency: usize, duration: Duration) -> Run {
 }
 
 /// Memory per idle upgraded connection in echo mode: RSS before and after `count` clients.
-fn idle_memory(count: usize) -> std::io::Result<()> {
+fn idle_memory(count: usize, io: &str) -> std::io::Result<()> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wsedge"));
     command.args([
         "serve",
@@ -384,10 +410,11 @@ fn idle_memory(count: usize) -> std::io::Result<()> {
         "1",
         "--after",
         "echo",
+        "--io",
+        io,
     ]);
     let target = start("wsedge (epoll, echo)", command);
     let pid = target.child.id();
-    // Warm up allocator and buffers with a few connections first, so the delta is per connection.
     let mut held = Vec::with_capacity(count);
     let upgrade_one = || -> std::io::Result<std::net::TcpStream> {
         let mut stream = std::net::TcpStream::connect(target.addr)?;
@@ -404,19 +431,23 @@ fn idle_memory(count: usize) -> std::io::Result<()> {
             }
         }
     };
-    for _ in 0..100 {
+    // The slope between half and all of the connections: fixed costs that are touched
+    // gradually (io_uring's rings and provided buffers, allocator arenas) cancel out.
+    let half = count / 2;
+    for _ in 0..half {
         held.push(upgrade_one()?);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let before = rss_bytes(pid);
-    for _ in 100..count {
+    for _ in half..count {
         held.push(upgrade_one()?);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     let after = rss_bytes(pid);
-    let per = (after.saturating_sub(before)) as f64 / (count - 100) as f64;
+    let per = (after.saturating_sub(before)) as f64 / (count - half) as f64;
     println!(
-        "\nidle upgraded connections (echo mode): {count} held, RSS {:.1} MiB -> {:.1} MiB: {per:.0} bytes each (user space; kernel socket memory not included)",
+        "idle upgraded connections ({io}, echo mode): RSS {:.1} MiB at {half}, {:.1} MiB at {count}: \
+         {per:.0} bytes per connection (user space; kernel socket memory not included)",
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );

@@ -12,13 +12,27 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Error, Message};
 
+/// A tungstenite client over a socket with read and write deadlines, so that a server that
+/// never answers fails the test instead of hanging it.
+fn connect(
+    server: &Server,
+    request: tungstenite::handshake::client::Request,
+) -> (
+    tungstenite::WebSocket<std::net::TcpStream>,
+    tungstenite::handshake::client::Response,
+) {
+    let stream = server.connect();
+    stream.set_write_timeout(Some(common::DEADLINE)).unwrap();
+    tungstenite::client::client(request, stream).expect("upgrade")
+}
+
 fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly(io: Io) {
     let server = Server::start(io, &["--subprotocols", "v2,v1"]);
     let mut request = server.url("/chat").into_client_request().unwrap();
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "v1, v2".parse().unwrap());
-    let (mut socket, response) = tungstenite::connect(request).expect("upgrade");
+    let (mut socket, response) = connect(&server, request);
     assert_eq!(response.status(), 101);
     assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "v2");
 
@@ -47,7 +61,7 @@ fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly(io: Io) {
 
 fn close_code_is_echoed(io: Io) {
     let server = Server::start(io, &[]);
-    let (mut socket, _) = tungstenite::connect(server.url("/")).unwrap();
+    let (mut socket, _) = connect(&server, server.url("/").into_client_request().unwrap());
     socket
         .close(Some(tungstenite::protocol::CloseFrame {
             code: CloseCode::Library(4001),

@@ -93,13 +93,19 @@ enum Phase {
 
 const NO_DEADLINE: u64 = u64::MAX;
 
-/// One client connection's protocol state.
+/// One client connection's protocol state: 24 bytes while it has nothing buffered.
 #[derive(Debug)]
 pub struct Conn {
     phase: Phase,
     /// Message type of a fragmented message in progress.
     message_opcode: Option<OpCode>,
     deadline: u64,
+    /// Allocated only while something is buffered, freed as soon as nothing is.
+    buffers: Option<Box<Buffers>>,
+}
+
+#[derive(Debug, Default)]
+struct Buffers {
     /// Bytes received but not yet consumed: an incomplete request or frame.
     pending: Vec<u8>,
     /// Payload of a fragmented message, unmasked.
@@ -115,10 +121,46 @@ impl Conn {
             phase: Phase::Handshake,
             message_opcode: None,
             deadline: now.saturating_add(config.handshake_timeout_ms),
-            pending: Vec::new(),
-            message: Vec::new(),
-            unsent: Vec::new(),
+            buffers: None,
         }
+    }
+
+    fn buffers(&mut self) -> &mut Buffers {
+        self.buffers.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the buffers once none holds anything.
+    fn release_idle_buffers(&mut self) {
+        let idle = self
+            .buffers
+            .as_ref()
+            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty() && b.unsent.is_empty());
+        if idle {
+            self.buffers = None;
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.buffers.as_ref().is_some_and(|b| !b.pending.is_empty())
+    }
+
+    fn message_len(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |b| b.message.len())
+    }
+
+    /// Drops buffered input and any partial message (the connection is past reading them).
+    fn drop_input(&mut self) {
+        if let Some(buffers) = self.buffers.as_mut() {
+            buffers.pending = Vec::new();
+            buffers.message = Vec::new();
+        }
+        self.message_opcode = None;
+        self.release_idle_buffers();
+    }
+
+    /// Whether the connection holds any heap memory (for tests of idle cost).
+    pub fn holds_buffers(&self) -> bool {
+        self.buffers.is_some()
     }
 
     /// When [`Conn::on_timeout`] must be called, in the caller's ms clock.
@@ -138,38 +180,45 @@ impl Conn {
 
     /// Output a previous write did not finish.
     pub fn unsent(&self) -> &[u8] {
-        &self.unsent
+        self.buffers.as_ref().map_or(&[], |b| &b.unsent)
     }
 
     /// Keeps `bytes` to send once the socket is writable again.
     pub fn keep_unsent(&mut self, bytes: &[u8]) {
-        self.unsent.extend_from_slice(bytes);
+        self.buffers().unsent.extend_from_slice(bytes);
     }
 
     /// Drops the first `n` unsent bytes, which the socket took.
     pub fn advance_unsent(&mut self, n: usize) {
-        self.unsent.drain(..n.min(self.unsent.len()));
-        if self.unsent.is_empty() {
-            self.unsent = Vec::new();
+        if let Some(buffers) = self.buffers.as_mut() {
+            let unsent = &mut buffers.unsent;
+            unsent.drain(..n.min(unsent.len()));
+            if unsent.is_empty() {
+                *unsent = Vec::new();
+            }
         }
+        self.release_idle_buffers();
     }
 
     /// Bytes arrived from the peer.
     pub fn on_data(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
-        if self.pending.is_empty() {
+        let next = if !self.has_pending() {
             let (consumed, next) = self.process(data, cx);
             if next == Next::Continue && consumed < data.len() {
-                self.pending.extend_from_slice(&data[consumed..]);
+                self.buffers().pending.extend_from_slice(&data[consumed..]);
             }
-            return next;
-        }
-        let mut pending = mem::take(&mut self.pending);
-        pending.extend_from_slice(data);
-        let (consumed, next) = self.process(&pending, cx);
-        if next == Next::Continue && consumed < pending.len() {
-            pending.drain(..consumed);
-            self.pending = pending;
-        }
+            next
+        } else {
+            let mut pending = mem::take(&mut self.buffers().pending);
+            pending.extend_from_slice(data);
+            let (consumed, next) = self.process(&pending, cx);
+            if next == Next::Continue && consumed < pending.len() {
+                pending.drain(..consumed);
+                self.buffers().pending = pending;
+            }
+            next
+        };
+        self.release_idle_buffers();
         next
     }
 
@@ -183,7 +232,7 @@ impl Conn {
         match self.phase {
             Phase::Handshake => {
                 Counters::bump(&cx.stats.handshake_timeouts);
-                if self.pending.is_empty() {
+                if !self.has_pending() {
                     // A silent connection gets no answer: nothing says it speaks HTTP.
                     self.finish()
                 } else {
@@ -210,8 +259,7 @@ impl Conn {
     fn finish(&mut self) -> Next {
         self.phase = Phase::Done;
         self.deadline = NO_DEADLINE;
-        self.pending = Vec::new();
-        self.message = Vec::new();
+        self.drop_input();
         Next::Close
     }
 
@@ -265,9 +313,7 @@ impl Conn {
     fn linger(&mut self, cx: &mut Ctx<'_>) -> Next {
         self.phase = Phase::Lingering;
         self.deadline = cx.now.saturating_add(cx.config.linger_ms);
-        self.pending = Vec::new();
-        self.message = Vec::new();
-        self.message_opcode = None;
+        self.drop_input();
         Next::HalfClose
     }
 
@@ -283,7 +329,9 @@ impl Conn {
         write_close(cx.out, code);
         self.phase = Phase::Closing;
         self.deadline = cx.now.saturating_add(cx.config.linger_ms);
-        self.message = Vec::new();
+        if let Some(buffers) = self.buffers.as_mut() {
+            buffers.message = Vec::new();
+        }
         self.message_opcode = None;
         Next::Continue
     }
@@ -311,7 +359,7 @@ impl Conn {
             // Refuse an oversized message as soon as its header says so, before buffering it.
             let limit = cx.config.max_message_bytes as u64;
             if !header.opcode.is_control()
-                && header.payload_len.saturating_add(self.message.len() as u64) > limit
+                && header.payload_len.saturating_add(self.message_len() as u64) > limit
             {
                 return (input.len(), self.fail(CloseCode::MESSAGE_TOO_BIG, cx));
             }
@@ -361,15 +409,15 @@ impl Conn {
             }
             (OpCode::Text | OpCode::Binary, None) => {
                 self.message_opcode = Some(opcode);
-                unmask_into(&mut self.message, payload, mask);
+                unmask_into(&mut self.buffers().message, payload, mask);
                 Next::Continue
             }
             (OpCode::Continuation, Some(message_opcode)) => {
-                unmask_into(&mut self.message, payload, mask);
+                unmask_into(&mut self.buffers().message, payload, mask);
                 if !fin {
                     return Next::Continue;
                 }
-                let message = mem::take(&mut self.message);
+                let message = mem::take(&mut self.buffers().message);
                 self.message_opcode = None;
                 if message_opcode == OpCode::Text && simdutf8::basic::from_utf8(&message).is_err() {
                     return self.fail(CloseCode::INVALID_PAYLOAD, cx);
