@@ -1,6 +1,576 @@
-//! `wsedge-loadgen`: the storm generator (work in progress, see the project's issues).
+//! `wsedge-loadgen`: connection storms against any WebSocket server, measured honestly.
+
+mod engine;
+mod net;
+mod report;
+mod target;
+
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use engine::{CloseMode, Mode, Plan, Progress};
+use report::{latency_line, Report};
+
+/// Connection-storm load generator for WebSocket handshakes.
+#[derive(Debug, Parser)]
+#[command(name = "wsedge-loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Closed loop: C connections in flight, each upgrade verified, closed, replaced.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Connections in flight.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        concurrency: u64,
+    },
+    /// Open loop at a fixed arrival rate; latency from each intended start time.
+    Rate {
+        #[command(flatten)]
+        common: Common,
+        /// New connections per second.
+        #[arg(long, value_parser = parse_rate)]
+        rate: f64,
+    },
+    /// Rate steps from --from to --to; reports the highest rate that met the SLO.
+    Ramp {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_parser = parse_rate)]
+        from: f64,
+        #[arg(long, value_parser = parse_rate)]
+        to: f64,
+        #[arg(long, value_parser = parse_rate)]
+        step: f64,
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        step_duration: Duration,
+        /// p99 latency a step must stay under to pass (e.g. 1ms).
+        #[arg(long, value_parser = parse_duration)]
+        slo_p99: Option<Duration>,
+    },
+    /// Establish N upgraded connections and hold them.
+    Hold {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        connections: u64,
+        /// Establishment rate (default: as fast as possible).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        hold: Duration,
+        #[arg(long, value_parser = parse_duration)]
+        ping_interval: Option<Duration>,
+        /// Sample this server's RSS to report bytes per held connection.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Clients that trickle the handshake; measures how long the server takes to cut them off.
+    Slowloris {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        connections: u64,
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        byte_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Close {
+    Rst,
+    Fin,
+    Ws,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Target, ws://HOST:PORT/path.
+    #[arg(value_parser = target::parse)]
+    url: target::Target,
+    /// How long to run (storm, rate, slowloris) or the longest establishment may take (hold).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after starting this many connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    threads: u64,
+    /// CPUs to pin worker threads to, e.g. 1 or 0,2-3.
+    #[arg(long, value_parser = parse_cpus)]
+    pin: Option<Vec<usize>>,
+    /// Source addresses to rotate through, e.g. 127.0.0.2-127.0.0.254 (loopback targets
+    /// default to that range; "none" lets the kernel choose).
+    #[arg(long)]
+    source_ips: Option<String>,
+    #[arg(long, value_enum, default_value = "rst")]
+    close: Close,
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<String>,
+    /// Subprotocol to offer (repeatable, in preference order).
+    #[arg(long = "subprotocol")]
+    subprotocols: Vec<String>,
+    #[arg(long)]
+    origin: Option<String>,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write an HdrHistogram interval log of total latency (one interval per worker).
+    #[arg(long)]
+    hdr_log: Option<std::path::PathBuf>,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let (number, unit) = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((value, "s"), |i| value.split_at(i));
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 500ms, 10s or 2m"))?;
+    let secs = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("unknown unit {unit:?}: use us, ms, s or m")),
+    };
+    if !(secs > 0.0 && secs < 1e7) {
+        return Err("a duration must be positive".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("{value:?} is not a positive rate per second")),
+    }
+}
+
+fn parse_header(value: &str) -> Result<String, String> {
+    match value.split_once(':') {
+        Some((name, _))
+            if !name.is_empty() && !name.contains(' ') && !value.contains(['\r', '\n']) =>
+        {
+            Ok(value.to_owned())
+        }
+        _ => Err("a header is 'Name: value'".into()),
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in value.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.parse().map_err(|_| format!("{part:?}"))?,
+            b.parse().map_err(|_| format!("{part:?}"))?,
+        );
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+fn usage_error(message: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::InvalidValue, message)
+        .exit()
+}
 
 fn main() {
-    eprintln!("wsedge-loadgen: not implemented yet; see the project's loadgen issue");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn plan(common: &Common, mode: Mode) -> Plan {
+    let loopback = common.url.addr.ip().is_loopback() && common.url.addr.is_ipv4();
+    let sources = match common.source_ips.as_deref() {
+        Some("none") => Vec::new(),
+        Some(spec) => net::parse_source_ips(spec)
+            .unwrap_or_else(|e| usage_error(format!("--source-ips: {e}"))),
+        None if loopback => net::parse_source_ips("127.0.0.2-127.0.0.254").unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut headers = common.headers.clone();
+    if let Some(origin) = &common.origin {
+        headers.push(format!("Origin: {origin}"));
+    }
+    Plan {
+        target: common.url.clone(),
+        mode,
+        duration: common.duration,
+        count: None,
+        connect_timeout: common.connect_timeout,
+        handshake_timeout: common.handshake_timeout,
+        close: match common.close {
+            Close::Rst => CloseMode::Rst,
+            Close::Fin => CloseMode::Fin,
+            Close::Ws => CloseMode::Ws,
+        },
+        sources,
+        headers,
+        protocols: common.subprotocols.clone(),
+    }
+}
+
+/// Runs `plan` on the worker threads, printing progress each second; merges their reports.
+fn execute(
+    common: &Common,
+    plan: &Plan,
+    share_total: usize,
+) -> anyhow::Result<(Report, Duration, Option<Duration>)> {
+    let threads = common.threads as usize;
+    let progress = Arc::new(Progress::default());
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let mut plan = plan.clone();
+        plan.count = common
+            .count
+            .map(|c| c / threads as u64 + u64::from((index as u64) < c % threads as u64));
+        let share = share_total / threads + usize::from(index < share_total % threads);
+        let progress = Arc::clone(&progress);
+        let cpu = common
+            .pin
+            .as_ref()
+            .filter(|c| !c.is_empty())
+            .map(|cpus| cpus[index % cpus.len()]);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen-{index}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    }
+                    engine::run(&plan, share.max(1), index, &progress)
+                })?,
+        );
+    }
+    let interactive = std::io::stderr().is_terminal();
+    let mut last = (Instant::now(), 0u64);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let ok = progress.ok.load(Relaxed);
+            let rate = (ok - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            let line = format!(
+                "{:>5.1}s  {:>9.0} upgrades/s  ok {:>9}  errors {:>7}  in flight {:>6}  held {:>6}",
+                start.elapsed().as_secs_f64(),
+                rate,
+                ok,
+                progress.errors.load(Relaxed),
+                progress.in_flight.load(Relaxed),
+                progress.established.load(Relaxed)
+            );
+            if interactive {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            last = (Instant::now(), ok);
+        }
+    }
+    if interactive {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+    let mut total = Report::default();
+    let mut established_after = None;
+    let mut per_worker = Vec::new();
+    for handle in handles {
+        let result = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+            .context("worker event loop")?;
+        total.merge(&result.report);
+        established_after = established_after.max(result.established_after);
+        per_worker.push(result.report);
+    }
+    if let Some(path) = &common.hdr_log {
+        write_hdr_log(path, &per_worker, elapsed)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok((total, elapsed, established_after))
+}
+
+fn write_hdr_log(
+    path: &std::path::Path,
+    reports: &[Report],
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut file = std::fs::File::create(path)?;
+    let mut serializer = V2DeflateSerializer::new();
+    let mut writer = IntervalLogWriterBuilder::new()
+        .add_comment(
+            "wsedge-loadgen total latency (connection start to verified 101), microseconds",
+        )
+        .with_max_value_divisor(1.0)
+        .begin_log_with(&mut file, &mut serializer)?;
+    for (index, report) in reports.iter().enumerate() {
+        let name = format!("worker-{index}");
+        writer.write_histogram(&report.total, Duration::ZERO, elapsed, Tag::new(&name))?;
+    }
+    Ok(())
+}
+
+fn summary(title: &str, report: &Report, elapsed: Duration) {
+    println!("{title}");
+    println!(
+        "  {} upgrades in {:.2} s: {:.0} upgrades/s, {} errors",
+        report.ok,
+        elapsed.as_secs_f64(),
+        report.ok as f64 / elapsed.as_secs_f64().max(1e-9),
+        report.errors_total()
+    );
+    if report.unfinished > 0 {
+        println!(
+            "  {} handshakes were still in flight when the run ended (not counted)",
+            report.unfinished
+        );
+    }
+    println!("{}", latency_line("total", &report.total));
+    println!("{}", latency_line("connect", &report.connect));
+    println!("{}", latency_line("handshake", &report.handshake));
+    for (kind, count) in &report.errors {
+        println!("  error {:<20} {count}", kind.name());
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let fd_limit = net::raise_fd_limit();
+    match cli.command {
+        Command::Storm {
+            common,
+            concurrency,
+        } => {
+            let plan = plan(
+                &common,
+                Mode::Storm {
+                    concurrency: concurrency as usize,
+                },
+            );
+            let (report, elapsed, _) = execute(&common, &plan, concurrency as usize)?;
+            summary(
+                &format!("storm {} (concurrency {concurrency})", common.url.addr),
+                &report,
+                elapsed,
+            );
+            if common.json {
+                println!(
+                    "{}",
+                    report::json(&report, elapsed, json!({ "concurrency": concurrency }))
+                );
+            }
+        }
+        Command::Rate { common, rate } => {
+            let plan = plan(&common, Mode::Rate { per_sec: rate });
+            let (report, elapsed, _) = execute(&common, &plan, common.threads as usize)?;
+            summary(
+                &format!("rate {} ({rate}/s intended)", common.url.addr),
+                &report,
+                elapsed,
+            );
+            if common.json {
+                println!(
+                    "{}",
+                    report::json(&report, elapsed, json!({ "rate": rate }))
+                );
+            }
+        }
+        Command::Ramp {
+            common,
+            from,
+            to,
+            step,
+            step_duration,
+            slo_p99,
+        } => {
+            if to < from {
+                usage_error("--to must be at least --from".into());
+            }
+            let mut steps = Vec::new();
+            let mut best = None;
+            let mut rate = from;
+            while rate <= to + 1e-9 {
+                let mut plan = plan(&common, Mode::Rate { per_sec: rate });
+                plan.duration = step_duration;
+                let (report, elapsed, _) = execute(&common, &plan, common.threads as usize)?;
+                let p99 = report.total.value_at_quantile(0.99);
+                let met = report.errors_total() == 0
+                    && slo_p99.is_none_or(|slo| p99 <= slo.as_micros() as u64);
+                println!(
+                    "step {rate:>9.0}/s: achieved {:>9.0}/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  {}",
+                    report.ok as f64 / elapsed.as_secs_f64(),
+                    report::human_us(report.total.value_at_quantile(0.5)),
+                    report::human_us(p99),
+                    report::human_us(report.total.value_at_quantile(0.999)),
+                    report.errors_total(),
+                    if met { "meets SLO" } else { "misses SLO" }
+                );
+                if met {
+                    best = Some(rate);
+                }
+                steps.push(report::json(
+                    &report,
+                    elapsed,
+                    json!({ "rate": rate, "meets_slo": met }),
+                ));
+                rate += step;
+            }
+            match best {
+                Some(rate) => println!("highest rate meeting the SLO: {rate:.0}/s"),
+                None => println!("no step met the SLO"),
+            }
+            if common.json {
+                println!("{}", json!({ "steps": steps, "best_rate": best }));
+            }
+        }
+        Command::Hold {
+            common,
+            connections,
+            rate,
+            hold,
+            ping_interval,
+            server_pid,
+        } => {
+            // Each held connection is one descriptor here; keep 64 for everything else.
+            let room = fd_limit.saturating_sub(64);
+            if connections > room {
+                usage_error(format!(
+                    "--connections {connections}: this process may open {fd_limit} descriptors (the hard limit), \
+                     so it can hold at most {room}; use --connections {room} or spread the load over processes"
+                ));
+            }
+            let rss_before = server_pid.and_then(rss_bytes);
+            let plan = plan(
+                &common,
+                Mode::Hold {
+                    connections: connections as usize,
+                    per_sec: rate,
+                    hold,
+                    ping_interval,
+                },
+            );
+            let mut plan = plan;
+            plan.duration = common.duration + hold;
+            let rss_after_cell = Arc::new(std::sync::Mutex::new(None));
+            let sampler = server_pid.map(|pid| {
+                let cell = Arc::clone(&rss_after_cell);
+                std::thread::spawn(move || {
+                    // Sample while connections are held; the last sample before they close wins.
+                    for _ in 0..100_000 {
+                        match rss_bytes(pid) {
+                            Some(rss) => *cell.lock().expect("lock") = Some(rss),
+                            None => break,
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                })
+            });
+            let (report, elapsed, established_after) =
+                execute(&common, &plan, connections as usize)?;
+            drop(sampler);
+            let established = report.ok;
+            let rss_after = *rss_after_cell.lock().expect("lock");
+            let per_conn = match (rss_before, rss_after) {
+                (Some(before), Some(after)) if established > 0 => {
+                    Some(after.saturating_sub(before) as f64 / established as f64)
+                }
+                _ => None,
+            };
+            summary(
+                &format!("hold {} ({connections} connections)", common.url.addr),
+                &report,
+                elapsed,
+            );
+            let establish_secs = established_after.map_or(0.0, |d| d.as_secs_f64());
+            println!("  established {established} of {connections} in {establish_secs:.2} s, held {:.1} s", hold.as_secs_f64());
+            if let Some(bytes) = per_conn {
+                println!("  server RSS grew {bytes:.0} bytes per held connection");
+            }
+            if common.json {
+                println!(
+                    "{}",
+                    report::json(
+                        &report,
+                        elapsed,
+                        json!({ "connections": connections, "established": established, "establish_secs": establish_secs, "server_rss_bytes_per_conn": per_conn })
+                    )
+                );
+            }
+        }
+        Command::Slowloris {
+            common,
+            connections,
+            byte_interval,
+        } => {
+            let plan = plan(
+                &common,
+                Mode::Slowloris {
+                    connections: connections as usize,
+                    byte_interval,
+                },
+            );
+            let (report, elapsed, _) = execute(&common, &plan, connections as usize)?;
+            println!(
+                "slowloris {} ({connections} clients, one byte per {byte_interval:?})",
+                common.url.addr
+            );
+            println!(
+                "  cut off by the server: {}  never cut off: {}",
+                report.cutoff.len(),
+                report.never_cut
+            );
+            println!("{}", latency_line("cut off", &report.cutoff));
+            for (kind, count) in &report.errors {
+                println!("  error {:<20} {count}", kind.name());
+            }
+            if common.json {
+                println!(
+                    "{}",
+                    report::json(
+                        &report,
+                        elapsed,
+                        json!({ "connections": connections, "cut_off": report.cutoff.len(), "never_cut": report.never_cut, "cutoff_us": report::percentiles(&report.cutoff) })
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
 }

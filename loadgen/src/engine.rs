@@ -1,0 +1,531 @@
+//! One load worker: a mio event loop driving many client connections through the
+//! handshake, in one of four modes. Workers share nothing but progress counters.
+
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use wsedge::handshake::{
+    check_response, key_from_nonce, write_request, ClientRequest, ResponseCheck, ResponseError,
+    KEY_LEN,
+};
+
+use crate::net;
+use crate::report::{record, ErrorKind, Report};
+use crate::target::Target;
+
+/// How connections arrive and what happens after the 101.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Closed loop: `concurrency` connections in flight, each replaced when it finishes.
+    Storm { concurrency: usize },
+    /// Open loop: connections start at a fixed rate whatever the server does; latency
+    /// counts from each connection's intended start (no coordinated omission).
+    Rate { per_sec: f64 },
+    /// Establish `connections` (at `per_sec` if set), keep them for `hold`, pinging.
+    Hold {
+        connections: usize,
+        per_sec: Option<f64>,
+        hold: Duration,
+        ping_interval: Option<Duration>,
+    },
+    /// Trickle the request one byte per `byte_interval` and time how long the server takes
+    /// to cut each client off.
+    Slowloris {
+        connections: usize,
+        byte_interval: Duration,
+    },
+}
+
+/// How a client closes after its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// RST (SO_LINGER 0): no TIME_WAIT on the client side.
+    Rst,
+    /// A plain close (FIN).
+    Fin,
+    /// A WebSocket Close frame (1000), then FIN.
+    Ws,
+}
+
+/// Everything a worker needs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub mode: Mode,
+    pub duration: Duration,
+    /// Stop starting connections after this many (per worker).
+    pub count: Option<u64>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close: CloseMode,
+    /// Source addresses to rotate through (empty: let the kernel choose).
+    pub sources: Vec<IpAddr>,
+    pub headers: Vec<String>,
+    pub protocols: Vec<String>,
+}
+
+/// Live counters for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub established: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Reading,
+    Holding,
+    Trickling,
+}
+
+struct Slot {
+    stream: TcpStream,
+    phase: Phase,
+    /// Latency origin: the intended start in rate mode, the connect start otherwise.
+    intended: Instant,
+    started: Instant,
+    sent: Instant,
+    key: [u8; KEY_LEN],
+    response: Vec<u8>,
+    deadline: Instant,
+    /// Slowloris: bytes of the request sent so far; hold: next ping.
+    trickled: usize,
+    next_tick: Instant,
+}
+
+/// Result of one worker.
+pub struct WorkerResult {
+    pub report: Report,
+    /// Hold mode: when the last connection was established, from the start.
+    pub established_after: Option<Duration>,
+}
+
+struct Worker<'a> {
+    plan: &'a Plan,
+    progress: &'a Progress,
+    poll: Poll,
+    slots: Slab<Slot>,
+    report: Report,
+    rng: u64,
+    started: u64,
+    source_index: usize,
+    request: Vec<u8>,
+    established: usize,
+}
+
+const SWEEP: Duration = Duration::from_millis(10);
+
+/// Runs one worker's share of the plan (`share` connections of the mode's total).
+pub fn run(
+    plan: &Plan,
+    share: usize,
+    worker_index: usize,
+    progress: &Progress,
+) -> io::Result<WorkerResult> {
+    let mut worker = Worker {
+        plan,
+        progress,
+        poll: Poll::new()?,
+        slots: Slab::new(),
+        report: Report::default(),
+        rng: 0x9E37_79B9_7F4A_7C15
+            ^ (worker_index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()),
+        started: 0,
+        source_index: worker_index,
+        request: Vec::with_capacity(512),
+        established: 0,
+    };
+    worker.run(share)
+}
+
+impl Worker<'_> {
+    fn run(&mut self, share: usize) -> io::Result<WorkerResult> {
+        let start = Instant::now();
+        let end = start + self.plan.duration;
+        let mut events = Events::with_capacity(1024);
+        let mut next_arrival = start;
+        let mut established_after = None;
+        let mut hold_until: Option<Instant> = None;
+        let mut last_sweep = start;
+        loop {
+            let now = Instant::now();
+            if now >= end || hold_until.is_some_and(|t| now >= t) {
+                break;
+            }
+            let budget_left = self.plan.count.is_none_or(|c| self.started < c);
+            let launching = match self.plan.mode {
+                Mode::Storm { concurrency } => {
+                    while budget_left_now(self.plan, self.started)
+                        && self.slots.len() < share.min(concurrency).max(1)
+                    {
+                        self.launch(now, now);
+                    }
+                    budget_left
+                }
+                Mode::Rate { per_sec } => {
+                    let interval =
+                        Duration::from_secs_f64(1.0 / (per_sec / share.max(1) as f64).max(1e-6));
+                    while next_arrival <= now && budget_left_now(self.plan, self.started) {
+                        self.launch(next_arrival, now);
+                        next_arrival += interval;
+                    }
+                    budget_left
+                }
+                Mode::Hold {
+                    connections,
+                    per_sec,
+                    hold,
+                    ..
+                } => {
+                    let target = share.min(connections);
+                    let interval = per_sec.map(|r| {
+                        Duration::from_secs_f64(1.0 / (r / share.max(1) as f64).max(1e-6))
+                    });
+                    while (self.started as usize) < target && next_arrival <= now {
+                        self.launch(now, now);
+                        if let Some(interval) = interval {
+                            next_arrival += interval;
+                        }
+                    }
+                    if self.established >= target && established_after.is_none() {
+                        established_after = Some(now - start);
+                        hold_until = Some(now + hold);
+                    }
+                    // Everything launched and settled (some may have failed): start holding.
+                    if established_after.is_none()
+                        && self.started as usize >= target
+                        && self.pending() == 0
+                    {
+                        established_after = Some(now - start);
+                        hold_until = Some(now + hold);
+                    }
+                    true
+                }
+                Mode::Slowloris { connections, .. } => {
+                    while (self.started as usize) < share.min(connections) {
+                        self.launch(now, now);
+                    }
+                    true
+                }
+            };
+            if !launching && self.slots.is_empty() {
+                break;
+            }
+            let mut timeout = SWEEP;
+            if let Mode::Rate { .. } = self.plan.mode {
+                timeout = timeout.min(next_arrival.saturating_duration_since(now));
+            }
+            self.poll.poll(
+                &mut events,
+                Some(timeout.min(end.saturating_duration_since(now))),
+            )?;
+            let now = Instant::now();
+            for event in events.iter() {
+                let key = event.token().0;
+                if event.is_writable() {
+                    self.on_writable(key, now);
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.on_readable(key, now);
+                }
+            }
+            if now.duration_since(last_sweep) >= SWEEP {
+                last_sweep = now;
+                self.sweep(now);
+            }
+        }
+        // Whatever is still open at the end: slowloris clients were never cut off, held
+        // connections close cleanly, handshakes still in flight are unfinished.
+        let now = Instant::now();
+        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            match self.slots[key].phase {
+                Phase::Trickling => {
+                    self.report.never_cut += 1;
+                    self.finish(key, None, now);
+                }
+                Phase::Holding => self.finish(key, None, now),
+                // Cut short by the end of the run, not failed: counted apart.
+                Phase::Connecting | Phase::Reading => {
+                    self.report.unfinished += 1;
+                    self.finish(key, None, now);
+                }
+            }
+        }
+        Ok(WorkerResult {
+            report: std::mem::take(&mut self.report),
+            established_after,
+        })
+    }
+
+    fn pending(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Connecting | Phase::Reading))
+            .count()
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: fast, and keys need only be unpredictable enough to differ.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn launch(&mut self, intended: Instant, now: Instant) {
+        self.started += 1;
+        let source = (!self.plan.sources.is_empty()).then(|| {
+            self.source_index = (self.source_index + 1) % self.plan.sources.len();
+            self.plan.sources[self.source_index]
+        });
+        let mut stream = match net::connect(self.plan.target.addr, source) {
+            Ok(stream) => stream,
+            Err(error) => return self.count_error(ErrorKind::from_io(&error)),
+        };
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        nonce[8..].copy_from_slice(&self.next_random().to_le_bytes());
+        let entry = self.slots.vacant_entry();
+        let token = Token(entry.key());
+        if let Err(error) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.count_error(ErrorKind::from_io(&error));
+        }
+        entry.insert(Slot {
+            stream,
+            phase: Phase::Connecting,
+            intended,
+            started: now,
+            sent: now,
+            key: key_from_nonce(&nonce),
+            response: Vec::new(),
+            deadline: now + self.plan.connect_timeout,
+            trickled: 0,
+            next_tick: now,
+        });
+        self.progress.in_flight.fetch_add(1, Relaxed);
+    }
+
+    fn count_error(&mut self, kind: ErrorKind) {
+        self.report.fail(kind);
+        self.progress.errors.fetch_add(1, Relaxed);
+    }
+
+    fn build_request(&mut self, key: &[u8; KEY_LEN]) {
+        let protocols: Vec<&str> = self.plan.protocols.iter().map(String::as_str).collect();
+        let headers: Vec<&str> = self.plan.headers.iter().map(String::as_str).collect();
+        self.request.resize(
+            512 + headers.iter().map(|h| h.len() + 2).sum::<usize>() + self.plan.target.path.len(),
+            0,
+        );
+        let request = ClientRequest {
+            host: &self.plan.target.host,
+            target: &self.plan.target.path,
+            key,
+            protocols: &protocols,
+            extra_headers: &headers,
+        };
+        let len = write_request(&mut self.request, &request).unwrap_or(0);
+        self.request.truncate(len);
+    }
+
+    fn on_writable(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
+        if slot.phase != Phase::Connecting {
+            return;
+        }
+        match slot.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(error)) | Err(error) => {
+                return self.finish(key, Some(ErrorKind::from_io(&error)), now)
+            }
+        }
+        if slot.stream.peer_addr().is_err() {
+            return; // not connected yet (spurious wake-up)
+        }
+        let key_bytes = slot.key;
+        record(&mut self.report.connect, now - slot.started);
+        self.build_request(&key_bytes);
+        let slot = &mut self.slots[key];
+        slot.deadline = now + self.plan.handshake_timeout;
+        if let Mode::Slowloris { .. } = self.plan.mode {
+            slot.phase = Phase::Trickling;
+            slot.response = std::mem::take(&mut self.request);
+            slot.next_tick = now;
+            self.request = Vec::with_capacity(512);
+            return self.trickle(key, now);
+        }
+        slot.phase = Phase::Reading;
+        slot.sent = now;
+        match (&slot.stream).write(&self.request) {
+            Ok(n) if n == self.request.len() => {}
+            // A request this small fits any fresh socket buffer; anything else is a failure.
+            Ok(_) => self.finish(key, Some(ErrorKind::Other), now),
+            Err(error) => self.finish(key, Some(ErrorKind::from_io(&error)), now),
+        }
+    }
+
+    fn on_readable(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        let mut buf = [0u8; 2048];
+        loop {
+            let result = (&slot.stream).read(&mut buf);
+            match (slot.phase, result) {
+                (_, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                (_, Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                (Phase::Trickling, _) => {
+                    // The server answered (408) or cut us off: that is what slowloris times.
+                    record(&mut self.report.cutoff, now - slot.started);
+                    return self.finish(key, None, now);
+                }
+                (Phase::Connecting, Err(e)) | (Phase::Reading, Err(e)) => {
+                    return self.finish(key, Some(ErrorKind::from_io(&e)), now)
+                }
+                (Phase::Connecting, Ok(_)) => return,
+                (Phase::Reading, Ok(0)) => {
+                    return self.finish(key, Some(ErrorKind::ClosedEarly), now)
+                }
+                (Phase::Reading, Ok(n)) => {
+                    slot.response.extend_from_slice(&buf[..n]);
+                    let protocols: Vec<&str> =
+                        self.plan.protocols.iter().map(String::as_str).collect();
+                    match check_response(&slot.response, &slot.key, &protocols) {
+                        ResponseCheck::Partial => continue,
+                        ResponseCheck::Accepted { .. } => return self.on_upgraded(key, now),
+                        ResponseCheck::Failed(error) => {
+                            return self.finish(key, Some(classify(error)), now)
+                        }
+                    }
+                }
+                (Phase::Holding, Ok(0)) | (Phase::Holding, Err(_)) => {
+                    self.established -= 1;
+                    self.progress.established.fetch_sub(1, Relaxed);
+                    return self.finish(key, Some(ErrorKind::ClosedEarly), now);
+                }
+                (Phase::Holding, Ok(_)) => continue, // pongs, or the server's frames
+            }
+        }
+    }
+
+    fn on_upgraded(&mut self, key: usize, now: Instant) {
+        let slot = &mut self.slots[key];
+        self.report.ok += 1;
+        self.progress.ok.fetch_add(1, Relaxed);
+        record(&mut self.report.total, now - slot.intended);
+        record(&mut self.report.handshake, now - slot.sent);
+        if let Mode::Hold { ping_interval, .. } = self.plan.mode {
+            slot.phase = Phase::Holding;
+            slot.response = Vec::new();
+            slot.next_tick =
+                ping_interval.map_or(now + Duration::from_secs(86_400 * 365), |i| now + i);
+            self.established += 1;
+            self.progress.established.fetch_add(1, Relaxed);
+            return;
+        }
+        self.finish(key, None, now);
+    }
+
+    /// Closes a slot, counting `error` if it failed.
+    fn finish(&mut self, key: usize, error: Option<ErrorKind>, _now: Instant) {
+        let Some(slot) = self.slots.try_remove(key) else {
+            return;
+        };
+        self.progress.in_flight.fetch_sub(1, Relaxed);
+        if let Some(kind) = error {
+            self.count_error(kind);
+        }
+        match self.plan.close {
+            CloseMode::Rst => net::reset_on_close(&slot.stream),
+            CloseMode::Fin => {}
+            CloseMode::Ws if error.is_none() => {
+                // Masked Close(1000), mask 0: the payload goes as is.
+                let _ = (&slot.stream).write(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
+            }
+            CloseMode::Ws => {}
+        }
+    }
+
+    fn trickle(&mut self, key: usize, now: Instant) {
+        let Mode::Slowloris { byte_interval, .. } = self.plan.mode else {
+            return;
+        };
+        let slot = &mut self.slots[key];
+        // Everything but the final byte: a slow client that never completes its request.
+        if slot.trickled + 1 >= slot.response.len() || slot.next_tick > now {
+            return;
+        }
+        match (&slot.stream).write(&slot.response[slot.trickled..slot.trickled + 1]) {
+            Ok(1) => {
+                slot.trickled += 1;
+                slot.next_tick = now + byte_interval;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                record(&mut self.report.cutoff, now - slot.started);
+                self.finish(key, None, now);
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let slot = &mut self.slots[key];
+            match slot.phase {
+                Phase::Connecting if now >= slot.deadline => {
+                    self.finish(key, Some(ErrorKind::ConnectTimeout), now)
+                }
+                Phase::Reading if now >= slot.deadline => {
+                    self.finish(key, Some(ErrorKind::HandshakeTimeout), now)
+                }
+                Phase::Trickling => self.trickle(key, now),
+                Phase::Holding if now >= slot.next_tick => {
+                    if let Mode::Hold {
+                        ping_interval: Some(interval),
+                        ..
+                    } = self.plan.mode
+                    {
+                        slot.next_tick = now + interval;
+                        // A masked, empty ping.
+                        let _ = (&slot.stream).write(&[0x89, 0x80, 0, 0, 0, 0]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn budget_left_now(plan: &Plan, started: u64) -> bool {
+    plan.count.is_none_or(|c| started < c)
+}
+
+fn classify(error: ResponseError) -> ErrorKind {
+    match error {
+        ResponseError::NotSwitching { status } => ErrorKind::Status(status),
+        ResponseError::WrongAccept | ResponseError::MissingAccept => ErrorKind::BadAccept,
+        ResponseError::UnofferedSubprotocol => ErrorKind::BadSubprotocol,
+        _ => ErrorKind::BadResponse,
+    }
+}

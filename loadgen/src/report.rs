@@ -1,0 +1,200 @@
+//! What a run measured: counts, errors by kind, latency histograms, and how to print them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// Why one connection did not upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorKind {
+    /// The server refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connect did not complete within `--connect-timeout`.
+    ConnectTimeout,
+    /// No local port or address was left (EADDRNOTAVAIL): add `--source-ips`.
+    PortsExhausted,
+    /// This process ran out of descriptors.
+    OutOfDescriptors,
+    /// The server reset the connection.
+    Reset,
+    /// The server closed before a complete response.
+    ClosedEarly,
+    /// No complete response within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// The server answered with this status instead of 101.
+    Status(u16),
+    /// 101 with a `Sec-WebSocket-Accept` that does not match the key.
+    BadAccept,
+    /// 101 naming a subprotocol that was not offered.
+    BadSubprotocol,
+    /// A response that is not a valid upgrade for another reason.
+    BadResponse,
+    /// Any other socket error.
+    Other,
+}
+
+impl ErrorKind {
+    /// The key used in summaries and JSON.
+    pub fn name(self) -> String {
+        match self {
+            ErrorKind::ConnectRefused => "connect_refused".into(),
+            ErrorKind::ConnectTimeout => "connect_timeout".into(),
+            ErrorKind::PortsExhausted => "ports_exhausted".into(),
+            ErrorKind::OutOfDescriptors => "out_of_descriptors".into(),
+            ErrorKind::Reset => "reset".into(),
+            ErrorKind::ClosedEarly => "closed_early".into(),
+            ErrorKind::HandshakeTimeout => "handshake_timeout".into(),
+            ErrorKind::Status(code) => format!("status_{code}"),
+            ErrorKind::BadAccept => "bad_accept".into(),
+            ErrorKind::BadSubprotocol => "bad_subprotocol".into(),
+            ErrorKind::BadResponse => "bad_response".into(),
+            ErrorKind::Other => "other".into(),
+        }
+    }
+
+    /// Classifies a socket error.
+    pub fn from_io(error: &std::io::Error) -> ErrorKind {
+        match error.raw_os_error() {
+            Some(libc::ECONNREFUSED) => ErrorKind::ConnectRefused,
+            Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE) => ErrorKind::PortsExhausted,
+            Some(libc::EMFILE | libc::ENFILE) => ErrorKind::OutOfDescriptors,
+            Some(libc::ECONNRESET | libc::EPIPE) => ErrorKind::Reset,
+            Some(libc::ETIMEDOUT) => ErrorKind::ConnectTimeout,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 10 minutes at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What one worker (or the merged run) measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Verified upgrades.
+    pub ok: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<ErrorKind, u64>,
+    /// Intended start (or connect start) to 101 parsed, in µs.
+    pub total: Histogram<u64>,
+    /// TCP connect, in µs.
+    pub connect: Histogram<u64>,
+    /// Request sent to 101 parsed, in µs.
+    pub handshake: Histogram<u64>,
+    /// Slowloris: connect to the server cutting the connection off, in µs.
+    pub cutoff: Histogram<u64>,
+    /// Slowloris clients the server never cut off.
+    pub never_cut: u64,
+    /// Handshakes still in flight when the run ended (neither success nor error).
+    pub unfinished: u64,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Report {
+            ok: 0,
+            errors: BTreeMap::new(),
+            total: histogram(),
+            connect: histogram(),
+            handshake: histogram(),
+            cutoff: histogram(),
+            never_cut: 0,
+            unfinished: 0,
+        }
+    }
+}
+
+/// Records a duration in µs (at least 1: the histogram starts there).
+pub fn record(histogram: &mut Histogram<u64>, duration: Duration) {
+    let _ = histogram.record((duration.as_micros() as u64).clamp(1, 600_000_000));
+}
+
+impl Report {
+    /// Counts one failure.
+    pub fn fail(&mut self, kind: ErrorKind) {
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    /// All failures.
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, other: &Report) {
+        self.ok += other.ok;
+        for (kind, count) in &other.errors {
+            *self.errors.entry(*kind).or_default() += count;
+        }
+        let _ = self.total.add(&other.total);
+        let _ = self.connect.add(&other.connect);
+        let _ = self.handshake.add(&other.handshake);
+        let _ = self.cutoff.add(&other.cutoff);
+        self.never_cut += other.never_cut;
+        self.unfinished += other.unfinished;
+    }
+}
+
+/// p50, p90, p99, p99.9 and max, in µs, as JSON.
+pub fn percentiles(histogram: &Histogram<u64>) -> Value {
+    json!({
+        "p50": histogram.value_at_quantile(0.5),
+        "p90": histogram.value_at_quantile(0.9),
+        "p99": histogram.value_at_quantile(0.99),
+        "p99_9": histogram.value_at_quantile(0.999),
+        "max": histogram.max(),
+    })
+}
+
+/// A duration in µs for people: `850 µs`, `12.3 ms`, `1.20 s`.
+pub fn human_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+/// One summary line for a latency histogram.
+pub fn latency_line(name: &str, histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        return format!("  {name:<10} (none)");
+    }
+    format!(
+        "  {name:<10} p50 {:>9}  p90 {:>9}  p99 {:>9}  p99.9 {:>9}  max {:>9}",
+        human_us(histogram.value_at_quantile(0.5)),
+        human_us(histogram.value_at_quantile(0.9)),
+        human_us(histogram.value_at_quantile(0.99)),
+        human_us(histogram.value_at_quantile(0.999)),
+        human_us(histogram.max())
+    )
+}
+
+/// The JSON object every subcommand prints with `--json` (keys are a contract).
+pub fn json(report: &Report, duration: Duration, extra: Value) -> Value {
+    let secs = duration.as_secs_f64().max(1e-9);
+    let errors: serde_json::Map<String, Value> = report
+        .errors
+        .iter()
+        .map(|(k, v)| (k.name(), json!(v)))
+        .collect();
+    let mut object = json!({
+        "upgrades_per_sec": report.ok as f64 / secs,
+        "ok": report.ok,
+        "errors_total": report.errors_total(),
+        "errors": errors,
+        "latency_us": percentiles(&report.total),
+        "connect_latency_us": percentiles(&report.connect),
+        "handshake_latency_us": percentiles(&report.handshake),
+        "duration_s": secs,
+        "unfinished": report.unfinished,
+    });
+    if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    object
+}

@@ -1,0 +1,342 @@
+//! The load generator against a real wsedge (in-process) and against a deliberately broken
+//! server: counts are exact, failures are classified, the JSON has every documented key.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use wsedge::conn::{AfterUpgrade, ConnConfig};
+use wsedge::handshake::Policy;
+use wsedge::reactor::{Backend, ListenOptions, Server, ServerConfig};
+
+fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
+    Server::start(ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        threads: 1,
+        pin: false,
+        backend: Backend::Epoll,
+        listen_options: ListenOptions {
+            backlog: 1024,
+            defer_accept_secs: 0,
+        },
+        conn: ConnConfig {
+            policy: Policy {
+                subprotocols: vec!["chat".into()],
+                ..Policy::default()
+            },
+            after,
+            handshake_timeout_ms,
+            idle_timeout_ms: 0,
+            max_message_bytes: 1 << 20,
+            linger_ms: 500,
+        },
+    })
+    .expect("start wsedge")
+}
+
+/// Runs the load generator; returns its exit code, stdout and the parsed JSON last line.
+fn loadgen(args: &[&str]) -> (i32, String, Option<Value>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    let code = output.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("stderr: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    (code, stdout, json)
+}
+
+/// A server that answers every request badly, in one way.
+#[derive(Clone, Copy)]
+enum Broken {
+    WrongAccept,
+    BadRequest,
+    Reset,
+    Stall,
+    UnofferedProtocol,
+}
+
+fn broken_server(behaviour: Broken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = match behaviour {
+                    Broken::WrongAccept => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                    Broken::BadRequest => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    Broken::UnofferedProtocol => b"",
+                    Broken::Reset => {
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    Broken::Stall => {
+                        std::thread::sleep(Duration::from_secs(5));
+                        return;
+                    }
+                };
+                if let Broken::UnofferedProtocol = behaviour {
+                    let text = String::from_utf8_lossy(&request);
+                    let key = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                        .unwrap_or("")
+                        .trim();
+                    let accept = wsedge::handshake::accept_key(key.as_bytes());
+                    let response = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+                        std::str::from_utf8(&accept).unwrap()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                } else {
+                    let _ = stream.write_all(answer);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            });
+        }
+    });
+    addr
+}
+
+const KEYS: &[&str] = &[
+    "upgrades_per_sec",
+    "ok",
+    "errors_total",
+    "errors",
+    "latency_us",
+    "connect_latency_us",
+    "handshake_latency_us",
+    "duration_s",
+];
+
+fn check_keys(json: &Value) {
+    for key in KEYS {
+        assert!(json.get(key).is_some(), "JSON lacks {key}: {json}");
+    }
+    for histogram in ["latency_us", "connect_latency_us", "handshake_latency_us"] {
+        for p in ["p50", "p90", "p99", "p99_9", "max"] {
+            assert!(
+                json[histogram][p].is_u64(),
+                "{histogram}.{p} missing: {json}"
+            );
+        }
+    }
+}
+
+#[test]
+fn storm_counts_every_upgrade_exactly() {
+    let server = wsedge(AfterUpgrade::Close, 10_000);
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let (code, stdout, json) = loadgen(&[
+        "storm",
+        &url,
+        "--count",
+        "500",
+        "--concurrency",
+        "16",
+        "--threads",
+        "2",
+        "--duration",
+        "60s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON last line");
+    check_keys(&json);
+    assert_eq!(json["ok"], 500, "{stdout}");
+    assert_eq!(json["errors_total"], 0, "{stdout}");
+    assert_eq!(json["concurrency"], 16);
+    assert_eq!(
+        server.stats().upgraded,
+        500,
+        "the server saw the same count"
+    );
+}
+
+#[test]
+fn rate_mode_reports_the_intended_rate() {
+    let server = wsedge(AfterUpgrade::Close, 10_000);
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let (code, stdout, json) = loadgen(&[
+        "rate",
+        &url,
+        "--rate",
+        "200",
+        "--count",
+        "100",
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON");
+    check_keys(&json);
+    assert_eq!(json["ok"], 100, "{stdout}");
+    assert_eq!(json["rate"], 200.0);
+}
+
+fn broken_counts(behaviour: Broken, extra: &[&str]) -> Value {
+    let addr = broken_server(behaviour);
+    let url = format!("ws://{addr}/");
+    let mut args = vec![
+        "storm",
+        url.as_str(),
+        "--count",
+        "20",
+        "--concurrency",
+        "4",
+        "--duration",
+        "60s",
+        "--json",
+        "--source-ips",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, json) = loadgen(&args);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON");
+    assert_eq!(json["ok"], 0, "{stdout}");
+    assert_eq!(json["errors_total"], 20, "{stdout}");
+    json
+}
+
+#[test]
+fn a_replayed_accept_is_bad_accept() {
+    assert_eq!(
+        broken_counts(Broken::WrongAccept, &[])["errors"]["bad_accept"],
+        20
+    );
+}
+
+#[test]
+fn a_400_is_counted_by_status() {
+    assert_eq!(
+        broken_counts(Broken::BadRequest, &[])["errors"]["status_400"],
+        20
+    );
+}
+
+#[test]
+fn a_reset_is_reset() {
+    let json = broken_counts(Broken::Reset, &[]);
+    let errors = &json["errors"];
+    let reset =
+        errors["reset"].as_u64().unwrap_or(0) + errors["closed_early"].as_u64().unwrap_or(0);
+    assert_eq!(reset, 20, "{json}");
+}
+
+#[test]
+fn a_stall_is_a_handshake_timeout() {
+    let json = broken_counts(Broken::Stall, &["--handshake-timeout", "300ms"]);
+    assert_eq!(json["errors"]["handshake_timeout"], 20);
+}
+
+#[test]
+fn an_unoffered_subprotocol_is_bad_subprotocol() {
+    let json = broken_counts(Broken::UnofferedProtocol, &["--subprotocol", "chat"]);
+    assert_eq!(json["errors"]["bad_subprotocol"], 20);
+}
+
+#[test]
+fn refused_connections_are_counted_not_fatal() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (code, stdout, json) = loadgen(&[
+        "storm",
+        &url,
+        "--count",
+        "10",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(json.expect("JSON")["errors"]["connect_refused"], 10);
+}
+
+#[test]
+fn hold_establishes_and_reports() {
+    let server = wsedge(AfterUpgrade::Echo, 10_000);
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let pid = std::process::id().to_string();
+    let (code, stdout, json) = loadgen(&[
+        "hold",
+        &url,
+        "--connections",
+        "300",
+        "--hold",
+        "500ms",
+        "--ping-interval",
+        "100ms",
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON");
+    check_keys(&json);
+    assert_eq!(json["established"], 300, "{stdout}");
+    assert!(json["establish_secs"].is_f64());
+    assert!(json.get("server_rss_bytes_per_conn").is_some());
+}
+
+#[test]
+fn slowloris_clients_are_all_cut_off_by_wsedge() {
+    let server = wsedge(AfterUpgrade::Echo, 300);
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let (code, stdout, json) = loadgen(&[
+        "slowloris",
+        &url,
+        "--connections",
+        "10",
+        "--byte-interval",
+        "20ms",
+        "--duration",
+        "5s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON");
+    assert_eq!(json["cut_off"], 10, "{stdout}");
+    assert_eq!(json["never_cut"], 0);
+    assert!(
+        json["cutoff_us"]["p50"].as_u64().unwrap() >= 250_000,
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_urls_and_impossible_holds_are_usage_errors() {
+    let (code, _, _) = loadgen(&["storm", "http://127.0.0.1:1/"]);
+    assert_eq!(code, 2);
+    let (code, _, _) = loadgen(&["storm", "ws://127.0.0.1:1/", "--duration", "soon"]);
+    assert_eq!(code, 2);
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args(["hold", "ws://127.0.0.1:1/", "--connections", "5000000"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--connections 5000000"));
+}
