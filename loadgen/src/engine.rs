@@ -67,6 +67,8 @@ pub struct Plan {
     pub sources: Vec<IpAddr>,
     pub headers: Vec<String>,
     pub protocols: Vec<String>,
+    /// The same key on every connection (default: a random one each).
+    pub fixed_key: Option<[u8; KEY_LEN]>,
 }
 
 /// Live counters for the progress line.
@@ -110,6 +112,9 @@ pub struct WorkerResult {
 
 struct Worker<'a> {
     plan: &'a Plan,
+    /// The plan's subprotocols and headers as slices, built once.
+    protocols: Vec<&'a str>,
+    headers: Vec<&'a str>,
     progress: &'a Progress,
     poll: Poll,
     slots: Slab<Slot>,
@@ -132,6 +137,8 @@ pub fn run(
 ) -> io::Result<WorkerResult> {
     let mut worker = Worker {
         plan,
+        protocols: plan.protocols.iter().map(String::as_str).collect(),
+        headers: plan.headers.iter().map(String::as_str).collect(),
         progress,
         poll: Poll::new()?,
         slots: Slab::new(),
@@ -313,7 +320,10 @@ impl Worker<'_> {
             intended,
             started: now,
             sent: now,
-            key: key_from_nonce(&nonce),
+            key: self
+                .plan
+                .fixed_key
+                .unwrap_or_else(|| key_from_nonce(&nonce)),
             response: Vec::new(),
             deadline: now + self.plan.connect_timeout,
             trickled: 0,
@@ -328,18 +338,16 @@ impl Worker<'_> {
     }
 
     fn build_request(&mut self, key: &[u8; KEY_LEN]) {
-        let protocols: Vec<&str> = self.plan.protocols.iter().map(String::as_str).collect();
-        let headers: Vec<&str> = self.plan.headers.iter().map(String::as_str).collect();
-        self.request.resize(
-            512 + headers.iter().map(|h| h.len() + 2).sum::<usize>() + self.plan.target.path.len(),
-            0,
-        );
+        let room = 512
+            + self.headers.iter().map(|h| h.len() + 2).sum::<usize>()
+            + self.plan.target.path.len();
+        self.request.resize(room, 0);
         let request = ClientRequest {
             host: &self.plan.target.host,
             target: &self.plan.target.path,
             key,
-            protocols: &protocols,
-            extra_headers: &headers,
+            protocols: &self.protocols,
+            extra_headers: &self.headers,
         };
         let len = write_request(&mut self.request, &request).unwrap_or(0);
         self.request.truncate(len);
@@ -352,33 +360,32 @@ impl Worker<'_> {
         if slot.phase != Phase::Connecting {
             return;
         }
-        match slot.stream.take_error() {
-            Ok(None) => {}
-            Ok(Some(error)) | Err(error) => {
-                return self.finish(key, Some(ErrorKind::from_io(&error)), now)
-            }
-        }
-        if slot.stream.peer_addr().is_err() {
-            return; // not connected yet (spurious wake-up)
-        }
+        // No getsockopt(SO_ERROR) or getpeername here, two syscalls per connection: the
+        // first write reports a failed connect, and ENOTCONN or EAGAIN mean a spurious wake-up.
         let key_bytes = slot.key;
-        record(&mut self.report.connect, now - slot.started);
         self.build_request(&key_bytes);
         let slot = &mut self.slots[key];
-        slot.deadline = now + self.plan.handshake_timeout;
         if let Mode::Slowloris { .. } = self.plan.mode {
+            record(&mut self.report.connect, now - slot.started);
+            slot.deadline = now + self.plan.handshake_timeout;
             slot.phase = Phase::Trickling;
             slot.response = std::mem::take(&mut self.request);
             slot.next_tick = now;
             self.request = Vec::with_capacity(512);
             return self.trickle(key, now);
         }
-        slot.phase = Phase::Reading;
-        slot.sent = now;
         match (&slot.stream).write(&self.request) {
-            Ok(n) if n == self.request.len() => {}
+            Ok(n) if n == self.request.len() => {
+                record(&mut self.report.connect, now - slot.started);
+                slot.deadline = now + self.plan.handshake_timeout;
+                slot.phase = Phase::Reading;
+                slot.sent = now;
+            }
             // A request this small fits any fresh socket buffer; anything else is a failure.
             Ok(_) => self.finish(key, Some(ErrorKind::Other), now),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == Some(libc::ENOTCONN) => {}
             Err(error) => self.finish(key, Some(ErrorKind::from_io(&error)), now),
         }
     }
@@ -407,9 +414,7 @@ impl Worker<'_> {
                 }
                 (Phase::Reading, Ok(n)) => {
                     slot.response.extend_from_slice(&buf[..n]);
-                    let protocols: Vec<&str> =
-                        self.plan.protocols.iter().map(String::as_str).collect();
-                    match check_response(&slot.response, &slot.key, &protocols) {
+                    match check_response(&slot.response, &slot.key, &self.protocols) {
                         ResponseCheck::Partial => continue,
                         ResponseCheck::Accepted { .. } => return self.on_upgraded(key, now),
                         ResponseCheck::Failed(error) => {

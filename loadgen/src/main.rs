@@ -129,6 +129,10 @@ struct Common {
     connect_timeout: Duration,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// Send this Sec-WebSocket-Key on every connection instead of a random one (for
+    /// servers that answer with a canned 101, such as the floor server in benches/).
+    #[arg(long, value_parser = parse_key)]
+    key: Option<String>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -172,6 +176,14 @@ fn parse_header(value: &str) -> Result<String, String> {
             Ok(value.to_owned())
         }
         _ => Err("a header is 'Name: value'".into()),
+    }
+}
+
+fn parse_key(value: &str) -> Result<String, String> {
+    if wsedge::handshake::is_valid_key(value.as_bytes()) {
+        Ok(value.to_owned())
+    } else {
+        Err("a key is base64 of 16 bytes, e.g. dGhlIHNhbXBsZSBub25jZQ==".into())
     }
 }
 
@@ -230,6 +242,10 @@ fn plan(common: &Common, mode: Mode) -> Plan {
         sources,
         headers,
         protocols: common.subprotocols.clone(),
+        fixed_key: common
+            .key
+            .as_ref()
+            .and_then(|k| k.as_bytes().try_into().ok()),
     }
 }
 
