@@ -28,6 +28,77 @@ pub struct Cli {
 pub enum Command {
     /// Accept WebSocket upgrades and close or echo.
     Serve(ServeArgs),
+    /// Perform one handshake against URL and say which link of it broke, if any.
+    ///
+    /// Exit codes: 0 upgraded; 3 not upgraded (2xx/3xx: a proxy ate the upgrade, a
+    /// redirect); 4 refused (4xx/5xx); 5 an invalid 101; 6 network (DNS, connect, reset,
+    /// timeout); 7 TLS; 2 a usage error.
+    Check(CheckArgs),
+}
+
+/// Flags of `wsedge check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// ws:// or wss:// URL.
+    #[arg(value_name = "URL", value_parser = parse_check_url)]
+    pub url: String,
+    /// Subprotocol to offer (repeatable, in preference order).
+    #[arg(long = "subprotocol", value_parser = parse_subprotocol)]
+    pub subprotocols: Vec<String>,
+    /// Origin header to send (browsers always send one).
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Extra header, 'Name: value' (repeatable).
+    #[arg(long = "header", value_parser = parse_header_line)]
+    pub headers: Vec<String>,
+    /// Bearer token, sent as Authorization: Bearer (masked in the output).
+    #[arg(long, value_parser = parse_token)]
+    pub token: Option<String>,
+    /// Bound on each step: resolve, connect, TLS, response (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// Do not check the server's certificate (said loudly in the output).
+    #[arg(long)]
+    pub insecure: bool,
+    /// After a 101, send a ping, time the pong, close with 1000 and report the close code.
+    #[arg(long)]
+    pub ping: bool,
+    /// Print the facts and the verdict as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_check_url(value: &str) -> Result<String, String> {
+    crate::check::parse_url(value).map(|_| value.to_owned())
+}
+
+fn parse_header_line(value: &str) -> Result<String, String> {
+    match value.split_once(':') {
+        Some((name, _))
+            if !name.is_empty()
+                && name.bytes().all(is_token_char)
+                && !value.contains(['\r', '\n']) =>
+        {
+            Ok(value.to_owned())
+        }
+        _ => Err("a header is 'Name: value'".into()),
+    }
+}
+
+fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
+    let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(s) = value.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (value, 1.0)
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n * scale <= 3600.0 => {
+            Ok(std::time::Duration::from_secs_f64(n * scale))
+        }
+        _ => Err("a timeout is a positive duration up to an hour, e.g. 5s or 500ms".into()),
+    }
 }
 
 /// I/O backend choice.

@@ -8,12 +8,14 @@
 //! - [`conn`]: the per-connection state machine (handshake, echo framing, close
 //!   handshake, timeouts), bytes and time in, bytes and socket actions out.
 //! - [`timer`]: the hashed timer wheel that enforces the deadlines.
+//! - [`check`]: `wsedge check URL`, one diagnosed handshake.
 //! - [`config`]: the command-line flags and their validation.
 //! - [`reactor`]: the per-core threads, listeners and the I/O backends that drive it all.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod check;
 pub mod config;
 pub mod conn;
 pub mod handshake;

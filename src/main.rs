@@ -8,7 +8,8 @@ use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use wsedge::config::{Cli, Command, IoBackend, ServeArgs};
+use wsedge::check::CheckOptions;
+use wsedge::config::{CheckArgs, Cli, Command, IoBackend, ServeArgs};
 use wsedge::reactor::uring::probe::probe;
 use wsedge::reactor::{sys, Backend, Server, ShutdownState};
 
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Check(args) => return check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +128,38 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         totals.accept_pauses
     );
     Ok(())
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    if args.insecure {
+        eprintln!("warning: --insecure: the server's certificate is NOT checked; anyone could be answering");
+    }
+    let options = CheckOptions {
+        url: args.url.clone(),
+        subprotocols: args.subprotocols.clone(),
+        origin: args.origin.clone(),
+        headers: args.headers.clone(),
+        token: args.token.clone(),
+        timeout: args.timeout,
+        insecure: args.insecure,
+        ping: args.ping,
+    };
+    match wsedge::check::run(&options) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.human());
+            }
+            ExitCode::from(report.verdict.exit_code() as u8)
+        }
+        Err(error) => Cli::command()
+            .error(
+                clap::error::ErrorKind::InvalidValue,
+                format!("URL: {error}"),
+            )
+            .exit(),
+    }
 }
 
 fn list_or_any(items: &[String]) -> String {
