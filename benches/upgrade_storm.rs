@@ -48,7 +48,12 @@ fn main() -> std::io::Result<()> {
         .filter(|a| a != "--bench")
         .collect();
     if args.first().map(String::as_str) == Some("--floor-server") {
-        return floor_server();
+        let port = args
+            .iter()
+            .position(|a| a == "--port")
+            .and_then(|i| args.get(i + 1))
+            .map_or("0", String::as_str);
+        return floor_server(port);
     }
     let value = |flag: &str, default: usize| {
         args.iter()
@@ -455,9 +460,12 @@ fn idle_memory(count: usize, io: &str) -> std::io::Result<()> {
 }
 
 /// The floor: the least a server can do per upgrade with epoll.
-fn floor_server() -> std::io::Result<()> {
+fn floor_server(port: &str) -> std::io::Result<()> {
     pin_to_cpu(0);
-    let mut listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr"))?;
+    let addr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|_| std::io::Error::other("--port takes a number"))?;
+    let mut listener = TcpListener::bind(addr)?;
     println!("listening on {}", listener.local_addr()?);
     let mut poll = Poll::new()?;
     poll.registry()

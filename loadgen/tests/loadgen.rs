@@ -340,3 +340,32 @@ fn bad_urls_and_impossible_holds_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--connections 5000000"));
 }
+
+#[test]
+fn ramp_reports_each_step_and_the_best_rate() {
+    let server = wsedge(AfterUpgrade::Close, 10_000);
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let (code, stdout, json) = loadgen(&[
+        "ramp",
+        &url,
+        "--from",
+        "100",
+        "--to",
+        "200",
+        "--step",
+        "100",
+        "--step-duration",
+        "1s",
+        "--slo-p99",
+        "500ms",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let json = json.expect("JSON");
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(2), "{stdout}");
+    assert_eq!(json["best_rate"], 200.0, "{stdout}");
+    assert!(
+        stdout.contains("highest rate meeting the SLO: 200/s"),
+        "{stdout}"
+    );
+}
