@@ -24,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, AcceptPause, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -38,8 +38,6 @@ const ACCEPT_BUDGET: usize = 256;
 const READ_BUDGET: usize = 8;
 /// The reactor's read buffer; connections copy out only incomplete data.
 const READ_BUFFER: usize = 64 * 1024;
-/// How long accepting pauses when descriptors or memory run out.
-const ACCEPT_PAUSE_MS: u64 = 100;
 const EVENTS_CAPACITY: usize = 1024;
 
 /// What to do once a connection's unsent output is flushed.
@@ -102,8 +100,7 @@ pub struct Reactor {
     read_buffer: Box<[u8]>,
     out: Vec<u8>,
     epoch: Instant,
-    accept_paused_until: u64,
-    last_pause_log: Option<u64>,
+    accept_pause: AcceptPause,
     /// Connections whose read budget ran out: revisit next turn.
     revisit: Vec<usize>,
     fired: Vec<u32>,
@@ -145,8 +142,7 @@ impl Reactor {
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             epoch: Instant::now(),
-            accept_paused_until: 0,
-            last_pause_log: None,
+            accept_pause: AcceptPause::default(),
             revisit: Vec::new(),
             fired: Vec::new(),
             eager_reads: EagerReads {
@@ -206,19 +202,19 @@ impl Reactor {
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
         let accepting = !self.draining && self.listeners.iter().any(|l| l.ready);
-        if !self.revisit.is_empty() || (accepting && now >= self.accept_paused_until) {
+        if !self.revisit.is_empty() || (accepting && !self.accept_pause.is_paused(now)) {
             return Some(Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
         if accepting {
-            let resume = self.accept_paused_until - now;
+            let resume = self.accept_pause.resumes_at() - now;
             wait = Some(wait.map_or(resume, |w| w.min(resume)));
         }
         wait.map(Duration::from_millis)
     }
 
     fn accept_ready(&mut self, now: u64) {
-        if self.draining || now < self.accept_paused_until {
+        if self.draining || self.accept_pause.is_paused(now) {
             return;
         }
         for index in 0..self.listeners.len() {
@@ -234,19 +230,8 @@ impl Reactor {
                     }
                     Err(e) if sys::is_transient_accept_error(&e) => {}
                     Err(e) => {
-                        // Out of descriptors or memory: the connection waits in the kernel
-                        // queue; retrying now would spin, so pause and say so (once a second).
-                        self.accept_paused_until = now + ACCEPT_PAUSE_MS;
-                        Counters::bump(&self.stats.accept_pauses);
-                        if self.last_pause_log.is_none_or(|t| now >= t + 1000) {
-                            self.last_pause_log = Some(now);
-                            let what = if sys::is_resource_exhaustion(&e) {
-                                "resources exhausted"
-                            } else {
-                                "accept failed"
-                            };
-                            tracing::warn!("{what}: {e}; pausing accept for {ACCEPT_PAUSE_MS} ms");
-                        }
+                        // Out of descriptors or memory: retrying now would spin.
+                        self.accept_pause.pause(now, &e, &self.stats);
                         return;
                     }
                 }

@@ -19,6 +19,45 @@ use crate::conn::ConnConfig;
 use crate::stats::{Counters, Snapshot};
 pub use listener::ListenOptions;
 
+/// How long accepting pauses when descriptors or memory run out.
+const ACCEPT_PAUSE_MS: u64 = 100;
+
+/// Accepting, paused after a failure that retrying at once would only repeat (EMFILE,
+/// ENFILE, ENOMEM): the connection stays queued in the kernel meanwhile. Shared by the
+/// backends so that they pause and log alike.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptPause {
+    until: u64,
+    last_log: Option<u64>,
+}
+
+impl AcceptPause {
+    /// Whether accepting is paused at `now`.
+    pub(crate) fn is_paused(&self, now: u64) -> bool {
+        now < self.until
+    }
+
+    /// When accepting may resume.
+    pub(crate) fn resumes_at(&self) -> u64 {
+        self.until
+    }
+
+    /// Pauses after `error`, counting it and logging at most once a second.
+    pub(crate) fn pause(&mut self, now: u64, error: &io::Error, stats: &Counters) {
+        self.until = now + ACCEPT_PAUSE_MS;
+        Counters::bump(&stats.accept_pauses);
+        if self.last_log.is_none_or(|t| now >= t + 1000) {
+            self.last_log = Some(now);
+            let what = if sys::is_resource_exhaustion(error) {
+                "resources exhausted"
+            } else {
+                "accept failed"
+            };
+            tracing::warn!("{what}: {error}; pausing accept for {ACCEPT_PAUSE_MS} ms");
+        }
+    }
+}
+
 /// The I/O backend that drives the reactors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

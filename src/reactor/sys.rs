@@ -30,13 +30,23 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 /// data (or after `secs`), so the first read after accept finds the request.
 pub fn set_defer_accept(socket: &impl AsRawFd, secs: u32) -> io::Result<()> {
     let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, value)
+}
+
+/// Sets an integer socket option that `socket2` does not wrap.
+pub fn set_int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the descriptor is open (borrowed from a live socket), and the option value
     // points to a c_int whose size is passed alongside it.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
+            level,
+            name,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, AcceptPause, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -41,7 +41,6 @@ const RING_ENTRIES: u32 = 4096;
 const BUFFER_COUNT: u16 = 256;
 const BUFFER_SIZE: usize = 16 * 1024;
 const BUFFER_GROUP: u16 = 1;
-const ACCEPT_PAUSE_MS: u64 = 100;
 /// Keys of listeners in `user_data` (connection keys stay far below).
 const LISTENER_BASE: usize = 1 << 40;
 const WAKE_KEY: usize = (1 << 48) - 1;
@@ -120,8 +119,7 @@ pub struct Reactor {
     shutdown: Arc<Shutdown>,
     out: Vec<u8>,
     epoch: Instant,
-    accept_paused_until: u64,
-    last_pause_log: Option<u64>,
+    accept_pause: AcceptPause,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
     /// Receives that found the buffer ring empty: re-armed next turn.
@@ -198,8 +196,7 @@ impl Reactor {
             shutdown,
             out: Vec::with_capacity(4096),
             epoch: Instant::now(),
-            accept_paused_until: 0,
-            last_pause_log: None,
+            accept_pause: AcceptPause::default(),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
             rearm: Vec::new(),
@@ -249,7 +246,7 @@ impl Reactor {
     }
 
     fn arm_accepts(&mut self, now: u64) -> io::Result<()> {
-        if self.draining || now < self.accept_paused_until {
+        if self.draining || self.accept_pause.is_paused(now) {
             return Ok(());
         }
         for index in 0..self.listeners.len() {
@@ -302,7 +299,7 @@ impl Reactor {
                 .iter()
                 .any(|l| !l.armed && l.socket.is_some());
         if paused {
-            let resume = self.accept_paused_until.saturating_sub(now);
+            let resume = self.accept_pause.resumes_at().saturating_sub(now);
             wait = Some(wait.map_or(resume, |w| w.min(resume)));
         }
         wait.map(Duration::from_millis)
@@ -370,19 +367,8 @@ impl Reactor {
         if result == -libc::ECANCELED || sys::is_transient_accept_error(&error) {
             return Ok(());
         }
-        // Out of descriptors or memory: the connection stays queued in the kernel. Pause
-        // before re-arming, or the ring would spin on failing completions.
-        self.accept_paused_until = now + ACCEPT_PAUSE_MS;
-        Counters::bump(&self.stats.accept_pauses);
-        if self.last_pause_log.is_none_or(|t| now >= t + 1000) {
-            self.last_pause_log = Some(now);
-            let what = if sys::is_resource_exhaustion(&error) {
-                "resources exhausted"
-            } else {
-                "accept failed"
-            };
-            tracing::warn!("{what}: {error}; pausing accept for {ACCEPT_PAUSE_MS} ms");
-        }
+        // Out of descriptors or memory: re-arming at once would spin on failing completions.
+        self.accept_pause.pause(now, &error, &self.stats);
         if cqueue::more(flags) {
             // Still armed: cancel it so that it is re-armed after the pause.
             let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
