@@ -148,8 +148,9 @@ def nginx_command(port, workers):
 
 def start(name, make, port, cpus="0"):
     argv, env, key = make(port)
+    # Its own session, so that stopping it stops its children too (nginx's workers).
     process = subprocess.Popen(["taskset", "-c", cpus] + argv, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     started.append(process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -161,6 +162,16 @@ def start(name, make, port, cpus="0"):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{name} did not listen on {port} within 30 s")
+
+
+def stop(process):
+    """Kills a contender we started and every process in its session (by its group id)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
 
 
 def cpu_seconds(pid):
@@ -208,8 +219,7 @@ def storm_all(bins, table, options, cpus="0"):
                       f"{record['cpu_us_per_upgrade']:>7.2f} us CPU/upgrade  p99 {result['latency_us']['p99']:>7} us"
                       f"  errors {result['errors_total']}", flush=True)
     for process, _, _ in servers.values():
-        process.kill()
-        process.wait()
+        stop(process)
     return records
 
 
@@ -227,8 +237,7 @@ def hold_all(bins, table, count):
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             print(f"  hold {name:<18} failed: {error}", flush=True)
         finally:
-            process.kill()
-            process.wait()
+            stop(process)
     return rows
 
 
@@ -280,10 +289,10 @@ def main():
     if options.hold > 19000:
         parser.error("--hold: a process here may open at most 20,000 descriptors; use 19000 or fewer")
 
-    def stop(signum, _frame):
+    def interrupted(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         if not options.skip_install:
             install()
@@ -308,9 +317,7 @@ def main():
                     f.write(json.dumps({"contender": name, "hold": hold}) + "\n")
     finally:
         for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::conn::{AfterUpgrade, ConnConfig};
 use crate::handshake::Policy;
-use crate::reactor::{Backend, ListenOptions, ServerConfig};
+use crate::reactor::{Backend, Limits, ListenOptions, ServerConfig};
 
 /// Longest subprotocol name accepted (the 101 must fit the response buffer).
 const MAX_SUBPROTOCOL_LEN: usize = 128;
@@ -172,6 +172,22 @@ pub struct ServeArgs {
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
     #[arg(long, value_name = "N", allow_negative_numbers = true, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub backlog: u32,
+    /// Connections held at most (upgraded, handshaking, closing); over it new clients get
+    /// 503 with a jittered Retry-After, without their request being read; 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Handshakes in progress at most (slow or silent clients); over it, 503; 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_pending_handshakes: usize,
+    /// Range the Retry-After of a 503 is drawn from, in seconds (jitter spreads the wave).
+    #[arg(long, value_name = "MIN-MAX", default_value = "5-30", value_parser = parse_range)]
+    pub retry_after_secs: (u32, u32),
+    /// On SIGTERM, close upgraded connections at times spread over this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub drain_secs: u64,
+    /// Close code sent when draining: 1012 (Service Restart) or 1001 (Going Away).
+    #[arg(long, value_name = "CODE", default_value_t = 1012, value_parser = parse_drain_code)]
+    pub drain_close_code: u16,
     /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub defer_accept_secs: u32,
@@ -184,6 +200,22 @@ pub struct TokenFromFile(pub String);
 impl std::fmt::Debug for TokenFromFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenFromFile(<redacted>)")
+    }
+}
+
+fn parse_range(value: &str) -> Result<(u32, u32), String> {
+    let (low, high) = value.split_once('-').unwrap_or((value, value));
+    match (low.trim().parse::<u32>(), high.trim().parse::<u32>()) {
+        (Ok(low), Ok(high)) if low <= high && high <= 86_400 => Ok((low, high)),
+        _ => Err("a range is MIN-MAX seconds with MIN <= MAX <= 86400, e.g. 5-30".into()),
+    }
+}
+
+fn parse_drain_code(value: &str) -> Result<u16, String> {
+    match value {
+        "1012" => Ok(1012),
+        "1001" => Ok(1001),
+        _ => Err("the drain close code is 1012 (Service Restart) or 1001 (Going Away)".into()),
     }
 }
 
@@ -288,6 +320,13 @@ impl ServeArgs {
                 idle_timeout_ms: self.idle_timeout_ms,
                 max_message_bytes: self.max_message_bytes as usize,
                 linger_ms: LINGER_MS.min(self.handshake_timeout_ms),
+            },
+            limits: Limits {
+                max_connections: self.max_connections,
+                max_pending_handshakes: self.max_pending_handshakes,
+                retry_after_secs: self.retry_after_secs,
+                drain_window_ms: self.drain_secs * 1000,
+                drain_close_code: self.drain_close_code,
             },
         }
     }

@@ -73,7 +73,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
-         backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, fd_limit={fd_limit})",
+         backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, \
+         max_connections={}, max_pending_handshakes={}, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
         addrs.join(","),
         config.threads,
         config.pin,
@@ -97,6 +98,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if policy.subprotocols.is_empty() { "none".to_string() } else { policy.subprotocols.join(",") },
         list_or_any(&policy.allowed_origins),
         if policy.auth_token.is_some() { "bearer" } else { "none" },
+        limit_text(config.limits.max_connections),
+        limit_text(config.limits.max_pending_handshakes),
+        config.limits.retry_after_secs.0,
+        config.limits.retry_after_secs.1,
+        config.limits.drain_window_ms / 1000,
+        config.limits.drain_close_code,
     );
 
     let shutdown = server.shutdown();
@@ -118,14 +125,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let totals = server.join().context("a reactor failed")?;
     tracing::info!(
         "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
-         protocol_errors={} accept_pauses={}",
+         protocol_errors={} accept_pauses={} admission_rejections={}",
         totals.accepted,
         totals.upgraded,
         totals.rejected,
         totals.handshake_timeouts,
         totals.idle_timeouts,
         totals.protocol_errors,
-        totals.accept_pauses
+        totals.accept_pauses,
+        totals.admission_rejections
     );
     Ok(())
 }
@@ -159,6 +167,14 @@ fn check(args: &CheckArgs) -> ExitCode {
                 format!("URL: {error}"),
             )
             .exit(),
+    }
+}
+
+fn limit_text(limit: usize) -> String {
+    if limit == 0 {
+        "none".into()
+    } else {
+        limit.to_string()
     }
 }
 

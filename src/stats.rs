@@ -22,6 +22,8 @@ pub struct Counters {
     pub closed: AtomicU64,
     /// Times accepting paused for lack of descriptors or memory (EMFILE, ENFILE, ...).
     pub accept_pauses: AtomicU64,
+    /// Connections refused with 503 by admission control.
+    pub admission_rejections: AtomicU64,
 }
 
 impl Counters {
@@ -43,6 +45,7 @@ impl Counters {
             total.protocol_errors += c.protocol_errors.load(Relaxed);
             total.closed += c.closed.load(Relaxed);
             total.accept_pauses += c.accept_pauses.load(Relaxed);
+            total.admission_rejections += c.admission_rejections.load(Relaxed);
         }
         total
     }
@@ -60,4 +63,5 @@ pub struct Snapshot {
     pub protocol_errors: u64,
     pub closed: u64,
     pub accept_pauses: u64,
+    pub admission_rejections: u64,
 }

@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use common::{exchange, read_head, read_to_close, upgrade_request, Server};
 
 fn sigterm_finishes_handshakes_closes_with_1001_and_exits_0(io: Io) {
-    let mut server = Server::start(io, &[]);
+    let mut server = Server::start(io, &["--drain-secs", "0", "--drain-close-code", "1001"]);
     let (head, mut upgraded) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let request = upgrade_request("/", &[]);

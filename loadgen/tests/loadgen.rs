@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use wsedge::conn::{AfterUpgrade, ConnConfig};
 use wsedge::handshake::Policy;
-use wsedge::reactor::{Backend, ListenOptions, Server, ServerConfig};
+use wsedge::reactor::{Backend, Limits, ListenOptions, Server, ServerConfig};
 
 fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
     Server::start(ServerConfig {
@@ -32,6 +32,7 @@ fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
             max_message_bytes: 1 << 20,
             linger_ms: 500,
         },
+        limits: Limits::default(),
     })
     .expect("start wsedge")
 }

@@ -99,6 +99,8 @@ pub struct Conn {
     phase: Phase,
     /// Message type of a fragmented message in progress.
     message_opcode: Option<OpCode>,
+    /// Set by a drain: the close code to send when the deadline passes.
+    drain_code: Option<CloseCode>,
     deadline: u64,
     /// Allocated only while something is buffered, freed as soon as nothing is.
     buffers: Option<Box<Buffers>>,
@@ -120,6 +122,7 @@ impl Conn {
         Conn {
             phase: Phase::Handshake,
             message_opcode: None,
+            drain_code: None,
             deadline: now.saturating_add(config.handshake_timeout_ms),
             buffers: None,
         }
@@ -239,21 +242,40 @@ impl Conn {
                     self.reject(Rejection::Timeout, cx)
                 }
             }
-            Phase::Open => {
-                Counters::bump(&cx.stats.idle_timeouts);
-                self.start_closing(CloseCode::GOING_AWAY, cx)
-            }
+            Phase::Open => match self.drain_code {
+                Some(code) => self.start_closing(code, cx),
+                None => {
+                    Counters::bump(&cx.stats.idle_timeouts);
+                    self.start_closing(CloseCode::GOING_AWAY, cx)
+                }
+            },
             Phase::Closing | Phase::Lingering | Phase::Done => self.finish(),
         }
     }
 
-    /// The server is shutting down: upgraded connections are closed with 1001, handshakes
-    /// in progress may finish (they are bounded by the handshake timeout).
-    pub fn on_shutdown(&mut self, cx: &mut Ctx<'_>) -> Next {
+    /// The server is draining: an upgraded connection is closed with `code` at `close_at`
+    /// (the caller spreads these over its drain window so that clients do not all reconnect
+    /// at once); handshakes in progress may finish (bounded by the handshake timeout).
+    /// Idempotent: a connection keeps the first time it was given.
+    pub fn on_shutdown(&mut self, close_at: u64, code: CloseCode, cx: &mut Ctx<'_>) -> Next {
         match self.phase {
-            Phase::Open => self.start_closing(CloseCode::GOING_AWAY, cx),
+            Phase::Open if self.drain_code.is_none() => {
+                self.drain_code = Some(code);
+                if close_at <= cx.now {
+                    return self.start_closing(code, cx);
+                }
+                self.deadline = self.deadline.min(close_at);
+                Next::Continue
+            }
             _ => Next::Continue,
         }
+    }
+
+    /// Refuses the connection at once with `rejection` (admission control), without
+    /// waiting for its request: the answer is written, then the connection lingers so that
+    /// the request's arrival cannot turn the close into a reset.
+    pub fn refuse(&mut self, rejection: Rejection, cx: &mut Ctx<'_>) -> Next {
+        self.reject(rejection, cx)
     }
 
     fn finish(&mut self) -> Next {
@@ -317,8 +339,11 @@ impl Conn {
         Next::HalfClose
     }
 
-    /// Resets the idle deadline.
+    /// Resets the idle deadline (a drain deadline, once set, is kept).
     fn touch(&mut self, cx: &Ctx<'_>) {
+        if self.drain_code.is_some() {
+            return;
+        }
         self.deadline = match cx.config.idle_timeout_ms {
             0 => NO_DEADLINE,
             idle => cx.now.saturating_add(idle),

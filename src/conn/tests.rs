@@ -220,3 +220,52 @@ fn rejection_writes_the_response_and_half_closes() {
     );
     assert!(h.out.is_empty());
 }
+
+#[test]
+fn drain_closes_at_the_given_time_with_the_given_code() {
+    let mut h = Harness::upgraded();
+    let mut cx = Ctx {
+        config: &h.config,
+        now: 0,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    assert_eq!(
+        h.conn.on_shutdown(700, CloseCode(1012), &mut cx),
+        Next::Continue
+    );
+    assert_eq!(h.conn.deadline(), Some(700));
+    h.now = 100;
+    assert_eq!(
+        h.feed(&masked(true, 10, b"")),
+        Next::Continue,
+        "activity does not postpone a drain"
+    );
+    assert_eq!(h.conn.deadline(), Some(700));
+    assert_eq!(h.timeout(), Next::Continue);
+    assert_eq!(h.take_out(), close_frame(CloseCode(1012)));
+}
+
+#[test]
+fn refusal_answers_without_a_request() {
+    let mut h = Harness::new(AfterUpgrade::Echo);
+    let mut cx = Ctx {
+        config: &h.config,
+        now: 0,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    let next = h.conn.refuse(
+        Rejection::Overloaded {
+            retry_after_secs: 9,
+        },
+        &mut cx,
+    );
+    assert_eq!(next, Next::HalfClose);
+    let out = String::from_utf8(h.take_out()).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+            && out.contains("Retry-After: 9\r\n"),
+        "{out}"
+    );
+}

@@ -24,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{sys, AcceptPause, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -51,6 +51,8 @@ enum AfterFlush {
 struct Client {
     stream: TcpStream,
     conn: Conn,
+    /// Counted by admission control as a handshake in progress, until it is not.
+    handshaking: bool,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
@@ -105,6 +107,7 @@ pub struct Reactor {
     revisit: Vec<usize>,
     fired: Vec<u32>,
     eager_reads: EagerReads,
+    admission: Admission,
     draining: bool,
 }
 
@@ -117,6 +120,8 @@ impl Reactor {
             config,
             stats,
             shutdown,
+            limits,
+            seed,
         } = parts;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -150,6 +155,7 @@ impl Reactor {
                 score: 0,
                 accepts: 0,
             },
+            admission: Admission::new(limits, seed),
             draining: false,
         };
         // A reactor that cannot be woken still sees the flag on its next timer tick.
@@ -197,6 +203,16 @@ impl Reactor {
             if self.draining && self.clients.is_empty() {
                 return Ok(());
             }
+            let deadline = self
+                .admission
+                .drain_deadline(self.config.handshake_timeout_ms, self.config.linger_ms);
+            if deadline.is_some_and(|d| now >= d) {
+                tracing::warn!(
+                    connections = self.clients.len(),
+                    "drain window over; closing what is left"
+                );
+                return Ok(());
+            }
         }
     }
 
@@ -241,10 +257,14 @@ impl Reactor {
 
     fn on_accepted(&mut self, stream: TcpStream, now: u64) {
         Counters::bump(&self.stats.accepted);
+        if let Some(refusal) = self.admission.admit(self.clients.len()) {
+            return self.refuse(stream, refusal, now);
+        }
         let eager = self.eager_reads.read_first();
         let client = Client {
             stream,
             conn: Conn::new(&self.config, now),
+            handshaking: true,
             eager,
             registered: false,
             wants_writable: false,
@@ -257,6 +277,32 @@ impl Reactor {
             // touching epoll.
             self.drive(key, now);
         } else {
+            self.settle(key, now);
+        }
+    }
+
+    /// Over a limit: answer 503 at once, without reading the request, then linger.
+    fn refuse(&mut self, stream: TcpStream, refusal: crate::handshake::Rejection, now: u64) {
+        Counters::bump(&self.stats.admission_rejections);
+        let mut conn = Conn::new(&self.config, now);
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        let next = conn.refuse(refusal, &mut cx);
+        let key = self.clients.insert(Client {
+            stream,
+            conn,
+            handshaking: false,
+            eager: false,
+            registered: false,
+            wants_writable: false,
+            after_flush: AfterFlush::Nothing,
+            flush_deadline: None,
+        });
+        if self.apply(key, next) {
             self.settle(key, now);
         }
     }
@@ -388,18 +434,26 @@ impl Reactor {
 
     /// Registers the socket if it must wait for events, and arms its timer.
     fn settle(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.handshaking && !client.conn.is_handshaking() {
+            client.handshaking = false;
+            self.admission.handshake_ended();
+        }
         if self.draining {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
             if client.conn.is_open() {
+                let (close_at, code) = self.admission.drain_close();
                 let mut cx = Ctx {
                     config: &self.config,
                     now,
                     out: &mut self.out,
                     stats: &self.stats,
                 };
-                let next = client.conn.on_shutdown(&mut cx);
+                let next = client.conn.on_shutdown(close_at, code, &mut cx);
                 if !self.apply(key, next) {
                     return;
                 }
@@ -467,6 +521,7 @@ impl Reactor {
 
     fn start_draining(&mut self, now: u64) {
         self.draining = true;
+        self.admission.start_drain(now);
         // Take what the kernel already queued for us: those clients were accepted by the
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {
@@ -483,7 +538,10 @@ impl Reactor {
     }
 
     fn close(&mut self, key: usize) {
-        if self.clients.try_remove(key).is_some() {
+        if let Some(client) = self.clients.try_remove(key) {
+            if client.handshaking {
+                self.admission.handshake_ended();
+            }
             // Dropping the stream closes it, which also removes it from epoll.
             self.wheel.cancel(key as u32);
             Counters::bump(&self.stats.closed);

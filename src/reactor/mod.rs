@@ -58,6 +58,106 @@ impl AcceptPause {
     }
 }
 
+/// Admission limits and drain behaviour, per reactor (the server divides its totals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections a reactor holds (upgraded, handshaking and closing); 0: no limit.
+    pub max_connections: usize,
+    /// Handshakes in progress a reactor allows; 0: no limit.
+    pub max_pending_handshakes: usize,
+    /// `Retry-After` of a 503 is drawn uniformly from this range, in seconds, so that the
+    /// refused clients do not all come back at the same instant.
+    pub retry_after_secs: (u32, u32),
+    /// Upgraded connections are closed at times spread uniformly over this window after a
+    /// SIGTERM, in ms.
+    pub drain_window_ms: u64,
+    /// The close code sent when draining (1012 Service Restart, or 1001 Going Away).
+    pub drain_close_code: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 0,
+            max_pending_handshakes: 0,
+            retry_after_secs: (5, 30),
+            drain_window_ms: 30_000,
+            drain_close_code: 1012,
+        }
+    }
+}
+
+/// A reactor's admission control and drain schedule: counts handshakes in progress, refuses
+/// over the limits with a jittered 503, and spreads the drain's closes.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limits: Limits,
+    handshaking: usize,
+    rng: u64,
+    drain_started: Option<u64>,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: Limits, seed: u64) -> Self {
+        Admission {
+            limits,
+            handshaking: 0,
+            rng: seed | 1,
+            drain_started: None,
+        }
+    }
+
+    fn random_below(&mut self, bound: u64) -> u64 {
+        // xorshift64*: jitter needs spread, not secrecy.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    }
+
+    /// Decides on a connection just accepted, with `open` connections already held.
+    /// `None` admits it (and counts its handshake); `Some` is the refusal to send.
+    pub(crate) fn admit(&mut self, open: usize) -> Option<crate::handshake::Rejection> {
+        let over_connections =
+            self.limits.max_connections > 0 && open >= self.limits.max_connections;
+        let over_pending = self.limits.max_pending_handshakes > 0
+            && self.handshaking >= self.limits.max_pending_handshakes;
+        if over_connections || over_pending {
+            let (low, high) = self.limits.retry_after_secs;
+            let retry_after_secs = low + self.random_below(u64::from(high - low) + 1) as u32;
+            return Some(crate::handshake::Rejection::Overloaded { retry_after_secs });
+        }
+        self.handshaking += 1;
+        None
+    }
+
+    /// A counted handshake ended (upgraded, refused, timed out or closed).
+    pub(crate) fn handshake_ended(&mut self) {
+        self.handshaking = self.handshaking.saturating_sub(1);
+    }
+
+    /// Starts the drain clock.
+    pub(crate) fn start_drain(&mut self, now: u64) {
+        self.drain_started.get_or_insert(now);
+    }
+
+    /// When an upgraded connection should be closed in this drain, and with which code.
+    pub(crate) fn drain_close(&mut self) -> (u64, crate::conn::frame::CloseCode) {
+        let start = self.drain_started.unwrap_or(0);
+        let at = start + self.random_below(self.limits.drain_window_ms);
+        (
+            at,
+            crate::conn::frame::CloseCode(self.limits.drain_close_code),
+        )
+    }
+
+    /// After this time a draining reactor exits even with connections left.
+    pub(crate) fn drain_deadline(&self, handshake_timeout_ms: u64, linger_ms: u64) -> Option<u64> {
+        self.drain_started
+            .map(|start| start + self.limits.drain_window_ms.max(handshake_timeout_ms) + linger_ms)
+    }
+}
+
 /// The I/O backend that drives the reactors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -88,6 +188,10 @@ pub struct ReactorParts {
     pub stats: Arc<Counters>,
     /// The server-wide shutdown signal.
     pub shutdown: Arc<Shutdown>,
+    /// This reactor's share of the limits.
+    pub limits: Limits,
+    /// Seed for jitter (distinct per reactor).
+    pub seed: u64,
 }
 
 /// Wakes a reactor blocked in its event loop.
@@ -124,6 +228,8 @@ pub struct ServerConfig {
     pub listen_options: ListenOptions,
     /// Per-connection behaviour.
     pub conn: ConnConfig,
+    /// Admission limits (server totals; each reactor takes its share) and drain behaviour.
+    pub limits: Limits,
 }
 
 /// Why the server could not start.
@@ -264,6 +370,15 @@ impl Server {
                 config: Arc::clone(&conn_config),
                 stats,
                 shutdown: Arc::clone(&shutdown),
+                limits: Limits {
+                    max_connections: config.limits.max_connections.div_ceil(threads),
+                    max_pending_handshakes: config.limits.max_pending_handshakes.div_ceil(threads),
+                    ..config.limits
+                },
+                seed: 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(index as u64 + 1)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
             };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let backend = config.backend;

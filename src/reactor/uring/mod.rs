@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::{sys, AcceptPause, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -86,6 +86,8 @@ enum AfterSend {
 struct Client {
     fd: RawFd,
     conn: Conn,
+    /// Counted by admission control as a handshake in progress, until it is not.
+    handshaking: bool,
     /// Output produced while a send was in flight. Boxed on purpose: it is rare, and the
     /// box keeps it at 8 bytes in every slot instead of 24.
     #[allow(clippy::box_collection)]
@@ -126,6 +128,7 @@ pub struct Reactor {
     rearm: Vec<usize>,
     completions: Vec<(u64, i32, u32)>,
     fired: Vec<u32>,
+    admission: Admission,
     draining: bool,
 }
 
@@ -169,6 +172,8 @@ impl Reactor {
             config,
             stats,
             shutdown,
+            limits,
+            seed,
             ..
         } = parts;
         let ring = build_ring()?;
@@ -202,6 +207,7 @@ impl Reactor {
             rearm: Vec::new(),
             completions: Vec::with_capacity(1024),
             fired: Vec::new(),
+            admission: Admission::new(limits, seed),
             draining: false,
         };
         reactor.arm_wake()?;
@@ -283,6 +289,16 @@ impl Reactor {
             }
             self.expire_timers(now)?;
             if self.draining && self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed) {
+                return Ok(());
+            }
+            let deadline = self
+                .admission
+                .drain_deadline(self.config.handshake_timeout_ms, self.config.linger_ms);
+            if deadline.is_some_and(|d| now >= d) {
+                tracing::warn!(
+                    connections = self.clients.len(),
+                    "drain window over; closing what is left"
+                );
                 return Ok(());
             }
         }
@@ -382,9 +398,11 @@ impl Reactor {
 
     fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {
         Counters::bump(&self.stats.accepted);
+        let refusal = self.admission.admit(self.clients.len());
         let key = self.clients.insert(Client {
             fd,
             conn: Conn::new(&self.config, now),
+            handshaking: refusal.is_none(),
             queued: None,
             in_flight: 0,
             recv_armed: false,
@@ -393,6 +411,19 @@ impl Reactor {
             closing: false,
             flush_deadline: None,
         });
+        if let Some(refusal) = refusal {
+            // Over a limit: answer 503 at once, without reading the request, then linger.
+            Counters::bump(&self.stats.admission_rejections);
+            let client = &mut self.clients[key];
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            let next = client.conn.refuse(refusal, &mut cx);
+            self.apply(key, next)?;
+        }
         self.settle(key, now)
     }
 
@@ -646,6 +677,10 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
+        if client.handshaking && (client.closing || !client.conn.is_handshaking()) {
+            client.handshaking = false;
+            self.admission.handshake_ended();
+        }
         if client.closing {
             if client.in_flight == 0 {
                 self.clients.remove(key);
@@ -655,13 +690,14 @@ impl Reactor {
             return Ok(());
         }
         if self.draining && client.conn.is_open() {
+            let (close_at, code) = self.admission.drain_close();
             let mut cx = Ctx {
                 config: &self.config,
                 now,
                 out: &mut self.out,
                 stats: &self.stats,
             };
-            let next = client.conn.on_shutdown(&mut cx);
+            let next = client.conn.on_shutdown(close_at, code, &mut cx);
             self.apply(key, next)?;
         }
         self.arm_recv(key)?;
@@ -718,6 +754,7 @@ impl Reactor {
 
     fn start_draining(&mut self, now: u64) -> io::Result<()> {
         self.draining = true;
+        self.admission.start_drain(now);
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
                 let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))

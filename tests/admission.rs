@@ -1,0 +1,129 @@
+//! Admission control and the jittered drain: over a limit a client gets 503 with a
+//! Retry-After in the configured range, at once; the next client gets in once a slot frees;
+//! a SIGTERM spreads its closes over the drain window.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{exchange, read_head, read_to_close, upgrade_request, Io, Server, DEADLINE};
+
+fn over_the_connection_limit_is_503_then_a_freed_slot_admits(io: Io) {
+    let server = Server::start(
+        io,
+        &[
+            "--threads",
+            "1",
+            "--max-connections",
+            "3",
+            "--retry-after-secs",
+            "7-9",
+        ],
+    );
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+            assert_eq!(head.status, 101);
+            stream
+        })
+        .collect();
+    // Refused without the server reading a request: none is sent.
+    let mut refused = server.connect();
+    let head = read_head(&mut refused);
+    assert_eq!(head.status, 503);
+    let retry: u32 = head
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((7..=9).contains(&retry), "Retry-After {retry} outside 7-9");
+    assert!(String::from_utf8(read_to_close(&mut refused, head.rest))
+        .unwrap()
+        .contains("capacity"));
+
+    drop(held);
+    // The server frees the slots as it sees the clients go: retry until admitted.
+    let start = Instant::now();
+    loop {
+        let (head, _stream) = exchange(&server, &upgrade_request("/", &[]));
+        if head.status == 101 {
+            break;
+        }
+        assert_eq!(head.status, 503);
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never admitted after the slots freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn too_many_pending_handshakes_is_503(io: Io) {
+    let server = Server::start(io, &["--threads", "1", "--max-pending-handshakes", "2"]);
+    let mut silent: Vec<_> = (0..2).map(|_| server.connect()).collect();
+    // Make sure both silent clients were accepted before the third arrives.
+    silent[0].write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    silent[1].write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = server.connect();
+    let head = read_head(&mut third);
+    assert_eq!(head.status, 503);
+    assert!(head.header("Retry-After").is_some());
+    // An upgraded connection does not count as pending: finishing one handshake frees a slot.
+    silent[0]
+        .write_all(&upgrade_request("/", &[])[b"GET / HTTP/1.1\r\n".len()..])
+        .unwrap();
+    assert_eq!(read_head(&mut silent[0]).status, 101);
+    let (head, _stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+}
+
+fn drain_spreads_1012_closes_over_the_window(io: Io) {
+    let mut server = Server::start(io, &["--drain-secs", "2"]);
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+            assert_eq!(head.status, 101);
+            stream
+        })
+        .collect();
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut stream| {
+            std::thread::spawn(move || {
+                let mut close = [0u8; 4];
+                stream.read_exact(&mut close).expect("a close frame");
+                let at = signalled.elapsed();
+                let _ = stream.write_all(&common::client_frame(true, 8, &close[2..]));
+                (close, at)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for reader in readers {
+        let (close, at) = reader.join().unwrap();
+        assert_eq!(close, [0x88, 0x02, 0x03, 0xF4], "expected Close 1012");
+        times.push(at);
+    }
+    times.sort();
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread >= Duration::from_millis(1000),
+        "closes spread over only {spread:?} of a 2 s window"
+    );
+    assert!(
+        *times.last().unwrap() <= Duration::from_millis(2500),
+        "a close came after the window"
+    );
+    assert!(server.wait_exit().success());
+}
+
+on_both_backends!(
+    over_the_connection_limit_is_503_then_a_freed_slot_admits,
+    too_many_pending_handshakes_is_503,
+    drain_spreads_1012_closes_over_the_window,
+);
