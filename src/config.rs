@@ -179,7 +179,13 @@ pub struct ServeArgs {
     /// Handshakes in progress at most (slow or silent clients); over it, 503; 0 = no limit.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_pending_handshakes: usize,
-    /// Range the Retry-After of a 503 is drawn from, in seconds (jitter spreads the wave).
+    /// Connections one client address (IPv4, or IPv6 /64) may hold; over it, 429; 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+    /// Handshakes per second one client address may start (token bucket); over it, 429.
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    pub max_handshakes_per_ip_per_sec: u64,
+    /// Range the Retry-After of a 503 or 429 is drawn from, in seconds (jitter spreads the wave).
     #[arg(long, value_name = "MIN-MAX", default_value = "5-30", value_parser = parse_range)]
     pub retry_after_secs: (u32, u32),
     /// On SIGTERM, close upgraded connections at times spread over this many seconds.
@@ -324,6 +330,8 @@ impl ServeArgs {
             limits: Limits {
                 max_connections: self.max_connections,
                 max_pending_handshakes: self.max_pending_handshakes,
+                max_connections_per_ip: self.max_connections_per_ip,
+                max_handshakes_per_ip_per_sec: self.max_handshakes_per_ip_per_sec,
                 retry_after_secs: self.retry_after_secs,
                 drain_window_ms: self.drain_secs * 1000,
                 drain_close_code: self.drain_close_code,

@@ -74,7 +74,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
          backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, \
-         max_connections={}, max_pending_handshakes={}, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
+         max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
         addrs.join(","),
         config.threads,
         config.pin,
@@ -100,6 +100,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if policy.auth_token.is_some() { "bearer" } else { "none" },
         limit_text(config.limits.max_connections),
         limit_text(config.limits.max_pending_handshakes),
+        limit_text(config.limits.max_connections_per_ip as usize),
+        limit_text(config.limits.max_handshakes_per_ip_per_sec as usize),
         config.limits.retry_after_secs.0,
         config.limits.retry_after_secs.1,
         config.limits.drain_window_ms / 1000,

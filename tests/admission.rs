@@ -122,8 +122,78 @@ fn drain_spreads_1012_closes_over_the_window(io: Io) {
     assert!(server.wait_exit().success());
 }
 
+/// A client connection from a chosen loopback source address.
+fn connect_from(server: &Server, source: &str) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &format!("{source}:0")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+}
+
+fn upgrade_from(server: &Server, source: &str) -> (common::Head, std::net::TcpStream) {
+    let mut stream = connect_from(server, source);
+    stream.write_all(&upgrade_request("/", &[])).unwrap();
+    (read_head(&mut stream), stream)
+}
+
+fn one_address_over_its_connection_limit_gets_429_others_do_not(io: Io) {
+    let server = Server::start(
+        io,
+        &[
+            "--threads",
+            "1",
+            "--max-connections-per-ip",
+            "2",
+            "--retry-after-secs",
+            "3-4",
+        ],
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (head, stream) = upgrade_from(&server, "127.0.0.2");
+            assert_eq!(head.status, 101);
+            stream
+        })
+        .collect();
+    let (head, _) = upgrade_from(&server, "127.0.0.2");
+    assert_eq!(head.status, 429);
+    let retry: u32 = head.header("Retry-After").unwrap().parse().unwrap();
+    assert!((3..=4).contains(&retry));
+    let (head, _other) = upgrade_from(&server, "127.0.0.3");
+    assert_eq!(head.status, 101, "another address is not limited");
+    drop(held);
+}
+
+fn one_address_over_its_handshake_rate_gets_429_others_do_not(io: Io) {
+    let server = Server::start(
+        io,
+        &["--threads", "1", "--max-handshakes-per-ip-per-sec", "3"],
+    );
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| upgrade_from(&server, "127.0.0.4").0.status)
+        .collect();
+    assert_eq!(
+        &statuses[..3],
+        [101, 101, 101],
+        "a burst of 3 is allowed: {statuses:?}"
+    );
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    assert_eq!(upgrade_from(&server, "127.0.0.5").0.status, 101);
+}
+
 on_both_backends!(
     over_the_connection_limit_is_503_then_a_freed_slot_admits,
     too_many_pending_handshakes_is_503,
     drain_spreads_1012_closes_over_the_window,
+    one_address_over_its_connection_limit_gets_429_others_do_not,
+    one_address_over_its_handshake_rate_gets_429_others_do_not,
 );

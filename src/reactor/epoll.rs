@@ -53,6 +53,8 @@ struct Client {
     conn: Conn,
     /// Counted by admission control as a handshake in progress, until it is not.
     handshaking: bool,
+    /// The client's address in the per-address table (0: not tracked).
+    ip_key: u64,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
@@ -237,9 +239,9 @@ impl Reactor {
             let mut budget = ACCEPT_BUDGET;
             while self.listeners[index].ready && budget > 0 {
                 match self.listeners[index].socket.accept() {
-                    Ok((stream, _peer)) => {
+                    Ok((stream, peer)) => {
                         budget -= 1;
-                        self.on_accepted(stream, now);
+                        self.on_accepted(stream, peer.ip(), now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[index].ready = false
@@ -255,16 +257,18 @@ impl Reactor {
         }
     }
 
-    fn on_accepted(&mut self, stream: TcpStream, now: u64) {
+    fn on_accepted(&mut self, stream: TcpStream, peer: std::net::IpAddr, now: u64) {
         Counters::bump(&self.stats.accepted);
-        if let Some(refusal) = self.admission.admit(self.clients.len()) {
-            return self.refuse(stream, refusal, now);
-        }
+        let ip_key = match self.admission.admit(self.clients.len(), Some(peer), now) {
+            Ok(ip_key) => ip_key,
+            Err(refusal) => return self.refuse(stream, refusal, now),
+        };
         let eager = self.eager_reads.read_first();
         let client = Client {
             stream,
             conn: Conn::new(&self.config, now),
             handshaking: true,
+            ip_key,
             eager,
             registered: false,
             wants_writable: false,
@@ -296,6 +300,7 @@ impl Reactor {
             stream,
             conn,
             handshaking: false,
+            ip_key: 0,
             eager: false,
             registered: false,
             wants_writable: false,
@@ -525,8 +530,8 @@ impl Reactor {
         // Take what the kernel already queued for us: those clients were accepted by the
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {
-            while let Ok((stream, _)) = self.listeners[index].socket.accept() {
-                self.on_accepted(stream, now);
+            while let Ok((stream, peer)) = self.listeners[index].socket.accept() {
+                self.on_accepted(stream, peer.ip(), now);
             }
         }
         self.listeners.clear();
@@ -542,6 +547,7 @@ impl Reactor {
             if client.handshaking {
                 self.admission.handshake_ended();
             }
+            self.admission.connection_closed(client.ip_key, self.now());
             // Dropping the stream closes it, which also removes it from epoll.
             self.wheel.cancel(key as u32);
             Counters::bump(&self.stats.closed);

@@ -6,6 +6,7 @@
 
 pub mod epoll;
 pub mod listener;
+pub mod per_ip;
 pub mod sys;
 pub mod uring;
 
@@ -65,6 +66,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Handshakes in progress a reactor allows; 0: no limit.
     pub max_pending_handshakes: usize,
+    /// Connections one client address (IPv4, or IPv6 /64) may hold; 0: no limit.
+    pub max_connections_per_ip: u32,
+    /// Handshakes per second one client address may start (token bucket); 0: no limit.
+    pub max_handshakes_per_ip_per_sec: u64,
     /// `Retry-After` of a 503 is drawn uniformly from this range, in seconds, so that the
     /// refused clients do not all come back at the same instant.
     pub retry_after_secs: (u32, u32),
@@ -80,6 +85,8 @@ impl Default for Limits {
         Limits {
             max_connections: 0,
             max_pending_handshakes: 0,
+            max_connections_per_ip: 0,
+            max_handshakes_per_ip_per_sec: 0,
             retry_after_secs: (5, 30),
             drain_window_ms: 30_000,
             drain_close_code: 1012,
@@ -92,6 +99,7 @@ impl Default for Limits {
 #[derive(Debug)]
 pub(crate) struct Admission {
     limits: Limits,
+    per_ip: per_ip::PerIpTable,
     handshaking: usize,
     rng: u64,
     drain_started: Option<u64>,
@@ -99,8 +107,13 @@ pub(crate) struct Admission {
 
 impl Admission {
     pub(crate) fn new(limits: Limits, seed: u64) -> Self {
+        let per_ip = per_ip::PerIpTable::new(
+            limits.max_connections_per_ip,
+            limits.max_handshakes_per_ip_per_sec,
+        );
         Admission {
             limits,
+            per_ip,
             handshaking: 0,
             rng: seed | 1,
             drain_started: None,
@@ -115,20 +128,52 @@ impl Admission {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
     }
 
-    /// Decides on a connection just accepted, with `open` connections already held.
-    /// `None` admits it (and counts its handshake); `Some` is the refusal to send.
-    pub(crate) fn admit(&mut self, open: usize) -> Option<crate::handshake::Rejection> {
+    /// Whether admission needs the client's address (a per-address limit is set).
+    pub(crate) fn wants_peer(&self) -> bool {
+        self.per_ip.enabled()
+    }
+
+    fn retry_after(&mut self) -> u32 {
+        let (low, high) = self.limits.retry_after_secs;
+        low + self.random_below(u64::from(high - low) + 1) as u32
+    }
+
+    /// Decides on a connection just accepted from `peer`, with `open` connections already
+    /// held. `Ok(ip_key)` admits it (its handshake and address are counted; pass the key to
+    /// [`Admission::connection_closed`]); `Err` is the refusal to send: 503 over the
+    /// reactor's limits, 429 over the address's.
+    pub(crate) fn admit(
+        &mut self,
+        open: usize,
+        peer: Option<std::net::IpAddr>,
+        now: u64,
+    ) -> Result<u64, crate::handshake::Rejection> {
         let over_connections =
             self.limits.max_connections > 0 && open >= self.limits.max_connections;
         let over_pending = self.limits.max_pending_handshakes > 0
             && self.handshaking >= self.limits.max_pending_handshakes;
         if over_connections || over_pending {
-            let (low, high) = self.limits.retry_after_secs;
-            let retry_after_secs = low + self.random_below(u64::from(high - low) + 1) as u32;
-            return Some(crate::handshake::Rejection::Overloaded { retry_after_secs });
+            let retry_after_secs = self.retry_after();
+            return Err(crate::handshake::Rejection::Overloaded { retry_after_secs });
+        }
+        let mut ip_key = 0;
+        if let Some(ip) = peer.filter(|_| self.per_ip.enabled()) {
+            let key = per_ip::key(ip);
+            if self.per_ip.admit(key, now).is_err() {
+                let retry_after_secs = self.retry_after();
+                return Err(crate::handshake::Rejection::RateLimited { retry_after_secs });
+            }
+            ip_key = key;
         }
         self.handshaking += 1;
-        None
+        Ok(ip_key)
+    }
+
+    /// An admitted connection from the address with `ip_key` (0: untracked) closed.
+    pub(crate) fn connection_closed(&mut self, ip_key: u64, now: u64) {
+        if ip_key != 0 {
+            self.per_ip.release(ip_key, now);
+        }
     }
 
     /// A counted handshake ended (upgraded, refused, timed out or closed).
@@ -373,6 +418,14 @@ impl Server {
                 limits: Limits {
                     max_connections: config.limits.max_connections.div_ceil(threads),
                     max_pending_handshakes: config.limits.max_pending_handshakes.div_ceil(threads),
+                    max_connections_per_ip: config
+                        .limits
+                        .max_connections_per_ip
+                        .div_ceil(threads as u32),
+                    max_handshakes_per_ip_per_sec: config
+                        .limits
+                        .max_handshakes_per_ip_per_sec
+                        .div_ceil(threads as u64),
                     ..config.limits
                 },
                 seed: 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(index as u64 + 1)

@@ -88,6 +88,8 @@ struct Client {
     conn: Conn,
     /// Counted by admission control as a handshake in progress, until it is not.
     handshaking: bool,
+    /// The client's address in the per-address table (0: not tracked).
+    ip_key: u64,
     /// Output produced while a send was in flight. Boxed on purpose: it is rare, and the
     /// box keeps it at 8 bytes in every slot instead of 24.
     #[allow(clippy::box_collection)]
@@ -151,6 +153,17 @@ fn build_ring() -> io::Result<IoUring> {
         .build(RING_ENTRIES)
         .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
         .or_else(|_| IoUring::new(RING_ENTRIES))
+}
+
+/// The peer address of an accepted socket.
+fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: `fd` is an open socket owned by this reactor for the duration of the call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed)
+        .peer_addr()
+        .ok()?
+        .as_socket()
+        .map(|a| a.ip())
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
@@ -398,11 +411,15 @@ impl Reactor {
 
     fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {
         Counters::bump(&self.stats.accepted);
-        let refusal = self.admission.admit(self.clients.len());
+        // Multishot accept reports no address: ask for it only when a per-address limit
+        // needs it (one getpeername per connection).
+        let peer = self.admission.wants_peer().then(|| peer_ip(fd)).flatten();
+        let verdict = self.admission.admit(self.clients.len(), peer, now);
         let key = self.clients.insert(Client {
             fd,
             conn: Conn::new(&self.config, now),
-            handshaking: refusal.is_none(),
+            handshaking: verdict.is_ok(),
+            ip_key: *verdict.as_ref().unwrap_or(&0),
             queued: None,
             in_flight: 0,
             recv_armed: false,
@@ -411,8 +428,8 @@ impl Reactor {
             closing: false,
             flush_deadline: None,
         });
-        if let Some(refusal) = refusal {
-            // Over a limit: answer 503 at once, without reading the request, then linger.
+        if let Err(refusal) = verdict {
+            // Over a limit: answer 503 or 429 at once, without reading the request, then linger.
             Counters::bump(&self.stats.admission_rejections);
             let client = &mut self.clients[key];
             let mut cx = Ctx {
@@ -683,7 +700,9 @@ impl Reactor {
         }
         if client.closing {
             if client.in_flight == 0 {
+                let ip_key = client.ip_key;
                 self.clients.remove(key);
+                self.admission.connection_closed(ip_key, now);
                 self.wheel.cancel(key as u32);
                 Counters::bump(&self.stats.closed);
             }
