@@ -194,6 +194,9 @@ pub struct ServeArgs {
     /// Close code sent when draining: 1012 (Service Restart) or 1001 (Going Away).
     #[arg(long, value_name = "CODE", default_value_t = 1012, value_parser = parse_drain_code)]
     pub drain_close_code: u16,
+    /// Serve GET /metrics (Prometheus text) and GET /healthz on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub defer_accept_secs: u32,

@@ -10,6 +10,7 @@
 //! - [`timer`]: the hashed timer wheel that enforces the deadlines.
 //! - [`check`]: `wsedge check URL`, one diagnosed handshake.
 //! - [`config`]: the command-line flags and their validation.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`reactor`]: the per-core threads, listeners and the I/O backends that drive it all.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod check;
 pub mod config;
 pub mod conn;
 pub mod handshake;
+pub mod metrics;
 pub mod reactor;
 pub mod stats;
 pub mod timer;

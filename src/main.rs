@@ -64,6 +64,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("installing signal handlers")?;
     let server = Server::start(config.clone()).context("starting the server")?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            wsedge::metrics::serve(addr, server.counters(), server.shutdown())
+                .with_context(|| format!("--metrics {addr}: cannot serve metrics"))?,
+        ),
+        None => None,
+    };
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
@@ -74,7 +81,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
          backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, \
-         max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
+         metrics={}, max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
         addrs.join(","),
         config.threads,
         config.pin,
@@ -98,6 +105,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         if policy.subprotocols.is_empty() { "none".to_string() } else { policy.subprotocols.join(",") },
         list_or_any(&policy.allowed_origins),
         if policy.auth_token.is_some() { "bearer" } else { "none" },
+        metrics.map_or("off".to_string(), |a| a.to_string()),
         limit_text(config.limits.max_connections),
         limit_text(config.limits.max_pending_handshakes),
         limit_text(config.limits.max_connections_per_ip as usize),

@@ -3,9 +3,26 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// What one reactor has seen. Written only by its reactor thread.
+use crate::handshake::Rejection;
+
+/// Upper bounds of the handshake latency buckets (accept to 101 written), in ms: the
+/// reactor's clock ticks in ms.
+pub const HANDSHAKE_BUCKETS_MS: [u64; 13] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// What one reactor has seen. Written only by its reactor thread; read by scrapes.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Rejections by kind ([`Rejection::kind_index`]).
+    pub rejections: [AtomicU64; Rejection::KINDS.len()],
+    /// Handshake latency histogram: counts per bucket of [`HANDSHAKE_BUCKETS_MS`], then +Inf.
+    pub handshake_ms: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
+    /// Sum of handshake latencies, in ms.
+    pub handshake_ms_sum: AtomicU64,
+    /// Connections held now (gauge, set once per loop turn).
+    pub open: AtomicU64,
+    /// Handshakes in progress now (gauge, set once per loop turn).
+    pub handshaking: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Handshakes answered with 101.
@@ -27,6 +44,24 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counts one rejection by kind (the total `rejected` counter too).
+    #[inline]
+    pub fn record_rejection(&self, rejection: Rejection) {
+        Counters::bump(&self.rejected);
+        Counters::bump(&self.rejections[rejection.kind_index()]);
+    }
+
+    /// Records one handshake's latency, accept to 101 written, in ms.
+    #[inline]
+    pub fn record_handshake_ms(&self, ms: u64) {
+        let bucket = HANDSHAKE_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(HANDSHAKE_BUCKETS_MS.len());
+        Counters::bump(&self.handshake_ms[bucket]);
+        self.handshake_ms_sum.fetch_add(ms, Relaxed);
+    }
+
     /// Adds one to `counter`.
     #[inline]
     pub fn bump(counter: &AtomicU64) {

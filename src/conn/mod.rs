@@ -308,6 +308,10 @@ impl Conn {
         };
         cx.out.extend_from_slice(&response[..len]);
         Counters::bump(&cx.stats.upgraded);
+        // Until now the deadline is the handshake's: accept time plus the timeout.
+        let accepted = self.deadline.saturating_sub(cx.config.handshake_timeout_ms);
+        cx.stats
+            .record_handshake_ms(cx.now.saturating_sub(accepted));
         match cx.config.after {
             AfterUpgrade::Close => {
                 cx.out.extend_from_slice(&close_frame(CloseCode::NORMAL));
@@ -328,7 +332,7 @@ impl Conn {
         if let Ok(len) = write_rejection(&mut response, rejection) {
             cx.out.extend_from_slice(&response[..len]);
         }
-        Counters::bump(&cx.stats.rejected);
+        cx.stats.record_rejection(rejection);
         self.linger(cx)
     }
 

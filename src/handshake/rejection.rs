@@ -142,6 +142,84 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
+    pub const KINDS: [Rejection; 30] = {
+        use Rejection::*;
+        [
+            MalformedRequestLine,
+            UnsupportedHttpVersion,
+            MalformedHeaderName,
+            MalformedHeaderValue,
+            BareLineFeed,
+            MalformedTarget,
+            UnexpectedBody,
+            HttpVersionTooOld,
+            MethodNotAllowed,
+            MissingHost,
+            RepeatedHost,
+            PathNotFound,
+            MissingUpgrade,
+            MissingConnectionUpgrade,
+            MissingVersion,
+            UnsupportedVersion,
+            MissingKey,
+            RepeatedKey,
+            InvalidKey,
+            HeadersTooLarge,
+            TooManyHeaders,
+            OriginNotAllowed,
+            MissingCredentials,
+            InvalidCredentials,
+            NoAcceptableSubprotocol,
+            Timeout,
+            Overloaded {
+                retry_after_secs: 0,
+            },
+            RateLimited {
+                retry_after_secs: 0,
+            },
+            UpstreamFailed,
+            UpstreamTimeout,
+        ]
+    };
+
+    /// A dense index per kind of rejection (for counters), below `KINDS.len()`.
+    pub const fn kind_index(self) -> usize {
+        use Rejection::*;
+        match self {
+            MalformedRequestLine => 0,
+            UnsupportedHttpVersion => 1,
+            MalformedHeaderName => 2,
+            MalformedHeaderValue => 3,
+            BareLineFeed => 4,
+            MalformedTarget => 5,
+            UnexpectedBody => 6,
+            HttpVersionTooOld => 7,
+            MethodNotAllowed => 8,
+            MissingHost => 9,
+            RepeatedHost => 10,
+            PathNotFound => 11,
+            MissingUpgrade => 12,
+            MissingConnectionUpgrade => 13,
+            MissingVersion => 14,
+            UnsupportedVersion => 15,
+            MissingKey => 16,
+            RepeatedKey => 17,
+            InvalidKey => 18,
+            HeadersTooLarge => 19,
+            TooManyHeaders => 20,
+            OriginNotAllowed => 21,
+            MissingCredentials => 22,
+            InvalidCredentials => 23,
+            NoAcceptableSubprotocol => 24,
+            Timeout => 25,
+            Overloaded { .. } => 26,
+            RateLimited { .. } => 27,
+            UpstreamFailed => 28,
+            UpstreamTimeout => 29,
+        }
+    }
+
     /// The HTTP status this rejection is answered with.
     pub const fn status(self) -> Status {
         use Rejection::*;
@@ -234,6 +312,18 @@ impl Rejection {
             Rejection::Overloaded { retry_after_secs }
             | Rejection::RateLimited { retry_after_secs } => Some(retry_after_secs),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rejection;
+
+    #[test]
+    fn kind_indices_match_the_list() {
+        for (index, kind) in Rejection::KINDS.iter().enumerate() {
+            assert_eq!(kind.kind_index(), index, "{kind:?}");
         }
     }
 }

@@ -176,6 +176,11 @@ impl Admission {
         }
     }
 
+    /// Handshakes in progress (admitted, not yet upgraded or refused).
+    pub(crate) fn handshaking(&self) -> usize {
+        self.handshaking
+    }
+
     /// A counted handshake ended (upgraded, refused, timed out or closed).
     pub(crate) fn handshake_ended(&mut self) {
         self.handshaking = self.handshaking.saturating_sub(1);
@@ -500,6 +505,11 @@ impl Server {
     /// The handle that stops the server.
     pub fn shutdown(&self) -> Arc<Shutdown> {
         Arc::clone(&self.shutdown)
+    }
+
+    /// Each reactor's counters, for scrapes.
+    pub fn counters(&self) -> Vec<Arc<Counters>> {
+        self.counters.clone()
     }
 
     /// Totals over all reactors so far.

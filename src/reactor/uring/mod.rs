@@ -301,6 +301,15 @@ impl Reactor {
                 self.arm_recv(key)?;
             }
             self.expire_timers(now)?;
+            // Gauges for scrapes: one relaxed store each per turn, not per connection.
+            self.stats.open.store(
+                self.clients.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.stats.handshaking.store(
+                self.admission.handshaking() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if self.draining && self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed) {
                 return Ok(());
             }

@@ -1,0 +1,250 @@
+//! `--metrics ADDR`: `GET /metrics` in the Prometheus text format and `GET /healthz`.
+//!
+//! A scrape reads the reactors' relaxed atomic counters on its own thread and sums them:
+//! it never takes a lock the reactors take, so scraping cannot slow them down.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::handshake::Rejection;
+use crate::reactor::{Shutdown, ShutdownState};
+use crate::stats::{Counters, HANDSHAKE_BUCKETS_MS};
+
+/// The server's metrics, read at scrape time from every reactor's counters.
+pub struct ServerMetrics {
+    counters: Vec<Arc<Counters>>,
+    shutdown: Arc<Shutdown>,
+}
+
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics")
+            .field("reactors", &self.counters.len())
+            .finish()
+    }
+}
+
+type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
+
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 9] = [
+    (
+        "wsedge_accepted_connections",
+        "Connections accepted.",
+        |c| &c.accepted,
+    ),
+    ("wsedge_upgrades", "Handshakes answered with 101.", |c| {
+        &c.upgraded
+    }),
+    (
+        "wsedge_rejected_handshakes",
+        "Handshakes refused with an HTTP status.",
+        |c| &c.rejected,
+    ),
+    (
+        "wsedge_handshake_timeouts",
+        "Connections closed at the handshake timeout.",
+        |c| &c.handshake_timeouts,
+    ),
+    (
+        "wsedge_idle_timeouts",
+        "Upgraded connections closed for idleness.",
+        |c| &c.idle_timeouts,
+    ),
+    (
+        "wsedge_protocol_errors",
+        "Upgraded connections failed with a close code.",
+        |c| &c.protocol_errors,
+    ),
+    ("wsedge_closed_connections", "Connections closed.", |c| {
+        &c.closed
+    }),
+    (
+        "wsedge_accept_pauses",
+        "Times accepting paused for lack of descriptors or memory.",
+        |c| &c.accept_pauses,
+    ),
+    (
+        "wsedge_admission_rejections",
+        "Connections refused by admission control (503, 429).",
+        |c| &c.admission_rejections,
+    ),
+];
+
+impl Collector for ServerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, field) in PER_REACTOR_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (index, counters) in self.counters.iter().enumerate() {
+                let labels = [("reactor", index.to_string())];
+                ConstCounter::new(field(counters).load(Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Field); 2] = [
+            (
+                "wsedge_open_connections",
+                "Connections held (upgraded, handshaking, closing).",
+                |c| &c.open,
+            ),
+            (
+                "wsedge_handshaking_connections",
+                "Handshakes in progress.",
+                |c| &c.handshaking,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (index, counters) in self.counters.iter().enumerate() {
+                let labels = [("reactor", index.to_string())];
+                ConstGauge::new(field(counters).load(Relaxed) as i64)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_rejections",
+            "Handshakes refused, by status and reason (all reactors).",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in Rejection::KINDS {
+            let total: u64 = self
+                .counters
+                .iter()
+                .map(|c| c.rejections[kind.kind_index()].load(Relaxed))
+                .sum();
+            if total > 0 {
+                let labels = [
+                    ("status", kind.status().code().to_string()),
+                    ("reason", kind.reason().to_string()),
+                ];
+                ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut histogram = encoder.encode_descriptor(
+            "wsedge_handshake_latency_seconds",
+            "Accept to 101 written (all reactors; the reactor clock ticks in ms).",
+            None,
+            MetricType::Histogram,
+        )?;
+        // The encoder accumulates: it takes each bucket's own count.
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(HANDSHAKE_BUCKETS_MS.len() + 1);
+        for (index, bound) in HANDSHAKE_BUCKETS_MS
+            .iter()
+            .map(|&ms| ms as f64 / 1000.0)
+            .chain([f64::INFINITY])
+            .enumerate()
+        {
+            let count: u64 = self
+                .counters
+                .iter()
+                .map(|c| c.handshake_ms[index].load(Relaxed))
+                .sum();
+            total += count;
+            buckets.push((bound, count));
+        }
+        let sum: u64 = self
+            .counters
+            .iter()
+            .map(|c| c.handshake_ms_sum.load(Relaxed))
+            .sum();
+        histogram.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            sum as f64 / 1000.0,
+            total,
+            &buckets,
+            None,
+        )?;
+        let draining = self.shutdown.state() != ShutdownState::Running;
+        let family = encoder.encode_descriptor(
+            "wsedge_draining",
+            "1 while draining.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(draining)).encode(family)?;
+        Ok(())
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own; returns the bound
+/// address.
+pub fn serve(
+    addr: SocketAddr,
+    counters: Vec<Arc<Counters>>,
+    shutdown: Arc<Shutdown>,
+) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    let metrics = Arc::new(ServerMetrics {
+        counters,
+        shutdown: Arc::clone(&shutdown),
+    });
+    std::thread::Builder::new()
+        .name("wsedge-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                // One scrape at a time, bounded: a stuck scraper cannot pile up threads.
+                let _ = answer(stream, &metrics, &shutdown);
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(
+    mut stream: TcpStream,
+    metrics: &Arc<ServerMetrics>,
+    shutdown: &Shutdown,
+) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = match (line.split_whitespace().next(), path) {
+        (Some("GET"), "/metrics") => {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Arc::clone(metrics)));
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry)
+                .map_err(io::Error::other)?;
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
+        }
+        (Some("GET"), "/healthz") => match shutdown.state() {
+            ShutdownState::Running => ("200 OK", "text/plain", "ok\n".into()),
+            _ => ("503 Service Unavailable", "text/plain", "draining\n".into()),
+        },
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "GET /metrics or /healthz\n".into(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}

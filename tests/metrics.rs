@@ -1,0 +1,112 @@
+//! `--metrics`: Prometheus text that parses and counts what the test did; `/healthz`.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{exchange, upgrade_request, Io, Server};
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
+    stream.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: m\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// Parses the text exposition format strictly enough to catch a malformed line; returns
+/// the sum of each series name (labels summed over) and the value of each full series.
+fn parse(text: &str) -> (HashMap<String, f64>, HashMap<String, f64>) {
+    let (mut by_name, mut by_series) = (HashMap::new(), HashMap::new());
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            assert!(
+                line.is_empty()
+                    || line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line == "# EOF",
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "unclosed labels: {line}");
+        }
+        *by_name.entry(name.to_owned()).or_insert(0.0) += value;
+        by_series.insert(series.to_owned(), value);
+    }
+    (by_name, by_series)
+}
+
+fn metrics_count_what_happened(io: Io) {
+    let mut server = Server::start(io, &["--metrics", "127.0.0.1:0", "--drain-secs", "2"]);
+    let log = server.log();
+    let metrics = log
+        .split("metrics=")
+        .nth(1)
+        .unwrap()
+        .split([',', ' '])
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let held: Vec<_> = (0..3)
+        .map(|_| exchange(&server, &upgrade_request("/", &[])).1)
+        .collect();
+    for _ in 0..2 {
+        let (head, _) = exchange(&server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.status, 426);
+    }
+    // Gauges are refreshed once per loop turn: give the reactors a turn.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (status, text) = get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    let (by_name, by_series) = parse(&text);
+    assert_eq!(by_name["wsedge_upgrades_total"], 3.0, "{text}");
+    assert_eq!(by_name["wsedge_accepted_connections_total"], 5.0, "{text}");
+    assert_eq!(
+        by_series[r#"wsedge_rejections_total{status="426",reason="missing Upgrade: websocket"}"#],
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        by_name["wsedge_handshake_latency_seconds_count"], 3.0,
+        "{text}"
+    );
+    assert!(by_name["wsedge_open_connections"] >= 3.0, "{text}");
+    assert_eq!(by_name["wsedge_draining"], 0.0);
+    assert_eq!(get(&metrics, "/healthz").0, 200);
+    assert_eq!(get(&metrics, "/nope").0, 404);
+
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("draining");
+    assert_eq!(get(&metrics, "/healthz"), (503, "draining\n".to_owned()));
+    drop(held);
+    assert!(server.wait_exit().success());
+}
+
+on_both_backends!(metrics_count_what_happened);
