@@ -316,6 +316,12 @@ impl Rejection {
     }
 }
 
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status().code(), self.reason())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rejection;
@@ -325,11 +331,5 @@ mod tests {
         for (index, kind) in Rejection::KINDS.iter().enumerate() {
             assert_eq!(kind.kind_index(), index, "{kind:?}");
         }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status().code(), self.reason())
     }
 }
