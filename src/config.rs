@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::conn::{AfterUpgrade, ConnConfig};
 use crate::handshake::Policy;
@@ -123,7 +123,12 @@ pub enum After {
 
 /// Flags of `wsedge serve`.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
+    /// Read flags from a TOML file (keys are the flag names: `max-connections = 10000`);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (repeatable; IPv6 as [::1]:8080; port 0 picks a free port).
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: Vec<SocketAddr>,
@@ -340,5 +345,102 @@ impl ServeArgs {
                 drain_close_code: self.drain_close_code,
             },
         }
+    }
+}
+
+/// Turns a TOML config file into `serve` flags, checking every key and value on its own so
+/// that an error names the key and its line. `command_line` is what the user typed: a key
+/// also given there is left out, so that the command line wins even for repeatable flags.
+pub fn config_file_args(
+    path: &std::path::Path,
+    command_line: &[String],
+) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start].lines().count().max(1))
+            .unwrap_or(0);
+        format!("{}:{line}: {}", path.display(), e.message())
+    })?;
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| {
+                l.trim_start().starts_with(key)
+                    && l.trim_start()[key.len()..].trim_start().starts_with('=')
+            })
+            .map_or(0, |i| i + 1)
+    };
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").ok_or("no serve command")?;
+    let mut args = Vec::new();
+    for (key, value) in &table {
+        let at = format!("{}:{}: `{key}`", path.display(), line_of(key));
+        let Some(arg) = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+        else {
+            return Err(format!("{at}: unknown key (the keys are the flags of `wsedge serve`, e.g. max-connections)"));
+        };
+        if key == "config" {
+            return Err(format!("{at}: a config file cannot name another"));
+        }
+        let flag = format!("--{key}");
+        if command_line
+            .iter()
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        {
+            continue;
+        }
+        let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let mut own = Vec::new();
+        match value {
+            toml::Value::Boolean(on) if is_switch => {
+                if *on {
+                    own.push(flag.clone());
+                }
+            }
+            toml::Value::Array(items) if !is_switch => {
+                for item in items {
+                    own.push(flag.clone());
+                    own.push(
+                        scalar(item).ok_or_else(|| {
+                            format!("{at}: list items must be strings or numbers")
+                        })?,
+                    );
+                }
+            }
+            other if !is_switch => {
+                own.push(flag.clone());
+                own.push(
+                    scalar(other).ok_or_else(|| format!("{at}: expected a string or a number"))?,
+                );
+            }
+            _ => return Err(format!("{at}: expected true or false")),
+        }
+        // Each key is checked alone, so that a bad value is reported with its key and line.
+        let mut probe = vec!["wsedge".to_owned(), "serve".to_owned()];
+        probe.extend(own.iter().cloned());
+        if let Err(error) = Cli::try_parse_from(&probe) {
+            let detail = error.to_string();
+            let detail = detail
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned();
+            return Err(format!("{at}: {detail}"));
+        }
+        args.extend(own);
+    }
+    Ok(args)
+}
+
+fn scalar(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(n) => Some(n.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        _ => None,
     }
 }

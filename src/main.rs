@@ -14,7 +14,27 @@ use wsedge::reactor::uring::probe::probe;
 use wsedge::reactor::{sys, Backend, Server, ShutdownState};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Serve(ServeArgs {
+        config: Some(path), ..
+    }) = &cli.command
+    {
+        // Flags from the file go first, so that the command line's override them.
+        let typed: Vec<String> = std::env::args().collect();
+        let from_file = wsedge::config::config_file_args(path, &typed).unwrap_or_else(|e| {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--config {e}"),
+                )
+                .exit()
+        });
+        let serve_at = typed.iter().position(|a| a == "serve").unwrap_or(1);
+        let mut merged = typed[..=serve_at].to_vec();
+        merged.extend(from_file);
+        merged.extend(typed[serve_at + 1..].iter().cloned());
+        cli = Cli::parse_from(merged);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
