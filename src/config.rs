@@ -199,6 +199,9 @@ pub struct ServeArgs {
     /// Close code sent when draining: 1012 (Service Restart) or 1001 (Going Away).
     #[arg(long, value_name = "CODE", default_value_t = 1012, value_parser = parse_drain_code)]
     pub drain_close_code: u16,
+    /// Log a one-line summary (rates, open connections, refusals) every SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stats_interval: Option<u64>,
     /// Serve GET /metrics (Prometheus text) and GET /healthz on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

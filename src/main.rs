@@ -136,6 +136,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         config.limits.drain_close_code,
     );
 
+    if let Some(secs) = args.stats_interval {
+        spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
+    }
     let shutdown = server.shutdown();
     std::thread::Builder::new()
         .name("wsedge-signals".into())
@@ -198,6 +201,36 @@ fn check(args: &CheckArgs) -> ExitCode {
             )
             .exit(),
     }
+}
+
+/// Logs totals and rates every `secs` seconds: one line whatever the load.
+fn spawn_stats_logger(
+    counters: Vec<std::sync::Arc<wsedge::stats::Counters>>,
+    secs: u64,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::Builder::new().name("wsedge-stats".into()).spawn(move || {
+        let mut last = wsedge::stats::Counters::sum(counters.iter().map(|c| &**c));
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            let now = wsedge::stats::Counters::sum(counters.iter().map(|c| &**c));
+            let rate = |a: u64, b: u64| (a - b) as f64 / secs as f64;
+            let open: u64 = counters.iter().map(|c| c.open.load(Relaxed)).sum();
+            let handshaking: u64 = counters.iter().map(|c| c.handshaking.load(Relaxed)).sum();
+            tracing::info!(
+                "stats: {:.0} accepts/s, {:.0} upgrades/s, {:.0} rejections/s, {:.0} admission refusals/s, \
+                 {:.0} handshake timeouts/s, open={open}, handshaking={handshaking}, accept_pauses={}",
+                rate(now.accepted, last.accepted),
+                rate(now.upgraded, last.upgraded),
+                rate(now.rejected, last.rejected),
+                rate(now.admission_rejections, last.admission_rejections),
+                rate(now.handshake_timeouts, last.handshake_timeouts),
+                now.accept_pauses,
+            );
+            last = now;
+        }
+    })?;
+    Ok(())
 }
 
 fn limit_text(limit: usize) -> String {

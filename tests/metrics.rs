@@ -109,4 +109,19 @@ fn metrics_count_what_happened(io: Io) {
     assert!(server.wait_exit().success());
 }
 
-on_both_backends!(metrics_count_what_happened);
+fn stats_interval_logs_a_summary_line(io: Io) {
+    let server = Server::start(io, &["--stats-interval", "1"]);
+    let _held = exchange(&server, &upgrade_request("/", &[])).1;
+    server.wait_for_log("stats: ");
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("stats: ")).unwrap();
+    assert!(
+        line.contains("upgrades/s") && line.contains("open="),
+        "{line}"
+    );
+}
+
+on_both_backends!(
+    metrics_count_what_happened,
+    stats_interval_logs_a_summary_line
+);
