@@ -183,41 +183,13 @@ impl Rejection {
         ]
     };
 
-    /// A dense index per kind of rejection (for counters), below `KINDS.len()`.
-    pub const fn kind_index(self) -> usize {
-        use Rejection::*;
-        match self {
-            MalformedRequestLine => 0,
-            UnsupportedHttpVersion => 1,
-            MalformedHeaderName => 2,
-            MalformedHeaderValue => 3,
-            BareLineFeed => 4,
-            MalformedTarget => 5,
-            UnexpectedBody => 6,
-            HttpVersionTooOld => 7,
-            MethodNotAllowed => 8,
-            MissingHost => 9,
-            RepeatedHost => 10,
-            PathNotFound => 11,
-            MissingUpgrade => 12,
-            MissingConnectionUpgrade => 13,
-            MissingVersion => 14,
-            UnsupportedVersion => 15,
-            MissingKey => 16,
-            RepeatedKey => 17,
-            InvalidKey => 18,
-            HeadersTooLarge => 19,
-            TooManyHeaders => 20,
-            OriginNotAllowed => 21,
-            MissingCredentials => 22,
-            InvalidCredentials => 23,
-            NoAcceptableSubprotocol => 24,
-            Timeout => 25,
-            Overloaded { .. } => 26,
-            RateLimited { .. } => 27,
-            UpstreamFailed => 28,
-            UpstreamTimeout => 29,
-        }
+    /// A dense index per kind of rejection (for counters): its place in [`Rejection::KINDS`].
+    pub fn kind_index(self) -> usize {
+        let kind = std::mem::discriminant(&self);
+        Rejection::KINDS
+            .iter()
+            .position(|k| std::mem::discriminant(k) == kind)
+            .unwrap_or(0)
     }
 
     /// The HTTP status this rejection is answered with.
