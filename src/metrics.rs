@@ -132,38 +132,33 @@ impl Collector for ServerMetrics {
         }
         let mut histogram = encoder.encode_descriptor(
             "wsedge_handshake_latency_seconds",
-            "Accept to 101 written (all reactors; the reactor clock ticks in ms).",
+            "Accept to 101 written, per reactor (the reactor clock ticks in ms); \
+             sum by (le) for the whole server.",
             None,
             MetricType::Histogram,
         )?;
-        // The encoder accumulates: it takes each bucket's own count.
-        let mut total = 0;
-        let mut buckets = Vec::with_capacity(HANDSHAKE_BUCKETS_MS.len() + 1);
-        for (index, bound) in HANDSHAKE_BUCKETS_MS
-            .iter()
-            .map(|&ms| ms as f64 / 1000.0)
-            .chain([f64::INFINITY])
-            .enumerate()
-        {
-            let count: u64 = self
-                .counters
+        for (reactor, counters) in self.counters.iter().enumerate() {
+            // The encoder accumulates: it takes each bucket's own count.
+            let mut total = 0;
+            let mut buckets = Vec::with_capacity(HANDSHAKE_BUCKETS_MS.len() + 1);
+            for (index, bound) in HANDSHAKE_BUCKETS_MS
                 .iter()
-                .map(|c| c.handshake_ms[index].load(Relaxed))
-                .sum();
-            total += count;
-            buckets.push((bound, count));
+                .map(|&ms| ms as f64 / 1000.0)
+                .chain([f64::INFINITY])
+                .enumerate()
+            {
+                let count = counters.handshake_ms[index].load(Relaxed);
+                total += count;
+                buckets.push((bound, count));
+            }
+            let sum = counters.handshake_ms_sum.load(Relaxed) as f64 / 1000.0;
+            let labels = [("reactor", reactor.to_string())];
+            histogram
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, total, &buckets, None,
+                )?;
         }
-        let sum: u64 = self
-            .counters
-            .iter()
-            .map(|c| c.handshake_ms_sum.load(Relaxed))
-            .sum();
-        histogram.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            sum as f64 / 1000.0,
-            total,
-            &buckets,
-            None,
-        )?;
         let draining = self.shutdown.state() != ShutdownState::Running;
         let family = encoder.encode_descriptor(
             "wsedge_draining",

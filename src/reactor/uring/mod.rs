@@ -2,7 +2,8 @@
 //!
 //! Per connection in close mode the reactor submits a receive (with a buffer picked by the
 //! kernel from a provided-buffer ring when data arrives), then the response send linked to
-//! the close; the accept itself is one multishot request per listener. All of it goes into
+//! the close; the accept itself is one multishot request per listener. (A rejection's
+//! half-close is the one direct syscall: see `submit_shutdown`.) All of it goes into
 //! the kernel in one `io_uring_enter` per loop turn, which also waits for the next
 //! completions with the timer wheel's next deadline as its timeout.
 //!
@@ -52,7 +53,6 @@ enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
-    Shutdown = 4,
     Close = 5,
     Cancel = 6,
     Wake = 7,
@@ -67,7 +67,6 @@ fn decode(user_data: u64) -> (usize, Option<Op>) {
         1 => Op::Accept,
         2 => Op::Recv,
         3 => Op::Send,
-        4 => Op::Shutdown,
         5 => Op::Close,
         6 => Op::Cancel,
         7 => Op::Wake,
@@ -511,16 +510,20 @@ impl Reactor {
         unsafe { self.push(&send) }
     }
 
+    /// Half-closes the socket (after a rejection) with a direct `shutdown(2)`, not through
+    /// the ring: `IORING_OP_SHUTDOWN` always runs on an io-wq worker, which resolves the
+    /// descriptor number only when it gets to it. By then the client may have reset, the
+    /// descriptor been closed and its number reused by a new connection, whose write side the
+    /// late shutdown would then close before its 101 (a flood of refused clients showed it).
+    /// Rejections are the rare path; one synchronous syscall is cheap there.
     fn submit_shutdown(&mut self, key: usize) -> io::Result<()> {
-        let Some(client) = self.clients.get_mut(key) else {
+        let Some(client) = self.clients.get(key).filter(|c| !c.closing) else {
             return Ok(());
         };
-        client.in_flight += 1;
-        let shutdown = opcode::Shutdown::new(types::Fd(client.fd), libc::SHUT_WR)
-            .build()
-            .user_data(user_data(key, Op::Shutdown));
-        // SAFETY: a shutdown references no memory.
-        unsafe { self.push(&shutdown) }
+        // SAFETY: the descriptor is open: it belongs to this live slot, and its close is
+        // only ever submitted by `begin_close`, which marks the slot closing first.
+        unsafe { libc::shutdown(client.fd, libc::SHUT_WR) };
+        Ok(())
     }
 
     /// Cancels what is in flight and closes the socket; the slot goes when all completed.
@@ -630,7 +633,7 @@ impl Reactor {
                 // SAFETY: a close references no memory.
                 unsafe { self.push(&close)? };
             }
-            Op::Shutdown | Op::Close | Op::Cancel | Op::Accept | Op::Wake => {}
+            Op::Close | Op::Cancel | Op::Accept | Op::Wake => {}
         }
         self.settle(key, now)
     }

@@ -46,7 +46,6 @@ pub fn probe() -> Result<(), Unavailable> {
         (opcode::Recv::CODE, "IORING_OP_RECV"),
         (opcode::Send::CODE, "IORING_OP_SEND"),
         (opcode::Close::CODE, "IORING_OP_CLOSE"),
-        (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
         (opcode::Read::CODE, "IORING_OP_READ"),
     ];
