@@ -190,7 +190,73 @@ fn one_address_over_its_handshake_rate_gets_429_others_do_not(io: Io) {
     assert_eq!(upgrade_from(&server, "127.0.0.5").0.status, 101);
 }
 
+/// Refused clients that reset at once must not disturb anyone else: their descriptors are
+/// closed and reused by new connections while their half-close may still be pending (the
+/// io_uring backend once closed ~1% of legitimate clients this way).
+fn a_flood_of_refused_resetting_clients_disturbs_no_one(io: Io) {
+    // Five handshakes a second per address: the flood's one address is far over it, the
+    // legitimate clients spread over 2,000 addresses stay under it.
+    let server = Server::start(
+        io,
+        &["--threads", "1", "--max-handshakes-per-ip-per-sec", "5"],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), server.addr);
+        std::thread::spawn(move || {
+            let mut refused = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .unwrap();
+                socket
+                    .bind(
+                        &"127.0.0.9:0"
+                            .parse::<std::net::SocketAddr>()
+                            .unwrap()
+                            .into(),
+                    )
+                    .unwrap();
+                if socket.connect(&addr.into()).is_err() {
+                    continue;
+                }
+                let mut stream: std::net::TcpStream = socket.into();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                let _ = stream.write_all(&upgrade_request("/", &[]));
+                let mut buf = [0u8; 512];
+                if matches!(stream.read(&mut buf), Ok(n) if n > 0)
+                    && buf.starts_with(b"HTTP/1.1 429")
+                {
+                    refused += 1;
+                }
+                // Reset, as impatient clients and attackers do.
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+            refused
+        })
+    };
+    let started = Instant::now();
+    let mut attempt = 0;
+    // At least 400 clients and 1.5 s of overlap with the flood.
+    while attempt < 400 || started.elapsed() < Duration::from_millis(1500) {
+        let source = format!("127.0.{}.{}", 1 + (attempt / 250) % 8, 1 + attempt % 250);
+        let (head, _stream) = upgrade_from(&server, &source);
+        assert_eq!(
+            head.status, 101,
+            "legitimate client {attempt} was not upgraded"
+        );
+        attempt += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = flood.join().unwrap();
+    assert!(
+        refused > 100,
+        "the flood must actually have been refused many times ({refused})"
+    );
+}
+
 on_both_backends!(
+    a_flood_of_refused_resetting_clients_disturbs_no_one,
     over_the_connection_limit_is_503_then_a_freed_slot_admits,
     too_many_pending_handshakes_is_503,
     drain_spreads_1012_closes_over_the_window,
