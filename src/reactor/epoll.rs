@@ -202,26 +202,13 @@ impl Reactor {
                 self.drive(key, now);
             }
             self.expire_timers(now);
-            // Gauges for scrapes: one relaxed store each per turn, not per connection.
-            self.stats.open.store(
-                self.clients.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            self.stats.handshaking.store(
-                self.admission.handshaking() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
             if self.draining && self.clients.is_empty() {
                 return Ok(());
             }
-            let deadline = self
+            if self
                 .admission
-                .drain_deadline(self.config.handshake_timeout_ms, self.config.linger_ms);
-            if deadline.is_some_and(|d| now >= d) {
-                tracing::warn!(
-                    connections = self.clients.len(),
-                    "drain window over; closing what is left"
-                );
+                .end_turn(&self.stats, self.clients.len(), now, &self.config)
+            {
                 return Ok(());
             }
         }

@@ -176,11 +176,6 @@ impl Admission {
         }
     }
 
-    /// Handshakes in progress (admitted, not yet upgraded or refused).
-    pub(crate) fn handshaking(&self) -> usize {
-        self.handshaking
-    }
-
     /// A counted handshake ended (upgraded, refused, timed out or closed).
     pub(crate) fn handshake_ended(&mut self) {
         self.handshaking = self.handshaking.saturating_sub(1);
@@ -201,8 +196,34 @@ impl Admission {
         )
     }
 
+    /// End-of-turn bookkeeping shared by the backends: publishes this reactor's gauges (one
+    /// relaxed store each per turn, not per connection) and says whether a drain's window is
+    /// over, so that the reactor must exit with `open` connections left.
+    pub(crate) fn end_turn(
+        &self,
+        stats: &Counters,
+        open: usize,
+        now: u64,
+        config: &ConnConfig,
+    ) -> bool {
+        stats.open.store(open as u64, Ordering::Relaxed);
+        stats
+            .handshaking
+            .store(self.handshaking as u64, Ordering::Relaxed);
+        let over = self
+            .drain_deadline(config.handshake_timeout_ms, config.linger_ms)
+            .is_some_and(|deadline| now >= deadline);
+        if over {
+            tracing::warn!(
+                connections = open,
+                "drain window over; closing what is left"
+            );
+        }
+        over
+    }
+
     /// After this time a draining reactor exits even with connections left.
-    pub(crate) fn drain_deadline(&self, handshake_timeout_ms: u64, linger_ms: u64) -> Option<u64> {
+    fn drain_deadline(&self, handshake_timeout_ms: u64, linger_ms: u64) -> Option<u64> {
         self.drain_started
             .map(|start| start + self.limits.drain_window_ms.max(handshake_timeout_ms) + linger_ms)
     }
