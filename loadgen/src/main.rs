@@ -374,6 +374,20 @@ fn summary(title: &str, report: &Report, elapsed: Duration) {
     }
 }
 
+/// The summary, then with `--json` the JSON object as the last line of stdout.
+fn report_run(
+    common: &Common,
+    title: &str,
+    report: &Report,
+    elapsed: Duration,
+    extra: serde_json::Value,
+) {
+    summary(title, report, elapsed);
+    if common.json {
+        println!("{}", report::json(report, elapsed, extra));
+    }
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -401,32 +415,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
             let (report, elapsed, _) = execute(&common, &plan, concurrency as usize)?;
-            summary(
-                &format!("storm {} (concurrency {concurrency})", common.url.addr),
+            let title = format!("storm {} (concurrency {concurrency})", common.url.addr);
+            report_run(
+                &common,
+                &title,
                 &report,
                 elapsed,
+                json!({ "concurrency": concurrency }),
             );
-            if common.json {
-                println!(
-                    "{}",
-                    report::json(&report, elapsed, json!({ "concurrency": concurrency }))
-                );
-            }
         }
         Command::Rate { common, rate } => {
             let plan = plan(&common, Mode::Rate { per_sec: rate });
             let (report, elapsed, _) = execute(&common, &plan, common.threads as usize)?;
-            summary(
-                &format!("rate {} ({rate}/s intended)", common.url.addr),
-                &report,
-                elapsed,
-            );
-            if common.json {
-                println!(
-                    "{}",
-                    report::json(&report, elapsed, json!({ "rate": rate }))
-                );
-            }
+            let title = format!("rate {} ({rate}/s intended)", common.url.addr);
+            report_run(&common, &title, &report, elapsed, json!({ "rate": rate }));
         }
         Command::Ramp {
             common,
