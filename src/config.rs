@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::conn::{AfterUpgrade, ConnConfig};
 use crate::handshake::Policy;
+use crate::proxy::{Forwarding, ProxyConfig};
 use crate::reactor::{Backend, Limits, ListenOptions, ServerConfig};
 
 /// Longest subprotocol name accepted (the 101 must fit the response buffer).
@@ -25,6 +26,8 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Accept WebSocket upgrades and close or echo.
     Serve(ServeArgs),
@@ -119,6 +122,15 @@ pub enum After {
     Close,
     /// Echo messages (a conforming RFC 6455 endpoint).
     Echo,
+    /// Forward validated upgrades to --upstream and relay the bytes both ways.
+    Proxy,
+}
+
+/// How the upstream learns the client's address in proxy mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocol {
+    /// A PROXY protocol v2 header before the request, instead of X-Forwarded-* headers.
+    V2,
 }
 
 /// Flags of `wsedge serve`.
@@ -205,6 +217,19 @@ pub struct ServeArgs {
     /// Serve GET /metrics (Prometheus text) and GET /healthz on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// App server to relay validated upgrades to, HOST:PORT (repeatable: round-robin,
+    /// skipping ones that refuse). Required by --after proxy.
+    #[arg(long = "upstream", value_name = "HOST:PORT", value_parser = parse_upstream)]
+    pub upstreams: Vec<SocketAddr>,
+    /// Bound on connecting to an upstream, in ms (then 504).
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub upstream_connect_timeout_ms: u64,
+    /// Bound on the upstream's answer to the forwarded request, in ms (then 504).
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub upstream_response_timeout_ms: u64,
+    /// Pass the client's address as a PROXY protocol header instead of X-Forwarded-For.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub upstream_proxy_protocol: Option<ProxyProtocol>,
     /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub defer_accept_secs: u32,
@@ -217,6 +242,21 @@ pub struct TokenFromFile(pub String);
 impl std::fmt::Debug for TokenFromFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenFromFile(<redacted>)")
+    }
+}
+
+fn parse_upstream(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if !value.contains(':') {
+        return Err("an upstream is HOST:PORT, e.g. 127.0.0.1:9000 or app.internal:80".into());
+    }
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve it: {e}"))?;
+    match addrs.next() {
+        Some(addr) if addr.port() != 0 => Ok(addr),
+        Some(_) => Err("port 0 is not a port an upstream listens on".into()),
+        None => Err("it resolves to no address".into()),
     }
 }
 
@@ -300,6 +340,22 @@ fn read_token_file(value: &str) -> Result<TokenFromFile, String> {
 const LINGER_MS: u64 = 2_000;
 
 impl ServeArgs {
+    /// Checks what single flags cannot: the proxy flags go with `--after proxy`, and it
+    /// needs at least one `--upstream`.
+    pub fn validate(&self) -> Result<(), String> {
+        let proxy = self.after == After::Proxy;
+        if proxy && self.upstreams.is_empty() {
+            return Err("--after proxy needs at least one --upstream HOST:PORT".into());
+        }
+        if !proxy && !self.upstreams.is_empty() {
+            return Err("--upstream is only used with --after proxy".into());
+        }
+        if !proxy && self.upstream_proxy_protocol.is_some() {
+            return Err("--upstream-proxy-protocol is only used with --after proxy".into());
+        }
+        Ok(())
+    }
+
     /// The server configuration these flags describe.
     pub fn server_config(&self) -> ServerConfig {
         let threads = self
@@ -332,11 +388,21 @@ impl ServeArgs {
                 after: match self.after {
                     After::Close => AfterUpgrade::Close,
                     After::Echo => AfterUpgrade::Echo,
+                    After::Proxy => AfterUpgrade::Proxy,
                 },
                 handshake_timeout_ms: self.handshake_timeout_ms,
                 idle_timeout_ms: self.idle_timeout_ms,
                 max_message_bytes: self.max_message_bytes as usize,
                 linger_ms: LINGER_MS.min(self.handshake_timeout_ms),
+                proxy: ProxyConfig {
+                    upstreams: self.upstreams.clone(),
+                    connect_timeout_ms: self.upstream_connect_timeout_ms,
+                    response_timeout_ms: self.upstream_response_timeout_ms,
+                    forwarding: match self.upstream_proxy_protocol {
+                        Some(ProxyProtocol::V2) => Forwarding::ProxyV2,
+                        None => Forwarding::Headers,
+                    },
+                },
             },
             limits: Limits {
                 max_connections: self.max_connections,

@@ -7,6 +7,7 @@
 //!   check the load generator uses to verify servers.
 //! - [`conn`]: the per-connection state machine (handshake, echo framing, close
 //!   handshake, timeouts), bytes and time in, bytes and socket actions out.
+//! - [`proxy`]: the proxy mode's forwarded request, upstream check and relay pipes.
 //! - [`timer`]: the hashed timer wheel that enforces the deadlines.
 //! - [`check`]: `wsedge check URL`, one diagnosed handshake.
 //! - [`config`]: the command-line flags and their validation.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod handshake;
 pub mod metrics;
+pub mod proxy;
 pub mod reactor;
 pub mod stats;
 pub mod timer;

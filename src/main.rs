@@ -54,6 +54,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    if let Err(message) = args.validate() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit()
+    }
     let (backend, why) = match (args.io, probe()) {
         (IoBackend::Epoll, _) => (Backend::Epoll, "--io epoll".to_string()),
         (IoBackend::Uring, Ok(())) => (Backend::Uring, "--io uring".to_string()),
@@ -106,8 +111,25 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         config.threads,
         config.pin,
         match config.conn.after {
-            wsedge::conn::AfterUpgrade::Close => "close",
-            wsedge::conn::AfterUpgrade::Echo => "echo",
+            wsedge::conn::AfterUpgrade::Close => "close".to_string(),
+            wsedge::conn::AfterUpgrade::Echo => "echo".to_string(),
+            wsedge::conn::AfterUpgrade::Proxy => format!(
+                "proxy to {} ({}, connect {}ms, answer {}ms)",
+                config
+                    .conn
+                    .proxy
+                    .upstreams
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match config.conn.proxy.forwarding {
+                    wsedge::proxy::Forwarding::Headers => "X-Forwarded-For",
+                    wsedge::proxy::Forwarding::ProxyV2 => "PROXY v2",
+                },
+                config.conn.proxy.connect_timeout_ms,
+                config.conn.proxy.response_timeout_ms,
+            ),
         },
         config.conn.handshake_timeout_ms,
         match config.conn.idle_timeout_ms {

@@ -36,7 +36,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 9] = [
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 12] = [
     (
         "wsedge_accepted_connections",
         "Connections accepted.",
@@ -77,6 +77,21 @@ const PER_REACTOR_COUNTERS: [(&str, &str, Field); 9] = [
         "wsedge_admission_rejections",
         "Connections refused by admission control (503, 429).",
         |c| &c.admission_rejections,
+    ),
+    (
+        "wsedge_upstream_connect_failures",
+        "Proxy mode: upstream connection attempts refused or failed.",
+        |c| &c.upstream_connect_failures,
+    ),
+    (
+        "wsedge_upstream_timeouts",
+        "Proxy mode: upstreams that did not connect or answer in time (504).",
+        |c| &c.upstream_timeouts,
+    ),
+    (
+        "wsedge_upstream_refusals_passed",
+        "Proxy mode: upstream answers other than 101 passed to the client.",
+        |c| &c.upstream_refusals_passed,
     ),
 ];
 

@@ -41,6 +41,12 @@ pub struct Counters {
     pub accept_pauses: AtomicU64,
     /// Connections refused with 503 by admission control.
     pub admission_rejections: AtomicU64,
+    /// Proxy mode: upstream connection attempts that failed (refused, unreachable, reset).
+    pub upstream_connect_failures: AtomicU64,
+    /// Proxy mode: upstreams that did not connect or answer in time (504).
+    pub upstream_timeouts: AtomicU64,
+    /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
+    pub upstream_refusals_passed: AtomicU64,
 }
 
 impl Counters {

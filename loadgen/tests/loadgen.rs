@@ -31,6 +31,7 @@ fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
             idle_timeout_ms: 0,
             max_message_bytes: 1 << 20,
             linger_ms: 500,
+            proxy: Default::default(),
         },
         limits: Limits::default(),
     })

@@ -18,8 +18,9 @@ use std::mem;
 
 use crate::handshake::{
     parse_request, write_rejection, write_switching_protocols, Parse, Policy, Rejection,
-    MAX_RESPONSE_LEN,
+    ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
+use crate::proxy::{check_upstream_response, write_upstream_request, Peers, ProxyConfig};
 use crate::stats::Counters;
 use frame::{
     close_frame, parse_client_header, unmask_into, write_close, write_server_header, CloseCode,
@@ -33,6 +34,9 @@ pub enum AfterUpgrade {
     Close,
     /// Echo every message back: a conforming RFC 6455 endpoint.
     Echo,
+    /// Forward the validated request to an upstream app server and relay its answer, then
+    /// the bytes both ways ([`crate::proxy`]).
+    Proxy,
 }
 
 /// Settings shared by every connection of a server.
@@ -50,6 +54,8 @@ pub struct ConnConfig {
     pub max_message_bytes: usize,
     /// How long a closing connection waits for the peer's FIN or Close, in ms.
     pub linger_ms: u64,
+    /// Upstreams and their timeouts, for [`AfterUpgrade::Proxy`].
+    pub proxy: ProxyConfig,
 }
 
 /// What the backend must do with the socket after a call.
@@ -63,6 +69,12 @@ pub enum Next {
     HalfClose,
     /// Send the output and close the socket.
     Close,
+    /// Proxy mode: the request is valid; connect to an upstream, then call
+    /// [`Conn::write_upstream_request`]. The client is not read meanwhile.
+    Proxy,
+    /// Proxy mode: send the output (the upstream's 101) to the client, then relay bytes both
+    /// ways, calling [`Conn::on_relayed`] when any move.
+    Relay,
 }
 
 /// Everything a connection needs from its caller for one event.
@@ -87,6 +99,12 @@ enum Phase {
     Closing,
     /// We answered and shut down our side; discarding input until the peer's FIN.
     Lingering,
+    /// Proxy mode: waiting for the upstream's connection and answer.
+    Upstream,
+    /// Proxy mode: passing the upstream's refusal (not a 101) through to the client.
+    Answering,
+    /// Proxy mode: upgraded; the backend relays bytes, the connection keeps the deadline.
+    Relaying,
     /// Nothing left to do but close.
     Done,
 }
@@ -114,6 +132,13 @@ struct Buffers {
     message: Vec<u8>,
     /// Output the socket did not take yet.
     unsent: Vec<u8>,
+    /// Proxy mode: the client's request head is `pending[..head_len]`.
+    head_len: usize,
+    /// Proxy mode: when the client was accepted, for the handshake latency.
+    accepted_at: u64,
+    /// Proxy mode, answering: body bytes of the upstream's refusal still to pass on
+    /// (`u64::MAX`: until the upstream closes).
+    answer_remaining: u64,
 }
 
 impl Conn {
@@ -134,10 +159,10 @@ impl Conn {
 
     /// Frees the buffers once none holds anything.
     fn release_idle_buffers(&mut self) {
-        let idle = self
-            .buffers
-            .as_ref()
-            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty() && b.unsent.is_empty());
+        let idle =
+            self.buffers.as_ref().is_some_and(|b| {
+                b.pending.is_empty() && b.message.is_empty() && b.unsent.is_empty()
+            }) && self.phase != Phase::Answering;
         if idle {
             self.buffers = None;
         }
@@ -171,9 +196,23 @@ impl Conn {
         (self.deadline != NO_DEADLINE).then_some(self.deadline)
     }
 
-    /// Whether the connection is upgraded and open.
+    /// Whether the connection is upgraded and open (echoing or relaying).
     pub fn is_open(&self) -> bool {
-        self.phase == Phase::Open
+        matches!(self.phase, Phase::Open | Phase::Relaying)
+    }
+
+    /// Whether the connection needs its upstream socket (proxy mode): once this turns
+    /// false, the backend closes the upstream side.
+    pub fn wants_upstream(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Upstream | Phase::Answering | Phase::Relaying
+        )
+    }
+
+    /// Whether bytes are relayed between client and upstream (proxy mode, after the 101).
+    pub fn is_relaying(&self) -> bool {
+        self.phase == Phase::Relaying
     }
 
     /// Whether the handshake is still in progress.
@@ -207,7 +246,7 @@ impl Conn {
     pub fn on_data(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
         let next = if !self.has_pending() {
             let (consumed, next) = self.process(data, cx);
-            if next == Next::Continue && consumed < data.len() {
+            if matches!(next, Next::Continue | Next::Proxy) && consumed < data.len() {
                 self.buffers().pending.extend_from_slice(&data[consumed..]);
             }
             next
@@ -215,7 +254,7 @@ impl Conn {
             let mut pending = mem::take(&mut self.buffers().pending);
             pending.extend_from_slice(data);
             let (consumed, next) = self.process(&pending, cx);
-            if next == Next::Continue && consumed < pending.len() {
+            if matches!(next, Next::Continue | Next::Proxy) && consumed < pending.len() {
                 pending.drain(..consumed);
                 self.buffers().pending = pending;
             }
@@ -228,6 +267,108 @@ impl Conn {
     /// The peer closed its side (read returned 0).
     pub fn on_eof(&mut self, _cx: &mut Ctx<'_>) -> Next {
         self.finish()
+    }
+
+    /// Proxy mode, once the upstream is connected: appends to `cx.out` the request to send
+    /// it (see [`write_upstream_request`]) followed by any bytes the client sent after its
+    /// request, and starts the wait for the upstream's answer.
+    pub fn write_upstream_request(&mut self, peers: Peers, cx: &mut Ctx<'_>) {
+        if self.phase != Phase::Upstream {
+            return;
+        }
+        let forwarding = cx.config.proxy.forwarding;
+        let buffers = self.buffers();
+        let head_len = buffers.head_len;
+        if write_upstream_request(&buffers.pending[..head_len], peers, forwarding, cx.out) {
+            cx.out.extend_from_slice(&buffers.pending[head_len..]);
+        }
+        // Only the head is kept: the answer is checked against it.
+        buffers.pending.truncate(head_len);
+        self.deadline = cx.now.saturating_add(cx.config.proxy.response_timeout_ms);
+    }
+
+    /// Proxy mode: bytes from the upstream before the relay starts. A valid 101 is passed
+    /// to the client ([`Next::Relay`]); another answer is passed through as it is, and the
+    /// connection closes after it; an invalid answer becomes a 502.
+    pub fn on_upstream_data(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
+        match self.phase {
+            Phase::Upstream => {}
+            Phase::Answering => return self.pass_answer(data, cx),
+            _ => return Next::Continue,
+        }
+        let mut response = mem::take(&mut self.buffers().message);
+        response.extend_from_slice(data);
+        let buffers = self.buffers();
+        let head = &buffers.pending[..buffers.head_len];
+        match check_upstream_response(&response, head) {
+            ResponseCheck::Partial => {
+                self.buffers().message = response;
+                Next::Continue
+            }
+            ResponseCheck::Accepted { .. } => {
+                // The upstream's own 101 goes to the client as it is (its Set-Cookie and
+                // other headers included), with any frames that came along.
+                cx.out.extend_from_slice(&response);
+                Counters::bump(&cx.stats.upgraded);
+                let accepted_at = buffers.accepted_at;
+                cx.stats
+                    .record_handshake_ms(cx.now.saturating_sub(accepted_at));
+                self.phase = Phase::Relaying;
+                self.drop_input();
+                self.touch(cx);
+                Next::Relay
+            }
+            ResponseCheck::Failed(ResponseError::NotSwitching { .. }) => {
+                Counters::bump(&cx.stats.upstream_refusals_passed);
+                self.phase = Phase::Answering;
+                let remaining = body_length(&response).unwrap_or(u64::MAX);
+                self.drop_input();
+                self.buffers().answer_remaining = remaining;
+                self.pass_answer(&response, cx)
+            }
+            ResponseCheck::Failed(error) => {
+                tracing::debug!(%error, "upstream answered with an invalid upgrade");
+                self.reject(Rejection::UpstreamFailed, cx)
+            }
+        }
+    }
+
+    /// Passes an upstream's refusal on, up to the end of its body.
+    fn pass_answer(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
+        let buffers = self.buffers();
+        let take = (buffers.answer_remaining.min(data.len() as u64)) as usize;
+        cx.out.extend_from_slice(&data[..take]);
+        buffers.answer_remaining = buffers.answer_remaining.saturating_sub(take as u64);
+        if buffers.answer_remaining == 0 {
+            return self.linger(cx);
+        }
+        Next::Continue
+    }
+
+    /// Proxy mode: the upstream closed before the relay started.
+    pub fn on_upstream_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
+        match self.phase {
+            Phase::Upstream => self.on_upstream_failed(cx),
+            Phase::Answering => self.linger(cx),
+            _ => Next::Continue,
+        }
+    }
+
+    /// Proxy mode: no upstream could be connected, or the connection failed before its
+    /// answer: 502.
+    pub fn on_upstream_failed(&mut self, cx: &mut Ctx<'_>) -> Next {
+        match self.phase {
+            Phase::Upstream => self.reject(Rejection::UpstreamFailed, cx),
+            Phase::Answering => self.finish(),
+            _ => Next::Continue,
+        }
+    }
+
+    /// Proxy mode: relayed bytes moved, so the connection is not idle.
+    pub fn on_relayed(&mut self, cx: &Ctx<'_>) {
+        if self.phase == Phase::Relaying {
+            self.touch(cx);
+        }
     }
 
     /// The deadline from [`Conn::deadline`] has passed.
@@ -249,7 +390,17 @@ impl Conn {
                     self.start_closing(CloseCode::GOING_AWAY, cx)
                 }
             },
-            Phase::Closing | Phase::Lingering | Phase::Done => self.finish(),
+            Phase::Upstream => {
+                Counters::bump(&cx.stats.upstream_timeouts);
+                self.reject(Rejection::UpstreamTimeout, cx)
+            }
+            Phase::Relaying => {
+                if self.drain_code.is_none() {
+                    Counters::bump(&cx.stats.idle_timeouts);
+                }
+                self.finish()
+            }
+            Phase::Answering | Phase::Closing | Phase::Lingering | Phase::Done => self.finish(),
         }
     }
 
@@ -259,6 +410,16 @@ impl Conn {
     /// Idempotent: a connection keeps the first time it was given.
     pub fn on_shutdown(&mut self, close_at: u64, code: CloseCode, cx: &mut Ctx<'_>) -> Next {
         match self.phase {
+            // A relayed stream cannot take a Close frame in the middle of the upstream's
+            // frames: at its time it is closed at the TCP level.
+            Phase::Relaying if self.drain_code.is_none() => {
+                self.drain_code = Some(code);
+                if close_at <= cx.now {
+                    return self.finish();
+                }
+                self.deadline = self.deadline.min(close_at);
+                Next::Continue
+            }
             Phase::Open if self.drain_code.is_none() => {
                 self.drain_code = Some(code);
                 if close_at <= cx.now {
@@ -290,7 +451,12 @@ impl Conn {
         match self.phase {
             Phase::Handshake => self.handshake(input, cx),
             Phase::Open | Phase::Closing => self.frames(input, cx),
-            Phase::Lingering | Phase::Done => (input.len(), Next::Continue),
+            // The proxy phases do not read the client through here (see `Next::Proxy`).
+            Phase::Lingering
+            | Phase::Done
+            | Phase::Upstream
+            | Phase::Answering
+            | Phase::Relaying => (input.len(), Next::Continue),
         }
     }
 
@@ -300,6 +466,18 @@ impl Conn {
             Parse::Reject(rejection) => return (input.len(), self.reject(rejection, cx)),
             Parse::Upgrade(upgrade) => upgrade,
         };
+        // Until now the deadline is the handshake's: accept time plus the timeout.
+        let accepted = self.deadline.saturating_sub(cx.config.handshake_timeout_ms);
+        if cx.config.after == AfterUpgrade::Proxy {
+            self.phase = Phase::Upstream;
+            self.deadline = cx.now.saturating_add(cx.config.proxy.connect_timeout_ms);
+            let buffers = self.buffers();
+            buffers.head_len = upgrade.header_len;
+            buffers.accepted_at = accepted;
+            // Nothing consumed: `on_data` keeps the request and any early bytes for
+            // `write_upstream_request`.
+            return (0, Next::Proxy);
+        }
         let mut response = [0u8; MAX_RESPONSE_LEN];
         let Ok(len) = write_switching_protocols(&mut response, upgrade.key, upgrade.protocol)
         else {
@@ -308,8 +486,6 @@ impl Conn {
         };
         cx.out.extend_from_slice(&response[..len]);
         Counters::bump(&cx.stats.upgraded);
-        // Until now the deadline is the handshake's: accept time plus the timeout.
-        let accepted = self.deadline.saturating_sub(cx.config.handshake_timeout_ms);
         cx.stats
             .record_handshake_ms(cx.now.saturating_sub(accepted));
         match cx.config.after {
@@ -317,6 +493,8 @@ impl Conn {
                 cx.out.extend_from_slice(&close_frame(CloseCode::NORMAL));
                 (input.len(), self.finish())
             }
+            // Handled above: no 101 of our own.
+            AfterUpgrade::Proxy => (0, Next::Proxy),
             AfterUpgrade::Echo => {
                 self.phase = Phase::Open;
                 self.touch(cx);
@@ -490,3 +668,36 @@ impl Conn {
 
 #[cfg(test)]
 mod tests;
+
+/// The body length of an HTTP response head at the start of `response`, from its
+/// `Content-Length` (`None`: delimited by the upstream closing, or chunked). Statuses that
+/// never have a body give 0.
+fn body_length(response: &[u8]) -> Option<u64> {
+    let mut slots = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(response) else {
+        return None;
+    };
+    if matches!(parsed.code, Some(100..=199 | 204 | 304)) {
+        return Some(head_len as u64);
+    }
+    let chunked = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let length = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    match (chunked, length) {
+        (false, Some(length)) => Some(head_len as u64 + length),
+        _ => None,
+    }
+}

@@ -10,6 +10,7 @@ fn config(after: AfterUpgrade) -> ConnConfig {
         idle_timeout_ms: 5000,
         max_message_bytes: 64,
         linger_ms: 100,
+        proxy: Default::default(),
     }
 }
 

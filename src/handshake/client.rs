@@ -120,6 +120,18 @@ pub const MAX_RESPONSE_HEADER_BYTES: usize = 8192;
 /// );
 /// ```
 pub fn check_response<'b>(buf: &'b [u8], key: &[u8], offered: &[&str]) -> ResponseCheck<'b> {
+    check_response_with(buf, key, |name| offered.contains(&name), |_| false)
+}
+
+/// [`check_response`] for a request whose offers are known only as predicates: the proxy
+/// mode checks an upstream's answer against whatever subprotocols and extensions the
+/// client offered (`extension_offered` gets an extension's name, without parameters).
+pub fn check_response_with<'b>(
+    buf: &'b [u8],
+    key: &[u8],
+    protocol_offered: impl Fn(&str) -> bool,
+    extension_offered: impl Fn(&[u8]) -> bool,
+) -> ResponseCheck<'b> {
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEADER_BYTES)];
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
@@ -134,7 +146,7 @@ pub fn check_response<'b>(buf: &'b [u8], key: &[u8], offered: &[&str]) -> Respon
         }
         Err(_) => return ResponseCheck::Failed(ResponseError::Malformed),
     };
-    match check_headers(&response, key, offered) {
+    match check_headers(&response, key, &protocol_offered, &extension_offered) {
         Ok(protocol) => ResponseCheck::Accepted {
             header_len,
             protocol,
@@ -146,7 +158,8 @@ pub fn check_response<'b>(buf: &'b [u8], key: &[u8], offered: &[&str]) -> Respon
 fn check_headers<'b>(
     response: &httparse::Response<'_, 'b>,
     key: &[u8],
-    offered: &[&str],
+    protocol_offered: &impl Fn(&str) -> bool,
+    extension_offered: &impl Fn(&[u8]) -> bool,
 ) -> Result<Option<&'b str>, ResponseError> {
     let status = response.code.ok_or(ResponseError::Malformed)?;
     if status != 101 {
@@ -171,14 +184,17 @@ fn check_headers<'b>(
             };
             let name =
                 std::str::from_utf8(name).map_err(|_| ResponseError::UnofferedSubprotocol)?;
-            if !offered.contains(&name) {
+            if !protocol_offered(name) {
                 return Err(ResponseError::UnofferedSubprotocol);
             }
             protocol = Some(name);
-        } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
-            && list_elements(header.value).next().is_some()
-        {
-            return Err(ResponseError::UnofferedExtension);
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            for extension in list_elements(header.value) {
+                let name = extension.split(|&b| b == b';').next().unwrap_or_default();
+                if !extension_offered(trim_ows(name)) {
+                    return Err(ResponseError::UnofferedExtension);
+                }
+            }
         }
     }
     match () {

@@ -23,12 +23,12 @@ mod policy;
 mod rejection;
 mod request;
 mod response;
-mod tokens;
+pub(crate) mod tokens;
 
 pub use accept::{accept_key, is_valid_key, key_from_nonce, ACCEPT_LEN, KEY_LEN, WEBSOCKET_GUID};
 pub use client::{
-    check_response, write_request, ClientRequest, ResponseCheck, ResponseError,
-    MAX_RESPONSE_HEADER_BYTES,
+    check_response, check_response_with, write_request, ClientRequest, ResponseCheck,
+    ResponseError, MAX_RESPONSE_HEADER_BYTES,
 };
 pub use policy::{Policy, DEFAULT_MAX_HEADER_BYTES, MAX_HEADERS};
 pub use rejection::{Rejection, Status};

@@ -16,7 +16,7 @@
 //! new edge would come for it.
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown as HalfClose;
+use std::net::{Shutdown as HalfClose, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,15 @@ use slab::Slab;
 
 use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::proxy::{Peers, Pipe, Upstreams};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; connection keys stay far below.
 const LISTENER_BASE: usize = usize::MAX / 2;
+/// The upstream socket of connection `key` has token `UPSTREAM_BASE + key`.
+const UPSTREAM_BASE: usize = usize::MAX / 4;
 /// Connections accepted per listener per turn, so established ones are not starved.
 const ACCEPT_BUDGET: usize = 256;
 /// Reads per connection per turn.
@@ -62,6 +65,124 @@ struct Client {
     after_flush: AfterFlush,
     /// Upper bound on waiting for a flush when the connection itself has no deadline.
     flush_deadline: Option<u64>,
+    peer: SocketAddr,
+    /// Proxy mode: the upstream side, from the validated request until the relay ends.
+    link: Option<Box<Link>>,
+}
+
+/// Proxy mode: a client's upstream connection and the bytes in transit both ways.
+struct Link {
+    stream: TcpStream,
+    /// Which upstream, to pass it over if it refuses.
+    index: usize,
+    /// Upstreams tried for this client so far.
+    attempts: usize,
+    connected: bool,
+    to_upstream: Pipe,
+    to_client: Pipe,
+    /// Read ends: the client's and the upstream's FIN.
+    client_eof: bool,
+    upstream_eof: bool,
+    /// Write ends we shut down after passing a FIN on.
+    client_shut: bool,
+    upstream_shut: bool,
+}
+
+/// What one pass of moving bytes in one direction did.
+#[derive(Default)]
+struct Flow {
+    moved: bool,
+    /// The read budget ran out with data possibly left.
+    more: bool,
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match to.write(bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes what `pipe` holds until it is empty or the socket is full.
+fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
+    while !pipe.is_empty() {
+        let n = write_some(to, pipe.unsent())?;
+        if n == 0 {
+            break;
+        }
+        pipe.consume(n);
+    }
+    Ok(())
+}
+
+/// Moves bytes from `from` to `to`: reads until `WouldBlock` (edge-triggered), the pipe is
+/// full (back-pressure: `from` is read again once `to` drained it) or the budget runs out;
+/// writes straight from the read buffer when nothing is queued, so that the pipe is only
+/// used when `to` is slower than `from`. Passes a FIN on once everything before it is out.
+fn pump(
+    mut from: &TcpStream,
+    to: &TcpStream,
+    pipe: &mut Pipe,
+    eof: &mut bool,
+    shut: &mut bool,
+    buffer: &mut [u8],
+) -> io::Result<Flow> {
+    let mut flow = Flow::default();
+    flush_pipe(to, pipe)?;
+    let mut reads = 0;
+    while !*eof && pipe.room() > 0 {
+        if reads == READ_BUDGET {
+            flow.more = true;
+            break;
+        }
+        reads += 1;
+        let room = pipe.room().min(buffer.len());
+        match from.read(&mut buffer[..room]) {
+            Ok(0) => *eof = true,
+            Ok(n) => {
+                flow.moved = true;
+                let written = if pipe.is_empty() {
+                    write_some(to, &buffer[..n])?
+                } else {
+                    0
+                };
+                pipe.push(&buffer[written..n]);
+                flush_pipe(to, pipe)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if *eof && pipe.is_empty() && !*shut {
+        *shut = true;
+        // The peer may be gone already; the other direction reports that.
+        let _ = to.shutdown(HalfClose::Write);
+    }
+    Ok(flow)
+}
+
+/// Opens a non-blocking connection to `addr`; it completes (or fails) on the first
+/// writable event.
+fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 /// Whether to read right after accept: yes while recent eager reads mostly found the
@@ -111,6 +232,8 @@ pub struct Reactor {
     eager_reads: EagerReads,
     admission: Admission,
     draining: bool,
+    /// Proxy mode: this reactor's view of the upstreams.
+    upstreams: Upstreams,
 }
 
 impl Reactor {
@@ -138,6 +261,7 @@ impl Reactor {
                 ready: true,
             });
         }
+        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         let reactor = Reactor {
             poll,
             listeners: registered,
@@ -157,6 +281,7 @@ impl Reactor {
                 score: 0,
                 accepts: 0,
             },
+            upstreams,
             admission: Admission::new(limits, seed),
             draining: false,
         };
@@ -189,6 +314,7 @@ impl Reactor {
                             listener.ready = true;
                         }
                     }
+                    Token(t) if t >= UPSTREAM_BASE => self.drive_upstream(t - UPSTREAM_BASE, now),
                     Token(key) => self.drive(key, now),
                 }
             }
@@ -237,7 +363,7 @@ impl Reactor {
                 match self.listeners[index].socket.accept() {
                     Ok((stream, peer)) => {
                         budget -= 1;
-                        self.on_accepted(stream, peer.ip(), now);
+                        self.on_accepted(stream, peer, now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[index].ready = false
@@ -253,11 +379,14 @@ impl Reactor {
         }
     }
 
-    fn on_accepted(&mut self, stream: TcpStream, peer: std::net::IpAddr, now: u64) {
+    fn on_accepted(&mut self, stream: TcpStream, peer: SocketAddr, now: u64) {
         Counters::bump(&self.stats.accepted);
-        let ip_key = match self.admission.admit(self.clients.len(), Some(peer), now) {
+        let ip_key = match self
+            .admission
+            .admit(self.clients.len(), Some(peer.ip()), now)
+        {
             Ok(ip_key) => ip_key,
-            Err(refusal) => return self.refuse(stream, refusal, now),
+            Err(refusal) => return self.refuse(stream, peer, refusal, now),
         };
         let eager = self.eager_reads.read_first();
         let client = Client {
@@ -270,6 +399,8 @@ impl Reactor {
             wants_writable: false,
             after_flush: AfterFlush::Nothing,
             flush_deadline: None,
+            peer,
+            link: None,
         };
         let key = self.clients.insert(client);
         if eager {
@@ -282,7 +413,13 @@ impl Reactor {
     }
 
     /// Over a limit: answer 503 at once, without reading the request, then linger.
-    fn refuse(&mut self, stream: TcpStream, refusal: crate::handshake::Rejection, now: u64) {
+    fn refuse(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        refusal: crate::handshake::Rejection,
+        now: u64,
+    ) {
         Counters::bump(&self.stats.admission_rejections);
         let mut conn = Conn::new(&self.config, now);
         let mut cx = Ctx {
@@ -302,6 +439,8 @@ impl Reactor {
             wants_writable: false,
             after_flush: AfterFlush::Nothing,
             flush_deadline: None,
+            peer,
+            link: None,
         });
         if self.apply(key, next) {
             self.settle(key, now);
@@ -310,6 +449,9 @@ impl Reactor {
 
     /// Flushes, reads and processes one connection, then settles its registration and timer.
     fn drive(&mut self, key: usize, now: u64) {
+        if self.clients.get(key).is_some_and(|c| c.conn.is_relaying()) {
+            return self.relay(key, now);
+        }
         if !self.flush(key) {
             return self.settle(key, now);
         }
@@ -317,6 +459,11 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
+            if client.conn.wants_upstream() {
+                // The client is read again once the upstream has answered: until then
+                // its bytes wait in the kernel (back-pressure, not a buffer of ours).
+                return self.settle(key, now);
+            }
             if client.after_flush != AfterFlush::Nothing {
                 // Blocked on a flush: the writable edge resumes this connection.
                 return self.settle(key, now);
@@ -359,6 +506,16 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
+        if let (Next::Relay, Some(link)) = (next, client.link.as_mut()) {
+            // The upstream's 101 leads the relayed bytes, through the same pipe.
+            link.to_client.push(&self.out);
+            self.out.clear();
+        }
+        if client.link.is_some() && !client.conn.wants_upstream() {
+            // A 502, 504 or passed-through refusal is all the client gets: the upstream
+            // side is done.
+            client.link = None;
+        }
         if !self.out.is_empty() {
             if client.conn.unsent().is_empty() {
                 match (&client.stream).write(&self.out) {
@@ -380,7 +537,8 @@ impl Reactor {
         }
         let flushed = client.conn.unsent().is_empty();
         match (next, flushed) {
-            (Next::Continue, _) => true,
+            (Next::Continue | Next::Relay, _) => true,
+            (Next::Proxy, _) => self.connect_upstream(key, 0, self.now()),
             (Next::Close, true) => {
                 self.close(key);
                 false
@@ -463,7 +621,8 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let wants_writable = !client.conn.unsent().is_empty();
+        // A relay keeps both interests: edges are cheap, re-registering is a syscall.
+        let wants_writable = !client.conn.unsent().is_empty() || client.conn.is_relaying();
         let interest = if wants_writable {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -492,6 +651,225 @@ impl Reactor {
             Some(_) => {}
             None => self.wheel.cancel(key as u32),
         }
+    }
+
+    /// Proxy mode: opens a connection to the next upstream for client `key`, which has
+    /// tried `attempts` upstreams already; after every upstream refused, 502. Returns
+    /// whether the client is still there.
+    fn connect_upstream(&mut self, key: usize, mut attempts: usize, now: u64) -> bool {
+        let failure = loop {
+            if attempts >= self.upstreams.len() {
+                break None;
+            }
+            let Some((index, addr)) = self.upstreams.pick(now) else {
+                break None;
+            };
+            attempts += 1;
+            let connecting = start_connect(addr).and_then(|mut stream| {
+                self.poll.registry().register(
+                    &mut stream,
+                    Token(UPSTREAM_BASE + key),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                Ok(stream)
+            });
+            if connecting.is_err() {
+                Counters::bump(&self.stats.upstream_connect_failures);
+            }
+            match connecting {
+                Ok(stream) => {
+                    let Some(client) = self.clients.get_mut(key) else {
+                        return false;
+                    };
+                    client.link = Some(Box::new(Link {
+                        stream,
+                        index,
+                        attempts,
+                        connected: false,
+                        to_upstream: Pipe::default(),
+                        to_client: Pipe::default(),
+                        client_eof: false,
+                        upstream_eof: false,
+                        client_shut: false,
+                        upstream_shut: false,
+                    }));
+                    return true;
+                }
+                // Out of descriptors or memory is not the upstream's fault: do not pass it
+                // over, and do not try the others either.
+                Err(error) if sys::is_resource_exhaustion(&error) => break Some(error),
+                Err(error) => {
+                    tracing::debug!(%error, %addr, "upstream refused");
+                    self.upstreams.refused(index, now);
+                }
+            }
+        };
+        if let Some(error) = failure {
+            tracing::warn!(%error, "cannot open an upstream connection");
+        }
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
+        client.link = None;
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        let next = client.conn.on_upstream_failed(&mut cx);
+        self.apply(key, next)
+    }
+
+    /// Proxy mode: an event on client `key`'s upstream socket.
+    fn drive_upstream(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(link) = client.link.as_mut() else {
+            return;
+        };
+        if !link.connected {
+            // The first writable (or error) edge ends the connect.
+            match (link.stream.take_error(), link.stream.peer_addr()) {
+                (Ok(None), Ok(_)) => {}
+                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
+                (Ok(Some(error)) | Err(error), _) | (_, Err(error)) => {
+                    tracing::debug!(%error, "upstream connection failed");
+                    Counters::bump(&self.stats.upstream_connect_failures);
+                    let (index, attempts) = (link.index, link.attempts);
+                    client.link = None;
+                    self.upstreams.refused(index, now);
+                    if self.connect_upstream(key, attempts, now) {
+                        self.settle(key, now);
+                    }
+                    return;
+                }
+            }
+            link.connected = true;
+            let local = match self.config.proxy.forwarding {
+                crate::proxy::Forwarding::ProxyV2 => client.stream.local_addr().ok(),
+                crate::proxy::Forwarding::Headers => None,
+            };
+            let peers = Peers {
+                client: client.peer,
+                local: local.unwrap_or(client.peer),
+            };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            client.conn.write_upstream_request(peers, &mut cx);
+            link.to_upstream.push(&self.out);
+            self.out.clear();
+        }
+        if client.conn.is_relaying() {
+            return self.relay(key, now);
+        }
+        // Waiting for the answer: send the request, read what came back.
+        let mut failed = flush_pipe(&link.stream, &mut link.to_upstream).is_err();
+        let mut next = Next::Continue;
+        while !failed && next == Next::Continue {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let Some(link) = client.link.as_mut() else {
+                break;
+            };
+            let read = (&link.stream).read(&mut self.read_buffer);
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            next = match read {
+                Ok(0) => client.conn.on_upstream_eof(&mut cx),
+                Ok(n) => client
+                    .conn
+                    .on_upstream_data(&self.read_buffer[..n], &mut cx),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            };
+            if !self.apply(key, next) {
+                return;
+            }
+        }
+        if failed {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            let next = client.conn.on_upstream_failed(&mut cx);
+            if !self.apply(key, next) {
+                return;
+            }
+        }
+        if next == Next::Relay {
+            return self.relay(key, now);
+        }
+        self.settle(key, now)
+    }
+
+    /// Proxy mode: moves bytes both ways until neither side has more for now; closes the
+    /// pair once both FINs have been passed on, or either side failed.
+    fn relay(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(link) = client.link.as_mut() else {
+            return self.close(key);
+        };
+        let flows = pump(
+            &client.stream,
+            &link.stream,
+            &mut link.to_upstream,
+            &mut link.client_eof,
+            &mut link.upstream_shut,
+            &mut self.read_buffer,
+        )
+        .and_then(|up| {
+            let down = pump(
+                &link.stream,
+                &client.stream,
+                &mut link.to_client,
+                &mut link.upstream_eof,
+                &mut link.client_shut,
+                &mut self.read_buffer,
+            )?;
+            Ok((up, down))
+        });
+        let Ok((up, down)) = flows else {
+            // A reset (or any error) on one side ends both.
+            return self.close(key);
+        };
+        if link.client_shut && link.upstream_shut {
+            return self.close(key);
+        }
+        if up.moved || down.moved {
+            let cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            client.conn.on_relayed(&cx);
+        }
+        if up.more || down.more {
+            self.revisit.push(key);
+        }
+        self.settle(key, now)
     }
 
     fn expire_timers(&mut self, now: u64) {
@@ -527,7 +905,7 @@ impl Reactor {
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {
             while let Ok((stream, peer)) = self.listeners[index].socket.accept() {
-                self.on_accepted(stream, peer.ip(), now);
+                self.on_accepted(stream, peer, now);
             }
         }
         self.listeners.clear();

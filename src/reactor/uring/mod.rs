@@ -685,6 +685,7 @@ impl Reactor {
             (Next::HalfClose, false) => self.submit_shutdown(key),
             (Next::Continue, _) if sending => self.submit_send(key, false),
             (Next::Continue, _) => Ok(()),
+            (Next::Proxy | Next::Relay, _) => Ok(()),
         }
     }
 

@@ -1,0 +1,148 @@
+//! The request an upstream sees, and the check of its answer against what the client sent.
+//!
+//! The client's request has already passed every handshake rule, so it parses; it is
+//! parsed again here (a few hundred nanoseconds, proxy mode only) rather than carried
+//! around as borrowed slices across I/O.
+
+use std::net::SocketAddr;
+
+use super::{write_proxy_v2_header, Forwarding};
+use crate::handshake::tokens::{has_token_ignore_case, list_elements, trim_ows};
+use crate::handshake::{check_response_with, ResponseCheck, MAX_HEADERS};
+
+/// The two ends of the client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peers {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+}
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1, plus the
+/// ones wsedge writes itself).
+fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 6] = [
+        "connection",
+        "upgrade",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-")
+}
+
+/// Appends to `out` the request to send the upstream for the client request `head` (a
+/// complete, validated header block): same method, target and end-to-end headers; the
+/// hop-by-hop ones regenerated as `Upgrade: websocket` and `Connection: Upgrade`, whatever
+/// spelling the client used; and the client's address as `forwarding` says.
+///
+/// Returns false if `head` is not a complete request (a caller bug, not client input).
+pub fn write_upstream_request(
+    head: &[u8],
+    peers: Peers,
+    forwarding: Forwarding,
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    let (Ok(httparse::Status::Complete(_)), Some(method), Some(path)) =
+        (request.parse(head), request.method, request.path)
+    else {
+        return false;
+    };
+    let headers = &*request.headers;
+    if forwarding == Forwarding::ProxyV2 {
+        write_proxy_v2_header(peers.client, peers.local, out);
+    }
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Names the client listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
+    let listed_in_connection = |name: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| has_token_ignore_case(h.value, name.as_bytes()))
+    };
+    for header in headers {
+        let name = header.name;
+        let edge_owned = forwarding == Forwarding::Headers
+            && ["x-forwarded-for", "x-real-ip", "x-forwarded-proto"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h));
+        if edge_owned || is_hop_by_hop(name) || listed_in_connection(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    if forwarding == Forwarding::Headers {
+        // The client's own X-Forwarded-For entries are kept (earlier proxies may have
+        // written them) and the address wsedge saw is appended: the last entry is the one
+        // an upstream can trust. X-Real-IP and X-Forwarded-Proto only the edge knows.
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for value in headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| trim_ows(h.value))
+            .filter(|v| !v.is_empty())
+        {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+        write_ip(peers.client.ip(), out);
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+        write_ip(peers.client.ip(), out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    true
+}
+
+fn write_ip(ip: std::net::IpAddr, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{ip}");
+}
+
+/// Checks the upstream's `response` against the client request `head`: a 101 whose accept
+/// token matches the client's key and which names only a subprotocol and extensions the
+/// client offered. The upstream answering for the client is exactly what the client will
+/// check, so a bad upstream becomes a clean 502 instead of a confusing client failure.
+pub fn check_upstream_response<'r>(response: &'r [u8], head: &[u8]) -> ResponseCheck<'r> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        return ResponseCheck::Failed(crate::handshake::ResponseError::Malformed);
+    }
+    let headers = &*request.headers;
+    let values = |wanted: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(wanted))
+            .map(|h| h.value)
+    };
+    let key = values("sec-websocket-key")
+        .next()
+        .map(trim_ows)
+        .unwrap_or_default();
+    let protocol_offered = |name: &str| {
+        values("sec-websocket-protocol")
+            .flat_map(list_elements)
+            .any(|offered| offered == name.as_bytes())
+    };
+    let extension_offered = |name: &[u8]| {
+        values("sec-websocket-extensions")
+            .flat_map(list_elements)
+            .filter_map(|offer| offer.split(|&b| b == b';').next())
+            .any(|offered| trim_ows(offered).eq_ignore_ascii_case(name))
+    };
+    check_response_with(response, key, protocol_offered, extension_offered)
+}

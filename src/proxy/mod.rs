@@ -1,0 +1,62 @@
+//! The proxy mode's protocol pieces, with no I/O: what wsedge sends an upstream app server,
+//! how it judges the answer, and the bounded pipes that carry the relayed bytes.
+//!
+//! In `--after proxy` a connection goes through the same handshake validation as in the
+//! other modes ([`crate::conn`]); only a request that passed every rule is forwarded. The
+//! backends open the upstream socket and move bytes; everything they write or decide about
+//! those bytes comes from here.
+//!
+//! | job | where |
+//! |---|---|
+//! | the request an upstream sees (hop-by-hop headers, `X-Forwarded-*`) | [`write_upstream_request`] |
+//! | the PROXY protocol v2 header | [`write_proxy_v2_header`] |
+//! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
+//! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
+//! | one direction of a relay, bounded | [`Pipe`] |
+
+mod forward;
+mod pipe;
+mod proxy_v2;
+mod upstreams;
+
+use std::net::SocketAddr;
+
+pub use forward::{check_upstream_response, write_upstream_request, Peers};
+pub use pipe::{Pipe, PIPE_CAPACITY};
+pub use proxy_v2::write_proxy_v2_header;
+pub use upstreams::{Upstreams, REFUSED_BACKOFF_MS};
+
+/// How the upstream learns the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// `X-Forwarded-For` (appended to), `X-Forwarded-Proto`, `X-Real-IP` (replaced).
+    #[default]
+    Headers,
+    /// A PROXY protocol v2 header before the request; the request is left without
+    /// `X-Forwarded-*` additions.
+    ProxyV2,
+}
+
+/// Settings of the proxy mode.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// App servers, tried round-robin.
+    pub upstreams: Vec<SocketAddr>,
+    /// Bound on connecting to an upstream, in ms (then 504).
+    pub connect_timeout_ms: u64,
+    /// Bound on the upstream's answer once connected, in ms (then 504).
+    pub response_timeout_ms: u64,
+    /// How the client's address is passed on.
+    pub forwarding: Forwarding,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstreams: Vec::new(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 10_000,
+            forwarding: Forwarding::Headers,
+        }
+    }
+}

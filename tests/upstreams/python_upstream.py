@@ -1,0 +1,55 @@
+"""An app server behind wsedge's proxy mode, written with Python `websockets` (not by us).
+
+Usage: python_upstream.py        prints "listening PORT" once it accepts connections.
+
+  /private        answers 401 (process_request), the connection is never upgraded
+  /headers        sends the request headers it received as one JSON text message, then echoes
+  /close/CODE     closes at once with CODE and reason "bye"
+  anything else   echoes every message; subprotocol "chat" if the client offers it
+"""
+import asyncio
+import json
+import sys
+
+from websockets.asyncio.server import serve
+
+
+def process_request(connection, request):
+    if request.path == "/private":
+        return connection.respond(401, "need a token\n")
+    return None
+
+
+def select_subprotocol(connection, offered):
+    # Unlike the library default, a client that offers nothing is served without one.
+    return "chat" if "chat" in offered else None
+
+
+async def handler(ws):
+    path = ws.request.path
+    if path == "/headers":
+        await ws.send(json.dumps([[k, v] for k, v in ws.request.headers.raw_items()]))
+    elif path.startswith("/close/"):
+        await ws.close(int(path.split("/")[2]), "bye")
+        return
+    async for message in ws:
+        await ws.send(message)
+
+
+async def main():
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        process_request=process_request,
+        select_subprotocol=select_subprotocol,
+        max_size=2 * 1024 * 1024,
+        compression=None,
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"listening {port}", flush=True)
+        # Ends when the test closes our stdin (or dies): never outlives its test.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+asyncio.run(main())
