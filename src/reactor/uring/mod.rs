@@ -21,6 +21,7 @@
 
 mod buf_ring;
 pub mod probe;
+mod relay;
 
 use std::io;
 use std::mem::ManuallyDrop;
@@ -33,9 +34,11 @@ use slab::Slab;
 
 use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::proxy::Upstreams;
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
 use buf_ring::BufRing;
+use relay::Link;
 
 const RING_ENTRIES: u32 = 4096;
 /// 256 buffers of 16 KiB: 4 MiB per reactor, shared by all its connections.
@@ -56,6 +59,13 @@ enum Op {
     Close = 5,
     Cancel = 6,
     Wake = 7,
+    /// Proxy mode: the upstream socket's connect, receive, send and close.
+    Connect = 8,
+    UpRecv = 9,
+    UpSend = 10,
+    UpClose = 11,
+    /// Proxy mode: relayed bytes sent to the client.
+    RelaySend = 12,
 }
 
 fn user_data(key: usize, op: Op) -> u64 {
@@ -70,6 +80,11 @@ fn decode(user_data: u64) -> (usize, Option<Op>) {
         5 => Op::Close,
         6 => Op::Cancel,
         7 => Op::Wake,
+        8 => Op::Connect,
+        9 => Op::UpRecv,
+        10 => Op::UpSend,
+        11 => Op::UpClose,
+        12 => Op::RelaySend,
         _ => return ((user_data >> 8) as usize, None),
     };
     ((user_data >> 8) as usize, Some(op))
@@ -101,6 +116,9 @@ struct Client {
     /// The close is submitted; the slot is freed when `in_flight` reaches 0.
     closing: bool,
     flush_deadline: Option<u64>,
+    /// Proxy mode: the upstream side. Lives as long as the slot, because operations in
+    /// flight point into it (the connect's address, the pipes).
+    link: Option<Box<Link>>,
 }
 
 struct Listener {
@@ -131,6 +149,8 @@ pub struct Reactor {
     fired: Vec<u32>,
     admission: Admission,
     draining: bool,
+    /// Proxy mode: this reactor's view of the upstreams.
+    upstreams: Upstreams,
 }
 
 /// Builds the ring with the cheapest task-running mode the kernel accepts: with
@@ -196,6 +216,7 @@ impl Reactor {
             BUFFER_SIZE,
         )?);
         let wake_fd = Arc::new(eventfd()?);
+        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         let mut reactor = Reactor {
             ring,
             buffers,
@@ -221,6 +242,7 @@ impl Reactor {
             fired: Vec::new(),
             admission: Admission::new(limits, seed),
             draining: false,
+            upstreams,
         };
         reactor.arm_wake()?;
         reactor.arm_accepts(0)?;
@@ -422,6 +444,7 @@ impl Reactor {
             after_send: AfterSend::Nothing,
             closing: false,
             flush_deadline: None,
+            link: None,
         });
         if let Err(refusal) = verdict {
             // Over a limit: answer 503 or 429 at once, without reading the request, then linger.
@@ -443,6 +466,9 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
+        if client.link.is_some() && client.conn.wants_upstream() {
+            return self.arm_relay_recvs(key);
+        }
         if client.closing
             || client.recv_armed
             || client.send_in_flight
@@ -523,10 +549,19 @@ impl Reactor {
         }
         client.closing = true;
         self.wheel.cancel(key as u32);
-        let mut entries = Vec::with_capacity(3);
+        let relay_send = client
+            .link
+            .as_ref()
+            .is_some_and(|l| l.client_send_in_flight);
+        self.retire_upstream(key)?;
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let mut entries = Vec::with_capacity(4);
         for (armed, op) in [
             (client.recv_armed, Op::Recv),
             (client.send_in_flight, Op::Send),
+            (relay_send, Op::RelaySend),
         ] {
             if armed {
                 entries.push(
@@ -562,6 +597,11 @@ impl Reactor {
         };
         client.in_flight = client.in_flight.saturating_sub(1);
         match op {
+            Op::Recv if client.conn.is_relaying() => self.on_relay_recv(key, result, flags, now)?,
+            Op::Connect => self.on_connect(key, result, now)?,
+            Op::UpRecv => self.on_upstream_recv(key, result, flags, now)?,
+            Op::UpSend => self.on_upstream_send(key, result, now)?,
+            Op::RelaySend => self.on_relay_send(key, result)?,
             Op::Recv => {
                 client.recv_armed = false;
                 let buffer = cqueue::buffer_select(flags);
@@ -620,7 +660,7 @@ impl Reactor {
                 // SAFETY: a close references no memory.
                 unsafe { self.push(&close)? };
             }
-            Op::Close | Op::Cancel | Op::Accept | Op::Wake => {}
+            Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::UpClose => {}
         }
         self.settle(key, now)
     }
@@ -647,6 +687,18 @@ impl Reactor {
 
     /// Sends the output of the last call and carries out `next`.
     fn apply(&mut self, key: usize, next: Next) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.link.is_some() {
+            if next == Next::Relay {
+                return self.start_relay(key);
+            }
+            if !client.conn.wants_upstream() {
+                // A 502, 504 or passed-through refusal is all the client gets.
+                self.retire_upstream(key)?;
+            }
+        }
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
@@ -685,7 +737,9 @@ impl Reactor {
             (Next::HalfClose, false) => self.submit_shutdown(key),
             (Next::Continue, _) if sending => self.submit_send(key, false),
             (Next::Continue, _) => Ok(()),
-            (Next::Proxy | Next::Relay, _) => Ok(()),
+            (Next::Proxy, _) => self.connect_upstream(key, 0, self.now()),
+            // Handled above: a relay needs a link, which `Next::Proxy` made.
+            (Next::Relay, _) => Ok(()),
         }
     }
 

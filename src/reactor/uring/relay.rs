@@ -1,0 +1,562 @@
+//! Proxy mode on io_uring: the upstream connection and the relay, as ring operations.
+//!
+//! Per proxied client: a `Connect` to the upstream, an `UpSend` of the forwarded request,
+//! `UpRecv`s of the answer; after a good 101, receives on each side feed a [`Pipe`] whose
+//! front is sent to the other side. A side is received from again only while its pipe has
+//! room, so a slow reader holds back its peer's sender through TCP, not through our
+//! memory. A FIN is passed on (`shutdown(2)`, directly, as for rejections) once every byte
+//! before it is out; when both have been, the pair is closed.
+//!
+//! # Buffers in flight
+//! The connect reads the address in [`Link`] and a send reads a pipe's front, which stays
+//! put until the send completes (see [`Pipe`]). The link is boxed and freed only with its
+//! slot, after every operation of the slot has completed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+
+use io_uring::{cqueue, opcode, squeue, types};
+
+use super::{user_data, Op, Reactor, BUFFER_SIZE};
+use crate::conn::Ctx;
+use crate::proxy::{Peers, Pipe};
+use crate::reactor::sys;
+use crate::stats::Counters;
+
+/// A client's upstream connection and the bytes in transit both ways.
+pub(super) struct Link {
+    fd: RawFd,
+    /// Read by the kernel until the connect completes.
+    addr: socket2::SockAddr,
+    /// Which upstream, to pass it over if it refuses.
+    index: usize,
+    /// Upstreams tried for this client so far.
+    attempts: usize,
+    connecting: bool,
+    connected: bool,
+    recv_armed: bool,
+    send_in_flight: bool,
+    /// A send of `to_client` to the client is in flight.
+    pub(super) client_send_in_flight: bool,
+    to_upstream: Pipe,
+    to_client: Pipe,
+    client_eof: bool,
+    upstream_eof: bool,
+    client_shut: bool,
+    upstream_shut: bool,
+    /// The upstream socket's close is submitted: nothing more is started on it.
+    retired: bool,
+}
+
+fn socket_addr(fd: RawFd, local: bool) -> Option<SocketAddr> {
+    // SAFETY: `fd` is an open socket owned by this reactor for the duration of the call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let addr = if local {
+        socket.local_addr()
+    } else {
+        socket.peer_addr()
+    };
+    addr.ok()?.as_socket()
+}
+
+/// A non-blocking TCP socket for `addr`, not yet connected.
+fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into_raw_fd())
+}
+
+fn close_now(fd: RawFd) {
+    // SAFETY: `fd` is a socket this reactor opened and that no operation uses any more.
+    unsafe { libc::close(fd) };
+}
+
+impl Reactor {
+    /// Opens a connection to the next upstream for client `key`, which has tried
+    /// `attempts` upstreams already; after every upstream refused, 502.
+    pub(super) fn connect_upstream(
+        &mut self,
+        key: usize,
+        mut attempts: usize,
+        now: u64,
+    ) -> io::Result<()> {
+        loop {
+            if attempts >= self.upstreams.len() {
+                return self.upstream_failed(key, now);
+            }
+            let Some((index, addr)) = self.upstreams.pick(now) else {
+                return self.upstream_failed(key, now);
+            };
+            attempts += 1;
+            let fd = match upstream_socket(addr) {
+                Ok(fd) => fd,
+                Err(error) if sys::is_resource_exhaustion(&error) => {
+                    // Not the upstream's fault: do not pass it over.
+                    tracing::warn!(%error, "cannot open an upstream connection");
+                    Counters::bump(&self.stats.upstream_connect_failures);
+                    return self.upstream_failed(key, now);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, %addr, "cannot open an upstream socket");
+                    Counters::bump(&self.stats.upstream_connect_failures);
+                    continue;
+                }
+            };
+            let Some(client) = self.clients.get_mut(key) else {
+                close_now(fd);
+                return Ok(());
+            };
+            let link = client.link.get_or_insert_with(|| {
+                Box::new(Link {
+                    fd: -1,
+                    addr: addr.into(),
+                    index,
+                    attempts: 0,
+                    connecting: false,
+                    connected: false,
+                    recv_armed: false,
+                    send_in_flight: false,
+                    client_send_in_flight: false,
+                    to_upstream: Pipe::default(),
+                    to_client: Pipe::default(),
+                    client_eof: false,
+                    upstream_eof: false,
+                    client_shut: false,
+                    upstream_shut: false,
+                    retired: false,
+                })
+            });
+            link.fd = fd;
+            link.addr = addr.into();
+            link.index = index;
+            link.attempts = attempts;
+            link.connecting = true;
+            let connect = opcode::Connect::new(
+                types::Fd(fd),
+                link.addr.as_ptr().cast::<libc::sockaddr>(),
+                link.addr.len(),
+            )
+            .build()
+            .user_data(user_data(key, Op::Connect));
+            client.in_flight += 1;
+            // SAFETY: the address lives in the boxed link, which outlives the slot's operations.
+            return unsafe { self.push(&connect) };
+        }
+    }
+
+    fn upstream_failed(&mut self, key: usize, now: u64) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        let next = client.conn.on_upstream_failed(&mut cx);
+        self.apply(key, next)
+    }
+
+    pub(super) fn on_connect(&mut self, key: usize, result: i32, now: u64) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        link.connecting = false;
+        if link.retired || client.closing {
+            return Ok(());
+        }
+        if result < 0 {
+            let error = io::Error::from_raw_os_error(-result);
+            tracing::debug!(%error, "upstream connection failed");
+            Counters::bump(&self.stats.upstream_connect_failures);
+            close_now(link.fd);
+            link.fd = -1;
+            let (index, attempts) = (link.index, link.attempts);
+            self.upstreams.refused(index, now);
+            return self.connect_upstream(key, attempts, now);
+        }
+        link.connected = true;
+        let peer = socket_addr(client.fd, false);
+        let local = match self.config.proxy.forwarding {
+            crate::proxy::Forwarding::ProxyV2 => socket_addr(client.fd, true),
+            crate::proxy::Forwarding::Headers => None,
+        };
+        let Some(client_addr) = peer else {
+            // The client is gone already.
+            return self.begin_close(key);
+        };
+        let peers = Peers {
+            client: client_addr,
+            local: local.unwrap_or(client_addr),
+        };
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        client.conn.write_upstream_request(peers, &mut cx);
+        link.to_upstream.push(&self.out);
+        self.out.clear();
+        self.send_to_upstream(key)
+    }
+
+    /// Sends the front of `to_upstream`, unless a send is in flight or nothing is held.
+    fn send_to_upstream(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        if link.send_in_flight || link.retired || !link.connected {
+            return Ok(());
+        }
+        let bytes = link.to_upstream.unsent();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let send = opcode::Send::new(types::Fd(link.fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(key, Op::UpSend));
+        link.send_in_flight = true;
+        client.in_flight += 1;
+        // SAFETY: the pipe's front stays put until this send completes (see `Pipe`).
+        unsafe { self.push(&send) }
+    }
+
+    /// Sends the front of `to_client`, unless a send is in flight or nothing is held.
+    fn send_to_client(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        if link.client_send_in_flight || client.closing {
+            return Ok(());
+        }
+        let bytes = link.to_client.unsent();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let send = opcode::Send::new(types::Fd(client.fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(key, Op::RelaySend));
+        link.client_send_in_flight = true;
+        client.in_flight += 1;
+        // SAFETY: the pipe's front stays put until this send completes (see `Pipe`).
+        unsafe { self.push(&send) }
+    }
+
+    /// The upstream's 101 (in `out`) starts the relay: it leads the bytes to the client.
+    pub(super) fn start_relay(&mut self, key: usize) -> io::Result<()> {
+        let Some(link) = self.clients.get_mut(key).and_then(|c| c.link.as_mut()) else {
+            return Ok(());
+        };
+        link.to_client.push(&self.out);
+        self.out.clear();
+        self.send_to_client(key)?;
+        // Bytes the client sent after its request were held back until now.
+        self.send_to_upstream(key)
+    }
+
+    /// Arms the receives a proxied client needs: the client's only while relaying (its
+    /// bytes wait in the kernel until the upstream has answered), the upstream's once
+    /// connected; each only while the pipe it feeds has room.
+    pub(super) fn arm_relay_recvs(&mut self, key: usize) -> io::Result<()> {
+        let group = self.buffers.group();
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        if client.closing {
+            return Ok(());
+        }
+        let relaying = client.conn.is_relaying();
+        let waiting = client.conn.wants_upstream();
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        let mut entries: [Option<squeue::Entry>; 2] = [None, None];
+        if relaying && !client.recv_armed && !link.client_eof && link.to_upstream.room() > 0 {
+            client.recv_armed = true;
+            entries[0] = Some(
+                opcode::Recv::new(
+                    types::Fd(client.fd),
+                    std::ptr::null_mut(),
+                    BUFFER_SIZE as u32,
+                )
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(key, Op::Recv)),
+            );
+        }
+        let upstream_wanted = if relaying {
+            link.to_client.room() > 0
+        } else {
+            waiting
+        };
+        if link.connected
+            && !link.retired
+            && !link.recv_armed
+            && !link.upstream_eof
+            && upstream_wanted
+        {
+            link.recv_armed = true;
+            entries[1] = Some(
+                opcode::Recv::new(types::Fd(link.fd), std::ptr::null_mut(), BUFFER_SIZE as u32)
+                    .buf_group(group)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(user_data(key, Op::UpRecv)),
+            );
+        }
+        client.in_flight += entries.iter().flatten().count() as u8;
+        for entry in entries.into_iter().flatten() {
+            // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
+            unsafe { self.push(&entry)? };
+        }
+        Ok(())
+    }
+
+    /// The client's bytes, while relaying.
+    pub(super) fn on_relay_recv(
+        &mut self,
+        key: usize,
+        result: i32,
+        flags: u32,
+        now: u64,
+    ) -> io::Result<()> {
+        let buffer = cqueue::buffer_select(flags);
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        client.recv_armed = false;
+        let Some(link) = client.link.as_mut().filter(|_| !client.closing) else {
+            if let Some(bid) = buffer {
+                self.buffers.recycle(bid);
+            }
+            return Ok(());
+        };
+        match (result, buffer) {
+            (n, Some(bid)) if n > 0 => {
+                link.to_upstream.push(self.buffers.get(bid, n as usize));
+                self.buffers.recycle(bid);
+                let cx = Ctx {
+                    config: &self.config,
+                    now,
+                    out: &mut self.out,
+                    stats: &self.stats,
+                };
+                client.conn.on_relayed(&cx);
+                self.send_to_upstream(key)
+            }
+            (0, _) => {
+                link.client_eof = true;
+                self.pass_fins(key)
+            }
+            (n, _) if n == -libc::ENOBUFS => {
+                self.rearm.push(key);
+                Ok(())
+            }
+            _ => self.begin_close(key),
+        }
+    }
+
+    /// The upstream's bytes: its answer to the forwarded request, then relayed bytes.
+    pub(super) fn on_upstream_recv(
+        &mut self,
+        key: usize,
+        result: i32,
+        flags: u32,
+        now: u64,
+    ) -> io::Result<()> {
+        let buffer = cqueue::buffer_select(flags);
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        link.recv_armed = false;
+        if link.retired || client.closing {
+            if let Some(bid) = buffer {
+                self.buffers.recycle(bid);
+            }
+            return Ok(());
+        }
+        if result == -libc::ENOBUFS {
+            self.rearm.push(key);
+            return Ok(());
+        }
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        if client.conn.is_relaying() {
+            return match (result, buffer) {
+                (n, Some(bid)) if n > 0 => {
+                    link.to_client.push(self.buffers.get(bid, n as usize));
+                    self.buffers.recycle(bid);
+                    client.conn.on_relayed(&cx);
+                    self.send_to_client(key)
+                }
+                (0, _) => {
+                    link.upstream_eof = true;
+                    self.pass_fins(key)
+                }
+                _ => self.begin_close(key),
+            };
+        }
+        let next = match (result, buffer) {
+            (n, Some(bid)) if n > 0 => {
+                let next = client
+                    .conn
+                    .on_upstream_data(self.buffers.get(bid, n as usize), &mut cx);
+                self.buffers.recycle(bid);
+                next
+            }
+            (0, _) => client.conn.on_upstream_eof(&mut cx),
+            _ => client.conn.on_upstream_failed(&mut cx),
+        };
+        self.apply(key, next)
+    }
+
+    pub(super) fn on_upstream_send(&mut self, key: usize, result: i32, now: u64) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        link.send_in_flight = false;
+        if link.retired || client.closing {
+            return Ok(());
+        }
+        if result < 0 {
+            if client.conn.is_relaying() {
+                return self.begin_close(key);
+            }
+            return self.upstream_failed(key, now);
+        }
+        link.to_upstream.consume(result as usize);
+        self.send_to_upstream(key)?;
+        self.pass_fins(key)
+    }
+
+    pub(super) fn on_relay_send(&mut self, key: usize, result: i32) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        link.client_send_in_flight = false;
+        if client.closing {
+            return Ok(());
+        }
+        if result < 0 {
+            return self.begin_close(key);
+        }
+        link.to_client.consume(result as usize);
+        self.send_to_client(key)?;
+        self.pass_fins(key)
+    }
+
+    /// Passes each side's FIN to the other once everything before it is out; closes the
+    /// pair once both are passed.
+    fn pass_fins(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        if client.closing || link.retired {
+            return Ok(());
+        }
+        if link.client_eof
+            && !link.upstream_shut
+            && link.to_upstream.is_empty()
+            && !link.send_in_flight
+        {
+            link.upstream_shut = true;
+            // SAFETY: the upstream descriptor is open: its close is submitted only when the
+            // link is retired, which was checked above.
+            unsafe { libc::shutdown(link.fd, libc::SHUT_WR) };
+        }
+        if link.upstream_eof
+            && !link.client_shut
+            && link.to_client.is_empty()
+            && !link.client_send_in_flight
+        {
+            link.client_shut = true;
+            // SAFETY: the client descriptor is open: the slot is not closing (checked above).
+            unsafe { libc::shutdown(client.fd, libc::SHUT_WR) };
+        }
+        if link.client_shut && link.upstream_shut {
+            return self.begin_close(key);
+        }
+        Ok(())
+    }
+
+    /// Cancels what is in flight on the upstream socket and closes it (through the ring, so
+    /// that the close is ordered after the cancels); the link itself stays until the slot
+    /// goes.
+    pub(super) fn retire_upstream(&mut self, key: usize) -> io::Result<()> {
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_mut() else {
+            return Ok(());
+        };
+        if link.retired {
+            return Ok(());
+        }
+        link.retired = true;
+        if link.fd < 0 {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(4);
+        for (armed, op) in [
+            (link.connecting, Op::Connect),
+            (link.recv_armed, Op::UpRecv),
+            (link.send_in_flight, Op::UpSend),
+        ] {
+            if armed {
+                entries.push(
+                    opcode::AsyncCancel::new(user_data(key, op))
+                        .build()
+                        .user_data(user_data(key, Op::Cancel)),
+                );
+            }
+        }
+        entries.push(
+            opcode::Close::new(types::Fd(link.fd))
+                .build()
+                .user_data(user_data(key, Op::UpClose)),
+        );
+        client.in_flight += entries.len() as u8;
+        for entry in &entries {
+            // SAFETY: cancels and closes reference no memory.
+            unsafe { self.push(entry)? };
+        }
+        Ok(())
+    }
+}
