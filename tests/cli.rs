@@ -31,7 +31,13 @@ rejects_flag! {
     non_numeric_threads:         ["--threads", "many"] names "--threads";
     bad_listen_address:          ["--listen", "localhost"] names "--listen";
     unknown_backend:             ["--io", "kqueue"] names "--io";
-    unknown_after_mode:          ["--after", "proxy"] names "--after";
+    unknown_after_mode:          ["--after", "relay"] names "--after";
+    proxy_without_upstream:      ["--after", "proxy"] names "--upstream";
+    upstream_without_proxy:      ["--upstream", "127.0.0.1:9000"] names "--upstream";
+    upstream_not_host_port:      ["--after", "proxy", "--upstream", "app-server"] names "--upstream";
+    upstream_port_zero:          ["--after", "proxy", "--upstream", "127.0.0.1:0"] names "--upstream";
+    unknown_proxy_protocol:      ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-proxy-protocol", "v1"] names "--upstream-proxy-protocol";
+    zero_upstream_timeout:       ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-connect-timeout-ms", "0"] names "--upstream-connect-timeout-ms";
     relative_path:               ["--path", "chat"] names "--path";
     subprotocol_with_space:      ["--subprotocols", "a b"] names "--subprotocols";
     require_without_protocols:   ["--require-subprotocol"] names "--subprotocols";

@@ -1,6 +1,7 @@
 //! The state machine driven in memory, as a backend would, with no sockets.
 
 use super::*;
+use crate::proxy::Peers;
 
 fn config(after: AfterUpgrade) -> ConnConfig {
     ConnConfig {
@@ -269,4 +270,124 @@ fn refusal_answers_without_a_request() {
             && out.contains("Retry-After: 9\r\n"),
         "{out}"
     );
+}
+
+// Proxy mode: the same machine, with the upstream's side fed by hand.
+
+const UPSTREAM_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+impl Harness {
+    fn proxied() -> Self {
+        let mut h = Harness::new(AfterUpgrade::Proxy);
+        let mut request = REQUEST.to_vec();
+        request.extend(masked(true, 1, b"early"));
+        assert_eq!(h.feed(&request), Next::Proxy);
+        assert!(h.out.is_empty(), "no 101 of our own");
+        let peers = Peers {
+            client: "192.0.2.1:5000".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+        };
+        let mut cx = Ctx {
+            config: &h.config,
+            now: h.now,
+            out: &mut h.out,
+            stats: &h.stats,
+        };
+        h.conn.write_upstream_request(peers, &mut cx);
+        h
+    }
+
+    fn from_upstream(&mut self, bytes: &[u8]) -> Next {
+        let mut cx = Ctx {
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        self.conn.on_upstream_data(bytes, &mut cx)
+    }
+}
+
+#[test]
+fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101() {
+    let mut h = Harness::proxied();
+    let forwarded = h.take_out();
+    let text = String::from_utf8_lossy(&forwarded);
+    assert!(text.starts_with("GET / HTTP/1.1\r\nHost: a\r\n"), "{text}");
+    assert!(text.contains("X-Forwarded-For: 192.0.2.1\r\n"), "{text}");
+    assert!(forwarded.ends_with(&masked(true, 1, b"early")));
+    assert_eq!(h.conn.deadline(), Some(h.config.proxy.response_timeout_ms));
+    // The answer arrives in two pieces, the second with a first frame attached.
+    assert_eq!(h.from_upstream(&UPSTREAM_101[..30]), Next::Continue);
+    let mut rest = UPSTREAM_101[30..].to_vec();
+    rest.extend_from_slice(b"\x81\x02hi");
+    assert_eq!(h.from_upstream(&rest), Next::Relay);
+    assert_eq!(h.take_out(), [UPSTREAM_101, b"\x81\x02hi"].concat());
+    assert!(h.conn.is_relaying() && h.conn.is_open());
+    assert!(
+        !h.conn.holds_buffers(),
+        "a relaying connection keeps no request"
+    );
+    assert_eq!(
+        h.stats.upgraded.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn proxy_answers_504_when_the_upstream_is_silent() {
+    let mut h = Harness::proxied();
+    h.take_out();
+    assert_eq!(h.timeout(), Next::HalfClose);
+    assert!(h.take_out().starts_with(b"HTTP/1.1 504 "));
+    assert!(!h.conn.wants_upstream());
+}
+
+#[test]
+fn proxy_answers_502_for_a_101_with_the_wrong_accept() {
+    let mut h = Harness::proxied();
+    h.take_out();
+    let wrong = String::from_utf8_lossy(UPSTREAM_101).replace("s3pP", "AAAA");
+    assert_eq!(h.from_upstream(wrong.as_bytes()), Next::HalfClose);
+    assert!(h.take_out().starts_with(b"HTTP/1.1 502 "));
+}
+
+#[test]
+fn proxy_passes_a_refusal_through_up_to_its_content_length() {
+    let mut h = Harness::proxied();
+    h.take_out();
+    let refusal = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nno";
+    assert_eq!(h.from_upstream(refusal), Next::Continue);
+    assert_eq!(h.from_upstream(b"pe!and-more"), Next::HalfClose);
+    assert_eq!(
+        h.take_out(),
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nnope!"
+    );
+}
+
+#[test]
+fn proxy_passes_a_refusal_without_length_through_until_the_upstream_closes() {
+    let mut h = Harness::proxied();
+    h.take_out();
+    assert_eq!(
+        h.from_upstream(b"HTTP/1.1 403 Forbidden\r\n\r\nbody"),
+        Next::Continue
+    );
+    let mut cx = Ctx {
+        config: &h.config,
+        now: h.now,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    assert_eq!(h.conn.on_upstream_eof(&mut cx), Next::HalfClose);
+    assert_eq!(h.take_out(), b"HTTP/1.1 403 Forbidden\r\n\r\nbody");
+}
+
+#[test]
+fn a_relay_closes_when_idle() {
+    let mut h = Harness::proxied();
+    h.from_upstream(UPSTREAM_101);
+    assert_eq!(h.conn.deadline(), Some(h.now + h.config.idle_timeout_ms));
+    assert_eq!(h.timeout(), Next::Close);
 }

@@ -146,3 +146,139 @@ pub fn check_upstream_response<'r>(response: &'r [u8], head: &[u8]) -> ResponseC
     };
     check_response_with(response, key, protocol_offered, extension_offered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::ResponseError;
+
+    const CHROME: &[u8] = include_bytes!("../../tests/fixtures/chrome.http");
+
+    fn peers() -> Peers {
+        Peers {
+            client: "198.51.100.4:40000".parse().unwrap(),
+            local: "10.0.0.1:443".parse().unwrap(),
+        }
+    }
+
+    fn forwarded(head: &[u8], forwarding: Forwarding) -> String {
+        let mut out = Vec::new();
+        assert!(write_upstream_request(head, peers(), forwarding, &mut out));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_browser_request_keeps_its_end_to_end_headers_in_order() {
+        let text = forwarded(CHROME, Forwarding::Headers);
+        let original = String::from_utf8_lossy(CHROME);
+        let names = |t: &str| -> Vec<String> {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+                .filter(|n| !["connection", "upgrade"].contains(&n.as_str()))
+                .filter(|n| !n.starts_with("x-"))
+                .collect()
+        };
+        assert_eq!(names(&text), names(&original));
+        assert_eq!(text.lines().next(), original.lines().next());
+        assert!(text.ends_with(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nX-Forwarded-For: 198.51.100.4\r\n\
+             X-Forwarded-Proto: http\r\nX-Real-IP: 198.51.100.4\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn headers_listed_in_connection_and_proxy_headers_are_dropped() {
+        let head = b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nconnection: Upgrade, X-Trace\r\n\
+            UPGRADE: WebSocket\r\nX-Trace: 1\r\nTE: trailers\r\nTrailer: x\r\n\
+            Proxy-Connection: keep-alive\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        let text = forwarded(head, Forwarding::Headers);
+        for gone in [
+            "X-Trace",
+            "TE:",
+            "Trailer",
+            "Proxy-",
+            "connection:",
+            "UPGRADE",
+        ] {
+            assert!(!text.contains(gone), "{gone} forwarded: {text}");
+        }
+        assert!(text.starts_with("GET /a?b=c HTTP/1.1\r\nHost: h\r\n"));
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_become_one_list_ending_with_the_client() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\n\
+            X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Real-IP: 6.6.6.6\r\n\
+            X-Forwarded-Proto: https\r\n\r\n";
+        let text = forwarded(head, Forwarding::Headers);
+        assert_eq!(text.matches("X-Forwarded-For").count(), 1);
+        assert!(text.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 198.51.100.4\r\n"));
+        assert!(text.contains("X-Real-IP: 198.51.100.4\r\n") && !text.contains("6.6.6.6"));
+        assert!(text.contains("X-Forwarded-Proto: http\r\n") && !text.contains("https"));
+    }
+
+    #[test]
+    fn proxy_v2_comes_first_and_replaces_the_forwarded_headers() {
+        let mut out = Vec::new();
+        assert!(write_upstream_request(
+            CHROME,
+            peers(),
+            Forwarding::ProxyV2,
+            &mut out
+        ));
+        assert!(out.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"));
+        let text = String::from_utf8_lossy(&out[28..]);
+        assert!(text.starts_with("GET "));
+        assert!(!text.contains("X-Forwarded-For") && !text.contains("X-Real-IP"));
+    }
+
+    const KEY_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: a, chat\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+    fn answer(extra: &str) -> Vec<u8> {
+        [KEY_101, extra.as_bytes(), b"\r\n"].concat()
+    }
+
+    #[test]
+    fn an_answer_may_pick_what_the_client_offered() {
+        let response = answer("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n");
+        assert!(matches!(
+            check_upstream_response(&response, REQUEST),
+            ResponseCheck::Accepted {
+                protocol: Some("chat"),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_answer_may_not_pick_what_the_client_did_not_offer() {
+        let cases = [
+            (
+                "Sec-WebSocket-Protocol: other\r\n",
+                ResponseError::UnofferedSubprotocol,
+            ),
+            (
+                "Sec-WebSocket-Extensions: x-webkit\r\n",
+                ResponseError::UnofferedExtension,
+            ),
+        ];
+        for (extra, error) in cases {
+            assert_eq!(
+                check_upstream_response(&answer(extra), REQUEST),
+                ResponseCheck::Failed(error),
+                "{extra}"
+            );
+        }
+        let other_key = String::from_utf8_lossy(REQUEST).replace("dGhl", "AAAA");
+        assert_eq!(
+            check_upstream_response(&answer(""), other_key.as_bytes()),
+            ResponseCheck::Failed(ResponseError::WrongAccept)
+        );
+    }
+}

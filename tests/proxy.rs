@@ -1,0 +1,477 @@
+//! `--after proxy`: wsedge in front of an app server it did not write.
+//!
+//! The app server is Python `websockets` (tests/upstreams/python_upstream.py), installed by
+//! `.ci/run` (`WSEDGE_REQUIRE_THIRD_PARTY=1` makes its absence a failure); the clients are
+//! tungstenite and raw sockets. Where a test needs an upstream that misbehaves on purpose
+//! (silent, wrong accept token, PROXY header reader, half-closer), it is a raw Rust one.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use common::{client_frame, exchange, read_head, read_to_close, upgrade_request, Io, Server};
+use common::{DEADLINE, KEY};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Error, Message};
+
+/// The Python `websockets` app server, stopped on drop.
+struct PythonUpstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PythonUpstream {
+    /// Starts it, or returns `None` (after saying why) when Python `websockets` is not
+    /// installed and not required.
+    fn start() -> Option<PythonUpstream> {
+        let python = std::env::var_os("WSEDGE_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty/venv/bin/python")
+            });
+        if !python.exists() {
+            let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "Python websockets is required: {python:?} is missing"
+            );
+            eprintln!("skipping: {python:?} is missing (run .ci/run to install it)");
+            return None;
+        }
+        let mut child = Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/python_upstream.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the Python upstream");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.strip_prefix("listening ") {
+                    let _ = tx.send(port.trim().parse::<u16>().expect("port"));
+                }
+            }
+        });
+        let Ok(port) = rx.recv_timeout(DEADLINE) else {
+            let _ = child.kill();
+            panic!("the Python upstream did not start");
+        };
+        Some(PythonUpstream {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+}
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy(io: Io, upstreams: &[SocketAddr], extra: &[&str]) -> Server {
+    let upstreams: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+    let mut args = vec!["--after", "proxy"];
+    for upstream in &upstreams {
+        args.extend(["--upstream", upstream.as_str()]);
+    }
+    args.extend(extra);
+    Server::start(io, &args)
+}
+
+fn tungstenite_client(
+    server: &Server,
+    path: &str,
+    protocols: Option<&str>,
+) -> (
+    tungstenite::WebSocket<TcpStream>,
+    tungstenite::handshake::client::Response,
+) {
+    let mut request = server.url(path).into_client_request().unwrap();
+    if let Some(protocols) = protocols {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    }
+    let stream = server.connect();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    tungstenite::client::client(request, stream).expect("upgrade through the proxy")
+}
+
+/// Reads one unmasked server frame's payload (after `rest`, bytes already read).
+fn read_server_message(stream: &mut TcpStream, mut rest: Vec<u8>) -> (u8, Vec<u8>) {
+    let mut fill = |rest: &mut Vec<u8>, n: usize| {
+        while rest.len() < n {
+            let mut chunk = [0u8; 4096];
+            let got = stream.read(&mut chunk).expect("read frame");
+            assert!(got > 0, "closed mid-frame");
+            rest.extend_from_slice(&chunk[..got]);
+        }
+    };
+    fill(&mut rest, 2);
+    let (len, at) = match rest[1] & 0x7F {
+        126 => {
+            fill(&mut rest, 4);
+            (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4)
+        }
+        127 => {
+            fill(&mut rest, 10);
+            (
+                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                10,
+            )
+        }
+        n => (n as usize, 2),
+    };
+    fill(&mut rest, at + len);
+    (rest[0] & 0x0F, rest[at..at + len].to_vec())
+}
+
+/// A raw upstream serving `connections` connections with `serve`, on its own thread.
+fn raw_upstream(
+    connections: usize,
+    serve: impl Fn(TcpStream, Vec<u8>) + Send + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let head = read_request_head(&mut stream);
+            serve(stream, head);
+        }
+    });
+    addr
+}
+
+/// Reads up to and including the blank line that ends a request head.
+fn read_request_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    head
+}
+
+/// A correct 101 for the request `head` (which must carry a key after any PROXY header).
+fn switching_protocols(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("forwarded request has a key");
+    let accept = wsedge::handshake::accept_key(key.trim().as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        String::from_utf8_lossy(&accept)
+    )
+    .into_bytes()
+}
+
+fn echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let (mut socket, response) = tungstenite_client(&server, "/echo", None);
+    assert_eq!(response.status(), 101);
+    for size in [1, 125, 126, 65_535, 65_536, 1 << 20] {
+        let text: String = "é".repeat(size / 2) + &"a".repeat(size % 2);
+        socket.send(Message::text(text.clone())).unwrap();
+        assert_eq!(
+            socket.read().unwrap(),
+            Message::text(text),
+            "text of {size}"
+        );
+        let blob: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+        socket.send(Message::binary(blob.clone())).unwrap();
+        assert_eq!(
+            socket.read().unwrap(),
+            Message::binary(blob),
+            "binary of {size}"
+        );
+    }
+    socket.send(Message::Ping(b"beat".to_vec().into())).unwrap();
+    assert_eq!(
+        socket.read().unwrap(),
+        Message::Pong(b"beat".to_vec().into())
+    );
+    socket.close(None).unwrap();
+    loop {
+        match socket.read() {
+            Ok(Message::Close(_)) => continue,
+            Err(Error::ConnectionClosed) => break,
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
+}
+
+fn the_upstreams_subprotocol_choice_is_passed_through(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let (_socket, response) = tungstenite_client(&server, "/echo", Some("other, chat"));
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "chat");
+    // tungstenite refuses a 101 that picks none of its offers, so this one is raw.
+    let request = upgrade_request("/echo", &["Sec-WebSocket-Protocol: other"]);
+    let (head, _) = exchange(&server, &request);
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("Sec-WebSocket-Protocol"), None);
+}
+
+fn the_upstreams_close_code_is_passed_through(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let (mut socket, _) = tungstenite_client(&server, "/close/4001", None);
+    match socket.read() {
+        Ok(Message::Close(Some(frame))) => {
+            assert_eq!(frame.code, CloseCode::from(4001));
+            assert_eq!(frame.reason, "bye");
+        }
+        other => panic!("expected close 4001, got {other:?}"),
+    }
+}
+
+fn the_upstreams_401_is_passed_through_as_it_is(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/private", &[]));
+    assert_eq!(head.status, 401);
+    assert!(head
+        .header("Server")
+        .is_some_and(|s| s.contains("websockets")));
+    let body = read_to_close(&mut stream, head.rest);
+    assert_eq!(body, b"need a token\n");
+}
+
+fn the_upstream_sees_forwarded_for_and_clean_hop_by_hop_headers(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let request = upgrade_request("/headers", &[]);
+    // The same request with the hop-by-hop headers spelled as loosely as RFC 9110 allows.
+    let request = String::from_utf8(request)
+        .unwrap()
+        .replace("Upgrade: websocket", "Upgrade: WebSocket")
+        .replace(
+            "Connection: Upgrade",
+            "Connection: keep-alive, Upgrade, X-Hop",
+        )
+        .replace(
+            "\r\n\r\n",
+            "\r\nKeep-Alive: timeout=5\r\nX-Hop: secret\r\nProxy-Authorization: Basic eA==\r\n\
+             X-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.9\r\nX-App: kept\r\n\r\n",
+        );
+    let (head, mut stream) = exchange(&server, request.as_bytes());
+    assert_eq!(head.status, 101);
+    let (opcode, payload) = read_server_message(&mut stream, head.rest);
+    assert_eq!(opcode, 1);
+    let seen: Vec<(String, String)> = serde_json::from_slice(&payload).unwrap();
+    let values = |name: &str| -> Vec<&str> {
+        seen.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("Upgrade"), ["websocket"], "{seen:?}");
+    assert_eq!(values("Connection"), ["Upgrade"], "{seen:?}");
+    for hop in ["Keep-Alive", "X-Hop", "Proxy-Authorization"] {
+        assert!(values(hop).is_empty(), "{hop} was forwarded: {seen:?}");
+    }
+    assert_eq!(values("X-Forwarded-For"), ["10.0.0.9, 127.0.0.1"]);
+    assert_eq!(values("X-Real-IP"), ["127.0.0.1"]);
+    assert_eq!(values("X-Forwarded-Proto"), ["http"]);
+    assert_eq!(values("X-App"), ["kept"]);
+    assert_eq!(values("Sec-WebSocket-Key"), [KEY]);
+}
+
+fn frames_sent_with_the_request_reach_the_upstream(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let server = proxy(io, &[upstream.addr], &[]);
+    let mut request = upgrade_request("/echo", &[]);
+    request.extend(client_frame(true, 1, b"early bird"));
+    let (head, mut stream) = exchange(&server, &request);
+    assert_eq!(head.status, 101);
+    assert_eq!(
+        read_server_message(&mut stream, head.rest),
+        (1, b"early bird".to_vec())
+    );
+}
+
+fn the_upstream_gets_a_proxy_protocol_v2_header(io: Io) {
+    let (header_tx, header_rx) = mpsc::channel();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut header = [0u8; 28];
+        stream.read_exact(&mut header).unwrap();
+        let head = read_request_head(&mut stream);
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let _ = header_tx.send((header, head));
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let server = proxy(io, &[upstream], &["--upstream-proxy-protocol", "v2"]);
+    let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    let client = stream.local_addr().unwrap();
+    let (header, request) = header_rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(
+        &header[12..16],
+        &[0x21, 0x11, 0, 12],
+        "v2 PROXY, TCP over IPv4"
+    );
+    assert_eq!(&header[16..20], &[127, 0, 0, 1]);
+    assert_eq!(&header[20..24], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([header[24], header[25]]), client.port());
+    assert_eq!(
+        u16::from_be_bytes([header[26], header[27]]),
+        server.addr.port()
+    );
+    let request = String::from_utf8_lossy(&request);
+    assert!(request.starts_with("GET / HTTP/1.1\r\n"), "{request}");
+    assert!(!request.contains("X-Forwarded-For"), "{request}");
+}
+
+fn an_upstream_that_is_down_gives_502(io: Io) {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = proxy(io, &[dead], &[]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 502);
+}
+
+fn an_upstream_that_never_answers_gives_504(io: Io) {
+    let (hold_tx, hold_rx) = mpsc::channel();
+    let silent = raw_upstream(1, move |stream, _| {
+        // Keep the connection open and say nothing.
+        let _ = hold_tx.send(stream);
+    });
+    let server = proxy(io, &[silent], &["--upstream-response-timeout-ms", "300"]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 504);
+    drop(hold_rx);
+}
+
+fn an_upstream_101_with_the_wrong_accept_gives_502(io: Io) {
+    let liar = raw_upstream(1, |mut stream, _| {
+        let _ = stream.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        );
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let server = proxy(io, &[liar], &[]);
+    // A key other than the RFC's sample, so that the canned accept is wrong for it.
+    let request = String::from_utf8(upgrade_request("/", &[]))
+        .unwrap()
+        .replace(KEY, "AQIDBAUGBwgJCgsMDQ4PEA==");
+    let (head, _) = exchange(&server, request.as_bytes());
+    assert_eq!(head.status, 502);
+}
+
+fn an_upstream_that_refuses_is_skipped(io: Io) {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let alive = raw_upstream(4, |mut stream, head| {
+        let _ = stream.write_all(&switching_protocols(&head));
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let server = proxy(io, &[dead, alive], &["--threads", "1"]);
+    for _ in 0..4 {
+        let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+        assert_eq!(head.status, 101, "{}", server.log());
+    }
+}
+
+fn a_client_reset_closes_the_upstream_side(io: Io) {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let mut buf = [0u8; 64];
+        // Returns on the FIN or reset wsedge passes on; a deadline error fails the test.
+        let outcome = stream.read(&mut buf).map(|n| n == 0);
+        let _ = closed_tx.send(outcome.map_err(|e| e.kind()));
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    let outcome = closed_rx
+        .recv_timeout(DEADLINE)
+        .expect("upstream side closed");
+    assert!(
+        matches!(outcome, Ok(true) | Err(std::io::ErrorKind::ConnectionReset)),
+        "{outcome:?}"
+    );
+}
+
+fn half_closes_are_passed_both_ways(io: Io) {
+    let (got_tx, got_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        stream.write_all(b"from upstream").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let _ = got_tx.send(read_to_close(&mut stream, Vec::new()));
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    // The upstream's FIN reaches us after its bytes, and our side stays writable.
+    assert_eq!(read_to_close(&mut stream, head.rest), b"from upstream");
+    stream.write_all(b"from client").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let got = got_rx.recv_timeout(DEADLINE).expect("upstream saw our FIN");
+    assert_eq!(got, b"from client");
+}
+
+on_both_backends!(
+    echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings,
+    the_upstreams_subprotocol_choice_is_passed_through,
+    the_upstreams_close_code_is_passed_through,
+    the_upstreams_401_is_passed_through_as_it_is,
+    the_upstream_sees_forwarded_for_and_clean_hop_by_hop_headers,
+    frames_sent_with_the_request_reach_the_upstream,
+    the_upstream_gets_a_proxy_protocol_v2_header,
+    an_upstream_that_is_down_gives_502,
+    an_upstream_that_never_answers_gives_504,
+    an_upstream_101_with_the_wrong_accept_gives_502,
+    an_upstream_that_refuses_is_skipped,
+    a_client_reset_closes_the_upstream_side,
+    half_closes_are_passed_both_ways,
+);
