@@ -298,7 +298,7 @@ impl Harness {
         h
     }
 
-    fn from_upstream(&mut self, bytes: &[u8]) -> Next {
+    fn upstream_sends(&mut self, bytes: &[u8]) -> Next {
         let mut cx = Ctx {
             config: &self.config,
             now: self.now,
@@ -319,10 +319,10 @@ fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101(
     assert!(forwarded.ends_with(&masked(true, 1, b"early")));
     assert_eq!(h.conn.deadline(), Some(h.config.proxy.response_timeout_ms));
     // The answer arrives in two pieces, the second with a first frame attached.
-    assert_eq!(h.from_upstream(&UPSTREAM_101[..30]), Next::Continue);
+    assert_eq!(h.upstream_sends(&UPSTREAM_101[..30]), Next::Continue);
     let mut rest = UPSTREAM_101[30..].to_vec();
     rest.extend_from_slice(b"\x81\x02hi");
-    assert_eq!(h.from_upstream(&rest), Next::Relay);
+    assert_eq!(h.upstream_sends(&rest), Next::Relay);
     assert_eq!(h.take_out(), [UPSTREAM_101, b"\x81\x02hi"].concat());
     assert!(h.conn.is_relaying() && h.conn.is_open());
     assert!(
@@ -349,7 +349,7 @@ fn proxy_answers_502_for_a_101_with_the_wrong_accept() {
     let mut h = Harness::proxied();
     h.take_out();
     let wrong = String::from_utf8_lossy(UPSTREAM_101).replace("s3pP", "AAAA");
-    assert_eq!(h.from_upstream(wrong.as_bytes()), Next::HalfClose);
+    assert_eq!(h.upstream_sends(wrong.as_bytes()), Next::HalfClose);
     assert!(h.take_out().starts_with(b"HTTP/1.1 502 "));
 }
 
@@ -358,8 +358,8 @@ fn proxy_passes_a_refusal_through_up_to_its_content_length() {
     let mut h = Harness::proxied();
     h.take_out();
     let refusal = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nno";
-    assert_eq!(h.from_upstream(refusal), Next::Continue);
-    assert_eq!(h.from_upstream(b"pe!and-more"), Next::HalfClose);
+    assert_eq!(h.upstream_sends(refusal), Next::Continue);
+    assert_eq!(h.upstream_sends(b"pe!and-more"), Next::HalfClose);
     assert_eq!(
         h.take_out(),
         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 5\r\n\r\nnope!"
@@ -371,7 +371,7 @@ fn proxy_passes_a_refusal_without_length_through_until_the_upstream_closes() {
     let mut h = Harness::proxied();
     h.take_out();
     assert_eq!(
-        h.from_upstream(b"HTTP/1.1 403 Forbidden\r\n\r\nbody"),
+        h.upstream_sends(b"HTTP/1.1 403 Forbidden\r\n\r\nbody"),
         Next::Continue
     );
     let mut cx = Ctx {
@@ -387,7 +387,7 @@ fn proxy_passes_a_refusal_without_length_through_until_the_upstream_closes() {
 #[test]
 fn a_relay_closes_when_idle() {
     let mut h = Harness::proxied();
-    h.from_upstream(UPSTREAM_101);
+    assert_eq!(h.upstream_sends(UPSTREAM_101), Next::Relay);
     assert_eq!(h.conn.deadline(), Some(h.now + h.config.idle_timeout_ms));
     assert_eq!(h.timeout(), Next::Close);
 }
