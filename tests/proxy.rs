@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{client_frame, exchange, read_head, read_to_close, upgrade_request, Io, Server};
+use common::{client_frame, exchange, read_to_close, upgrade_request, Io, Server};
 use common::{DEADLINE, KEY};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
