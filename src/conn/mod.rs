@@ -269,9 +269,8 @@ impl Conn {
         self.finish()
     }
 
-    /// Proxy mode, once the upstream is connected: appends to `cx.out` the request to send
-    /// it (see [`write_upstream_request`]) followed by any bytes the client sent after its
-    /// request, and starts the wait for the upstream's answer.
+    /// Proxy mode, for each upstream tried: appends to `cx.out` the request to send it (see
+    /// [`write_upstream_request`]) followed by any bytes the client sent after its request.
     pub fn write_upstream_request(&mut self, peers: Peers, cx: &mut Ctx<'_>) {
         if self.phase != Phase::Upstream {
             return;
@@ -282,9 +281,16 @@ impl Conn {
         if write_upstream_request(&buffers.pending[..head_len], peers, forwarding, cx.out) {
             cx.out.extend_from_slice(&buffers.pending[head_len..]);
         }
-        // Only the head is kept: the answer is checked against it.
-        buffers.pending.truncate(head_len);
-        self.deadline = cx.now.saturating_add(cx.config.proxy.response_timeout_ms);
+        // All is kept until the upstream has answered: the answer is checked against the
+        // head, and another upstream may need the same bytes if this one refuses.
+    }
+
+    /// Proxy mode: the upstream's connection is established; its answer is now awaited
+    /// (bounded by the response timeout).
+    pub fn on_upstream_connected(&mut self, cx: &Ctx<'_>) {
+        if self.phase == Phase::Upstream {
+            self.deadline = cx.now.saturating_add(cx.config.proxy.response_timeout_ms);
+        }
     }
 
     /// Proxy mode: bytes from the upstream before the relay starts. A valid 101 is passed

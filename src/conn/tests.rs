@@ -317,6 +317,14 @@ fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101(
     assert!(text.starts_with("GET / HTTP/1.1\r\nHost: a\r\n"), "{text}");
     assert!(text.contains("X-Forwarded-For: 192.0.2.1\r\n"), "{text}");
     assert!(forwarded.ends_with(&masked(true, 1, b"early")));
+    assert_eq!(h.conn.deadline(), Some(h.config.proxy.connect_timeout_ms));
+    let cx = Ctx {
+        config: &h.config,
+        now: h.now,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    h.conn.on_upstream_connected(&cx);
     assert_eq!(h.conn.deadline(), Some(h.config.proxy.response_timeout_ms));
     // The answer arrives in two pieces, the second with a first frame attached.
     assert_eq!(h.upstream_sends(&UPSTREAM_101[..30]), Next::Continue);

@@ -207,6 +207,7 @@ impl Reactor {
             stats: &self.stats,
         };
         client.conn.write_upstream_request(peers, &mut cx);
+        client.conn.on_upstream_connected(&cx);
         link.to_upstream.push(&self.out);
         self.out.clear();
         self.send_to_upstream(key)

@@ -26,7 +26,10 @@ use slab::Slab;
 
 use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
-use crate::proxy::{Peers, Pipe, Upstreams};
+use crate::proxy::Upstreams;
+use relay::Link;
+
+mod relay;
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
 
@@ -68,121 +71,6 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     link: Option<Box<Link>>,
-}
-
-/// Proxy mode: a client's upstream connection and the bytes in transit both ways.
-struct Link {
-    stream: TcpStream,
-    /// Which upstream, to pass it over if it refuses.
-    index: usize,
-    /// Upstreams tried for this client so far.
-    attempts: usize,
-    connected: bool,
-    to_upstream: Pipe,
-    to_client: Pipe,
-    /// Read ends: the client's and the upstream's FIN.
-    client_eof: bool,
-    upstream_eof: bool,
-    /// Write ends we shut down after passing a FIN on.
-    client_shut: bool,
-    upstream_shut: bool,
-}
-
-/// What one pass of moving bytes in one direction did.
-#[derive(Default)]
-struct Flow {
-    moved: bool,
-    /// The read budget ran out with data possibly left.
-    more: bool,
-}
-
-/// Writes as much of `bytes` as the socket takes now.
-fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match to.write(bytes) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Writes what `pipe` holds until it is empty or the socket is full.
-fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
-    while !pipe.is_empty() {
-        let n = write_some(to, pipe.unsent())?;
-        if n == 0 {
-            break;
-        }
-        pipe.consume(n);
-    }
-    Ok(())
-}
-
-/// Moves bytes from `from` to `to`: reads until `WouldBlock` (edge-triggered), the pipe is
-/// full (back-pressure: `from` is read again once `to` drained it) or the budget runs out;
-/// writes straight from the read buffer when nothing is queued, so that the pipe is only
-/// used when `to` is slower than `from`. Passes a FIN on once everything before it is out.
-fn pump(
-    mut from: &TcpStream,
-    to: &TcpStream,
-    pipe: &mut Pipe,
-    eof: &mut bool,
-    shut: &mut bool,
-    buffer: &mut [u8],
-) -> io::Result<Flow> {
-    let mut flow = Flow::default();
-    flush_pipe(to, pipe)?;
-    let mut reads = 0;
-    while !*eof && pipe.room() > 0 {
-        if reads == READ_BUDGET {
-            flow.more = true;
-            break;
-        }
-        reads += 1;
-        let room = pipe.room().min(buffer.len());
-        match from.read(&mut buffer[..room]) {
-            Ok(0) => *eof = true,
-            Ok(n) => {
-                flow.moved = true;
-                let written = if pipe.is_empty() {
-                    write_some(to, &buffer[..n])?
-                } else {
-                    0
-                };
-                pipe.push(&buffer[written..n]);
-                flush_pipe(to, pipe)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if *eof && pipe.is_empty() && !*shut {
-        *shut = true;
-        // The peer may be gone already; the other direction reports that.
-        let _ = to.shutdown(HalfClose::Write);
-    }
-    Ok(flow)
-}
-
-/// Opens a non-blocking connection to `addr`; it completes (or fails) on the first
-/// writable event.
-fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    socket.set_tcp_nodelay(true)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(socket.into()))
 }
 
 /// Whether to read right after accept: yes while recent eager reads mostly found the
@@ -314,8 +202,19 @@ impl Reactor {
                             listener.ready = true;
                         }
                     }
-                    Token(t) if t >= UPSTREAM_BASE => self.drive_upstream(t - UPSTREAM_BASE, now),
-                    Token(key) => self.drive(key, now),
+                    Token(t) if t >= UPSTREAM_BASE => {
+                        let key = t - UPSTREAM_BASE;
+                        if let Some(link) = self.link_with_input(key, event) {
+                            link.upstream_readable = true;
+                        }
+                        self.drive_upstream(key, now)
+                    }
+                    Token(key) => {
+                        if let Some(link) = self.link_with_input(key, event) {
+                            link.client_readable = true;
+                        }
+                        self.drive(key, now)
+                    }
                 }
             }
             match self.shutdown.state() {
@@ -338,6 +237,14 @@ impl Reactor {
                 return Ok(());
             }
         }
+    }
+
+    /// The proxy link of connection `key`, if `event` says one of its sockets has input
+    /// (data, a FIN or an error) to read.
+    fn link_with_input(&mut self, key: usize, event: &mio::event::Event) -> Option<&mut Link> {
+        let input = event.is_readable() || event.is_read_closed() || event.is_error();
+        let link = self.clients.get_mut(key)?.link.as_deref_mut()?;
+        input.then_some(link)
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
@@ -508,7 +415,7 @@ impl Reactor {
         };
         if let (Next::Relay, Some(link)) = (next, client.link.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            link.to_client.push(&self.out);
+            link.push_to_client(&self.out);
             self.out.clear();
         }
         if client.link.is_some() && !client.conn.wants_upstream() {
@@ -628,6 +535,10 @@ impl Reactor {
         } else {
             Interest::READABLE
         };
+        if !client.registered && client.conn.wants_upstream() && !client.conn.is_relaying() {
+            // Proxy mode, waiting for the upstream: the client is not read until it answers.
+            return self.arm_timer(key, now);
+        }
         let registry = self.poll.registry();
         let result = if !client.registered {
             registry.register(&mut client.stream, Token(key), interest)
@@ -641,6 +552,13 @@ impl Reactor {
         }
         client.registered = true;
         client.wants_writable = wants_writable;
+        self.arm_timer(key, now)
+    }
+
+    fn arm_timer(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
         if client.after_flush != AfterFlush::Nothing && client.flush_deadline.is_none() {
             client.flush_deadline = Some(now + self.config.linger_ms);
         }
@@ -651,225 +569,6 @@ impl Reactor {
             Some(_) => {}
             None => self.wheel.cancel(key as u32),
         }
-    }
-
-    /// Proxy mode: opens a connection to the next upstream for client `key`, which has
-    /// tried `attempts` upstreams already; after every upstream refused, 502. Returns
-    /// whether the client is still there.
-    fn connect_upstream(&mut self, key: usize, mut attempts: usize, now: u64) -> bool {
-        let failure = loop {
-            if attempts >= self.upstreams.len() {
-                break None;
-            }
-            let Some((index, addr)) = self.upstreams.pick(now) else {
-                break None;
-            };
-            attempts += 1;
-            let connecting = start_connect(addr).and_then(|mut stream| {
-                self.poll.registry().register(
-                    &mut stream,
-                    Token(UPSTREAM_BASE + key),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(stream)
-            });
-            if connecting.is_err() {
-                Counters::bump(&self.stats.upstream_connect_failures);
-            }
-            match connecting {
-                Ok(stream) => {
-                    let Some(client) = self.clients.get_mut(key) else {
-                        return false;
-                    };
-                    client.link = Some(Box::new(Link {
-                        stream,
-                        index,
-                        attempts,
-                        connected: false,
-                        to_upstream: Pipe::default(),
-                        to_client: Pipe::default(),
-                        client_eof: false,
-                        upstream_eof: false,
-                        client_shut: false,
-                        upstream_shut: false,
-                    }));
-                    return true;
-                }
-                // Out of descriptors or memory is not the upstream's fault: do not pass it
-                // over, and do not try the others either.
-                Err(error) if sys::is_resource_exhaustion(&error) => break Some(error),
-                Err(error) => {
-                    tracing::debug!(%error, %addr, "upstream refused");
-                    self.upstreams.refused(index, now);
-                }
-            }
-        };
-        if let Some(error) = failure {
-            tracing::warn!(%error, "cannot open an upstream connection");
-        }
-        let Some(client) = self.clients.get_mut(key) else {
-            return false;
-        };
-        client.link = None;
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
-        let next = client.conn.on_upstream_failed(&mut cx);
-        self.apply(key, next)
-    }
-
-    /// Proxy mode: an event on client `key`'s upstream socket.
-    fn drive_upstream(&mut self, key: usize, now: u64) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        let Some(link) = client.link.as_mut() else {
-            return;
-        };
-        if !link.connected {
-            // The first writable (or error) edge ends the connect.
-            match (link.stream.take_error(), link.stream.peer_addr()) {
-                (Ok(None), Ok(_)) => {}
-                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
-                (Ok(Some(error)) | Err(error), _) | (_, Err(error)) => {
-                    tracing::debug!(%error, "upstream connection failed");
-                    Counters::bump(&self.stats.upstream_connect_failures);
-                    let (index, attempts) = (link.index, link.attempts);
-                    client.link = None;
-                    self.upstreams.refused(index, now);
-                    if self.connect_upstream(key, attempts, now) {
-                        self.settle(key, now);
-                    }
-                    return;
-                }
-            }
-            link.connected = true;
-            let local = match self.config.proxy.forwarding {
-                crate::proxy::Forwarding::ProxyV2 => client.stream.local_addr().ok(),
-                crate::proxy::Forwarding::Headers => None,
-            };
-            let peers = Peers {
-                client: client.peer,
-                local: local.unwrap_or(client.peer),
-            };
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
-            client.conn.write_upstream_request(peers, &mut cx);
-            link.to_upstream.push(&self.out);
-            self.out.clear();
-        }
-        if client.conn.is_relaying() {
-            return self.relay(key, now);
-        }
-        // Waiting for the answer: send the request, read what came back.
-        let mut failed = flush_pipe(&link.stream, &mut link.to_upstream).is_err();
-        let mut next = Next::Continue;
-        while !failed && next == Next::Continue {
-            let Some(client) = self.clients.get_mut(key) else {
-                return;
-            };
-            let Some(link) = client.link.as_mut() else {
-                break;
-            };
-            let read = (&link.stream).read(&mut self.read_buffer);
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
-            next = match read {
-                Ok(0) => client.conn.on_upstream_eof(&mut cx),
-                Ok(n) => client
-                    .conn
-                    .on_upstream_data(&self.read_buffer[..n], &mut cx),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            };
-            if !self.apply(key, next) {
-                return;
-            }
-        }
-        if failed {
-            let Some(client) = self.clients.get_mut(key) else {
-                return;
-            };
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
-            let next = client.conn.on_upstream_failed(&mut cx);
-            if !self.apply(key, next) {
-                return;
-            }
-        }
-        if next == Next::Relay {
-            return self.relay(key, now);
-        }
-        self.settle(key, now)
-    }
-
-    /// Proxy mode: moves bytes both ways until neither side has more for now; closes the
-    /// pair once both FINs have been passed on, or either side failed.
-    fn relay(&mut self, key: usize, now: u64) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        let Some(link) = client.link.as_mut() else {
-            return self.close(key);
-        };
-        let flows = pump(
-            &client.stream,
-            &link.stream,
-            &mut link.to_upstream,
-            &mut link.client_eof,
-            &mut link.upstream_shut,
-            &mut self.read_buffer,
-        )
-        .and_then(|up| {
-            let down = pump(
-                &link.stream,
-                &client.stream,
-                &mut link.to_client,
-                &mut link.upstream_eof,
-                &mut link.client_shut,
-                &mut self.read_buffer,
-            )?;
-            Ok((up, down))
-        });
-        let Ok((up, down)) = flows else {
-            // A reset (or any error) on one side ends both.
-            return self.close(key);
-        };
-        if link.client_shut && link.upstream_shut {
-            return self.close(key);
-        }
-        if up.moved || down.moved {
-            let cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
-            client.conn.on_relayed(&cx);
-        }
-        if up.more || down.more {
-            self.revisit.push(key);
-        }
-        self.settle(key, now)
     }
 
     fn expire_timers(&mut self, now: u64) {

@@ -1,0 +1,402 @@
+//! Proxy mode on epoll: the upstream connection and the relay.
+//!
+//! # Syscalls per proxied upgrade
+//! The forwarded request is written right after `connect(2)` returns `EINPROGRESS`: on a
+//! fast network (and always on loopback) the connection is established by then, the write
+//! succeeds and no writable event, `SO_ERROR` or `getpeername` is needed to learn it. If the
+//! handshake is still under way the write says `EAGAIN` (and the request waits for the
+//! writable edge); if the upstream refused, the write says so and the next one is tried.
+//! The client socket is registered with epoll only when the relay starts: until the
+//! upstream has answered its bytes stay in the kernel.
+//!
+//! # Draining readiness
+//! Each side's readability is remembered from its events (edge-triggered: an edge comes once)
+//! and cleared when a read says `WouldBlock`, so that an event on one side does not cost a
+//! useless read on the other. A side whose pipe is full is not read, and stays readable: it
+//! is read again as soon as the other side has taken the pipe's bytes.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as HalfClose, SocketAddr};
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
+use crate::conn::{Ctx, Next};
+use crate::proxy::{Forwarding, Peers, Pipe};
+use crate::reactor::sys;
+use crate::stats::Counters;
+
+/// A client's upstream connection and the bytes in transit both ways.
+pub(super) struct Link {
+    stream: TcpStream,
+    /// Which upstream, to pass it over if it refuses.
+    index: usize,
+    /// Upstreams tried for this client so far.
+    attempts: usize,
+    /// The upstream took bytes, so the connection is established: a failure before that
+    /// is a refusal, and the next upstream is tried.
+    confirmed: bool,
+    /// Readiness not yet drained, per side.
+    pub(super) client_readable: bool,
+    pub(super) upstream_readable: bool,
+    to_upstream: Pipe,
+    to_client: Pipe,
+    client_eof: bool,
+    upstream_eof: bool,
+    client_shut: bool,
+    upstream_shut: bool,
+}
+
+impl Link {
+    /// Bytes for the client (the upstream's 101 first).
+    pub(super) fn push_to_client(&mut self, bytes: &[u8]) {
+        self.to_client.push(bytes);
+    }
+}
+
+/// What one pass of moving bytes in one direction did.
+#[derive(Default)]
+struct Flow {
+    moved: bool,
+    /// The read budget ran out with data possibly left.
+    more: bool,
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match to.write(bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes what `pipe` holds until it is empty or the socket is full.
+fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
+    while !pipe.is_empty() {
+        let n = write_some(to, pipe.unsent())?;
+        if n == 0 {
+            break;
+        }
+        pipe.consume(n);
+    }
+    Ok(())
+}
+
+/// One direction of a relay: its source, its pipe and the state of its FIN.
+struct Direction<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    pipe: &'a mut Pipe,
+    readable: &'a mut bool,
+    eof: &'a mut bool,
+    shut: &'a mut bool,
+}
+
+/// Moves bytes from `from` to `to`: reads while the source is readable and the pipe has
+/// room, up to a budget; writes straight from the read buffer when nothing is queued, so
+/// that the pipe only fills when `to` is slower than `from`. Passes a FIN on once
+/// everything before it is out.
+fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
+    let mut flow = Flow::default();
+    flush_pipe(d.to, d.pipe)?;
+    let mut reads = 0;
+    while *d.readable && !*d.eof && d.pipe.room() > 0 {
+        if reads == READ_BUDGET {
+            flow.more = true;
+            break;
+        }
+        reads += 1;
+        let room = d.pipe.room().min(buffer.len());
+        match (&*d.from).read(&mut buffer[..room]) {
+            Ok(0) => *d.eof = true,
+            Ok(n) => {
+                flow.moved = true;
+                let written = if d.pipe.is_empty() {
+                    write_some(d.to, &buffer[..n])?
+                } else {
+                    0
+                };
+                d.pipe.push(&buffer[written..n]);
+                flush_pipe(d.to, d.pipe)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *d.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if *d.eof && d.pipe.is_empty() && !*d.shut {
+        *d.shut = true;
+        // The peer may be gone already; the other direction reports that.
+        let _ = d.to.shutdown(HalfClose::Write);
+    }
+    Ok(flow)
+}
+
+/// Starts a non-blocking connection to `addr`.
+fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    // Relayed frames are written as they come: Nagle would hold small ones back.
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+impl Reactor {
+    /// Opens a connection to the next upstream for client `key`, which has tried
+    /// `attempts` upstreams already, and writes the forwarded request to it; after every
+    /// upstream refused, 502. Returns whether the client is still there.
+    pub(super) fn connect_upstream(&mut self, key: usize, mut attempts: usize, now: u64) -> bool {
+        let failure = loop {
+            if attempts >= self.upstreams.len() {
+                break None;
+            }
+            let Some((index, addr)) = self.upstreams.pick(now) else {
+                break None;
+            };
+            attempts += 1;
+            let Some(client) = self.clients.get_mut(key) else {
+                return false;
+            };
+            let mut link = match start_connect(addr) {
+                Ok(stream) => Box::new(Link {
+                    stream,
+                    index,
+                    attempts,
+                    confirmed: false,
+                    // A client read before is not drained; one never registered reports
+                    // its readiness when it is.
+                    client_readable: client.registered,
+                    upstream_readable: false,
+                    to_upstream: Pipe::default(),
+                    to_client: Pipe::default(),
+                    client_eof: false,
+                    upstream_eof: false,
+                    client_shut: false,
+                    upstream_shut: false,
+                }),
+                // Out of descriptors or memory is not the upstream's fault: do not pass it
+                // over, and do not try the others either.
+                Err(error) if sys::is_resource_exhaustion(&error) => break Some(error),
+                Err(error) => {
+                    tracing::debug!(%error, %addr, "cannot connect to an upstream");
+                    Counters::bump(&self.stats.upstream_connect_failures);
+                    self.upstreams.refused(index, now);
+                    continue;
+                }
+            };
+            let local = match self.config.proxy.forwarding {
+                Forwarding::ProxyV2 => client.stream.local_addr().ok(),
+                Forwarding::Headers => None,
+            };
+            let peers = Peers {
+                client: client.peer,
+                local: local.unwrap_or(client.peer),
+            };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            client.conn.write_upstream_request(peers, &mut cx);
+            link.to_upstream.push(&self.out);
+            self.out.clear();
+            match flush_pipe(&link.stream, &mut link.to_upstream) {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::debug!(%error, %addr, "upstream refused");
+                    Counters::bump(&self.stats.upstream_connect_failures);
+                    self.upstreams.refused(index, now);
+                    continue;
+                }
+            }
+            if link.to_upstream.is_empty() {
+                link.confirmed = true;
+                let cx = Ctx {
+                    config: &self.config,
+                    now,
+                    out: &mut self.out,
+                    stats: &self.stats,
+                };
+                client.conn.on_upstream_connected(&cx);
+            }
+            if let Err(error) = self.poll.registry().register(
+                &mut link.stream,
+                Token(UPSTREAM_BASE + key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                break Some(error);
+            }
+            client.link = Some(link);
+            return true;
+        };
+        if let Some(error) = failure {
+            tracing::warn!(%error, "cannot open an upstream connection");
+            Counters::bump(&self.stats.upstream_connect_failures);
+        }
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
+        client.link = None;
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        let next = client.conn.on_upstream_failed(&mut cx);
+        self.apply(key, next)
+    }
+
+    /// An event on client `key`'s upstream socket.
+    pub(super) fn drive_upstream(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(link) = client.link.as_mut() else {
+            return;
+        };
+        if client.conn.is_relaying() {
+            return self.relay(key, now);
+        }
+        // Waiting for the answer: finish sending the request, read what came back.
+        let before = link.to_upstream.len();
+        if let Err(error) = flush_pipe(&link.stream, &mut link.to_upstream) {
+            if !link.confirmed {
+                // The connect failed: try the next upstream.
+                tracing::debug!(%error, "upstream refused");
+                Counters::bump(&self.stats.upstream_connect_failures);
+                let (index, attempts) = (link.index, link.attempts);
+                client.link = None;
+                self.upstreams.refused(index, now);
+                if self.connect_upstream(key, attempts, now) {
+                    self.settle(key, now);
+                }
+                return;
+            }
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            let next = client.conn.on_upstream_failed(&mut cx);
+            if self.apply(key, next) {
+                self.settle(key, now);
+            }
+            return;
+        }
+        if !link.confirmed && link.to_upstream.len() < before {
+            link.confirmed = true;
+            let cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            client.conn.on_upstream_connected(&cx);
+        }
+        let mut next = Next::Continue;
+        while next == Next::Continue {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let Some(link) = client.link.as_mut().filter(|l| l.upstream_readable) else {
+                break;
+            };
+            let read = (&link.stream).read(&mut self.read_buffer);
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            next = match read {
+                Ok(0) => client.conn.on_upstream_eof(&mut cx),
+                Ok(n) => client
+                    .conn
+                    .on_upstream_data(&self.read_buffer[..n], &mut cx),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    link.upstream_readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => client.conn.on_upstream_failed(&mut cx),
+            };
+            if !self.apply(key, next) {
+                return;
+            }
+        }
+        if next == Next::Relay {
+            return self.relay(key, now);
+        }
+        self.settle(key, now)
+    }
+
+    /// Moves bytes both ways until neither side has more for now; closes the pair once
+    /// both FINs have been passed on, or either side failed.
+    pub(super) fn relay(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(link) = client.link.as_mut() else {
+            return self.close(key);
+        };
+        let up = pump(
+            Direction {
+                from: &client.stream,
+                to: &link.stream,
+                pipe: &mut link.to_upstream,
+                readable: &mut link.client_readable,
+                eof: &mut link.client_eof,
+                shut: &mut link.upstream_shut,
+            },
+            &mut self.read_buffer,
+        );
+        let down = pump(
+            Direction {
+                from: &link.stream,
+                to: &client.stream,
+                pipe: &mut link.to_client,
+                readable: &mut link.upstream_readable,
+                eof: &mut link.upstream_eof,
+                shut: &mut link.client_shut,
+            },
+            &mut self.read_buffer,
+        );
+        let (Ok(up), Ok(down)) = (up, down) else {
+            // A reset (or any error) on one side ends both.
+            return self.close(key);
+        };
+        if link.client_shut && link.upstream_shut {
+            return self.close(key);
+        }
+        if up.moved || down.moved {
+            let cx = Ctx {
+                config: &self.config,
+                now,
+                out: &mut self.out,
+                stats: &self.stats,
+            };
+            client.conn.on_relayed(&cx);
+        }
+        if up.more || down.more {
+            self.revisit.push(key);
+        }
+        self.settle(key, now)
+    }
+}
