@@ -460,7 +460,85 @@ fn half_closes_are_passed_both_ways(io: Io) {
     assert_eq!(got, b"from client");
 }
 
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn bulk_bytes_arrive_whole_and_in_order_both_ways_before_the_fins(io: Io) {
+    const LEN: usize = 4 << 20;
+    let (got_tx, got_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let sending = thread::spawn(move || {
+            writer.write_all(&pattern(LEN, 1)).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let _ = got_tx.send(read_to_close(&mut stream, Vec::new()));
+        sending.join().unwrap();
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    let mut writer = stream.try_clone().unwrap();
+    let sending = thread::spawn(move || {
+        writer.write_all(&pattern(LEN, 2)).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let received = read_to_close(&mut stream, head.rest);
+    sending.join().unwrap();
+    assert!(
+        received == pattern(LEN, 1),
+        "upstream to client: {} bytes",
+        received.len()
+    );
+    let got = got_rx.recv_timeout(DEADLINE).expect("upstream saw our FIN");
+    assert!(
+        got == pattern(LEN, 2),
+        "client to upstream: {} bytes",
+        got.len()
+    );
+}
+
+fn a_client_that_does_not_read_holds_back_the_upstream(io: Io) {
+    const OFFERED: usize = 256 << 20;
+    let (written_tx, written_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        // Blocks once every buffer on the way is full; two seconds without progress ends it.
+        stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0;
+        while written < OFFERED {
+            match stream.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        let _ = written_tx.send(written);
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    let written = written_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream's writes stalled");
+    // Socket buffers on both hops (a few MiB each at most) plus two 64 KiB pipes: far from
+    // what was offered, which wsedge would otherwise have had to hold.
+    assert!(
+        written < 64 << 20,
+        "{written} bytes went into a client that reads nothing"
+    );
+    drop(stream);
+}
+
 on_both_backends!(
+    a_client_that_does_not_read_holds_back_the_upstream,
+    bulk_bytes_arrive_whole_and_in_order_both_ways_before_the_fins,
     echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings,
     the_upstreams_subprotocol_choice_is_passed_through,
     the_upstreams_close_code_is_passed_through,
