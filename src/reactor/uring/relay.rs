@@ -18,7 +18,8 @@ use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
-use super::{user_data, Op, Reactor, BUFFER_SIZE};
+use super::buf_ring::BufRing;
+use super::{user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
 use crate::conn::Ctx;
 use crate::proxy::{Peers, Pipe};
 use crate::reactor::sys;
@@ -36,6 +37,10 @@ pub(super) struct Link {
     connecting: bool,
     connected: bool,
     recv_armed: bool,
+    /// Which receive is armed on the upstream: `UpRecv` or `UpRelayRecv`.
+    recv_op: Op,
+    /// The client's armed receive is a `RelayRecv` (into the relay buffers).
+    pub(super) client_recv_relay: bool,
     send_in_flight: bool,
     /// A send of `to_client` to the client is in flight.
     pub(super) client_send_in_flight: bool,
@@ -71,6 +76,14 @@ fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
     )?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into_raw_fd())
+}
+
+/// The buffer ring a receive of kind `op` was armed with.
+fn ring_for<'a>(small: &'a mut BufRing, relay: &'a mut Option<BufRing>, op: Op) -> &'a mut BufRing {
+    match (op, relay) {
+        (Op::RelayRecv | Op::UpRelayRecv, Some(relay)) => relay,
+        _ => small,
+    }
 }
 
 fn close_now(fd: RawFd) {
@@ -122,6 +135,8 @@ impl Reactor {
                     connecting: false,
                     connected: false,
                     recv_armed: false,
+                    recv_op: Op::UpRecv,
+                    client_recv_relay: false,
                     send_in_flight: false,
                     client_send_in_flight: false,
                     to_upstream: Pipe::default(),
@@ -280,6 +295,9 @@ impl Reactor {
     /// connected; each only while the pipe it feeds has room.
     pub(super) fn arm_relay_recvs(&mut self, key: usize) -> io::Result<()> {
         let group = self.buffers.group();
+        let Some(relay_group) = self.relay_buffers.as_ref().map(|b| b.group()) else {
+            return Ok(());
+        };
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
@@ -294,16 +312,17 @@ impl Reactor {
         let mut entries: [Option<squeue::Entry>; 2] = [None, None];
         if relaying && !client.recv_armed && !link.client_eof && link.to_upstream.room() > 0 {
             client.recv_armed = true;
+            link.client_recv_relay = true;
             entries[0] = Some(
                 opcode::Recv::new(
                     types::Fd(client.fd),
                     std::ptr::null_mut(),
-                    BUFFER_SIZE as u32,
+                    RELAY_BUFFER_SIZE as u32,
                 )
-                .buf_group(group)
+                .buf_group(relay_group)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
-                .user_data(user_data(key, Op::Recv)),
+                .user_data(user_data(key, Op::RelayRecv)),
             );
         }
         let upstream_wanted = if relaying {
@@ -318,12 +337,18 @@ impl Reactor {
             && upstream_wanted
         {
             link.recv_armed = true;
+            // The answer is small; relayed bytes may not be.
+            let (op, group, size) = match relaying {
+                true => (Op::UpRelayRecv, relay_group, RELAY_BUFFER_SIZE),
+                false => (Op::UpRecv, group, BUFFER_SIZE),
+            };
+            link.recv_op = op;
             entries[1] = Some(
-                opcode::Recv::new(types::Fd(link.fd), std::ptr::null_mut(), BUFFER_SIZE as u32)
+                opcode::Recv::new(types::Fd(link.fd), std::ptr::null_mut(), size as u32)
                     .buf_group(group)
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
-                    .user_data(user_data(key, Op::UpRecv)),
+                    .user_data(user_data(key, op)),
             );
         }
         client.in_flight += entries.iter().flatten().count() as u8;
@@ -347,16 +372,18 @@ impl Reactor {
             return Ok(());
         };
         client.recv_armed = false;
+        let ring = ring_for(&mut self.buffers, &mut self.relay_buffers, Op::RelayRecv);
         let Some(link) = client.link.as_mut().filter(|_| !client.closing) else {
             if let Some(bid) = buffer {
-                self.buffers.recycle(bid);
+                ring.recycle(bid);
             }
             return Ok(());
         };
+        link.client_recv_relay = false;
         match (result, buffer) {
             (n, Some(bid)) if n > 0 => {
-                link.to_upstream.push(self.buffers.get(bid, n as usize));
-                self.buffers.recycle(bid);
+                link.to_upstream.push(ring.get(bid, n as usize));
+                ring.recycle(bid);
                 let cx = Ctx {
                     config: &self.config,
                     now,
@@ -382,6 +409,7 @@ impl Reactor {
     pub(super) fn on_upstream_recv(
         &mut self,
         key: usize,
+        op: Op,
         result: i32,
         flags: u32,
         now: u64,
@@ -394,9 +422,10 @@ impl Reactor {
             return Ok(());
         };
         link.recv_armed = false;
+        let ring = ring_for(&mut self.buffers, &mut self.relay_buffers, op);
         if link.retired || client.closing {
             if let Some(bid) = buffer {
-                self.buffers.recycle(bid);
+                ring.recycle(bid);
             }
             return Ok(());
         }
@@ -413,8 +442,8 @@ impl Reactor {
         if client.conn.is_relaying() {
             return match (result, buffer) {
                 (n, Some(bid)) if n > 0 => {
-                    link.to_client.push(self.buffers.get(bid, n as usize));
-                    self.buffers.recycle(bid);
+                    link.to_client.push(ring.get(bid, n as usize));
+                    ring.recycle(bid);
                     client.conn.on_relayed(&cx);
                     self.send_to_client(key)
                 }
@@ -429,8 +458,8 @@ impl Reactor {
             (n, Some(bid)) if n > 0 => {
                 let next = client
                     .conn
-                    .on_upstream_data(self.buffers.get(bid, n as usize), &mut cx);
-                self.buffers.recycle(bid);
+                    .on_upstream_data(ring.get(bid, n as usize), &mut cx);
+                ring.recycle(bid);
                 next
             }
             (0, _) => client.conn.on_upstream_eof(&mut cx),
@@ -537,7 +566,7 @@ impl Reactor {
         let mut entries = Vec::with_capacity(4);
         for (armed, op) in [
             (link.connecting, Op::Connect),
-            (link.recv_armed, Op::UpRecv),
+            (link.recv_armed, link.recv_op),
             (link.send_in_flight, Op::UpSend),
         ] {
             if armed {
