@@ -55,17 +55,31 @@ impl Upstreams {
         Some((index, self.addrs[index]))
     }
 
-    /// Upstream `index` refused a connection (or could not be reached).
-    pub fn refused(&mut self, index: usize, now: u64) {
-        if let Some(until) = self.down_until.get_mut(index) {
-            *until = now + REFUSED_BACKOFF_MS;
+    /// Upstream `index` refused a connection (or could not be reached) with `error`.
+    /// Logged once per backoff, not once per client: a down upstream under a storm would
+    /// otherwise flood the log.
+    pub fn refused(&mut self, index: usize, now: u64, error: &std::io::Error) {
+        let Some(until) = self.down_until.get_mut(index) else {
+            return;
+        };
+        if *until <= now {
+            tracing::warn!(
+                upstream = %self.addrs[index],
+                %error,
+                "upstream refused a connection; passing it over for {REFUSED_BACKOFF_MS} ms"
+            );
         }
+        *until = now + REFUSED_BACKOFF_MS;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+    }
 
     fn pool() -> Upstreams {
         let addrs: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
@@ -85,7 +99,7 @@ mod tests {
     #[test]
     fn a_refuser_is_skipped_until_its_backoff_ends() {
         let mut pool = pool();
-        pool.refused(1, 100);
+        pool.refused(1, 100, &refused());
         let picks: Vec<usize> = (0..3).map(|_| pool.pick(200).unwrap().0).collect();
         assert_eq!(picks, [0, 2, 0]);
         assert_eq!(pool.pick(100 + REFUSED_BACKOFF_MS).unwrap().0, 1);
@@ -95,7 +109,7 @@ mod tests {
     fn when_all_refused_the_next_is_tried_anyway() {
         let mut pool = pool();
         for i in 0..3 {
-            pool.refused(i, 0);
+            pool.refused(i, 0, &refused());
         }
         assert_eq!(pool.pick(1).unwrap().0, 0);
         assert_eq!(pool.pick(1).unwrap().0, 1);

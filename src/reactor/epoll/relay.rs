@@ -302,9 +302,8 @@ impl Reactor {
                 // over, and do not try the others either.
                 Err(error) if sys::is_resource_exhaustion(&error) => break Some(error),
                 Err(error) => {
-                    tracing::debug!(%error, %addr, "cannot connect to an upstream");
                     Counters::bump(&self.stats.upstream_connect_failures);
-                    self.upstreams.refused(index, now);
+                    self.upstreams.refused(index, now, &error);
                     continue;
                 }
             };
@@ -328,9 +327,8 @@ impl Reactor {
             match flush_pipe(&link.stream, &mut link.to_upstream) {
                 Ok(()) => {}
                 Err(error) => {
-                    tracing::debug!(%error, %addr, "upstream refused");
                     Counters::bump(&self.stats.upstream_connect_failures);
-                    self.upstreams.refused(index, now);
+                    self.upstreams.refused(index, now, &error);
                     continue;
                 }
             }
@@ -388,11 +386,10 @@ impl Reactor {
         if let Err(error) = flush_pipe(&link.stream, &mut link.to_upstream) {
             if !link.confirmed {
                 // The connect failed: try the next upstream.
-                tracing::debug!(%error, "upstream refused");
                 Counters::bump(&self.stats.upstream_connect_failures);
                 let (index, attempts) = (link.index, link.attempts);
                 client.link = None;
-                self.upstreams.refused(index, now);
+                self.upstreams.refused(index, now, &error);
                 if self.connect_upstream(key, attempts, now) {
                     self.settle(key, now);
                 }

@@ -193,12 +193,11 @@ impl Reactor {
         }
         if result < 0 {
             let error = io::Error::from_raw_os_error(-result);
-            tracing::debug!(%error, "upstream connection failed");
             Counters::bump(&self.stats.upstream_connect_failures);
             close_now(link.fd);
             link.fd = -1;
             let (index, attempts) = (link.index, link.attempts);
-            self.upstreams.refused(index, now);
+            self.upstreams.refused(index, now, &error);
             return self.connect_upstream(key, attempts, now);
         }
         link.connected = true;
