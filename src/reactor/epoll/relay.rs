@@ -128,8 +128,21 @@ fn drain_splice_pipe(kernel: &mut SplicePipe, to: &TcpStream) -> io::Result<()> 
     Ok(())
 }
 
+/// Which end of a direction failed (a reset, or any other error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    Source,
+    Sink,
+}
+
+/// Makes the next close of `stream` a reset: a transparent relay passes a reset on, and it
+/// spares the surviving peer the FIN exchange and a TIME_WAIT entry.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
 /// What one pass of moving bytes in one direction did.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Flow {
     moved: bool,
     /// The read budget ran out with data possibly left.
@@ -175,11 +188,11 @@ struct Direction<'a> {
 /// room, up to a budget; writes straight from the read buffer when nothing is queued, so
 /// that the pipe only fills when `to` is slower than `from`. Passes a FIN on once
 /// everything before it is out.
-fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
+fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
     let mut flow = Flow::default();
-    flush_pipe(d.to, d.pipe)?;
+    flush_pipe(d.to, d.pipe).map_err(|_| Broken::Sink)?;
     if let Some(kernel) = d.kernel.as_deref_mut().filter(|_| d.pipe.is_empty()) {
-        drain_splice_pipe(kernel, d.to)?;
+        drain_splice_pipe(kernel, d.to).map_err(|_| Broken::Sink)?;
     }
     let mut reads = 0;
     while *d.readable && !*d.eof && d.pipe.room() > 0 {
@@ -199,7 +212,7 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
                 Ok(n) => {
                     flow.moved = true;
                     kernel.len += n;
-                    drain_splice_pipe(kernel, d.to)?;
+                    drain_splice_pipe(kernel, d.to).map_err(|_| Broken::Sink)?;
                 }
                 // With bytes in the pipe this may mean the pipe is full (its slots hold
                 // partial pages): the source stays readable until the pipe drains.
@@ -210,7 +223,7 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => return Err(Broken::Source),
             }
             continue;
         }
@@ -220,12 +233,12 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
             Ok(n) => {
                 flow.moved = true;
                 let written = if d.pipe.is_empty() {
-                    write_some(d.to, &buffer[..n])?
+                    write_some(d.to, &buffer[..n]).map_err(|_| Broken::Sink)?
                 } else {
                     0
                 };
                 d.pipe.push(&buffer[written..n]);
-                flush_pipe(d.to, d.pipe)?;
+                flush_pipe(d.to, d.pipe).map_err(|_| Broken::Sink)?;
                 if n >= SPLICE_THRESHOLD {
                     // Out of descriptors: stay on copies.
                     *d.kernel = SplicePipe::new().ok().map(Box::new);
@@ -233,7 +246,7 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> io::Result<Flow> {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => *d.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(_) => return Err(Broken::Source),
         }
     }
     let kernel_empty = d.kernel.as_ref().is_none_or(|k| k.len == 0);
@@ -487,9 +500,20 @@ impl Reactor {
             },
             &mut self.read_buffer,
         );
-        let (Ok(up), Ok(down)) = (up, down) else {
-            // A reset (or any error) on one side ends both.
-            return self.close(key);
+        let (up, down) = match (up, down) {
+            (Ok(up), Ok(down)) => (up, down),
+            (up, down) => {
+                // A reset (or any error) on one side ends both; the survivor is reset too.
+                let client_broken = up == Err(Broken::Source) || down == Err(Broken::Sink);
+                let upstream_broken = up == Err(Broken::Sink) || down == Err(Broken::Source);
+                if !upstream_broken {
+                    reset_on_close(&link.stream);
+                }
+                if !client_broken {
+                    reset_on_close(&client.stream);
+                }
+                return self.close(key);
+            }
         };
         if link.client_shut && link.upstream_shut {
             return self.close(key);

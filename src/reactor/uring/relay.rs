@@ -25,6 +25,13 @@ use crate::proxy::{Peers, Pipe};
 use crate::reactor::sys;
 use crate::stats::Counters;
 
+/// One end of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
 /// A client's upstream connection and the bytes in transit both ways.
 pub(super) struct Link {
     fd: RawFd,
@@ -400,7 +407,7 @@ impl Reactor {
                 self.rearm.push(key);
                 Ok(())
             }
-            _ => self.begin_close(key),
+            _ => self.relay_broken(key, Side::Client),
         }
     }
 
@@ -450,7 +457,7 @@ impl Reactor {
                     link.upstream_eof = true;
                     self.pass_fins(key)
                 }
-                _ => self.begin_close(key),
+                _ => self.relay_broken(key, Side::Upstream),
             };
         }
         let next = match (result, buffer) {
@@ -480,7 +487,7 @@ impl Reactor {
         }
         if result < 0 {
             if client.conn.is_relaying() {
-                return self.begin_close(key);
+                return self.relay_broken(key, Side::Upstream);
             }
             return self.upstream_failed(key, now);
         }
@@ -501,11 +508,43 @@ impl Reactor {
             return Ok(());
         }
         if result < 0 {
-            return self.begin_close(key);
+            return self.relay_broken(key, Side::Client);
         }
         link.to_client.consume(result as usize);
         self.send_to_client(key)?;
         self.pass_fins(key)
+    }
+
+    /// `broken` failed (a reset, or any other error) while relaying: both sides close, the
+    /// survivor with a reset, as a transparent relay passes it on (which also spares that
+    /// peer the FIN exchange and a TIME_WAIT entry).
+    fn relay_broken(&mut self, key: usize, broken: Side) -> io::Result<()> {
+        let Some(client) = self.clients.get(key).filter(|c| !c.closing) else {
+            return Ok(());
+        };
+        let survivor = match (broken, client.link.as_ref()) {
+            (Side::Client, Some(link)) if !link.retired && link.fd >= 0 => Some(link.fd),
+            (Side::Upstream, _) => Some(client.fd),
+            _ => None,
+        };
+        if let Some(fd) = survivor {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: `fd` is open (the slot is not closing, the link not retired) and the
+            // option value is a live local of the size passed.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    std::ptr::addr_of!(linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+        }
+        self.begin_close(key)
     }
 
     /// Passes each side's FIN to the other once everything before it is out; closes the
