@@ -536,7 +536,128 @@ fn a_client_that_does_not_read_holds_back_the_upstream(io: Io) {
     drop(stream);
 }
 
+/// A tungstenite echo server: a third-party upstream that needs no Python.
+fn tungstenite_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let Ok(mut socket) = tungstenite::accept(stream) else {
+                    return;
+                };
+                while let Ok(message) = socket.read() {
+                    if message.is_text() || message.is_binary() {
+                        let _ = socket.send(message);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn a_tungstenite_upstream_echoes_through_the_proxy(io: Io) {
+    let server = proxy(io, &[tungstenite_upstream()], &[]);
+    let (mut socket, response) = tungstenite_client(&server, "/", None);
+    assert_eq!(response.status(), 101);
+    for size in [0, 1, 200_000] {
+        let blob = pattern(size, 3);
+        socket.send(Message::binary(blob.clone())).unwrap();
+        assert_eq!(socket.read().unwrap(), Message::binary(blob));
+    }
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    match socket.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected the upstream's close echo, got {other:?}"),
+    }
+}
+
+fn a_silent_relay_is_closed_at_the_idle_timeout(io: Io) {
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let _ = closed_tx.send(read_to_close(&mut stream, Vec::new()));
+    });
+    let server = proxy(io, &[upstream], &["--idle-timeout-ms", "300"]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    assert!(read_to_close(&mut stream, head.rest).is_empty());
+    closed_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream side closed too");
+}
+
+fn sigterm_closes_relays_and_exits_0(io: Io) {
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let mut server = proxy(io, &[upstream], &["--drain-secs", "0"]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    server.signal(libc::SIGTERM);
+    assert!(read_to_close(&mut stream, head.rest).is_empty());
+    assert!(server.wait_exit().success());
+}
+
+fn upstream_failures_show_in_metrics(io: Io) {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = proxy(io, &[dead], &["--metrics", "127.0.0.1:0"]);
+    for _ in 0..2 {
+        let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+        assert_eq!(head.status, 502);
+    }
+    let metrics = server.log();
+    let metrics = metrics
+        .split("metrics=")
+        .nth(1)
+        .and_then(|m| m.split([',', ' ']).next())
+        .unwrap()
+        .to_owned();
+    let mut stream = TcpStream::connect(&metrics).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let text = read_to_close(&mut stream, Vec::new());
+    let text = String::from_utf8_lossy(&text);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        value("wsedge_upstream_connect_failures_total"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"wsedge_rejections_total{status="502""#),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        server.log().contains("upstream refused a connection"),
+        "{}",
+        server.log()
+    );
+}
+
 on_both_backends!(
+    a_tungstenite_upstream_echoes_through_the_proxy,
+    a_silent_relay_is_closed_at_the_idle_timeout,
+    sigterm_closes_relays_and_exits_0,
+    upstream_failures_show_in_metrics,
     a_client_that_does_not_read_holds_back_the_upstream,
     bulk_bytes_arrive_whole_and_in_order_both_ways_before_the_fins,
     echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings,
