@@ -169,7 +169,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 let state = if signal == SIGQUIT { shutdown.escalate_to_abort() } else { shutdown.escalate() };
                 match state {
                     ShutdownState::Draining => tracing::info!(
-                        "signal {signal}: draining (stop accepting, finish handshakes, close with 1001); \
+                        "signal {signal}: draining (stop accepting, finish handshakes, close upgraded connections); \
                          send it again to exit at once"
                     ),
                     _ => tracing::info!("signal {signal}: exiting now"),
@@ -180,7 +180,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let totals = server.join().context("a reactor failed")?;
     tracing::info!(
         "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
-         protocol_errors={} accept_pauses={} admission_rejections={}",
+         protocol_errors={} accept_pauses={} admission_rejections={} \
+         upstream_connect_failures={} upstream_timeouts={} upstream_refusals_passed={}",
         totals.accepted,
         totals.upgraded,
         totals.rejected,
@@ -188,7 +189,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         totals.idle_timeouts,
         totals.protocol_errors,
         totals.accept_pauses,
-        totals.admission_rejections
+        totals.admission_rejections,
+        totals.upstream_connect_failures,
+        totals.upstream_timeouts,
+        totals.upstream_refusals_passed
     );
     Ok(())
 }
@@ -241,13 +245,17 @@ fn spawn_stats_logger(
             let handshaking: u64 = counters.iter().map(|c| c.handshaking.load(Relaxed)).sum();
             tracing::info!(
                 "stats: {:.0} accepts/s, {:.0} upgrades/s, {:.0} rejections/s, {:.0} admission refusals/s, \
-                 {:.0} handshake timeouts/s, open={open}, handshaking={handshaking}, accept_pauses={}",
+                 {:.0} handshake timeouts/s, open={open}, handshaking={handshaking}, accept_pauses={}, \
+                 upstream: {:.0} connect failures/s, {:.0} timeouts/s, {:.0} refusals passed/s",
                 rate(now.accepted, last.accepted),
                 rate(now.upgraded, last.upgraded),
                 rate(now.rejected, last.rejected),
                 rate(now.admission_rejections, last.admission_rejections),
                 rate(now.handshake_timeouts, last.handshake_timeouts),
                 now.accept_pauses,
+                rate(now.upstream_connect_failures, last.upstream_connect_failures),
+                rate(now.upstream_timeouts, last.upstream_timeouts),
+                rate(now.upstream_refusals_passed, last.upstream_refusals_passed),
             );
             last = now;
         }

@@ -87,6 +87,9 @@ impl Counters {
             total.closed += c.closed.load(Relaxed);
             total.accept_pauses += c.accept_pauses.load(Relaxed);
             total.admission_rejections += c.admission_rejections.load(Relaxed);
+            total.upstream_connect_failures += c.upstream_connect_failures.load(Relaxed);
+            total.upstream_timeouts += c.upstream_timeouts.load(Relaxed);
+            total.upstream_refusals_passed += c.upstream_refusals_passed.load(Relaxed);
         }
         total
     }
@@ -105,4 +108,7 @@ pub struct Snapshot {
     pub closed: u64,
     pub accept_pauses: u64,
     pub admission_rejections: u64,
+    pub upstream_connect_failures: u64,
+    pub upstream_timeouts: u64,
+    pub upstream_refusals_passed: u64,
 }
