@@ -653,7 +653,86 @@ fn upstream_failures_show_in_metrics(io: Io) {
     );
 }
 
+fn out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins(io: Io) {
+    let upstream = tungstenite_upstream();
+    // 64 descriptors, two per relayed client: room for fewer than 30 of the 60.
+    let upstream_arg = upstream.to_string();
+    let server = Server::start_with(
+        io,
+        &[
+            "--after",
+            "proxy",
+            "--upstream",
+            &upstream_arg,
+            "--threads",
+            "1",
+        ],
+        |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 64,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let request = upgrade_request("/", &[]);
+    let mut streams: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
+    for stream in &mut streams {
+        stream.write_all(&request).unwrap();
+    }
+    server.wait_for_log("resources exhausted");
+    let cpu_before = server.cpu_time();
+    let wall = std::time::Instant::now();
+    thread::sleep(std::time::Duration::from_millis(1000));
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < wall.elapsed() / 4,
+        "burned {cpu:?} while out of descriptors"
+    );
+
+    let (mut answered, mut waiting) = (Vec::new(), Vec::new());
+    for stream in streams {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut probe = [0u8; 1];
+        match stream.peek(&mut probe) {
+            Ok(n) => {
+                assert!(n > 0, "a client was closed without an answer");
+                answered.push(stream);
+            }
+            Err(_) => waiting.push(stream),
+        }
+    }
+    assert!(
+        !waiting.is_empty(),
+        "all 60 answered under a 64-descriptor limit"
+    );
+    // Answered clients leave: every queued one must now get its 101, or a 503 if the edge
+    // ran out of descriptors for its upstream connection (never a 502: no upstream failed).
+    drop(answered);
+    for stream in &mut waiting {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let head = common::read_head(stream);
+        match head.status {
+            101 => {}
+            503 => assert!(head.header("Retry-After").is_some()),
+            status => panic!("{status}"),
+        }
+    }
+}
+
 on_both_backends!(
+    out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins,
     a_tungstenite_upstream_echoes_through_the_proxy,
     a_silent_relay_is_closed_at_the_idle_timeout,
     sigterm_closes_relays_and_exits_0,

@@ -138,6 +138,14 @@ impl Admission {
         low + self.random_below(u64::from(high - low) + 1) as u32
     }
 
+    /// The answer to a client the reactor cannot serve for lack of resources (no descriptor
+    /// for its upstream connection): 503 with a jittered `Retry-After`, as over a limit.
+    pub(crate) fn overloaded(&mut self) -> crate::handshake::Rejection {
+        crate::handshake::Rejection::Overloaded {
+            retry_after_secs: self.retry_after(),
+        }
+    }
+
     /// Decides on a connection just accepted from `peer`, with `open` connections already
     /// held. `Ok(ip_key)` admits it (its handshake and address are counted; pass the key to
     /// [`Admission::connection_closed`]); `Err` is the refusal to send: 503 over the

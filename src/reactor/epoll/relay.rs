@@ -365,10 +365,6 @@ impl Reactor {
             client.link = Some(link);
             return true;
         };
-        if let Some(error) = failure {
-            tracing::warn!(%error, "cannot open an upstream connection");
-            Counters::bump(&self.stats.upstream_connect_failures);
-        }
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
@@ -379,7 +375,16 @@ impl Reactor {
             out: &mut self.out,
             stats: &self.stats,
         };
-        let next = client.conn.on_upstream_failed(&mut cx);
+        let next = match failure {
+            // Out of descriptors or memory: the edge is overloaded, not the upstream down.
+            // Stop accepting for a while (queued clients wait in the kernel instead of being
+            // accepted into the same fate) and tell this one to come back later.
+            Some(error) => {
+                self.accept_pause.pause(now, &error, &self.stats);
+                client.conn.refuse(self.admission.overloaded(), &mut cx)
+            }
+            None => client.conn.on_upstream_failed(&mut cx),
+        };
         self.apply(key, next)
     }
 

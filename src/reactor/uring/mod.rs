@@ -437,9 +437,20 @@ impl Reactor {
             return Ok(());
         }
         // Out of descriptors or memory: re-arming at once would spin on failing completions.
-        self.accept_pause.pause(now, &error, &self.stats);
-        if cqueue::more(flags) {
-            // Still armed: cancel it so that it is re-armed after the pause.
+        self.pause_accepting(now, &error)
+    }
+
+    /// Pauses accepting after `error`: every armed multishot accept is cancelled, and
+    /// re-armed once the pause is over.
+    fn pause_accepting(&mut self, now: u64, error: &io::Error) -> io::Result<()> {
+        if self.accept_pause.is_paused(now) {
+            return Ok(());
+        }
+        self.accept_pause.pause(now, error, &self.stats);
+        for index in 0..self.listeners.len() {
+            if !self.listeners[index].armed {
+                continue;
+            }
             let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
                 .build()
                 .user_data(user_data(WAKE_KEY, Op::Cancel));

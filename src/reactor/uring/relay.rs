@@ -118,10 +118,7 @@ impl Reactor {
             let fd = match upstream_socket(addr) {
                 Ok(fd) => fd,
                 Err(error) if sys::is_resource_exhaustion(&error) => {
-                    // Not the upstream's fault: do not pass it over.
-                    tracing::warn!(%error, "cannot open an upstream connection");
-                    Counters::bump(&self.stats.upstream_connect_failures);
-                    return self.upstream_failed(key, now);
+                    return self.edge_exhausted(key, &error, now);
                 }
                 Err(error) => {
                     tracing::debug!(%error, %addr, "cannot open an upstream socket");
@@ -171,6 +168,25 @@ impl Reactor {
             // SAFETY: the address lives in the boxed link, which outlives the slot's operations.
             return unsafe { self.push(&connect) };
         }
+    }
+
+    /// Out of descriptors or memory for an upstream socket: the edge is overloaded, not the
+    /// upstream down. Accepting pauses (queued clients wait in the kernel instead of being
+    /// accepted into the same fate) and this client is told to come back later (503).
+    fn edge_exhausted(&mut self, key: usize, error: &io::Error, now: u64) -> io::Result<()> {
+        self.pause_accepting(now, error)?;
+        let rejection = self.admission.overloaded();
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        let next = client.conn.refuse(rejection, &mut cx);
+        self.apply(key, next)
     }
 
     fn upstream_failed(&mut self, key: usize, now: u64) -> io::Result<()> {
