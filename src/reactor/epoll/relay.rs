@@ -18,9 +18,12 @@
 //!
 //! # Draining readiness
 //! Each side's readability is remembered from its events (edge-triggered: an edge comes once)
-//! and cleared when a read says `WouldBlock`, so that an event on one side does not cost a
-//! useless read on the other. A side whose pipe is full is not read, and stays readable: it
-//! is read again as soon as the other side has taken the pipe's bytes.
+//! and cleared when a read says `WouldBlock` or comes back short (the socket was emptied, so
+//! the next arrival raises a new edge; that saves the read that would say `WouldBlock`). A
+//! FIN reported with the event is the exception: it stays queued behind a short read, so such
+//! a side is read to its end (nginx's `ngx_unix_recv` does the same with `pending_eof`). An
+//! event on one side thus costs no read on the other. A side whose pipe is full is not read,
+//! and stays readable: it is read again as soon as the other side has taken the pipe's bytes.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as HalfClose, SocketAddr};
@@ -48,6 +51,10 @@ pub(super) struct Link {
     /// Readiness not yet drained, per side.
     pub(super) client_readable: bool,
     pub(super) upstream_readable: bool,
+    /// An event reported the side's FIN (or an error): read it to the end, a short read
+    /// does not mean drained.
+    pub(super) client_hup: bool,
+    pub(super) upstream_hup: bool,
     to_upstream: Pipe,
     to_client: Pipe,
     /// Kernel pipes of the directions that switched to `splice`.
@@ -180,6 +187,7 @@ struct Direction<'a> {
     pipe: &'a mut Pipe,
     kernel: &'a mut Option<Box<SplicePipe>>,
     readable: &'a mut bool,
+    hup: bool,
     eof: &'a mut bool,
     shut: &'a mut bool,
 }
@@ -232,6 +240,10 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
             Ok(0) => *d.eof = true,
             Ok(n) => {
                 flow.moved = true;
+                if n < room && !d.hup {
+                    // Drained: the next byte raises a new edge (see "Draining readiness").
+                    *d.readable = false;
+                }
                 let written = if d.pipe.is_empty() {
                     write_some(d.to, &buffer[..n]).map_err(|_| Broken::Sink)?
                 } else {
@@ -302,6 +314,8 @@ impl Reactor {
                     // its readiness when it is.
                     client_readable: client.registered,
                     upstream_readable: false,
+                    client_hup: false,
+                    upstream_hup: false,
                     to_upstream: Pipe::default(),
                     to_client: Pipe::default(),
                     splice_to_upstream: None,
@@ -452,9 +466,14 @@ impl Reactor {
             };
             next = match read {
                 Ok(0) => client.conn.on_upstream_eof(&mut cx),
-                Ok(n) => client
-                    .conn
-                    .on_upstream_data(&self.read_buffer[..n], &mut cx),
+                Ok(n) => {
+                    if n < self.read_buffer.len() && !link.upstream_hup {
+                        link.upstream_readable = false;
+                    }
+                    client
+                        .conn
+                        .on_upstream_data(&self.read_buffer[..n], &mut cx)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     link.upstream_readable = false;
                     break;
@@ -488,6 +507,7 @@ impl Reactor {
                 pipe: &mut link.to_upstream,
                 kernel: &mut link.splice_to_upstream,
                 readable: &mut link.client_readable,
+                hup: link.client_hup,
                 eof: &mut link.client_eof,
                 shut: &mut link.upstream_shut,
             },
@@ -500,6 +520,7 @@ impl Reactor {
                 pipe: &mut link.to_client,
                 kernel: &mut link.splice_to_client,
                 readable: &mut link.upstream_readable,
+                hup: link.upstream_hup,
                 eof: &mut link.upstream_eof,
                 shut: &mut link.client_shut,
             },
