@@ -118,7 +118,8 @@ def run(bins, options):
 
 
 def report(records, versions, options):
-    print("\nupgrades through an edge: medians of rounds (min-max); CPU is the edge's (the upstream's for direct)")
+    print("\nupgrades through an edge: medians of rounds (min-max); CPU is the edge's (the upstream's for direct); "
+          "ratios vs nginx are medians of per-round ratios")
     for concurrency in options.concurrency:
         rows = [r for r in records if r["kind"] == "upgrades" and r["concurrency"] == concurrency]
         names = list(dict.fromkeys(r["contender"] for r in rows))
@@ -128,11 +129,18 @@ def report(records, versions, options):
         print("| edge | version | upgrades/s | edge CPU per upgrade | upgrades per edge CPU-second | p50 | p99 | errors "
               "| rate vs nginx | upgrades per CPU-s vs nginx |")
         print("|---|---|---|---|---|---|---|---|---|---|")
+        nginx = {r["round"]: r for r in rows if r["contender"] == "nginx proxy"}
+
+        def paired(mine, ratio):
+            """Median over rounds of a ratio against nginx's run of the same round: a round
+            in which the machine was slower for everyone cancels out."""
+            return median([ratio(r, nginx[r["round"]]) for r in mine if r["round"] in nginx])
+
         for name in names:
             mine = [r for r in rows if r["contender"] == name]
             rates = [r["upgrades_per_sec"] for r in mine]
-            vs_rate = rate[name] / rate["nginx proxy"] if "nginx proxy" in rate else float("nan")
-            vs_cpu = cpu["nginx proxy"] / cpu[name] if "nginx proxy" in cpu else float("nan")
+            vs_rate = paired(mine, lambda a, b: a["upgrades_per_sec"] / b["upgrades_per_sec"])
+            vs_cpu = paired(mine, lambda a, b: b["cpu_us_per_upgrade"] / a["cpu_us_per_upgrade"])
             print(f"| {name} | {versions.get(name, 'wsedge --after close (the upstream)')} "
                   f"| {median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
                   f"| {cpu[name]:.2f} µs | {1e6 / cpu[name]:,.0f} "

@@ -530,8 +530,12 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        // A relay keeps both interests: edges are cheap, re-registering is a syscall.
-        let wants_writable = !client.conn.unsent().is_empty() || client.conn.is_relaying();
+        // A relayed client keeps writability once added (see `update_upstream_interest`).
+        let wants_writable = !client.conn.unsent().is_empty()
+            || client
+                .link
+                .as_ref()
+                .is_some_and(|l| l.client_blocked() || client.wants_writable);
         let interest = if wants_writable {
             Interest::READABLE | Interest::WRITABLE
         } else {

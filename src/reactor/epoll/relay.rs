@@ -48,6 +48,14 @@ pub(super) struct Link {
     /// The upstream took bytes, so the connection is established: a failure before that
     /// is a refusal, and the next upstream is tried.
     confirmed: bool,
+    /// `TCP_NODELAY` is set on the upstream socket. Not before the first relayed byte: the
+    /// forwarded request is one write, which Nagle never delays, and many connections
+    /// (clients that only listen, or leave at once) never send one, so they are spared a
+    /// syscall. Client sockets inherit it from the listener.
+    upstream_nodelay: bool,
+    client_nodelay: bool,
+    /// The upstream socket is registered for writability too.
+    upstream_writable_interest: bool,
     /// Readiness not yet drained, per side.
     pub(super) client_readable: bool,
     pub(super) upstream_readable: bool,
@@ -70,6 +78,20 @@ impl Link {
     /// Bytes for the client (the upstream's 101 first).
     pub(super) fn push_to_client(&mut self, bytes: &[u8]) {
         self.to_client.push(bytes);
+    }
+
+    /// Whether bytes wait for the client's socket to take them (its writable edge resumes
+    /// the relay).
+    pub(super) fn client_blocked(&self) -> bool {
+        !self.to_client.is_empty() || self.splice_to_client.as_ref().is_some_and(|k| k.len > 0)
+    }
+
+    /// Whether the upstream socket has to report writability: the connect or the request
+    /// is not through yet, or relayed bytes wait for it.
+    fn upstream_blocked(&self) -> bool {
+        !self.confirmed
+            || !self.to_upstream.is_empty()
+            || self.splice_to_upstream.as_ref().is_some_and(|k| k.len > 0)
     }
 }
 
@@ -188,6 +210,8 @@ struct Direction<'a> {
     kernel: &'a mut Option<Box<SplicePipe>>,
     readable: &'a mut bool,
     hup: bool,
+    /// Set once `to` has `TCP_NODELAY` (see [`Link::upstream_nodelay`]).
+    nodelay: &'a mut bool,
     eof: &'a mut bool,
     shut: &'a mut bool,
 }
@@ -219,6 +243,7 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
                 Ok(0) => *d.eof = true,
                 Ok(n) => {
                     flow.moved = true;
+                    set_nodelay_once(d.to, d.nodelay);
                     kernel.len += n;
                     drain_splice_pipe(kernel, d.to).map_err(|_| Broken::Sink)?;
                 }
@@ -240,6 +265,7 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
             Ok(0) => *d.eof = true,
             Ok(n) => {
                 flow.moved = true;
+                set_nodelay_once(d.to, d.nodelay);
                 if n < room && !d.hup {
                     // Drained: the next byte raises a new edge (see "Draining readiness").
                     *d.readable = false;
@@ -270,6 +296,15 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
     Ok(flow)
 }
 
+/// Sets `TCP_NODELAY` on `to` before the first relayed write: relayed frames are written
+/// as they come, and Nagle would hold small ones back behind unacknowledged data.
+fn set_nodelay_once(to: &TcpStream, done: &mut bool) {
+    if !*done {
+        *done = true;
+        let _ = to.set_nodelay(true);
+    }
+}
+
 /// Starts a non-blocking connection to `addr`.
 fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
@@ -278,8 +313,6 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
-    // Relayed frames are written as they come: Nagle would hold small ones back.
-    socket.set_tcp_nodelay(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -312,6 +345,9 @@ impl Reactor {
                     confirmed: false,
                     // A client read before is not drained; one never registered reports
                     // its readiness when it is.
+                    upstream_nodelay: false,
+                    client_nodelay: true,
+                    upstream_writable_interest: false,
                     client_readable: client.registered,
                     upstream_readable: false,
                     client_hup: false,
@@ -369,10 +405,17 @@ impl Reactor {
                 };
                 client.conn.on_upstream_connected(&cx);
             }
+            // Writability matters only once something waits to be written: an interest in it
+            // now would bring a useless event per connection.
+            link.upstream_writable_interest = link.upstream_blocked();
+            let interest = match link.upstream_writable_interest {
+                true => Interest::READABLE | Interest::WRITABLE,
+                false => Interest::READABLE,
+            };
             if let Err(error) = self.poll.registry().register(
                 &mut link.stream,
                 Token(UPSTREAM_BASE + key),
-                Interest::READABLE | Interest::WRITABLE,
+                interest,
             ) {
                 break Some(error);
             }
@@ -400,6 +443,35 @@ impl Reactor {
             None => client.conn.on_upstream_failed(&mut cx),
         };
         self.apply(key, next)
+    }
+
+    /// Adds writability to the upstream socket's interest the first time bytes wait for
+    /// it. The interest is then kept: edge-triggered, it costs a wake-up only after a write
+    /// found the socket full, which is exactly when one is wanted, while dropping it again
+    /// would cost a syscall per episode. Returns false if the registration failed (the
+    /// pair is then closed).
+    fn update_upstream_interest(&mut self, key: usize) -> bool {
+        let Some(link) = self
+            .clients
+            .get_mut(key)
+            .and_then(|c| c.link.as_deref_mut())
+        else {
+            return true;
+        };
+        if link.upstream_writable_interest || !link.upstream_blocked() {
+            return true;
+        }
+        link.upstream_writable_interest = true;
+        let registered = self.poll.registry().reregister(
+            &mut link.stream,
+            Token(UPSTREAM_BASE + key),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if registered.is_err() {
+            self.close(key);
+            return false;
+        }
+        true
     }
 
     /// An event on client `key`'s upstream socket.
@@ -488,7 +560,9 @@ impl Reactor {
         if next == Next::Relay {
             return self.relay(key, now);
         }
-        self.settle(key, now)
+        if self.update_upstream_interest(key) {
+            self.settle(key, now)
+        }
     }
 
     /// Moves bytes both ways until neither side has more for now; closes the pair once
@@ -508,6 +582,7 @@ impl Reactor {
                 kernel: &mut link.splice_to_upstream,
                 readable: &mut link.client_readable,
                 hup: link.client_hup,
+                nodelay: &mut link.upstream_nodelay,
                 eof: &mut link.client_eof,
                 shut: &mut link.upstream_shut,
             },
@@ -521,6 +596,7 @@ impl Reactor {
                 kernel: &mut link.splice_to_client,
                 readable: &mut link.upstream_readable,
                 hup: link.upstream_hup,
+                nodelay: &mut link.client_nodelay,
                 eof: &mut link.upstream_eof,
                 shut: &mut link.client_shut,
             },
@@ -556,6 +632,8 @@ impl Reactor {
         if up.more || down.more {
             self.revisit.push(key);
         }
-        self.settle(key, now)
+        if self.update_upstream_interest(key) {
+            self.settle(key, now)
+        }
     }
 }

@@ -41,6 +41,10 @@ pub(super) struct Link {
     index: usize,
     /// Upstreams tried for this client so far.
     attempts: usize,
+    /// `TCP_NODELAY` is set on the upstream socket: before the first relayed byte, not at
+    /// connect (the forwarded request is one send, which Nagle never delays, and many
+    /// connections never relay a byte upstream).
+    nodelay: bool,
     connecting: bool,
     connected: bool,
     recv_armed: bool,
@@ -81,7 +85,6 @@ fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
-    socket.set_tcp_nodelay(true)?;
     Ok(socket.into_raw_fd())
 }
 
@@ -136,6 +139,7 @@ impl Reactor {
                     addr: addr.into(),
                     index,
                     attempts: 0,
+                    nodelay: false,
                     connecting: false,
                     connected: false,
                     recv_armed: false,
@@ -381,6 +385,17 @@ impl Reactor {
         Ok(())
     }
 
+    /// Sets `TCP_NODELAY` on the upstream socket once, before its first relayed byte.
+    fn upstream_nodelay_once(link: &mut Link) {
+        if link.nodelay {
+            return;
+        }
+        link.nodelay = true;
+        // SAFETY: the descriptor is open (the link is not retired: checked by the caller).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(link.fd) };
+        let _ = socket2::SockRef::from(&borrowed).set_tcp_nodelay(true);
+    }
+
     /// The client's bytes, while relaying.
     pub(super) fn on_relay_recv(
         &mut self,
@@ -404,6 +419,9 @@ impl Reactor {
         link.client_recv_relay = false;
         match (result, buffer) {
             (n, Some(bid)) if n > 0 => {
+                if !link.retired {
+                    Self::upstream_nodelay_once(link);
+                }
                 link.to_upstream.push(ring.get(bid, n as usize));
                 ring.recycle(bid);
                 let cx = Ctx {
