@@ -116,6 +116,14 @@ impl SplicePipe {
         }
         // SAFETY: pipe2 succeeded: both descriptors are fresh and owned by nothing else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Past `fs.pipe-user-pages-soft` (64 MiB of pipes per user, about a thousand pipes,
+        // for users without CAP_SYS_RESOURCE) the kernel makes new pipes one page: a splice
+        // in 4 KiB steps costs more than the copies it saves.
+        // SAFETY: F_GETPIPE_SZ takes no argument; the descriptor was just created.
+        let size = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        if size < SPLICE_PIPE_CAPACITY as i32 {
+            return Err(io::Error::other("pipe smaller than 64 KiB"));
+        }
         Ok(SplicePipe {
             read,
             write,
