@@ -108,6 +108,16 @@ impl TimerWheel {
         self.len -= 1;
     }
 
+    /// Makes `key`'s deadline `deadline` (none: cancelled), touching the wheel only if it
+    /// changes: the backends call this after every event of a connection.
+    pub fn set(&mut self, key: u32, deadline: Option<u64>) {
+        match deadline {
+            Some(at) if self.deadline(key) != Some(at) => self.schedule(key, at),
+            Some(_) => {}
+            None => self.cancel(key),
+        }
+    }
+
     /// The deadline scheduled for `key`.
     pub fn deadline(&self, key: u32) -> Option<u64> {
         self.entries

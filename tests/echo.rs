@@ -10,7 +10,7 @@ use std::io::Write;
 use common::{client_frame, exchange, read_exact, read_to_close, upgrade_request, Server};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Error, Message};
+use tungstenite::Message;
 
 /// A tungstenite client over a socket with read and write deadlines, so that a server that
 /// never answers fails the test instead of hanging it.
@@ -49,14 +49,7 @@ fn tungstenite_upgrades_negotiates_echoes_pings_and_closes_cleanly(io: Io) {
         Message::Pong(b"are you there".to_vec().into())
     );
 
-    socket.close(None).unwrap();
-    loop {
-        match socket.read() {
-            Ok(Message::Close(_)) => continue,
-            Err(Error::ConnectionClosed) => break,
-            other => panic!("expected a clean close, got {other:?}"),
-        }
-    }
+    common::close_cleanly(&mut socket);
 }
 
 fn close_code_is_echoed(io: Io) {

@@ -19,7 +19,7 @@ use common::{client_frame, exchange, read_to_close, upgrade_request, Io, Server}
 use common::{DEADLINE, KEY};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Error, Message};
+use tungstenite::Message;
 
 /// The Python `websockets` app server, stopped on drop.
 struct PythonUpstream {
@@ -214,14 +214,7 @@ fn echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings(io: Io) {
         socket.read().unwrap(),
         Message::Pong(b"beat".to_vec().into())
     );
-    socket.close(None).unwrap();
-    loop {
-        match socket.read() {
-            Ok(Message::Close(_)) => continue,
-            Err(Error::ConnectionClosed) => break,
-            other => panic!("expected a clean close, got {other:?}"),
-        }
-    }
+    common::close_cleanly(&mut socket);
 }
 
 fn the_upstreams_subprotocol_choice_is_passed_through(io: Io) {
@@ -657,33 +650,15 @@ fn out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins(io: Io) {
     let upstream = tungstenite_upstream();
     // 64 descriptors, two per relayed client: room for fewer than 30 of the 60.
     let upstream_arg = upstream.to_string();
-    let server = Server::start_with(
-        io,
-        &[
-            "--after",
-            "proxy",
-            "--upstream",
-            &upstream_arg,
-            "--threads",
-            "1",
-        ],
-        |command| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and touches only the child.
-            unsafe {
-                command.pre_exec(|| {
-                    let limit = libc::rlimit {
-                        rlim_cur: 64,
-                        rlim_max: 64,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
-    );
+    let args = [
+        "--after",
+        "proxy",
+        "--upstream",
+        &upstream_arg,
+        "--threads",
+        "1",
+    ];
+    let server = Server::start_with(io, &args, common::fd_limit(64));
     let request = upgrade_request("/", &[]);
     let mut streams: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
     for stream in &mut streams {

@@ -47,22 +47,7 @@ fn a_thousand_concurrent_clients_on_two_threads_all_upgrade(io: Io) {
 
 fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client(io: Io) {
     // 64 descriptors: room for about 50 clients; 80 connect.
-    let server = Server::start_with(io, &["--threads", "1"], |command| {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe and touches only the child.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 64,
-                    rlim_max: 64,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let server = Server::start_with(io, &["--threads", "1"], common::fd_limit(64));
     let request = upgrade_request("/", &[]);
     let mut streams: Vec<TcpStream> = (0..80).map(|_| server.connect()).collect();
     for stream in &mut streams {

@@ -4,6 +4,19 @@
 //! Where things happen: listener setup in [`listener`], `accept4` and the event loop in
 //! [`epoll`], the syscalls that need `unsafe` in [`sys`].
 
+/// The [`Ctx`](crate::conn::Ctx) of one call into a connection, from a reactor's fields
+/// (a macro, not a method, so that it borrows only those fields and not the whole reactor).
+macro_rules! ctx {
+    ($reactor:ident, $now:expr) => {
+        crate::conn::Ctx {
+            config: &$reactor.config,
+            now: $now,
+            out: &mut $reactor.out,
+            stats: &$reactor.stats,
+        }
+    };
+}
+
 pub mod epoll;
 pub mod listener;
 pub mod per_ip;

@@ -85,3 +85,13 @@ pub fn is_transient_accept_error(error: &io::Error) -> bool {
             Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
         )
 }
+
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family, not yet connected: an
+/// upstream connection in proxy mode.
+pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )
+}

@@ -296,3 +296,35 @@ pub fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
     stream.read_exact(&mut buf).expect("read_exact");
     buf
 }
+
+/// A hook for [`Server::start_with`]: the server may open at most `limit` descriptors.
+pub fn fd_limit(limit: u64) -> impl FnOnce(&mut Command) {
+    move |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Starts the close handshake and reads until it completes cleanly.
+pub fn close_cleanly(socket: &mut tungstenite::WebSocket<TcpStream>) {
+    socket.close(None).unwrap();
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(_)) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
+}

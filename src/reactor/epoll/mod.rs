@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
-use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::conn::{Conn, ConnConfig, Next};
 use crate::proxy::Upstreams;
 use relay::Link;
 
@@ -71,6 +71,25 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     link: Option<Box<Link>>,
+}
+
+impl Client {
+    /// A connection not counted by admission, read only once registered.
+    fn new(stream: TcpStream, conn: Conn, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            conn,
+            handshaking: false,
+            ip_key: 0,
+            eager: false,
+            registered: false,
+            wants_writable: false,
+            after_flush: AfterFlush::Nothing,
+            flush_deadline: None,
+            peer,
+            link: None,
+        }
+    }
 }
 
 /// Whether to read right after accept: yes while recent eager reads mostly found the
@@ -298,19 +317,8 @@ impl Reactor {
             Err(refusal) => return self.refuse(stream, peer, refusal, now),
         };
         let eager = self.eager_reads.read_first();
-        let client = Client {
-            stream,
-            conn: Conn::new(&self.config, now),
-            handshaking: true,
-            ip_key,
-            eager,
-            registered: false,
-            wants_writable: false,
-            after_flush: AfterFlush::Nothing,
-            flush_deadline: None,
-            peer,
-            link: None,
-        };
+        let mut client = Client::new(stream, Conn::new(&self.config, now), peer);
+        (client.handshaking, client.ip_key, client.eager) = (true, ip_key, eager);
         let key = self.clients.insert(client);
         if eager {
             // With the request already queued, the connection may finish without ever
@@ -331,26 +339,9 @@ impl Reactor {
     ) {
         Counters::bump(&self.stats.admission_rejections);
         let mut conn = Conn::new(&self.config, now);
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         let next = conn.refuse(refusal, &mut cx);
-        let key = self.clients.insert(Client {
-            stream,
-            conn,
-            handshaking: false,
-            ip_key: 0,
-            eager: false,
-            registered: false,
-            wants_writable: false,
-            after_flush: AfterFlush::Nothing,
-            flush_deadline: None,
-            peer,
-            link: None,
-        });
+        let key = self.clients.insert(Client::new(stream, conn, peer));
         if self.apply(key, next) {
             self.settle(key, now);
         }
@@ -381,12 +372,7 @@ impl Reactor {
             if std::mem::take(&mut client.eager) {
                 self.eager_reads.learn(matches!(read, Ok(n) if n > 0));
             }
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let (next, drained) = match read {
                 Ok(0) => (client.conn.on_eof(&mut cx), true),
                 Ok(n) => (
@@ -515,12 +501,7 @@ impl Reactor {
             };
             if client.conn.is_open() {
                 let (close_at, code) = self.admission.drain_close();
-                let mut cx = Ctx {
-                    config: &self.config,
-                    now,
-                    out: &mut self.out,
-                    stats: &self.stats,
-                };
+                let mut cx = ctx!(self, now);
                 let next = client.conn.on_shutdown(close_at, code, &mut cx);
                 if !self.apply(key, next) {
                     return;
@@ -568,13 +549,8 @@ impl Reactor {
         if client.after_flush != AfterFlush::Nothing && client.flush_deadline.is_none() {
             client.flush_deadline = Some(now + self.config.linger_ms);
         }
-        match client.conn.deadline().or(client.flush_deadline) {
-            Some(deadline) if self.wheel.deadline(key as u32) != Some(deadline) => {
-                self.wheel.schedule(key as u32, deadline)
-            }
-            Some(_) => {}
-            None => self.wheel.cancel(key as u32),
-        }
+        self.wheel
+            .set(key as u32, client.conn.deadline().or(client.flush_deadline));
     }
 
     fn expire_timers(&mut self, now: u64) {
@@ -589,12 +565,7 @@ impl Reactor {
                 self.close(key);
                 continue;
             }
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let next = client.conn.on_timeout(&mut cx);
             if self.apply(key, next) {
                 self.settle(key, now);

@@ -33,7 +33,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
-use crate::conn::{Ctx, Next};
+use crate::conn::Next;
 use crate::proxy::{Forwarding, Peers, Pipe};
 use crate::reactor::sys;
 use crate::stats::Counters;
@@ -315,12 +315,7 @@ fn set_nodelay_once(to: &TcpStream, done: &mut bool) {
 
 /// Starts a non-blocking connection to `addr`.
 fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
+    let socket = sys::upstream_socket(addr)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -386,12 +381,7 @@ impl Reactor {
                 client: client.peer,
                 local: local.unwrap_or(client.peer),
             };
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             client.conn.write_upstream_request(peers, &mut cx);
             link.to_upstream.push(&self.out);
             self.out.clear();
@@ -405,12 +395,7 @@ impl Reactor {
             }
             if link.to_upstream.is_empty() {
                 link.confirmed = true;
-                let cx = Ctx {
-                    config: &self.config,
-                    now,
-                    out: &mut self.out,
-                    stats: &self.stats,
-                };
+                let cx = ctx!(self, now);
                 client.conn.on_upstream_connected(&cx);
             }
             // Writability matters only once something waits to be written: an interest in it
@@ -434,12 +419,7 @@ impl Reactor {
             return false;
         };
         client.link = None;
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         let next = match failure {
             // Out of descriptors or memory: the edge is overloaded, not the upstream down.
             // Stop accepting for a while (queued clients wait in the kernel instead of being
@@ -507,12 +487,7 @@ impl Reactor {
                 }
                 return;
             }
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let next = client.conn.on_upstream_failed(&mut cx);
             if self.apply(key, next) {
                 self.settle(key, now);
@@ -521,12 +496,7 @@ impl Reactor {
         }
         if !link.confirmed && link.to_upstream.len() < before {
             link.confirmed = true;
-            let cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let cx = ctx!(self, now);
             client.conn.on_upstream_connected(&cx);
         }
         let mut next = Next::Continue;
@@ -538,12 +508,7 @@ impl Reactor {
                 break;
             };
             let read = (&link.stream).read(&mut self.read_buffer);
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             next = match read {
                 Ok(0) => client.conn.on_upstream_eof(&mut cx),
                 Ok(n) => {
@@ -629,12 +594,7 @@ impl Reactor {
             return self.close(key);
         }
         if up.moved || down.moved {
-            let cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let cx = ctx!(self, now);
             client.conn.on_relayed(&cx);
         }
         if up.more || down.more {

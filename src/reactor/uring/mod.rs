@@ -33,7 +33,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
-use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::conn::{Conn, ConnConfig, Next};
 use crate::proxy::Upstreams;
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -484,12 +484,7 @@ impl Reactor {
             // Over a limit: answer 503 or 429 at once, without reading the request, then linger.
             Counters::bump(&self.stats.admission_rejections);
             let client = &mut self.clients[key];
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let next = client.conn.refuse(refusal, &mut cx);
             self.apply(key, next)?;
         }
@@ -592,32 +587,44 @@ impl Reactor {
             false => Op::Recv,
         };
         self.retire_upstream(key)?;
-        let Some(client) = self.clients.get_mut(key) else {
+        let Some(client) = self.clients.get(key) else {
             return Ok(());
         };
-        let mut entries = Vec::with_capacity(4);
-        for (armed, op) in [
+        let in_flight = [
             (client.recv_armed, recv_op),
             (client.send_in_flight, Op::Send),
             (relay_send, Op::RelaySend),
-        ] {
-            if armed {
-                entries.push(
-                    opcode::AsyncCancel::new(user_data(key, op))
-                        .build()
-                        .user_data(user_data(key, Op::Cancel)),
-                );
-            }
-        }
-        entries.push(
-            opcode::Close::new(types::Fd(client.fd))
+        ];
+        self.cancel_and_close(key, in_flight, client.fd, Op::Close)
+    }
+
+    /// Cancels the operations of slot `key` flagged in `in_flight`, then closes `fd`; the
+    /// close completes as `close_op`. Through the ring, so that the close comes after the
+    /// cancels.
+    fn cancel_and_close<const N: usize>(
+        &mut self,
+        key: usize,
+        in_flight: [(bool, Op); N],
+        fd: RawFd,
+        close_op: Op,
+    ) -> io::Result<()> {
+        let cancels = in_flight.into_iter().filter(|&(armed, _)| armed);
+        let mut submitted = 0u8;
+        for (_, op) in cancels {
+            let cancel = opcode::AsyncCancel::new(user_data(key, op))
                 .build()
-                .user_data(user_data(key, Op::Close)),
-        );
-        client.in_flight += entries.len() as u8;
-        for entry in &entries {
-            // SAFETY: cancels and closes reference no memory.
-            unsafe { self.push(entry)? };
+                .user_data(user_data(key, Op::Cancel));
+            // SAFETY: a cancel references no memory.
+            unsafe { self.push(&cancel)? };
+            submitted += 1;
+        }
+        let close = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data(key, close_op));
+        // SAFETY: a close references no memory.
+        unsafe { self.push(&close)? };
+        if let Some(client) = self.clients.get_mut(key) {
+            client.in_flight += submitted + 1;
         }
         Ok(())
     }
@@ -651,24 +658,14 @@ impl Reactor {
                     let Some(bid) = buffer else {
                         return self.begin_close(key);
                     };
-                    let mut cx = Ctx {
-                        config: &self.config,
-                        now,
-                        out: &mut self.out,
-                        stats: &self.stats,
-                    };
+                    let mut cx = ctx!(self, now);
                     let next = client
                         .conn
                         .on_data(self.buffers.get(bid, result as usize), &mut cx);
                     self.buffers.recycle(bid);
                     self.apply(key, next)?;
                 } else if result == 0 {
-                    let mut cx = Ctx {
-                        config: &self.config,
-                        now,
-                        out: &mut self.out,
-                        stats: &self.stats,
-                    };
+                    let mut cx = ctx!(self, now);
                     let next = client.conn.on_eof(&mut cx);
                     self.apply(key, next)?;
                 } else if result == -libc::ENOBUFS {
@@ -802,12 +799,7 @@ impl Reactor {
         }
         if self.draining && client.conn.is_open() {
             let (close_at, code) = self.admission.drain_close();
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let next = client.conn.on_shutdown(close_at, code, &mut cx);
             self.apply(key, next)?;
         }
@@ -821,13 +813,8 @@ impl Reactor {
         if client.after_send != AfterSend::Nothing && client.flush_deadline.is_none() {
             client.flush_deadline = Some(now + self.config.linger_ms);
         }
-        match client.conn.deadline().or(client.flush_deadline) {
-            Some(deadline) if self.wheel.deadline(key as u32) != Some(deadline) => {
-                self.wheel.schedule(key as u32, deadline)
-            }
-            Some(_) => {}
-            None => self.wheel.cancel(key as u32),
-        }
+        self.wheel
+            .set(key as u32, client.conn.deadline().or(client.flush_deadline));
         Ok(())
     }
 
@@ -849,12 +836,7 @@ impl Reactor {
                 self.begin_close(key)?;
                 continue;
             }
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out: &mut self.out,
-                stats: &self.stats,
-            };
+            let mut cx = ctx!(self, now);
             let next = client.conn.on_timeout(&mut cx);
             self.apply(key, next)?;
             self.settle(key, now)?;

@@ -20,7 +20,6 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BufRing;
 use super::{user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
-use crate::conn::Ctx;
 use crate::proxy::{Peers, Pipe};
 use crate::reactor::sys;
 use crate::stats::Counters;
@@ -77,17 +76,6 @@ fn socket_addr(fd: RawFd, local: bool) -> Option<SocketAddr> {
     addr.ok()?.as_socket()
 }
 
-/// A non-blocking TCP socket for `addr`, not yet connected.
-fn upstream_socket(addr: SocketAddr) -> io::Result<RawFd> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    Ok(socket.into_raw_fd())
-}
-
 /// The buffer ring a receive of kind `op` was armed with.
 fn ring_for<'a>(small: &'a mut BufRing, relay: &'a mut Option<BufRing>, op: Op) -> &'a mut BufRing {
     match (op, relay) {
@@ -118,8 +106,8 @@ impl Reactor {
                 return self.upstream_failed(key, now);
             };
             attempts += 1;
-            let fd = match upstream_socket(addr) {
-                Ok(fd) => fd,
+            let fd = match sys::upstream_socket(addr) {
+                Ok(socket) => socket.into_raw_fd(),
                 Err(error) if sys::is_resource_exhaustion(&error) => {
                     return self.edge_exhausted(key, &error, now);
                 }
@@ -183,12 +171,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         let next = client.conn.refuse(rejection, &mut cx);
         self.apply(key, next)
     }
@@ -197,12 +180,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         let next = client.conn.on_upstream_failed(&mut cx);
         self.apply(key, next)
     }
@@ -241,12 +219,7 @@ impl Reactor {
             client: client_addr,
             local: local.unwrap_or(client_addr),
         };
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         client.conn.write_upstream_request(peers, &mut cx);
         client.conn.on_upstream_connected(&cx);
         link.to_upstream.push(&self.out);
@@ -424,12 +397,7 @@ impl Reactor {
                 }
                 link.to_upstream.push(ring.get(bid, n as usize));
                 ring.recycle(bid);
-                let cx = Ctx {
-                    config: &self.config,
-                    now,
-                    out: &mut self.out,
-                    stats: &self.stats,
-                };
+                let cx = ctx!(self, now);
                 client.conn.on_relayed(&cx);
                 self.send_to_upstream(key)
             }
@@ -473,12 +441,7 @@ impl Reactor {
             self.rearm.push(key);
             return Ok(());
         }
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out: &mut self.out,
-            stats: &self.stats,
-        };
+        let mut cx = ctx!(self, now);
         if client.conn.is_relaying() {
             return match (result, buffer) {
                 (n, Some(bid)) if n > 0 => {
@@ -635,30 +598,12 @@ impl Reactor {
         if link.fd < 0 {
             return Ok(());
         }
-        let mut entries = Vec::with_capacity(4);
-        for (armed, op) in [
+        let in_flight = [
             (link.connecting, Op::Connect),
             (link.recv_armed, link.recv_op),
             (link.send_in_flight, Op::UpSend),
-        ] {
-            if armed {
-                entries.push(
-                    opcode::AsyncCancel::new(user_data(key, op))
-                        .build()
-                        .user_data(user_data(key, Op::Cancel)),
-                );
-            }
-        }
-        entries.push(
-            opcode::Close::new(types::Fd(link.fd))
-                .build()
-                .user_data(user_data(key, Op::UpClose)),
-        );
-        client.in_flight += entries.len() as u8;
-        for entry in &entries {
-            // SAFETY: cancels and closes reference no memory.
-            unsafe { self.push(entry)? };
-        }
-        Ok(())
+        ];
+        let fd = link.fd;
+        self.cancel_and_close(key, in_flight, fd, Op::UpClose)
     }
 }
