@@ -7,6 +7,14 @@
 //! [`Conn::on_timeout`] when it fires. Both the epoll and the io_uring backends drive this
 //! same code, so they cannot disagree on protocol behaviour.
 //!
+//! # Proxy mode
+//! With [`AfterUpgrade::Proxy`] a valid request is not answered: [`Next::Proxy`] asks the
+//! backend for an upstream connection, [`Conn::write_upstream_request`] gives it the bytes
+//! to send there, and [`Conn::on_upstream_data`] judges the upstream's answer ([`Next::Relay`]
+//! for a good 101). From then on the backend moves the bytes itself and reports activity
+//! with [`Conn::on_relayed`]; the connection keeps the deadlines (connect, answer, idle,
+//! drain) and decides every status the client gets (502, 504, a refusal passed through).
+//!
 //! # Buffers
 //! Input is processed straight from the backend's buffer; only an incomplete request or
 //! frame is copied into the connection, and that copy is freed once consumed. An idle
