@@ -376,6 +376,32 @@ fn an_upstream_that_never_answers_gives_504(io: Io) {
     drop(hold_rx);
 }
 
+fn an_upstream_that_cannot_be_reached_in_time_gives_504(io: Io) {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
+    // it hangs in SYN_SENT, as to a host that went away.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(1).unwrap();
+    let full = listener.local_addr().unwrap().as_socket().unwrap();
+    let _queued: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(full).unwrap()).collect();
+    // Only the connect timeout can answer within the client's deadline.
+    let server = proxy(
+        io,
+        &[full],
+        &[
+            "--upstream-connect-timeout-ms",
+            "300",
+            "--upstream-response-timeout-ms",
+            "600000",
+        ],
+    );
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 504);
+}
+
 fn an_upstream_101_with_the_wrong_accept_gives_502(io: Io) {
     let liar = raw_upstream(1, |mut stream, _| {
         let _ = stream.write_all(
@@ -723,6 +749,7 @@ on_both_backends!(
     the_upstream_gets_a_proxy_protocol_v2_header,
     an_upstream_that_is_down_gives_502,
     an_upstream_that_never_answers_gives_504,
+    an_upstream_that_cannot_be_reached_in_time_gives_504,
     an_upstream_101_with_the_wrong_accept_gives_502,
     an_upstream_that_refuses_is_skipped,
     a_client_reset_closes_the_upstream_side,
