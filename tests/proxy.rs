@@ -732,7 +732,46 @@ fn out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins(io: Io) {
     }
 }
 
+fn a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy(io: Io) {
+    // The upstream is a wsedge echo server of the same backend, in its own process.
+    let upstream = Server::start(io, &["--after", "echo", "--threads", "1"]);
+    let mut server = proxy(io, &[upstream.addr], &["--threads", "2"]);
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut streams: Vec<TcpStream> = (0..250)
+                    .map(|_| {
+                        let s = TcpStream::connect(addr).unwrap();
+                        s.set_read_timeout(Some(DEADLINE)).unwrap();
+                        s
+                    })
+                    .collect();
+                for (i, s) in streams.iter_mut().enumerate() {
+                    let mut request = upgrade_request("/", &[]);
+                    request.extend(client_frame(true, 2, &[worker as u8, i as u8]));
+                    s.write_all(&request).unwrap();
+                }
+                for (i, s) in streams.iter_mut().enumerate() {
+                    let head = common::read_head(s);
+                    assert_eq!(head.status, 101);
+                    let echo = read_server_message(s, head.rest);
+                    assert_eq!(echo, (2, vec![worker as u8, i as u8]));
+                }
+                streams
+            })
+        })
+        .collect();
+    let held: Vec<Vec<TcpStream>> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(held.iter().map(Vec::len).sum::<usize>(), 1000);
+    drop(held);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    server.wait_for_log("upgraded=1000 ");
+}
+
 on_both_backends!(
+    a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy,
     out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins,
     a_tungstenite_upstream_echoes_through_the_proxy,
     a_silent_relay_is_closed_at_the_idle_timeout,
