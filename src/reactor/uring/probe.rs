@@ -48,6 +48,8 @@ pub fn probe() -> Result<(), Unavailable> {
         (opcode::Close::CODE, "IORING_OP_CLOSE"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
         (opcode::Read::CODE, "IORING_OP_READ"),
+        // Proxy mode's upstream connections.
+        (opcode::Connect::CODE, "IORING_OP_CONNECT"),
     ];
     for (code, name) in needed {
         if !ops.is_supported(code) {
