@@ -76,6 +76,13 @@ pub fn is_resource_exhaustion(error: &io::Error) -> bool {
     )
 }
 
+/// Whether opening an upstream connection failed for want of a local resource (descriptors,
+/// memory, or an ephemeral port: `EADDRNOTAVAIL`): the edge is overloaded, the upstream is
+/// not at fault and should not be passed over.
+pub fn is_local_exhaustion(error: &io::Error) -> bool {
+    is_resource_exhaustion(error) || error.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+}
+
 /// Whether an `accept` error concerns only the one connection (it went away while
 /// queued), so accepting should simply go on.
 pub fn is_transient_accept_error(error: &io::Error) -> bool {

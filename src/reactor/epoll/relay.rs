@@ -364,9 +364,9 @@ impl Reactor {
                     client_shut: false,
                     upstream_shut: false,
                 }),
-                // Out of descriptors or memory is not the upstream's fault: do not pass it
-                // over, and do not try the others either.
-                Err(error) if sys::is_resource_exhaustion(&error) => break Some(error),
+                // Out of descriptors, memory or ports is not the upstream's fault: do not pass
+                // it over, and do not try the others either.
+                Err(error) if sys::is_local_exhaustion(&error) => break Some(error),
                 Err(error) => {
                     Counters::bump(&self.stats.upstream_connect_failures);
                     self.upstreams.refused(index, now, &error);

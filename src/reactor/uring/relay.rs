@@ -108,7 +108,7 @@ impl Reactor {
             attempts += 1;
             let fd = match sys::upstream_socket(addr) {
                 Ok(socket) => socket.into_raw_fd(),
-                Err(error) if sys::is_resource_exhaustion(&error) => {
+                Err(error) if sys::is_local_exhaustion(&error) => {
                     return self.edge_exhausted(key, &error, now);
                 }
                 Err(error) => {
@@ -162,7 +162,7 @@ impl Reactor {
         }
     }
 
-    /// Out of descriptors or memory for an upstream socket: the edge is overloaded, not the
+    /// Out of descriptors, memory or ports for an upstream connection: the edge is overloaded, not the
     /// upstream down. Accepting pauses (queued clients wait in the kernel instead of being
     /// accepted into the same fate) and this client is told to come back later (503).
     fn edge_exhausted(&mut self, key: usize, error: &io::Error, now: u64) -> io::Result<()> {
@@ -201,6 +201,10 @@ impl Reactor {
             Counters::bump(&self.stats.upstream_connect_failures);
             close_now(link.fd);
             link.fd = -1;
+            if sys::is_local_exhaustion(&error) {
+                // No ephemeral port left: the edge is overloaded, the upstream not at fault.
+                return self.edge_exhausted(key, &error, now);
+            }
             let (index, attempts) = (link.index, link.attempts);
             self.upstreams.refused(index, now, &error);
             return self.connect_upstream(key, attempts, now);
