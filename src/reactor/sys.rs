@@ -102,3 +102,20 @@ pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket
         None,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_exhaustion_is_the_edges_lack_of_descriptors_memory_or_ports() {
+        let errno = io::Error::from_raw_os_error;
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+            assert!(is_local_exhaustion(&errno(code)), "{code}");
+        }
+        // The upstream's doing: pass it over and try the next.
+        for code in [libc::ECONNREFUSED, libc::ENETUNREACH, libc::ETIMEDOUT] {
+            assert!(!is_local_exhaustion(&errno(code)), "{code}");
+        }
+    }
+}
