@@ -110,7 +110,12 @@ mod tests {
     #[test]
     fn local_exhaustion_is_the_edges_lack_of_descriptors_memory_or_ports() {
         let errno = io::Error::from_raw_os_error;
-        for code in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
             assert!(is_local_exhaustion(&errno(code)), "{code}");
         }
         // The upstream's doing: pass it over and try the next.
