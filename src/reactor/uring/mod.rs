@@ -38,7 +38,7 @@ use crate::proxy::Upstreams;
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
 use buf_ring::BufRing;
-use relay::Link;
+use relay::{Link, Side};
 
 const RING_ENTRIES: u32 = 4096;
 /// 256 buffers of 16 KiB: 4 MiB per reactor, shared by all its connections.
@@ -645,8 +645,8 @@ impl Reactor {
             Op::RelayRecv => self.on_relay_recv(key, result, flags, now)?,
             Op::Connect => self.on_connect(key, result, now)?,
             Op::UpRecv | Op::UpRelayRecv => self.on_upstream_recv(key, op, result, flags, now)?,
-            Op::UpSend => self.on_upstream_send(key, result, now)?,
-            Op::RelaySend => self.on_relay_send(key, result)?,
+            Op::UpSend => self.on_sent(key, Side::Upstream, result, now)?,
+            Op::RelaySend => self.on_sent(key, Side::Client, result, now)?,
             Op::Recv => {
                 client.recv_armed = false;
                 let buffer = cqueue::buffer_select(flags);

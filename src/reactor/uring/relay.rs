@@ -26,9 +26,18 @@ use crate::stats::Counters;
 
 /// One end of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(super) enum Side {
     Client,
     Upstream,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
 }
 
 /// A client's upstream connection and the bytes in transit both ways.
@@ -228,54 +237,46 @@ impl Reactor {
         client.conn.on_upstream_connected(&cx);
         link.to_upstream.push(&self.out);
         self.out.clear();
-        self.send_to_upstream(key)
+        self.send_to(key, Side::Upstream)
     }
 
-    /// Sends the front of `to_upstream`, unless a send is in flight or nothing is held.
-    fn send_to_upstream(&mut self, key: usize) -> io::Result<()> {
+    /// Sends the front of the pipe towards `to`, unless a send to it is in flight, the
+    /// socket is going away (or not connected yet), or nothing is held.
+    fn send_to(&mut self, key: usize, to: Side) -> io::Result<()> {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let Some(link) = client.link.as_mut() else {
+        let Some(link) = client.link.as_deref_mut() else {
             return Ok(());
         };
-        if link.send_in_flight || link.retired || !link.connected {
+        let (fd, pipe, in_flight, op, usable) = match to {
+            Side::Upstream => (
+                link.fd,
+                &mut link.to_upstream,
+                &mut link.send_in_flight,
+                Op::UpSend,
+                !link.retired && link.connected,
+            ),
+            Side::Client => (
+                client.fd,
+                &mut link.to_client,
+                &mut link.client_send_in_flight,
+                Op::RelaySend,
+                !client.closing,
+            ),
+        };
+        if *in_flight || !usable {
             return Ok(());
         }
-        let bytes = link.to_upstream.unsent();
+        let bytes = pipe.unsent();
         if bytes.is_empty() {
             return Ok(());
         }
-        let send = opcode::Send::new(types::Fd(link.fd), bytes.as_ptr(), bytes.len() as u32)
+        let send = opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
             .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
             .build()
-            .user_data(user_data(key, Op::UpSend));
-        link.send_in_flight = true;
-        client.in_flight += 1;
-        // SAFETY: the pipe's front stays put until this send completes (see `Pipe`).
-        unsafe { self.push(&send) }
-    }
-
-    /// Sends the front of `to_client`, unless a send is in flight or nothing is held.
-    fn send_to_client(&mut self, key: usize) -> io::Result<()> {
-        let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
-        };
-        let Some(link) = client.link.as_mut() else {
-            return Ok(());
-        };
-        if link.client_send_in_flight || client.closing {
-            return Ok(());
-        }
-        let bytes = link.to_client.unsent();
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let send = opcode::Send::new(types::Fd(client.fd), bytes.as_ptr(), bytes.len() as u32)
-            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(user_data(key, Op::RelaySend));
-        link.client_send_in_flight = true;
+            .user_data(user_data(key, op));
+        *in_flight = true;
         client.in_flight += 1;
         // SAFETY: the pipe's front stays put until this send completes (see `Pipe`).
         unsafe { self.push(&send) }
@@ -288,9 +289,9 @@ impl Reactor {
         };
         link.to_client.push(&self.out);
         self.out.clear();
-        self.send_to_client(key)?;
+        self.send_to(key, Side::Client)?;
         // Bytes the client sent after its request were held back until now.
-        self.send_to_upstream(key)
+        self.send_to(key, Side::Upstream)
     }
 
     /// Arms the receives a proxied client needs: the client's only while relaying (its
@@ -394,26 +395,55 @@ impl Reactor {
             return Ok(());
         };
         link.client_recv_relay = false;
+        self.relay_received(key, Side::Client, result, buffer, Op::RelayRecv, now)
+    }
+
+    /// Relayed bytes received from `from` (or its FIN, or an error), in a buffer of the ring
+    /// `op` was armed with: queued towards the other side.
+    fn relay_received(
+        &mut self,
+        key: usize,
+        from: Side,
+        result: i32,
+        buffer: Option<u16>,
+        op: Op,
+        now: u64,
+    ) -> io::Result<()> {
+        let ring = ring_for(&mut self.buffers, &mut self.relay_buffers, op);
+        let Some(client) = self.clients.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(link) = client.link.as_deref_mut() else {
+            return Ok(());
+        };
         match (result, buffer) {
             (n, Some(bid)) if n > 0 => {
-                if !link.retired {
-                    Self::upstream_nodelay_once(link);
-                }
-                link.to_upstream.push(ring.get(bid, n as usize));
+                let pipe = match from {
+                    Side::Client => {
+                        if !link.retired {
+                            Self::upstream_nodelay_once(link);
+                        }
+                        &mut link.to_upstream
+                    }
+                    Side::Upstream => &mut link.to_client,
+                };
+                pipe.push(ring.get(bid, n as usize));
                 ring.recycle(bid);
-                let cx = ctx!(self, now);
-                client.conn.on_relayed(&cx);
-                self.send_to_upstream(key)
+                client.conn.on_relayed(&ctx!(self, now));
+                self.send_to(key, from.other())
             }
             (0, _) => {
-                link.client_eof = true;
+                match from {
+                    Side::Client => link.client_eof = true,
+                    Side::Upstream => link.upstream_eof = true,
+                }
                 self.pass_fins(key)
             }
             (n, _) if n == -libc::ENOBUFS => {
                 self.rearm.push(key);
                 Ok(())
             }
-            _ => self.relay_broken(key, Side::Client),
+            _ => self.relay_broken(key, from),
         }
     }
 
@@ -441,26 +471,14 @@ impl Reactor {
             }
             return Ok(());
         }
+        if client.conn.is_relaying() {
+            return self.relay_received(key, Side::Upstream, result, buffer, op, now);
+        }
         if result == -libc::ENOBUFS {
             self.rearm.push(key);
             return Ok(());
         }
         let mut cx = ctx!(self, now);
-        if client.conn.is_relaying() {
-            return match (result, buffer) {
-                (n, Some(bid)) if n > 0 => {
-                    link.to_client.push(ring.get(bid, n as usize));
-                    ring.recycle(bid);
-                    client.conn.on_relayed(&cx);
-                    self.send_to_client(key)
-                }
-                (0, _) => {
-                    link.upstream_eof = true;
-                    self.pass_fins(key)
-                }
-                _ => self.relay_broken(key, Side::Upstream),
-            };
-        }
         let next = match (result, buffer) {
             (n, Some(bid)) if n > 0 => {
                 let next = client
@@ -475,44 +493,46 @@ impl Reactor {
         self.apply(key, next)
     }
 
-    pub(super) fn on_upstream_send(&mut self, key: usize, result: i32, now: u64) -> io::Result<()> {
+    /// A send towards `to` completed: send what is left or came meanwhile, pass a FIN on
+    /// once all is out.
+    pub(super) fn on_sent(
+        &mut self,
+        key: usize,
+        to: Side,
+        result: i32,
+        now: u64,
+    ) -> io::Result<()> {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let Some(link) = client.link.as_mut() else {
+        let Some(link) = client.link.as_deref_mut() else {
             return Ok(());
         };
-        link.send_in_flight = false;
-        if link.retired || client.closing {
+        let (pipe, in_flight, gone) = match to {
+            Side::Upstream => (
+                &mut link.to_upstream,
+                &mut link.send_in_flight,
+                link.retired || client.closing,
+            ),
+            Side::Client => (
+                &mut link.to_client,
+                &mut link.client_send_in_flight,
+                client.closing,
+            ),
+        };
+        *in_flight = false;
+        if gone {
             return Ok(());
         }
         if result < 0 {
-            if client.conn.is_relaying() {
-                return self.relay_broken(key, Side::Upstream);
+            if to == Side::Upstream && !client.conn.is_relaying() {
+                // The forwarded request did not get through.
+                return self.upstream_failed(key, now);
             }
-            return self.upstream_failed(key, now);
+            return self.relay_broken(key, to);
         }
-        link.to_upstream.consume(result as usize);
-        self.send_to_upstream(key)?;
-        self.pass_fins(key)
-    }
-
-    pub(super) fn on_relay_send(&mut self, key: usize, result: i32) -> io::Result<()> {
-        let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
-        };
-        let Some(link) = client.link.as_mut() else {
-            return Ok(());
-        };
-        link.client_send_in_flight = false;
-        if client.closing {
-            return Ok(());
-        }
-        if result < 0 {
-            return self.relay_broken(key, Side::Client);
-        }
-        link.to_client.consume(result as usize);
-        self.send_to_client(key)?;
+        pipe.consume(result as usize);
+        self.send_to(key, to)?;
         self.pass_fins(key)
     }
 
