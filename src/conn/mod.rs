@@ -310,19 +310,31 @@ impl Conn {
             Phase::Answering => return self.pass_answer(data, cx),
             _ => return Next::Continue,
         }
-        let mut response = mem::take(&mut self.buffers().message);
-        response.extend_from_slice(data);
+        // The answer usually comes whole in one read: it is checked where it lies, and copied
+        // only while incomplete.
+        let mut partial = mem::take(&mut self.buffers().message);
+        let response = if partial.is_empty() {
+            data
+        } else {
+            partial.extend_from_slice(data);
+            &partial
+        };
         let buffers = self.buffers();
         let head = &buffers.pending[..buffers.head_len];
-        match check_upstream_response(&response, head) {
+        match check_upstream_response(response, head) {
             ResponseCheck::Partial => {
-                self.buffers().message = response;
+                let kept = if partial.is_empty() {
+                    data.to_vec()
+                } else {
+                    partial
+                };
+                self.buffers().message = kept;
                 Next::Continue
             }
             ResponseCheck::Accepted { .. } => {
                 // The upstream's own 101 goes to the client as it is (its Set-Cookie and
                 // other headers included), with any frames that came along.
-                cx.out.extend_from_slice(&response);
+                cx.out.extend_from_slice(response);
                 Counters::bump(&cx.stats.upgraded);
                 let accepted_at = buffers.accepted_at;
                 cx.stats
@@ -335,10 +347,10 @@ impl Conn {
             ResponseCheck::Failed(ResponseError::NotSwitching { .. }) => {
                 Counters::bump(&cx.stats.upstream_refusals_passed);
                 self.phase = Phase::Answering;
-                let remaining = body_length(&response).unwrap_or(u64::MAX);
+                let remaining = body_length(response).unwrap_or(u64::MAX);
                 self.drop_input();
                 self.buffers().answer_remaining = remaining;
-                self.pass_answer(&response, cx)
+                self.pass_answer(response, cx)
             }
             ResponseCheck::Failed(error) => {
                 tracing::debug!(%error, "upstream answered with an invalid upgrade");
