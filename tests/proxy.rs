@@ -700,20 +700,7 @@ fn out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins(io: Io) {
         "burned {cpu:?} while out of descriptors"
     );
 
-    let (mut answered, mut waiting) = (Vec::new(), Vec::new());
-    for stream in streams {
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
-            .unwrap();
-        let mut probe = [0u8; 1];
-        match stream.peek(&mut probe) {
-            Ok(n) => {
-                assert!(n > 0, "a client was closed without an answer");
-                answered.push(stream);
-            }
-            Err(_) => waiting.push(stream),
-        }
-    }
+    let (answered, mut waiting) = common::split_answered(streams);
     assert!(
         !waiting.is_empty(),
         "all 60 answered under a 64-descriptor limit"

@@ -67,20 +67,7 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client(io: Io)
     );
 
     // Sort the clients into answered and still queued, holding on to all of them.
-    let (mut served, mut waiting) = (Vec::new(), Vec::new());
-    for stream in streams {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut probe = [0u8; 1];
-        match stream.peek(&mut probe) {
-            Ok(n) => {
-                assert!(n > 0, "a client was closed without an answer");
-                served.push(stream);
-            }
-            Err(_) => waiting.push(stream),
-        }
-    }
+    let (served, mut waiting) = common::split_answered(streams);
     assert!(
         !served.is_empty() && !waiting.is_empty(),
         "{} served, {} waiting",

@@ -328,3 +328,24 @@ pub fn close_cleanly(socket: &mut tungstenite::WebSocket<TcpStream>) {
         }
     }
 }
+
+/// Sorts clients into those the server has answered and those still waiting (nothing to
+/// read within 100 ms, since the server is known to be stuck), keeping every connection
+/// open. Panics on a client closed without an answer: no accepted client may be dropped.
+pub fn split_answered(streams: Vec<TcpStream>) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let (mut answered, mut waiting) = (Vec::new(), Vec::new());
+    for stream in streams {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut probe = [0u8; 1];
+        match stream.peek(&mut probe) {
+            Ok(n) => {
+                assert!(n > 0, "a client was closed without an answer");
+                answered.push(stream);
+            }
+            Err(_) => waiting.push(stream),
+        }
+    }
+    (answered, waiting)
+}
