@@ -103,6 +103,12 @@ pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket
     )
 }
 
+/// Makes the next close of `socket` a reset (SO_LINGER 0): a relay passes a reset on, and
+/// it spares the surviving peer the FIN exchange and a TIME_WAIT entry.
+pub fn reset_on_close(socket: impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,12 +172,6 @@ enum Broken {
     Sink,
 }
 
-/// Makes the next close of `stream` a reset: a transparent relay passes a reset on, and it
-/// spares the surviving peer the FIN exchange and a TIME_WAIT entry.
-fn reset_on_close(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-}
-
 /// What one pass of moving bytes in one direction did.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Flow {
@@ -582,10 +576,10 @@ impl Reactor {
                 let client_broken = up == Err(Broken::Source) || down == Err(Broken::Sink);
                 let upstream_broken = up == Err(Broken::Sink) || down == Err(Broken::Source);
                 if !upstream_broken {
-                    reset_on_close(&link.stream);
+                    sys::reset_on_close(&link.stream);
                 }
                 if !client_broken {
-                    reset_on_close(&client.stream);
+                    sys::reset_on_close(&client.stream);
                 }
                 return self.close(key);
             }

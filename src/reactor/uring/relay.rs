@@ -549,21 +549,8 @@ impl Reactor {
             _ => None,
         };
         if let Some(fd) = survivor {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: `fd` is open (the slot is not closing, the link not retired) and the
-            // option value is a live local of the size passed.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    std::ptr::addr_of!(linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
+            // SAFETY: `fd` is open: the slot is not closing and the link not retired.
+            sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(fd) });
         }
         self.begin_close(key)
     }
