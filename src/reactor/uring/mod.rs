@@ -187,15 +187,18 @@ fn build_ring() -> io::Result<IoUring> {
         .or_else(|_| IoUring::new(RING_ENTRIES))
 }
 
-/// The peer address of an accepted socket.
-fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+/// An accepted socket's address: its peer's, or with `local` the one it reached. Multishot
+/// accept reports neither, so this is a syscall, made only where an address is needed.
+fn socket_addr(fd: RawFd, local: bool) -> Option<std::net::SocketAddr> {
     // SAFETY: `fd` is an open socket owned by this reactor for the duration of the call.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&borrowed)
-        .peer_addr()
-        .ok()?
-        .as_socket()
-        .map(|a| a.ip())
+    let socket = socket2::SockRef::from(&borrowed);
+    let addr = if local {
+        socket.local_addr()
+    } else {
+        socket.peer_addr()
+    };
+    addr.ok()?.as_socket()
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
@@ -464,7 +467,11 @@ impl Reactor {
         Counters::bump(&self.stats.accepted);
         // Multishot accept reports no address: ask for it only when a per-address limit
         // needs it (one getpeername per connection).
-        let peer = self.admission.wants_peer().then(|| peer_ip(fd)).flatten();
+        let peer = self
+            .admission
+            .wants_peer()
+            .then(|| socket_addr(fd, false).map(|a| a.ip()))
+            .flatten();
         let verdict = self.admission.admit(self.clients.len(), peer, now);
         let key = self.clients.insert(Client {
             fd,

@@ -13,13 +13,12 @@
 //! slot, after every operation of the slot has completed.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BufRing;
-use super::{user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
+use super::{socket_addr, user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
 use crate::proxy::{Peers, Pipe};
 use crate::reactor::sys;
 use crate::stats::Counters;
@@ -71,18 +70,6 @@ pub(super) struct Link {
     upstream_shut: bool,
     /// The upstream socket's close is submitted: nothing more is started on it.
     retired: bool,
-}
-
-fn socket_addr(fd: RawFd, local: bool) -> Option<SocketAddr> {
-    // SAFETY: `fd` is an open socket owned by this reactor for the duration of the call.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let socket = socket2::SockRef::from(&borrowed);
-    let addr = if local {
-        socket.local_addr()
-    } else {
-        socket.peer_addr()
-    };
-    addr.ok()?.as_socket()
 }
 
 /// The buffer ring a receive of kind `op` was armed with.
