@@ -224,15 +224,15 @@ impl Reactor {
                     Token(t) if t >= UPSTREAM_BASE => {
                         let key = t - UPSTREAM_BASE;
                         if let Some(link) = self.link_with_input(key, event) {
-                            link.upstream_readable = true;
-                            link.upstream_hup |= event.is_read_closed() || event.is_error();
+                            link.down.readable = true;
+                            link.down.hup |= event.is_read_closed() || event.is_error();
                         }
                         self.drive_upstream(key, now)
                     }
                     Token(key) => {
                         if let Some(link) = self.link_with_input(key, event) {
-                            link.client_readable = true;
-                            link.client_hup |= event.is_read_closed() || event.is_error();
+                            link.up.readable = true;
+                            link.up.hup |= event.is_read_closed() || event.is_error();
                         }
                         self.drive(key, now)
                     }

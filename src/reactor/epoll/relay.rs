@@ -48,50 +48,70 @@ pub(super) struct Link {
     /// The upstream took bytes, so the connection is established: a failure before that
     /// is a refusal, and the next upstream is tried.
     confirmed: bool,
-    /// `TCP_NODELAY` is set on the upstream socket. Not before the first relayed byte: the
-    /// forwarded request is one write, which Nagle never delays, and many connections
-    /// (clients that only listen, or leave at once) never send one, so they are spared a
-    /// syscall. Client sockets inherit it from the listener.
-    upstream_nodelay: bool,
-    client_nodelay: bool,
     /// The upstream socket is registered for writability too.
     upstream_writable_interest: bool,
-    /// Readiness not yet drained, per side.
-    pub(super) client_readable: bool,
-    pub(super) upstream_readable: bool,
-    /// An event reported the side's FIN (or an error): read it to the end, a short read
+    /// Client to upstream.
+    pub(super) up: Direction,
+    /// Upstream to client.
+    pub(super) down: Direction,
+}
+
+/// One direction of a relay: the state of its source, the bytes read from it and not yet
+/// written to its sink, and its FIN.
+pub(super) struct Direction {
+    /// The source's readiness not yet drained.
+    pub(super) readable: bool,
+    /// An event reported the source's FIN (or an error): read it to the end, a short read
     /// does not mean drained.
-    pub(super) client_hup: bool,
-    pub(super) upstream_hup: bool,
-    to_upstream: Pipe,
-    to_client: Pipe,
-    /// Kernel pipes of the directions that switched to `splice`.
-    splice_to_upstream: Option<Box<SplicePipe>>,
-    splice_to_client: Option<Box<SplicePipe>>,
-    client_eof: bool,
-    upstream_eof: bool,
-    client_shut: bool,
-    upstream_shut: bool,
+    pub(super) hup: bool,
+    pipe: Pipe,
+    /// The kernel pipe, once the direction switched to `splice`.
+    kernel: Option<Box<SplicePipe>>,
+    /// `TCP_NODELAY` is set on the sink. An upstream socket gets it only before its first
+    /// relayed byte: the forwarded request is one write, which Nagle never delays, and many
+    /// connections (clients that only listen, or leave at once) never send one, so they
+    /// are spared a syscall. Client sockets inherit it from the listener.
+    nodelay: bool,
+    /// The source's FIN was read.
+    eof: bool,
+    /// The FIN was passed on: the sink's write side is shut down.
+    shut: bool,
+}
+
+impl Direction {
+    fn new(readable: bool, nodelay: bool) -> Direction {
+        Direction {
+            readable,
+            hup: false,
+            pipe: Pipe::default(),
+            kernel: None,
+            nodelay,
+            eof: false,
+            shut: false,
+        }
+    }
+
+    /// Whether bytes wait for the sink to take them (its writable edge resumes the relay).
+    fn blocked(&self) -> bool {
+        !self.pipe.is_empty() || self.kernel.as_ref().is_some_and(|k| k.len > 0)
+    }
 }
 
 impl Link {
     /// Bytes for the client (the upstream's 101 first).
     pub(super) fn push_to_client(&mut self, bytes: &[u8]) {
-        self.to_client.push(bytes);
+        self.down.pipe.push(bytes);
     }
 
-    /// Whether bytes wait for the client's socket to take them (its writable edge resumes
-    /// the relay).
+    /// Whether bytes wait for the client's socket to take them.
     pub(super) fn client_blocked(&self) -> bool {
-        !self.to_client.is_empty() || self.splice_to_client.as_ref().is_some_and(|k| k.len > 0)
+        self.down.blocked()
     }
 
     /// Whether the upstream socket has to report writability: the connect or the request
     /// is not through yet, or relayed bytes wait for it.
     fn upstream_blocked(&self) -> bool {
-        !self.confirmed
-            || !self.to_upstream.is_empty()
-            || self.splice_to_upstream.as_ref().is_some_and(|k| k.len > 0)
+        !self.confirmed || self.up.blocked()
     }
 }
 
@@ -204,32 +224,23 @@ fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
     Ok(())
 }
 
-/// One direction of a relay: its source, its pipe and the state of its FIN.
-struct Direction<'a> {
-    from: &'a TcpStream,
-    to: &'a TcpStream,
-    pipe: &'a mut Pipe,
-    kernel: &'a mut Option<Box<SplicePipe>>,
-    readable: &'a mut bool,
-    hup: bool,
-    /// Set once `to` has `TCP_NODELAY` (see [`Link::upstream_nodelay`]).
-    nodelay: &'a mut bool,
-    eof: &'a mut bool,
-    shut: &'a mut bool,
-}
-
 /// Moves bytes from `from` to `to`: reads while the source is readable and the pipe has
 /// room, up to a budget; writes straight from the read buffer when nothing is queued, so
 /// that the pipe only fills when `to` is slower than `from`. Passes a FIN on once
 /// everything before it is out.
-fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
+fn pump(
+    mut from: &TcpStream,
+    to: &TcpStream,
+    d: &mut Direction,
+    buffer: &mut [u8],
+) -> Result<Flow, Broken> {
     let mut flow = Flow::default();
-    flush_pipe(d.to, d.pipe).map_err(|_| Broken::Sink)?;
+    flush_pipe(to, &mut d.pipe).map_err(|_| Broken::Sink)?;
     if let Some(kernel) = d.kernel.as_deref_mut().filter(|_| d.pipe.is_empty()) {
-        drain_splice_pipe(kernel, d.to).map_err(|_| Broken::Sink)?;
+        drain_splice_pipe(kernel, to).map_err(|_| Broken::Sink)?;
     }
     let mut reads = 0;
-    while *d.readable && !*d.eof && d.pipe.room() > 0 {
+    while d.readable && !d.eof && d.pipe.room() > 0 {
         if reads == READ_BUDGET {
             flow.more = true;
             break;
@@ -241,19 +252,19 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
                 break;
             }
             let room = SPLICE_PIPE_CAPACITY - kernel.len;
-            match splice(d.from.as_raw_fd(), kernel.write.as_raw_fd(), room) {
-                Ok(0) => *d.eof = true,
+            match splice(from.as_raw_fd(), kernel.write.as_raw_fd(), room) {
+                Ok(0) => d.eof = true,
                 Ok(n) => {
                     flow.moved = true;
-                    set_nodelay_once(d.to, d.nodelay);
+                    set_nodelay_once(to, &mut d.nodelay);
                     kernel.len += n;
-                    drain_splice_pipe(kernel, d.to).map_err(|_| Broken::Sink)?;
+                    drain_splice_pipe(kernel, to).map_err(|_| Broken::Sink)?;
                 }
                 // With bytes in the pipe this may mean the pipe is full (its slots hold
                 // partial pages): the source stays readable until the pipe drains.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if kernel.len == 0 {
-                        *d.readable = false;
+                        d.readable = false;
                     }
                     break;
                 }
@@ -263,37 +274,37 @@ fn pump(d: Direction<'_>, buffer: &mut [u8]) -> Result<Flow, Broken> {
             continue;
         }
         let room = d.pipe.room().min(buffer.len());
-        match (&*d.from).read(&mut buffer[..room]) {
-            Ok(0) => *d.eof = true,
+        match from.read(&mut buffer[..room]) {
+            Ok(0) => d.eof = true,
             Ok(n) => {
                 flow.moved = true;
-                set_nodelay_once(d.to, d.nodelay);
+                set_nodelay_once(to, &mut d.nodelay);
                 if n < room && !d.hup {
                     // Drained: the next byte raises a new edge (see "Draining readiness").
-                    *d.readable = false;
+                    d.readable = false;
                 }
                 let written = if d.pipe.is_empty() {
-                    write_some(d.to, &buffer[..n]).map_err(|_| Broken::Sink)?
+                    write_some(to, &buffer[..n]).map_err(|_| Broken::Sink)?
                 } else {
                     0
                 };
                 d.pipe.push(&buffer[written..n]);
-                flush_pipe(d.to, d.pipe).map_err(|_| Broken::Sink)?;
+                flush_pipe(to, &mut d.pipe).map_err(|_| Broken::Sink)?;
                 if n >= SPLICE_THRESHOLD {
                     // Out of descriptors: stay on copies.
-                    *d.kernel = SplicePipe::new().ok().map(Box::new);
+                    d.kernel = SplicePipe::new().ok().map(Box::new);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *d.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => d.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(Broken::Source),
         }
     }
     let kernel_empty = d.kernel.as_ref().is_none_or(|k| k.len == 0);
-    if *d.eof && d.pipe.is_empty() && kernel_empty && !*d.shut {
-        *d.shut = true;
+    if d.eof && d.pipe.is_empty() && kernel_empty && !d.shut {
+        d.shut = true;
         // The peer may be gone already; the other direction reports that.
-        let _ = d.to.shutdown(HalfClose::Write);
+        let _ = to.shutdown(HalfClose::Write);
     }
     Ok(flow)
 }
@@ -340,23 +351,11 @@ impl Reactor {
                     index,
                     attempts,
                     confirmed: false,
+                    upstream_writable_interest: false,
                     // A client read before is not drained; one never registered reports
                     // its readiness when it is.
-                    upstream_nodelay: false,
-                    client_nodelay: true,
-                    upstream_writable_interest: false,
-                    client_readable: client.registered,
-                    upstream_readable: false,
-                    client_hup: false,
-                    upstream_hup: false,
-                    to_upstream: Pipe::default(),
-                    to_client: Pipe::default(),
-                    splice_to_upstream: None,
-                    splice_to_client: None,
-                    client_eof: false,
-                    upstream_eof: false,
-                    client_shut: false,
-                    upstream_shut: false,
+                    up: Direction::new(client.registered, false),
+                    down: Direction::new(false, true),
                 }),
                 // Out of descriptors, memory or ports is not the upstream's fault: do not pass
                 // it over, and do not try the others either.
@@ -377,9 +376,9 @@ impl Reactor {
             };
             let mut cx = ctx!(self, now);
             client.conn.write_upstream_request(peers, &mut cx);
-            link.to_upstream.push(&self.out);
+            link.up.pipe.push(&self.out);
             self.out.clear();
-            match flush_pipe(&link.stream, &mut link.to_upstream) {
+            match flush_pipe(&link.stream, &mut link.up.pipe) {
                 Ok(()) => {}
                 Err(error) => {
                     Counters::bump(&self.stats.upstream_connect_failures);
@@ -387,7 +386,7 @@ impl Reactor {
                     continue;
                 }
             }
-            if link.to_upstream.is_empty() {
+            if link.up.pipe.is_empty() {
                 link.confirmed = true;
                 let cx = ctx!(self, now);
                 client.conn.on_upstream_connected(&cx);
@@ -468,8 +467,8 @@ impl Reactor {
             return self.relay(key, now);
         }
         // Waiting for the answer: finish sending the request, read what came back.
-        let before = link.to_upstream.len();
-        if let Err(error) = flush_pipe(&link.stream, &mut link.to_upstream) {
+        let before = link.up.pipe.len();
+        if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
             if !link.confirmed {
                 // The connect failed: try the next upstream.
                 Counters::bump(&self.stats.upstream_connect_failures);
@@ -488,7 +487,7 @@ impl Reactor {
             }
             return;
         }
-        if !link.confirmed && link.to_upstream.len() < before {
+        if !link.confirmed && link.up.pipe.len() < before {
             link.confirmed = true;
             let cx = ctx!(self, now);
             client.conn.on_upstream_connected(&cx);
@@ -498,7 +497,7 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            let Some(link) = client.link.as_mut().filter(|l| l.upstream_readable) else {
+            let Some(link) = client.link.as_mut().filter(|l| l.down.readable) else {
                 break;
             };
             let read = (&link.stream).read(&mut self.read_buffer);
@@ -506,15 +505,15 @@ impl Reactor {
             next = match read {
                 Ok(0) => client.conn.on_upstream_eof(&mut cx),
                 Ok(n) => {
-                    if n < self.read_buffer.len() && !link.upstream_hup {
-                        link.upstream_readable = false;
+                    if n < self.read_buffer.len() && !link.down.hup {
+                        link.down.readable = false;
                     }
                     client
                         .conn
                         .on_upstream_data(&self.read_buffer[..n], &mut cx)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    link.upstream_readable = false;
+                    link.down.readable = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -542,33 +541,21 @@ impl Reactor {
             return self.close(key);
         };
         let up = pump(
-            Direction {
-                from: &client.stream,
-                to: &link.stream,
-                pipe: &mut link.to_upstream,
-                kernel: &mut link.splice_to_upstream,
-                readable: &mut link.client_readable,
-                hup: link.client_hup,
-                nodelay: &mut link.upstream_nodelay,
-                eof: &mut link.client_eof,
-                shut: &mut link.upstream_shut,
-            },
+            &client.stream,
+            &link.stream,
+            &mut link.up,
             &mut self.read_buffer,
         );
-        let down = pump(
-            Direction {
-                from: &link.stream,
-                to: &client.stream,
-                pipe: &mut link.to_client,
-                kernel: &mut link.splice_to_client,
-                readable: &mut link.upstream_readable,
-                hup: link.upstream_hup,
-                nodelay: &mut link.client_nodelay,
-                eof: &mut link.upstream_eof,
-                shut: &mut link.client_shut,
-            },
-            &mut self.read_buffer,
-        );
+        let down = match up {
+            // One side failed: both close, nothing more moves.
+            Err(_) => Ok(Flow::default()),
+            Ok(_) => pump(
+                &link.stream,
+                &client.stream,
+                &mut link.down,
+                &mut self.read_buffer,
+            ),
+        };
         let (up, down) = match (up, down) {
             (Ok(up), Ok(down)) => (up, down),
             (up, down) => {
@@ -584,7 +571,7 @@ impl Reactor {
                 return self.close(key);
             }
         };
-        if link.client_shut && link.upstream_shut {
+        if link.up.shut && link.down.shut {
             return self.close(key);
         }
         if up.moved || down.moved {
