@@ -188,13 +188,17 @@ def cpu_seconds(pid):
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def loadgen(bins, args, timeout):
-    out = subprocess.run(["taskset", "-c", "1", bins["loadgen"]] + args + ["--json"], capture_output=True,
-                         text=True, timeout=timeout)
+def run_json(name, argv, timeout):
+    """Runs a client on CPU 1 and returns the JSON object on the last line of its stdout."""
+    out = subprocess.run(["taskset", "-c", "1"] + argv, capture_output=True, text=True, timeout=timeout)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{name} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     return json.loads(lines[-1])
+
+
+def loadgen(bins, args, timeout):
+    return run_json("loadgen", [bins["loadgen"]] + args + ["--json"], timeout)
 
 
 def storm_all(bins, table, options, cpus="0"):

@@ -60,13 +60,9 @@ def start_upstream(bins, after):
 
 
 def throughput(bins, port, options):
-    out = subprocess.run(["taskset", "-c", "1", bins["relay"], "--target", f"127.0.0.1:{port}",
-                          "--size", str(64 * 1024), "--secs", str(options.secs)],
-                         capture_output=True, text=True, timeout=options.secs + 60)
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"relay_throughput failed ({out.returncode}): {out.stderr.strip()[-500:]}")
-    return json.loads(lines[-1])
+    return compare.run_json("relay_throughput", [bins["relay"], "--target", f"127.0.0.1:{port}",
+                                                 "--size", str(64 * 1024), "--secs", str(options.secs)],
+                            timeout=options.secs + 60)
 
 
 def run(bins, options):
