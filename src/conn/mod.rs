@@ -28,7 +28,9 @@ use crate::handshake::{
     parse_request, write_rejection, write_switching_protocols, Parse, Policy, Rejection,
     ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
-use crate::proxy::{check_upstream_response, write_upstream_request, Peers, ProxyConfig};
+use crate::proxy::{
+    answer_length, check_upstream_response, write_upstream_request, Peers, ProxyConfig,
+};
 use crate::stats::Counters;
 use frame::{
     close_frame, parse_client_header, unmask_into, write_close, write_server_header, CloseCode,
@@ -347,7 +349,7 @@ impl Conn {
             ResponseCheck::Failed(ResponseError::NotSwitching { .. }) => {
                 Counters::bump(&cx.stats.upstream_refusals_passed);
                 self.phase = Phase::Answering;
-                let remaining = body_length(response).unwrap_or(u64::MAX);
+                let remaining = answer_length(response).unwrap_or(u64::MAX);
                 self.drop_input();
                 self.buffers().answer_remaining = remaining;
                 self.pass_answer(response, cx)
@@ -694,36 +696,3 @@ impl Conn {
 
 #[cfg(test)]
 mod tests;
-
-/// The body length of an HTTP response head at the start of `response`, from its
-/// `Content-Length` (`None`: delimited by the upstream closing, or chunked). Statuses that
-/// never have a body give 0.
-fn body_length(response: &[u8]) -> Option<u64> {
-    let mut slots = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(response) else {
-        return None;
-    };
-    if matches!(parsed.code, Some(100..=199 | 204 | 304)) {
-        return Some(head_len as u64);
-    }
-    let chunked = parsed
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    let length = parsed
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
-    match (chunked, length) {
-        (false, Some(length)) => Some(head_len as u64 + length),
-        _ => None,
-    }
-}

@@ -147,6 +147,39 @@ pub fn check_upstream_response<'r>(response: &'r [u8], head: &[u8]) -> ResponseC
     check_response_with(response, key, protocol_offered, extension_offered)
 }
 
+/// How many bytes of an upstream's answer (not a 101) to pass on: its head plus the body its
+/// `Content-Length` announces (`None`: the body ends when the upstream closes, or is
+/// chunked; statuses that never have a body: the head alone).
+pub fn answer_length(response: &[u8]) -> Option<u64> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(response) else {
+        return None;
+    };
+    if matches!(parsed.code, Some(100..=199 | 204 | 304)) {
+        return Some(head_len as u64);
+    }
+    let chunked = parsed
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let length = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    match (chunked, length) {
+        (false, Some(length)) => Some(head_len as u64 + length),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! | the request an upstream sees (hop-by-hop headers, `X-Forwarded-*`) | [`write_upstream_request`] |
 //! | the PROXY protocol v2 header | [`write_proxy_v2_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
+//! | how much of a refusal (not a 101) to pass on | [`answer_length`] |
 //! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 
@@ -21,7 +22,7 @@ mod upstreams;
 
 use std::net::SocketAddr;
 
-pub use forward::{check_upstream_response, write_upstream_request, Peers};
+pub use forward::{answer_length, check_upstream_response, write_upstream_request, Peers};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
 pub use upstreams::{Upstreams, REFUSED_BACKOFF_MS};
