@@ -108,9 +108,9 @@ struct Common {
     /// Worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: u64,
-    /// CPUs to pin worker threads to, e.g. 1 or 0,2-3.
+    /// CPUs to pin worker threads to, e.g. 1 or 0,2-3 (worker i takes the i-th, cycling).
     #[arg(long, value_parser = parse_cpus)]
-    pin: Option<Vec<usize>>,
+    pin: Option<CpuList>,
     /// Source addresses to rotate through, e.g. 127.0.0.2-127.0.0.254 (loopback targets
     /// default to that range; "none" lets the kernel choose).
     #[arg(long)]
@@ -187,17 +187,39 @@ fn parse_key(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_cpus(value: &str) -> Result<Vec<usize>, String> {
+/// The CPUs of `--pin`, in the order workers take them. A type of its own: clap reads an
+/// `Option<Vec<_>>` field as a repeatable flag, not as one value parsed into a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(value: &str) -> Result<CpuList, String> {
+    let online = core_affinity::get_core_ids()
+        .map_or(0, |ids| ids.iter().map(|id| id.id + 1).max().unwrap_or(0));
+    parse_cpu_list(value, online)
+}
+
+/// Parses `1`, `0,2-3`: each CPU must be below `online` (the highest online CPU plus one).
+fn parse_cpu_list(value: &str, online: usize) -> Result<CpuList, String> {
     let mut cpus = Vec::new();
     for part in value.split(',') {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let bad = || format!("{part:?} is not a CPU or a range of CPUs like 0-3");
         let (a, b): (usize, usize) = (
-            a.parse().map_err(|_| format!("{part:?}"))?,
-            b.parse().map_err(|_| format!("{part:?}"))?,
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
         );
+        if a > b {
+            return Err(format!("{part:?}: a range goes from low to high, e.g. 0-3"));
+        }
+        if b >= online {
+            return Err(format!(
+                "CPU {b} is not online here (CPUs 0-{} are)",
+                online.saturating_sub(1)
+            ));
+        }
         cpus.extend(a..=b);
     }
-    Ok(cpus)
+    Ok(CpuList(cpus))
 }
 
 fn usage_error(message: String) -> ! {
@@ -269,14 +291,17 @@ fn execute(
         let cpu = common
             .pin
             .as_ref()
-            .filter(|c| !c.is_empty())
-            .map(|cpus| cpus[index % cpus.len()]);
+            .and_then(|cpus| cpus.0.get(index % cpus.0.len().max(1)).copied());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("loadgen-{index}"))
                 .spawn(move || {
                     if let Some(cpu) = cpu {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                            return Err(std::io::Error::other(format!(
+                                "--pin: cannot pin worker {index} to CPU {cpu}"
+                            )));
+                        }
                     }
                     engine::run(&plan, share.max(1), index, &progress)
                 })?,

@@ -1,0 +1,378 @@
+//! Each flag of the load generator, checked by its effect on a server that records what it
+//! saw: the request's headers and key, the client's source address, how the connection
+//! ended, the worker threads' CPUs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// How a recorded connection ended, seen from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Fin,
+    Reset,
+    /// A WebSocket Close frame arrived first.
+    CloseFrame,
+    /// The client never finished its request (or the server never answered).
+    Unanswered,
+}
+
+#[derive(Debug)]
+struct Seen {
+    peer: SocketAddr,
+    head: String,
+    ending: Ending,
+}
+
+/// A WebSocket server that answers every request with a correct 101 (after `delay`) and
+/// reports what it saw on the returned channel.
+fn recording_server(delay: Duration) -> (SocketAddr, mpsc::Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let _ = tx.send(serve_one(stream, delay));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn serve_one(mut stream: TcpStream, delay: Duration) -> Seen {
+    let peer = stream.peer_addr().unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                return Seen {
+                    peer,
+                    head,
+                    ending: Ending::Unanswered,
+                };
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    thread::sleep(delay);
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let accept = wsedge::handshake::accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        String::from_utf8_lossy(&accept)
+    );
+    if stream.write_all(answer.as_bytes()).is_err() {
+        return Seen {
+            peer,
+            head,
+            ending: Ending::Reset,
+        };
+    }
+    let mut first = [0u8; 1];
+    let ending = match stream.read(&mut first) {
+        Ok(0) => Ending::Fin,
+        Ok(_) if first[0] == 0x88 => Ending::CloseFrame,
+        Ok(_) => Ending::Unanswered,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ending::Reset,
+        Err(_) => Ending::Unanswered,
+    };
+    Seen { peer, head, ending }
+}
+
+fn loadgen(args: &[&str]) -> (i32, String, String, Option<Value>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok());
+    (output.status.code().unwrap_or(-1), stdout, stderr, json)
+}
+
+fn storm(addr: SocketAddr, count: u32, extra: &[&str]) -> Value {
+    let url = format!("ws://{addr}/flags");
+    let count_text = count.to_string();
+    let mut args = vec![
+        "storm",
+        url.as_str(),
+        "--count",
+        &count_text,
+        "--concurrency",
+        "2",
+    ];
+    args.extend(["--duration", "60s", "--json"]);
+    args.extend(extra);
+    let (code, stdout, stderr, json) = loadgen(&args);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    json.expect("JSON last line")
+}
+
+fn collect(rx: &mpsc::Receiver<Seen>, count: usize) -> Vec<Seen> {
+    (0..count)
+        .map(|_| {
+            rx.recv_timeout(DEADLINE)
+                .expect("the server saw every connection end")
+        })
+        .collect()
+}
+
+#[test]
+fn header_subprotocol_origin_and_key_reach_the_server() {
+    let (addr, rx) = recording_server(Duration::ZERO);
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let json = storm(
+        addr,
+        3,
+        &[
+            "--header",
+            "X-Trace: abc",
+            "--subprotocol",
+            "chat",
+            "--subprotocol",
+            "superchat",
+            "--origin",
+            "https://app.example.com",
+            "--key",
+            key,
+        ],
+    );
+    assert_eq!(json["ok"], 3);
+    for seen in collect(&rx, 3) {
+        assert!(
+            seen.head.starts_with("GET /flags HTTP/1.1\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(seen.head.contains("\r\nX-Trace: abc\r\n"), "{}", seen.head);
+        assert!(
+            seen.head
+                .contains("\r\nSec-WebSocket-Protocol: chat, superchat\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(
+            seen.head
+                .contains("\r\nOrigin: https://app.example.com\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(
+            seen.head
+                .contains(&format!("\r\nSec-WebSocket-Key: {key}\r\n")),
+            "{}",
+            seen.head
+        );
+    }
+}
+
+#[test]
+fn close_chooses_reset_fin_or_a_close_frame() {
+    for (mode, expected) in [
+        ("rst", Ending::Reset),
+        ("fin", Ending::Fin),
+        ("ws", Ending::CloseFrame),
+    ] {
+        let (addr, rx) = recording_server(Duration::ZERO);
+        let json = storm(addr, 4, &["--close", mode]);
+        assert_eq!(json["ok"], 4, "--close {mode}");
+        for seen in collect(&rx, 4) {
+            assert_eq!(seen.ending, expected, "--close {mode}");
+        }
+    }
+}
+
+#[test]
+fn source_ips_rotate_and_none_lets_the_kernel_choose() {
+    let (addr, rx) = recording_server(Duration::ZERO);
+    storm(addr, 4, &["--source-ips", "127.0.0.7-127.0.0.8"]);
+    let mut sources: Vec<String> = collect(&rx, 4)
+        .iter()
+        .map(|s| s.peer.ip().to_string())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(sources, ["127.0.0.7", "127.0.0.8"]);
+
+    let (addr, rx) = recording_server(Duration::ZERO);
+    storm(addr, 2, &["--source-ips", "none"]);
+    for seen in collect(&rx, 2) {
+        assert_eq!(seen.peer.ip().to_string(), "127.0.0.1");
+    }
+}
+
+#[test]
+fn threads_split_the_count_and_hdr_log_has_one_interval_each() {
+    let (addr, rx) = recording_server(Duration::ZERO);
+    let log =
+        std::env::temp_dir().join(format!("wsedge-loadgen-flags-{}.hlog", std::process::id()));
+    let log_text = log.to_string_lossy().into_owned();
+    let json = storm(addr, 9, &["--threads", "3", "--hdr-log", &log_text]);
+    assert_eq!(json["ok"], 9);
+    collect(&rx, 9);
+    let text = std::fs::read_to_string(&log).expect("the log was written");
+    let _ = std::fs::remove_file(&log);
+    let intervals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Tag=worker-"))
+        .collect();
+    assert_eq!(intervals.len(), 3, "{text}");
+}
+
+#[test]
+fn handshake_timeout_bounds_a_slow_server() {
+    let (addr, _rx) = recording_server(Duration::from_secs(3));
+    let started = Instant::now();
+    let json = storm(addr, 1, &["--handshake-timeout", "300ms"]);
+    assert_eq!(json["ok"], 0);
+    assert_eq!(json["errors"]["handshake_timeout"], 1, "{json}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout did not cut the wait"
+    );
+}
+
+#[test]
+fn connect_timeout_bounds_an_unanswered_syn() {
+    // A listener with a full accept queue drops further SYNs: the connect never completes.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let _fill: Vec<TcpStream> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    let url = format!("ws://{addr}/");
+    let (code, stdout, stderr, json) = loadgen(&[
+        "storm",
+        &url,
+        "--count",
+        "1",
+        "--concurrency",
+        "1",
+        "--source-ips",
+        "none",
+        "--connect-timeout",
+        "300ms",
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let json = json.expect("JSON");
+    assert_eq!(json["errors"]["connect_timeout"], 1, "{json}");
+}
+
+#[test]
+fn duration_ends_a_run_without_a_count() {
+    let (addr, _rx) = recording_server(Duration::ZERO);
+    let url = format!("ws://{addr}/");
+    let started = Instant::now();
+    let (code, stdout, stderr, json) = loadgen(&[
+        "storm",
+        &url,
+        "--concurrency",
+        "1",
+        "--duration",
+        "500ms",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(json.expect("JSON")["ok"].as_u64().unwrap_or(0) > 0);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// The CPUs a thread of `pid` named `name` may run on, once it exists.
+fn thread_cpus(pid: u32, name: &str) -> Option<String> {
+    let until = Instant::now() + DEADLINE;
+    while Instant::now() < until {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                // The worker pins itself as its first act: wait for it.
+                let cpus = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+                let cpus = cpus.trim().to_owned();
+                if !cpus.contains(['-', ',']) {
+                    return Some(cpus);
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn pin_puts_each_worker_on_its_cpu() {
+    let (addr, _rx) = recording_server(Duration::ZERO);
+    let url = format!("ws://{addr}/");
+    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let pin = last_cpu.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args([
+            "storm",
+            &url,
+            "--concurrency",
+            "1",
+            "--duration",
+            "3s",
+            "--pin",
+            &pin,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cpus = thread_cpus(child.id(), "loadgen-0");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(cpus.as_deref(), Some(pin.as_str()), "{stderr}");
+}
+
+#[test]
+fn pin_refuses_cpus_that_are_not_there() {
+    for bad in ["4096", "3-1", "x", "0-18446744073709551615"] {
+        let (code, _, stderr, _) = loadgen(&["storm", "ws://127.0.0.1:1/", "--pin", bad]);
+        assert_eq!(code, 2, "--pin {bad}: {stderr}");
+        assert!(stderr.contains("--pin"), "--pin {bad}: {stderr}");
+    }
+}
