@@ -419,6 +419,74 @@ fn an_upstream_101_with_the_wrong_accept_gives_502(io: Io) {
     assert_eq!(head.status, 502);
 }
 
+fn a_refusal_whose_length_does_not_fit_gives_502(io: Io) {
+    // The head plus this Content-Length overflows 64 bits (it wrapped in release builds).
+    let upstream = raw_upstream(1, |mut stream, _| {
+        let _ = stream
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 18446744073709551615\r\n\r\nno");
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 502);
+}
+
+fn a_refusal_announcing_a_huge_body_gives_502(io: Io) {
+    let upstream = raw_upstream(1, |mut stream, _| {
+        let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 104857600\r\n\r\n");
+        let chunk = vec![b'x'; 1 << 20];
+        stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        for _ in 0..100 {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 502);
+}
+
+fn a_refusal_without_a_length_is_passed_on_up_to_the_bound(io: Io) {
+    // A client that does not read while the upstream streams a refusal with no length: wsedge
+    // passes on at most MAX_PASSED_ANSWER_BYTES and closes, instead of buffering it all.
+    let (written_tx, written_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, _| {
+        let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\n");
+        stream
+            .set_write_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut written = 0usize;
+        while written < 256 << 20 {
+            match stream.write(&chunk) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        let _ = written_tx.send(written);
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let mut stream = server.connect();
+    stream.write_all(&upgrade_request("/", &[])).unwrap();
+    let written = written_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream kept writing into wsedge");
+    assert!(
+        written < 64 << 20,
+        "{written} bytes went towards a client that reads nothing"
+    );
+    let answer = read_to_close(&mut stream, Vec::new());
+    assert!(answer.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+    assert_eq!(
+        answer.len() as u64,
+        wsedge::proxy::MAX_PASSED_ANSWER_BYTES,
+        "the refusal is cut at the bound"
+    );
+}
+
 fn an_upstream_that_refuses_is_skipped(io: Io) {
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -778,6 +846,9 @@ on_both_backends!(
     an_upstream_that_cannot_be_reached_in_time_gives_504,
     an_upstream_101_with_the_wrong_accept_gives_502,
     an_upstream_that_refuses_is_skipped,
+    a_refusal_whose_length_does_not_fit_gives_502,
+    a_refusal_announcing_a_huge_body_gives_502,
+    a_refusal_without_a_length_is_passed_on_up_to_the_bound,
     a_client_reset_closes_the_upstream_side,
     half_closes_are_passed_both_ways,
 );

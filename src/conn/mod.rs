@@ -29,7 +29,8 @@ use crate::handshake::{
     ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
 use crate::proxy::{
-    answer_length, check_upstream_response, write_upstream_request, Peers, ProxyConfig,
+    answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
+    ProxyConfig, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
 use frame::{
@@ -146,8 +147,8 @@ struct Buffers {
     head_len: usize,
     /// Proxy mode: when the client was accepted, for the handshake latency.
     accepted_at: u64,
-    /// Proxy mode, answering: body bytes of the upstream's refusal still to pass on
-    /// (`u64::MAX`: until the upstream closes).
+    /// Proxy mode, answering: bytes of the upstream's refusal still to pass on (at most
+    /// [`MAX_PASSED_ANSWER_BYTES`] in all).
     answer_remaining: u64,
 }
 
@@ -347,9 +348,17 @@ impl Conn {
                 Next::Relay
             }
             ResponseCheck::Failed(ResponseError::NotSwitching { .. }) => {
+                // Whatever the upstream says, the client is sent a bounded answer.
+                let remaining = match answer_length(response) {
+                    AnswerLength::Exactly(n) if n <= MAX_PASSED_ANSWER_BYTES => n,
+                    AnswerLength::UntilClose => MAX_PASSED_ANSWER_BYTES,
+                    length => {
+                        tracing::debug!(?length, "upstream refusal too long or unframed");
+                        return self.reject(Rejection::UpstreamFailed, cx);
+                    }
+                };
                 Counters::bump(&cx.stats.upstream_refusals_passed);
                 self.phase = Phase::Answering;
-                let remaining = answer_length(response).unwrap_or(u64::MAX);
                 self.drop_input();
                 self.buffers().answer_remaining = remaining;
                 self.pass_answer(response, cx)

@@ -147,42 +147,122 @@ pub fn check_upstream_response<'r>(response: &'r [u8], head: &[u8]) -> ResponseC
     check_response_with(response, key, protocol_offered, extension_offered)
 }
 
-/// How many bytes of an upstream's answer (not a 101) to pass on: its head plus the body its
-/// `Content-Length` announces (`None`: the body ends when the upstream closes, or is
-/// chunked; statuses that never have a body: the head alone).
-pub fn answer_length(response: &[u8]) -> Option<u64> {
+/// How much of an upstream's answer that is not a 101 (a refusal) to pass on to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerLength {
+    /// The head and the body its `Content-Length` announces (or the head alone, for the
+    /// statuses that never have a body): this many bytes in all.
+    Exactly(u64),
+    /// No length: the body ends when the upstream closes (chunked bodies included).
+    UntilClose,
+    /// The framing cannot be trusted: a `Content-Length` that is not a number, two that
+    /// differ, or a length that with the head does not fit in 64 bits. A proxy must not pass
+    /// such an answer on (RFC 9112 section 6.3): the client gets a 502.
+    Invalid,
+    /// The head is not complete (or not a response at all).
+    Incomplete,
+}
+
+/// How many bytes of an upstream's answer (not a 101) to pass on: see [`AnswerLength`].
+pub fn answer_length(response: &[u8]) -> AnswerLength {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
     let Ok(httparse::Status::Complete(head_len)) = parsed.parse(response) else {
-        return None;
+        return AnswerLength::Incomplete;
     };
+    let head_len = head_len as u64;
     if matches!(parsed.code, Some(100..=199 | 204 | 304)) {
-        return Some(head_len as u64);
+        return AnswerLength::Exactly(head_len);
     }
     let chunked = parsed
         .headers
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    let length = parsed
+    let mut length = None;
+    for header in parsed
         .headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let value = std::str::from_utf8(header.value)
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        match (value, length) {
+            (None, _) => return AnswerLength::Invalid,
+            (Some(this), Some(before)) if this != before => return AnswerLength::Invalid,
+            (Some(this), _) => length = Some(this),
+        }
+    }
     match (chunked, length) {
-        (false, Some(length)) => Some(head_len as u64 + length),
-        _ => None,
+        (false, Some(length)) => head_len
+            .checked_add(length)
+            .map_or(AnswerLength::Invalid, AnswerLength::Exactly),
+        _ => AnswerLength::UntilClose,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_length_is_the_head_plus_the_announced_body() {
+        let head = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n";
+        let mut answer = head.to_vec();
+        answer.extend_from_slice(b"no!\r\n");
+        assert_eq!(
+            answer_length(&answer),
+            AnswerLength::Exactly(head.len() as u64 + 5)
+        );
+        let no_body = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n";
+        assert_eq!(
+            answer_length(no_body),
+            AnswerLength::Exactly(no_body.len() as u64)
+        );
+        assert_eq!(
+            answer_length(b"HTTP/1.1 403 Forbidden\r\n\r\nuntil close"),
+            AnswerLength::UntilClose
+        );
+        assert_eq!(
+            answer_length(
+                b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            AnswerLength::UntilClose
+        );
+        assert_eq!(
+            answer_length(b"HTTP/1.1 403 Forb"),
+            AnswerLength::Incomplete
+        );
+    }
+
+    #[test]
+    fn an_answer_whose_length_cannot_be_trusted_is_invalid() {
+        for answer in [
+            // With the head, the length does not fit in 64 bits (it wrapped in release builds).
+            &b"HTTP/1.1 403 Forbidden\r\nContent-Length: 18446744073709551615\r\n\r\n"[..],
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 18446744073709551616\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length:\r\n\r\n",
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        ] {
+            assert_eq!(
+                answer_length(answer),
+                AnswerLength::Invalid,
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        // The same length twice is one length.
+        let twice = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            answer_length(twice),
+            AnswerLength::Exactly(twice.len() as u64 + 5)
+        );
+    }
     use crate::handshake::ResponseError;
 
     const CHROME: &[u8] = include_bytes!("../../tests/fixtures/chrome.http");

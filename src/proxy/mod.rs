@@ -11,7 +11,7 @@
 //! | the request an upstream sees (hop-by-hop headers, `X-Forwarded-*`) | [`write_upstream_request`] |
 //! | the PROXY protocol v2 header | [`write_proxy_v2_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
-//! | how much of a refusal (not a 101) to pass on | [`answer_length`] |
+//! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
 //! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 
@@ -22,10 +22,17 @@ mod upstreams;
 
 use std::net::SocketAddr;
 
-pub use forward::{answer_length, check_upstream_response, write_upstream_request, Peers};
+pub use forward::{
+    answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
+};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
 pub use upstreams::{Upstreams, REFUSED_BACKOFF_MS};
+
+/// The most of an upstream's refusal (head and body) passed on to a client. A refusal is a
+/// short page (401, 403, 429); this bounds what a connection buffers for a client that reads
+/// slowly. A longer announced body is a 502; a body without a length is cut here.
+pub const MAX_PASSED_ANSWER_BYTES: u64 = 64 * 1024;
 
 /// How the upstream learns the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
