@@ -82,6 +82,34 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client(io: Io)
     }
 }
 
+/// A ring of 8 submission and 16 completion entries, far fewer than the operations a
+/// thousand clients keep in flight: the submission queue fills (flushed mid-turn) and the
+/// kernel refuses submissions while completions wait (`EBUSY`). Neither may end the
+/// reactor, lose a connection or its answer.
+#[test]
+fn uring_a_full_ring_delays_submissions_and_loses_nothing() {
+    let mut server = Server::start_with(Io::Uring, &["--threads", "1"], |command| {
+        command.env(wsedge::reactor::uring::RING_ENTRIES_ENV, "8");
+    });
+    let request = upgrade_request("/", &[]);
+    let mut streams: Vec<TcpStream> = (0..1000).map(|_| server.connect()).collect();
+    for stream in &mut streams {
+        stream.write_all(&request).unwrap();
+        stream
+            .write_all(&common::client_frame(true, 1, b"ping"))
+            .unwrap();
+    }
+    for stream in &mut streams {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let head = read_head(stream);
+        assert_eq!(head.status, 101, "{}", server.log());
+    }
+    drop(streams);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success(), "{}", server.log());
+    server.wait_for_log("upgraded=1000 ");
+}
+
 on_both_backends!(
     a_thousand_concurrent_clients_on_two_threads_all_upgrade,
     out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client,

@@ -93,6 +93,26 @@ pub fn is_transient_accept_error(error: &io::Error) -> bool {
         )
 }
 
+/// Accepts one connection from `listener` as a non-blocking, close-on-exec socket, in one
+/// `accept4` (the listener itself may be blocking or not).
+pub fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: the listener's descriptor is open for the call (borrowed); no address is asked
+    // for, so no pointer is passed.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 /// A non-blocking, close-on-exec TCP socket of `addr`'s family, not yet connected: an
 /// upstream connection in proxy mode.
 pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {

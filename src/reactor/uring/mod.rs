@@ -22,6 +22,7 @@
 mod buf_ring;
 pub mod probe;
 mod relay;
+mod submit;
 
 use std::io;
 use std::mem::ManuallyDrop;
@@ -39,8 +40,12 @@ use crate::stats::Counters;
 use crate::timer::TimerWheel;
 use buf_ring::BufRing;
 use relay::{Link, Side};
+use submit::Submissions;
 
 const RING_ENTRIES: u32 = 4096;
+/// Set to a power of two, the ring's submission queue size instead of [`RING_ENTRIES`]
+/// (the completion queue is twice that): tests shrink the ring so that it fills up.
+pub const RING_ENTRIES_ENV: &str = "WSEDGE_IO_URING_ENTRIES";
 /// 256 buffers of 16 KiB: 4 MiB per reactor, shared by all its connections.
 const BUFFER_COUNT: u16 = 256;
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -141,6 +146,8 @@ struct Listener {
 /// One reactor on io_uring.
 pub struct Reactor {
     ring: IoUring,
+    /// Entries on their way into `ring`.
+    submissions: Submissions,
     /// Dropped by hand: see `Drop`.
     buffers: ManuallyDrop<BufRing>,
     /// Proxy mode only; dropped by hand with `buffers`.
@@ -179,12 +186,17 @@ pub struct Reactor {
 /// and when the ring's file table is full the kernel drops a connection it has already
 /// accepted, where a plain `EMFILE` leaves it queued (the storm test catches that).
 fn build_ring() -> io::Result<IoUring> {
+    let entries = std::env::var(RING_ENTRIES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| n.is_power_of_two())
+        .unwrap_or(RING_ENTRIES);
     IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
-        .build(RING_ENTRIES)
-        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(RING_ENTRIES))
-        .or_else(|_| IoUring::new(RING_ENTRIES))
+        .build(entries)
+        .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+        .or_else(|_| IoUring::new(entries))
 }
 
 /// An accepted socket's address: its peer's, or with `local` the one it reached. Multishot
@@ -244,6 +256,7 @@ impl Reactor {
         let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         let mut reactor = Reactor {
             ring,
+            submissions: Submissions::default(),
             buffers,
             relay_buffers: ManuallyDrop::new(relay_buffers),
             listeners: listeners
@@ -285,18 +298,13 @@ impl Reactor {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Queues `entry`, flushing the submission queue to the kernel if it is full.
+    /// Queues `entry` for the next `io_uring_enter` (see [`Submissions`]: it never fails).
     ///
     /// # Safety
     /// Every buffer `entry` points to must stay valid until its completion arrives.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: the caller guarantees the entry's buffers outlive the operation.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
-        }
+    unsafe fn push_entry(&mut self, entry: &squeue::Entry) {
+        // SAFETY: passed on from the caller.
+        unsafe { self.submissions.push(&mut self.ring, entry) }
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
@@ -308,7 +316,8 @@ impl Reactor {
         .build()
         .user_data(user_data(WAKE_KEY, Op::Wake));
         // SAFETY: `wake_buf` is boxed (stable address) and lives as long as the ring.
-        unsafe { self.push(&read) }
+        unsafe { self.push_entry(&read) };
+        Ok(())
     }
 
     fn arm_accepts(&mut self, now: u64) -> io::Result<()> {
@@ -325,7 +334,7 @@ impl Reactor {
                 .build()
                 .user_data(user_data(LISTENER_BASE + index, Op::Accept));
             // SAFETY: a multishot accept without an address buffer references no memory.
-            unsafe { self.push(&accept)? };
+            unsafe { self.push_entry(&accept) };
             self.listeners[index].armed = true;
         }
         Ok(())
@@ -334,6 +343,7 @@ impl Reactor {
     /// Runs until a shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         loop {
+            self.submissions.flush(&mut self.ring);
             let wait = self.wait_timeout(self.now());
             self.submit_and_wait(wait)?;
             let now = self.now();
@@ -361,7 +371,7 @@ impl Reactor {
     }
 
     fn wait_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.rearm.is_empty() {
+        if !self.rearm.is_empty() || self.submissions.is_waiting() {
             return Some(Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
@@ -393,7 +403,7 @@ impl Reactor {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
                 ) =>
             {
                 Ok(())
@@ -458,7 +468,7 @@ impl Reactor {
                 .build()
                 .user_data(user_data(WAKE_KEY, Op::Cancel));
             // SAFETY: a cancel references no memory.
-            unsafe { self.push(&cancel)? };
+            unsafe { self.push_entry(&cancel) };
         }
         Ok(())
     }
@@ -524,7 +534,8 @@ impl Reactor {
         client.recv_armed = true;
         client.in_flight += 1;
         // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
-        unsafe { self.push(&recv) }
+        unsafe { self.push_entry(&recv) };
+        Ok(())
     }
 
     /// Sends the connection's unsent output; with `then_close`, links the close to it.
@@ -548,15 +559,17 @@ impl Reactor {
             let fd = client.fd;
             self.wheel.cancel(key as u32);
             // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
-            unsafe { self.push(&send)? };
+            unsafe { self.push_entry(&send) };
             let close = opcode::Close::new(types::Fd(fd))
                 .build()
                 .user_data(user_data(key, Op::Close));
             // SAFETY: a close references no memory.
-            return unsafe { self.push(&close) };
+            unsafe { self.push_entry(&close) };
+            return Ok(());
         }
         // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
-        unsafe { self.push(&send) }
+        unsafe { self.push_entry(&send) };
+        Ok(())
     }
 
     /// Half-closes the socket (after a rejection) with a direct `shutdown(2)`, not through
@@ -622,14 +635,14 @@ impl Reactor {
                 .build()
                 .user_data(user_data(key, Op::Cancel));
             // SAFETY: a cancel references no memory.
-            unsafe { self.push(&cancel)? };
+            unsafe { self.push_entry(&cancel) };
             submitted += 1;
         }
         let close = opcode::Close::new(types::Fd(fd))
             .build()
             .user_data(user_data(key, close_op));
         // SAFETY: a close references no memory.
-        unsafe { self.push(&close)? };
+        unsafe { self.push_entry(&close) };
         if let Some(client) = self.clients.get_mut(key) {
             client.in_flight += submitted + 1;
         }
@@ -700,7 +713,7 @@ impl Reactor {
                     .build()
                     .user_data(user_data(key, Op::Close));
                 // SAFETY: a close references no memory.
-                unsafe { self.push(&close)? };
+                unsafe { self.push_entry(&close) };
             }
             Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::UpClose => {}
         }
@@ -861,7 +874,7 @@ impl Reactor {
                     .build()
                     .user_data(user_data(WAKE_KEY, Op::Cancel));
                 // SAFETY: a cancel references no memory.
-                unsafe { self.push(&cancel)? };
+                unsafe { self.push_entry(&cancel) };
             } else {
                 self.close_listener(index, now)?;
             }
@@ -875,15 +888,19 @@ impl Reactor {
     }
 
     /// Takes the connections still queued on a listener (closing it would reset them), then
-    /// closes it.
+    /// closes it. Nothing here can fail the reactor: a connection that cannot be taken stays
+    /// queued and is reset by the close, as it would be without this.
     fn close_listener(&mut self, index: usize, now: u64) -> io::Result<()> {
         let Some(socket) = self.listeners[index].socket.take() else {
             return Ok(());
         };
-        socket.set_nonblocking(true)?;
-        while let Ok((stream, _)) = socket.accept() {
-            stream.set_nonblocking(true)?;
-            self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now)?;
+        loop {
+            match sys::accept_nonblocking(&socket) {
+                Ok(stream) => self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now)?,
+                Err(e) if sys::is_transient_accept_error(&e) => continue,
+                // WouldBlock: the queue is empty. Anything else: nothing more can be taken.
+                Err(_) => break,
+            }
         }
         Ok(())
     }

@@ -154,7 +154,8 @@ impl Reactor {
             .user_data(user_data(key, Op::Connect));
             client.in_flight += 1;
             // SAFETY: the address lives in the boxed link, which outlives the slot's operations.
-            return unsafe { self.push(&connect) };
+            unsafe { self.push_entry(&connect) };
+            return Ok(());
         }
     }
 
@@ -266,7 +267,8 @@ impl Reactor {
         *in_flight = true;
         client.in_flight += 1;
         // SAFETY: the pipe's front stays put until this send completes (see `Pipe`).
-        unsafe { self.push(&send) }
+        unsafe { self.push_entry(&send) };
+        Ok(())
     }
 
     /// The upstream's 101 (in `out`) starts the relay: it leads the bytes to the client.
@@ -345,7 +347,7 @@ impl Reactor {
         client.in_flight += entries.iter().flatten().count() as u8;
         for entry in entries.into_iter().flatten() {
             // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
-            unsafe { self.push(&entry)? };
+            unsafe { self.push_entry(&entry) };
         }
         Ok(())
     }
