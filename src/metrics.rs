@@ -5,9 +5,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -186,8 +187,15 @@ impl Collector for ServerMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` from a thread of its own; returns the bound
-/// address.
+/// How long one scrape may take in all, from accept to the last byte written: a scraper
+/// that trickles its request or reads slowly is cut off then.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(2);
+/// Scrapes answered at once; over it a scraper gets `503` at once instead of waiting
+/// behind the others.
+const MAX_CONCURRENT_SCRAPES: usize = 4;
+
+/// Serves `/metrics` and `/healthz` on `addr`, each scrape on a short-lived thread of its
+/// own (at most [`MAX_CONCURRENT_SCRAPES`]); returns the bound address.
 pub fn serve(
     addr: SocketAddr,
     counters: Vec<Arc<Counters>>,
@@ -199,15 +207,59 @@ pub fn serve(
         counters,
         shutdown: Arc::clone(&shutdown),
     });
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("wsedge-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                // One scrape at a time, bounded: a stuck scraper cannot pile up threads.
-                let _ = answer(stream, &metrics, &shutdown);
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors: wait instead of spinning on the failing accept.
+                    if crate::reactor::sys::is_resource_exhaustion(&error) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    continue;
+                }
+            };
+            if active.fetch_add(1, Relaxed) >= MAX_CONCURRENT_SCRAPES {
+                active.fetch_sub(1, Relaxed);
+                let _ = busy(stream);
+                continue;
+            }
+            let (metrics, shutdown, done) = (
+                Arc::clone(&metrics),
+                Arc::clone(&shutdown),
+                Arc::clone(&active),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("wsedge-scrape".into())
+                .spawn(move || {
+                    let _ = answer(stream, &metrics, &shutdown);
+                    done.fetch_sub(1, Relaxed);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Relaxed);
             }
         })?;
     Ok(bound)
+}
+
+/// The answer to a scraper over [`MAX_CONCURRENT_SCRAPES`], written without waiting.
+fn busy(stream: TcpStream) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    (&stream).write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\
+          Retry-After: 1\r\nConnection: close\r\n\r\ntoo many now\n",
+    )
+}
+
+/// What is left of `deadline`, as a socket timeout (never zero, which means "none").
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
 }
 
 fn answer(
@@ -215,11 +267,11 @@ fn answer(
     metrics: &Arc<ServerMetrics>,
     shutdown: &Shutdown,
 ) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + SCRAPE_DEADLINE;
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        stream.set_read_timeout(Some(remaining(deadline)?))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -255,6 +307,17 @@ fn answer(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    let mut sent = 0;
+    while sent < response.len() {
+        stream.set_write_timeout(Some(remaining(deadline)?))?;
+        match stream.write(&response[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -61,12 +61,22 @@ fn over_the_connection_limit_is_503_then_a_freed_slot_admits(io: Io) {
 }
 
 fn too_many_pending_handshakes_is_503(io: Io) {
-    let server = Server::start(io, &["--threads", "1", "--max-pending-handshakes", "2"]);
+    let server = Server::start(
+        io,
+        &[
+            "--threads",
+            "1",
+            "--max-pending-handshakes",
+            "2",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
     let mut silent: Vec<_> = (0..2).map(|_| server.connect()).collect();
-    // Make sure both silent clients were accepted before the third arrives.
+    // Both silent clients are accepted before the third arrives.
     silent[0].write_all(b"GET / HTTP/1.1\r\n").unwrap();
     silent[1].write_all(b"GET / HTTP/1.1\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    server.wait_for_metric("wsedge_handshaking_connections", |n| n >= 2.0);
     let mut third = server.connect();
     let head = read_head(&mut third);
     assert_eq!(head.status, 503);

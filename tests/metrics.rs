@@ -64,15 +64,7 @@ fn parse(text: &str) -> (HashMap<String, f64>, HashMap<String, f64>) {
 
 fn metrics_count_what_happened(io: Io) {
     let mut server = Server::start(io, &["--metrics", "127.0.0.1:0", "--drain-secs", "2"]);
-    let log = server.log();
-    let metrics = log
-        .split("metrics=")
-        .nth(1)
-        .unwrap()
-        .split([',', ' '])
-        .next()
-        .unwrap()
-        .to_owned();
+    let metrics = server.metrics_addr();
 
     let held: Vec<_> = (0..3)
         .map(|_| exchange(&server, &upgrade_request("/", &[])).1)
@@ -81,8 +73,7 @@ fn metrics_count_what_happened(io: Io) {
         let (head, _) = exchange(&server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(head.status, 426);
     }
-    // Gauges are refreshed once per loop turn: give the reactors a turn.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    server.wait_for_metric("wsedge_open_connections", |open| open >= 3.0);
     let (status, text) = get(&metrics, "/metrics");
     assert_eq!(status, 200);
     let (by_name, by_series) = parse(&text);
@@ -121,7 +112,44 @@ fn stats_interval_logs_a_summary_line(io: Io) {
     );
 }
 
+/// A scraper that trickles its request a byte at a time is cut off at the scrape deadline
+/// (not the per-read timeout, which each byte would renew), and other scrapes are answered
+/// meanwhile instead of queueing behind it.
+fn a_trickling_scraper_holds_up_no_one_and_is_cut_off(io: Io) {
+    let server = Server::start(io, &["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let tricklers: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = metrics.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&addr).unwrap();
+                let start = std::time::Instant::now();
+                // Far longer than the deadline: only wsedge can end this.
+                for byte in b"GET /metrics HTTP/1.1\r\nHost: a-very-slow-scraper.example\r\n\r\n" {
+                    if stream.write_all(&[*byte]).is_err() {
+                        return start.elapsed();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    // Meanwhile ordinary scrapes are answered.
+    for _ in 0..3 {
+        assert_eq!(get(&metrics, "/healthz").0, 200);
+    }
+    for trickler in tricklers {
+        let lasted = trickler.join().unwrap();
+        assert!(
+            lasted < std::time::Duration::from_secs(10),
+            "a trickling scraper was held for {lasted:?}"
+        );
+    }
+}
+
 on_both_backends!(
+    a_trickling_scraper_holds_up_no_one_and_is_cut_off,
     metrics_count_what_happened,
     stats_interval_logs_a_summary_line
 );

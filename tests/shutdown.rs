@@ -12,15 +12,24 @@ use std::net::TcpStream;
 use common::{exchange, read_head, read_to_close, upgrade_request, Server};
 
 fn sigterm_finishes_handshakes_closes_with_1001_and_exits_0(io: Io) {
-    let mut server = Server::start(io, &["--drain-secs", "0", "--drain-close-code", "1001"]);
+    let mut server = Server::start(
+        io,
+        &[
+            "--drain-secs",
+            "0",
+            "--drain-close-code",
+            "1001",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
     let (head, mut upgraded) = exchange(&server, &upgrade_request("/", &[]));
     assert_eq!(head.status, 101);
     let request = upgrade_request("/", &[]);
     let mut in_flight = server.connect();
     in_flight.write_all(&request[..20]).unwrap();
-    // Make sure the server holds the half-sent request before the signal.
-    server.wait_for_log("listening on");
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The server holds the half-sent request before the signal.
+    server.wait_for_metric("wsedge_handshaking_connections", |n| n >= 1.0);
 
     server.signal(libc::SIGTERM);
     server.wait_for_log("draining");

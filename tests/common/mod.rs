@@ -151,6 +151,36 @@ impl Server {
         }
     }
 
+    /// The address of `--metrics`, from the startup line.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log();
+        let addr = log
+            .split("metrics=")
+            .nth(1)
+            .expect("started with --metrics");
+        addr.split([',', ' ']).next().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the sum of the series `name` (over its labels) in `/metrics` satisfies
+    /// `ok`; the server must run with `--metrics`. Gauges are refreshed once per reactor
+    /// turn, so this is how a test knows the server has seen what it did.
+    pub fn wait_for_metric(&self, name: &str, ok: impl Fn(f64) -> bool) {
+        let addr = self.metrics_addr();
+        let start = Instant::now();
+        loop {
+            let sum = metric_sum(&addr, name);
+            if ok(sum) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{name} stayed at {sum}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process's CPU time so far (utime + stime), from /proc.
     pub fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
@@ -348,4 +378,19 @@ pub fn split_answered(streams: Vec<TcpStream>) -> (Vec<TcpStream>, Vec<TcpStream
         }
     }
     (answered, waiting)
+}
+
+/// The sum over labels of the series `name` in a scrape of `GET /metrics` at `addr`.
+pub fn metric_sum(addr: &str, name: &str) -> f64 {
+    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
