@@ -273,3 +273,54 @@ on_both_backends!(
     one_address_over_its_connection_limit_gets_429_others_do_not,
     one_address_over_its_handshake_rate_gets_429_others_do_not,
 );
+
+/// `Limits` built by a library user, not through the CLI's checks, with the range given
+/// high end first: a 503 still carries a Retry-After inside it (this panicked before).
+#[test]
+fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
+    use wsedge::reactor::{Backend, Limits, ListenOptions, ServerConfig};
+    for backend in [Backend::Epoll, Backend::Uring] {
+        if backend == Backend::Uring && wsedge::reactor::uring::probe::probe().is_err() {
+            continue;
+        }
+        let server = wsedge::reactor::Server::start(ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            threads: 1,
+            pin: false,
+            backend,
+            listen_options: ListenOptions {
+                backlog: 64,
+                defer_accept_secs: 0,
+            },
+            conn: wsedge::conn::ConnConfig {
+                policy: wsedge::handshake::Policy::default(),
+                after: wsedge::conn::AfterUpgrade::Echo,
+                handshake_timeout_ms: 10_000,
+                idle_timeout_ms: 0,
+                max_message_bytes: 1 << 20,
+                linger_ms: 500,
+                proxy: Default::default(),
+            },
+            limits: Limits {
+                max_connections: 1,
+                retry_after_secs: (30, 5),
+                ..Limits::default()
+            },
+        })
+        .expect("start");
+        let addr = server.local_addrs()[0];
+        let mut held = std::net::TcpStream::connect(addr).unwrap();
+        held.set_read_timeout(Some(DEADLINE)).unwrap();
+        held.write_all(&upgrade_request("/", &[])).unwrap();
+        assert_eq!(read_head(&mut held).status, 101);
+        let mut refused = std::net::TcpStream::connect(addr).unwrap();
+        refused.set_read_timeout(Some(DEADLINE)).unwrap();
+        let head = read_head(&mut refused);
+        assert_eq!(head.status, 503, "{backend:?}");
+        let retry: u32 = head.header("Retry-After").unwrap().parse().unwrap();
+        assert!(
+            (5..=30).contains(&retry),
+            "{backend:?}: Retry-After {retry}"
+        );
+    }
+}

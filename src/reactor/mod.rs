@@ -146,9 +146,13 @@ impl Admission {
         self.per_ip.enabled()
     }
 
+    /// A `Retry-After` drawn from the configured range, whichever way round its ends were
+    /// given (the library does not require `Limits` to come from the CLI's checks).
     fn retry_after(&mut self) -> u32 {
-        let (low, high) = self.limits.retry_after_secs;
-        low + self.random_below(u64::from(high - low) + 1) as u32
+        let (a, b) = self.limits.retry_after_secs;
+        let (low, high) = (a.min(b), a.max(b));
+        let offset = self.random_below(u64::from(high - low) + 1);
+        low.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX))
     }
 
     /// The answer to a client the reactor cannot serve for lack of resources (no descriptor

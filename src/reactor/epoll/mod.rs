@@ -275,7 +275,7 @@ impl Reactor {
         }
         let mut wait = self.wheel.next_wake(now);
         if accepting {
-            let resume = self.accept_pause.resumes_at() - now;
+            let resume = self.accept_pause.resumes_at().saturating_sub(now);
             wait = Some(wait.map_or(resume, |w| w.min(resume)));
         }
         wait.map(Duration::from_millis)

@@ -9,12 +9,20 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 /// A ring of `count` buffers of `size` bytes, registered as buffer group `group`.
+///
+/// # Ownership of the buffers
+/// The kernel writes into a buffer while it sits in the ring, from the moment it is
+/// published until the completion that names it: Rust must hold no reference to it then.
+/// So the buffers are raw memory, never a Rust slice, and [`BufRing::get`] borrows one only
+/// between its completion and its [`BufRing::recycle`] (which takes `&mut self`, ending
+/// every borrow first).
 pub struct BufRing {
     /// The ring entries: `count` [`BufRingEntry`]s in anonymous mmap'd memory.
     /// INVARIANT: valid for `count` entries until `drop`, page-aligned, shared with the kernel.
     entries: NonNull<BufRingEntry>,
-    /// The buffers, `count * size` bytes. INVARIANT: never moved or resized while registered.
-    buffers: Box<[u8]>,
+    /// The buffers, `count * size` bytes of anonymous mmap'd memory.
+    /// INVARIANT: mapped from `new` to `drop`, never moved; written by the kernel.
+    buffers: NonNull<u8>,
     count: u16,
     size: usize,
     /// Our copy of the tail; published to the kernel after each change.
@@ -30,25 +38,18 @@ impl BufRing {
             "buffer count must be a power of two"
         );
         let bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let entries = map_anonymous(bytes)?.cast::<BufRingEntry>();
+        let buffers = match map_anonymous(usize::from(count) * size) {
+            Ok(buffers) => buffers,
+            Err(error) => {
+                // SAFETY: the entries were mapped above with this size and are not used.
+                unsafe { libc::munmap(entries.as_ptr().cast(), bytes) };
+                return Err(error);
+            }
         };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let entries = NonNull::new(addr.cast::<BufRingEntry>())
-            .ok_or_else(|| io::Error::other("mmap returned null"))?;
         let mut ring_buffers = BufRing {
             entries,
-            buffers: vec![0u8; usize::from(count) * size].into_boxed_slice(),
+            buffers,
             count,
             size,
             tail: 0,
@@ -76,10 +77,21 @@ impl BufRing {
         self.group
     }
 
-    /// The first `len` bytes of buffer `bid`, as filled by a completed receive.
-    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
+    /// The first `len` bytes of buffer `bid`, as filled by a completed receive (an id
+    /// outside the ring, which the kernel never reports, gives an empty slice).
+    ///
+    /// # Safety
+    /// `bid` must come from a completion of this group and not be recycled since: the
+    /// kernel does not write into it until it is recycled.
+    pub unsafe fn get(&self, bid: u16, len: usize) -> &[u8] {
+        if bid >= self.count {
+            return &[];
+        }
         let start = usize::from(bid) * self.size;
-        &self.buffers[start..start + len.min(self.size)]
+        // SAFETY: `start + len.min(size)` is inside the mapping (bid < count), which lives as
+        // long as `self`; the caller guarantees the kernel is not writing into this buffer,
+        // and `recycle`, which hands it back, needs `&mut self`, so the slice ends first.
+        unsafe { std::slice::from_raw_parts(self.buffers.as_ptr().add(start), len.min(self.size)) }
     }
 
     /// Hands buffer `bid` back to the kernel.
@@ -119,5 +131,32 @@ impl Drop for BufRing {
         let bytes = usize::from(self.count) * std::mem::size_of::<BufRingEntry>();
         // SAFETY: the mapping was created in `new` with this size and is unmapped only here.
         unsafe { libc::munmap(self.entries.as_ptr().cast(), bytes) };
+        // SAFETY: as for the entries; the group is unregistered (see `unregister`'s callers)
+        // or the ring is gone, so the kernel no longer writes here.
+        unsafe {
+            libc::munmap(
+                self.buffers.as_ptr().cast(),
+                usize::from(self.count) * self.size,
+            )
+        };
     }
+}
+
+/// `bytes` of private anonymous memory, zeroed by the kernel.
+fn map_anonymous(bytes: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
 }

@@ -679,9 +679,9 @@ impl Reactor {
                         return self.begin_close(key);
                     };
                     let mut cx = ctx!(self, now);
-                    let next = client
-                        .conn
-                        .on_data(self.buffers.get(bid, result as usize), &mut cx);
+                    // SAFETY: `bid` came with this completion and is recycled only below.
+                    let data = unsafe { self.buffers.get(bid, result as usize) };
+                    let next = client.conn.on_data(data, &mut cx);
                     self.buffers.recycle(bid);
                     self.apply(key, next)?;
                 } else if result == 0 {

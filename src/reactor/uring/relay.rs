@@ -416,7 +416,8 @@ impl Reactor {
                     }
                     Side::Upstream => &mut link.to_client,
                 };
-                pipe.push(ring.get(bid, n as usize));
+                // SAFETY: `bid` came with this completion and is recycled only after this.
+                pipe.push(unsafe { ring.get(bid, n as usize) });
                 ring.recycle(bid);
                 client.conn.on_relayed(&ctx!(self, now));
                 self.send_to(key, from.other())
@@ -472,7 +473,8 @@ impl Reactor {
             (n, Some(bid)) if n > 0 => {
                 let next = client
                     .conn
-                    .on_upstream_data(ring.get(bid, n as usize), &mut cx);
+                    // SAFETY: `bid` came with this completion and is recycled only after this.
+                    .on_upstream_data(unsafe { ring.get(bid, n as usize) }, &mut cx);
                 ring.recycle(bid);
                 next
             }
