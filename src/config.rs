@@ -425,12 +425,22 @@ pub fn config_file_args(
     command_line: &[String],
 ) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    config_text_args(&text, &path.display().to_string(), command_line)
+}
+
+/// [`config_file_args`] for a file's text already read; `origin` names it in errors. Any
+/// text gives flags or an error naming the line (the fuzz target `config` holds it to that).
+pub fn config_text_args(
+    text: &str,
+    origin: &str,
+    command_line: &[String],
+) -> Result<Vec<String>, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let line = e
             .span()
-            .map(|s| text[..s.start].lines().count().max(1))
-            .unwrap_or(0);
-        format!("{}:{line}: {}", path.display(), e.message())
+            .and_then(|s| text.get(..s.start))
+            .map_or(1, |before| before.lines().count().max(1));
+        format!("{origin}:{line}: {}", e.message())
     })?;
     let line_of = |key: &str| {
         text.lines()
@@ -444,7 +454,7 @@ pub fn config_file_args(
     let serve = command.find_subcommand("serve").ok_or("no serve command")?;
     let mut args = Vec::new();
     for (key, value) in &table {
-        let at = format!("{}:{}: `{key}`", path.display(), line_of(key));
+        let at = format!("{origin}:{}: `{key}`", line_of(key));
         let Some(arg) = serve
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()))

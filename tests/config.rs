@@ -57,10 +57,22 @@ fn toml_syntax_errors_name_the_line() {
 
 #[test]
 fn the_example_config_is_valid() {
-    // Only the parse: `--help` style check through the same path as a real start.
+    // Parsed, merged and checked as a real start does it: every key, the checks across
+    // flags, and the server configuration built from them.
+    use clap::Parser;
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wsedge.example.toml");
     let typed = vec!["wsedge".to_owned(), "serve".to_owned()];
-    wsedge::config::config_file_args(&example, &typed).expect("the example parses");
+    let from_file = wsedge::config::config_file_args(&example, &typed).expect("the example parses");
+    let cli = wsedge::config::Cli::try_parse_from(typed.iter().chain(&from_file))
+        .expect("the example's flags parse together");
+    let wsedge::config::Command::Serve(args) = cli.command else {
+        panic!("not serve");
+    };
+    args.validate().expect("the example passes the checks across flags");
+    let config = args.server_config();
+    assert_eq!(config.listen.len(), 2);
+    assert_eq!(config.limits.max_connections, 500_000);
+    assert_eq!(config.conn.policy.paths, ["/chat", "/feed"]);
 }
 
 fn file_values_apply_and_flags_override_them(io: Io) {
