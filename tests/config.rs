@@ -68,7 +68,8 @@ fn the_example_config_is_valid() {
     let wsedge::config::Command::Serve(args) = cli.command else {
         panic!("not serve");
     };
-    args.validate().expect("the example passes the checks across flags");
+    args.validate()
+        .expect("the example passes the checks across flags");
     let config = args.server_config();
     assert_eq!(config.listen.len(), 2);
     assert_eq!(config.limits.max_connections, 500_000);

@@ -123,6 +123,56 @@ pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket
     )
 }
 
+/// Shuts down the write side of `socket` (a FIN after what was sent). A socket the peer
+/// already reset has nothing to shut down, so the error is of no use to the caller.
+pub fn shutdown_write(socket: impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// The capacity of a pipe in bytes (`F_GETPIPE_SZ`).
+pub fn pipe_size(pipe: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: F_GETPIPE_SZ takes no argument; the descriptor is open (borrowed).
+    let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(size).map_err(|_| io::Error::last_os_error())
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel, without blocking; one of
+/// them must be a pipe.
+pub fn splice(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    // SAFETY: null offsets (both ends are streams); both descriptors are open (borrowed).
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 /// Makes the next close of `socket` a reset (SO_LINGER 0): a relay passes a reset on, and
 /// it spares the surviving peer the FIN exchange and a TIME_WAIT entry.
 pub fn reset_on_close(socket: impl std::os::fd::AsFd) {

@@ -27,7 +27,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as HalfClose, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
@@ -129,19 +129,11 @@ struct SplicePipe {
 
 impl SplicePipe {
     fn new() -> io::Result<SplicePipe> {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded: both descriptors are fresh and owned by nothing else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = sys::pipe()?;
         // Past `fs.pipe-user-pages-soft` (64 MiB of pipes per user, about a thousand pipes,
         // for users without CAP_SYS_RESOURCE) the kernel makes new pipes one page: a splice
         // in 4 KiB steps costs more than the copies it saves.
-        // SAFETY: F_GETPIPE_SZ takes no argument; the descriptor was just created.
-        let size = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        if size < SPLICE_PIPE_CAPACITY as i32 {
+        if sys::pipe_size(read.as_fd())? < SPLICE_PIPE_CAPACITY {
             return Err(io::Error::other("pipe smaller than 64 KiB"));
         }
         Ok(SplicePipe {
@@ -152,30 +144,10 @@ impl SplicePipe {
     }
 }
 
-/// Moves up to `len` bytes from `from` to `to` inside the kernel; one of them is a pipe.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: null offsets (both ends are streams); the descriptors are open for the call.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// Splices what the kernel pipe holds out to `to`, until it is empty or `to` is full.
 fn drain_splice_pipe(kernel: &mut SplicePipe, to: &TcpStream) -> io::Result<()> {
     while kernel.len > 0 {
-        match splice(kernel.read.as_raw_fd(), to.as_raw_fd(), kernel.len) {
+        match sys::splice(kernel.read.as_fd(), to.as_fd(), kernel.len) {
             Ok(n) => kernel.len -= n.min(kernel.len),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -252,7 +224,7 @@ fn pump(
                 break;
             }
             let room = SPLICE_PIPE_CAPACITY - kernel.len;
-            match splice(from.as_raw_fd(), kernel.write.as_raw_fd(), room) {
+            match sys::splice(from.as_fd(), kernel.write.as_fd(), room) {
                 Ok(0) => d.eof = true,
                 Ok(n) => {
                     flow.moved = true;

@@ -13,7 +13,7 @@
 //! slot, after every operation of the slot has completed.
 
 use std::io;
-use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
@@ -41,7 +41,9 @@ impl Side {
 
 /// A client's upstream connection and the bytes in transit both ways.
 pub(super) struct Link {
-    fd: RawFd,
+    /// The upstream socket; `None` before it is opened, after a failed connect, and once its
+    /// close went into the ring (which then owns the descriptor).
+    fd: Option<OwnedFd>,
     /// Read by the kernel until the connect completes.
     addr: socket2::SockAddr,
     /// Which upstream, to pass it over if it refuses.
@@ -80,11 +82,6 @@ fn ring_for<'a>(small: &'a mut BufRing, relay: &'a mut Option<BufRing>, op: Op) 
     }
 }
 
-fn close_now(fd: RawFd) {
-    // SAFETY: `fd` is a socket this reactor opened and that no operation uses any more.
-    unsafe { libc::close(fd) };
-}
-
 impl Reactor {
     /// Opens a connection to the next upstream for client `key`, which has tried
     /// `attempts` upstreams already; after every upstream refused, 502.
@@ -102,8 +99,8 @@ impl Reactor {
                 return self.upstream_failed(key, now);
             };
             attempts += 1;
-            let fd = match sys::upstream_socket(addr) {
-                Ok(socket) => socket.into_raw_fd(),
+            let socket: OwnedFd = match sys::upstream_socket(addr) {
+                Ok(socket) => socket.into(),
                 Err(error) if sys::is_local_exhaustion(&error) => {
                     return self.edge_exhausted(key, &error, now);
                 }
@@ -114,12 +111,11 @@ impl Reactor {
                 }
             };
             let Some(client) = self.clients.get_mut(key) else {
-                close_now(fd);
                 return Ok(());
             };
             let link = client.link.get_or_insert_with(|| {
                 Box::new(Link {
-                    fd: -1,
+                    fd: None,
                     addr: addr.into(),
                     index,
                     attempts: 0,
@@ -140,7 +136,8 @@ impl Reactor {
                     retired: false,
                 })
             });
-            link.fd = fd;
+            let fd = socket.as_raw_fd();
+            link.fd = Some(socket);
             link.addr = addr.into();
             link.index = index;
             link.attempts = attempts;
@@ -196,8 +193,7 @@ impl Reactor {
         if result < 0 {
             let error = io::Error::from_raw_os_error(-result);
             Counters::bump(&self.stats.upstream_connect_failures);
-            close_now(link.fd);
-            link.fd = -1;
+            link.fd = None;
             if sys::is_local_exhaustion(&error) {
                 // No ephemeral port left: the edge is overloaded, the upstream not at fault.
                 return self.edge_exhausted(key, &error, now);
@@ -239,23 +235,23 @@ impl Reactor {
         };
         let (fd, pipe, in_flight, op, usable) = match to {
             Side::Upstream => (
-                link.fd,
+                link.fd.as_ref().map(AsRawFd::as_raw_fd),
                 &mut link.to_upstream,
                 &mut link.send_in_flight,
                 Op::UpSend,
                 !link.retired && link.connected,
             ),
             Side::Client => (
-                client.fd,
+                Some(client.fd),
                 &mut link.to_client,
                 &mut link.client_send_in_flight,
                 Op::RelaySend,
                 !client.closing,
             ),
         };
-        if *in_flight || !usable {
+        let Some(fd) = fd.filter(|_| !*in_flight && usable) else {
             return Ok(());
-        }
+        };
         let bytes = pipe.unsent();
         if bytes.is_empty() {
             return Ok(());
@@ -323,12 +319,14 @@ impl Reactor {
         } else {
             waiting
         };
-        if link.connected
-            && !link.retired
-            && !link.recv_armed
-            && !link.upstream_eof
-            && upstream_wanted
-        {
+        let upstream_fd = link.fd.as_ref().map(AsRawFd::as_raw_fd);
+        if let Some(upstream_fd) = upstream_fd.filter(|_| {
+            link.connected
+                && !link.retired
+                && !link.recv_armed
+                && !link.upstream_eof
+                && upstream_wanted
+        }) {
             link.recv_armed = true;
             // The answer is small; relayed bytes may not be.
             let (op, group, size) = match relaying {
@@ -337,7 +335,7 @@ impl Reactor {
             };
             link.recv_op = op;
             entries[1] = Some(
-                opcode::Recv::new(types::Fd(link.fd), std::ptr::null_mut(), size as u32)
+                opcode::Recv::new(types::Fd(upstream_fd), std::ptr::null_mut(), size as u32)
                     .buf_group(group)
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
@@ -358,9 +356,9 @@ impl Reactor {
             return;
         }
         link.nodelay = true;
-        // SAFETY: the descriptor is open (the link is not retired: checked by the caller).
-        let borrowed = unsafe { BorrowedFd::borrow_raw(link.fd) };
-        let _ = socket2::SockRef::from(&borrowed).set_tcp_nodelay(true);
+        if let Some(fd) = &link.fd {
+            let _ = socket2::SockRef::from(fd).set_tcp_nodelay(true);
+        }
     }
 
     /// The client's bytes, while relaying.
@@ -534,14 +532,17 @@ impl Reactor {
         let Some(client) = self.clients.get(key).filter(|c| !c.closing) else {
             return Ok(());
         };
-        let survivor = match (broken, client.link.as_ref()) {
-            (Side::Client, Some(link)) if !link.retired && link.fd >= 0 => Some(link.fd),
-            (Side::Upstream, _) => Some(client.fd),
-            _ => None,
-        };
-        if let Some(fd) = survivor {
-            // SAFETY: `fd` is open: the slot is not closing and the link not retired.
-            sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(fd) });
+        match (broken, client.link.as_ref()) {
+            (Side::Client, Some(link)) if !link.retired => {
+                if let Some(fd) = &link.fd {
+                    sys::reset_on_close(fd);
+                }
+            }
+            // SAFETY: the client's descriptor is open: the slot is not closing (checked above).
+            (Side::Upstream, _) => {
+                sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(client.fd) })
+            }
+            _ => {}
         }
         self.begin_close(key)
     }
@@ -564,9 +565,9 @@ impl Reactor {
             && !link.send_in_flight
         {
             link.upstream_shut = true;
-            // SAFETY: the upstream descriptor is open: its close is submitted only when the
-            // link is retired, which was checked above.
-            unsafe { libc::shutdown(link.fd, libc::SHUT_WR) };
+            if let Some(fd) = &link.fd {
+                sys::shutdown_write(fd);
+            }
         }
         if link.upstream_eof
             && !link.client_shut
@@ -575,7 +576,7 @@ impl Reactor {
         {
             link.client_shut = true;
             // SAFETY: the client descriptor is open: the slot is not closing (checked above).
-            unsafe { libc::shutdown(client.fd, libc::SHUT_WR) };
+            sys::shutdown_write(unsafe { BorrowedFd::borrow_raw(client.fd) });
         }
         if link.client_shut && link.upstream_shut {
             return self.begin_close(key);
@@ -597,15 +598,15 @@ impl Reactor {
             return Ok(());
         }
         link.retired = true;
-        if link.fd < 0 {
+        let Some(fd) = link.fd.take() else {
             return Ok(());
-        }
+        };
         let in_flight = [
             (link.connecting, Op::Connect),
             (link.recv_armed, link.recv_op),
             (link.send_in_flight, Op::UpSend),
         ];
-        let fd = link.fd;
-        self.cancel_and_close(key, in_flight, fd, Op::UpClose)
+        // The ring closes it from here on.
+        self.cancel_and_close(key, in_flight, fd.into_raw_fd(), Op::UpClose)
     }
 }
