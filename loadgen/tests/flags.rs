@@ -376,3 +376,276 @@ fn pin_refuses_cpus_that_are_not_there() {
         assert!(stderr.contains("--pin"), "--pin {bad}: {stderr}");
     }
 }
+
+#[test]
+fn concurrency_bounds_the_connections_in_flight() {
+    // Each answer waits 300 ms: with --concurrency 3 the server never holds more than 3.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (live, peak) = (live.clone(), peak.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (live, peak) = (live.clone(), peak.clone());
+                thread::spawn(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    // Counted from the request to just before its answer: the client opens
+                    // its next connection only after an answer, so this is what is in flight.
+                    let mut stream = stream;
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let now = live.fetch_add(1, SeqCst) + 1;
+                    peak.fetch_max(now, SeqCst);
+                    thread::sleep(Duration::from_millis(300));
+                    live.fetch_sub(1, SeqCst);
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let key = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    let accept = wsedge::handshake::accept_key(key.as_bytes());
+                    let _ = stream.write_all(
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                            String::from_utf8_lossy(&accept)
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = stream.read(&mut byte);
+                });
+            }
+        });
+    }
+    let url = format!("ws://{addr}/");
+    let (code, stdout, stderr, json) = loadgen(&[
+        "storm",
+        &url,
+        "--count",
+        "9",
+        "--concurrency",
+        "3",
+        "--duration",
+        "60s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(json.expect("JSON")["ok"], 9);
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// (subcommand, flag, tests that check its effect: `file::function` in loadgen/tests).
+const COVERAGE: &[(&str, &str, &[&str])] = &[
+    (
+        "*",
+        "--duration",
+        &["flags::duration_ends_a_run_without_a_count"],
+    ),
+    (
+        "*",
+        "--count",
+        &["loadgen::storm_counts_every_upgrade_exactly"],
+    ),
+    (
+        "*",
+        "--threads",
+        &["flags::threads_split_the_count_and_hdr_log_has_one_interval_each"],
+    ),
+    (
+        "*",
+        "--pin",
+        &[
+            "flags::pin_puts_each_worker_on_its_cpu",
+            "flags::pin_refuses_cpus_that_are_not_there",
+        ],
+    ),
+    (
+        "*",
+        "--source-ips",
+        &["flags::source_ips_rotate_and_none_lets_the_kernel_choose"],
+    ),
+    (
+        "*",
+        "--close",
+        &["flags::close_chooses_reset_fin_or_a_close_frame"],
+    ),
+    (
+        "*",
+        "--header",
+        &["flags::header_subprotocol_origin_and_key_reach_the_server"],
+    ),
+    (
+        "*",
+        "--subprotocol",
+        &[
+            "flags::header_subprotocol_origin_and_key_reach_the_server",
+            "loadgen::an_unoffered_subprotocol_is_bad_subprotocol",
+        ],
+    ),
+    (
+        "*",
+        "--origin",
+        &["flags::header_subprotocol_origin_and_key_reach_the_server"],
+    ),
+    (
+        "*",
+        "--connect-timeout",
+        &["flags::connect_timeout_bounds_an_unanswered_syn"],
+    ),
+    (
+        "*",
+        "--handshake-timeout",
+        &["flags::handshake_timeout_bounds_a_slow_server"],
+    ),
+    (
+        "*",
+        "--key",
+        &["flags::header_subprotocol_origin_and_key_reach_the_server"],
+    ),
+    (
+        "*",
+        "--json",
+        &["loadgen::storm_counts_every_upgrade_exactly"],
+    ),
+    (
+        "*",
+        "--hdr-log",
+        &["flags::threads_split_the_count_and_hdr_log_has_one_interval_each"],
+    ),
+    (
+        "storm",
+        "--concurrency",
+        &["flags::concurrency_bounds_the_connections_in_flight"],
+    ),
+    (
+        "rate",
+        "--rate",
+        &["loadgen::rate_mode_reports_the_intended_rate"],
+    ),
+    (
+        "ramp",
+        "--from",
+        &["loadgen::ramp_reports_each_step_and_the_best_rate"],
+    ),
+    (
+        "ramp",
+        "--to",
+        &["loadgen::ramp_reports_each_step_and_the_best_rate"],
+    ),
+    (
+        "ramp",
+        "--step",
+        &["loadgen::ramp_reports_each_step_and_the_best_rate"],
+    ),
+    (
+        "ramp",
+        "--step-duration",
+        &["loadgen::ramp_reports_each_step_and_the_best_rate"],
+    ),
+    (
+        "ramp",
+        "--slo-p99",
+        &["loadgen::ramp_reports_each_step_and_the_best_rate"],
+    ),
+    (
+        "hold",
+        "--connections",
+        &[
+            "loadgen::hold_establishes_and_reports",
+            "loadgen::bad_urls_and_impossible_holds_are_usage_errors",
+        ],
+    ),
+    ("hold", "--rate", &["loadgen::hold_establishes_and_reports"]),
+    ("hold", "--hold", &["loadgen::hold_establishes_and_reports"]),
+    (
+        "hold",
+        "--ping-interval",
+        &["loadgen::hold_establishes_and_reports"],
+    ),
+    (
+        "hold",
+        "--server-pid",
+        &["loadgen::hold_establishes_and_reports"],
+    ),
+    (
+        "slowloris",
+        "--connections",
+        &["loadgen::slowloris_clients_are_all_cut_off_by_wsedge"],
+    ),
+    (
+        "slowloris",
+        "--byte-interval",
+        &["loadgen::slowloris_clients_are_all_cut_off_by_wsedge"],
+    ),
+];
+
+/// The long flags `wsedge-loadgen SUBCOMMAND --help` lists: clap's own definitions, read
+/// through the binary (the command is not a library item).
+fn flags_of(subcommand: &str) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut flags: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("-h, ").unwrap_or(l);
+            l.starts_with("--")
+                .then(|| l.split([' ', '=']).next().unwrap_or("").to_owned())
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    flags.dedup();
+    flags
+}
+
+#[test]
+fn every_flag_has_a_test_of_its_effect() {
+    let tests_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let exists = |path: &str| {
+        let (file, function) = path.split_once("::").unwrap();
+        std::fs::read_to_string(tests_dir.join(format!("{file}.rs")))
+            .is_ok_and(|text| text.contains(&format!("fn {function}(")))
+    };
+    let mut missing = Vec::new();
+    for subcommand in ["storm", "rate", "ramp", "hold", "slowloris"] {
+        let flags = flags_of(subcommand);
+        assert!(
+            flags.len() > 10,
+            "could not read the flags of {subcommand}: {flags:?}"
+        );
+        for flag in flags {
+            let row = COVERAGE
+                .iter()
+                .find(|(sub, f, _)| (*sub == subcommand || *sub == "*") && *f == flag);
+            let row = COVERAGE
+                .iter()
+                .find(|(sub, f, _)| *sub == subcommand && *f == flag)
+                .or(row);
+            match row {
+                Some((_, _, tests)) => {
+                    for test in *tests {
+                        assert!(exists(test), "{subcommand} {flag}: no test {test}");
+                    }
+                }
+                None => missing.push(format!("{subcommand} {flag}")),
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags with no test of their effect: {missing:?}"
+    );
+}
