@@ -25,6 +25,23 @@ fn a_real_101_is_accepted() {
     );
 }
 
+/// Found by the `client_check` and `upstream_answer` fuzz targets: a 101 in an HTTP/1.0
+/// response, with a correct token, was accepted (tungstenite refuses it, as must we: HTTP/1.0
+/// has no upgrade). It reached `wsedge check`, the load generator and the proxy's upstream
+/// check. A refusal in HTTP/1.0 is still a refusal.
+#[test]
+fn a_101_in_http_1_0_fails() {
+    let response = GOOD_101.replace("HTTP/1.1", "HTTP/1.0") + "\r\n";
+    assert_eq!(
+        check_response(response.as_bytes(), KEY, &[]),
+        ResponseCheck::Failed(ResponseError::WrongVersion)
+    );
+    assert_eq!(
+        check_response(b"HTTP/1.0 403 Forbidden\r\n\r\n", KEY, &[]),
+        ResponseCheck::Failed(ResponseError::NotSwitching { status: 403 })
+    );
+}
+
 #[test]
 fn an_offered_subprotocol_is_accepted() {
     let ResponseCheck::Accepted { protocol, .. } =

@@ -65,6 +65,10 @@ pub enum ResponseError {
         /// The status code received.
         status: u16,
     },
+    /// A 101 in an HTTP/1.0 response: HTTP/1.0 has no protocol upgrade (RFC 9110 section
+    /// 15.2.2), so this is not a WebSocket endpoint speaking the protocol.
+    #[error("101 in an HTTP/1.0 response (an upgrade needs HTTP/1.1)")]
+    WrongVersion,
     /// No `Upgrade: websocket` in the 101.
     #[error("101 without Upgrade: websocket")]
     MissingUpgrade,
@@ -164,6 +168,9 @@ fn check_headers<'b>(
     let status = response.code.ok_or(ResponseError::Malformed)?;
     if status != 101 {
         return Err(ResponseError::NotSwitching { status });
+    }
+    if response.version != Some(1) {
+        return Err(ResponseError::WrongVersion);
     }
     let expected_accept = accept_key(key);
     let (mut upgrade, mut connection, mut accepts, mut accept_ok) = (false, false, 0, false);

@@ -1,0 +1,36 @@
+//! The upstream's answer in proxy mode: only a 101 with the right token is accepted, and the
+//! length of a refusal depends on its head alone, never on the body after it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wsedge::handshake::{accept_key, ResponseCheck};
+use wsedge::proxy::{answer_length, check_upstream_response, AnswerLength};
+
+const HEAD: &[u8] = b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Protocol: chat\r\n\r\n";
+
+fuzz_target!(|response: &[u8]| {
+    match check_upstream_response(response, HEAD) {
+        ResponseCheck::Accepted { header_len, protocol } => {
+            // httparse skips empty lines before the status line, as RFC 9112 section 2.2 allows.
+        assert!(response.trim_ascii_start().starts_with(b"HTTP/1.1 101"));
+            assert!(header_len <= response.len());
+            let head = String::from_utf8_lossy(&response[..header_len]).to_ascii_lowercase();
+            let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+            let accept = std::str::from_utf8(&accept).unwrap().to_ascii_lowercase();
+            assert!(head.contains(&accept), "accepted without the token");
+            assert!(protocol.is_none_or(|p| p == "chat"), "an unoffered protocol");
+        }
+        ResponseCheck::Partial | ResponseCheck::Failed(_) => {}
+    }
+    // A length, when trusted, covers at least a status line and a blank line, and the
+    // answer goes on being judged the same once more bytes of its body arrive.
+    let length = answer_length(response);
+    if let AnswerLength::Exactly(n) = length {
+        assert!(n >= b"HTTP/1.1 100\n\n".len() as u64, "{n}");
+        let mut longer = response.to_vec();
+        longer.extend_from_slice(b"more body");
+        assert_eq!(answer_length(&longer), length);
+    }
+});
