@@ -181,7 +181,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
          protocol_errors={} accept_pauses={} admission_rejections={} \
-         upstream_connect_failures={} upstream_timeouts={} upstream_refusals_passed={}",
+         upstream_connect_failures={} upstream_timeouts={} upstream_refusals_passed={} \
+         handshakes_abandoned={}",
         totals.accepted,
         totals.upgraded,
         totals.rejected,
@@ -192,7 +193,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         totals.admission_rejections,
         totals.upstream_connect_failures,
         totals.upstream_timeouts,
-        totals.upstream_refusals_passed
+        totals.upstream_refusals_passed,
+        totals.handshakes_abandoned
     );
     Ok(())
 }

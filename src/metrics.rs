@@ -37,7 +37,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 12] = [
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
     (
         "wsedge_accepted_connections",
         "Connections accepted.",
@@ -93,6 +93,11 @@ const PER_REACTOR_COUNTERS: [(&str, &str, Field); 12] = [
         "wsedge_upstream_refusals_passed",
         "Proxy mode: upstream answers other than 101 passed to the client.",
         |c| &c.upstream_refusals_passed,
+    ),
+    (
+        "wsedge_handshakes_abandoned",
+        "Handshakes the client closed or reset before any outcome.",
+        |c| &c.handshakes_abandoned,
     ),
 ];
 

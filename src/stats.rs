@@ -47,6 +47,10 @@ pub struct Counters {
     pub upstream_timeouts: AtomicU64,
     /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
     pub upstream_refusals_passed: AtomicU64,
+    /// Handshakes the client abandoned: it closed or reset the connection before any
+    /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
+    /// accepted connection: see [`Snapshot::unaccounted`].
+    pub handshakes_abandoned: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +94,8 @@ impl Counters {
             total.upstream_connect_failures += c.upstream_connect_failures.load(Relaxed);
             total.upstream_timeouts += c.upstream_timeouts.load(Relaxed);
             total.upstream_refusals_passed += c.upstream_refusals_passed.load(Relaxed);
+            total.handshakes_abandoned += c.handshakes_abandoned.load(Relaxed);
+            total.timeouts_answered += c.rejections[Rejection::Timeout.kind_index()].load(Relaxed);
         }
         total
     }
@@ -111,4 +117,24 @@ pub struct Snapshot {
     pub upstream_connect_failures: u64,
     pub upstream_timeouts: u64,
     pub upstream_refusals_passed: u64,
+    pub handshakes_abandoned: u64,
+    /// Handshake timeouts answered with 408 (counted in `rejected` and `handshake_timeouts`).
+    pub timeouts_answered: u64,
+}
+
+impl Snapshot {
+    /// Accepted connections whose handshake has no outcome counted yet: those in progress
+    /// (0 once the server is idle). Every accepted connection ends in exactly one of:
+    /// upgraded, rejected (a status, 408 and admission refusals included), an upstream's
+    /// refusal passed on, a silent handshake timeout, or abandoned by the client.
+    pub fn unaccounted(&self) -> i128 {
+        let silent_timeouts =
+            i128::from(self.handshake_timeouts) - i128::from(self.timeouts_answered);
+        i128::from(self.accepted)
+            - i128::from(self.upgraded)
+            - i128::from(self.rejected)
+            - i128::from(self.upstream_refusals_passed)
+            - silent_timeouts
+            - i128::from(self.handshakes_abandoned)
+    }
 }

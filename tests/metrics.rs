@@ -148,7 +148,61 @@ fn a_trickling_scraper_holds_up_no_one_and_is_cut_off(io: Io) {
     }
 }
 
+/// Every accepted connection ends in exactly one outcome: upgraded, rejected (408
+/// included), a silent handshake timeout, or abandoned by the client (closed or reset before
+/// any answer); the counters add up to `accepted`.
+fn every_accepted_connection_has_exactly_one_outcome(io: Io) {
+    let server = Server::start(
+        io,
+        &["--metrics", "127.0.0.1:0", "--handshake-timeout-ms", "300"],
+    );
+    let metrics = server.metrics_addr();
+    let upgraded: Vec<_> = (0..2)
+        .map(|_| exchange(&server, &upgrade_request("/", &[])).1)
+        .collect();
+    let (head, _rejected) = exchange(&server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(head.status, 426);
+    let _silent = server.connect();
+    let mut talker = server.connect();
+    talker.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let mut closer = server.connect();
+    closer.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let resetter = server.connect();
+    socket2::SockRef::from(&resetter)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    // The server holds all four before they end their way.
+    server.wait_for_metric("wsedge_handshaking_connections", |n| n >= 4.0);
+    drop(closer);
+    drop(resetter);
+    assert_eq!(common::read_head(&mut talker).status, 408);
+    server.wait_for_metric("wsedge_handshaking_connections", |n| n == 0.0);
+    server.wait_for_metric("wsedge_handshakes_abandoned_total", |n| n == 2.0);
+    let (by_name, _) = parse(&get(&metrics, "/metrics").1);
+    assert_eq!(by_name["wsedge_accepted_connections_total"], 7.0);
+    assert_eq!(by_name["wsedge_upgrades_total"], 2.0);
+    assert_eq!(
+        by_name["wsedge_rejected_handshakes_total"], 2.0,
+        "426 and 408"
+    );
+    assert_eq!(
+        by_name["wsedge_handshake_timeouts_total"], 2.0,
+        "silent and 408"
+    );
+    let answered_timeouts = 1.0;
+    assert_eq!(
+        by_name["wsedge_accepted_connections_total"],
+        by_name["wsedge_upgrades_total"]
+            + by_name["wsedge_rejected_handshakes_total"]
+            + by_name["wsedge_upstream_refusals_passed_total"]
+            + (by_name["wsedge_handshake_timeouts_total"] - answered_timeouts)
+            + by_name["wsedge_handshakes_abandoned_total"]
+    );
+    drop(upgraded);
+}
+
 on_both_backends!(
+    every_accepted_connection_has_exactly_one_outcome,
     a_trickling_scraper_holds_up_no_one_and_is_cut_off,
     metrics_count_what_happened,
     stats_interval_logs_a_summary_line

@@ -276,8 +276,21 @@ impl Conn {
     }
 
     /// The peer closed its side (read returned 0).
-    pub fn on_eof(&mut self, _cx: &mut Ctx<'_>) -> Next {
+    pub fn on_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
+        self.on_closed(cx.stats);
         self.finish()
+    }
+
+    /// The socket is closing for any reason (the peer reset it, an error, an answer sent): a
+    /// handshake that had no outcome yet (no 101, no status, no timeout) was abandoned by the
+    /// client, and is counted so. Backends call it once, when they close a connection; it
+    /// is idempotent.
+    pub fn on_closed(&mut self, stats: &Counters) {
+        if matches!(self.phase, Phase::Handshake | Phase::Upstream) {
+            Counters::bump(&stats.handshakes_abandoned);
+            self.phase = Phase::Done;
+            self.deadline = NO_DEADLINE;
+        }
     }
 
     /// Proxy mode, for each upstream tried: appends to `cx.out` the request to send it (see

@@ -593,7 +593,8 @@ impl Reactor {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(client) = self.clients.try_remove(key) {
+        if let Some(mut client) = self.clients.try_remove(key) {
+            client.conn.on_closed(&self.stats);
             if client.handshaking {
                 self.admission.handshake_ended();
             }

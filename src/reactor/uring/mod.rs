@@ -803,6 +803,9 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
+        if client.closing {
+            client.conn.on_closed(&self.stats);
+        }
         if client.handshaking && (client.closing || !client.conn.is_handshaking()) {
             client.handshaking = false;
             self.admission.handshake_ended();
