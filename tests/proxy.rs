@@ -487,6 +487,21 @@ fn a_refusal_without_a_length_is_passed_on_up_to_the_bound(io: Io) {
     );
 }
 
+/// Found by the `upstream_answer` fuzz target: a 101 in HTTP/1.0 with a correct token was
+/// relayed. HTTP/1.0 has no upgrade: 502.
+fn an_upstream_101_in_http_1_0_gives_502(io: Io) {
+    let old = raw_upstream(1, |mut stream, head| {
+        let answer = String::from_utf8(switching_protocols(&head))
+            .unwrap()
+            .replace("HTTP/1.1", "HTTP/1.0");
+        let _ = stream.write_all(answer.as_bytes());
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let server = proxy(io, &[old], &[]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 502);
+}
+
 fn an_upstream_that_refuses_is_skipped(io: Io) {
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -846,6 +861,7 @@ on_both_backends!(
     an_upstream_that_cannot_be_reached_in_time_gives_504,
     an_upstream_101_with_the_wrong_accept_gives_502,
     an_upstream_that_refuses_is_skipped,
+    an_upstream_101_in_http_1_0_gives_502,
     a_refusal_whose_length_does_not_fit_gives_502,
     a_refusal_announcing_a_huge_body_gives_502,
     a_refusal_without_a_length_is_passed_on_up_to_the_bound,
