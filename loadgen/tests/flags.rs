@@ -42,14 +42,16 @@ fn recording_server(delay: Duration) -> (SocketAddr, mpsc::Receiver<Seen>) {
             let Ok(stream) = stream else { continue };
             let tx = tx.clone();
             thread::spawn(move || {
-                let _ = tx.send(serve_one(stream, delay));
+                let _ = tx.send(serve_one(stream, || thread::sleep(delay)));
             });
         }
     });
     (addr, rx)
 }
 
-fn serve_one(mut stream: TcpStream, delay: Duration) -> Seen {
+/// Serves one connection: reads the request, calls `before_answer`, answers a correct 101,
+/// and waits for the client to end the connection.
+fn serve_one(mut stream: TcpStream, before_answer: impl FnOnce()) -> Seen {
     let peer = stream.peer_addr().unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut head = Vec::new();
@@ -68,7 +70,7 @@ fn serve_one(mut stream: TcpStream, delay: Duration) -> Seen {
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    thread::sleep(delay);
+    before_answer();
     let key = head
         .lines()
         .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
@@ -393,36 +395,12 @@ fn concurrency_bounds_the_connections_in_flight() {
                     use std::sync::atomic::Ordering::SeqCst;
                     // Counted from the request to just before its answer: the client opens
                     // its next connection only after an answer, so this is what is in flight.
-                    let mut stream = stream;
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if stream.read(&mut byte).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let now = live.fetch_add(1, SeqCst) + 1;
-                    peak.fetch_max(now, SeqCst);
-                    thread::sleep(Duration::from_millis(300));
-                    live.fetch_sub(1, SeqCst);
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let key = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                        .unwrap_or("")
-                        .trim()
-                        .to_owned();
-                    let accept = wsedge::handshake::accept_key(key.as_bytes());
-                    let _ = stream.write_all(
-                        format!(
-                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                            String::from_utf8_lossy(&accept)
-                        )
-                        .as_bytes(),
-                    );
-                    let _ = stream.read(&mut byte);
+                    serve_one(stream, || {
+                        let now = live.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(now, SeqCst);
+                        thread::sleep(Duration::from_millis(300));
+                        live.fetch_sub(1, SeqCst);
+                    });
                 });
             }
         });
