@@ -538,9 +538,11 @@ impl Reactor {
                     sys::reset_on_close(fd);
                 }
             }
-            // SAFETY: the client's descriptor is open: the slot is not closing (checked above).
             (Side::Upstream, _) => {
-                sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(client.fd) })
+                // SAFETY: the client's descriptor is open: the slot is not closing (checked
+                // above).
+                let fd = unsafe { BorrowedFd::borrow_raw(client.fd) };
+                sys::reset_on_close(fd);
             }
             _ => {}
         }
