@@ -501,12 +501,14 @@ impl Conn {
         match self.phase {
             Phase::Handshake => self.handshake(input, cx),
             Phase::Open | Phase::Closing => self.frames(input, cx),
-            // The proxy phases do not read the client through here (see `Next::Proxy`).
-            Phase::Lingering
-            | Phase::Done
-            | Phase::Upstream
-            | Phase::Answering
-            | Phase::Relaying => (input.len(), Next::Continue),
+            // Waiting for the upstream: what the client sends goes after its request, so it
+            // is kept, not consumed (backends do not read the client then, which bounds it).
+            Phase::Upstream => (0, Next::Continue),
+            // The relay moves the client's bytes itself; a refusal being passed on or a
+            // linger discards them.
+            Phase::Lingering | Phase::Done | Phase::Answering | Phase::Relaying => {
+                (input.len(), Next::Continue)
+            }
         }
     }
 

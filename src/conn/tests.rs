@@ -343,6 +343,27 @@ fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101(
     );
 }
 
+/// Bytes the client sends while the upstream is awaited join its request and early frames
+/// (they were dropped, with the request, when a backend passed them on).
+#[test]
+fn proxy_keeps_what_the_client_sends_while_the_upstream_is_awaited() {
+    let mut h = Harness::proxied();
+    let first = h.take_out();
+    assert_eq!(h.feed(&masked(true, 1, b"late")), Next::Continue);
+    let peers = Peers {
+        client: "192.0.2.1:5000".parse().unwrap(),
+        local: "127.0.0.1:80".parse().unwrap(),
+    };
+    let mut cx = Ctx {
+        config: &h.config,
+        now: h.now,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    h.conn.write_upstream_request(peers, &mut cx);
+    assert_eq!(h.take_out(), [first, masked(true, 1, b"late")].concat());
+}
+
 #[test]
 fn proxy_answers_504_when_the_upstream_is_silent() {
     let mut h = Harness::proxied();
