@@ -88,7 +88,9 @@ pub struct FrameHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// RSV bits set (no extension was negotiated), unknown opcode, unmasked client frame,
-    /// fragmented or oversized control frame, or a non-minimal 64-bit length: close 1002.
+    /// fragmented or oversized control frame, or a 64-bit length with its top bit set:
+    /// close 1002. (A length in more bytes than it needs is accepted: RFC 6455 asks senders
+    /// for the minimal form, and refusing it would only break clients, never protect us.)
     Protocol,
 }
 

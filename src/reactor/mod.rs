@@ -1,8 +1,9 @@
 //! Per-core reactors: one pinned thread per core, each with its own listeners, its own
 //! connections and its own timer wheel. Nothing on the connection path is shared.
 //!
-//! Where things happen: listener setup in [`listener`], `accept4` and the event loop in
-//! [`epoll`], the syscalls that need `unsafe` in [`sys`].
+//! Where things happen: listener setup in [`listener`], the two drivers in [`epoll`] (where
+//! `accept4` is called) and [`uring`], the raw syscalls behind safe wrappers in [`sys`]
+//! (`unsafe` lives there and in the io_uring driver only).
 
 /// The [`Ctx`](crate::conn::Ctx) of one call into a connection, from a reactor's fields
 /// (a macro, not a method, so that it borrows only those fields and not the whole reactor).
@@ -364,7 +365,8 @@ pub struct Shutdown {
 pub enum ShutdownState {
     /// Serving.
     Running,
-    /// Stop accepting, finish handshakes, close upgraded connections with 1001, exit.
+    /// Stop accepting, finish handshakes, close upgraded connections with the drain close
+    /// code (`--drain-close-code`, 1012 by default) spread over the drain window, exit.
     Draining,
     /// Exit now.
     Aborting,
