@@ -200,7 +200,7 @@ const SCRAPE_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_CONCURRENT_SCRAPES: usize = 4;
 
 /// Serves `/metrics` and `/healthz` on `addr`, each scrape on a short-lived thread of its
-/// own (at most [`MAX_CONCURRENT_SCRAPES`]); returns the bound address.
+/// own (at most `MAX_CONCURRENT_SCRAPES`); returns the bound address.
 pub fn serve(
     addr: SocketAddr,
     counters: Vec<Arc<Counters>>,

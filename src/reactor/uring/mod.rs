@@ -43,7 +43,7 @@ use relay::{Link, Side};
 use submit::Submissions;
 
 const RING_ENTRIES: u32 = 4096;
-/// Set to a power of two, the ring's submission queue size instead of [`RING_ENTRIES`]
+/// Set to a power of two, the ring's submission queue size instead of `RING_ENTRIES`
 /// (the completion queue is twice that): tests shrink the ring so that it fills up.
 pub const RING_ENTRIES_ENV: &str = "WSEDGE_IO_URING_ENTRIES";
 /// 256 buffers of 16 KiB: 4 MiB per reactor, shared by all its connections.

@@ -1,0 +1,267 @@
+//! Startup: binding every listener, one reactor thread per core on the chosen backend, and
+//! the handle that joins them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use super::{epoll, listener, uring, Limits, ListenOptions, Shutdown};
+use crate::conn::ConnConfig;
+use crate::stats::{Counters, Snapshot};
+
+/// The I/O backend that drives the reactors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Readiness with epoll (`mio`).
+    Epoll,
+    /// Completions with io_uring: multishot accept, provided buffers.
+    Uring,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Epoll => "epoll",
+            Backend::Uring => "io_uring",
+        })
+    }
+}
+
+/// What each backend's reactor is built from.
+pub struct ReactorParts {
+    /// This reactor's listeners, one per listen address.
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The listeners use `TCP_DEFER_ACCEPT`: a request is queued by the time of accept.
+    pub defer_accept: bool,
+    /// Per-connection behaviour.
+    pub config: Arc<ConnConfig>,
+    /// This reactor's counters.
+    pub stats: Arc<Counters>,
+    /// The server-wide shutdown signal.
+    pub shutdown: Arc<Shutdown>,
+    /// This reactor's share of the limits.
+    pub limits: Limits,
+    /// Seed for jitter (distinct per reactor).
+    pub seed: u64,
+}
+
+/// Wakes a reactor blocked in its event loop.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+// One per thread, moved once: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Runner {
+    Epoll(epoll::Reactor),
+    Uring(uring::Reactor),
+}
+
+impl Runner {
+    fn run(self) -> io::Result<()> {
+        match self {
+            Runner::Epoll(reactor) => reactor.run(),
+            Runner::Uring(reactor) => reactor.run(),
+        }
+    }
+}
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on (port 0 picks one port, shared by all reactors).
+    pub listen: Vec<SocketAddr>,
+    /// Number of reactor threads.
+    pub threads: usize,
+    /// Pin reactor `i` to CPU `i` (modulo the CPUs available).
+    pub pin: bool,
+    /// The I/O backend.
+    pub backend: Backend,
+    /// Listener settings.
+    pub listen_options: ListenOptions,
+    /// Per-connection behaviour.
+    pub conn: ConnConfig,
+    /// Admission limits (server totals; each reactor takes its share) and drain behaviour.
+    pub limits: Limits,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A reactor could not set up its event loop.
+    #[error("cannot set up a reactor: {0}")]
+    Reactor(io::Error),
+    /// A reactor thread could not be spawned.
+    #[error("cannot start a reactor thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// A running server: its reactor threads and what they listen on.
+pub struct Server {
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    local_addrs: Vec<SocketAddr>,
+    shutdown: Arc<Shutdown>,
+    counters: Vec<Arc<Counters>>,
+}
+
+impl Server {
+    /// Binds every listener, then starts one reactor per thread. Errors (a port in use,
+    /// no permission) are reported here, before any thread runs.
+    pub fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let threads = config.threads.max(1);
+        let mut local_addrs = Vec::with_capacity(config.listen.len());
+        let mut per_reactor: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(threads);
+        for reactor in 0..threads {
+            let mut listeners = Vec::with_capacity(config.listen.len());
+            for (i, requested) in config.listen.iter().enumerate() {
+                // Port 0: the first bind picks the port, the other reactors join it.
+                let addr = local_addrs.get(i).copied().unwrap_or(*requested);
+                let listener = listener::bind(addr, config.listen_options)
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                if reactor == 0 {
+                    let bound = listener
+                        .local_addr()
+                        .map_err(|source| StartError::Bind { addr, source })?;
+                    local_addrs.push(bound);
+                }
+                listeners.push(listener);
+            }
+            per_reactor.push(listeners);
+        }
+
+        let shutdown = Arc::new(Shutdown::default());
+        let conn_config = Arc::new(config.conn.clone());
+        let cores = if config.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut counters = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for (index, listeners) in per_reactor.into_iter().enumerate() {
+            let stats = Arc::new(Counters::default());
+            counters.push(Arc::clone(&stats));
+            let parts = ReactorParts {
+                listeners,
+                defer_accept: config.listen_options.defer_accept_secs > 0,
+                config: Arc::clone(&conn_config),
+                stats,
+                shutdown: Arc::clone(&shutdown),
+                limits: Limits {
+                    max_connections: config.limits.max_connections.div_ceil(threads),
+                    max_pending_handshakes: config.limits.max_pending_handshakes.div_ceil(threads),
+                    max_connections_per_ip: config
+                        .limits
+                        .max_connections_per_ip
+                        .div_ceil(threads as u32),
+                    max_handshakes_per_ip_per_sec: config
+                        .limits
+                        .max_handshakes_per_ip_per_sec
+                        .div_ceil(threads as u64),
+                    ..config.limits
+                },
+                seed: 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(index as u64 + 1)
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+            };
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let backend = config.backend;
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("wsedge-reactor-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(reactor = index, "could not pin to CPU {}", core.id);
+                        }
+                    }
+                    // Built on its own thread: an io_uring set up for a single issuer must be
+                    // created by the thread that submits to it.
+                    let built = match backend {
+                        Backend::Epoll => {
+                            epoll::Reactor::new(parts).map(|(r, wake)| (Runner::Epoll(r), wake))
+                        }
+                        Backend::Uring => {
+                            uring::Reactor::new(parts).map(|(r, wake)| (Runner::Uring(r), wake))
+                        }
+                    };
+                    match built {
+                        Ok((runner, wake)) => {
+                            let _ = ready.send(Ok(wake));
+                            runner.run()
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                            Ok(())
+                        }
+                    }
+                })
+                .map_err(StartError::Spawn)?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..threads {
+            match ready_rx.recv() {
+                Ok(Ok(wake)) => shutdown.register(wake),
+                Ok(Err(error)) => failure = Some(error),
+                Err(_) => failure = Some(io::Error::other("a reactor thread exited during setup")),
+            }
+        }
+        if let Some(error) = failure {
+            shutdown.escalate_to_abort();
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(StartError::Reactor(error));
+        }
+        Ok(Server {
+            threads: handles,
+            local_addrs,
+            shutdown,
+            counters,
+        })
+    }
+
+    /// The bound addresses, in the order of [`ServerConfig::listen`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The handle that stops the server.
+    pub fn shutdown(&self) -> Arc<Shutdown> {
+        Arc::clone(&self.shutdown)
+    }
+
+    /// Each reactor's counters, for scrapes.
+    pub fn counters(&self) -> Vec<Arc<Counters>> {
+        self.counters.clone()
+    }
+
+    /// Totals over all reactors so far.
+    pub fn stats(&self) -> Snapshot {
+        Counters::sum(self.counters.iter().map(|c| &**c))
+    }
+
+    /// Waits for every reactor to exit (after a shutdown) and returns the totals.
+    pub fn join(self) -> io::Result<Snapshot> {
+        let mut result = Ok(());
+        for handle in self.threads {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => result = Err(error),
+                Err(_) => result = Err(io::Error::other("a reactor thread panicked")),
+            }
+        }
+        result.map(|()| Counters::sum(self.counters.iter().map(|c| &**c)))
+    }
+}

@@ -1,0 +1,74 @@
+//! The shutdown signal the reactors share: running, draining, aborting.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use super::Wake;
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABORTING: u8 = 2;
+
+/// The shutdown signal shared by the reactors (read once per loop turn, never per
+/// connection).
+#[derive(Default)]
+pub struct Shutdown {
+    state: AtomicU8,
+    wakers: Mutex<Vec<Wake>>,
+}
+
+/// What the reactors should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownState {
+    /// Serving.
+    Running,
+    /// Stop accepting, finish handshakes, close upgraded connections with the drain close
+    /// code (`--drain-close-code`, 1012 by default) spread over the drain window, exit.
+    Draining,
+    /// Exit now.
+    Aborting,
+}
+
+impl Shutdown {
+    /// The current state.
+    pub fn state(&self) -> ShutdownState {
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => ShutdownState::Running,
+            DRAINING => ShutdownState::Draining,
+            _ => ShutdownState::Aborting,
+        }
+    }
+
+    /// Starts a graceful drain (first signal), or aborts if one is already under way.
+    pub fn escalate(&self) -> ShutdownState {
+        let next = if self.state.load(Ordering::Acquire) == RUNNING {
+            DRAINING
+        } else {
+            ABORTING
+        };
+        self.state.fetch_max(next, Ordering::AcqRel);
+        self.wake_all();
+        self.state()
+    }
+
+    /// Exits at once (SIGQUIT).
+    pub fn escalate_to_abort(&self) -> ShutdownState {
+        self.state.fetch_max(ABORTING, Ordering::AcqRel);
+        self.wake_all();
+        self.state()
+    }
+
+    pub(super) fn register(&self, waker: Wake) {
+        if let Ok(mut wakers) = self.wakers.lock() {
+            wakers.push(waker);
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Ok(wakers) = self.wakers.lock() {
+            for wake in wakers.iter() {
+                wake();
+            }
+        }
+    }
+}
