@@ -22,5 +22,6 @@ pub mod handshake;
 pub mod metrics;
 pub mod proxy;
 pub mod reactor;
+pub mod session;
 pub mod stats;
 pub mod timer;

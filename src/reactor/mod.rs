@@ -10,10 +10,10 @@
 macro_rules! ctx {
     ($reactor:ident, $now:expr) => {
         crate::conn::Ctx {
-            config: &$reactor.config,
+            config: &$reactor.driver.config,
             now: $now,
             out: &mut $reactor.out,
-            stats: &$reactor.stats,
+            stats: &$reactor.driver.stats,
         }
     };
 }

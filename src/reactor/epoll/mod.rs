@@ -24,13 +24,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
-use crate::conn::{Conn, ConnConfig, Next};
+use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use crate::conn::Next;
 use crate::proxy::Upstreams;
+use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use relay::Link;
 
 mod relay;
-use crate::stats::Counters;
 use crate::timer::TimerWheel;
 
 const WAKER: Token = Token(usize::MAX);
@@ -46,46 +46,34 @@ const READ_BUDGET: usize = 8;
 const READ_BUFFER: usize = 64 * 1024;
 const EVENTS_CAPACITY: usize = 1024;
 
-/// What to do once a connection's unsent output is flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterFlush {
-    Nothing,
-    ShutdownWrite,
-    Close,
-}
-
 struct Client {
     stream: TcpStream,
-    conn: Conn,
-    /// Counted by admission control as a handshake in progress, until it is not.
-    handshaking: bool,
-    /// The client's address in the per-address table (0: not tracked).
-    ip_key: u64,
+    conn: crate::conn::Conn,
+    session: Session,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
     wants_writable: bool,
-    after_flush: AfterFlush,
-    /// Upper bound on waiting for a flush when the connection itself has no deadline.
-    flush_deadline: Option<u64>,
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     link: Option<Box<Link>>,
 }
 
 impl Client {
-    /// A connection not counted by admission, read only once registered.
-    fn new(stream: TcpStream, conn: Conn, peer: SocketAddr) -> Client {
+    /// A connection read only once registered.
+    fn new(
+        stream: TcpStream,
+        conn: crate::conn::Conn,
+        session: Session,
+        peer: SocketAddr,
+    ) -> Client {
         Client {
             stream,
             conn,
-            handshaking: false,
-            ip_key: 0,
+            session,
             eager: false,
             registered: false,
             wants_writable: false,
-            after_flush: AfterFlush::Nothing,
-            flush_deadline: None,
             peer,
             link: None,
         }
@@ -126,19 +114,16 @@ pub struct Reactor {
     listeners: Vec<Listener>,
     clients: Slab<Client>,
     wheel: TimerWheel,
-    config: Arc<ConnConfig>,
-    stats: Arc<Counters>,
+    /// Every decision above the connection's protocol.
+    driver: Driver,
     shutdown: Arc<Shutdown>,
     read_buffer: Box<[u8]>,
     out: Vec<u8>,
     epoch: Instant,
-    accept_pause: AcceptPause,
     /// Connections whose read budget ran out: revisit next turn.
     revisit: Vec<usize>,
     fired: Vec<u32>,
     eager_reads: EagerReads,
-    admission: Admission,
-    draining: bool,
     /// Proxy mode: this reactor's view of the upstreams.
     upstreams: Upstreams,
 }
@@ -174,13 +159,11 @@ impl Reactor {
             listeners: registered,
             clients: Slab::new(),
             wheel: TimerWheel::new(0),
-            config,
-            stats,
+            driver: Driver::new(config, stats, limits, seed),
             shutdown,
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             epoch: Instant::now(),
-            accept_pause: AcceptPause::default(),
             revisit: Vec::new(),
             fired: Vec::new(),
             eager_reads: EagerReads {
@@ -189,8 +172,6 @@ impl Reactor {
                 accepts: 0,
             },
             upstreams,
-            admission: Admission::new(limits, seed),
-            draining: false,
         };
         // A reactor that cannot be woken still sees the flag on its next timer tick.
         let wake: Wake = Arc::new(move || drop(waker.wake()));
@@ -240,7 +221,7 @@ impl Reactor {
             }
             match self.shutdown.state() {
                 ShutdownState::Aborting => return Ok(()),
-                ShutdownState::Draining if !self.draining => self.start_draining(now),
+                ShutdownState::Draining if !self.driver.is_draining() => self.start_draining(now),
                 _ => {}
             }
             self.accept_ready(now);
@@ -248,13 +229,10 @@ impl Reactor {
                 self.drive(key, now);
             }
             self.expire_timers(now);
-            if self.draining && self.clients.is_empty() {
+            if self.driver.is_draining() && self.clients.is_empty() {
                 return Ok(());
             }
-            if self
-                .admission
-                .end_turn(&self.stats, self.clients.len(), now, &self.config)
-            {
+            if self.driver.end_turn(self.clients.len(), now) {
                 return Ok(());
             }
         }
@@ -269,20 +247,20 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        let accepting = !self.draining && self.listeners.iter().any(|l| l.ready);
-        if !self.revisit.is_empty() || (accepting && !self.accept_pause.is_paused(now)) {
+        let accepting = !self.driver.is_draining() && self.listeners.iter().any(|l| l.ready);
+        if !self.revisit.is_empty() || (accepting && self.driver.accepting(now)) {
             return Some(Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
         if accepting {
-            let resume = self.accept_pause.resumes_at().saturating_sub(now);
+            let resume = self.driver.accept_resumes_at().saturating_sub(now);
             wait = Some(wait.map_or(resume, |w| w.min(resume)));
         }
         wait.map(Duration::from_millis)
     }
 
     fn accept_ready(&mut self, now: u64) {
-        if self.draining || self.accept_pause.is_paused(now) {
+        if !self.driver.accepting(now) {
             return;
         }
         for index in 0..self.listeners.len() {
@@ -299,7 +277,7 @@ impl Reactor {
                     Err(e) if sys::is_transient_accept_error(&e) => {}
                     Err(e) => {
                         // Out of descriptors or memory: retrying now would spin.
-                        self.accept_pause.pause(now, &e, &self.stats);
+                        self.driver.pause_accepting(now, &e);
                         return;
                     }
                 }
@@ -308,41 +286,28 @@ impl Reactor {
     }
 
     fn on_accepted(&mut self, stream: TcpStream, peer: SocketAddr, now: u64) {
-        Counters::bump(&self.stats.accepted);
-        let ip_key = match self
-            .admission
-            .admit(self.clients.len(), Some(peer.ip()), now)
-        {
-            Ok(ip_key) => ip_key,
-            Err(refusal) => return self.refuse(stream, peer, refusal, now),
-        };
-        let eager = self.eager_reads.read_first();
-        let mut client = Client::new(stream, Conn::new(&self.config, now), peer);
-        (client.handshaking, client.ip_key, client.eager) = (true, ip_key, eager);
+        let open = self.clients.len();
+        let (conn, session, next) = self
+            .driver
+            .accepted(open, Some(peer.ip()), now, &mut self.out);
+        let admitted = session.is_handshaking();
+        let mut client = Client::new(stream, conn, session, peer);
+        if !admitted {
+            // Refused over a limit: the answer is sent without reading the request.
+            let key = self.clients.insert(client);
+            if self.apply(key, next) {
+                self.settle(key, now);
+            }
+            return;
+        }
+        client.eager = self.eager_reads.read_first();
+        let eager = client.eager;
         let key = self.clients.insert(client);
         if eager {
             // With the request already queued, the connection may finish without ever
             // touching epoll.
             self.drive(key, now);
         } else {
-            self.settle(key, now);
-        }
-    }
-
-    /// Over a limit: answer 503 at once, without reading the request, then linger.
-    fn refuse(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        refusal: crate::handshake::Rejection,
-        now: u64,
-    ) {
-        Counters::bump(&self.stats.admission_rejections);
-        let mut conn = Conn::new(&self.config, now);
-        let mut cx = ctx!(self, now);
-        let next = conn.refuse(refusal, &mut cx);
-        let key = self.clients.insert(Client::new(stream, conn, peer));
-        if self.apply(key, next) {
             self.settle(key, now);
         }
     }
@@ -364,7 +329,7 @@ impl Reactor {
                 // its bytes wait in the kernel (back-pressure, not a buffer of ours).
                 return self.settle(key, now);
             }
-            if client.after_flush != AfterFlush::Nothing {
+            if client.session.awaits_flush() {
                 // Blocked on a flush: the writable edge resumes this connection.
                 return self.settle(key, now);
             }
@@ -430,24 +395,16 @@ impl Reactor {
             }
             self.out.clear();
         }
-        let flushed = client.conn.unsent().is_empty();
-        match (next, flushed) {
-            (Next::Continue | Next::Relay, _) => true,
-            (Next::Proxy, _) => self.connect_upstream(key, 0, self.now()),
-            (Next::Close, true) => {
+        let waiting = !client.conn.unsent().is_empty();
+        match client.session.after(next, waiting) {
+            Action::Continue | Action::Relay | Action::AwaitFlush => true,
+            Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
+            Action::Close => {
                 self.close(key);
                 false
             }
-            (Next::HalfClose, true) => {
+            Action::ShutdownWrite => {
                 let _ = client.stream.shutdown(HalfClose::Write);
-                true
-            }
-            (Next::Close, false) => {
-                client.after_flush = AfterFlush::Close;
-                true
-            }
-            (Next::HalfClose, false) => {
-                client.after_flush = AfterFlush::ShutdownWrite;
                 true
             }
         }
@@ -473,7 +430,7 @@ impl Reactor {
                 }
             }
         }
-        match std::mem::replace(&mut client.after_flush, AfterFlush::Nothing) {
+        match client.session.flushed() {
             AfterFlush::Nothing => true,
             AfterFlush::ShutdownWrite => {
                 let _ = client.stream.shutdown(HalfClose::Write);
@@ -491,22 +448,15 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.handshaking && !client.conn.is_handshaking() {
-            client.handshaking = false;
-            self.admission.handshake_ended();
-        }
-        if self.draining {
-            let Some(client) = self.clients.get_mut(key) else {
-                return;
-            };
-            if client.conn.is_open() {
-                let (close_at, code) = self.admission.drain_close();
-                let mut cx = ctx!(self, now);
-                let next = client.conn.on_shutdown(close_at, code, &mut cx);
-                if !self.apply(key, next) {
-                    return;
-                }
-            }
+        let next = self.driver.settle(
+            &mut client.conn,
+            &mut client.session,
+            false,
+            now,
+            &mut self.out,
+        );
+        if (next != Next::Continue || !self.out.is_empty()) && !self.apply(key, next) {
+            return;
         }
         let Some(client) = self.clients.get_mut(key) else {
             return;
@@ -546,11 +496,8 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.after_flush != AfterFlush::Nothing && client.flush_deadline.is_none() {
-            client.flush_deadline = Some(now + self.config.linger_ms);
-        }
-        self.wheel
-            .set(key as u32, client.conn.deadline().or(client.flush_deadline));
+        let at = self.driver.timer(&client.conn, &mut client.session, now);
+        self.wheel.set(key as u32, at);
     }
 
     fn expire_timers(&mut self, now: u64) {
@@ -561,12 +508,19 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
-            if client.after_flush == AfterFlush::Close {
+            let waiting = !client.conn.unsent().is_empty();
+            let expiry = self.driver.on_deadline(
+                &mut client.conn,
+                &client.session,
+                waiting,
+                now,
+                &mut self.out,
+            );
+            let Expiry::Then(next) = expiry else {
+                self.out.clear();
                 self.close(key);
                 continue;
-            }
-            let mut cx = ctx!(self, now);
-            let next = client.conn.on_timeout(&mut cx);
+            };
             if self.apply(key, next) {
                 self.settle(key, now);
             }
@@ -575,8 +529,7 @@ impl Reactor {
     }
 
     fn start_draining(&mut self, now: u64) {
-        self.draining = true;
-        self.admission.start_drain(now);
+        self.driver.start_draining(now);
         // Take what the kernel already queued for us: those clients were accepted by the
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {
@@ -594,14 +547,10 @@ impl Reactor {
 
     fn close(&mut self, key: usize) {
         if let Some(mut client) = self.clients.try_remove(key) {
-            client.conn.on_closed(&self.stats);
-            if client.handshaking {
-                self.admission.handshake_ended();
-            }
-            self.admission.connection_closed(client.ip_key, self.now());
+            let now = self.now();
+            self.driver.closed(&mut client.conn, &client.session, now);
             // Dropping the stream closes it, which also removes it from epoll.
             self.wheel.cancel(key as u32);
-            Counters::bump(&self.stats.closed);
         }
     }
 }

@@ -333,12 +333,12 @@ impl Reactor {
                 // it over, and do not try the others either.
                 Err(error) if sys::is_local_exhaustion(&error) => break Some(error),
                 Err(error) => {
-                    Counters::bump(&self.stats.upstream_connect_failures);
+                    Counters::bump(&self.driver.stats.upstream_connect_failures);
                     self.upstreams.refused(index, now, &error);
                     continue;
                 }
             };
-            let local = match self.config.proxy.forwarding {
+            let local = match self.driver.config.proxy.forwarding {
                 Forwarding::ProxyV2 => client.stream.local_addr().ok(),
                 Forwarding::Headers => None,
             };
@@ -353,7 +353,7 @@ impl Reactor {
             match flush_pipe(&link.stream, &mut link.up.pipe) {
                 Ok(()) => {}
                 Err(error) => {
-                    Counters::bump(&self.stats.upstream_connect_failures);
+                    Counters::bump(&self.driver.stats.upstream_connect_failures);
                     self.upstreams.refused(index, now, &error);
                     continue;
                 }
@@ -384,16 +384,12 @@ impl Reactor {
             return false;
         };
         client.link = None;
-        let mut cx = ctx!(self, now);
         let next = match failure {
-            // Out of descriptors or memory: the edge is overloaded, not the upstream down.
-            // Stop accepting for a while (queued clients wait in the kernel instead of being
-            // accepted into the same fate) and tell this one to come back later.
-            Some(error) => {
-                self.accept_pause.pause(now, &error, &self.stats);
-                client.conn.refuse(self.admission.overloaded(), &mut cx)
-            }
-            None => client.conn.on_upstream_failed(&mut cx),
+            // Out of descriptors, memory or ports: the edge is overloaded, not the upstream down.
+            Some(error) => self
+                .driver
+                .exhausted(&mut client.conn, &error, now, &mut self.out),
+            None => client.conn.on_upstream_failed(&mut ctx!(self, now)),
         };
         self.apply(key, next)
     }
@@ -443,7 +439,7 @@ impl Reactor {
         if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
             if !link.confirmed {
                 // The connect failed: try the next upstream.
-                Counters::bump(&self.stats.upstream_connect_failures);
+                Counters::bump(&self.driver.stats.upstream_connect_failures);
                 let (index, attempts) = (link.index, link.attempts);
                 client.link = None;
                 self.upstreams.refused(index, now, &error);

@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::{sys, AcceptPause, Admission, ReactorParts, Shutdown, ShutdownState, Wake};
-use crate::conn::{Conn, ConnConfig, Next};
+use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use crate::conn::{Conn, Next};
 use crate::proxy::Upstreams;
-use crate::stats::Counters;
+use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::timer::TimerWheel;
 use buf_ring::BufRing;
 use relay::{Link, Side};
@@ -106,20 +106,10 @@ fn decode(user_data: u64) -> (usize, Option<Op>) {
     ((user_data >> 8) as usize, Some(op))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterSend {
-    Nothing,
-    ShutdownWrite,
-    Close,
-}
-
 struct Client {
     fd: RawFd,
     conn: Conn,
-    /// Counted by admission control as a handshake in progress, until it is not.
-    handshaking: bool,
-    /// The client's address in the per-address table (0: not tracked).
-    ip_key: u64,
+    session: Session,
     /// Output produced while a send was in flight. Boxed on purpose: it is rare, and the
     /// box keeps it at 8 bytes in every slot instead of 24.
     #[allow(clippy::box_collection)]
@@ -128,10 +118,8 @@ struct Client {
     in_flight: u8,
     recv_armed: bool,
     send_in_flight: bool,
-    after_send: AfterSend,
     /// The close is submitted; the slot is freed when `in_flight` reaches 0.
     closing: bool,
-    flush_deadline: Option<u64>,
     /// Proxy mode: the upstream side. Lives as long as the slot, because operations in
     /// flight point into it (the connect's address, the pipes).
     link: Option<Box<Link>>,
@@ -155,20 +143,17 @@ pub struct Reactor {
     listeners: Vec<Listener>,
     clients: Slab<Client>,
     wheel: TimerWheel,
-    config: Arc<ConnConfig>,
-    stats: Arc<Counters>,
+    /// Every decision above the connection's protocol.
+    driver: Driver,
     shutdown: Arc<Shutdown>,
     out: Vec<u8>,
     epoch: Instant,
-    accept_pause: AcceptPause,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
     /// Receives that found the buffer ring empty: re-armed next turn.
     rearm: Vec<usize>,
     completions: Vec<(u64, i32, u32)>,
     fired: Vec<u32>,
-    admission: Admission,
-    draining: bool,
     /// Proxy mode: this reactor's view of the upstreams.
     upstreams: Upstreams,
 }
@@ -268,19 +253,15 @@ impl Reactor {
                 .collect(),
             clients: Slab::new(),
             wheel: TimerWheel::new(0),
-            config,
-            stats,
+            driver: Driver::new(config, stats, limits, seed),
             shutdown,
             out: Vec::with_capacity(4096),
             epoch: Instant::now(),
-            accept_pause: AcceptPause::default(),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
             rearm: Vec::new(),
             completions: Vec::with_capacity(1024),
             fired: Vec::new(),
-            admission: Admission::new(limits, seed),
-            draining: false,
             upstreams,
         };
         reactor.arm_wake()?;
@@ -321,7 +302,7 @@ impl Reactor {
     }
 
     fn arm_accepts(&mut self, now: u64) -> io::Result<()> {
-        if self.draining || self.accept_pause.is_paused(now) {
+        if !self.driver.accepting(now) {
             return Ok(());
         }
         for index in 0..self.listeners.len() {
@@ -350,7 +331,9 @@ impl Reactor {
             self.reap(now)?;
             match self.shutdown.state() {
                 ShutdownState::Aborting => return Ok(()),
-                ShutdownState::Draining if !self.draining => self.start_draining(now)?,
+                ShutdownState::Draining if !self.driver.is_draining() => {
+                    self.start_draining(now)?
+                }
                 _ => {}
             }
             self.arm_accepts(now)?;
@@ -358,13 +341,11 @@ impl Reactor {
                 self.arm_recv(key)?;
             }
             self.expire_timers(now)?;
-            if self.draining && self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed) {
+            let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
+            if self.driver.is_draining() && idle {
                 return Ok(());
             }
-            if self
-                .admission
-                .end_turn(&self.stats, self.clients.len(), now, &self.config)
-            {
+            if self.driver.end_turn(self.clients.len(), now) {
                 return Ok(());
             }
         }
@@ -375,13 +356,13 @@ impl Reactor {
             return Some(Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
-        let paused = !self.draining
+        let paused = !self.driver.is_draining()
             && self
                 .listeners
                 .iter()
                 .any(|l| !l.armed && l.socket.is_some());
         if paused {
-            let resume = self.accept_pause.resumes_at().saturating_sub(now);
+            let resume = self.driver.accept_resumes_at().saturating_sub(now);
             wait = Some(wait.map_or(resume, |w| w.min(resume)));
         }
         wait.map(Duration::from_millis)
@@ -437,7 +418,7 @@ impl Reactor {
         if !cqueue::more(flags) {
             if let Some(listener) = self.listeners.get_mut(index) {
                 listener.armed = false;
-                if self.draining {
+                if self.driver.is_draining() {
                     self.close_listener(index, now)?;
                 }
             }
@@ -456,10 +437,9 @@ impl Reactor {
     /// Pauses accepting after `error`: every armed multishot accept is cancelled, and
     /// re-armed once the pause is over.
     fn pause_accepting(&mut self, now: u64, error: &io::Error) -> io::Result<()> {
-        if self.accept_pause.is_paused(now) {
+        if !self.driver.pause_accepting(now, error) {
             return Ok(());
         }
-        self.accept_pause.pause(now, error, &self.stats);
         for index in 0..self.listeners.len() {
             if !self.listeners[index].armed {
                 continue;
@@ -474,35 +454,28 @@ impl Reactor {
     }
 
     fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {
-        Counters::bump(&self.stats.accepted);
         // Multishot accept reports no address: ask for it only when a per-address limit
         // needs it (one getpeername per connection).
         let peer = self
-            .admission
+            .driver
             .wants_peer()
             .then(|| socket_addr(fd, false).map(|a| a.ip()))
             .flatten();
-        let verdict = self.admission.admit(self.clients.len(), peer, now);
+        let open = self.clients.len();
+        let (conn, session, next) = self.driver.accepted(open, peer, now, &mut self.out);
         let key = self.clients.insert(Client {
             fd,
-            conn: Conn::new(&self.config, now),
-            handshaking: verdict.is_ok(),
-            ip_key: *verdict.as_ref().unwrap_or(&0),
+            conn,
+            session,
             queued: None,
             in_flight: 0,
             recv_armed: false,
             send_in_flight: false,
-            after_send: AfterSend::Nothing,
             closing: false,
-            flush_deadline: None,
             link: None,
         });
-        if let Err(refusal) = verdict {
-            // Over a limit: answer 503 or 429 at once, without reading the request, then linger.
-            Counters::bump(&self.stats.admission_rejections);
-            let client = &mut self.clients[key];
-            let mut cx = ctx!(self, now);
-            let next = client.conn.refuse(refusal, &mut cx);
+        if next != Next::Continue || !self.out.is_empty() {
+            // Refused over a limit: the answer goes at once, without reading the request.
             self.apply(key, next)?;
         }
         self.settle(key, now)
@@ -518,7 +491,7 @@ impl Reactor {
         if client.closing
             || client.recv_armed
             || client.send_in_flight
-            || client.after_send != AfterSend::Nothing
+            || client.session.awaits_flush()
         {
             return Ok(());
         }
@@ -733,10 +706,10 @@ impl Reactor {
             client.conn.keep_unsent(&queued);
             return self.submit_send(key, false);
         }
-        match std::mem::replace(&mut client.after_send, AfterSend::Nothing) {
-            AfterSend::Nothing => Ok(()),
-            AfterSend::ShutdownWrite => self.submit_shutdown(key),
-            AfterSend::Close => self.begin_close(key),
+        match client.session.flushed() {
+            AfterFlush::Nothing => Ok(()),
+            AfterFlush::ShutdownWrite => self.submit_shutdown(key),
+            AfterFlush::Close => self.begin_close(key),
         }
     }
 
@@ -771,30 +744,20 @@ impl Reactor {
             self.out.clear();
         }
         let busy = sending || client.send_in_flight;
-        match (next, busy) {
-            // The common close-mode path: 101 and close in the same submission.
-            (Next::Close, true) if sending && !client.recv_armed => self.submit_send(key, true),
-            (Next::Close, true) => {
-                client.after_send = AfterSend::Close;
-                if sending {
-                    self.submit_send(key, false)?;
-                }
-                Ok(())
-            }
-            (Next::Close, false) => self.begin_close(key),
-            (Next::HalfClose, true) => {
-                client.after_send = AfterSend::ShutdownWrite;
-                if sending {
-                    self.submit_send(key, false)?;
-                }
-                Ok(())
-            }
-            (Next::HalfClose, false) => self.submit_shutdown(key),
-            (Next::Continue, _) if sending => self.submit_send(key, false),
-            (Next::Continue, _) => Ok(()),
-            (Next::Proxy, _) => self.connect_upstream(key, 0, self.now()),
-            // Handled above: a relay needs a link, which `Next::Proxy` made.
-            (Next::Relay, _) => Ok(()),
+        // The common close-mode path: 101 and close in the same submission.
+        if next == Next::Close && sending && !client.recv_armed {
+            return self.submit_send(key, true);
+        }
+        let action = client.session.after(next, busy);
+        if sending {
+            self.submit_send(key, false)?;
+        }
+        match action {
+            Action::Close => self.begin_close(key),
+            Action::ShutdownWrite => self.submit_shutdown(key),
+            Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
+            // A relay was started above (it needs the link `Next::Proxy` made).
+            Action::Continue | Action::AwaitFlush | Action::Relay => Ok(()),
         }
     }
 
@@ -803,27 +766,22 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        if client.closing {
-            client.conn.on_closed(&self.stats);
-        }
-        if client.handshaking && (client.closing || !client.conn.is_handshaking()) {
-            client.handshaking = false;
-            self.admission.handshake_ended();
-        }
+        let next = self.driver.settle(
+            &mut client.conn,
+            &mut client.session,
+            client.closing,
+            now,
+            &mut self.out,
+        );
         if client.closing {
             if client.in_flight == 0 {
-                let ip_key = client.ip_key;
-                self.clients.remove(key);
-                self.admission.connection_closed(ip_key, now);
+                let mut client = self.clients.remove(key);
+                self.driver.closed(&mut client.conn, &client.session, now);
                 self.wheel.cancel(key as u32);
-                Counters::bump(&self.stats.closed);
             }
             return Ok(());
         }
-        if self.draining && client.conn.is_open() {
-            let (close_at, code) = self.admission.drain_close();
-            let mut cx = ctx!(self, now);
-            let next = client.conn.on_shutdown(close_at, code, &mut cx);
+        if next != Next::Continue || !self.out.is_empty() {
             self.apply(key, next)?;
         }
         self.arm_recv(key)?;
@@ -833,11 +791,8 @@ impl Reactor {
         if client.closing {
             return Ok(());
         }
-        if client.after_send != AfterSend::Nothing && client.flush_deadline.is_none() {
-            client.flush_deadline = Some(now + self.config.linger_ms);
-        }
-        self.wheel
-            .set(key as u32, client.conn.deadline().or(client.flush_deadline));
+        let at = self.driver.timer(&client.conn, &mut client.session, now);
+        self.wheel.set(key as u32, at);
         Ok(())
     }
 
@@ -852,15 +807,20 @@ impl Reactor {
             if client.closing {
                 continue;
             }
-            if client.after_send == AfterSend::Close
-                || client.send_in_flight && client.flush_deadline.is_some()
-            {
+            let waiting = client.send_in_flight;
+            let expiry = self.driver.on_deadline(
+                &mut client.conn,
+                &client.session,
+                waiting,
+                now,
+                &mut self.out,
+            );
+            let Expiry::Then(next) = expiry else {
                 // The peer stopped reading our output: give up on it.
+                self.out.clear();
                 self.begin_close(key)?;
                 continue;
-            }
-            let mut cx = ctx!(self, now);
-            let next = client.conn.on_timeout(&mut cx);
+            };
             self.apply(key, next)?;
             self.settle(key, now)?;
         }
@@ -869,8 +829,7 @@ impl Reactor {
     }
 
     fn start_draining(&mut self, now: u64) -> io::Result<()> {
-        self.draining = true;
-        self.admission.start_drain(now);
+        self.driver.start_draining(now);
         for index in 0..self.listeners.len() {
             if self.listeners[index].armed {
                 let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))

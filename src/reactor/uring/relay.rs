@@ -106,7 +106,7 @@ impl Reactor {
                 }
                 Err(error) => {
                     tracing::debug!(%error, %addr, "cannot open an upstream socket");
-                    Counters::bump(&self.stats.upstream_connect_failures);
+                    Counters::bump(&self.driver.stats.upstream_connect_failures);
                     continue;
                 }
             };
@@ -161,12 +161,12 @@ impl Reactor {
     /// accepted into the same fate) and this client is told to come back later (503).
     fn edge_exhausted(&mut self, key: usize, error: &io::Error, now: u64) -> io::Result<()> {
         self.pause_accepting(now, error)?;
-        let rejection = self.admission.overloaded();
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let mut cx = ctx!(self, now);
-        let next = client.conn.refuse(rejection, &mut cx);
+        let next = self
+            .driver
+            .exhausted(&mut client.conn, error, now, &mut self.out);
         self.apply(key, next)
     }
 
@@ -192,7 +192,7 @@ impl Reactor {
         }
         if result < 0 {
             let error = io::Error::from_raw_os_error(-result);
-            Counters::bump(&self.stats.upstream_connect_failures);
+            Counters::bump(&self.driver.stats.upstream_connect_failures);
             link.fd = None;
             if sys::is_local_exhaustion(&error) {
                 // No ephemeral port left: the edge is overloaded, the upstream not at fault.
@@ -204,7 +204,7 @@ impl Reactor {
         }
         link.connected = true;
         let peer = socket_addr(client.fd, false);
-        let local = match self.config.proxy.forwarding {
+        let local = match self.driver.config.proxy.forwarding {
             crate::proxy::Forwarding::ProxyV2 => socket_addr(client.fd, true),
             crate::proxy::Forwarding::Headers => None,
         };

@@ -1,0 +1,300 @@
+//! A connection's life above [`Conn`], decided once for both backends.
+//!
+//! [`Conn`] decides the protocol: what to answer, what a frame means, when a deadline is.
+//! Around it, a reactor decides whether a new connection is admitted or refused, counts the
+//! handshakes in progress, tells open connections when the drain closes them, waits for
+//! output to be flushed before a close or a half-close and gives up on it at the flush
+//! deadline, and accounts for every connection when it closes. Those decisions live here,
+//! in the [`Driver`] (one per reactor) and the [`Session`] (one per connection); the epoll
+//! and io_uring backends only carry them out with their own syscalls or ring operations,
+//! as quinn drives quinn-proto.
+//!
+//! A backend's part, per event:
+//! 1. a new socket: [`Driver::accepted`] gives the connection and what to do with it;
+//! 2. bytes or an end from the peer: [`Conn`]'s calls, then [`Session::after`] with the
+//!    [`Next`] and whether output still waits;
+//! 3. after every event on a connection: [`Driver::settle`] (accounting, drain), then
+//!    [`Driver::timer`] for the one deadline to arm;
+//! 4. a deadline reached: [`Driver::on_deadline`];
+//! 5. the socket closed: [`Driver::closed`].
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::handshake::Rejection;
+use crate::reactor::{AcceptPause, Admission, Limits};
+use crate::stats::Counters;
+
+/// What waits for a connection's output to be flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterFlush {
+    /// Nothing: keep reading.
+    #[default]
+    Nothing,
+    /// Shut down the write side (a rejection: then discard input until the peer closes).
+    ShutdownWrite,
+    /// Close the socket.
+    Close,
+}
+
+/// What a backend does with the socket once it has sent (or queued) a call's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Keep reading.
+    Continue,
+    /// Shut down the write side now (all output is out).
+    ShutdownWrite,
+    /// Close now (all output is out).
+    Close,
+    /// Output still waits: stop reading; what follows the flush is in the session.
+    AwaitFlush,
+    /// Proxy mode: connect to an upstream.
+    ConnectUpstream,
+    /// Proxy mode: start relaying.
+    Relay,
+}
+
+/// What a reached deadline means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The peer did not take the output by the flush deadline: close without it.
+    GiveUp,
+    /// The connection's own deadline: carry out this, as after any call.
+    Then(Next),
+}
+
+/// One connection's state above [`Conn`]: 24 bytes.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Counted by admission control as a handshake in progress, until it is not.
+    handshaking: bool,
+    /// The client's address in the per-address table (0: not tracked).
+    ip_key: u64,
+    after_flush: AfterFlush,
+    /// Bound on waiting for a flush, once one is awaited.
+    flush_deadline: Option<u64>,
+}
+
+impl Session {
+    /// What the backend does after a call that returned `next`, with `output_waiting` when
+    /// the socket has not taken all output yet: a close or half-close waits for the flush.
+    pub fn after(&mut self, next: Next, output_waiting: bool) -> Action {
+        match (next, output_waiting) {
+            (Next::Continue, _) => Action::Continue,
+            (Next::Proxy, _) => Action::ConnectUpstream,
+            (Next::Relay, _) => Action::Relay,
+            (Next::Close, false) => Action::Close,
+            (Next::HalfClose, false) => Action::ShutdownWrite,
+            (Next::Close, true) => {
+                self.after_flush = AfterFlush::Close;
+                Action::AwaitFlush
+            }
+            (Next::HalfClose, true) => {
+                self.after_flush = AfterFlush::ShutdownWrite;
+                Action::AwaitFlush
+            }
+        }
+    }
+
+    /// The output is all out: what was waiting for it, now due.
+    pub fn flushed(&mut self) -> AfterFlush {
+        std::mem::take(&mut self.after_flush)
+    }
+
+    /// Whether a close or half-close waits for the output: the socket is not read meanwhile.
+    pub fn awaits_flush(&self) -> bool {
+        self.after_flush != AfterFlush::Nothing
+    }
+
+    /// Whether the connection is counted as a handshake in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.handshaking
+    }
+}
+
+/// One reactor's decisions about its connections: admission, accounting, drain, deadlines.
+pub struct Driver {
+    /// Settings every connection shares.
+    pub config: Arc<ConnConfig>,
+    /// This reactor's counters.
+    pub stats: Arc<Counters>,
+    admission: Admission,
+    accept_pause: AcceptPause,
+    draining: bool,
+}
+
+impl Driver {
+    /// A reactor's driver, with its share of the limits and a seed for its jitter.
+    pub fn new(config: Arc<ConnConfig>, stats: Arc<Counters>, limits: Limits, seed: u64) -> Self {
+        Driver {
+            config,
+            stats,
+            admission: Admission::new(limits, seed),
+            accept_pause: AcceptPause::default(),
+            draining: false,
+        }
+    }
+
+    /// Whether new connections are taken now (not draining, not paused).
+    pub fn accepting(&self, now: u64) -> bool {
+        !self.draining && !self.accept_pause.is_paused(now)
+    }
+
+    /// When a pause of accepting ends.
+    pub fn accept_resumes_at(&self) -> u64 {
+        self.accept_pause.resumes_at()
+    }
+
+    /// Accepting failed with `error` (out of descriptors or memory): pauses it, so that the
+    /// failure is not retried at once (queued clients wait in the kernel meanwhile). Returns
+    /// false if accepting was paused already.
+    pub fn pause_accepting(&mut self, now: u64, error: &io::Error) -> bool {
+        if self.accept_pause.is_paused(now) {
+            return false;
+        }
+        self.accept_pause.pause(now, error, &self.stats);
+        true
+    }
+
+    /// Whether [`Driver::accepted`] needs the client's address (a per-address limit is set).
+    pub fn wants_peer(&self) -> bool {
+        self.admission.wants_peer()
+    }
+
+    /// A socket was accepted from `peer`, with `open` connections already held: the new
+    /// connection, its session, and what to do with it (over a limit: its 503 or 429 is in
+    /// `out`, sent without reading the request).
+    pub fn accepted(
+        &mut self,
+        open: usize,
+        peer: Option<IpAddr>,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> (Conn, Session, Next) {
+        Counters::bump(&self.stats.accepted);
+        let mut conn = Conn::new(&self.config, now);
+        match self.admission.admit(open, peer, now) {
+            Ok(ip_key) => {
+                let session = Session {
+                    handshaking: true,
+                    ip_key,
+                    ..Session::default()
+                };
+                (conn, session, Next::Continue)
+            }
+            Err(refusal) => {
+                Counters::bump(&self.stats.admission_rejections);
+                let next = conn.refuse(refusal, &mut self.cx(now, out));
+                (conn, Session::default(), next)
+            }
+        }
+    }
+
+    /// The edge has no descriptor, memory or port left for this client's upstream
+    /// connection: it is overloaded, the upstream is not at fault. Accepting pauses (queued
+    /// clients wait in the kernel instead of being accepted into the same fate) and the
+    /// client is told to come back later (503 with a jittered `Retry-After`).
+    pub fn exhausted(
+        &mut self,
+        conn: &mut Conn,
+        error: &io::Error,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        self.pause_accepting(now, error);
+        let refusal: Rejection = self.admission.overloaded();
+        conn.refuse(refusal, &mut self.cx(now, out))
+    }
+
+    /// After every event on a connection (`closing`: its close is under way): ends the
+    /// handshake count once the handshake is over, and in a drain gives an open connection
+    /// its close time. Carry out what it returns.
+    pub fn settle(
+        &mut self,
+        conn: &mut Conn,
+        session: &mut Session,
+        closing: bool,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if closing {
+            conn.on_closed(&self.stats);
+        }
+        if session.handshaking && (closing || !conn.is_handshaking()) {
+            session.handshaking = false;
+            self.admission.handshake_ended();
+        }
+        if self.draining && !closing && conn.is_open() {
+            let (close_at, code) = self.admission.drain_close();
+            return conn.on_shutdown(close_at, code, &mut self.cx(now, out));
+        }
+        Next::Continue
+    }
+
+    /// The one deadline to arm for this connection: its own, or while a flush is awaited
+    /// with none of its own, the flush deadline (the linger).
+    pub fn timer(&self, conn: &Conn, session: &mut Session, now: u64) -> Option<u64> {
+        if session.awaits_flush() && session.flush_deadline.is_none() {
+            session.flush_deadline = Some(now.saturating_add(self.config.linger_ms));
+        }
+        conn.deadline().or(session.flush_deadline)
+    }
+
+    /// The armed deadline passed (`output_waiting`: the socket has not taken all output).
+    /// Output the peer did not take by the flush deadline is given up, with the connection;
+    /// otherwise it is the connection's own deadline.
+    pub fn on_deadline(
+        &mut self,
+        conn: &mut Conn,
+        session: &Session,
+        output_waiting: bool,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Expiry {
+        let flush_overdue = session.flush_deadline.is_some_and(|at| now >= at);
+        if session.after_flush == AfterFlush::Close || (output_waiting && flush_overdue) {
+            return Expiry::GiveUp;
+        }
+        Expiry::Then(conn.on_timeout(&mut self.cx(now, out)))
+    }
+
+    /// The connection's socket is closed and its slot freed: the last of its accounting.
+    pub fn closed(&mut self, conn: &mut Conn, session: &Session, now: u64) {
+        conn.on_closed(&self.stats);
+        if session.handshaking {
+            self.admission.handshake_ended();
+        }
+        self.admission.connection_closed(session.ip_key, now);
+        Counters::bump(&self.stats.closed);
+    }
+
+    /// A drain begins: no more accepting; open connections get their close times as they
+    /// are settled.
+    pub fn start_draining(&mut self, now: u64) {
+        self.draining = true;
+        self.admission.start_drain(now);
+    }
+
+    /// Whether the reactor is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// End of a loop turn with `open` connections: publishes the gauges; true when a
+    /// drain's window is over and the reactor must exit with what is left.
+    pub fn end_turn(&self, open: usize, now: u64) -> bool {
+        self.admission
+            .end_turn(&self.stats, open, now, &self.config)
+    }
+
+    fn cx<'a>(&'a self, now: u64, out: &'a mut Vec<u8>) -> Ctx<'a> {
+        Ctx {
+            config: &self.config,
+            now,
+            out,
+            stats: &self.stats,
+        }
+    }
+}
