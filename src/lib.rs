@@ -8,6 +8,9 @@
 //! - [`conn`]: the per-connection state machine (handshake, echo framing, close
 //!   handshake, timeouts), bytes and time in, bytes and socket actions out.
 //! - [`proxy`]: the proxy mode's forwarded request, upstream check and relay pipes.
+//! - [`session`]: a connection's life above the protocol (admission, accounting, drain,
+//!   flush and its deadline), decided once for both backends.
+//! - [`transport`]: the bytes on the wire that a socket has not taken yet.
 //! - [`timer`]: the hashed timer wheel that enforces the deadlines.
 //! - [`check`]: `wsedge check URL`, one diagnosed handshake.
 //! - [`config`]: the command-line flags and their validation.
@@ -25,3 +28,4 @@ pub mod reactor;
 pub mod session;
 pub mod stats;
 pub mod timer;
+pub mod transport;

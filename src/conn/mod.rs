@@ -141,8 +141,6 @@ struct Buffers {
     pending: Vec<u8>,
     /// Payload of a fragmented message, unmasked.
     message: Vec<u8>,
-    /// Output the socket did not take yet.
-    unsent: Vec<u8>,
     /// Proxy mode: the client's request head is `pending[..head_len]`.
     head_len: usize,
     /// Proxy mode: when the client was accepted, for the handshake latency.
@@ -170,10 +168,11 @@ impl Conn {
 
     /// Frees the buffers once none holds anything.
     fn release_idle_buffers(&mut self) {
-        let idle =
-            self.buffers.as_ref().is_some_and(|b| {
-                b.pending.is_empty() && b.message.is_empty() && b.unsent.is_empty()
-            }) && self.phase != Phase::Answering;
+        let idle = self
+            .buffers
+            .as_ref()
+            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty())
+            && self.phase != Phase::Answering;
         if idle {
             self.buffers = None;
         }
@@ -229,28 +228,6 @@ impl Conn {
     /// Whether the handshake is still in progress.
     pub fn is_handshaking(&self) -> bool {
         self.phase == Phase::Handshake
-    }
-
-    /// Output a previous write did not finish.
-    pub fn unsent(&self) -> &[u8] {
-        self.buffers.as_ref().map_or(&[], |b| &b.unsent)
-    }
-
-    /// Keeps `bytes` to send once the socket is writable again.
-    pub fn keep_unsent(&mut self, bytes: &[u8]) {
-        self.buffers().unsent.extend_from_slice(bytes);
-    }
-
-    /// Drops the first `n` unsent bytes, which the socket took.
-    pub fn advance_unsent(&mut self, n: usize) {
-        if let Some(buffers) = self.buffers.as_mut() {
-            let unsent = &mut buffers.unsent;
-            unsent.drain(..n.min(unsent.len()));
-            if unsent.is_empty() {
-                *unsent = Vec::new();
-            }
-        }
-        self.release_idle_buffers();
     }
 
     /// Bytes arrived from the peer.

@@ -28,6 +28,7 @@ use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::Next;
 use crate::proxy::Upstreams;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
+use crate::transport::Outbox;
 use relay::Link;
 
 mod relay;
@@ -50,6 +51,8 @@ struct Client {
     stream: TcpStream,
     conn: crate::conn::Conn,
     session: Session,
+    /// Output the socket has not taken yet.
+    outbox: Outbox,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
@@ -71,6 +74,7 @@ impl Client {
             stream,
             conn,
             session,
+            outbox: Outbox::default(),
             eager: false,
             registered: false,
             wants_writable: false,
@@ -377,12 +381,14 @@ impl Reactor {
             client.link = None;
         }
         if !self.out.is_empty() {
-            if client.conn.unsent().is_empty() {
+            // Straight from the reactor's buffer when nothing waits: the common case costs
+            // no copy into the connection.
+            if client.outbox.is_empty() {
                 match (&client.stream).write(&self.out) {
                     Ok(n) if n == self.out.len() => {}
-                    Ok(n) => client.conn.keep_unsent(&self.out[n..]),
+                    Ok(n) => client.outbox.push(&self.out[n..]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        client.conn.keep_unsent(&self.out)
+                        client.outbox.push(&self.out)
                     }
                     Err(_) => {
                         self.out.clear();
@@ -391,11 +397,11 @@ impl Reactor {
                     }
                 }
             } else {
-                client.conn.keep_unsent(&self.out);
+                client.outbox.push(&self.out);
             }
             self.out.clear();
         }
-        let waiting = !client.conn.unsent().is_empty();
+        let waiting = !client.outbox.is_empty();
         match client.session.after(next, waiting) {
             Action::Continue | Action::Relay | Action::AwaitFlush => true,
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
@@ -415,13 +421,13 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
-        while !client.conn.unsent().is_empty() {
-            match (&client.stream).write(client.conn.unsent()) {
+        while !client.outbox.is_empty() {
+            match (&client.stream).write(client.outbox.pending()) {
                 Ok(0) => {
                     self.close(key);
                     return false;
                 }
-                Ok(n) => client.conn.advance_unsent(n),
+                Ok(n) => client.outbox.sent(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -462,7 +468,7 @@ impl Reactor {
             return;
         };
         // A relayed client keeps writability once added (see `update_upstream_interest`).
-        let wants_writable = !client.conn.unsent().is_empty()
+        let wants_writable = !client.outbox.is_empty()
             || client
                 .link
                 .as_ref()
@@ -508,7 +514,7 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
-            let waiting = !client.conn.unsent().is_empty();
+            let waiting = !client.outbox.is_empty();
             let expiry = self.driver.on_deadline(
                 &mut client.conn,
                 &client.session,

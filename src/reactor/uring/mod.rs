@@ -14,10 +14,10 @@
 //! turn into a loop of failing completions.
 //!
 //! # Buffers
-//! An operation's buffer must stay put until its completion: a send uses the connection's
-//! unsent output, to which nothing is appended while the send is in flight (new output waits
-//! in `queued`). A slot is freed only once every operation submitted for it has completed,
-//! so a late completion never finds another connection in its place.
+//! An operation's buffer must stay put until its completion: a send uses the front of the
+//! connection's [`Outbox`], which keeps it in place while the send is in flight. A slot is
+//! freed only once every operation submitted for it has completed, so a late completion
+//! never finds another connection (or a freed outbox) in its place.
 
 mod buf_ring;
 pub mod probe;
@@ -38,6 +38,7 @@ use crate::conn::{Conn, Next};
 use crate::proxy::Upstreams;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::timer::TimerWheel;
+use crate::transport::Outbox;
 use buf_ring::BufRing;
 use relay::{Link, Side};
 use submit::Submissions;
@@ -110,14 +111,11 @@ struct Client {
     fd: RawFd,
     conn: Conn,
     session: Session,
-    /// Output produced while a send was in flight. Boxed on purpose: it is rare, and the
-    /// box keeps it at 8 bytes in every slot instead of 24.
-    #[allow(clippy::box_collection)]
-    queued: Option<Box<Vec<u8>>>,
+    /// Output the socket has not taken yet; its front stays put while a send is in flight.
+    outbox: Outbox,
     /// Submitted operations whose completion has not arrived.
     in_flight: u8,
     recv_armed: bool,
-    send_in_flight: bool,
     /// The close is submitted; the slot is freed when `in_flight` reaches 0.
     closing: bool,
     /// Proxy mode: the upstream side. Lives as long as the slot, because operations in
@@ -467,10 +465,9 @@ impl Reactor {
             fd,
             conn,
             session,
-            queued: None,
+            outbox: Outbox::default(),
             in_flight: 0,
             recv_armed: false,
-            send_in_flight: false,
             closing: false,
             link: None,
         });
@@ -490,7 +487,7 @@ impl Reactor {
         }
         if client.closing
             || client.recv_armed
-            || client.send_in_flight
+            || client.outbox.is_sending()
             || client.session.awaits_flush()
         {
             return Ok(());
@@ -516,14 +513,15 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        let unsent = client.conn.unsent();
-        let mut send =
-            opcode::Send::new(types::Fd(client.fd), unsent.as_ptr(), unsent.len() as u32)
-                // Stream sockets: the kernel retries a short send until all is sent or it fails.
-                .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(user_data(key, Op::Send));
-        client.send_in_flight = true;
+        let bytes = client.outbox.start_send();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut send = opcode::Send::new(types::Fd(client.fd), bytes.as_ptr(), bytes.len() as u32)
+            // Stream sockets: the kernel retries a short send until all is sent or it fails.
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(key, Op::Send));
         client.in_flight += 1;
         if then_close {
             send = send.flags(squeue::Flags::IO_LINK);
@@ -531,7 +529,7 @@ impl Reactor {
             client.in_flight += 1;
             let fd = client.fd;
             self.wheel.cancel(key as u32);
-            // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
+            // SAFETY: the outbox keeps the bytes in place until this send completes.
             unsafe { self.push_entry(&send) };
             let close = opcode::Close::new(types::Fd(fd))
                 .build()
@@ -540,7 +538,7 @@ impl Reactor {
             unsafe { self.push_entry(&close) };
             return Ok(());
         }
-        // SAFETY: `unsent` is not touched while the send is in flight (see module docs).
+        // SAFETY: the outbox keeps the bytes in place until this send completes.
         unsafe { self.push_entry(&send) };
         Ok(())
     }
@@ -585,7 +583,7 @@ impl Reactor {
         };
         let in_flight = [
             (client.recv_armed, recv_op),
-            (client.send_in_flight, Op::Send),
+            (client.outbox.is_sending(), Op::Send),
             (relay_send, Op::RelaySend),
         ];
         self.cancel_and_close(key, in_flight, client.fd, Op::Close)
@@ -669,13 +667,12 @@ impl Reactor {
                 }
             }
             Op::Send => {
-                client.send_in_flight = false;
+                client.outbox.sent(usize::try_from(result).unwrap_or(0));
                 if client.closing {
                     // The linked close follows (or was cancelled by a failed send).
                 } else if result < 0 {
                     self.begin_close(key)?;
                 } else {
-                    client.conn.advance_unsent(result as usize);
                     self.after_send(key)?;
                 }
             }
@@ -699,11 +696,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return Ok(());
         };
-        if !client.conn.unsent().is_empty() {
-            return self.submit_send(key, false);
-        }
-        if let Some(queued) = client.queued.take() {
-            client.conn.keep_unsent(&queued);
+        if !client.outbox.pending().is_empty() {
             return self.submit_send(key, false);
         }
         match client.session.flushed() {
@@ -732,18 +725,12 @@ impl Reactor {
         };
         let mut sending = false;
         if !self.out.is_empty() {
-            if client.send_in_flight || !client.conn.unsent().is_empty() {
-                client
-                    .queued
-                    .get_or_insert_with(Box::default)
-                    .extend_from_slice(&self.out);
-            } else {
-                client.conn.keep_unsent(&self.out);
-                sending = true;
-            }
+            // While a send is in flight this waits behind it (see `Outbox`).
+            client.outbox.push(&self.out);
             self.out.clear();
+            sending = !client.outbox.is_sending();
         }
-        let busy = sending || client.send_in_flight;
+        let busy = sending || client.outbox.is_sending();
         // The common close-mode path: 101 and close in the same submission.
         if next == Next::Close && sending && !client.recv_armed {
             return self.submit_send(key, true);
@@ -807,7 +794,7 @@ impl Reactor {
             if client.closing {
                 continue;
             }
-            let waiting = client.send_in_flight;
+            let waiting = client.outbox.is_sending();
             let expiry = self.driver.on_deadline(
                 &mut client.conn,
                 &client.session,

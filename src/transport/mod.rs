@@ -1,0 +1,151 @@
+//! The bytes on the wire: what a connection has produced and its socket has not taken yet.
+//!
+//! [`crate::conn::Conn`] writes plaintext into the caller's buffer; the backend hands it to
+//! the connection's [`Outbox`], sends what the outbox holds and reports what the socket
+//! took. Plain TCP is the one transport today; TLS goes behind this same seam (plaintext in,
+//! ciphertext held here, close_notify before a close), so that neither the protocol core
+//! nor the backends change for it.
+//!
+//! # Buffers stay put while a send is in flight
+//! io_uring reads a send's buffer after the call that submitted it has returned: the bytes
+//! must not move or change until the completion. [`Outbox::start_send`] marks the front
+//! buffer as in flight; output pushed meanwhile goes to a second buffer, which becomes the
+//! front only once [`Outbox::sent`] reports the completion. This is the one place that rule
+//! is enforced. epoll writes synchronously and never has a send in flight.
+
+/// Output waiting for the socket: 8 bytes while there is none.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Allocated only while something waits, freed as soon as nothing does.
+    buffers: Option<Box<Buffers>>,
+}
+
+#[derive(Debug, Default)]
+struct Buffers {
+    /// What goes out next; from `start` on while a send of it is in flight.
+    front: Vec<u8>,
+    /// Output that arrived while the front was in flight.
+    back: Vec<u8>,
+    in_flight: bool,
+}
+
+impl Outbox {
+    /// Whether no output waits (nothing held, none in flight).
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_none()
+    }
+
+    /// Whether a send of the front is in flight (io_uring).
+    pub fn is_sending(&self) -> bool {
+        self.buffers.as_ref().is_some_and(|b| b.in_flight)
+    }
+
+    /// Keeps `bytes` to send after what is already held.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let buffers = self.buffers.get_or_insert_with(Box::default);
+        if buffers.in_flight {
+            buffers.back.extend_from_slice(bytes);
+        } else {
+            buffers.front.extend_from_slice(bytes);
+        }
+    }
+
+    /// What to send next (empty while a send is in flight or nothing is held).
+    pub fn pending(&self) -> &[u8] {
+        match &self.buffers {
+            Some(buffers) if !buffers.in_flight => &buffers.front,
+            _ => &[],
+        }
+    }
+
+    /// Hands the front to an asynchronous send: its bytes stay where they are, unchanged,
+    /// until [`Outbox::sent`]. Returns them (empty if nothing is held or a send is in
+    /// flight already).
+    pub fn start_send(&mut self) -> &[u8] {
+        match &mut self.buffers {
+            Some(buffers) if !buffers.in_flight && !buffers.front.is_empty() => {
+                buffers.in_flight = true;
+                &buffers.front
+            }
+            _ => &[],
+        }
+    }
+
+    /// The socket took the first `n` bytes of the front (a synchronous write, or the
+    /// completion of the send in flight): they are dropped, and what waited behind moves up.
+    pub fn sent(&mut self, n: usize) {
+        let Some(buffers) = self.buffers.as_mut() else {
+            return;
+        };
+        buffers.in_flight = false;
+        buffers.front.drain(..n.min(buffers.front.len()));
+        if buffers.front.is_empty() {
+            std::mem::swap(&mut buffers.front, &mut buffers.back);
+        }
+        if buffers.front.is_empty() {
+            self.buffers = None;
+        }
+    }
+
+    /// A send in flight failed or was cancelled: the socket is going away, nothing more is
+    /// sent; the bytes are released.
+    pub fn abandon(&mut self) {
+        self.buffers = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_synchronous_writer_takes_the_front_in_pieces() {
+        let mut outbox = Outbox::default();
+        assert!(outbox.is_empty());
+        outbox.push(b"hello ");
+        outbox.push(b"world");
+        assert_eq!(outbox.pending(), b"hello world");
+        outbox.sent(3);
+        assert_eq!(outbox.pending(), b"lo world");
+        outbox.sent(8);
+        assert!(outbox.is_empty(), "nothing held, nothing allocated");
+    }
+
+    #[test]
+    fn bytes_in_flight_do_not_move_and_later_output_waits_behind_them() {
+        let mut outbox = Outbox::default();
+        outbox.push(b"101");
+        let in_flight = outbox.start_send();
+        let (ptr, len) = (in_flight.as_ptr(), in_flight.len());
+        assert!(outbox.is_sending());
+        assert_eq!(outbox.start_send(), b"", "one send at a time");
+        assert_eq!(outbox.pending(), b"");
+        // Enough to reallocate any buffer it went into.
+        outbox.push(&[7u8; 1 << 16]);
+        let Some(buffers) = outbox.buffers.as_ref() else {
+            panic!("held");
+        };
+        assert_eq!((buffers.front.as_ptr(), buffers.front.len()), (ptr, len));
+        // A short completion: the rest of the front goes first, then what waited.
+        outbox.sent(2);
+        assert_eq!(outbox.pending(), b"1");
+        outbox.start_send();
+        outbox.sent(1);
+        assert_eq!(outbox.pending().len(), 1 << 16);
+        outbox.sent(1 << 16);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_send_releases_everything() {
+        let mut outbox = Outbox::default();
+        outbox.push(b"x");
+        outbox.start_send();
+        outbox.push(b"y");
+        outbox.abandon();
+        assert!(outbox.is_empty() && !outbox.is_sending());
+    }
+}
