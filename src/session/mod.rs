@@ -19,12 +19,13 @@
 //! 5. the socket closed: [`Driver::closed`].
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
-use crate::reactor::{AcceptPause, Admission, Limits};
+use crate::proxy::Upstreams;
+use crate::reactor::{sys, AcceptPause, Admission, Limits};
 use crate::stats::Counters;
 
 /// What waits for a connection's output to be flushed.
@@ -128,7 +129,19 @@ impl Session {
     }
 }
 
-/// One reactor's decisions about its connections: admission, accounting, drain, deadlines.
+/// What a failed upstream connection attempt means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// The upstream is at fault (refused, unreachable, reset): it is passed over for a while
+    /// and the next one is tried for this client ([`Driver::next_upstream`]).
+    TryNext,
+    /// The edge itself has no descriptor, memory or port left: carry out this (a 503 with
+    /// `Retry-After`; accepting is paused). No other upstream would fare better.
+    Answer(Next),
+}
+
+/// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
+/// and in proxy mode which upstream to try and what its failure means.
 pub struct Driver {
     /// Settings every connection shares.
     pub config: Arc<ConnConfig>,
@@ -137,18 +150,73 @@ pub struct Driver {
     admission: Admission,
     accept_pause: AcceptPause,
     draining: bool,
+    /// Proxy mode: this reactor's view of the upstreams.
+    upstreams: Upstreams,
 }
 
 impl Driver {
     /// A reactor's driver, with its share of the limits and a seed for its jitter.
     pub fn new(config: Arc<ConnConfig>, stats: Arc<Counters>, limits: Limits, seed: u64) -> Self {
+        // Reactors start their rotations at different upstreams, so that their first
+        // connections spread.
+        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         Driver {
             config,
             stats,
             admission: Admission::new(limits, seed),
             accept_pause: AcceptPause::default(),
             draining: false,
+            upstreams,
         }
+    }
+
+    /// Proxy mode: the next upstream for a client that has tried `attempts` (counted here);
+    /// `None` once every upstream was tried for it: its answer is then
+    /// [`Conn::on_upstream_failed`] (502).
+    pub fn next_upstream(&mut self, attempts: &mut usize, now: u64) -> Option<(usize, SocketAddr)> {
+        if *attempts >= self.upstreams.len() {
+            return None;
+        }
+        let picked = self.upstreams.pick(now)?;
+        *attempts += 1;
+        Some(picked)
+    }
+
+    /// Proxy mode: opening a socket to upstream `index`, or connecting it, failed with
+    /// `error`. Running out of a local resource is the edge's overload, not the upstream's
+    /// fault (and not counted against it); anything else passes the upstream over.
+    pub fn upstream_failed(
+        &mut self,
+        conn: &mut Conn,
+        index: usize,
+        error: &io::Error,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> UpstreamFailure {
+        if sys::is_local_exhaustion(error) {
+            return UpstreamFailure::Answer(self.exhausted(conn, error, now, out));
+        }
+        Counters::bump(&self.stats.upstream_connect_failures);
+        self.upstreams.refused(index, now, error);
+        UpstreamFailure::TryNext
+    }
+
+    /// Proxy mode: the edge could not take on an upstream socket it opened (an epoll
+    /// registration failed). The upstream is not at fault: running out of memory or of
+    /// epoll watches is the edge's overload (503, accepting paused); any other error is
+    /// this client's 502, logged.
+    pub fn upstream_unusable(
+        &mut self,
+        conn: &mut Conn,
+        error: &io::Error,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if sys::is_local_exhaustion(error) || error.raw_os_error() == Some(libc::ENOSPC) {
+            return self.exhausted(conn, error, now, out);
+        }
+        tracing::warn!(%error, "cannot watch an upstream socket");
+        conn.on_upstream_failed(&mut self.cx(now, out))
     }
 
     /// Whether new connections are taken now (not draining, not paused).
@@ -315,11 +383,4 @@ impl Driver {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_session_costs_24_bytes_per_connection() {
-        assert_eq!(std::mem::size_of::<Session>(), 24);
-    }
-}
+mod tests;

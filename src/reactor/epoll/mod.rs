@@ -26,7 +26,6 @@ use slab::Slab;
 
 use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::Next;
-use crate::proxy::Upstreams;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::transport::Outbox;
 use relay::Link;
@@ -128,8 +127,6 @@ pub struct Reactor {
     revisit: Vec<usize>,
     fired: Vec<u32>,
     eager_reads: EagerReads,
-    /// Proxy mode: this reactor's view of the upstreams.
-    upstreams: Upstreams,
 }
 
 impl Reactor {
@@ -157,7 +154,6 @@ impl Reactor {
                 ready: true,
             });
         }
-        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         let reactor = Reactor {
             poll,
             listeners: registered,
@@ -175,7 +171,6 @@ impl Reactor {
                 score: 0,
                 accepts: 0,
             },
-            upstreams,
         };
         // A reactor that cannot be woken still sees the flag on its next timer tick.
         let wake: Wake = Arc::new(move || drop(waker.wake()));

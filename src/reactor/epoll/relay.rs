@@ -36,7 +36,7 @@ use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
 use crate::proxy::{Forwarding, Peers, Pipe};
 use crate::reactor::sys;
-use crate::stats::Counters;
+use crate::session::UpstreamFailure;
 
 /// A client's upstream connection and the bytes in transit both ways.
 pub(super) struct Link {
@@ -306,16 +306,12 @@ impl Reactor {
     /// `attempts` upstreams already, and writes the forwarded request to it; after every
     /// upstream refused, 502. Returns whether the client is still there.
     pub(super) fn connect_upstream(&mut self, key: usize, mut attempts: usize, now: u64) -> bool {
-        let failure = loop {
-            if attempts >= self.upstreams.len() {
-                break None;
-            }
-            let Some((index, addr)) = self.upstreams.pick(now) else {
-                break None;
-            };
-            attempts += 1;
+        let next = loop {
             let Some(client) = self.clients.get_mut(key) else {
                 return false;
+            };
+            let Some((index, addr)) = self.driver.next_upstream(&mut attempts, now) else {
+                break client.conn.on_upstream_failed(&mut ctx!(self, now));
             };
             let mut link = match start_connect(addr) {
                 Ok(stream) => Box::new(Link {
@@ -329,14 +325,16 @@ impl Reactor {
                     up: Direction::new(client.registered, false),
                     down: Direction::new(false, true),
                 }),
-                // Out of descriptors, memory or ports is not the upstream's fault: do not pass
-                // it over, and do not try the others either.
-                Err(error) if sys::is_local_exhaustion(&error) => break Some(error),
-                Err(error) => {
-                    Counters::bump(&self.driver.stats.upstream_connect_failures);
-                    self.upstreams.refused(index, now, &error);
-                    continue;
-                }
+                Err(error) => match self.driver.upstream_failed(
+                    &mut client.conn,
+                    index,
+                    &error,
+                    now,
+                    &mut self.out,
+                ) {
+                    UpstreamFailure::TryNext => continue,
+                    UpstreamFailure::Answer(next) => break next,
+                },
             };
             let local = match self.driver.config.proxy.forwarding {
                 Forwarding::ProxyV2 => client.stream.local_addr().ok(),
@@ -350,12 +348,16 @@ impl Reactor {
             client.conn.write_upstream_request(peers, &mut cx);
             link.up.pipe.push(&self.out);
             self.out.clear();
-            match flush_pipe(&link.stream, &mut link.up.pipe) {
-                Ok(()) => {}
-                Err(error) => {
-                    Counters::bump(&self.driver.stats.upstream_connect_failures);
-                    self.upstreams.refused(index, now, &error);
-                    continue;
+            if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
+                match self.driver.upstream_failed(
+                    &mut client.conn,
+                    index,
+                    &error,
+                    now,
+                    &mut self.out,
+                ) {
+                    UpstreamFailure::TryNext => continue,
+                    UpstreamFailure::Answer(next) => break next,
                 }
             }
             if link.up.pipe.is_empty() {
@@ -375,22 +377,16 @@ impl Reactor {
                 Token(UPSTREAM_BASE + key),
                 interest,
             ) {
-                break Some(error);
+                break self
+                    .driver
+                    .upstream_unusable(&mut client.conn, &error, now, &mut self.out);
             }
             client.link = Some(link);
             return true;
         };
-        let Some(client) = self.clients.get_mut(key) else {
-            return false;
-        };
-        client.link = None;
-        let next = match failure {
-            // Out of descriptors, memory or ports: the edge is overloaded, not the upstream down.
-            Some(error) => self
-                .driver
-                .exhausted(&mut client.conn, &error, now, &mut self.out),
-            None => client.conn.on_upstream_failed(&mut ctx!(self, now)),
-        };
+        if let Some(client) = self.clients.get_mut(key) {
+            client.link = None;
+        }
         self.apply(key, next)
     }
 
@@ -438,12 +434,21 @@ impl Reactor {
         let before = link.up.pipe.len();
         if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
             if !link.confirmed {
-                // The connect failed: try the next upstream.
-                Counters::bump(&self.driver.stats.upstream_connect_failures);
+                // The connect failed: the next upstream, or the client's answer.
                 let (index, attempts) = (link.index, link.attempts);
                 client.link = None;
-                self.upstreams.refused(index, now, &error);
-                if self.connect_upstream(key, attempts, now) {
+                let failure = self.driver.upstream_failed(
+                    &mut client.conn,
+                    index,
+                    &error,
+                    now,
+                    &mut self.out,
+                );
+                let still_there = match failure {
+                    UpstreamFailure::TryNext => self.connect_upstream(key, attempts, now),
+                    UpstreamFailure::Answer(next) => self.apply(key, next),
+                };
+                if still_there {
                     self.settle(key, now);
                 }
                 return;

@@ -35,7 +35,6 @@ use slab::Slab;
 
 use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, Next};
-use crate::proxy::Upstreams;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::timer::TimerWheel;
 use crate::transport::Outbox;
@@ -152,8 +151,6 @@ pub struct Reactor {
     rearm: Vec<usize>,
     completions: Vec<(u64, i32, u32)>,
     fired: Vec<u32>,
-    /// Proxy mode: this reactor's view of the upstreams.
-    upstreams: Upstreams,
 }
 
 /// Builds the ring with the cheapest task-running mode the kernel accepts: with
@@ -236,7 +233,6 @@ impl Reactor {
             _ => None,
         };
         let wake_fd = Arc::new(eventfd()?);
-        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
         let mut reactor = Reactor {
             ring,
             submissions: Submissions::default(),
@@ -260,7 +256,6 @@ impl Reactor {
             rearm: Vec::new(),
             completions: Vec::with_capacity(1024),
             fired: Vec::new(),
-            upstreams,
         };
         reactor.arm_wake()?;
         reactor.arm_accepts(0)?;
@@ -435,8 +430,17 @@ impl Reactor {
     /// Pauses accepting after `error`: every armed multishot accept is cancelled, and
     /// re-armed once the pause is over.
     fn pause_accepting(&mut self, now: u64, error: &io::Error) -> io::Result<()> {
-        if !self.driver.pause_accepting(now, error) {
-            return Ok(());
+        if self.driver.pause_accepting(now, error) {
+            self.cancel_accepts_while_paused(now);
+        }
+        Ok(())
+    }
+
+    /// While the driver has accepting paused, cancels the armed multishot accepts (they are
+    /// re-armed when the pause ends).
+    fn cancel_accepts_while_paused(&mut self, now: u64) {
+        if self.driver.accepting(now) || self.driver.is_draining() {
+            return;
         }
         for index in 0..self.listeners.len() {
             if !self.listeners[index].armed {
@@ -448,7 +452,6 @@ impl Reactor {
             // SAFETY: a cancel references no memory.
             unsafe { self.push_entry(&cancel) };
         }
-        Ok(())
     }
 
     fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {

@@ -21,7 +21,7 @@ use super::buf_ring::BufRing;
 use super::{socket_addr, user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
 use crate::proxy::{Peers, Pipe};
 use crate::reactor::sys;
-use crate::stats::Counters;
+use crate::session::UpstreamFailure;
 
 /// One end of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,26 +92,24 @@ impl Reactor {
         now: u64,
     ) -> io::Result<()> {
         loop {
-            if attempts >= self.upstreams.len() {
-                return self.upstream_failed(key, now);
-            }
-            let Some((index, addr)) = self.upstreams.pick(now) else {
-                return self.upstream_failed(key, now);
-            };
-            attempts += 1;
-            let socket: OwnedFd = match sys::upstream_socket(addr) {
-                Ok(socket) => socket.into(),
-                Err(error) if sys::is_local_exhaustion(&error) => {
-                    return self.edge_exhausted(key, &error, now);
-                }
-                Err(error) => {
-                    tracing::debug!(%error, %addr, "cannot open an upstream socket");
-                    Counters::bump(&self.driver.stats.upstream_connect_failures);
-                    continue;
-                }
-            };
             let Some(client) = self.clients.get_mut(key) else {
                 return Ok(());
+            };
+            let Some((index, addr)) = self.driver.next_upstream(&mut attempts, now) else {
+                return self.upstream_failed(key, now);
+            };
+            let socket: OwnedFd = match sys::upstream_socket(addr) {
+                Ok(socket) => socket.into(),
+                Err(error) => match self.driver.upstream_failed(
+                    &mut client.conn,
+                    index,
+                    &error,
+                    now,
+                    &mut self.out,
+                ) {
+                    UpstreamFailure::TryNext => continue,
+                    UpstreamFailure::Answer(next) => return self.answer_overloaded(key, next, now),
+                },
             };
             let link = client.link.get_or_insert_with(|| {
                 Box::new(Link {
@@ -156,17 +154,16 @@ impl Reactor {
         }
     }
 
-    /// Out of descriptors, memory or ports for an upstream connection: the edge is overloaded, not the
-    /// upstream down. Accepting pauses (queued clients wait in the kernel instead of being
-    /// accepted into the same fate) and this client is told to come back later (503).
-    fn edge_exhausted(&mut self, key: usize, error: &io::Error, now: u64) -> io::Result<()> {
-        self.pause_accepting(now, error)?;
-        let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
-        };
-        let next = self
-            .driver
-            .exhausted(&mut client.conn, error, now, &mut self.out);
+    /// The edge ran out of descriptors, memory or ports for this client's upstream: its
+    /// answer (a 503) is `next`, and the driver paused accepting: the armed multishot
+    /// accepts are cancelled too (queued clients wait in the kernel meanwhile).
+    fn answer_overloaded(
+        &mut self,
+        key: usize,
+        next: crate::conn::Next,
+        now: u64,
+    ) -> io::Result<()> {
+        self.cancel_accepts_while_paused(now);
         self.apply(key, next)
     }
 
@@ -192,15 +189,15 @@ impl Reactor {
         }
         if result < 0 {
             let error = io::Error::from_raw_os_error(-result);
-            Counters::bump(&self.driver.stats.upstream_connect_failures);
             link.fd = None;
-            if sys::is_local_exhaustion(&error) {
-                // No ephemeral port left: the edge is overloaded, the upstream not at fault.
-                return self.edge_exhausted(key, &error, now);
-            }
             let (index, attempts) = (link.index, link.attempts);
-            self.upstreams.refused(index, now, &error);
-            return self.connect_upstream(key, attempts, now);
+            let failure =
+                self.driver
+                    .upstream_failed(&mut client.conn, index, &error, now, &mut self.out);
+            return match failure {
+                UpstreamFailure::TryNext => self.connect_upstream(key, attempts, now),
+                UpstreamFailure::Answer(next) => self.answer_overloaded(key, next, now),
+            };
         }
         link.connected = true;
         let peer = socket_addr(client.fd, false);

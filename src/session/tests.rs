@@ -1,0 +1,310 @@
+//! The driver in memory, as a backend drives it, with a fake clock and no sockets: each
+//! rule once, not once per backend.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::*;
+use crate::conn::AfterUpgrade;
+use crate::handshake::Policy;
+use crate::proxy::{ProxyConfig, REFUSED_BACKOFF_MS};
+
+const REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+const UPSTREAMS: [&str; 2] = ["10.0.0.1:9000", "10.0.0.2:9000"];
+
+fn driver(limits: Limits) -> Driver {
+    let config = ConnConfig {
+        policy: Policy::default(),
+        after: AfterUpgrade::Echo,
+        handshake_timeout_ms: 1000,
+        idle_timeout_ms: 0,
+        max_message_bytes: 1 << 16,
+        linger_ms: 100,
+        proxy: ProxyConfig {
+            upstreams: UPSTREAMS.iter().map(|a| a.parse().unwrap()).collect(),
+            ..ProxyConfig::default()
+        },
+    };
+    Driver::new(Arc::new(config), Arc::new(Counters::default()), limits, 7)
+}
+
+/// One connection as a backend holds it: the protocol state, the session, its output.
+struct Peer {
+    conn: Conn,
+    session: Session,
+    out: Vec<u8>,
+    next: Next,
+}
+
+fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
+    let mut out = Vec::new();
+    let (conn, session, next) = driver.accepted(open, Some(ip.parse().unwrap()), now, &mut out);
+    Peer {
+        conn,
+        session,
+        out,
+        next,
+    }
+}
+
+impl Peer {
+    fn status(&self) -> &str {
+        std::str::from_utf8(&self.out[9..12]).unwrap()
+    }
+
+    fn retry_after(&self) -> u32 {
+        let text = String::from_utf8_lossy(&self.out);
+        let line = text.lines().find_map(|l| l.strip_prefix("Retry-After: "));
+        line.expect("a Retry-After").trim().parse().unwrap()
+    }
+
+    /// The client sends its request; the driver settles the connection afterwards.
+    fn upgrade(&mut self, driver: &mut Driver, now: u64) {
+        let mut cx = driver.cx(now, &mut self.out);
+        assert_eq!(self.conn.on_data(REQUEST, &mut cx), Next::Continue);
+        assert!(self.out.starts_with(b"HTTP/1.1 101"));
+        self.out.clear();
+        let next = driver.settle(&mut self.conn, &mut self.session, false, now, &mut self.out);
+        assert_eq!(next, Next::Continue);
+    }
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Relaxed)
+}
+
+#[test]
+fn over_the_connection_limit_a_client_gets_503_with_a_retry_after_in_range() {
+    let limits = Limits {
+        max_connections: 2,
+        retry_after_secs: (5, 30),
+        ..Limits::default()
+    };
+    let mut driver = driver(limits);
+    let admitted = accept(&mut driver, 1, "192.0.2.1", 0);
+    assert!(admitted.session.is_handshaking() && admitted.out.is_empty());
+    assert_eq!(admitted.next, Next::Continue);
+    for _ in 0..50 {
+        let refused = accept(&mut driver, 2, "192.0.2.1", 0);
+        assert_eq!(refused.next, Next::HalfClose);
+        assert_eq!(refused.status(), "503");
+        assert!((5..=30).contains(&refused.retry_after()));
+        assert!(
+            !refused.session.is_handshaking(),
+            "a refusal is not a handshake"
+        );
+    }
+    assert_eq!(count(&driver.stats.admission_rejections), 50);
+    assert_eq!(count(&driver.stats.accepted), 51);
+}
+
+#[test]
+fn a_finished_handshake_frees_its_pending_slot() {
+    let limits = Limits {
+        max_pending_handshakes: 1,
+        ..Limits::default()
+    };
+    let mut driver = driver(limits);
+    let mut first = accept(&mut driver, 0, "192.0.2.1", 0);
+    assert_eq!(accept(&mut driver, 1, "192.0.2.2", 0).status(), "503");
+    first.upgrade(&mut driver, 10);
+    assert!(!first.session.is_handshaking());
+    let third = accept(&mut driver, 1, "192.0.2.3", 10);
+    assert!(
+        third.session.is_handshaking(),
+        "the upgraded one no longer counts"
+    );
+}
+
+#[test]
+fn one_address_over_its_limit_gets_429_until_one_of_its_connections_closes() {
+    let limits = Limits {
+        max_connections_per_ip: 1,
+        ..Limits::default()
+    };
+    let mut driver = driver(limits);
+    let mut held = accept(&mut driver, 0, "192.0.2.1", 0);
+    assert_eq!(accept(&mut driver, 1, "192.0.2.1", 0).status(), "429");
+    assert!(accept(&mut driver, 1, "198.51.100.1", 0)
+        .session
+        .is_handshaking());
+    held.upgrade(&mut driver, 5);
+    driver.closed(&mut held.conn, &held.session, 6);
+    assert!(accept(&mut driver, 1, "192.0.2.1", 7)
+        .session
+        .is_handshaking());
+}
+
+#[test]
+fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
+    let limits = Limits {
+        drain_window_ms: 10_000,
+        drain_close_code: 1012,
+        ..Limits::default()
+    };
+    let mut driver = driver(limits);
+    let mut peers: Vec<Peer> = (0..200)
+        .map(|i| {
+            let mut peer = accept(&mut driver, i, "192.0.2.1", 0);
+            peer.upgrade(&mut driver, 0);
+            peer
+        })
+        .collect();
+    driver.start_draining(1_000);
+    assert!(!driver.accepting(1_000));
+    let mut close_times = Vec::new();
+    for peer in &mut peers {
+        let next = driver.settle(
+            &mut peer.conn,
+            &mut peer.session,
+            false,
+            1_000,
+            &mut peer.out,
+        );
+        assert!(matches!(next, Next::Continue | Next::Close), "{next:?}");
+        close_times.push(
+            driver
+                .timer(&peer.conn, &mut peer.session, 1_000)
+                .unwrap_or(1_000),
+        );
+    }
+    let (first, last) = (close_times.iter().min(), close_times.iter().max());
+    assert!(first.is_some_and(|&t| t < 3_000) && last.is_some_and(|&t| t > 9_000));
+    assert!(close_times.iter().all(|&t| (1_000..=11_000).contains(&t)));
+    // At its time, a connection is sent Close(1012).
+    let peer = &mut peers[0];
+    let at = driver
+        .timer(&peer.conn, &mut peer.session, 1_000)
+        .unwrap_or(1_000);
+    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, false, at, &mut peer.out);
+    assert_eq!(expiry, Expiry::Then(Next::Continue));
+    assert_eq!(peer.out, [0x88, 0x02, 0x03, 0xF4]);
+}
+
+#[test]
+fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
+    let mut driver = driver(Limits::default());
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    let mut attempts = 0;
+    let (first, _) = driver.next_upstream(&mut attempts, 0).unwrap();
+    let failure = driver.upstream_failed(&mut peer.conn, first, &refused, 0, &mut peer.out);
+    assert_eq!(failure, UpstreamFailure::TryNext);
+    let (second, _) = driver.next_upstream(&mut attempts, 0).unwrap();
+    assert_ne!(first, second);
+    // Each was tried once for this client: no more.
+    assert_eq!(driver.next_upstream(&mut attempts, 0), None);
+    assert_eq!(count(&driver.stats.upstream_connect_failures), 1);
+    // New clients skip the refuser until its backoff ends.
+    for _ in 0..4 {
+        let mut fresh = 0;
+        assert_eq!(driver.next_upstream(&mut fresh, 10).unwrap().0, second);
+    }
+    let mut fresh = 0;
+    let later = REFUSED_BACKOFF_MS + 10;
+    let picks: Vec<usize> = (0..2)
+        .map(|_| driver.next_upstream(&mut fresh, later).unwrap().0)
+        .collect();
+    assert!(picks.contains(&first), "back in rotation after its backoff");
+}
+
+#[test]
+fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault() {
+    let mut driver = driver(Limits::default());
+    for errno in [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ] {
+        let mut peer = accept(&mut driver, 0, "192.0.2.1", 1_000);
+        let error = std::io::Error::from_raw_os_error(errno);
+        let failure = driver.upstream_failed(&mut peer.conn, 0, &error, 1_000, &mut peer.out);
+        assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
+        assert_eq!(peer.status(), "503");
+        assert!(!driver.accepting(1_000) && driver.accepting(driver.accept_resumes_at()));
+    }
+    assert_eq!(count(&driver.stats.upstream_connect_failures), 0);
+    // Nothing was passed over: the first upstream is still first in line.
+    let mut untouched = self::driver(Limits::default());
+    assert_eq!(
+        driver.next_upstream(&mut 0, 1_000).map(|p| p.0),
+        untouched.next_upstream(&mut 0, 1_000).map(|p| p.0)
+    );
+}
+
+#[test]
+fn an_upstream_socket_the_edge_cannot_watch_is_its_own_failure() {
+    let mut driver = driver(Limits::default());
+    // Out of epoll watches: overload, 503.
+    let mut full = accept(&mut driver, 0, "192.0.2.1", 0);
+    let watches = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    assert_eq!(
+        driver.upstream_unusable(&mut full.conn, &watches, 0, &mut full.out),
+        Next::HalfClose
+    );
+    assert_eq!(full.status(), "503");
+    assert!(!driver.accepting(0));
+}
+
+#[test]
+fn output_not_taken_by_the_linger_is_given_up_with_the_connection() {
+    let mut driver = driver(Limits::default());
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    peer.upgrade(&mut driver, 0);
+    // A close waits for the output to go out.
+    assert_eq!(peer.session.after(Next::Close, true), Action::AwaitFlush);
+    assert!(peer.session.awaits_flush());
+    let deadline = driver.timer(&peer.conn, &mut peer.session, 50);
+    assert_eq!(deadline, Some(150), "the linger bounds the wait");
+    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, true, 150, &mut peer.out);
+    assert_eq!(expiry, Expiry::GiveUp);
+    // Had it gone out, the close was due.
+    assert_eq!(peer.session.flushed(), AfterFlush::Close);
+    assert_eq!(peer.session.after(Next::Close, false), Action::Close);
+    assert_eq!(
+        peer.session.after(Next::HalfClose, false),
+        Action::ShutdownWrite
+    );
+}
+
+#[test]
+fn a_silent_client_is_closed_at_the_handshake_deadline_and_counted() {
+    let mut driver = driver(Limits::default());
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 0), Some(1000));
+    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, false, 1000, &mut peer.out);
+    assert_eq!(expiry, Expiry::Then(Next::Close));
+    assert!(
+        peer.out.is_empty(),
+        "nothing says a silent peer speaks HTTP"
+    );
+    assert_eq!(count(&driver.stats.handshake_timeouts), 1);
+}
+
+#[test]
+fn a_client_that_leaves_mid_handshake_is_counted_abandoned_once() {
+    let mut driver = driver(Limits {
+        max_pending_handshakes: 1,
+        ..Limits::default()
+    });
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    let next = driver.settle(&mut peer.conn, &mut peer.session, true, 5, &mut peer.out);
+    assert_eq!(next, Next::Continue);
+    driver.closed(&mut peer.conn, &peer.session, 5);
+    assert_eq!(count(&driver.stats.handshakes_abandoned), 1);
+    assert_eq!(count(&driver.stats.closed), 1);
+    assert!(
+        accept(&mut driver, 0, "192.0.2.1", 6)
+            .session
+            .is_handshaking(),
+        "slot freed"
+    );
+}
+
+#[test]
+fn a_session_costs_24_bytes_per_connection() {
+    assert_eq!(std::mem::size_of::<Session>(), 24);
+}
