@@ -14,7 +14,9 @@
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
 //! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
+//! | when a FIN is passed on, when a relay is over | [`Fin`], [`both_passed`] |
 
+mod fin;
 mod forward;
 mod pipe;
 mod proxy_v2;
@@ -22,6 +24,7 @@ mod upstreams;
 
 use std::net::SocketAddr;
 
+pub use fin::{both_passed, Fin};
 pub use forward::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
 };

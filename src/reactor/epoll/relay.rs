@@ -34,7 +34,7 @@ use mio::{Interest, Token};
 
 use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
-use crate::proxy::{Forwarding, Peers, Pipe};
+use crate::proxy::{both_passed, Fin, Forwarding, Peers, Pipe};
 use crate::reactor::sys;
 use crate::session::UpstreamFailure;
 
@@ -72,10 +72,8 @@ pub(super) struct Direction {
     /// connections (clients that only listen, or leave at once) never send one, so they
     /// are spared a syscall. Client sockets inherit it from the listener.
     nodelay: bool,
-    /// The source's FIN was read.
-    eof: bool,
-    /// The FIN was passed on: the sink's write side is shut down.
-    shut: bool,
+    /// The source's FIN, read and passed on (the sink's write side shut down).
+    fin: Fin,
 }
 
 impl Direction {
@@ -86,8 +84,7 @@ impl Direction {
             pipe: Pipe::default(),
             kernel: None,
             nodelay,
-            eof: false,
-            shut: false,
+            fin: Fin::default(),
         }
     }
 
@@ -212,7 +209,7 @@ fn pump(
         drain_splice_pipe(kernel, to).map_err(|_| Broken::Sink)?;
     }
     let mut reads = 0;
-    while d.readable && !d.eof && d.pipe.room() > 0 {
+    while d.readable && !d.fin.is_read() && d.pipe.room() > 0 {
         if reads == READ_BUDGET {
             flow.more = true;
             break;
@@ -225,7 +222,7 @@ fn pump(
             }
             let room = SPLICE_PIPE_CAPACITY - kernel.len;
             match sys::splice(from.as_fd(), kernel.write.as_fd(), room) {
-                Ok(0) => d.eof = true,
+                Ok(0) => d.fin.read(),
                 Ok(n) => {
                     flow.moved = true;
                     set_nodelay_once(to, &mut d.nodelay);
@@ -247,7 +244,7 @@ fn pump(
         }
         let room = d.pipe.room().min(buffer.len());
         match from.read(&mut buffer[..room]) {
-            Ok(0) => d.eof = true,
+            Ok(0) => d.fin.read(),
             Ok(n) => {
                 flow.moved = true;
                 set_nodelay_once(to, &mut d.nodelay);
@@ -273,8 +270,7 @@ fn pump(
         }
     }
     let kernel_empty = d.kernel.as_ref().is_none_or(|k| k.len == 0);
-    if d.eof && d.pipe.is_empty() && kernel_empty && !d.shut {
-        d.shut = true;
+    if d.fin.pass_now(!d.pipe.is_empty() || !kernel_empty) {
         // The peer may be gone already; the other direction reports that.
         let _ = to.shutdown(HalfClose::Write);
     }
@@ -544,7 +540,7 @@ impl Reactor {
                 return self.close(key);
             }
         };
-        if link.up.shut && link.down.shut {
+        if both_passed(link.up.fin, link.down.fin) {
             return self.close(key);
         }
         if up.moved || down.moved {

@@ -19,7 +19,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use super::buf_ring::BufRing;
 use super::{socket_addr, user_data, Op, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
-use crate::proxy::{Peers, Pipe};
+use crate::proxy::{both_passed, Fin, Peers, Pipe};
 use crate::reactor::sys;
 use crate::session::UpstreamFailure;
 
@@ -66,10 +66,10 @@ pub(super) struct Link {
     pub(super) client_send_in_flight: bool,
     to_upstream: Pipe,
     to_client: Pipe,
-    client_eof: bool,
-    upstream_eof: bool,
-    client_shut: bool,
-    upstream_shut: bool,
+    /// Client to upstream: the client's FIN, passed on to the upstream.
+    up_fin: Fin,
+    /// Upstream to client: the upstream's FIN, passed on to the client.
+    down_fin: Fin,
     /// The upstream socket's close is submitted: nothing more is started on it.
     retired: bool,
 }
@@ -127,10 +127,8 @@ impl Reactor {
                     client_send_in_flight: false,
                     to_upstream: Pipe::default(),
                     to_client: Pipe::default(),
-                    client_eof: false,
-                    upstream_eof: false,
-                    client_shut: false,
-                    upstream_shut: false,
+                    up_fin: Fin::default(),
+                    down_fin: Fin::default(),
                     retired: false,
                 })
             });
@@ -296,7 +294,7 @@ impl Reactor {
             return Ok(());
         };
         let mut entries: [Option<squeue::Entry>; 2] = [None, None];
-        if relaying && !client.recv_armed && !link.client_eof && link.to_upstream.room() > 0 {
+        if relaying && !client.recv_armed && !link.up_fin.is_read() && link.to_upstream.room() > 0 {
             client.recv_armed = true;
             link.client_recv_relay = true;
             entries[0] = Some(
@@ -321,7 +319,7 @@ impl Reactor {
             link.connected
                 && !link.retired
                 && !link.recv_armed
-                && !link.upstream_eof
+                && !link.down_fin.is_read()
                 && upstream_wanted
         }) {
             link.recv_armed = true;
@@ -419,8 +417,8 @@ impl Reactor {
             }
             (0, _) => {
                 match from {
-                    Side::Client => link.client_eof = true,
-                    Side::Upstream => link.upstream_eof = true,
+                    Side::Client => link.up_fin.read(),
+                    Side::Upstream => link.down_fin.read(),
                 }
                 self.pass_fins(key)
             }
@@ -558,26 +556,18 @@ impl Reactor {
         if client.closing || link.retired {
             return Ok(());
         }
-        if link.client_eof
-            && !link.upstream_shut
-            && link.to_upstream.is_empty()
-            && !link.send_in_flight
-        {
-            link.upstream_shut = true;
+        let to_upstream_in_transit = !link.to_upstream.is_empty() || link.send_in_flight;
+        if link.up_fin.pass_now(to_upstream_in_transit) {
             if let Some(fd) = &link.fd {
                 sys::shutdown_write(fd);
             }
         }
-        if link.upstream_eof
-            && !link.client_shut
-            && link.to_client.is_empty()
-            && !link.client_send_in_flight
-        {
-            link.client_shut = true;
+        let to_client_in_transit = !link.to_client.is_empty() || link.client_send_in_flight;
+        if link.down_fin.pass_now(to_client_in_transit) {
             // SAFETY: the client descriptor is open: the slot is not closing (checked above).
             sys::shutdown_write(unsafe { BorrowedFd::borrow_raw(client.fd) });
         }
-        if link.client_shut && link.upstream_shut {
+        if both_passed(link.up_fin, link.down_fin) {
             return self.begin_close(key);
         }
         Ok(())
