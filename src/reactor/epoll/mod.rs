@@ -518,7 +518,6 @@ impl Reactor {
                 &mut self.out,
             );
             let Expiry::Then(next) = expiry else {
-                self.out.clear();
                 self.close(key);
                 continue;
             };

@@ -297,6 +297,29 @@ fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(socket.into()))
 }
 
+/// Opens a connection to upstream `index` at `addr` and writes as much of `request` (the
+/// forwarded request) into it as it takes; the rest waits in the link's pipe.
+fn open_link(
+    addr: SocketAddr,
+    index: usize,
+    attempts: usize,
+    client_readable: bool,
+    request: &[u8],
+) -> io::Result<Box<Link>> {
+    let mut link = Box::new(Link {
+        stream: start_connect(addr)?,
+        index,
+        attempts,
+        confirmed: false,
+        upstream_writable_interest: false,
+        up: Direction::new(client_readable, false),
+        down: Direction::new(false, true),
+    });
+    link.up.pipe.push(request);
+    flush_pipe(&link.stream, &mut link.up.pipe)?;
+    Ok(link)
+}
+
 impl Reactor {
     /// Opens a connection to the next upstream for client `key`, which has tried
     /// `attempts` upstreams already, and writes the forwarded request to it; after every
@@ -309,18 +332,23 @@ impl Reactor {
             let Some((index, addr)) = self.driver.next_upstream(&mut attempts, now) else {
                 break client.conn.on_upstream_failed(&mut ctx!(self, now));
             };
-            let mut link = match start_connect(addr) {
-                Ok(stream) => Box::new(Link {
-                    stream,
-                    index,
-                    attempts,
-                    confirmed: false,
-                    upstream_writable_interest: false,
-                    // A client read before is not drained; one never registered reports
-                    // its readiness when it is.
-                    up: Direction::new(client.registered, false),
-                    down: Direction::new(false, true),
-                }),
+            let local = match self.driver.config.proxy.forwarding {
+                Forwarding::ProxyV2 => client.stream.local_addr().ok(),
+                Forwarding::Headers => None,
+            };
+            let peers = Peers {
+                client: client.peer,
+                local: local.unwrap_or(client.peer),
+            };
+            client
+                .conn
+                .write_upstream_request(peers, &mut ctx!(self, now));
+            // A client read before is not drained; one never registered reports its
+            // readiness when it is.
+            let opened = open_link(addr, index, attempts, client.registered, &self.out);
+            self.out.clear();
+            let mut link = match opened {
+                Ok(link) => link,
                 Err(error) => match self.driver.upstream_failed(
                     &mut client.conn,
                     index,
@@ -332,30 +360,6 @@ impl Reactor {
                     UpstreamFailure::Answer(next) => break next,
                 },
             };
-            let local = match self.driver.config.proxy.forwarding {
-                Forwarding::ProxyV2 => client.stream.local_addr().ok(),
-                Forwarding::Headers => None,
-            };
-            let peers = Peers {
-                client: client.peer,
-                local: local.unwrap_or(client.peer),
-            };
-            let mut cx = ctx!(self, now);
-            client.conn.write_upstream_request(peers, &mut cx);
-            link.up.pipe.push(&self.out);
-            self.out.clear();
-            if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
-                match self.driver.upstream_failed(
-                    &mut client.conn,
-                    index,
-                    &error,
-                    now,
-                    &mut self.out,
-                ) {
-                    UpstreamFailure::TryNext => continue,
-                    UpstreamFailure::Answer(next) => break next,
-                }
-            }
             if link.up.pipe.is_empty() {
                 link.confirmed = true;
                 let cx = ctx!(self, now);

@@ -807,7 +807,6 @@ impl Reactor {
             );
             let Expiry::Then(next) = expiry else {
                 // The peer stopped reading our output: give up on it.
-                self.out.clear();
                 self.begin_close(key)?;
                 continue;
             };
