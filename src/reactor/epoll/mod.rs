@@ -6,7 +6,7 @@
 //! ever registered with epoll, and in close mode it never is. Under `TCP_DEFER_ACCEPT` the
 //! request is always there. Without it, an eager read that finds nothing is a wasted
 //! syscall, so the reactor learns from recent accepts whether reading first pays
-//! ([`EagerReads`]) and otherwise registers first, as a plain epoll server would.
+//! (`EagerReads`) and otherwise registers first, as a plain epoll server would.
 //!
 //! # Draining readiness
 //! Registrations are edge-triggered: a readiness edge is reported once, so a socket is
