@@ -558,7 +558,8 @@ impl Reactor {
         };
         // SAFETY: the descriptor is open: it belongs to this live slot, and its close is
         // only ever submitted by `begin_close`, which marks the slot closing first.
-        unsafe { libc::shutdown(client.fd, libc::SHUT_WR) };
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(client.fd) };
+        sys::shutdown_write(fd);
         Ok(())
     }
 
