@@ -284,18 +284,23 @@ impl Harness {
         request.extend(masked(true, 1, b"early"));
         assert_eq!(h.feed(&request), Next::Proxy);
         assert!(h.out.is_empty(), "no 101 of our own");
+        h.forward();
+        h
+    }
+
+    /// Writes what the upstream is sent (the request and what followed it) into `out`.
+    fn forward(&mut self) {
         let peers = Peers {
             client: "192.0.2.1:5000".parse().unwrap(),
             local: "127.0.0.1:80".parse().unwrap(),
         };
         let mut cx = Ctx {
-            config: &h.config,
-            now: h.now,
-            out: &mut h.out,
-            stats: &h.stats,
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
         };
-        h.conn.write_upstream_request(peers, &mut cx);
-        h
+        self.conn.write_upstream_request(peers, &mut cx);
     }
 
     fn upstream_sends(&mut self, bytes: &[u8]) -> Next {
@@ -350,17 +355,7 @@ fn proxy_keeps_what_the_client_sends_while_the_upstream_is_awaited() {
     let mut h = Harness::proxied();
     let first = h.take_out();
     assert_eq!(h.feed(&masked(true, 1, b"late")), Next::Continue);
-    let peers = Peers {
-        client: "192.0.2.1:5000".parse().unwrap(),
-        local: "127.0.0.1:80".parse().unwrap(),
-    };
-    let mut cx = Ctx {
-        config: &h.config,
-        now: h.now,
-        out: &mut h.out,
-        stats: &h.stats,
-    };
-    h.conn.write_upstream_request(peers, &mut cx);
+    h.forward();
     assert_eq!(h.take_out(), [first, masked(true, 1, b"late")].concat());
 }
 
