@@ -1,7 +1,5 @@
-//! The relay's end-of-stream rule, the same for both backends: a side's FIN is passed on to
-//! the other side once every byte read before it is out (a half-close works both ways), and
-//! the pair is closed once both FINs are passed. (The other end-of-stream rule, a reset or
-//! error on one side resets the other, needs no state: the backend does it where it sees it.)
+//! One direction's end of stream: the source's FIN, and whether it was passed on to the sink
+//! (the rules are in [`super::Link`]).
 
 /// One direction of a relay, from its source to its sink: the source's FIN and whether it was
 /// passed on.
@@ -38,11 +36,6 @@ impl Fin {
     }
 }
 
-/// Whether both directions' FINs are passed on: the relay is over, both sockets close.
-pub fn both_passed(up: Fin, down: Fin) -> bool {
-    up.passed && down.passed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,13 +51,6 @@ mod tests {
         );
         assert!(fin.pass_now(false));
         assert!(!fin.pass_now(false), "passed once");
-        assert!(
-            !both_passed(fin, Fin::default()),
-            "a half-close keeps the other way open"
-        );
-        let mut other = Fin::default();
-        other.read();
-        assert!(other.pass_now(false));
-        assert!(both_passed(fin, other));
+        assert!(fin.is_passed());
     }
 }

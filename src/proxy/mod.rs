@@ -14,20 +14,22 @@
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
 //! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
-//! | when a FIN is passed on, when a relay is over | [`Fin`], [`both_passed`] |
+//! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
 mod fin;
 mod forward;
+mod link;
 mod pipe;
 mod proxy_v2;
 mod upstreams;
 
 use std::net::SocketAddr;
 
-pub use fin::{both_passed, Fin};
+pub use fin::Fin;
 pub use forward::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
 };
+pub use link::{Flow, Link, Side};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
 pub use upstreams::{Upstreams, REFUSED_BACKOFF_MS};

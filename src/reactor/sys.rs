@@ -179,6 +179,43 @@ pub fn reset_on_close(socket: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
 }
 
+/// Sets `TCP_NODELAY` on `socket`. A failure leaves Nagle on, which only delays small
+/// writes: nothing to report.
+pub fn set_nodelay(socket: impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(&socket).set_tcp_nodelay(true);
+}
+
+/// The address of `socket`'s peer, or with `local` the one it reached (`None` once the peer
+/// is gone).
+pub fn socket_addr(socket: impl std::os::fd::AsFd, local: bool) -> Option<std::net::SocketAddr> {
+    let socket = socket2::SockRef::from(&socket);
+    let addr = if local {
+        socket.local_addr()
+    } else {
+        socket.peer_addr()
+    };
+    addr.ok()?.as_socket()
+}
+
+/// A non-blocking, close-on-exec eventfd: a counter another thread writes to wake a reader.
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: eventfd has no pointer arguments; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd's counter, waking its reader. A full counter still leaves the reader
+/// woken, so a failure is of no use to the caller.
+pub fn eventfd_wake(fd: std::os::fd::BorrowedFd<'_>) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live local to an open (borrowed) descriptor.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
-use crate::proxy::Upstreams;
+use crate::proxy::{Link, Upstreams};
 use crate::reactor::{sys, AcceptPause, Admission, Limits};
 use crate::stats::Counters;
 
@@ -180,6 +180,35 @@ impl Driver {
         let picked = self.upstreams.pick(now)?;
         *attempts += 1;
         Some(picked)
+    }
+
+    /// Proxy mode: opens a connection for this client, which has tried `attempts` upstreams,
+    /// to the next upstream with `open` (the backend's socket and connect). An upstream that
+    /// cannot be opened is passed over and the next one tried; `Err` is the client's answer:
+    /// a 502 once every upstream was tried, a 503 when the edge itself has no descriptor,
+    /// memory or port left.
+    pub fn open_upstream<S>(
+        &mut self,
+        conn: &mut Conn,
+        mut attempts: usize,
+        now: u64,
+        out: &mut Vec<u8>,
+        mut open: impl FnMut(SocketAddr) -> io::Result<S>,
+    ) -> Result<(Link, S), Next> {
+        loop {
+            let Some((index, addr)) = self.next_upstream(&mut attempts, now) else {
+                return Err(conn.on_upstream_failed(&mut self.cx(now, out)));
+            };
+            let error = match open(addr) {
+                Ok(socket) => return Ok((Link::new(index, attempts), socket)),
+                Err(error) => error,
+            };
+            if let UpstreamFailure::Answer(next) =
+                self.upstream_failed(conn, index, &error, now, out)
+            {
+                return Err(next);
+            }
+        }
     }
 
     /// Proxy mode: opening a socket to upstream `index`, or connecting it, failed with

@@ -26,9 +26,10 @@ use slab::Slab;
 
 use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::Next;
+use crate::proxy::Side;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::transport::Outbox;
-use relay::Link;
+use relay::Upstream;
 
 mod relay;
 use crate::timer::TimerWheel;
@@ -58,7 +59,7 @@ struct Client {
     wants_writable: bool,
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
-    link: Option<Box<Link>>,
+    upstream: Option<Box<Upstream>>,
 }
 
 impl Client {
@@ -78,7 +79,7 @@ impl Client {
             registered: false,
             wants_writable: false,
             peer,
-            link: None,
+            upstream: None,
         }
     }
 }
@@ -203,17 +204,11 @@ impl Reactor {
                     }
                     Token(t) if t >= UPSTREAM_BASE => {
                         let key = t - UPSTREAM_BASE;
-                        if let Some(link) = self.link_with_input(key, event) {
-                            link.down.readable = true;
-                            link.down.hup |= event.is_read_closed() || event.is_error();
-                        }
+                        self.note_input(key, Side::Upstream, event);
                         self.drive_upstream(key, now)
                     }
                     Token(key) => {
-                        if let Some(link) = self.link_with_input(key, event) {
-                            link.up.readable = true;
-                            link.up.hup |= event.is_read_closed() || event.is_error();
-                        }
+                        self.note_input(key, Side::Client, event);
                         self.drive(key, now)
                     }
                 }
@@ -237,12 +232,14 @@ impl Reactor {
         }
     }
 
-    /// The proxy link of connection `key`, if `event` says one of its sockets has input
-    /// (data, a FIN or an error) to read.
-    fn link_with_input(&mut self, key: usize, event: &mio::event::Event) -> Option<&mut Link> {
-        let input = event.is_readable() || event.is_read_closed() || event.is_error();
-        let link = self.clients.get_mut(key)?.link.as_deref_mut()?;
-        input.then_some(link)
+    /// Proxy mode: remembers that `event` says `side` of connection `key` has input (data,
+    /// a FIN or an error) to read.
+    fn note_input(&mut self, key: usize, side: Side, event: &mio::event::Event) {
+        let hup = event.is_read_closed() || event.is_error();
+        let upstream = self.clients.get_mut(key).and_then(|c| c.upstream.as_mut());
+        if let Some(upstream) = upstream.filter(|_| event.is_readable() || hup) {
+            upstream.readable(side, hup);
+        }
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
@@ -365,15 +362,15 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
-        if let (Next::Relay, Some(link)) = (next, client.link.as_mut()) {
+        if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            link.push_to_client(&self.out);
+            upstream.push_to_client(&self.out);
             self.out.clear();
         }
-        if client.link.is_some() && !client.conn.wants_upstream() {
+        if !client.conn.wants_upstream() {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream
             // side is done.
-            client.link = None;
+            client.upstream = None;
         }
         if !self.out.is_empty() {
             // Straight from the reactor's buffer when nothing waits: the common case costs
@@ -465,9 +462,9 @@ impl Reactor {
         // A relayed client keeps writability once added (see `update_upstream_interest`).
         let wants_writable = !client.outbox.is_empty()
             || client
-                .link
+                .upstream
                 .as_ref()
-                .is_some_and(|l| l.client_blocked() || client.wants_writable);
+                .is_some_and(|u| u.client_blocked() || client.wants_writable);
         let interest = if wants_writable {
             Interest::READABLE | Interest::WRITABLE
         } else {

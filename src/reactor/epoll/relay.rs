@@ -26,7 +26,7 @@
 //! and stays readable: it is read again as soon as the other side has taken the pipe's bytes.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown as HalfClose, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use mio::net::TcpStream;
@@ -34,81 +34,63 @@ use mio::{Interest, Token};
 
 use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
-use crate::proxy::{both_passed, Fin, Forwarding, Peers, Pipe};
+use crate::proxy::{Flow, Forwarding, Link, Peers, Pipe, Side};
 use crate::reactor::sys;
 use crate::session::UpstreamFailure;
 
-/// A client's upstream connection and the bytes in transit both ways.
-pub(super) struct Link {
+/// A client's upstream socket, the readiness of both sides, and the [`Link`].
+pub(super) struct Upstream {
     stream: TcpStream,
-    /// Which upstream, to pass it over if it refuses.
-    index: usize,
-    /// Upstreams tried for this client so far.
-    attempts: usize,
-    /// The upstream took bytes, so the connection is established: a failure before that
-    /// is a refusal, and the next upstream is tried.
-    confirmed: bool,
     /// The upstream socket is registered for writability too.
-    upstream_writable_interest: bool,
-    /// Client to upstream.
-    pub(super) up: Direction,
-    /// Upstream to client.
-    pub(super) down: Direction,
+    writable_interest: bool,
+    link: Link,
+    from_client: Source,
+    from_upstream: Source,
 }
 
-/// One direction of a relay: the state of its source, the bytes read from it and not yet
-/// written to its sink, and its FIN.
-pub(super) struct Direction {
-    /// The source's readiness not yet drained.
-    pub(super) readable: bool,
-    /// An event reported the source's FIN (or an error): read it to the end, a short read
-    /// does not mean drained.
-    pub(super) hup: bool,
-    pipe: Pipe,
-    /// The kernel pipe, once the direction switched to `splice`.
-    kernel: Option<Box<SplicePipe>>,
-    /// `TCP_NODELAY` is set on the sink. An upstream socket gets it only before its first
-    /// relayed byte: the forwarded request is one write, which Nagle never delays, and many
-    /// connections (clients that only listen, or leave at once) never send one, so they
-    /// are spared a syscall. Client sockets inherit it from the listener.
-    nodelay: bool,
-    /// The source's FIN, read and passed on (the sink's write side shut down).
-    fin: Fin,
+/// What epoll told about one side as a source of relayed bytes, and the kernel pipe of the
+/// direction from it once that carries bulk data.
+#[derive(Default)]
+struct Source {
+    /// Readiness not yet drained.
+    readable: bool,
+    /// An event reported the FIN (or an error): read it to the end, a short read does not
+    /// mean drained.
+    hup: bool,
+    splice: Option<Box<SplicePipe>>,
 }
 
-impl Direction {
-    fn new(readable: bool, nodelay: bool) -> Direction {
-        Direction {
-            readable,
-            hup: false,
-            pipe: Pipe::default(),
-            kernel: None,
-            nodelay,
-            fin: Fin::default(),
-        }
-    }
-
-    /// Whether bytes wait for the sink to take them (its writable edge resumes the relay).
-    fn blocked(&self) -> bool {
-        !self.pipe.is_empty() || self.kernel.as_ref().is_some_and(|k| k.len > 0)
+impl Source {
+    fn spliced(&self) -> usize {
+        self.splice.as_ref().map_or(0, |k| k.len)
     }
 }
 
-impl Link {
+impl Upstream {
+    /// An event says `side` has input (data, a FIN or an error) to read.
+    pub(super) fn readable(&mut self, side: Side, hup: bool) {
+        let source = match side {
+            Side::Client => &mut self.from_client,
+            Side::Upstream => &mut self.from_upstream,
+        };
+        source.readable = true;
+        source.hup |= hup;
+    }
+
     /// Bytes for the client (the upstream's 101 first).
     pub(super) fn push_to_client(&mut self, bytes: &[u8]) {
-        self.down.pipe.push(bytes);
+        self.link.toward(Side::Client).pipe.push(bytes);
     }
 
     /// Whether bytes wait for the client's socket to take them.
     pub(super) fn client_blocked(&self) -> bool {
-        self.down.blocked()
+        self.link.blocked(Side::Client) || self.from_upstream.spliced() > 0
     }
 
     /// Whether the upstream socket has to report writability: the connect or the request
     /// is not through yet, or relayed bytes wait for it.
     fn upstream_blocked(&self) -> bool {
-        !self.confirmed || self.up.blocked()
+        !self.link.confirmed || self.link.blocked(Side::Upstream) || self.from_client.spliced() > 0
     }
 }
 
@@ -139,32 +121,25 @@ impl SplicePipe {
             len: 0,
         })
     }
-}
 
-/// Splices what the kernel pipe holds out to `to`, until it is empty or `to` is full.
-fn drain_splice_pipe(kernel: &mut SplicePipe, to: &TcpStream) -> io::Result<()> {
-    while kernel.len > 0 {
-        match sys::splice(kernel.read.as_fd(), to.as_fd(), kernel.len) {
-            Ok(n) => kernel.len -= n.min(kernel.len),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// Splices what the pipe holds out to `to`, until it is empty or `to` is full.
+    fn drain(&mut self, to: &TcpStream) -> io::Result<()> {
+        while self.len > 0 {
+            match sys::splice(self.read.as_fd(), to.as_fd(), self.len) {
+                Ok(n) => self.len -= n.min(self.len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
-
-/// Which end of a direction failed (a reset, or any other error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Broken {
-    Source,
-    Sink,
 }
 
 /// What one pass of moving bytes in one direction did.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Flow {
-    moved: bool,
+struct Moved {
+    any: bool,
     /// The read budget ran out with data possibly left.
     more: bool,
 }
@@ -193,201 +168,194 @@ fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
     Ok(())
 }
 
-/// Moves bytes from `from` to `to`: reads while the source is readable and the pipe has
-/// room, up to a budget; writes straight from the read buffer when nothing is queued, so
-/// that the pipe only fills when `to` is slower than `from`. Passes a FIN on once
-/// everything before it is out.
+/// Moves bytes from side `source` (`from`) to the other (`to`): reads while the source is
+/// readable and the pipe has room, up to a budget; writes straight from the read buffer
+/// when nothing is queued, so that the pipe only fills when `to` is slower than `from`.
+/// Passes a FIN on when it is due. An error names the side that broke.
 fn pump(
-    mut from: &TcpStream,
+    (mut from, source): (&TcpStream, Side),
     to: &TcpStream,
-    d: &mut Direction,
+    flow: &mut Flow,
+    src: &mut Source,
     buffer: &mut [u8],
-) -> Result<Flow, Broken> {
-    let mut flow = Flow::default();
-    flush_pipe(to, &mut d.pipe).map_err(|_| Broken::Sink)?;
-    if let Some(kernel) = d.kernel.as_deref_mut().filter(|_| d.pipe.is_empty()) {
-        drain_splice_pipe(kernel, to).map_err(|_| Broken::Sink)?;
+) -> Result<Moved, Side> {
+    let source_broke = |_: io::Error| source;
+    let sink_broke = |_: io::Error| source.other();
+    let mut moved = Moved::default();
+    flush_pipe(to, &mut flow.pipe).map_err(sink_broke)?;
+    if let Some(kernel) = src.splice.as_deref_mut().filter(|_| flow.pipe.is_empty()) {
+        kernel.drain(to).map_err(sink_broke)?;
     }
     let mut reads = 0;
-    while d.readable && !d.fin.is_read() && d.pipe.room() > 0 {
+    while src.readable && flow.may_read() {
         if reads == READ_BUDGET {
-            flow.more = true;
+            moved.more = true;
             break;
         }
         reads += 1;
-        if let Some(kernel) = d.kernel.as_deref_mut() {
+        if let Some(kernel) = src.splice.as_deref_mut() {
             // Bulk: socket to pipe to socket, no copy. Copied bytes still queued go first.
-            if !d.pipe.is_empty() || kernel.len >= SPLICE_PIPE_CAPACITY {
+            if !flow.pipe.is_empty() || kernel.len >= SPLICE_PIPE_CAPACITY {
                 break;
             }
             let room = SPLICE_PIPE_CAPACITY - kernel.len;
             match sys::splice(from.as_fd(), kernel.write.as_fd(), room) {
-                Ok(0) => d.fin.read(),
+                Ok(0) => flow.fin.read(),
                 Ok(n) => {
-                    flow.moved = true;
-                    set_nodelay_once(to, &mut d.nodelay);
+                    moved.any = true;
+                    set_nodelay_once(to, flow);
                     kernel.len += n;
-                    drain_splice_pipe(kernel, to).map_err(|_| Broken::Sink)?;
+                    kernel.drain(to).map_err(sink_broke)?;
                 }
                 // With bytes in the pipe this may mean the pipe is full (its slots hold
                 // partial pages): the source stays readable until the pipe drains.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if kernel.len == 0 {
-                        d.readable = false;
-                    }
+                    src.readable = kernel.len > 0;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Broken::Source),
+                Err(e) => return Err(source_broke(e)),
             }
             continue;
         }
-        let room = d.pipe.room().min(buffer.len());
+        let room = flow.pipe.room().min(buffer.len());
         match from.read(&mut buffer[..room]) {
-            Ok(0) => d.fin.read(),
+            Ok(0) => flow.fin.read(),
             Ok(n) => {
-                flow.moved = true;
-                set_nodelay_once(to, &mut d.nodelay);
-                if n < room && !d.hup {
-                    // Drained: the next byte raises a new edge (see "Draining readiness").
-                    d.readable = false;
-                }
-                let written = if d.pipe.is_empty() {
-                    write_some(to, &buffer[..n]).map_err(|_| Broken::Sink)?
-                } else {
-                    0
+                moved.any = true;
+                set_nodelay_once(to, flow);
+                // Drained: the next byte raises a new edge (see "Draining readiness").
+                src.readable = n == room || src.hup;
+                let written = match flow.pipe.is_empty() {
+                    true => write_some(to, &buffer[..n]).map_err(sink_broke)?,
+                    false => 0,
                 };
-                d.pipe.push(&buffer[written..n]);
-                flush_pipe(to, &mut d.pipe).map_err(|_| Broken::Sink)?;
+                flow.pipe.push(&buffer[written..n]);
+                flush_pipe(to, &mut flow.pipe).map_err(sink_broke)?;
                 if n >= SPLICE_THRESHOLD {
                     // Out of descriptors: stay on copies.
-                    d.kernel = SplicePipe::new().ok().map(Box::new);
+                    src.splice = SplicePipe::new().ok().map(Box::new);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => d.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(Broken::Source),
+            Err(e) => return Err(source_broke(e)),
         }
     }
-    let kernel_empty = d.kernel.as_ref().is_none_or(|k| k.len == 0);
-    if d.fin.pass_now(!d.pipe.is_empty() || !kernel_empty) {
+    if flow.fin_due(src.spliced() > 0) {
         // The peer may be gone already; the other direction reports that.
-        let _ = to.shutdown(HalfClose::Write);
+        sys::shutdown_write(to);
     }
-    Ok(flow)
+    Ok(moved)
 }
 
-/// Sets `TCP_NODELAY` on `to` before the first relayed write: relayed frames are written
-/// as they come, and Nagle would hold small ones back behind unacknowledged data.
-fn set_nodelay_once(to: &TcpStream, done: &mut bool) {
-    if !*done {
-        *done = true;
+fn set_nodelay_once(to: &TcpStream, flow: &mut Flow) {
+    if flow.set_nodelay_now() {
         let _ = to.set_nodelay(true);
     }
 }
 
-/// Starts a non-blocking connection to `addr`.
-fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Starts a non-blocking connection to `addr` and writes as much of `request` (the
+/// forwarded request) as it takes now: returns the socket and how much that was.
+fn connect_and_send(addr: SocketAddr, request: &[u8]) -> io::Result<(TcpStream, usize)> {
     let socket = sys::upstream_socket(addr)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    Ok(TcpStream::from_std(socket.into()))
-}
-
-/// Opens a connection to upstream `index` at `addr` and writes as much of `request` (the
-/// forwarded request) into it as it takes; the rest waits in the link's pipe.
-fn open_link(
-    addr: SocketAddr,
-    index: usize,
-    attempts: usize,
-    client_readable: bool,
-    request: &[u8],
-) -> io::Result<Box<Link>> {
-    let mut link = Box::new(Link {
-        stream: start_connect(addr)?,
-        index,
-        attempts,
-        confirmed: false,
-        upstream_writable_interest: false,
-        up: Direction::new(client_readable, false),
-        down: Direction::new(false, true),
-    });
-    link.up.pipe.push(request);
-    flush_pipe(&link.stream, &mut link.up.pipe)?;
-    Ok(link)
+    let stream = TcpStream::from_std(socket.into());
+    let written = write_some(&stream, request)?;
+    Ok((stream, written))
 }
 
 impl Reactor {
     /// Opens a connection to the next upstream for client `key`, which has tried
     /// `attempts` upstreams already, and writes the forwarded request to it; after every
     /// upstream refused, 502. Returns whether the client is still there.
-    pub(super) fn connect_upstream(&mut self, key: usize, mut attempts: usize, now: u64) -> bool {
-        let next = loop {
-            let Some(client) = self.clients.get_mut(key) else {
-                return false;
-            };
-            let Some((index, addr)) = self.driver.next_upstream(&mut attempts, now) else {
-                break client.conn.on_upstream_failed(&mut ctx!(self, now));
-            };
-            let local = match self.driver.config.proxy.forwarding {
-                Forwarding::ProxyV2 => client.stream.local_addr().ok(),
-                Forwarding::Headers => None,
-            };
-            let peers = Peers {
-                client: client.peer,
-                local: local.unwrap_or(client.peer),
-            };
-            client
-                .conn
-                .write_upstream_request(peers, &mut ctx!(self, now));
-            // A client read before is not drained; one never registered reports its
-            // readiness when it is.
-            let opened = open_link(addr, index, attempts, client.registered, &self.out);
-            self.out.clear();
-            let mut link = match opened {
-                Ok(link) => link,
-                Err(error) => match self.driver.upstream_failed(
-                    &mut client.conn,
-                    index,
-                    &error,
-                    now,
-                    &mut self.out,
-                ) {
-                    UpstreamFailure::TryNext => continue,
-                    UpstreamFailure::Answer(next) => break next,
-                },
-            };
-            if link.up.pipe.is_empty() {
-                link.confirmed = true;
-                let cx = ctx!(self, now);
-                client.conn.on_upstream_connected(&cx);
-            }
-            // Writability matters only once something waits to be written: an interest in it
-            // now would bring a useless event per connection.
-            link.upstream_writable_interest = link.upstream_blocked();
-            let interest = match link.upstream_writable_interest {
-                true => Interest::READABLE | Interest::WRITABLE,
-                false => Interest::READABLE,
-            };
-            if let Err(error) = self.poll.registry().register(
-                &mut link.stream,
-                Token(UPSTREAM_BASE + key),
-                interest,
-            ) {
-                break self
-                    .driver
-                    .upstream_unusable(&mut client.conn, &error, now, &mut self.out);
-            }
-            client.link = Some(link);
-            return true;
+    pub(super) fn connect_upstream(&mut self, key: usize, attempts: usize, now: u64) -> bool {
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
         };
-        if let Some(client) = self.clients.get_mut(key) {
-            client.link = None;
+        let local = match self.driver.config.proxy.forwarding {
+            Forwarding::ProxyV2 => client.stream.local_addr().ok(),
+            Forwarding::Headers => None,
+        };
+        let peers = Peers {
+            client: client.peer,
+            local: local.unwrap_or(client.peer),
+        };
+        client
+            .conn
+            .write_upstream_request(peers, &mut ctx!(self, now));
+        let mut request = std::mem::take(&mut self.out);
+        let opened =
+            self.driver
+                .open_upstream(&mut client.conn, attempts, now, &mut self.out, |addr| {
+                    connect_and_send(addr, &request)
+                });
+        let next = match opened {
+            Ok((link, (stream, written))) => {
+                // A client read before is not drained; one never registered reports its
+                // readiness when it is.
+                let from_client = Source {
+                    readable: client.registered,
+                    ..Source::default()
+                };
+                let mut upstream = Box::new(Upstream {
+                    stream,
+                    writable_interest: false,
+                    link,
+                    from_client,
+                    from_upstream: Source::default(),
+                });
+                upstream
+                    .link
+                    .toward(Side::Upstream)
+                    .pipe
+                    .push(&request[written..]);
+                if written > 0 {
+                    upstream.link.confirmed = true;
+                    client.conn.on_upstream_connected(&ctx!(self, now));
+                }
+                match self.register_upstream(key, upstream) {
+                    Ok(()) => Next::Continue,
+                    Err(error) => match self.clients.get_mut(key) {
+                        Some(client) => {
+                            let out = &mut self.out;
+                            self.driver
+                                .upstream_unusable(&mut client.conn, &error, now, out)
+                        }
+                        None => Next::Continue,
+                    },
+                }
+            }
+            Err(next) => next,
+        };
+        if self.out.is_empty() {
+            request.clear();
+            self.out = request;
         }
-        self.apply(key, next)
+        next == Next::Continue || self.apply(key, next)
+    }
+
+    /// Registers client `key`'s new upstream socket and keeps it with the client.
+    /// Writability matters only once something waits to be written: an interest in it now
+    /// would bring a useless event per connection.
+    fn register_upstream(&mut self, key: usize, mut upstream: Box<Upstream>) -> io::Result<()> {
+        upstream.writable_interest = upstream.upstream_blocked();
+        let interest = match upstream.writable_interest {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        let token = Token(UPSTREAM_BASE + key);
+        self.poll
+            .registry()
+            .register(&mut upstream.stream, token, interest)?;
+        if let Some(client) = self.clients.get_mut(key) {
+            client.upstream = Some(upstream);
+        }
+        Ok(())
     }
 
     /// Adds writability to the upstream socket's interest the first time bytes wait for
@@ -396,27 +364,22 @@ impl Reactor {
     /// would cost a syscall per episode. Returns false if the registration failed (the
     /// pair is then closed).
     fn update_upstream_interest(&mut self, key: usize) -> bool {
-        let Some(link) = self
-            .clients
-            .get_mut(key)
-            .and_then(|c| c.link.as_deref_mut())
-        else {
+        let Some(upstream) = self.clients.get_mut(key).and_then(|c| c.upstream.as_mut()) else {
             return true;
         };
-        if link.upstream_writable_interest || !link.upstream_blocked() {
+        if upstream.writable_interest || !upstream.upstream_blocked() {
             return true;
         }
-        link.upstream_writable_interest = true;
+        upstream.writable_interest = true;
         let registered = self.poll.registry().reregister(
-            &mut link.stream,
+            &mut upstream.stream,
             Token(UPSTREAM_BASE + key),
             Interest::READABLE | Interest::WRITABLE,
         );
         if registered.is_err() {
             self.close(key);
-            return false;
         }
-        true
+        registered.is_ok()
     }
 
     /// An event on client `key`'s upstream socket.
@@ -424,19 +387,21 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let Some(link) = client.link.as_mut() else {
+        let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
         if client.conn.is_relaying() {
             return self.relay(key, now);
         }
         // Waiting for the answer: finish sending the request, read what came back.
-        let before = link.up.pipe.len();
-        if let Err(error) = flush_pipe(&link.stream, &mut link.up.pipe) {
-            if !link.confirmed {
+        let pipe = &mut upstream.link.toward(Side::Upstream).pipe;
+        let before = pipe.len();
+        let flushed = flush_pipe(&upstream.stream, pipe).map(|()| pipe.len() < before);
+        let next = match flushed {
+            Err(error) if !upstream.link.confirmed => {
                 // The connect failed: the next upstream, or the client's answer.
-                let (index, attempts) = (link.index, link.attempts);
-                client.link = None;
+                let (index, attempts) = (upstream.link.upstream, upstream.link.attempts);
+                client.upstream = None;
                 let failure = self.driver.upstream_failed(
                     &mut client.conn,
                     index,
@@ -453,40 +418,43 @@ impl Reactor {
                 }
                 return;
             }
-            let mut cx = ctx!(self, now);
-            let next = client.conn.on_upstream_failed(&mut cx);
+            Err(_) => client.conn.on_upstream_failed(&mut ctx!(self, now)),
+            Ok(true) if !upstream.link.confirmed => {
+                upstream.link.confirmed = true;
+                client.conn.on_upstream_connected(&ctx!(self, now));
+                Next::Continue
+            }
+            Ok(_) => Next::Continue,
+        };
+        if next != Next::Continue {
             if self.apply(key, next) {
                 self.settle(key, now);
             }
             return;
-        }
-        if !link.confirmed && link.up.pipe.len() < before {
-            link.confirmed = true;
-            let cx = ctx!(self, now);
-            client.conn.on_upstream_connected(&cx);
         }
         let mut next = Next::Continue;
         while next == Next::Continue {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            let Some(link) = client.link.as_mut().filter(|l| l.down.readable) else {
+            let Some(upstream) = client.upstream.as_mut() else {
                 break;
             };
-            let read = (&link.stream).read(&mut self.read_buffer);
+            let source = &mut upstream.from_upstream;
+            if !source.readable {
+                break;
+            }
+            let read = (&upstream.stream).read(&mut self.read_buffer);
             let mut cx = ctx!(self, now);
             next = match read {
                 Ok(0) => client.conn.on_upstream_eof(&mut cx),
                 Ok(n) => {
-                    if n < self.read_buffer.len() && !link.down.hup {
-                        link.down.readable = false;
-                    }
-                    client
-                        .conn
-                        .on_upstream_data(&self.read_buffer[..n], &mut cx)
+                    source.readable = n == self.read_buffer.len() || source.hup;
+                    let data = &self.read_buffer[..n];
+                    client.conn.on_upstream_data(data, &mut cx)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    link.down.readable = false;
+                    source.readable = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -510,46 +478,44 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let Some(link) = client.link.as_mut() else {
+        let Some(upstream) = client.upstream.as_deref_mut() else {
             return self.close(key);
         };
+        let buffer = &mut self.read_buffer;
+        let (link, from_client) = (&mut upstream.link, &mut upstream.from_client);
         let up = pump(
-            &client.stream,
-            &link.stream,
-            &mut link.up,
-            &mut self.read_buffer,
+            (&client.stream, Side::Client),
+            &upstream.stream,
+            link.toward(Side::Upstream),
+            from_client,
+            buffer,
         );
-        let down = match up {
-            // One side failed: both close, nothing more moves.
-            Err(_) => Ok(Flow::default()),
-            Ok(_) => pump(
-                &link.stream,
+        // One side failed: both close, nothing more moves.
+        let down = up.as_ref().map_err(|&broken| broken).and_then(|_| {
+            pump(
+                (&upstream.stream, Side::Upstream),
                 &client.stream,
-                &mut link.down,
-                &mut self.read_buffer,
-            ),
-        };
+                upstream.link.toward(Side::Client),
+                &mut upstream.from_upstream,
+                buffer,
+            )
+        });
         let (up, down) = match (up, down) {
             (Ok(up), Ok(down)) => (up, down),
-            (up, down) => {
-                // A reset (or any error) on one side ends both; the survivor is reset too.
-                let client_broken = up == Err(Broken::Source) || down == Err(Broken::Sink);
-                let upstream_broken = up == Err(Broken::Sink) || down == Err(Broken::Source);
-                if !upstream_broken {
-                    sys::reset_on_close(&link.stream);
-                }
-                if !client_broken {
-                    sys::reset_on_close(&client.stream);
+            (Err(broken), _) | (_, Err(broken)) => {
+                // The survivor is reset (see `Link`).
+                match broken.other() {
+                    Side::Client => sys::reset_on_close(&client.stream),
+                    Side::Upstream => sys::reset_on_close(&upstream.stream),
                 }
                 return self.close(key);
             }
         };
-        if both_passed(link.up.fin, link.down.fin) {
+        if upstream.link.is_over() {
             return self.close(key);
         }
-        if up.moved || down.moved {
-            let cx = ctx!(self, now);
-            client.conn.on_relayed(&cx);
+        if up.any || down.any {
+            client.conn.on_relayed(&ctx!(self, now));
         }
         if up.more || down.more {
             self.revisit.push(key);

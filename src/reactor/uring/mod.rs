@@ -26,7 +26,7 @@ mod submit;
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
 use crate::timer::TimerWheel;
 use crate::transport::Outbox;
 use buf_ring::BufRing;
-use relay::{Link, Side};
+use relay::Upstream;
 use submit::Submissions;
 
 const RING_ENTRIES: u32 = 4096;
@@ -82,28 +82,66 @@ enum Op {
     UpRelayRecv = 14,
 }
 
+impl Op {
+    const ALL: [Op; 13] = [
+        Op::Accept,
+        Op::Recv,
+        Op::Send,
+        Op::Close,
+        Op::Cancel,
+        Op::Wake,
+        Op::Connect,
+        Op::UpRecv,
+        Op::UpSend,
+        Op::UpClose,
+        Op::RelaySend,
+        Op::RelayRecv,
+        Op::UpRelayRecv,
+    ];
+}
+
 fn user_data(key: usize, op: Op) -> u64 {
     ((key as u64) << 8) | op as u64
 }
 
 fn decode(user_data: u64) -> (usize, Option<Op>) {
-    let op = match user_data & 0xFF {
-        1 => Op::Accept,
-        2 => Op::Recv,
-        3 => Op::Send,
-        5 => Op::Close,
-        6 => Op::Cancel,
-        7 => Op::Wake,
-        8 => Op::Connect,
-        9 => Op::UpRecv,
-        10 => Op::UpSend,
-        11 => Op::UpClose,
-        12 => Op::RelaySend,
-        13 => Op::RelayRecv,
-        14 => Op::UpRelayRecv,
-        _ => return ((user_data >> 8) as usize, None),
-    };
-    ((user_data >> 8) as usize, Some(op))
+    let op = Op::ALL
+        .into_iter()
+        .find(|&op| op as u64 == user_data & 0xFF);
+    ((user_data >> 8) as usize, op)
+}
+
+/// The cancellable operations of one slot in flight, one bit per kind. A slot never has two
+/// of one of these kinds in flight, so the bits say exactly what a close must cancel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ops(u16);
+
+impl Ops {
+    /// On the client's socket.
+    const CLIENT: Ops = Ops::of(&[Op::Recv, Op::Send, Op::RelayRecv, Op::RelaySend]);
+    /// On the upstream's socket.
+    const UPSTREAM: Ops = Ops::of(&[Op::Connect, Op::UpRecv, Op::UpRelayRecv, Op::UpSend]);
+
+    const fn of(ops: &[Op]) -> Ops {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < ops.len() {
+            bits |= 1 << ops[i] as u16;
+            i += 1;
+        }
+        Ops(bits)
+    }
+
+    fn has(self, op: Op) -> bool {
+        self.0 & (1 << op as u16) != 0
+    }
+
+    /// The kinds in flight among `set`.
+    fn among(self, set: Ops) -> impl Iterator<Item = Op> {
+        Op::ALL
+            .into_iter()
+            .filter(move |&op| Ops(self.0 & set.0).has(op))
+    }
 }
 
 struct Client {
@@ -112,14 +150,37 @@ struct Client {
     session: Session,
     /// Output the socket has not taken yet; its front stays put while a send is in flight.
     outbox: Outbox,
-    /// Submitted operations whose completion has not arrived.
+    /// Submitted operations whose completion has not arrived, of every kind.
     in_flight: u8,
-    recv_armed: bool,
+    /// Which cancellable operations are among them.
+    ops: Ops,
     /// The close is submitted; the slot is freed when `in_flight` reaches 0.
     closing: bool,
     /// Proxy mode: the upstream side. Lives as long as the slot, because operations in
     /// flight point into it (the connect's address, the pipes).
-    link: Option<Box<Link>>,
+    upstream: Option<Box<Upstream>>,
+}
+
+impl Client {
+    /// Counts an operation submitted for this slot.
+    fn submitted(&mut self, op: Op) {
+        self.in_flight += 1;
+        if Ops::CLIENT.has(op) || Ops::UPSTREAM.has(op) {
+            self.ops.0 |= 1 << op as u16;
+        }
+    }
+
+    /// Whether a receive on the client's socket is in flight.
+    fn receiving(&self) -> bool {
+        self.ops.has(Op::Recv) || self.ops.has(Op::RelayRecv)
+    }
+
+    /// The client's socket, while operations may still be started on it.
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: the descriptor is open until its close, which is submitted only by
+        // `begin_close`, which marks the slot closing first.
+        (!self.closing).then(|| unsafe { BorrowedFd::borrow_raw(self.fd) })
+    }
 }
 
 struct Listener {
@@ -179,30 +240,6 @@ fn build_ring() -> io::Result<IoUring> {
         .or_else(|_| IoUring::new(entries))
 }
 
-/// An accepted socket's address: its peer's, or with `local` the one it reached. Multishot
-/// accept reports neither, so this is a syscall, made only where an address is needed.
-fn socket_addr(fd: RawFd, local: bool) -> Option<std::net::SocketAddr> {
-    // SAFETY: `fd` is an open socket owned by this reactor for the duration of the call.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let socket = socket2::SockRef::from(&borrowed);
-    let addr = if local {
-        socket.local_addr()
-    } else {
-        socket.peer_addr()
-    };
-    addr.ok()?.as_socket()
-}
-
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no pointer arguments; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl Reactor {
     /// Creates a reactor over its own listeners, and the function that wakes its wait.
     /// Must run on the thread that will call [`Reactor::run`] (single-issuer ring).
@@ -217,12 +254,7 @@ impl Reactor {
             ..
         } = parts;
         let ring = build_ring()?;
-        let buffers = ManuallyDrop::new(BufRing::new(
-            &ring,
-            BUFFER_GROUP,
-            BUFFER_COUNT,
-            BUFFER_SIZE,
-        )?);
+        let buffers = BufRing::new(&ring, BUFFER_GROUP, BUFFER_COUNT, BUFFER_SIZE)?;
         let relay_buffers = match config.after {
             crate::conn::AfterUpgrade::Proxy => Some(BufRing::new(
                 &ring,
@@ -232,11 +264,11 @@ impl Reactor {
             )?),
             _ => None,
         };
-        let wake_fd = Arc::new(eventfd()?);
+        let wake_fd = Arc::new(sys::eventfd()?);
         let mut reactor = Reactor {
             ring,
             submissions: Submissions::default(),
-            buffers,
+            buffers: ManuallyDrop::new(buffers),
             relay_buffers: ManuallyDrop::new(relay_buffers),
             listeners: listeners
                 .into_iter()
@@ -257,14 +289,9 @@ impl Reactor {
             completions: Vec::with_capacity(1024),
             fired: Vec::new(),
         };
-        reactor.arm_wake()?;
-        reactor.arm_accepts(0)?;
-        let wake: Wake = Arc::new(move || {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live local to an eventfd we keep open; a failed
-            // write (counter full) still leaves the reactor woken.
-            unsafe { libc::write(wake_fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-        });
+        reactor.arm_wake();
+        reactor.arm_accepts(0);
+        let wake: Wake = Arc::new(move || sys::eventfd_wake(wake_fd.as_fd()));
         Ok((reactor, wake))
     }
 
@@ -281,7 +308,13 @@ impl Reactor {
         unsafe { self.submissions.push(&mut self.ring, entry) }
     }
 
-    fn arm_wake(&mut self) -> io::Result<()> {
+    /// Queues an entry that references no memory (a cancel, a close, an accept).
+    fn push_plain(&mut self, entry: &squeue::Entry) {
+        // SAFETY: the entry points to no buffer.
+        unsafe { self.push_entry(entry) }
+    }
+
+    fn arm_wake(&mut self) {
         let read = opcode::Read::new(
             types::Fd(self.wake_fd.as_raw_fd()),
             self.wake_buf.as_mut_ptr(),
@@ -291,12 +324,11 @@ impl Reactor {
         .user_data(user_data(WAKE_KEY, Op::Wake));
         // SAFETY: `wake_buf` is boxed (stable address) and lives as long as the ring.
         unsafe { self.push_entry(&read) };
-        Ok(())
     }
 
-    fn arm_accepts(&mut self, now: u64) -> io::Result<()> {
+    fn arm_accepts(&mut self, now: u64) {
         if !self.driver.accepting(now) {
-            return Ok(());
+            return;
         }
         for index in 0..self.listeners.len() {
             let listener = &self.listeners[index];
@@ -307,11 +339,9 @@ impl Reactor {
                 .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                 .build()
                 .user_data(user_data(LISTENER_BASE + index, Op::Accept));
-            // SAFETY: a multishot accept without an address buffer references no memory.
-            unsafe { self.push_entry(&accept) };
+            self.push_plain(&accept);
             self.listeners[index].armed = true;
         }
-        Ok(())
     }
 
     /// Runs until a shutdown completes.
@@ -321,19 +351,17 @@ impl Reactor {
             let wait = self.wait_timeout(self.now());
             self.submit_and_wait(wait)?;
             let now = self.now();
-            self.reap(now)?;
+            self.reap(now);
             match self.shutdown.state() {
                 ShutdownState::Aborting => return Ok(()),
-                ShutdownState::Draining if !self.driver.is_draining() => {
-                    self.start_draining(now)?
-                }
+                ShutdownState::Draining if !self.driver.is_draining() => self.start_draining(now),
                 _ => {}
             }
-            self.arm_accepts(now)?;
+            self.arm_accepts(now);
             for key in std::mem::take(&mut self.rearm) {
-                self.arm_recv(key)?;
+                self.arm_recv(key);
             }
-            self.expire_timers(now)?;
+            self.expire_timers(now);
             let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
             if self.driver.is_draining() && idle {
                 return Ok(());
@@ -373,20 +401,19 @@ impl Reactor {
             }
         };
         match result {
-            Ok(_) => Ok(()),
             Err(e)
-                if matches!(
+                if !matches!(
                     e.raw_os_error(),
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
                 ) =>
             {
-                Ok(())
+                Err(e)
             }
-            Err(e) => Err(e),
+            _ => Ok(()),
         }
     }
 
-    fn reap(&mut self, now: u64) -> io::Result<()> {
+    fn reap(&mut self, now: u64) {
         let mut completions = std::mem::take(&mut self.completions);
         completions.extend(
             self.ring
@@ -394,25 +421,23 @@ impl Reactor {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         for &(data, result, flags) in &completions {
-            let (key, op) = decode(data);
-            match op {
-                Some(Op::Wake) => self.arm_wake()?,
-                Some(Op::Accept) => self.on_accept(key - LISTENER_BASE, result, flags, now)?,
-                Some(op) => self.on_client_completion(key, op, result, flags, now)?,
-                None => {}
+            match decode(data) {
+                (_, Some(Op::Wake)) => self.arm_wake(),
+                (key, Some(Op::Accept)) => self.on_accept(key - LISTENER_BASE, result, flags, now),
+                (key, Some(op)) => self.on_client_completion(key, op, result, flags, now),
+                (_, None) => {}
             }
         }
         completions.clear();
         self.completions = completions;
-        Ok(())
     }
 
-    fn on_accept(&mut self, index: usize, result: i32, flags: u32, now: u64) -> io::Result<()> {
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32, now: u64) {
         if !cqueue::more(flags) {
             if let Some(listener) = self.listeners.get_mut(index) {
                 listener.armed = false;
                 if self.driver.is_draining() {
-                    self.close_listener(index, now)?;
+                    self.close_listener(index, now);
                 }
             }
         }
@@ -421,19 +446,11 @@ impl Reactor {
         }
         let error = io::Error::from_raw_os_error(-result);
         if result == -libc::ECANCELED || sys::is_transient_accept_error(&error) {
-            return Ok(());
+            return;
         }
         // Out of descriptors or memory: re-arming at once would spin on failing completions.
-        self.pause_accepting(now, &error)
-    }
-
-    /// Pauses accepting after `error`: every armed multishot accept is cancelled, and
-    /// re-armed once the pause is over.
-    fn pause_accepting(&mut self, now: u64, error: &io::Error) -> io::Result<()> {
-        if self.driver.pause_accepting(now, error) {
-            self.cancel_accepts_while_paused(now);
-        }
-        Ok(())
+        self.driver.pause_accepting(now, &error);
+        self.cancel_accepts_while_paused(now);
     }
 
     /// While the driver has accepting paused, cancels the armed multishot accepts (they are
@@ -442,27 +459,30 @@ impl Reactor {
         if self.driver.accepting(now) || self.driver.is_draining() {
             return;
         }
+        self.cancel_accepts();
+    }
+
+    fn cancel_accepts(&mut self) {
         for index in 0..self.listeners.len() {
-            if !self.listeners[index].armed {
-                continue;
+            if self.listeners[index].armed {
+                let accept = user_data(LISTENER_BASE + index, Op::Accept);
+                let cancel = opcode::AsyncCancel::new(accept).build();
+                self.push_plain(&cancel.user_data(user_data(WAKE_KEY, Op::Cancel)));
             }
-            let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
-                .build()
-                .user_data(user_data(WAKE_KEY, Op::Cancel));
-            // SAFETY: a cancel references no memory.
-            unsafe { self.push_entry(&cancel) };
         }
     }
 
-    fn on_accepted(&mut self, fd: RawFd, now: u64) -> io::Result<()> {
+    fn on_accepted(&mut self, fd: RawFd, now: u64) {
         // Multishot accept reports no address: ask for it only when a per-address limit
         // needs it (one getpeername per connection).
+        // SAFETY: `fd` was just accepted and is owned by this reactor from here on.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
         let peer = self
             .driver
             .wants_peer()
-            .then(|| socket_addr(fd, false).map(|a| a.ip()))
-            .flatten();
+            .then(|| sys::socket_addr(socket, false));
         let open = self.clients.len();
+        let peer = peer.flatten().map(|a| a.ip());
         let (conn, session, next) = self.driver.accepted(open, peer, now, &mut self.out);
         let key = self.clients.insert(Client {
             fd,
@@ -470,30 +490,27 @@ impl Reactor {
             session,
             outbox: Outbox::default(),
             in_flight: 0,
-            recv_armed: false,
+            ops: Ops::default(),
             closing: false,
-            link: None,
+            upstream: None,
         });
         if next != Next::Continue || !self.out.is_empty() {
             // Refused over a limit: the answer goes at once, without reading the request.
-            self.apply(key, next)?;
+            self.apply(key, next);
         }
         self.settle(key, now)
     }
 
-    fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+    fn arm_recv(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
-        if client.link.is_some() && client.conn.wants_upstream() {
+        if client.upstream.is_some() && client.conn.wants_upstream() {
             return self.arm_relay_recvs(key);
         }
-        if client.closing
-            || client.recv_armed
-            || client.outbox.is_sending()
-            || client.session.awaits_flush()
-        {
-            return Ok(());
+        let busy = client.receiving() || client.outbox.is_sending();
+        if client.closing || busy || client.session.awaits_flush() {
+            return;
         }
         let recv = opcode::Recv::new(
             types::Fd(client.fd),
@@ -504,46 +521,44 @@ impl Reactor {
         .build()
         .flags(squeue::Flags::BUFFER_SELECT)
         .user_data(user_data(key, Op::Recv));
-        client.recv_armed = true;
-        client.in_flight += 1;
+        client.submitted(Op::Recv);
         // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
         unsafe { self.push_entry(&recv) };
-        Ok(())
     }
 
     /// Sends the connection's unsent output; with `then_close`, links the close to it.
-    fn submit_send(&mut self, key: usize, then_close: bool) -> io::Result<()> {
+    fn submit_send(&mut self, key: usize, then_close: bool) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
         let bytes = client.outbox.start_send();
         if bytes.is_empty() {
-            return Ok(());
+            return;
         }
         let mut send = opcode::Send::new(types::Fd(client.fd), bytes.as_ptr(), bytes.len() as u32)
             // Stream sockets: the kernel retries a short send until all is sent or it fails.
             .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data(key, Op::Send));
-        client.in_flight += 1;
+        client.submitted(Op::Send);
         if then_close {
             send = send.flags(squeue::Flags::IO_LINK);
             client.closing = true;
-            client.in_flight += 1;
-            let fd = client.fd;
+            client.submitted(Op::Close);
             self.wheel.cancel(key as u32);
-            // SAFETY: the outbox keeps the bytes in place until this send completes.
-            unsafe { self.push_entry(&send) };
-            let close = opcode::Close::new(types::Fd(fd))
-                .build()
-                .user_data(user_data(key, Op::Close));
-            // SAFETY: a close references no memory.
-            unsafe { self.push_entry(&close) };
-            return Ok(());
         }
+        let fd = client.fd;
         // SAFETY: the outbox keeps the bytes in place until this send completes.
         unsafe { self.push_entry(&send) };
-        Ok(())
+        if then_close {
+            self.push_plain(&Self::close_entry(key, fd, Op::Close));
+        }
+    }
+
+    fn close_entry(key: usize, fd: RawFd, op: Op) -> squeue::Entry {
+        opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data(key, op))
     }
 
     /// Half-closes the socket (after a rejection) with a direct `shutdown(2)`, not through
@@ -552,98 +567,57 @@ impl Reactor {
     /// descriptor been closed and its number reused by a new connection, whose write side the
     /// late shutdown would then close before its 101 (a flood of refused clients showed it).
     /// Rejections are the rare path; one synchronous syscall is cheap there.
-    fn submit_shutdown(&mut self, key: usize) -> io::Result<()> {
-        let Some(client) = self.clients.get(key).filter(|c| !c.closing) else {
-            return Ok(());
-        };
-        // SAFETY: the descriptor is open: it belongs to this live slot, and its close is
-        // only ever submitted by `begin_close`, which marks the slot closing first.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(client.fd) };
-        sys::shutdown_write(fd);
-        Ok(())
+    fn submit_shutdown(&mut self, key: usize) {
+        if let Some(socket) = self.clients.get(key).and_then(Client::socket) {
+            sys::shutdown_write(socket);
+        }
     }
 
     /// Cancels what is in flight and closes the socket; the slot goes when all completed.
-    fn begin_close(&mut self, key: usize) -> io::Result<()> {
-        let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+    fn begin_close(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
+            return;
         };
-        if client.closing {
-            return Ok(());
-        }
         client.closing = true;
         self.wheel.cancel(key as u32);
-        let relay_send = client
-            .link
-            .as_ref()
-            .is_some_and(|l| l.client_send_in_flight);
-        let recv_op = match client.link.as_ref().is_some_and(|l| l.client_recv_relay) {
-            true => Op::RelayRecv,
-            false => Op::Recv,
-        };
-        self.retire_upstream(key)?;
-        let Some(client) = self.clients.get(key) else {
-            return Ok(());
-        };
-        let in_flight = [
-            (client.recv_armed, recv_op),
-            (client.outbox.is_sending(), Op::Send),
-            (relay_send, Op::RelaySend),
-        ];
-        self.cancel_and_close(key, in_flight, client.fd, Op::Close)
+        self.retire_upstream(key);
+        if let Some(client) = self.clients.get(key) {
+            let (ops, fd) = (client.ops, client.fd);
+            self.cancel_and_close(key, ops, Ops::CLIENT, fd, Op::Close);
+        }
     }
 
-    /// Cancels the operations of slot `key` flagged in `in_flight`, then closes `fd`; the
-    /// close completes as `close_op`. Through the ring, so that the close comes after the
-    /// cancels.
-    fn cancel_and_close<const N: usize>(
-        &mut self,
-        key: usize,
-        in_flight: [(bool, Op); N],
-        fd: RawFd,
-        close_op: Op,
-    ) -> io::Result<()> {
-        let cancels = in_flight.into_iter().filter(|&(armed, _)| armed);
-        let mut submitted = 0u8;
-        for (_, op) in cancels {
-            let cancel = opcode::AsyncCancel::new(user_data(key, op))
-                .build()
-                .user_data(user_data(key, Op::Cancel));
-            // SAFETY: a cancel references no memory.
-            unsafe { self.push_entry(&cancel) };
-            submitted += 1;
+    /// Cancels the operations of slot `key` in `ops` that are on one socket (`side`), then
+    /// closes its `fd`; the close completes as `close_op`. Through the ring, so that the
+    /// close comes after the cancels.
+    fn cancel_and_close(&mut self, key: usize, ops: Ops, side: Ops, fd: RawFd, close_op: Op) {
+        for op in ops.among(side) {
+            let cancel = opcode::AsyncCancel::new(user_data(key, op)).build();
+            self.push_plain(&cancel.user_data(user_data(key, Op::Cancel)));
+            if let Some(client) = self.clients.get_mut(key) {
+                client.submitted(Op::Cancel);
+            }
         }
-        let close = opcode::Close::new(types::Fd(fd))
-            .build()
-            .user_data(user_data(key, close_op));
-        // SAFETY: a close references no memory.
-        unsafe { self.push_entry(&close) };
+        self.push_plain(&Self::close_entry(key, fd, close_op));
         if let Some(client) = self.clients.get_mut(key) {
-            client.in_flight += submitted + 1;
+            client.submitted(close_op);
         }
-        Ok(())
     }
 
-    fn on_client_completion(
-        &mut self,
-        key: usize,
-        op: Op,
-        result: i32,
-        flags: u32,
-        now: u64,
-    ) -> io::Result<()> {
+    fn on_client_completion(&mut self, key: usize, op: Op, result: i32, flags: u32, now: u64) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
         client.in_flight = client.in_flight.saturating_sub(1);
+        client.ops.0 &= !(1 << op as u16);
         match op {
-            Op::RelayRecv => self.on_relay_recv(key, result, flags, now)?,
-            Op::Connect => self.on_connect(key, result, now)?,
-            Op::UpRecv | Op::UpRelayRecv => self.on_upstream_recv(key, op, result, flags, now)?,
-            Op::UpSend => self.on_sent(key, Side::Upstream, result, now)?,
-            Op::RelaySend => self.on_sent(key, Side::Client, result, now)?,
+            Op::Connect => self.on_connect(key, result, now),
+            Op::RelayRecv | Op::UpRecv | Op::UpRelayRecv => {
+                self.on_relay_recv(key, op, result, flags, now)
+            }
+            Op::UpSend => self.on_sent(key, crate::proxy::Side::Upstream, result, now),
+            Op::RelaySend => self.on_sent(key, crate::proxy::Side::Client, result, now),
             Op::Recv => {
-                client.recv_armed = false;
                 let buffer = cqueue::buffer_select(flags);
                 if client.closing {
                     if let Some(bid) = buffer {
@@ -658,16 +632,15 @@ impl Reactor {
                     let data = unsafe { self.buffers.get(bid, result as usize) };
                     let next = client.conn.on_data(data, &mut cx);
                     self.buffers.recycle(bid);
-                    self.apply(key, next)?;
+                    self.apply(key, next);
                 } else if result == 0 {
-                    let mut cx = ctx!(self, now);
-                    let next = client.conn.on_eof(&mut cx);
-                    self.apply(key, next)?;
+                    let next = client.conn.on_eof(&mut ctx!(self, now));
+                    self.apply(key, next);
                 } else if result == -libc::ENOBUFS {
                     // Every buffer is in use this turn; they come back as completions are handled.
                     self.rearm.push(key);
                 } else if result != -libc::ECANCELED {
-                    self.begin_close(key)?;
+                    self.begin_close(key);
                 }
             }
             Op::Send => {
@@ -675,19 +648,16 @@ impl Reactor {
                 if client.closing {
                     // The linked close follows (or was cancelled by a failed send).
                 } else if result < 0 {
-                    self.begin_close(key)?;
+                    self.begin_close(key);
                 } else {
-                    self.after_send(key)?;
+                    self.after_send(key);
                 }
             }
             Op::Close if result == -libc::ECANCELED => {
                 // A linked close whose send failed: close on its own.
-                client.in_flight += 1;
-                let close = opcode::Close::new(types::Fd(client.fd))
-                    .build()
-                    .user_data(user_data(key, Op::Close));
-                // SAFETY: a close references no memory.
-                unsafe { self.push_entry(&close) };
+                let fd = client.fd;
+                client.submitted(Op::Close);
+                self.push_plain(&Self::close_entry(key, fd, Op::Close));
             }
             Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::UpClose => {}
         }
@@ -696,36 +666,36 @@ impl Reactor {
 
     /// After a send completed: send the rest, or what queued up meanwhile, or act on what
     /// was waiting for the output to be out.
-    fn after_send(&mut self, key: usize) -> io::Result<()> {
+    fn after_send(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
         if !client.outbox.pending().is_empty() {
             return self.submit_send(key, false);
         }
         match client.session.flushed() {
-            AfterFlush::Nothing => Ok(()),
+            AfterFlush::Nothing => {}
             AfterFlush::ShutdownWrite => self.submit_shutdown(key),
             AfterFlush::Close => self.begin_close(key),
         }
     }
 
     /// Sends the output of the last call and carries out `next`.
-    fn apply(&mut self, key: usize, next: Next) -> io::Result<()> {
+    fn apply(&mut self, key: usize, next: Next) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
-        if client.link.is_some() {
+        if client.upstream.is_some() {
             if next == Next::Relay {
                 return self.start_relay(key);
             }
             if !client.conn.wants_upstream() {
                 // A 502, 504 or passed-through refusal is all the client gets.
-                self.retire_upstream(key)?;
+                self.retire_upstream(key);
             }
         }
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
         let mut sending = false;
         if !self.out.is_empty() {
@@ -736,26 +706,26 @@ impl Reactor {
         }
         let busy = sending || client.outbox.is_sending();
         // The common close-mode path: 101 and close in the same submission.
-        if next == Next::Close && sending && !client.recv_armed {
+        if next == Next::Close && sending && !client.receiving() {
             return self.submit_send(key, true);
         }
         let action = client.session.after(next, busy);
         if sending {
-            self.submit_send(key, false)?;
+            self.submit_send(key, false);
         }
         match action {
             Action::Close => self.begin_close(key),
             Action::ShutdownWrite => self.submit_shutdown(key),
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
             // A relay was started above (it needs the link `Next::Proxy` made).
-            Action::Continue | Action::AwaitFlush | Action::Relay => Ok(()),
+            Action::Continue | Action::AwaitFlush | Action::Relay => {}
         }
     }
 
     /// Frees a finished slot, or re-arms the receive and the timer of a live one.
-    fn settle(&mut self, key: usize, now: u64) -> io::Result<()> {
+    fn settle(&mut self, key: usize, now: u64) {
         let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+            return;
         };
         let next = self.driver.settle(
             &mut client.conn,
@@ -770,34 +740,27 @@ impl Reactor {
                 self.driver.closed(&mut client.conn, &client.session, now);
                 self.wheel.cancel(key as u32);
             }
-            return Ok(());
+            return;
         }
         if next != Next::Continue || !self.out.is_empty() {
-            self.apply(key, next)?;
+            self.apply(key, next);
         }
-        self.arm_recv(key)?;
-        let Some(client) = self.clients.get_mut(key) else {
-            return Ok(());
+        self.arm_recv(key);
+        let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
+            return;
         };
-        if client.closing {
-            return Ok(());
-        }
         let at = self.driver.timer(&client.conn, &mut client.session, now);
         self.wheel.set(key as u32, at);
-        Ok(())
     }
 
-    fn expire_timers(&mut self, now: u64) -> io::Result<()> {
+    fn expire_timers(&mut self, now: u64) {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.expire(now, |key| fired.push(key));
         for key in fired.drain(..) {
             let key = key as usize;
-            let Some(client) = self.clients.get_mut(key) else {
+            let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
                 continue;
             };
-            if client.closing {
-                continue;
-            }
             let waiting = client.outbox.is_sending();
             let expiry = self.driver.on_deadline(
                 &mut client.conn,
@@ -806,55 +769,48 @@ impl Reactor {
                 now,
                 &mut self.out,
             );
-            let Expiry::Then(next) = expiry else {
+            match expiry {
                 // The peer stopped reading our output: give up on it.
-                self.begin_close(key)?;
-                continue;
-            };
-            self.apply(key, next)?;
-            self.settle(key, now)?;
+                Expiry::GiveUp => self.begin_close(key),
+                Expiry::Then(next) => {
+                    self.apply(key, next);
+                    self.settle(key, now);
+                }
+            }
         }
         self.fired = fired;
-        Ok(())
     }
 
-    fn start_draining(&mut self, now: u64) -> io::Result<()> {
+    fn start_draining(&mut self, now: u64) {
         self.driver.start_draining(now);
+        self.cancel_accepts();
         for index in 0..self.listeners.len() {
-            if self.listeners[index].armed {
-                let cancel = opcode::AsyncCancel::new(user_data(LISTENER_BASE + index, Op::Accept))
-                    .build()
-                    .user_data(user_data(WAKE_KEY, Op::Cancel));
-                // SAFETY: a cancel references no memory.
-                unsafe { self.push_entry(&cancel) };
-            } else {
-                self.close_listener(index, now)?;
+            if !self.listeners[index].armed {
+                self.close_listener(index, now);
             }
         }
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.settle(key, now)?;
+            self.settle(key, now);
         }
         tracing::info!(connections = self.clients.len(), "draining");
-        Ok(())
     }
 
     /// Takes the connections still queued on a listener (closing it would reset them), then
     /// closes it. Nothing here can fail the reactor: a connection that cannot be taken stays
     /// queued and is reset by the close, as it would be without this.
-    fn close_listener(&mut self, index: usize, now: u64) -> io::Result<()> {
+    fn close_listener(&mut self, index: usize, now: u64) {
         let Some(socket) = self.listeners[index].socket.take() else {
-            return Ok(());
+            return;
         };
         loop {
             match sys::accept_nonblocking(&socket) {
-                Ok(stream) => self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now)?,
+                Ok(stream) => self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now),
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
                 // WouldBlock: the queue is empty. Anything else: nothing more can be taken.
                 Err(_) => break,
             }
         }
-        Ok(())
     }
 }
 
