@@ -27,6 +27,7 @@ use crate::handshake::Rejection;
 use crate::proxy::{Link, Upstreams};
 use crate::reactor::{sys, AcceptPause, Admission, Limits};
 use crate::stats::Counters;
+use crate::timer::TimerWheel;
 
 /// What waits for a connection's output to be flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +153,8 @@ pub struct Driver {
     draining: bool,
     /// Proxy mode: this reactor's view of the upstreams.
     upstreams: Upstreams,
+    /// Each connection's one armed deadline, by its key.
+    wheel: TimerWheel,
 }
 
 impl Driver {
@@ -167,6 +170,7 @@ impl Driver {
             accept_pause: AcceptPause::default(),
             draining: false,
             upstreams,
+            wheel: TimerWheel::new(0),
         }
     }
 
@@ -251,11 +255,6 @@ impl Driver {
     /// Whether new connections are taken now (not draining, not paused).
     pub fn accepting(&self, now: u64) -> bool {
         !self.draining && !self.accept_pause.is_paused(now)
-    }
-
-    /// When a pause of accepting ends.
-    pub fn accept_resumes_at(&self) -> u64 {
-        self.accept_pause.resumes_at()
     }
 
     /// Accepting failed with `error` (out of descriptors or memory): pauses it, so that the
@@ -344,6 +343,34 @@ impl Driver {
         Next::Continue
     }
 
+    /// Arms connection `key`'s one deadline ([`Driver::timer`]), replacing what was armed.
+    pub fn arm(&mut self, key: usize, conn: &Conn, session: &mut Session, now: u64) {
+        let at = self.timer(conn, session, now);
+        self.wheel.set(key as u32, at);
+    }
+
+    /// Disarms connection `key`'s deadline: it is closing.
+    pub fn disarm(&mut self, key: usize) {
+        self.wheel.cancel(key as u32);
+    }
+
+    /// Adds to `fired` the connections whose deadline has passed by `now` (disarmed); pass
+    /// each to [`Driver::on_deadline`].
+    pub fn expired(&mut self, now: u64, fired: &mut Vec<usize>) {
+        self.wheel.expire(now, |key| fired.push(key as usize));
+    }
+
+    /// How long the loop may wait for events: until the next deadline, and with listeners
+    /// left unwatched while accepting is paused (`paused_listeners`), until the pause ends.
+    pub fn wait(&self, now: u64, paused_listeners: bool) -> Option<std::time::Duration> {
+        let mut wait = self.wheel.next_wake(now);
+        if paused_listeners && !self.draining {
+            let resume = self.accept_pause.resumes_at().saturating_sub(now);
+            wait = Some(wait.map_or(resume, |w| w.min(resume)));
+        }
+        wait.map(std::time::Duration::from_millis)
+    }
+
     /// The one deadline to arm for this connection: its own, or while a flush is awaited
     /// with none of its own, the flush deadline (the linger).
     pub fn timer(&self, conn: &Conn, session: &mut Session, now: u64) -> Option<u64> {
@@ -372,8 +399,9 @@ impl Driver {
         Expiry::Then(conn.on_timeout(&mut self.cx(now, out)))
     }
 
-    /// The connection's socket is closed and its slot freed: the last of its accounting.
-    pub fn closed(&mut self, conn: &mut Conn, session: &Session, now: u64) {
+    /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.
+    pub fn closed(&mut self, key: usize, conn: &mut Conn, session: &Session, now: u64) {
+        self.wheel.cancel(key as u32);
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();

@@ -32,7 +32,6 @@ use crate::transport::Outbox;
 use relay::Upstream;
 
 mod relay;
-use crate::timer::TimerWheel;
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`; connection keys stay far below.
@@ -117,7 +116,6 @@ pub struct Reactor {
     poll: Poll,
     listeners: Vec<Listener>,
     clients: Slab<Client>,
-    wheel: TimerWheel,
     /// Every decision above the connection's protocol.
     driver: Driver,
     shutdown: Arc<Shutdown>,
@@ -126,7 +124,7 @@ pub struct Reactor {
     epoch: Instant,
     /// Connections whose read budget ran out: revisit next turn.
     revisit: Vec<usize>,
-    fired: Vec<u32>,
+    fired: Vec<usize>,
     eager_reads: EagerReads,
 }
 
@@ -159,7 +157,6 @@ impl Reactor {
             poll,
             listeners: registered,
             clients: Slab::new(),
-            wheel: TimerWheel::new(0),
             driver: Driver::new(config, stats, limits, seed),
             shutdown,
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
@@ -247,12 +244,7 @@ impl Reactor {
         if !self.revisit.is_empty() || (accepting && self.driver.accepting(now)) {
             return Some(Duration::ZERO);
         }
-        let mut wait = self.wheel.next_wake(now);
-        if accepting {
-            let resume = self.driver.accept_resumes_at().saturating_sub(now);
-            wait = Some(wait.map_or(resume, |w| w.min(resume)));
-        }
-        wait.map(Duration::from_millis)
+        self.driver.wait(now, accepting)
     }
 
     fn accept_ready(&mut self, now: u64) {
@@ -494,15 +486,13 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let at = self.driver.timer(&client.conn, &mut client.session, now);
-        self.wheel.set(key as u32, at);
+        self.driver.arm(key, &client.conn, &mut client.session, now);
     }
 
     fn expire_timers(&mut self, now: u64) {
         let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.expire(now, |key| fired.push(key));
+        self.driver.expired(now, &mut fired);
         for key in fired.drain(..) {
-            let key = key as usize;
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
@@ -545,9 +535,9 @@ impl Reactor {
     fn close(&mut self, key: usize) {
         if let Some(mut client) = self.clients.try_remove(key) {
             let now = self.now();
-            self.driver.closed(&mut client.conn, &client.session, now);
             // Dropping the stream closes it, which also removes it from epoll.
-            self.wheel.cancel(key as u32);
+            self.driver
+                .closed(key, &mut client.conn, &client.session, now);
         }
     }
 }

@@ -35,8 +35,8 @@ use slab::Slab;
 
 use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
 use crate::conn::{Conn, Next};
+use crate::proxy::Side;
 use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
-use crate::timer::TimerWheel;
 use crate::transport::Outbox;
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -175,6 +175,40 @@ impl Client {
         self.ops.has(Op::Recv) || self.ops.has(Op::RelayRecv)
     }
 
+    /// The receive to arm on `side`, and its socket, if one is wanted now: on the client's
+    /// while it is read (not while output or a close waits for a flush, and in proxy mode
+    /// not before the relay: until the upstream has answered its bytes wait in the kernel);
+    /// on the upstream's once connected; while relaying, on either only while the pipe it
+    /// feeds has room.
+    fn recv_wanted(&self, side: Side) -> Option<(Op, RawFd)> {
+        let fd = self.socket_of(side)?.as_raw_fd();
+        let upstream = self
+            .upstream
+            .as_deref()
+            .filter(|_| self.conn.wants_upstream());
+        let relaying = self.conn.is_relaying();
+        let op = match (side, upstream) {
+            (Side::Upstream, None) => return None,
+            (Side::Client, None) => {
+                let busy = self.outbox.is_sending() || self.session.awaits_flush();
+                (!busy && !self.receiving()).then_some(Op::Recv)?
+            }
+            (_, Some(upstream)) if relaying && !upstream.link.may_read(side) => return None,
+            (Side::Client, Some(_)) if relaying && !self.receiving() => Op::RelayRecv,
+            (Side::Client, Some(_)) => return None,
+            (Side::Upstream, Some(_)) => {
+                let busy = self.ops.has(Op::UpRecv) || self.ops.has(Op::UpRelayRecv);
+                let op = if relaying {
+                    Op::UpRelayRecv
+                } else {
+                    Op::UpRecv
+                };
+                (!busy).then_some(op)?
+            }
+        };
+        Some((op, fd))
+    }
+
     /// The client's socket, while operations may still be started on it.
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         // SAFETY: the descriptor is open until its close, which is submitted only by
@@ -200,7 +234,6 @@ pub struct Reactor {
     relay_buffers: ManuallyDrop<Option<BufRing>>,
     listeners: Vec<Listener>,
     clients: Slab<Client>,
-    wheel: TimerWheel,
     /// Every decision above the connection's protocol.
     driver: Driver,
     shutdown: Arc<Shutdown>,
@@ -211,7 +244,7 @@ pub struct Reactor {
     /// Receives that found the buffer ring empty: re-armed next turn.
     rearm: Vec<usize>,
     completions: Vec<(u64, i32, u32)>,
-    fired: Vec<u32>,
+    fired: Vec<usize>,
 }
 
 /// Builds the ring with the cheapest task-running mode the kernel accepts: with
@@ -278,7 +311,6 @@ impl Reactor {
                 })
                 .collect(),
             clients: Slab::new(),
-            wheel: TimerWheel::new(0),
             driver: Driver::new(config, stats, limits, seed),
             shutdown,
             out: Vec::with_capacity(4096),
@@ -359,7 +391,7 @@ impl Reactor {
             }
             self.arm_accepts(now);
             for key in std::mem::take(&mut self.rearm) {
-                self.arm_recv(key);
+                self.arm_recvs(key);
             }
             self.expire_timers(now);
             let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
@@ -376,17 +408,11 @@ impl Reactor {
         if !self.rearm.is_empty() || self.submissions.is_waiting() {
             return Some(Duration::ZERO);
         }
-        let mut wait = self.wheel.next_wake(now);
-        let paused = !self.driver.is_draining()
-            && self
-                .listeners
-                .iter()
-                .any(|l| !l.armed && l.socket.is_some());
-        if paused {
-            let resume = self.driver.accept_resumes_at().saturating_sub(now);
-            wait = Some(wait.map_or(resume, |w| w.min(resume)));
-        }
-        wait.map(Duration::from_millis)
+        let paused = self
+            .listeners
+            .iter()
+            .any(|l| !l.armed && l.socket.is_some());
+        self.driver.wait(now, paused)
     }
 
     /// One `io_uring_enter`: submits everything queued this turn and waits for at least one
@@ -501,29 +527,105 @@ impl Reactor {
         self.settle(key, now)
     }
 
-    fn arm_recv(&mut self, key: usize) {
+    /// Arms the receives connection `key` needs now (see [`Client::recv_wanted`]).
+    fn arm_recvs(&mut self, key: usize) {
+        let groups = [
+            (self.buffers.group(), BUFFER_SIZE),
+            self.relay_buffers
+                .as_ref()
+                .map_or((0, 0), |b| (b.group(), RELAY_BUFFER_SIZE)),
+        ];
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.upstream.is_some() && client.conn.wants_upstream() {
-            return self.arm_relay_recvs(key);
+        let mut entries: [Option<squeue::Entry>; 2] = [None, None];
+        for (entry, side) in entries.iter_mut().zip([Side::Client, Side::Upstream]) {
+            let Some((op, fd)) = client.recv_wanted(side) else {
+                continue;
+            };
+            let (group, size) = groups[usize::from(matches!(op, Op::RelayRecv | Op::UpRelayRecv))];
+            client.submitted(op);
+            *entry = Some(
+                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size as u32)
+                    .buf_group(group)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(user_data(key, op)),
+            );
         }
-        let busy = client.receiving() || client.outbox.is_sending();
-        if client.closing || busy || client.session.awaits_flush() {
+        for entry in entries.into_iter().flatten() {
+            // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
+            unsafe { self.push_entry(&entry) };
+        }
+    }
+
+    /// A receive completed on either side: the client's request or frames, the upstream's
+    /// answer, or relayed bytes; or an end or an error.
+    fn on_recv(&mut self, key: usize, op: Op, result: i32, flags: u32, now: u64) {
+        let side = match op {
+            Op::Recv | Op::RelayRecv => Side::Client,
+            _ => Side::Upstream,
+        };
+        let ring = match (op, self.relay_buffers.as_mut()) {
+            (Op::RelayRecv | Op::UpRelayRecv, Some(relay)) => relay,
+            _ => &mut *self.buffers,
+        };
+        let buffer = cqueue::buffer_select(flags);
+        let client = self.clients.get_mut(key);
+        let Some(client) = client.filter(|c| c.socket_of(side).is_some()) else {
+            // Closing, or the upstream retired: the bytes have nowhere to go.
+            if let Some(bid) = buffer {
+                ring.recycle(bid);
+            }
             return;
+        };
+        if result == -libc::ENOBUFS {
+            // Every buffer is in use this turn; they come back as completions are handled.
+            return self.rearm.push(key);
         }
-        let recv = opcode::Recv::new(
-            types::Fd(client.fd),
-            std::ptr::null_mut(),
-            BUFFER_SIZE as u32,
-        )
-        .buf_group(self.buffers.group())
-        .build()
-        .flags(squeue::Flags::BUFFER_SELECT)
-        .user_data(user_data(key, Op::Recv));
-        client.submitted(Op::Recv);
-        // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
-        unsafe { self.push_entry(&recv) };
+        let data = match (result, buffer) {
+            // SAFETY: `bid` came with this completion and is recycled right after its use.
+            (n, Some(bid)) if n > 0 => Some((bid, unsafe { ring.get(bid, n as usize) })),
+            _ => None,
+        };
+        if client.conn.is_relaying() {
+            let Some(upstream) = client.upstream.as_deref_mut() else {
+                return;
+            };
+            let to = upstream.link.toward(side.other());
+            return match data {
+                Some((bid, data)) => {
+                    to.pipe.push(data);
+                    ring.recycle(bid);
+                    if to.set_nodelay_now() {
+                        if let Some(fd) = &upstream.fd {
+                            sys::set_nodelay(fd);
+                        }
+                    }
+                    client.conn.on_relayed(&ctx!(self, now));
+                    self.send_to(key, side.other())
+                }
+                None if result == 0 => {
+                    to.fin.read();
+                    self.pass_fins(key)
+                }
+                None => self.relay_broken(key, side),
+            };
+        }
+        let mut cx = ctx!(self, now);
+        let conn = &mut client.conn;
+        let next = match (side, data) {
+            (Side::Client, Some((_, data))) => conn.on_data(data, &mut cx),
+            (Side::Client, None) if result == 0 => conn.on_eof(&mut cx),
+            (Side::Client, None) => return self.begin_close(key),
+            (Side::Upstream, Some((_, data))) => conn.on_upstream_data(data, &mut cx),
+            (Side::Upstream, None) if result == 0 => conn.on_upstream_eof(&mut cx),
+            (Side::Upstream, None) => conn.on_upstream_failed(&mut cx),
+        };
+        if let Some(bid) = buffer {
+            ring.recycle(bid);
+        }
+        self.apply(key, next)
     }
 
     /// Sends the connection's unsent output; with `then_close`, links the close to it.
@@ -545,7 +647,7 @@ impl Reactor {
             send = send.flags(squeue::Flags::IO_LINK);
             client.closing = true;
             client.submitted(Op::Close);
-            self.wheel.cancel(key as u32);
+            self.driver.disarm(key);
         }
         let fd = client.fd;
         // SAFETY: the outbox keeps the bytes in place until this send completes.
@@ -579,7 +681,7 @@ impl Reactor {
             return;
         };
         client.closing = true;
-        self.wheel.cancel(key as u32);
+        self.driver.disarm(key);
         self.retire_upstream(key);
         if let Some(client) = self.clients.get(key) {
             let (ops, fd) = (client.ops, client.fd);
@@ -612,37 +714,11 @@ impl Reactor {
         client.ops.0 &= !(1 << op as u16);
         match op {
             Op::Connect => self.on_connect(key, result, now),
-            Op::RelayRecv | Op::UpRecv | Op::UpRelayRecv => {
-                self.on_relay_recv(key, op, result, flags, now)
+            Op::Recv | Op::RelayRecv | Op::UpRecv | Op::UpRelayRecv => {
+                self.on_recv(key, op, result, flags, now)
             }
-            Op::UpSend => self.on_sent(key, crate::proxy::Side::Upstream, result, now),
-            Op::RelaySend => self.on_sent(key, crate::proxy::Side::Client, result, now),
-            Op::Recv => {
-                let buffer = cqueue::buffer_select(flags);
-                if client.closing {
-                    if let Some(bid) = buffer {
-                        self.buffers.recycle(bid);
-                    }
-                } else if result > 0 {
-                    let Some(bid) = buffer else {
-                        return self.begin_close(key);
-                    };
-                    let mut cx = ctx!(self, now);
-                    // SAFETY: `bid` came with this completion and is recycled only below.
-                    let data = unsafe { self.buffers.get(bid, result as usize) };
-                    let next = client.conn.on_data(data, &mut cx);
-                    self.buffers.recycle(bid);
-                    self.apply(key, next);
-                } else if result == 0 {
-                    let next = client.conn.on_eof(&mut ctx!(self, now));
-                    self.apply(key, next);
-                } else if result == -libc::ENOBUFS {
-                    // Every buffer is in use this turn; they come back as completions are handled.
-                    self.rearm.push(key);
-                } else if result != -libc::ECANCELED {
-                    self.begin_close(key);
-                }
-            }
+            Op::UpSend => self.on_sent(key, Side::Upstream, result, now),
+            Op::RelaySend => self.on_sent(key, Side::Client, result, now),
             Op::Send => {
                 client.outbox.sent(usize::try_from(result).unwrap_or(0));
                 if client.closing {
@@ -737,27 +813,25 @@ impl Reactor {
         if client.closing {
             if client.in_flight == 0 {
                 let mut client = self.clients.remove(key);
-                self.driver.closed(&mut client.conn, &client.session, now);
-                self.wheel.cancel(key as u32);
+                self.driver
+                    .closed(key, &mut client.conn, &client.session, now);
             }
             return;
         }
         if next != Next::Continue || !self.out.is_empty() {
             self.apply(key, next);
         }
-        self.arm_recv(key);
+        self.arm_recvs(key);
         let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
             return;
         };
-        let at = self.driver.timer(&client.conn, &mut client.session, now);
-        self.wheel.set(key as u32, at);
+        self.driver.arm(key, &client.conn, &mut client.session, now);
     }
 
     fn expire_timers(&mut self, now: u64) {
         let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.expire(now, |key| fired.push(key));
+        self.driver.expired(now, &mut fired);
         for key in fired.drain(..) {
-            let key = key as usize;
             let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
                 continue;
             };

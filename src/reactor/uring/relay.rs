@@ -15,9 +15,9 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{opcode, types};
 
-use super::{user_data, Client, Op, Ops, Reactor, BUFFER_SIZE, RELAY_BUFFER_SIZE};
+use super::{user_data, Client, Op, Ops, Reactor};
 use crate::conn::Next;
 use crate::proxy::{Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
@@ -27,24 +27,24 @@ use crate::session::UpstreamFailure;
 pub(super) struct Upstream {
     /// `None` after a failed connect, and once its close went into the ring (which then
     /// owns the descriptor).
-    fd: Option<OwnedFd>,
+    pub(super) fd: Option<OwnedFd>,
     /// Read by the kernel until the connect completes.
     addr: socket2::SockAddr,
     /// The socket's close is submitted: nothing more is started on it.
     retired: bool,
-    link: Link,
+    pub(super) link: Link,
 }
 
 impl Client {
     /// The socket of `side`, while operations may be started on it (the upstream's once
     /// connected).
-    fn socket_of(&self, side: Side) -> Option<BorrowedFd<'_>> {
-        let upstream = self.upstream.as_deref()?;
-        match side {
-            Side::Client => self.socket(),
-            Side::Upstream if self.closing || upstream.retired || !upstream.link.confirmed => None,
-            Side::Upstream => upstream.fd.as_ref().map(|fd| fd.as_fd()),
-        }
+    pub(super) fn socket_of(&self, side: Side) -> Option<BorrowedFd<'_>> {
+        let upstream = match side {
+            Side::Client => return self.socket(),
+            Side::Upstream => self.upstream.as_deref()?,
+        };
+        let usable = !self.closing && !upstream.retired && upstream.link.confirmed;
+        upstream.fd.as_ref().filter(|_| usable).map(|fd| fd.as_fd())
     }
 }
 
@@ -160,7 +160,7 @@ impl Reactor {
 
     /// Sends the front of the pipe towards `to`, unless a send to it is in flight, its
     /// socket is going away (or not connected yet), or nothing is held.
-    fn send_to(&mut self, key: usize, to: Side) {
+    pub(super) fn send_to(&mut self, key: usize, to: Side) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
@@ -197,116 +197,6 @@ impl Reactor {
         self.send_to(key, Side::Upstream)
     }
 
-    /// Arms the receives a proxied client needs: the client's only while relaying (its
-    /// bytes wait in the kernel until the upstream has answered), the upstream's once
-    /// connected; each only while the pipe it feeds has room.
-    pub(super) fn arm_relay_recvs(&mut self, key: usize) {
-        let relay_group = self.relay_buffers.as_ref().map(|b| b.group());
-        let answer_group = self.buffers.group();
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        let relaying = client.conn.is_relaying();
-        let mut entries: [Option<squeue::Entry>; 2] = [None, None];
-        for (entry, from) in entries.iter_mut().zip([Side::Client, Side::Upstream]) {
-            // The answer is small; relayed bytes may not be.
-            let (op, group, size) = match (from, relaying, relay_group) {
-                (_, true, Some(group)) => (ops_of(from).1, group, RELAY_BUFFER_SIZE),
-                (Side::Upstream, false, _) => (Op::UpRecv, answer_group, BUFFER_SIZE),
-                _ => continue,
-            };
-            let Some(fd) = client.socket_of(from).map(|s| s.as_raw_fd()) else {
-                continue;
-            };
-            let receiving = match from {
-                Side::Client => client.receiving(),
-                Side::Upstream => client.ops.has(Op::UpRecv) || client.ops.has(Op::UpRelayRecv),
-            };
-            let may_read = client
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.link.may_read(from));
-            if receiving || !may_read {
-                continue;
-            }
-            client.submitted(op);
-            *entry = Some(
-                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size as u32)
-                    .buf_group(group)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
-                    .user_data(user_data(key, op)),
-            );
-        }
-        for entry in entries.into_iter().flatten() {
-            // SAFETY: the kernel writes into a ring-provided buffer, which `buffers` keeps alive.
-            unsafe { self.push_entry(&entry) };
-        }
-    }
-
-    /// A receive on either side completed: the upstream's answer to the forwarded request,
-    /// or relayed bytes (or a FIN, or an error), queued towards the other side.
-    pub(super) fn on_relay_recv(&mut self, key: usize, op: Op, result: i32, flags: u32, now: u64) {
-        let from = match op {
-            Op::RelayRecv => Side::Client,
-            _ => Side::Upstream,
-        };
-        let ring = match (op, self.relay_buffers.as_mut()) {
-            (Op::RelayRecv | Op::UpRelayRecv, Some(relay)) => relay,
-            _ => &mut *self.buffers,
-        };
-        let buffer = cqueue::buffer_select(flags);
-        let client = self.clients.get_mut(key);
-        let Some(client) = client.filter(|c| c.socket_of(from).is_some()) else {
-            if let Some(bid) = buffer {
-                ring.recycle(bid);
-            }
-            return;
-        };
-        let Some(upstream) = client.upstream.as_deref_mut() else {
-            return;
-        };
-        let received = match (result, buffer) {
-            // SAFETY: `bid` came with this completion and is recycled right after its use.
-            (n, Some(bid)) if n > 0 => Some((bid, unsafe { ring.get(bid, n as usize) })),
-            _ => None,
-        };
-        if result == -libc::ENOBUFS {
-            return self.rearm.push(key);
-        }
-        let mut cx = ctx!(self, now);
-        if !client.conn.is_relaying() {
-            let next = match received {
-                Some((_, data)) => client.conn.on_upstream_data(data, &mut cx),
-                None if result == 0 => client.conn.on_upstream_eof(&mut cx),
-                None => client.conn.on_upstream_failed(&mut cx),
-            };
-            if let Some(bid) = buffer {
-                ring.recycle(bid);
-            }
-            return self.apply(key, next);
-        }
-        let to = upstream.link.toward(from.other());
-        match received {
-            Some((bid, data)) => {
-                to.pipe.push(data);
-                ring.recycle(bid);
-                if to.set_nodelay_now() {
-                    if let Some(fd) = &upstream.fd {
-                        sys::set_nodelay(fd);
-                    }
-                }
-                client.conn.on_relayed(&cx);
-                self.send_to(key, from.other())
-            }
-            None if result == 0 => {
-                to.fin.read();
-                self.pass_fins(key)
-            }
-            None => self.relay_broken(key, from),
-        }
-    }
-
     /// A send towards `to` completed: send what is left or came meanwhile, pass a FIN on
     /// once all is out.
     pub(super) fn on_sent(&mut self, key: usize, to: Side, result: i32, now: u64) {
@@ -333,7 +223,7 @@ impl Reactor {
 
     /// `broken` failed (a reset, or any other error) while relaying: both sides close, the
     /// survivor with a reset (see [`Link`]).
-    fn relay_broken(&mut self, key: usize, broken: Side) {
+    pub(super) fn relay_broken(&mut self, key: usize, broken: Side) {
         let Some(client) = self.clients.get(key) else {
             return;
         };
@@ -349,7 +239,7 @@ impl Reactor {
 
     /// Passes each side's FIN to the other when the link says it is due; closes the pair
     /// once both are passed.
-    fn pass_fins(&mut self, key: usize) {
+    pub(super) fn pass_fins(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
