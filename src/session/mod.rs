@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
 use crate::proxy::{Link, Upstreams};
-use crate::reactor::{sys, AcceptPause, Admission, Limits};
+use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
 
@@ -155,11 +155,32 @@ pub struct Driver {
     upstreams: Upstreams,
     /// Each connection's one armed deadline, by its key.
     wheel: TimerWheel,
+    /// The process's shutdown signal.
+    shutdown: Arc<Shutdown>,
+    /// The zero of this reactor's clock.
+    epoch: std::time::Instant,
+}
+
+/// What a reactor does at the start of a loop turn, after its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Go on serving (or draining).
+    Serve,
+    /// A drain was asked for: call [`Driver::start_draining`], then serve.
+    StartDrain,
+    /// Exit now (an abort), with whatever is open.
+    Exit,
 }
 
 impl Driver {
     /// A reactor's driver, with its share of the limits and a seed for its jitter.
-    pub fn new(config: Arc<ConnConfig>, stats: Arc<Counters>, limits: Limits, seed: u64) -> Self {
+    pub fn new(
+        config: Arc<ConnConfig>,
+        stats: Arc<Counters>,
+        limits: Limits,
+        seed: u64,
+        shutdown: Arc<Shutdown>,
+    ) -> Self {
         // Reactors start their rotations at different upstreams, so that their first
         // connections spread.
         let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
@@ -171,6 +192,22 @@ impl Driver {
             draining: false,
             upstreams,
             wheel: TimerWheel::new(0),
+            shutdown,
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the reactor started: the clock of every deadline.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// What to do at the start of a loop turn, from the process's shutdown signal.
+    pub fn turn(&self) -> Turn {
+        match self.shutdown.state() {
+            ShutdownState::Aborting => Turn::Exit,
+            ShutdownState::Draining if !self.draining => Turn::StartDrain,
+            _ => Turn::Serve,
         }
     }
 
@@ -422,11 +459,14 @@ impl Driver {
         self.draining
     }
 
-    /// End of a loop turn with `open` connections: publishes the gauges; true when a
-    /// drain's window is over and the reactor must exit with what is left.
-    pub fn end_turn(&self, open: usize, now: u64) -> bool {
-        self.admission
-            .end_turn(&self.stats, open, now, &self.config)
+    /// End of a loop turn with `open` connections (`idle`: none, and no accept in flight):
+    /// publishes the gauges; true when the reactor must exit: its drain is done, or the
+    /// drain's window is over (with what is left).
+    pub fn end_turn(&self, open: usize, idle: bool, now: u64) -> bool {
+        let window_over = self
+            .admission
+            .end_turn(&self.stats, open, now, &self.config);
+        (self.draining && idle) || window_over
     }
 
     fn cx<'a>(&'a self, now: u64, out: &'a mut Vec<u8>) -> Ctx<'a> {

@@ -27,7 +27,14 @@ fn driver(limits: Limits) -> Driver {
             ..ProxyConfig::default()
         },
     };
-    Driver::new(Arc::new(config), Arc::new(Counters::default()), limits, 7)
+    let shutdown = Arc::new(crate::reactor::Shutdown::default());
+    Driver::new(
+        Arc::new(config),
+        Arc::new(Counters::default()),
+        limits,
+        7,
+        shutdown,
+    )
 }
 
 /// One connection as a backend holds it: the protocol state, the session, its output.
@@ -225,7 +232,9 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
         assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
         assert_eq!(peer.status(), "503");
         // The loop wakes up when the pause is over, with no deadline armed.
-        let pause = driver.wait(1_000, true).expect("a wake-up at the pause's end");
+        let pause = driver
+            .wait(1_000, true)
+            .expect("a wake-up at the pause's end");
         let resumes = 1_000 + pause.as_millis() as u64;
         assert!(!driver.accepting(resumes - 1) && driver.accepting(resumes));
     }

@@ -18,16 +18,16 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as HalfClose, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
+use crate::session::{Action, AfterFlush, Driver, Expiry, Session, Turn};
 use crate::transport::Outbox;
 use relay::Upstream;
 
@@ -59,28 +59,6 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     upstream: Option<Box<Upstream>>,
-}
-
-impl Client {
-    /// A connection read only once registered.
-    fn new(
-        stream: TcpStream,
-        conn: crate::conn::Conn,
-        session: Session,
-        peer: SocketAddr,
-    ) -> Client {
-        Client {
-            stream,
-            conn,
-            session,
-            outbox: Outbox::default(),
-            eager: false,
-            registered: false,
-            wants_writable: false,
-            peer,
-            upstream: None,
-        }
-    }
 }
 
 /// Whether to read right after accept: yes while recent eager reads mostly found the
@@ -118,10 +96,8 @@ pub struct Reactor {
     clients: Slab<Client>,
     /// Every decision above the connection's protocol.
     driver: Driver,
-    shutdown: Arc<Shutdown>,
     read_buffer: Box<[u8]>,
     out: Vec<u8>,
-    epoch: Instant,
     /// Connections whose read budget ran out: revisit next turn.
     revisit: Vec<usize>,
     fired: Vec<usize>,
@@ -157,11 +133,9 @@ impl Reactor {
             poll,
             listeners: registered,
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed),
-            shutdown,
+            driver: Driver::new(config, stats, limits, seed, shutdown),
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
-            epoch: Instant::now(),
             revisit: Vec::new(),
             fired: Vec::new(),
             eager_reads: EagerReads {
@@ -175,22 +149,18 @@ impl Reactor {
         Ok((reactor, wake))
     }
 
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// Runs until a shutdown completes.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
-            let timeout = self.poll_timeout(self.now());
+            let timeout = self.poll_timeout(self.driver.now());
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(error);
             }
-            let now = self.now();
+            let now = self.driver.now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -210,20 +180,18 @@ impl Reactor {
                     }
                 }
             }
-            match self.shutdown.state() {
-                ShutdownState::Aborting => return Ok(()),
-                ShutdownState::Draining if !self.driver.is_draining() => self.start_draining(now),
-                _ => {}
+            match self.driver.turn() {
+                Turn::Exit => return Ok(()),
+                Turn::StartDrain => self.start_draining(now),
+                Turn::Serve => {}
             }
             self.accept_ready(now);
             for key in std::mem::take(&mut self.revisit) {
                 self.drive(key, now);
             }
             self.expire_timers(now);
-            if self.driver.is_draining() && self.clients.is_empty() {
-                return Ok(());
-            }
-            if self.driver.end_turn(self.clients.len(), now) {
+            let idle = self.clients.is_empty();
+            if self.driver.end_turn(self.clients.len(), idle, now) {
                 return Ok(());
             }
         }
@@ -279,7 +247,17 @@ impl Reactor {
             .driver
             .accepted(open, Some(peer.ip()), now, &mut self.out);
         let admitted = session.is_handshaking();
-        let mut client = Client::new(stream, conn, session, peer);
+        let mut client = Client {
+            stream,
+            conn,
+            session,
+            outbox: Outbox::default(),
+            eager: false,
+            registered: false,
+            wants_writable: false,
+            peer,
+            upstream: None,
+        };
         if !admitted {
             // Refused over a limit: the answer is sent without reading the request.
             let key = self.clients.insert(client);
@@ -388,7 +366,7 @@ impl Reactor {
         let waiting = !client.outbox.is_empty();
         match client.session.after(next, waiting) {
             Action::Continue | Action::Relay | Action::AwaitFlush => true,
-            Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
+            Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             Action::Close => {
                 self.close(key);
                 false
@@ -534,7 +512,7 @@ impl Reactor {
 
     fn close(&mut self, key: usize) {
         if let Some(mut client) = self.clients.try_remove(key) {
-            let now = self.now();
+            let now = self.driver.now();
             // Dropping the stream closes it, which also removes it from epoll.
             self.driver
                 .closed(key, &mut client.conn, &client.session, now);

@@ -28,15 +28,15 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::{sys, ReactorParts, Shutdown, ShutdownState, Wake};
+use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Expiry, Session};
+use crate::session::{Action, AfterFlush, Driver, Expiry, Session, Turn};
 use crate::transport::Outbox;
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -64,39 +64,41 @@ const WAKE_KEY: usize = (1 << 48) - 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Op {
-    Accept = 1,
-    Recv = 2,
-    Send = 3,
-    Close = 5,
-    Cancel = 6,
-    Wake = 7,
-    /// Proxy mode: the upstream socket's connect, receive, send and close.
-    Connect = 8,
-    UpRecv = 9,
-    UpSend = 10,
-    UpClose = 11,
-    /// Proxy mode: relayed bytes sent to the client.
-    RelaySend = 12,
-    /// Proxy mode: relayed bytes received, into the relay buffers, from each side.
-    RelayRecv = 13,
-    UpRelayRecv = 14,
+    // On the client's socket.
+    Recv,
+    Send,
+    /// Proxy mode: relayed bytes received (into the relay buffers) and sent.
+    RelayRecv,
+    RelaySend,
+    // Proxy mode, on the upstream's socket.
+    Connect,
+    UpRecv,
+    UpRelayRecv,
+    UpSend,
+    // Nothing to cancel.
+    Close,
+    UpClose,
+    Cancel,
+    Accept,
+    Wake,
 }
 
 impl Op {
+    /// Every operation, at the index of its code.
     const ALL: [Op; 13] = [
-        Op::Accept,
         Op::Recv,
         Op::Send,
-        Op::Close,
-        Op::Cancel,
-        Op::Wake,
+        Op::RelayRecv,
+        Op::RelaySend,
         Op::Connect,
         Op::UpRecv,
-        Op::UpSend,
-        Op::UpClose,
-        Op::RelaySend,
-        Op::RelayRecv,
         Op::UpRelayRecv,
+        Op::UpSend,
+        Op::Close,
+        Op::UpClose,
+        Op::Cancel,
+        Op::Accept,
+        Op::Wake,
     ];
 }
 
@@ -105,42 +107,38 @@ fn user_data(key: usize, op: Op) -> u64 {
 }
 
 fn decode(user_data: u64) -> (usize, Option<Op>) {
-    let op = Op::ALL
-        .into_iter()
-        .find(|&op| op as u64 == user_data & 0xFF);
+    let op = Op::ALL.get((user_data & 0xFF) as usize).copied();
     ((user_data >> 8) as usize, op)
 }
 
-/// The cancellable operations of one slot in flight, one bit per kind. A slot never has two
-/// of one of these kinds in flight, so the bits say exactly what a close must cancel.
+/// The cancellable operations of one slot in flight, one bit per kind (the first eight
+/// [`Op`]s). A slot never has two of one of these kinds in flight, so the bits say exactly
+/// what a close must cancel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Ops(u16);
+struct Ops(u8);
 
 impl Ops {
     /// On the client's socket.
-    const CLIENT: Ops = Ops::of(&[Op::Recv, Op::Send, Op::RelayRecv, Op::RelaySend]);
+    const CLIENT: Ops = Ops(0x0F);
     /// On the upstream's socket.
-    const UPSTREAM: Ops = Ops::of(&[Op::Connect, Op::UpRecv, Op::UpRelayRecv, Op::UpSend]);
+    const UPSTREAM: Ops = Ops(0xF0);
 
-    const fn of(ops: &[Op]) -> Ops {
-        let mut bits = 0;
-        let mut i = 0;
-        while i < ops.len() {
-            bits |= 1 << ops[i] as u16;
-            i += 1;
-        }
-        Ops(bits)
+    /// `op`'s bit; none for the kinds that are not cancelled.
+    fn bit(op: Op) -> u8 {
+        1u8.checked_shl(op as u32).unwrap_or(0)
     }
 
     fn has(self, op: Op) -> bool {
-        self.0 & (1 << op as u16) != 0
+        self.0 & Ops::bit(op) != 0
     }
 
     /// The kinds in flight among `set`.
     fn among(self, set: Ops) -> impl Iterator<Item = Op> {
-        Op::ALL
-            .into_iter()
-            .filter(move |&op| Ops(self.0 & set.0).has(op))
+        let bits = self.0 & set.0;
+        Op::ALL[..8]
+            .iter()
+            .copied()
+            .filter(move |&op| Ops(bits).has(op))
     }
 }
 
@@ -165,9 +163,7 @@ impl Client {
     /// Counts an operation submitted for this slot.
     fn submitted(&mut self, op: Op) {
         self.in_flight += 1;
-        if Ops::CLIENT.has(op) || Ops::UPSTREAM.has(op) {
-            self.ops.0 |= 1 << op as u16;
-        }
+        self.ops.0 |= Ops::bit(op);
     }
 
     /// Whether a receive on the client's socket is in flight.
@@ -236,9 +232,7 @@ pub struct Reactor {
     clients: Slab<Client>,
     /// Every decision above the connection's protocol.
     driver: Driver,
-    shutdown: Arc<Shutdown>,
     out: Vec<u8>,
-    epoch: Instant,
     wake_fd: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
     /// Receives that found the buffer ring empty: re-armed next turn.
@@ -311,10 +305,8 @@ impl Reactor {
                 })
                 .collect(),
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed),
-            shutdown,
+            driver: Driver::new(config, stats, limits, seed, shutdown),
             out: Vec::with_capacity(4096),
-            epoch: Instant::now(),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
             rearm: Vec::new(),
@@ -325,10 +317,6 @@ impl Reactor {
         reactor.arm_accepts(0);
         let wake: Wake = Arc::new(move || sys::eventfd_wake(wake_fd.as_fd()));
         Ok((reactor, wake))
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Queues `entry` for the next `io_uring_enter` (see [`Submissions`]: it never fails).
@@ -380,14 +368,14 @@ impl Reactor {
     pub fn run(mut self) -> io::Result<()> {
         loop {
             self.submissions.flush(&mut self.ring);
-            let wait = self.wait_timeout(self.now());
+            let wait = self.wait_timeout(self.driver.now());
             self.submit_and_wait(wait)?;
-            let now = self.now();
+            let now = self.driver.now();
             self.reap(now);
-            match self.shutdown.state() {
-                ShutdownState::Aborting => return Ok(()),
-                ShutdownState::Draining if !self.driver.is_draining() => self.start_draining(now),
-                _ => {}
+            match self.driver.turn() {
+                Turn::Exit => return Ok(()),
+                Turn::StartDrain => self.start_draining(now),
+                Turn::Serve => {}
             }
             self.arm_accepts(now);
             for key in std::mem::take(&mut self.rearm) {
@@ -395,10 +383,7 @@ impl Reactor {
             }
             self.expire_timers(now);
             let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
-            if self.driver.is_draining() && idle {
-                return Ok(());
-            }
-            if self.driver.end_turn(self.clients.len(), now) {
+            if self.driver.end_turn(self.clients.len(), idle, now) {
                 return Ok(());
             }
         }
@@ -711,7 +696,7 @@ impl Reactor {
             return;
         };
         client.in_flight = client.in_flight.saturating_sub(1);
-        client.ops.0 &= !(1 << op as u16);
+        client.ops.0 &= !Ops::bit(op);
         match op {
             Op::Connect => self.on_connect(key, result, now),
             Op::Recv | Op::RelayRecv | Op::UpRecv | Op::UpRelayRecv => {
@@ -792,7 +777,7 @@ impl Reactor {
         match action {
             Action::Close => self.begin_close(key),
             Action::ShutdownWrite => self.submit_shutdown(key),
-            Action::ConnectUpstream => self.connect_upstream(key, 0, self.now()),
+            Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             // A relay was started above (it needs the link `Next::Proxy` made).
             Action::Continue | Action::AwaitFlush | Action::Relay => {}
         }
