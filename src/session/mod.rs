@@ -13,9 +13,9 @@
 //! 1. a new socket: [`Driver::accepted`] gives the connection and what to do with it;
 //! 2. bytes or an end from the peer: [`Conn`]'s calls, then [`Session::after`] with the
 //!    [`Next`] and whether output still waits;
-//! 3. after every event on a connection: [`Driver::settle`] (accounting, drain), then
-//!    [`Driver::timer`] for the one deadline to arm;
-//! 4. a deadline reached: [`Driver::on_deadline`];
+//! 3. after every event on a connection: [`Driver::settle`] (accounting, drain, a deadline
+//!    that has passed), then [`Driver::arm`] for the one deadline to arm;
+//! 4. each turn, every connection [`Driver::next_expired`] hands out: settled as in 3;
 //! 5. the socket closed: [`Driver::closed`].
 
 use std::io;
@@ -58,15 +58,6 @@ pub enum Action {
     Relay,
 }
 
-/// What a reached deadline means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
-    /// The peer did not take the output by the flush deadline: close without it.
-    GiveUp,
-    /// The connection's own deadline: carry out this, as after any call.
-    Then(Next),
-}
-
 /// One connection's state above [`Conn`]: 24 bytes.
 #[derive(Debug)]
 pub struct Session {
@@ -75,6 +66,9 @@ pub struct Session {
     /// The client's address in the per-address table (0: not tracked).
     ip_key: u64,
     after_flush: AfterFlush,
+    /// The peer did not take the output by the flush deadline: the close does not wait
+    /// for it any more.
+    given_up: bool,
     /// Bound on waiting for a flush, once one is awaited ([`NO_FLUSH_DEADLINE`]: none; a
     /// plain `u64`, not an `Option`, keeps a session at 24 bytes).
     flush_deadline: u64,
@@ -88,6 +82,7 @@ impl Default for Session {
             handshaking: false,
             ip_key: 0,
             after_flush: AfterFlush::Nothing,
+            given_up: false,
             flush_deadline: NO_FLUSH_DEADLINE,
         }
     }
@@ -98,6 +93,7 @@ impl Session {
     /// the socket has not taken all output yet: a close or half-close waits for the flush.
     pub fn after(&mut self, next: Next, output_waiting: bool) -> Action {
         match (next, output_waiting) {
+            (Next::Close, _) if self.given_up => Action::Close,
             (Next::Continue, _) => Action::Continue,
             (Next::Proxy, _) => Action::ConnectUpstream,
             (Next::Relay, _) => Action::Relay,
@@ -159,6 +155,11 @@ pub struct Driver {
     shutdown: Arc<Shutdown>,
     /// The zero of this reactor's clock.
     epoch: std::time::Instant,
+    /// Loop turns ended, and the turn whose expired deadlines were taken from the wheel.
+    turn: u64,
+    expired_turn: u64,
+    /// Connections whose deadline passed, not yet handed out.
+    fired: Vec<usize>,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -194,6 +195,9 @@ impl Driver {
             wheel: TimerWheel::new(0),
             shutdown,
             epoch: std::time::Instant::now(),
+            turn: 1,
+            expired_turn: 0,
+            fired: Vec::new(),
         }
     }
 
@@ -355,14 +359,17 @@ impl Driver {
         conn.refuse(refusal, &mut self.cx(now, out))
     }
 
-    /// After every event on a connection (`closing`: its close is under way): ends the
-    /// handshake count once the handshake is over, and in a drain gives an open connection
-    /// its close time. Carry out what it returns.
+    /// After every event on a connection, and when its armed deadline has passed
+    /// ([`Driver::next_expired`]): ends the handshake count once the handshake is over, in a
+    /// drain gives an open connection its close time, and carries out a deadline that has
+    /// passed (`output_waiting`: the socket has not taken all output; `closing`: the close
+    /// is under way). Carry out what it returns.
     pub fn settle(
         &mut self,
         conn: &mut Conn,
         session: &mut Session,
         closing: bool,
+        output_waiting: bool,
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
@@ -373,11 +380,38 @@ impl Driver {
             session.handshaking = false;
             self.admission.handshake_ended();
         }
-        if self.draining && !closing && conn.is_open() {
+        if closing {
+            return Next::Continue;
+        }
+        if self.draining && conn.is_open() {
             let (close_at, code) = self.admission.drain_close();
-            return conn.on_shutdown(close_at, code, &mut self.cx(now, out));
+            let next = conn.on_shutdown(close_at, code, &mut self.cx(now, out));
+            if next != Next::Continue {
+                return next;
+            }
+        }
+        if self.deadline(conn, session).is_some_and(|at| at <= now) {
+            return self.deadline_passed(conn, session, output_waiting, now, out);
         }
         Next::Continue
+    }
+
+    /// A deadline passed. Output the peer did not take by the flush deadline is given up,
+    /// with the connection; otherwise it is the connection's own deadline.
+    fn deadline_passed(
+        &mut self,
+        conn: &mut Conn,
+        session: &mut Session,
+        output_waiting: bool,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let flush_overdue = now >= session.flush_deadline;
+        if session.after_flush == AfterFlush::Close || (output_waiting && flush_overdue) {
+            session.given_up = true;
+            return Next::Close;
+        }
+        conn.on_timeout(&mut self.cx(now, out))
     }
 
     /// Arms connection `key`'s one deadline ([`Driver::timer`]), replacing what was armed.
@@ -391,10 +425,16 @@ impl Driver {
         self.wheel.cancel(key as u32);
     }
 
-    /// Adds to `fired` the connections whose deadline has passed by `now` (disarmed); pass
-    /// each to [`Driver::on_deadline`].
-    pub fn expired(&mut self, now: u64, fired: &mut Vec<usize>) {
-        self.wheel.expire(now, |key| fired.push(key as usize));
+    /// The next connection whose armed deadline has passed by `now` (disarmed): settle it
+    /// ([`Driver::settle`] carries the deadline out). Deadlines that pass while these are
+    /// handled wait for the next turn.
+    pub fn next_expired(&mut self, now: u64) -> Option<usize> {
+        if self.fired.is_empty() && self.expired_turn != self.turn {
+            self.expired_turn = self.turn;
+            let fired = &mut self.fired;
+            self.wheel.expire(now, |key| fired.push(key as usize));
+        }
+        self.fired.pop()
     }
 
     /// How long the loop may wait for events: until the next deadline, and with listeners
@@ -414,26 +454,12 @@ impl Driver {
         if session.awaits_flush() && session.flush_deadline == NO_FLUSH_DEADLINE {
             session.flush_deadline = now.saturating_add(self.config.linger_ms);
         }
-        let flush = (session.flush_deadline != NO_FLUSH_DEADLINE).then_some(session.flush_deadline);
-        conn.deadline().or(flush)
+        self.deadline(conn, session)
     }
 
-    /// The armed deadline passed (`output_waiting`: the socket has not taken all output).
-    /// Output the peer did not take by the flush deadline is given up, with the connection;
-    /// otherwise it is the connection's own deadline.
-    pub fn on_deadline(
-        &mut self,
-        conn: &mut Conn,
-        session: &Session,
-        output_waiting: bool,
-        now: u64,
-        out: &mut Vec<u8>,
-    ) -> Expiry {
-        let flush_overdue = now >= session.flush_deadline;
-        if session.after_flush == AfterFlush::Close || (output_waiting && flush_overdue) {
-            return Expiry::GiveUp;
-        }
-        Expiry::Then(conn.on_timeout(&mut self.cx(now, out)))
+    fn deadline(&self, conn: &Conn, session: &Session) -> Option<u64> {
+        let flush = (session.flush_deadline != NO_FLUSH_DEADLINE).then_some(session.flush_deadline);
+        conn.deadline().or(flush)
     }
 
     /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.
@@ -462,7 +488,8 @@ impl Driver {
     /// End of a loop turn with `open` connections (`idle`: none, and no accept in flight):
     /// publishes the gauges; true when the reactor must exit: its drain is done, or the
     /// drain's window is over (with what is left).
-    pub fn end_turn(&self, open: usize, idle: bool, now: u64) -> bool {
+    pub fn end_turn(&mut self, open: usize, idle: bool, now: u64) -> bool {
+        self.turn += 1;
         let window_over = self
             .admission
             .end_turn(&self.stats, open, now, &self.config);

@@ -73,7 +73,14 @@ impl Peer {
         assert_eq!(self.conn.on_data(REQUEST, &mut cx), Next::Continue);
         assert!(self.out.starts_with(b"HTTP/1.1 101"));
         self.out.clear();
-        let next = driver.settle(&mut self.conn, &mut self.session, false, now, &mut self.out);
+        let next = driver.settle(
+            &mut self.conn,
+            &mut self.session,
+            false,
+            false,
+            now,
+            &mut self.out,
+        );
         assert_eq!(next, Next::Continue);
     }
 }
@@ -167,6 +174,7 @@ fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
             &mut peer.conn,
             &mut peer.session,
             false,
+            false,
             1_000,
             &mut peer.out,
         );
@@ -185,8 +193,15 @@ fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
     let at = driver
         .timer(&peer.conn, &mut peer.session, 1_000)
         .unwrap_or(1_000);
-    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, false, at, &mut peer.out);
-    assert_eq!(expiry, Expiry::Then(Next::Continue));
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        false,
+        false,
+        at,
+        &mut peer.out,
+    );
+    assert_eq!(next, Next::Continue);
     assert_eq!(peer.out, [0x88, 0x02, 0x03, 0xF4]);
 }
 
@@ -271,8 +286,29 @@ fn output_not_taken_by_the_linger_is_given_up_with_the_connection() {
     assert!(peer.session.awaits_flush());
     let deadline = driver.timer(&peer.conn, &mut peer.session, 50);
     assert_eq!(deadline, Some(150), "the linger bounds the wait");
-    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, true, 150, &mut peer.out);
-    assert_eq!(expiry, Expiry::GiveUp);
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        false,
+        true,
+        149,
+        &mut peer.out,
+    );
+    assert_eq!(next, Next::Continue, "not yet");
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        false,
+        true,
+        150,
+        &mut peer.out,
+    );
+    assert_eq!(next, Next::Close);
+    assert_eq!(
+        peer.session.after(next, true),
+        Action::Close,
+        "the close waits for the output no more"
+    );
     // Had it gone out, the close was due.
     assert_eq!(peer.session.flushed(), AfterFlush::Close);
     assert_eq!(peer.session.after(Next::Close, false), Action::Close);
@@ -287,8 +323,24 @@ fn a_silent_client_is_closed_at_the_handshake_deadline_and_counted() {
     let mut driver = driver(Limits::default());
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     assert_eq!(driver.timer(&peer.conn, &mut peer.session, 0), Some(1000));
-    let expiry = driver.on_deadline(&mut peer.conn, &peer.session, false, 1000, &mut peer.out);
-    assert_eq!(expiry, Expiry::Then(Next::Close));
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        false,
+        false,
+        999,
+        &mut peer.out,
+    );
+    assert_eq!(next, Next::Continue, "not yet");
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        false,
+        false,
+        1000,
+        &mut peer.out,
+    );
+    assert_eq!(next, Next::Close);
     assert!(
         peer.out.is_empty(),
         "nothing says a silent peer speaks HTTP"
@@ -303,7 +355,14 @@ fn a_client_that_leaves_mid_handshake_is_counted_abandoned_once() {
         ..Limits::default()
     });
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
-    let next = driver.settle(&mut peer.conn, &mut peer.session, true, 5, &mut peer.out);
+    let next = driver.settle(
+        &mut peer.conn,
+        &mut peer.session,
+        true,
+        false,
+        5,
+        &mut peer.out,
+    );
     assert_eq!(next, Next::Continue);
     driver.closed(0, &mut peer.conn, &peer.session, 5);
     assert_eq!(count(&driver.stats.handshakes_abandoned), 1);
@@ -319,4 +378,25 @@ fn a_client_that_leaves_mid_handshake_is_counted_abandoned_once() {
 #[test]
 fn a_session_costs_24_bytes_per_connection() {
     assert_eq!(std::mem::size_of::<Session>(), 24);
+}
+
+#[test]
+fn an_armed_deadline_is_handed_out_once_in_the_turn_it_passes() {
+    let mut driver = driver(Limits::default());
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    driver.arm(3, &peer.conn, &mut peer.session, 0);
+    assert_eq!(driver.next_expired(999), None, "not yet");
+    driver.end_turn(1, false, 999);
+    assert_eq!(driver.next_expired(1_000), Some(3));
+    assert_eq!(driver.next_expired(1_000), None, "disarmed once handed out");
+    // Re-armed in the same turn (already due): it waits for the next turn.
+    driver.arm(3, &peer.conn, &mut peer.session, 0);
+    assert_eq!(driver.next_expired(1_000), None);
+    driver.end_turn(1, false, 1_000);
+    assert_eq!(driver.next_expired(1_000), Some(3));
+    // A closed connection's deadline is never handed out.
+    driver.arm(3, &peer.conn, &mut peer.session, 0);
+    driver.closed(3, &mut peer.conn, &peer.session, 1_000);
+    driver.end_turn(0, false, 2_000);
+    assert_eq!(driver.next_expired(2_000), None);
 }

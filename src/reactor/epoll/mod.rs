@@ -27,7 +27,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Expiry, Session, Turn};
+use crate::session::{Action, AfterFlush, Driver, Session, Turn};
 use crate::transport::Outbox;
 use relay::Upstream;
 
@@ -100,7 +100,6 @@ pub struct Reactor {
     out: Vec<u8>,
     /// Connections whose read budget ran out: revisit next turn.
     revisit: Vec<usize>,
-    fired: Vec<usize>,
     eager_reads: EagerReads,
 }
 
@@ -137,7 +136,6 @@ impl Reactor {
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             revisit: Vec::new(),
-            fired: Vec::new(),
             eager_reads: EagerReads {
                 always: defer_accept,
                 score: 0,
@@ -416,10 +414,12 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        let waiting = !client.outbox.is_empty();
         let next = self.driver.settle(
             &mut client.conn,
             &mut client.session,
             false,
+            waiting,
             now,
             &mut self.out,
         );
@@ -468,29 +468,9 @@ impl Reactor {
     }
 
     fn expire_timers(&mut self, now: u64) {
-        let mut fired = std::mem::take(&mut self.fired);
-        self.driver.expired(now, &mut fired);
-        for key in fired.drain(..) {
-            let Some(client) = self.clients.get_mut(key) else {
-                continue;
-            };
-            let waiting = !client.outbox.is_empty();
-            let expiry = self.driver.on_deadline(
-                &mut client.conn,
-                &client.session,
-                waiting,
-                now,
-                &mut self.out,
-            );
-            let Expiry::Then(next) = expiry else {
-                self.close(key);
-                continue;
-            };
-            if self.apply(key, next) {
-                self.settle(key, now);
-            }
+        while let Some(key) = self.driver.next_expired(now) {
+            self.settle(key, now);
         }
-        self.fired = fired;
     }
 
     fn start_draining(&mut self, now: u64) {

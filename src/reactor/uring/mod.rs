@@ -36,7 +36,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Expiry, Session, Turn};
+use crate::session::{Action, AfterFlush, Driver, Session, Turn};
 use crate::transport::Outbox;
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -238,7 +238,6 @@ pub struct Reactor {
     /// Receives that found the buffer ring empty: re-armed next turn.
     rearm: Vec<usize>,
     completions: Vec<(u64, i32, u32)>,
-    fired: Vec<usize>,
 }
 
 /// Builds the ring with the cheapest task-running mode the kernel accepts: with
@@ -311,7 +310,6 @@ impl Reactor {
             wake_buf: Box::new([0; 8]),
             rearm: Vec::new(),
             completions: Vec::with_capacity(1024),
-            fired: Vec::new(),
         };
         reactor.arm_wake();
         reactor.arm_accepts(0);
@@ -788,10 +786,12 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        let waiting = !client.outbox.is_empty();
         let next = self.driver.settle(
             &mut client.conn,
             &mut client.session,
             client.closing,
+            waiting,
             now,
             &mut self.out,
         );
@@ -814,30 +814,9 @@ impl Reactor {
     }
 
     fn expire_timers(&mut self, now: u64) {
-        let mut fired = std::mem::take(&mut self.fired);
-        self.driver.expired(now, &mut fired);
-        for key in fired.drain(..) {
-            let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
-                continue;
-            };
-            let waiting = client.outbox.is_sending();
-            let expiry = self.driver.on_deadline(
-                &mut client.conn,
-                &client.session,
-                waiting,
-                now,
-                &mut self.out,
-            );
-            match expiry {
-                // The peer stopped reading our output: give up on it.
-                Expiry::GiveUp => self.begin_close(key),
-                Expiry::Then(next) => {
-                    self.apply(key, next);
-                    self.settle(key, now);
-                }
-            }
+        while let Some(key) = self.driver.next_expired(now) {
+            self.settle(key, now);
         }
-        self.fired = fired;
     }
 
     fn start_draining(&mut self, now: u64) {
