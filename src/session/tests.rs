@@ -393,7 +393,7 @@ fn an_armed_deadline_is_handed_out_once_in_the_turn_it_passes() {
     driver.arm(3, &peer.conn, &mut peer.session, 0);
     assert_eq!(driver.next_expired(1_000), None);
     driver.end_turn(1, false, 1_000);
-    assert_eq!(driver.next_expired(1_000), Some(3));
+    assert_eq!(driver.next_expired(1_001), Some(3));
     // A closed connection's deadline is never handed out.
     driver.arm(3, &peer.conn, &mut peer.session, 0);
     driver.closed(3, &mut peer.conn, &peer.session, 1_000);
