@@ -13,6 +13,35 @@
 //! front only once [`Outbox::sent`] reports the completion. This is the one place that rule
 //! is enforced. epoll writes synchronously and never has a send in flight.
 
+/// Bytes queued for a socket, written by a synchronous writer: what to write next, and how
+/// much of it the socket took.
+pub trait Queue {
+    /// What to write next (empty when nothing is held).
+    fn unsent(&mut self) -> &[u8];
+    /// The socket took the first `n` bytes of [`Queue::unsent`].
+    fn consume(&mut self, n: usize);
+}
+
+impl Queue for Outbox {
+    fn unsent(&mut self) -> &[u8] {
+        self.pending()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.sent(n)
+    }
+}
+
+impl Queue for crate::proxy::Pipe {
+    fn unsent(&mut self) -> &[u8] {
+        crate::proxy::Pipe::unsent(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        crate::proxy::Pipe::consume(self, n)
+    }
+}
+
 /// Output waiting for the socket: 8 bytes while there is none.
 #[derive(Debug, Default)]
 pub struct Outbox {

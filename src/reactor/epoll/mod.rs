@@ -28,7 +28,7 @@ use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
 use crate::session::{Action, AfterFlush, Driver, Session, Turn};
-use crate::transport::Outbox;
+use crate::transport::{Outbox, Queue};
 use relay::Upstream;
 
 mod relay;
@@ -59,6 +59,32 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     upstream: Option<Box<Upstream>>,
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match to.write(bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes what `queue` holds until it is empty or the socket is full.
+fn flush(to: &TcpStream, queue: &mut impl Queue) -> io::Result<()> {
+    loop {
+        let bytes = queue.unsent();
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match write_some(to, bytes)? {
+            0 => return Ok(()),
+            n => queue.consume(n),
+        }
+    }
 }
 
 /// Whether to read right after accept: yes while recent eager reads mostly found the
@@ -281,7 +307,7 @@ impl Reactor {
         if self.clients.get(key).is_some_and(|c| c.conn.is_relaying()) {
             return self.relay(key, now);
         }
-        if !self.flush(key) {
+        if !self.flush_outbox(key) {
             return self.settle(key, now);
         }
         for _ in 0..READ_BUDGET {
@@ -343,22 +369,16 @@ impl Reactor {
         if !self.out.is_empty() {
             // Straight from the reactor's buffer when nothing waits: the common case costs
             // no copy into the connection.
-            if client.outbox.is_empty() {
-                match (&client.stream).write(&self.out) {
-                    Ok(n) if n == self.out.len() => {}
-                    Ok(n) => client.outbox.push(&self.out[n..]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        client.outbox.push(&self.out)
-                    }
-                    Err(_) => {
-                        self.out.clear();
-                        self.close(key);
-                        return false;
-                    }
-                }
-            } else {
-                client.outbox.push(&self.out);
-            }
+            let written = match client.outbox.is_empty() {
+                true => write_some(&client.stream, &self.out),
+                false => Ok(0),
+            };
+            let Ok(written) = written else {
+                self.out.clear();
+                self.close(key);
+                return false;
+            };
+            client.outbox.push(&self.out[written..]);
             self.out.clear();
         }
         let waiting = !client.outbox.is_empty();
@@ -377,24 +397,16 @@ impl Reactor {
     }
 
     /// Writes unsent output. Returns whether reading may go on.
-    fn flush(&mut self, key: usize) -> bool {
+    fn flush_outbox(&mut self, key: usize) -> bool {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
-        while !client.outbox.is_empty() {
-            match (&client.stream).write(client.outbox.pending()) {
-                Ok(0) => {
-                    self.close(key);
-                    return false;
-                }
-                Ok(n) => client.outbox.sent(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close(key);
-                    return false;
-                }
-            }
+        if flush(&client.stream, &mut client.outbox).is_err() {
+            self.close(key);
+            return false;
+        }
+        if !client.outbox.is_empty() {
+            return false;
         }
         match client.session.flushed() {
             AfterFlush::Nothing => true,

@@ -25,16 +25,16 @@
 //! event on one side thus costs no read on the other. A side whose pipe is full is not read,
 //! and stays readable: it is read again as soon as the other side has taken the pipe's bytes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Reactor, READ_BUDGET, UPSTREAM_BASE};
+use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
-use crate::proxy::{Flow, Forwarding, Link, Peers, Pipe, Side};
+use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
 use crate::session::UpstreamFailure;
 
@@ -144,30 +144,6 @@ struct Moved {
     more: bool,
 }
 
-/// Writes as much of `bytes` as the socket takes now.
-fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match to.write(bytes) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Writes what `pipe` holds until it is empty or the socket is full.
-fn flush_pipe(to: &TcpStream, pipe: &mut Pipe) -> io::Result<()> {
-    while !pipe.is_empty() {
-        let n = write_some(to, pipe.unsent())?;
-        if n == 0 {
-            break;
-        }
-        pipe.consume(n);
-    }
-    Ok(())
-}
-
 /// Moves bytes from side `source` (`from`) to the other (`to`): reads while the source is
 /// readable and the pipe has room, up to a budget; writes straight from the read buffer
 /// when nothing is queued, so that the pipe only fills when `to` is slower than `from`.
@@ -182,7 +158,7 @@ fn pump(
     let source_broke = |_: io::Error| source;
     let sink_broke = |_: io::Error| source.other();
     let mut moved = Moved::default();
-    flush_pipe(to, &mut flow.pipe).map_err(sink_broke)?;
+    flush(to, &mut flow.pipe).map_err(sink_broke)?;
     if let Some(kernel) = src.splice.as_deref_mut().filter(|_| flow.pipe.is_empty()) {
         kernel.drain(to).map_err(sink_broke)?;
     }
@@ -231,7 +207,7 @@ fn pump(
                     false => 0,
                 };
                 flow.pipe.push(&buffer[written..n]);
-                flush_pipe(to, &mut flow.pipe).map_err(sink_broke)?;
+                flush(to, &mut flow.pipe).map_err(sink_broke)?;
                 if n >= SPLICE_THRESHOLD {
                     // Out of descriptors: stay on copies.
                     src.splice = SplicePipe::new().ok().map(Box::new);
@@ -396,7 +372,7 @@ impl Reactor {
         // Waiting for the answer: finish sending the request, read what came back.
         let pipe = &mut upstream.link.toward(Side::Upstream).pipe;
         let before = pipe.len();
-        let flushed = flush_pipe(&upstream.stream, pipe).map(|()| pipe.len() < before);
+        let flushed = flush(&upstream.stream, pipe).map(|()| pipe.len() < before);
         let next = match flushed {
             Err(error) if !upstream.link.confirmed => {
                 // The connect failed: the next upstream, or the client's answer.
