@@ -167,7 +167,8 @@ pub struct Driver {
 pub enum Turn {
     /// Go on serving (or draining).
     Serve,
-    /// A drain was asked for: call [`Driver::start_draining`], then serve.
+    /// A drain begins (accepting has stopped): take what the listeners hold, close them,
+    /// and settle every connection so that it gets its close time.
     StartDrain,
     /// Exit now (an abort), with whatever is open.
     Exit,
@@ -206,11 +207,15 @@ impl Driver {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// What to do at the start of a loop turn, from the process's shutdown signal.
-    pub fn turn(&self) -> Turn {
+    /// What to do at the start of a loop turn, from the process's shutdown signal; a drain
+    /// asked for begins here.
+    pub fn turn(&mut self, now: u64) -> Turn {
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
-            ShutdownState::Draining if !self.draining => Turn::StartDrain,
+            ShutdownState::Draining if !self.draining => {
+                self.start_draining(now);
+                Turn::StartDrain
+            }
             _ => Turn::Serve,
         }
     }

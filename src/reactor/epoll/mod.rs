@@ -204,7 +204,7 @@ impl Reactor {
                     }
                 }
             }
-            match self.driver.turn() {
+            match self.driver.turn(now) {
                 Turn::Exit => return Ok(()),
                 Turn::StartDrain => self.start_draining(now),
                 Turn::Serve => {}
@@ -213,7 +213,9 @@ impl Reactor {
             for key in std::mem::take(&mut self.revisit) {
                 self.drive(key, now);
             }
-            self.expire_timers(now);
+            while let Some(key) = self.driver.next_expired(now) {
+                self.settle(key, now);
+            }
             let idle = self.clients.is_empty();
             if self.driver.end_turn(self.clients.len(), idle, now) {
                 return Ok(());
@@ -479,14 +481,7 @@ impl Reactor {
         self.driver.arm(key, &client.conn, &mut client.session, now);
     }
 
-    fn expire_timers(&mut self, now: u64) {
-        while let Some(key) = self.driver.next_expired(now) {
-            self.settle(key, now);
-        }
-    }
-
     fn start_draining(&mut self, now: u64) {
-        self.driver.start_draining(now);
         // Take what the kernel already queued for us: those clients were accepted by the
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {

@@ -370,7 +370,7 @@ impl Reactor {
             self.submit_and_wait(wait)?;
             let now = self.driver.now();
             self.reap(now);
-            match self.driver.turn() {
+            match self.driver.turn(now) {
                 Turn::Exit => return Ok(()),
                 Turn::StartDrain => self.start_draining(now),
                 Turn::Serve => {}
@@ -379,7 +379,9 @@ impl Reactor {
             for key in std::mem::take(&mut self.rearm) {
                 self.arm_recvs(key);
             }
-            self.expire_timers(now);
+            while let Some(key) = self.driver.next_expired(now) {
+                self.settle(key, now);
+            }
             let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
             if self.driver.end_turn(self.clients.len(), idle, now) {
                 return Ok(());
@@ -813,14 +815,7 @@ impl Reactor {
         self.driver.arm(key, &client.conn, &mut client.session, now);
     }
 
-    fn expire_timers(&mut self, now: u64) {
-        while let Some(key) = self.driver.next_expired(now) {
-            self.settle(key, now);
-        }
-    }
-
     fn start_draining(&mut self, now: u64) {
-        self.driver.start_draining(now);
         self.cancel_accepts();
         for index in 0..self.listeners.len() {
             if !self.listeners[index].armed {
