@@ -57,6 +57,19 @@ fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
 }
 
 impl Peer {
+    /// The driver's settle of this connection, open (not closing).
+    fn settle(&mut self, driver: &mut Driver, output_waiting: bool, now: u64) -> Next {
+        let out = &mut self.out;
+        driver.settle(
+            &mut self.conn,
+            &mut self.session,
+            false,
+            output_waiting,
+            now,
+            out,
+        )
+    }
+
     fn status(&self) -> &str {
         std::str::from_utf8(&self.out[9..12]).unwrap()
     }
@@ -73,15 +86,7 @@ impl Peer {
         assert_eq!(self.conn.on_data(REQUEST, &mut cx), Next::Continue);
         assert!(self.out.starts_with(b"HTTP/1.1 101"));
         self.out.clear();
-        let next = driver.settle(
-            &mut self.conn,
-            &mut self.session,
-            false,
-            false,
-            now,
-            &mut self.out,
-        );
-        assert_eq!(next, Next::Continue);
+        assert_eq!(self.settle(driver, false, now), Next::Continue);
     }
 }
 
@@ -170,14 +175,7 @@ fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
     assert!(!driver.accepting(1_000));
     let mut close_times = Vec::new();
     for peer in &mut peers {
-        let next = driver.settle(
-            &mut peer.conn,
-            &mut peer.session,
-            false,
-            false,
-            1_000,
-            &mut peer.out,
-        );
+        let next = peer.settle(&mut driver, false, 1_000);
         assert!(matches!(next, Next::Continue | Next::Close), "{next:?}");
         close_times.push(
             driver
@@ -193,14 +191,7 @@ fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
     let at = driver
         .timer(&peer.conn, &mut peer.session, 1_000)
         .unwrap_or(1_000);
-    let next = driver.settle(
-        &mut peer.conn,
-        &mut peer.session,
-        false,
-        false,
-        at,
-        &mut peer.out,
-    );
+    let next = peer.settle(&mut driver, false, at);
     assert_eq!(next, Next::Continue);
     assert_eq!(peer.out, [0x88, 0x02, 0x03, 0xF4]);
 }
@@ -286,23 +277,9 @@ fn output_not_taken_by_the_linger_is_given_up_with_the_connection() {
     assert!(peer.session.awaits_flush());
     let deadline = driver.timer(&peer.conn, &mut peer.session, 50);
     assert_eq!(deadline, Some(150), "the linger bounds the wait");
-    let next = driver.settle(
-        &mut peer.conn,
-        &mut peer.session,
-        false,
-        true,
-        149,
-        &mut peer.out,
-    );
+    let next = peer.settle(&mut driver, true, 149);
     assert_eq!(next, Next::Continue, "not yet");
-    let next = driver.settle(
-        &mut peer.conn,
-        &mut peer.session,
-        false,
-        true,
-        150,
-        &mut peer.out,
-    );
+    let next = peer.settle(&mut driver, true, 150);
     assert_eq!(next, Next::Close);
     assert_eq!(
         peer.session.after(next, true),
@@ -323,23 +300,9 @@ fn a_silent_client_is_closed_at_the_handshake_deadline_and_counted() {
     let mut driver = driver(Limits::default());
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     assert_eq!(driver.timer(&peer.conn, &mut peer.session, 0), Some(1000));
-    let next = driver.settle(
-        &mut peer.conn,
-        &mut peer.session,
-        false,
-        false,
-        999,
-        &mut peer.out,
-    );
+    let next = peer.settle(&mut driver, false, 999);
     assert_eq!(next, Next::Continue, "not yet");
-    let next = driver.settle(
-        &mut peer.conn,
-        &mut peer.session,
-        false,
-        false,
-        1000,
-        &mut peer.out,
-    );
+    let next = peer.settle(&mut driver, false, 1000);
     assert_eq!(next, Next::Close);
     assert!(
         peer.out.is_empty(),
