@@ -28,6 +28,7 @@ use crate::proxy::{Link, Upstreams};
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
+use crate::transport::Outbox;
 
 /// What waits for a connection's output to be flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -364,29 +365,22 @@ impl Driver {
         conn.refuse(refusal, &mut self.cx(now, out))
     }
 
-    /// After every event on a connection, and when its armed deadline has passed
+    /// After every event on an open connection, and when its armed deadline has passed
     /// ([`Driver::next_expired`]): ends the handshake count once the handshake is over, in a
-    /// drain gives an open connection its close time, and carries out a deadline that has
-    /// passed (`output_waiting`: the socket has not taken all output; `closing`: the close
-    /// is under way). Carry out what it returns.
+    /// drain gives an upgraded connection its close time, and carries out a deadline that
+    /// has passed (output the socket has not taken is in `outbox`). Carry out what it
+    /// returns.
     pub fn settle(
         &mut self,
         conn: &mut Conn,
         session: &mut Session,
-        closing: bool,
-        output_waiting: bool,
+        outbox: &Outbox,
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        if closing {
-            conn.on_closed(&self.stats);
-        }
-        if session.handshaking && (closing || !conn.is_handshaking()) {
+        if session.handshaking && !conn.is_handshaking() {
             session.handshaking = false;
             self.admission.handshake_ended();
-        }
-        if closing {
-            return Next::Continue;
         }
         if self.draining && conn.is_open() {
             let (close_at, code) = self.admission.drain_close();
@@ -396,9 +390,18 @@ impl Driver {
             }
         }
         if self.deadline(conn, session).is_some_and(|at| at <= now) {
-            return self.deadline_passed(conn, session, output_waiting, now, out);
+            return self.deadline_passed(conn, session, !outbox.is_empty(), now, out);
         }
         Next::Continue
+    }
+
+    /// The connection's close is under way (its slot waits for operations in flight): it
+    /// stops counting as open and as a handshake in progress now, not when the slot goes.
+    pub fn closing(&mut self, conn: &mut Conn, session: &mut Session) {
+        conn.on_closed(&self.stats);
+        if std::mem::take(&mut session.handshaking) {
+            self.admission.handshake_ended();
+        }
     }
 
     /// A deadline passed. Output the peer did not take by the flush deadline is given up,

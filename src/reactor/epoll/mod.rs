@@ -428,15 +428,8 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let waiting = !client.outbox.is_empty();
-        let next = self.driver.settle(
-            &mut client.conn,
-            &mut client.session,
-            false,
-            waiting,
-            now,
-            &mut self.out,
-        );
+        let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
+        let next = self.driver.settle(conn, session, &client.outbox, now, out);
         if (next != Next::Continue || !self.out.is_empty()) && !self.apply(key, next) {
             return;
         }

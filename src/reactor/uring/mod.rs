@@ -788,23 +788,17 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let waiting = !client.outbox.is_empty();
-        let next = self.driver.settle(
-            &mut client.conn,
-            &mut client.session,
-            client.closing,
-            waiting,
-            now,
-            &mut self.out,
-        );
         if client.closing {
+            self.driver.closing(&mut client.conn, &mut client.session);
             if client.in_flight == 0 {
                 let mut client = self.clients.remove(key);
-                self.driver
-                    .closed(key, &mut client.conn, &client.session, now);
+                let (conn, session) = (&mut client.conn, &client.session);
+                self.driver.closed(key, conn, session, now);
             }
             return;
         }
+        let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
+        let next = self.driver.settle(conn, session, &client.outbox, now, out);
         if next != Next::Continue || !self.out.is_empty() {
             self.apply(key, next);
         }
