@@ -11,6 +11,7 @@ use crate::conn::{AfterUpgrade, ConnConfig};
 use crate::handshake::Policy;
 use crate::proxy::{Forwarding, ProxyConfig};
 use crate::reactor::{Backend, Limits, ListenOptions, ServerConfig};
+use crate::tls::{TlsGroup, TlsSettings, TlsVersion};
 
 /// Longest subprotocol name accepted (the 101 must fit the response buffer).
 const MAX_SUBPROTOCOL_LEN: usize = 128;
@@ -141,9 +142,28 @@ pub struct ServeArgs {
     /// flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on (repeatable; IPv6 as [::1]:8080; port 0 picks a free port).
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to listen on (repeatable; IPv6 as [::1]:8080; port 0 picks a free port)
+    /// [default: 127.0.0.1:8080, unless only --listen-tls is given].
+    #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// Address to listen on for TLS, `wss://` (repeatable, beside --listen); needs
+    /// --tls-cert and --tls-key.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    pub listen_tls: Vec<SocketAddr>,
+    /// Certificate chain, PEM, the server's certificate first (repeatable, paired in order
+    /// with --tls-key; chosen by SNI, the first for clients that name none).
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_certs: Vec<PathBuf>,
+    /// Private key, PEM, of the --tls-cert in the same place (repeatable).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_keys: Vec<PathBuf>,
+    /// TLS versions offered.
+    #[arg(long, value_name = "VERSIONS", value_delimiter = ',', default_value = "1.2,1.3", value_parser = parse_tls_version)]
+    pub tls_versions: Vec<TlsVersion>,
+    /// Key-exchange groups, most preferred first (x25519, secp256r1, secp384r1)
+    /// [default: rustls's].
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
+    pub tls_groups: Vec<TlsGroup>,
     /// Reactor threads [default: number of CPUs].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<NonZeroUsize>,
@@ -243,6 +263,23 @@ impl std::fmt::Debug for TokenFromFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenFromFile(<redacted>)")
     }
+}
+
+fn parse_tls_version(value: &str) -> Result<TlsVersion, String> {
+    match value.trim() {
+        "1.2" => Ok(TlsVersion::V1_2),
+        "1.3" => Ok(TlsVersion::V1_3),
+        _ => Err("TLS versions are 1.2 and 1.3, e.g. 1.2,1.3 or 1.3".into()),
+    }
+}
+
+fn parse_tls_group(value: &str) -> Result<TlsGroup, String> {
+    let name = value.trim().to_ascii_lowercase();
+    TlsGroup::NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, group)| group)
+        .ok_or_else(|| "the groups are x25519, secp256r1 (p-256) and secp384r1 (p-384)".into())
 }
 
 fn parse_upstream(value: &str) -> Result<SocketAddr, String> {
@@ -353,7 +390,38 @@ impl ServeArgs {
         if !proxy && self.upstream_proxy_protocol.is_some() {
             return Err("--upstream-proxy-protocol is only used with --after proxy".into());
         }
+        let tls_files = !self.tls_certs.is_empty() || !self.tls_keys.is_empty();
+        if self.listen_tls.is_empty() && tls_files {
+            return Err("--tls-cert and --tls-key are only used with --listen-tls".into());
+        }
+        let paired = self.tls_certs.len() == self.tls_keys.len();
+        if !self.listen_tls.is_empty() && (self.tls_certs.is_empty() || !paired) {
+            return Err(format!(
+                "--listen-tls needs --tls-cert and --tls-key in pairs (got {} --tls-cert, {} --tls-key)",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            ));
+        }
+        if !self.listen_tls.is_empty() && proxy {
+            return Err(
+                "--listen-tls does not work with --after proxy yet (close and echo do)".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The TLS settings, when there are TLS listeners.
+    pub fn tls_settings(&self) -> Option<TlsSettings> {
+        (!self.listen_tls.is_empty()).then(|| TlsSettings {
+            pairs: self
+                .tls_certs
+                .iter()
+                .cloned()
+                .zip(self.tls_keys.iter().cloned())
+                .collect(),
+            versions: self.tls_versions.clone(),
+            groups: self.tls_groups.clone(),
+        })
     }
 
     /// The server configuration these flags describe.
@@ -367,8 +435,15 @@ impl ServeArgs {
             .clone()
             .or_else(|| self.auth_token_file.as_ref().map(|t| t.0.clone()))
             .map(String::into_bytes);
+        let listen = match (&self.listen[..], &self.listen_tls[..]) {
+            ([], []) => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            (listen, _) => listen.to_vec(),
+        };
         ServerConfig {
-            listen: self.listen.clone(),
+            listen,
+            listen_tls: self.listen_tls.clone(),
+            // Loaded by the caller (reading files can fail: see `tls_settings`).
+            tls: None,
             threads,
             pin: !self.no_pin,
             backend: Backend::Epoll,

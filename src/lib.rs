@@ -28,4 +28,5 @@ pub mod reactor;
 pub mod session;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod transport;

@@ -76,6 +76,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let fd_limit = sys::raise_fd_limit().context("raising the descriptor limit")?;
     let mut config = args.server_config();
     config.backend = backend;
+    if let Some(settings) = args.tls_settings() {
+        // A file error names its flag: a usage error, as for any other bad flag.
+        match wsedge::tls::server_config(&settings) {
+            Ok(tls) => config.tls = Some(tls),
+            Err(error) => Cli::command()
+                .error(clap::error::ErrorKind::InvalidValue, error.to_string())
+                .exit(),
+        }
+    }
     if let Some(max) = sys::somaxconn().filter(|&max| max < config.listen_options.backlog) {
         tracing::warn!(
             "--backlog {} exceeds net.core.somaxconn={max}: the kernel caps accept queues at {max}; \
@@ -96,10 +105,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let plain = config.listen.len();
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
-        .map(ToString::to_string)
+        .enumerate()
+        .map(|(i, addr)| match i < plain {
+            true => addr.to_string(),
+            false => format!("wss://{addr}"),
+        })
         .collect();
     let policy = &config.conn.policy;
     tracing::info!(

@@ -37,7 +37,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 14] = [
     (
         "wsedge_accepted_connections",
         "Connections accepted.",
@@ -98,6 +98,11 @@ const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
         "wsedge_handshakes_abandoned",
         "Handshakes the client closed or reset before any outcome.",
         |c| &c.handshakes_abandoned,
+    ),
+    (
+        "wsedge_tls_handshake_failures",
+        "TLS handshakes that failed: an alert was sent, or the bytes were not TLS.",
+        |c| &c.tls_failures,
     ),
 ];
 

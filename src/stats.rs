@@ -51,6 +51,9 @@ pub struct Counters {
     /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
     /// accepted connection: see [`Snapshot::unaccounted`].
     pub handshakes_abandoned: AtomicU64,
+    /// TLS handshakes that failed (an alert sent, or the client's bytes were not TLS records
+    /// at the right place); the connection also ends as abandoned.
+    pub tls_failures: AtomicU64,
 }
 
 impl Counters {

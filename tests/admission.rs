@@ -285,6 +285,8 @@ fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
         }
         let server = wsedge::reactor::Server::start(ServerConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
+            listen_tls: Vec::new(),
+            tls: None,
             threads: 1,
             pin: false,
             backend,

@@ -29,6 +29,40 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--listen-tls",
+        &[
+            "tls::curl_upgrades_over_tls_with_the_rfc_sample_key",
+            "tls::tls_keys_in_a_config_file_work_like_the_flags",
+        ],
+    ),
+    (
+        "serve",
+        "--tls-cert",
+        &[
+            "tls::sni_chooses_the_certificate_and_unknown_names_get_the_first",
+            "tls::tls_startup_errors_name_the_flag_and_the_file",
+        ],
+    ),
+    (
+        "serve",
+        "--tls-key",
+        &[
+            "tls::tungstenite_echoes_and_closes_with_a_code_over_tls",
+            "tls::tls_startup_errors_name_the_flag_and_the_file",
+        ],
+    ),
+    (
+        "serve",
+        "--tls-versions",
+        &["tls::tls_versions_limits_the_versions_offered"],
+    ),
+    (
+        "serve",
+        "--tls-groups",
+        &["tls::tls_groups_limits_the_key_exchange"],
+    ),
+    (
+        "serve",
         "--threads",
         &[
             "storm::a_thousand_concurrent_clients_on_two_threads_all_upgrade",

@@ -14,6 +14,8 @@ use wsedge::reactor::{Backend, Limits, ListenOptions, Server, ServerConfig};
 fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
     Server::start(ServerConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tls: Vec::new(),
+        tls: None,
         threads: 1,
         pin: false,
         backend: Backend::Epoll,

@@ -139,11 +139,13 @@ pub enum Rejection {
     UpstreamFailed,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// Plain HTTP arrived on a TLS listener (answered in plaintext, as nginx does).
+    PlainHttpToTlsPort,
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 30] = {
+    pub const KINDS: [Rejection; 31] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -180,6 +182,7 @@ impl Rejection {
             },
             UpstreamFailed,
             UpstreamTimeout,
+            PlainHttpToTlsPort,
         ]
     };
 
@@ -209,7 +212,8 @@ impl Rejection {
             | MissingKey
             | RepeatedKey
             | InvalidKey
-            | NoAcceptableSubprotocol => Status::BadRequest,
+            | NoAcceptableSubprotocol
+            | PlainHttpToTlsPort => Status::BadRequest,
             MissingCredentials | InvalidCredentials => Status::Unauthorized,
             OriginNotAllowed => Status::Forbidden,
             PathNotFound => Status::NotFound,
@@ -260,6 +264,7 @@ impl Rejection {
             RateLimited { .. } => "too many connections from this client, retry later",
             UpstreamFailed => "upstream unavailable",
             UpstreamTimeout => "upstream did not answer in time",
+            PlainHttpToTlsPort => "plain HTTP sent to a TLS port: use wss:// (or https://)",
         }
     }
 

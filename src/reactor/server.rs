@@ -30,8 +30,13 @@ impl std::fmt::Display for Backend {
 
 /// What each backend's reactor is built from.
 pub struct ReactorParts {
-    /// This reactor's listeners, one per listen address.
+    /// This reactor's listeners, one per listen address: the `--listen` ones, then from
+    /// index `tls_from` on the `--listen-tls` ones.
     pub listeners: Vec<std::net::TcpListener>,
+    /// Index of the first TLS listener in `listeners`.
+    pub tls_from: usize,
+    /// The TLS settings every TLS listener's connections use.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The listeners use `TCP_DEFER_ACCEPT`: a request is queued by the time of accept.
     pub defer_accept: bool,
     /// Per-connection behaviour.
@@ -70,6 +75,10 @@ impl Runner {
 pub struct ServerConfig {
     /// Addresses to listen on (port 0 picks one port, shared by all reactors).
     pub listen: Vec<SocketAddr>,
+    /// Addresses to listen on for TLS (`wss://`), terminated with `tls`.
+    pub listen_tls: Vec<SocketAddr>,
+    /// TLS settings, when there are TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Number of reactor threads.
     pub threads: usize,
     /// Pin reactor `i` to CPU `i` (modulo the CPUs available).
@@ -116,11 +125,17 @@ impl Server {
     /// no permission) are reported here, before any thread runs.
     pub fn start(config: ServerConfig) -> Result<Server, StartError> {
         let threads = config.threads.max(1);
-        let mut local_addrs = Vec::with_capacity(config.listen.len());
+        let requested_addrs: Vec<SocketAddr> = config
+            .listen
+            .iter()
+            .chain(&config.listen_tls)
+            .copied()
+            .collect();
+        let mut local_addrs = Vec::with_capacity(requested_addrs.len());
         let mut per_reactor: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(threads);
         for reactor in 0..threads {
-            let mut listeners = Vec::with_capacity(config.listen.len());
-            for (i, requested) in config.listen.iter().enumerate() {
+            let mut listeners = Vec::with_capacity(requested_addrs.len());
+            for (i, requested) in requested_addrs.iter().enumerate() {
                 // Port 0: the first bind picks the port, the other reactors join it.
                 let addr = local_addrs.get(i).copied().unwrap_or(*requested);
                 let listener = listener::bind(addr, config.listen_options)
@@ -151,6 +166,8 @@ impl Server {
             counters.push(Arc::clone(&stats));
             let parts = ReactorParts {
                 listeners,
+                tls_from: config.listen.len(),
+                tls: config.tls.clone(),
                 defer_accept: config.listen_options.defer_accept_secs > 0,
                 config: Arc::clone(&conn_config),
                 stats,
@@ -232,7 +249,8 @@ impl Server {
         })
     }
 
-    /// The bound addresses, in the order of [`ServerConfig::listen`].
+    /// The bound addresses: those of [`ServerConfig::listen`], then of
+    /// [`ServerConfig::listen_tls`].
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }

@@ -28,7 +28,7 @@ use crate::proxy::{Link, Upstreams};
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
-use crate::transport::Outbox;
+use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 
 /// What waits for a connection's output to be flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,6 +161,10 @@ pub struct Driver {
     expired_turn: u64,
     /// Connections whose deadline passed, not yet handed out.
     fired: Vec<usize>,
+    /// TLS settings for connections accepted on TLS listeners.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Plaintext decrypted from one read, before the connection takes it.
+    plaintext: Vec<u8>,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -183,6 +187,7 @@ impl Driver {
         limits: Limits,
         seed: u64,
         shutdown: Arc<Shutdown>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Self {
         // Reactors start their rotations at different upstreams, so that their first
         // connections spread.
@@ -200,6 +205,8 @@ impl Driver {
             turn: 1,
             expired_turn: 0,
             fired: Vec::new(),
+            tls,
+            plaintext: Vec::new(),
         }
     }
 
@@ -320,31 +327,92 @@ impl Driver {
         self.admission.wants_peer()
     }
 
-    /// A socket was accepted from `peer`, with `open` connections already held: the new
-    /// connection, its session, and what to do with it (over a limit: its 503 or 429 is in
-    /// `out`, sent without reading the request).
+    /// A socket was accepted from `peer` (on a TLS listener: `tls`), with `open` connections
+    /// already held: the new connection, its session, its transport, and what to do with it.
+    /// Over a limit, a plain client's 503 or 429 is in `out`, sent without reading the
+    /// request; a TLS client is refused before any key exchange is spent: its connection is
+    /// shut down unanswered.
     pub fn accepted(
         &mut self,
         open: usize,
         peer: Option<IpAddr>,
+        tls: bool,
         now: u64,
         out: &mut Vec<u8>,
-    ) -> (Conn, Session, Next) {
+    ) -> (Conn, Session, Transport, Next) {
         Counters::bump(&self.stats.accepted);
         let mut conn = Conn::new(&self.config, now);
-        match self.admission.admit(open, peer, now) {
+        let admitted = self.admission.admit(open, peer, now);
+        let transport = match (&self.tls, admitted.is_ok() && tls) {
+            (Some(config), true) => match TlsLink::new(config) {
+                Ok(link) => Transport::Tls(Box::new(link)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start a TLS session");
+                    return (conn, Session::default(), Transport::Plain, Next::Close);
+                }
+            },
+            _ => Transport::Plain,
+        };
+        match admitted {
             Ok(ip_key) => {
                 let session = Session {
                     handshaking: true,
                     ip_key,
                     ..Session::default()
                 };
-                (conn, session, Next::Continue)
+                (conn, session, transport, Next::Continue)
             }
             Err(refusal) => {
                 Counters::bump(&self.stats.admission_rejections);
                 let next = conn.refuse(refusal, &mut self.cx(now, out));
-                (conn, Session::default(), next)
+                if tls {
+                    out.clear();
+                }
+                (conn, Session::default(), transport, next)
+            }
+        }
+    }
+
+    /// Bytes read from the connection's socket: through its transport (TLS: decrypted, the
+    /// handshake's records queued in `outbox`), the plaintext goes to the connection. Plain
+    /// HTTP on a TLS listener gets a plaintext 400; a TLS failure closes once its alert is
+    /// out; `close_notify` is the end of the stream.
+    pub fn received(
+        &mut self,
+        conn: &mut Conn,
+        transport: &mut Transport,
+        outbox: &mut Outbox,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out,
+            stats: &self.stats,
+        };
+        let Transport::Tls(tls) = transport else {
+            return conn.on_data(bytes, &mut cx);
+        };
+        self.plaintext.clear();
+        let end = tls.receive(bytes, &mut self.plaintext, outbox);
+        let mut next = Next::Continue;
+        if !self.plaintext.is_empty() {
+            next = conn.on_data(&self.plaintext, &mut cx);
+        }
+        match end {
+            TlsEnd::Open => next,
+            TlsEnd::Closed if next == Next::Continue => conn.on_eof(&mut cx),
+            TlsEnd::Closed => next,
+            TlsEnd::PlainHttp => {
+                *transport = Transport::Plain;
+                conn.refuse(Rejection::PlainHttpToTlsPort, &mut cx)
+            }
+            TlsEnd::Failed(error) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                Counters::bump(&self.stats.tls_failures);
+                Next::Close
             }
         }
     }

@@ -34,6 +34,7 @@ fn driver(limits: Limits) -> Driver {
         limits,
         7,
         shutdown,
+        None,
     )
 }
 
@@ -47,7 +48,8 @@ struct Peer {
 
 fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
     let mut out = Vec::new();
-    let (conn, session, next) = driver.accepted(open, Some(ip.parse().unwrap()), now, &mut out);
+    let peer = Some(ip.parse().unwrap());
+    let (conn, session, _, next) = driver.accepted(open, peer, false, now, &mut out);
     Peer {
         conn,
         session,

@@ -13,6 +13,39 @@
 //! front only once [`Outbox::sent`] reports the completion. This is the one place that rule
 //! is enforced. epoll writes synchronously and never has a send in flight.
 
+mod tls;
+
+pub use tls::{TlsEnd, TlsLink};
+
+use crate::conn::Next;
+
+/// How a connection's bytes travel: as they are, or inside TLS records.
+pub enum Transport {
+    /// Plain TCP: the connection's bytes are the socket's.
+    Plain,
+    /// TLS, terminated here.
+    Tls(Box<TlsLink>),
+}
+
+impl Transport {
+    /// The output of the last call on its way to the socket: over TLS sealed into records in
+    /// `outbox` (`out` left empty), with `close_notify` after it when `next` ends the stream;
+    /// over plain TCP left in `out`, for the backend to write as it is. A TLS handshake cut
+    /// short (a timeout, a failure) gets no `close_notify`: there is no session to end.
+    pub fn seal(&mut self, next: Next, out: &mut Vec<u8>, outbox: &mut Outbox) {
+        let Transport::Tls(tls) = self else {
+            return;
+        };
+        if !out.is_empty() {
+            tls.send(out, outbox);
+            out.clear();
+        }
+        if matches!(next, Next::Close | Next::HalfClose) && !tls.is_handshaking() {
+            tls.close_notify(outbox);
+        }
+    }
+}
+
 /// Bytes queued for a socket, written by a synchronous writer: what to write next, and how
 /// much of it the socket took.
 pub trait Queue {

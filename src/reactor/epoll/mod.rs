@@ -28,7 +28,7 @@ use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
 use crate::session::{Action, AfterFlush, Driver, Session, Turn};
-use crate::transport::{Outbox, Queue};
+use crate::transport::{Outbox, Queue, Transport};
 use relay::Upstream;
 
 mod relay;
@@ -52,6 +52,8 @@ struct Client {
     session: Session,
     /// Output the socket has not taken yet.
     outbox: Outbox,
+    /// Plain TCP, or TLS terminated here.
+    transport: Transport,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
@@ -111,6 +113,8 @@ impl EagerReads {
 
 struct Listener {
     socket: TcpListener,
+    /// Its connections speak TLS.
+    tls: bool,
     /// Readiness not yet drained (edge-triggered: no new event until `WouldBlock`).
     ready: bool,
 }
@@ -134,6 +138,8 @@ impl Reactor {
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
         let ReactorParts {
             listeners,
+            tls_from,
+            tls,
             defer_accept,
             config,
             stats,
@@ -151,6 +157,7 @@ impl Reactor {
             // Connections may already be queued: look before the first event.
             registered.push(Listener {
                 socket,
+                tls: i >= tls_from,
                 ready: true,
             });
         }
@@ -158,7 +165,7 @@ impl Reactor {
             poll,
             listeners: registered,
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown),
+            driver: Driver::new(config, stats, limits, seed, shutdown, tls),
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             revisit: Vec::new(),
@@ -251,7 +258,8 @@ impl Reactor {
                 match self.listeners[index].socket.accept() {
                     Ok((stream, peer)) => {
                         budget -= 1;
-                        self.on_accepted(stream, peer, now);
+                        let tls = self.listeners[index].tls;
+                        self.on_accepted(stream, peer, tls, now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.listeners[index].ready = false
@@ -267,17 +275,18 @@ impl Reactor {
         }
     }
 
-    fn on_accepted(&mut self, stream: TcpStream, peer: SocketAddr, now: u64) {
+    fn on_accepted(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool, now: u64) {
         let open = self.clients.len();
-        let (conn, session, next) = self
-            .driver
-            .accepted(open, Some(peer.ip()), now, &mut self.out);
+        let (conn, session, transport, next) =
+            self.driver
+                .accepted(open, Some(peer.ip()), tls, now, &mut self.out);
         let admitted = session.is_handshaking();
         let mut client = Client {
             stream,
             conn,
             session,
             outbox: Outbox::default(),
+            transport,
             eager: false,
             registered: false,
             wants_writable: false,
@@ -329,11 +338,17 @@ impl Reactor {
             if std::mem::take(&mut client.eager) {
                 self.eager_reads.learn(matches!(read, Ok(n) if n > 0));
             }
-            let mut cx = ctx!(self, now);
             let (next, drained) = match read {
-                Ok(0) => (client.conn.on_eof(&mut cx), true),
+                Ok(0) => (client.conn.on_eof(&mut ctx!(self, now)), true),
                 Ok(n) => (
-                    client.conn.on_data(&self.read_buffer[..n], &mut cx),
+                    self.driver.received(
+                        &mut client.conn,
+                        &mut client.transport,
+                        &mut client.outbox,
+                        &self.read_buffer[..n],
+                        now,
+                        &mut self.out,
+                    ),
                     n < self.read_buffer.len(),
                 ),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.settle(key, now),
@@ -368,21 +383,25 @@ impl Reactor {
             // side is done.
             client.upstream = None;
         }
-        if !self.out.is_empty() {
-            // Straight from the reactor's buffer when nothing waits: the common case costs
-            // no copy into the connection.
-            let written = match client.outbox.is_empty() {
-                true => write_some(&client.stream, &self.out),
-                false => Ok(0),
-            };
-            let Ok(written) = written else {
-                self.out.clear();
-                self.close(key);
-                return false;
-            };
-            client.outbox.push(&self.out[written..]);
+        // Over TLS the records (the handshake's too) are in the outbox; over plain TCP the
+        // output goes straight from the reactor's buffer when nothing waits: the common
+        // case costs no copy into the connection.
+        let nothing_waited = client.outbox.is_empty();
+        client
+            .transport
+            .seal(next, &mut self.out, &mut client.outbox);
+        let written = match nothing_waited {
+            true if self.out.is_empty() => flush(&client.stream, &mut client.outbox).map(|()| 0),
+            true => write_some(&client.stream, &self.out),
+            false => Ok(0),
+        };
+        let Ok(written) = written else {
             self.out.clear();
-        }
+            self.close(key);
+            return false;
+        };
+        client.outbox.push(&self.out[written..]);
+        self.out.clear();
         let waiting = !client.outbox.is_empty();
         match client.session.after(next, waiting) {
             Action::Continue | Action::Relay | Action::AwaitFlush => true,
@@ -478,8 +497,9 @@ impl Reactor {
         // Take what the kernel already queued for us: those clients were accepted by the
         // kernel on our behalf, and closing the listener would reset them.
         for index in 0..self.listeners.len() {
+            let tls = self.listeners[index].tls;
             while let Ok((stream, peer)) = self.listeners[index].socket.accept() {
-                self.on_accepted(stream, peer, now);
+                self.on_accepted(stream, peer, tls, now);
             }
         }
         self.listeners.clear();

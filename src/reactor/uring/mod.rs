@@ -37,7 +37,7 @@ use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
 use crate::session::{Action, AfterFlush, Driver, Session, Turn};
-use crate::transport::Outbox;
+use crate::transport::{Outbox, Transport};
 use buf_ring::BufRing;
 use relay::Upstream;
 use submit::Submissions;
@@ -148,6 +148,8 @@ struct Client {
     session: Session,
     /// Output the socket has not taken yet; its front stays put while a send is in flight.
     outbox: Outbox,
+    /// Plain TCP, or TLS terminated here.
+    transport: Transport,
     /// Submitted operations whose completion has not arrived, of every kind.
     in_flight: u8,
     /// Which cancellable operations are among them.
@@ -216,6 +218,8 @@ impl Client {
 struct Listener {
     /// `None` once closed for a drain.
     socket: Option<std::net::TcpListener>,
+    /// Its connections speak TLS.
+    tls: bool,
     armed: bool,
 }
 
@@ -272,6 +276,8 @@ impl Reactor {
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
         let ReactorParts {
             listeners,
+            tls_from,
+            tls,
             config,
             stats,
             shutdown,
@@ -298,13 +304,15 @@ impl Reactor {
             relay_buffers: ManuallyDrop::new(relay_buffers),
             listeners: listeners
                 .into_iter()
-                .map(|l| Listener {
+                .enumerate()
+                .map(|(i, l)| Listener {
                     socket: Some(l),
+                    tls: i >= tls_from,
                     armed: false,
                 })
                 .collect(),
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown),
+            driver: Driver::new(config, stats, limits, seed, shutdown, tls),
             out: Vec::with_capacity(4096),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
@@ -453,7 +461,8 @@ impl Reactor {
             }
         }
         if result >= 0 {
-            return self.on_accepted(result, now);
+            let tls = self.listeners.get(index).is_some_and(|l| l.tls);
+            return self.on_accepted(result, tls, now);
         }
         let error = io::Error::from_raw_os_error(-result);
         if result == -libc::ECANCELED || sys::is_transient_accept_error(&error) {
@@ -483,7 +492,7 @@ impl Reactor {
         }
     }
 
-    fn on_accepted(&mut self, fd: RawFd, now: u64) {
+    fn on_accepted(&mut self, fd: RawFd, tls: bool, now: u64) {
         // Multishot accept reports no address: ask for it only when a per-address limit
         // needs it (one getpeername per connection).
         // SAFETY: `fd` was just accepted and is owned by this reactor from here on.
@@ -494,12 +503,14 @@ impl Reactor {
             .then(|| sys::socket_addr(socket, false));
         let open = self.clients.len();
         let peer = peer.flatten().map(|a| a.ip());
-        let (conn, session, next) = self.driver.accepted(open, peer, now, &mut self.out);
+        let (conn, session, transport, next) =
+            self.driver.accepted(open, peer, tls, now, &mut self.out);
         let key = self.clients.insert(Client {
             fd,
             conn,
             session,
             outbox: Outbox::default(),
+            transport,
             in_flight: 0,
             ops: Ops::default(),
             closing: false,
@@ -597,15 +608,21 @@ impl Reactor {
                 None => self.relay_broken(key, side),
             };
         }
-        let mut cx = ctx!(self, now);
-        let conn = &mut client.conn;
-        let next = match (side, data) {
-            (Side::Client, Some((_, data))) => conn.on_data(data, &mut cx),
-            (Side::Client, None) if result == 0 => conn.on_eof(&mut cx),
-            (Side::Client, None) => return self.begin_close(key),
-            (Side::Upstream, Some((_, data))) => conn.on_upstream_data(data, &mut cx),
-            (Side::Upstream, None) if result == 0 => conn.on_upstream_eof(&mut cx),
-            (Side::Upstream, None) => conn.on_upstream_failed(&mut cx),
+        let next = if let (Side::Client, Some((_, data))) = (side, data) {
+            let (conn, transport) = (&mut client.conn, &mut client.transport);
+            let (outbox, out) = (&mut client.outbox, &mut self.out);
+            self.driver
+                .received(conn, transport, outbox, data, now, out)
+        } else {
+            let mut cx = ctx!(self, now);
+            let conn = &mut client.conn;
+            match (side, data) {
+                (Side::Client, _) if result == 0 => conn.on_eof(&mut cx),
+                (Side::Client, _) => return self.begin_close(key),
+                (Side::Upstream, Some((_, data))) => conn.on_upstream_data(data, &mut cx),
+                (Side::Upstream, None) if result == 0 => conn.on_upstream_eof(&mut cx),
+                (Side::Upstream, None) => conn.on_upstream_failed(&mut cx),
+            }
         };
         if let Some(bid) = buffer {
             ring.recycle(bid);
@@ -758,14 +775,15 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let mut sending = false;
-        if !self.out.is_empty() {
-            // While a send is in flight this waits behind it (see `Outbox`).
-            client.outbox.push(&self.out);
-            self.out.clear();
-            sending = !client.outbox.is_sending();
-        }
-        let busy = sending || client.outbox.is_sending();
+        // Over TLS the records (the handshake's too) are in the outbox already. While a
+        // send is in flight what comes waits behind it (see `Outbox`).
+        client
+            .transport
+            .seal(next, &mut self.out, &mut client.outbox);
+        client.outbox.push(&self.out);
+        self.out.clear();
+        let sending = !client.outbox.is_empty() && !client.outbox.is_sending();
+        let busy = !client.outbox.is_empty();
         // The common close-mode path: 101 and close in the same submission.
         if next == Next::Close && sending && !client.receiving() {
             return self.submit_send(key, true);
@@ -832,7 +850,10 @@ impl Reactor {
         };
         loop {
             match sys::accept_nonblocking(&socket) {
-                Ok(stream) => self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), now),
+                Ok(stream) => {
+                    let tls = self.listeners[index].tls;
+                    self.on_accepted(std::os::fd::IntoRawFd::into_raw_fd(stream), tls, now)
+                }
                 Err(e) if sys::is_transient_accept_error(&e) => continue,
                 // WouldBlock: the queue is empty. Anything else: nothing more can be taken.
                 Err(_) => break,

@@ -1,0 +1,119 @@
+//! TLS termination settings, with no I/O on the connection path: the certificates (chosen by
+//! SNI), the protocol versions, the key-exchange groups and ALPN, built once at startup into
+//! a `rustls::ServerConfig` that every reactor shares. The per-connection record layer is
+//! [`crate::transport`]'s.
+
+mod certs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::ring as provider;
+use rustls::crypto::SupportedKxGroup;
+
+pub use certs::{CertError, SniResolver};
+
+/// The only application protocol spoken: a client that offers ALPN without it (only `h2`)
+/// gets the `no_application_protocol` alert.
+pub const ALPN: &[u8] = b"http/1.1";
+
+/// A TLS protocol version wsedge can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    V1_2,
+    /// TLS 1.3.
+    V1_3,
+}
+
+/// A key-exchange group, by the name OpenSSL and the IANA registry give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsGroup {
+    /// `x25519`.
+    X25519,
+    /// `secp256r1` (`P-256`).
+    Secp256r1,
+    /// `secp384r1` (`P-384`).
+    Secp384r1,
+}
+
+impl TlsGroup {
+    /// Every group, by the names `--tls-groups` takes.
+    pub const NAMES: [(&'static str, TlsGroup); 5] = [
+        ("x25519", TlsGroup::X25519),
+        ("secp256r1", TlsGroup::Secp256r1),
+        ("p-256", TlsGroup::Secp256r1),
+        ("secp384r1", TlsGroup::Secp384r1),
+        ("p-384", TlsGroup::Secp384r1),
+    ];
+
+    fn kx(self) -> &'static dyn SupportedKxGroup {
+        match self {
+            TlsGroup::X25519 => provider::kx_group::X25519,
+            TlsGroup::Secp256r1 => provider::kx_group::SECP256R1,
+            TlsGroup::Secp384r1 => provider::kx_group::SECP384R1,
+        }
+    }
+}
+
+/// What `--tls-cert`, `--tls-key`, `--tls-versions` and `--tls-groups` say.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Certificate chain and key files (PEM), the first pair the default for clients whose
+    /// SNI names none of them.
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// Versions offered; empty means both.
+    pub versions: Vec<TlsVersion>,
+    /// Key-exchange groups in preference order; empty means the provider's defaults.
+    pub groups: Vec<TlsGroup>,
+}
+
+/// Why the TLS settings cannot be used; each names the flag to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file is missing, unreadable or wrong.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// rustls refused the combination (for example TLS 1.2 only with no 1.2 cipher suite).
+    #[error("--tls-versions/--tls-groups: {0}")]
+    Rejected(rustls::Error),
+}
+
+/// The server configuration every TLS listener shares.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut crypto = provider::default_provider();
+    if !settings.groups.is_empty() {
+        crypto.kx_groups = settings.groups.iter().map(|g| g.kx()).collect();
+    }
+    let crypto = Arc::new(crypto);
+    let resolver = SniResolver::load(&settings.pairs, &crypto)?;
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = match &settings.versions[..] {
+        [] => vec![&rustls::version::TLS13, &rustls::version::TLS12],
+        chosen => chosen
+            .iter()
+            .map(|v| match v {
+                TlsVersion::V1_2 => &rustls::version::TLS12,
+                TlsVersion::V1_3 => &rustls::version::TLS13,
+            })
+            .collect(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto)
+        .with_protocol_versions(&versions)
+        .map_err(TlsError::Rejected)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // A storm is clients coming back: stateless tickets (rotated every 6 hours, the
+    // previous key still accepted) and a bounded TLS 1.2 session cache.
+    config.ticketer = provider::Ticketer::new().map_err(TlsError::Rejected)?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    // Plaintext waits in the connection's own buffers, never in rustls's.
+    config.send_half_rtt_data = false;
+    Ok(Arc::new(config))
+}
+
+/// TLS 1.2 sessions kept for resumption by ID, per process (about 100 bytes each).
+const SESSION_CACHE_ENTRIES: usize = 10_000;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,489 @@
+//! TLS termination (`--listen-tls`), through the real binary on both backends, against real
+//! TLS clients: rustls (under tungstenite), curl and openssl.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{upgrade_request, Io, Server, ACCEPT, DEADLINE, KEY};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A self-signed ECDSA P-256 certificate for `names`, written as PEM under `dir`.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join(format!("{tag}.crt"));
+    let key = dir.join(format!("{tag}.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    Cert {
+        cert,
+        key,
+        der: made.cert.der().clone(),
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsedge-tls-it-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A server with one TLS listener on `cert`, and `args`.
+fn serve(io: Io, cert: &Cert, args: &[&str]) -> Server {
+    let mut all = vec![
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    Server::start(io, &all)
+}
+
+/// The TLS listener's address, from the startup line (`wss://ADDR`).
+fn tls_addr(server: &Server) -> SocketAddr {
+    let log = server.log();
+    let rest = log.split("wss://").nth(1).expect("a TLS listener");
+    rest.split([',', ' ']).next().unwrap().parse().unwrap()
+}
+
+/// A rustls client trusting `roots`, offering `alpn`, limited to `versions` and `groups`
+/// when given.
+fn client_config(
+    roots: &[&CertificateDer<'static>],
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    groups: Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>>,
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add((*root).clone()).unwrap();
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(groups) = groups {
+        provider.kx_groups = groups;
+    }
+    let versions = match versions {
+        [] => rustls::DEFAULT_VERSIONS,
+        some => some,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects and completes the TLS handshake (or says why it failed).
+fn handshake(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Result<Tls, rustls::Error> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        if let Err(error) = tls.conn.complete_io(&mut tls.sock) {
+            return Err(match error.into_inner() {
+                Some(inner) => match inner.downcast::<rustls::Error>() {
+                    Ok(tls_error) => *tls_error,
+                    Err(other) => rustls::Error::General(other.to_string()),
+                },
+                None => rustls::Error::General("I/O error".into()),
+            });
+        }
+    }
+    Ok(tls)
+}
+
+fn default_client(cert: &Cert) -> Arc<rustls::ClientConfig> {
+    client_config(&[&cert.der], &[b"http/1.1"], &[], None)
+}
+
+fn tungstenite_echoes_and_closes_with_a_code_over_tls(io: Io) {
+    let dir = scratch("echo");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--after", "echo", "--subprotocols", "chat"]);
+    let tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "wss://localhost:{}/",
+        tls_addr(&server).port()
+    ))
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "chat".parse().unwrap());
+    let (mut socket, response) = tungstenite::client(request, tls).unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "chat");
+    for size in [1, 125, 126, 70_000] {
+        let text = "x".repeat(size);
+        socket
+            .send(tungstenite::Message::text(text.clone()))
+            .unwrap();
+        match socket.read().unwrap() {
+            tungstenite::Message::Text(echo) => assert_eq!(echo.as_str(), text),
+            other => panic!("{other:?}"),
+        }
+    }
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Library(4000),
+            reason: "done".into(),
+        }))
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 4000);
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(error) => panic!("not a clean close: {error}"),
+        }
+        assert!(Instant::now() < deadline);
+    }
+}
+
+fn curl_upgrades_over_tls_with_the_rfc_sample_key(io: Io) {
+    let dir = scratch("curl");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--after", "close"]);
+    let port = tls_addr(&server).port();
+    let output = Command::new("curl")
+        .args(["--http1.1", "-s", "-i", "--max-time", "10"])
+        .args(["--cacert", cert.cert.to_str().unwrap()])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13"])
+        .args(["-H", &format!("Sec-WebSocket-Key: {KEY}")])
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}")),
+        "{text}"
+    );
+}
+
+/// Close mode over TLS: the 101 and a Close(1000), then `close_notify`: the client sees a
+/// clean end of stream, not a truncation.
+fn close_mode_ends_with_close_notify(io: Io) {
+    let dir = scratch("close");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--after", "close"]);
+    let mut tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    tls.write_all(&upgrade_request("/", &[])).unwrap();
+    let mut received = Vec::new();
+    let end = tls.read_to_end(&mut received);
+    assert!(end.is_ok(), "unclean end: {end:?}");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols"),
+        "{text}"
+    );
+    assert!(
+        received.ends_with(&[0x88, 0x02, 0x03, 0xE8]),
+        "{received:?}"
+    );
+}
+
+fn plain_http_on_a_tls_port_gets_a_plaintext_400(io: Io) {
+    let dir = scratch("plain");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &[]);
+    let mut tcp = TcpStream::connect(tls_addr(&server)).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.write_all(&upgrade_request("/", &[])).unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request"), "{text}");
+    assert!(text.contains("plain HTTP sent to a TLS port"), "{text}");
+}
+
+fn a_client_offering_only_h2_gets_no_application_protocol(io: Io) {
+    let dir = scratch("alpn");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--metrics", "127.0.0.1:0"]);
+    let h2_only = client_config(&[&cert.der], &[b"h2"], &[], None);
+    let error = handshake(tls_addr(&server), h2_only, "localhost").err();
+    assert_eq!(
+        error,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    );
+    server.wait_for_metric("wsedge_tls_handshake_failures_total", |n| n >= 1.0);
+    // No ALPN at all is fine (curl and most WebSocket clients send http/1.1 or nothing).
+    let none = client_config(&[&cert.der], &[], &[], None);
+    assert!(handshake(tls_addr(&server), none, "localhost").is_ok());
+}
+
+fn tls_versions_limits_the_versions_offered(io: Io) {
+    let dir = scratch("versions");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--tls-versions", "1.3"]);
+    let tls12 = client_config(&[&cert.der], &[], &[&rustls::version::TLS12], None);
+    let error = handshake(tls_addr(&server), tls12, "localhost").err();
+    assert_eq!(
+        error,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion
+        ))
+    );
+    let tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // The default offers 1.2 too.
+    let both = serve(io, &cert, &[]);
+    let tls12 = client_config(&[&cert.der], &[], &[&rustls::version::TLS12], None);
+    let tls = handshake(tls_addr(&both), tls12, "localhost").unwrap();
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+fn tls_groups_limits_the_key_exchange(io: Io) {
+    use rustls::crypto::ring::kx_group;
+    let dir = scratch("groups");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--tls-groups", "secp256r1"]);
+    let x25519 = client_config(&[&cert.der], &[], &[], Some(vec![kx_group::X25519]));
+    assert!(handshake(tls_addr(&server), x25519, "localhost").is_err());
+    let both = client_config(
+        &[&cert.der],
+        &[],
+        &[],
+        Some(vec![kx_group::X25519, kx_group::SECP256R1]),
+    );
+    let tls = handshake(tls_addr(&server), both, "localhost").unwrap();
+    let group = tls.conn.negotiated_key_exchange_group().map(|g| g.name());
+    assert_eq!(group, Some(rustls::NamedGroup::secp256r1));
+}
+
+fn sni_chooses_the_certificate_and_unknown_names_get_the_first(io: Io) {
+    let dir = scratch("sni");
+    let first = cert(&dir, "first", &["first.test"]);
+    let second = cert(&dir, "second", &["second.test"]);
+    let server = Server::start(
+        io,
+        &[
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            first.cert.to_str().unwrap(),
+            "--tls-key",
+            first.key.to_str().unwrap(),
+            "--tls-cert",
+            second.cert.to_str().unwrap(),
+            "--tls-key",
+            second.key.to_str().unwrap(),
+        ],
+    );
+    let addr = tls_addr(&server);
+    let trusts_second = client_config(&[&second.der], &[], &[], None);
+    assert!(handshake(addr, Arc::clone(&trusts_second), "second.test").is_ok());
+    // The client checks the name: the first certificate would fail it.
+    assert!(handshake(addr, trusts_second, "first.test").is_err());
+    let trusts_first = client_config(&[&first.der], &[], &[], None);
+    assert!(handshake(addr, Arc::clone(&trusts_first), "first.test").is_ok());
+    // An unknown name gets the default (first) certificate, which then fails the name
+    // check on the client: the handshake reached the certificate.
+    let error = handshake(addr, trusts_first, "unknown.test").err();
+    assert!(
+        matches!(error, Some(rustls::Error::InvalidCertificate(_))),
+        "{error:?}"
+    );
+}
+
+/// A client that stops in the middle of its ClientHello is cut at the handshake timeout,
+/// as a slowloris is.
+fn a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout(io: Io) {
+    let dir = scratch("stall");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--handshake-timeout-ms", "300"]);
+    let mut tcp = TcpStream::connect(tls_addr(&server)).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    // A TLS record header announcing 512 bytes of handshake, then 10 of them.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+        .unwrap();
+    let start = Instant::now();
+    let mut buffer = [0u8; 64];
+    let read = tcp.read(&mut buffer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "expected the connection to be cut, got {read:?}"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "cut too early: {waited:?}"
+    );
+    assert!(waited < DEADLINE);
+}
+
+/// Over the connection limit a TLS client is refused before any key exchange: its
+/// connection ends without a ServerHello.
+fn over_the_limit_a_tls_client_is_refused_before_any_key_exchange(io: Io) {
+    let dir = scratch("limit");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(
+        io,
+        &cert,
+        &[
+            "--max-connections",
+            "1",
+            "--threads",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let held = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    server.wait_for_metric("wsedge_open_connections", |n| n >= 1.0);
+    let refused = handshake(tls_addr(&server), default_client(&cert), "localhost");
+    assert!(refused.is_err(), "a second client was served");
+    server.wait_for_metric("wsedge_admission_rejections_total", |n| n >= 1.0);
+    drop(held);
+}
+
+on_both_backends!(
+    tungstenite_echoes_and_closes_with_a_code_over_tls,
+    curl_upgrades_over_tls_with_the_rfc_sample_key,
+    close_mode_ends_with_close_notify,
+    plain_http_on_a_tls_port_gets_a_plaintext_400,
+    a_client_offering_only_h2_gets_no_application_protocol,
+    tls_versions_limits_the_versions_offered,
+    tls_groups_limits_the_key_exchange,
+    sni_chooses_the_certificate_and_unknown_names_get_the_first,
+    a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout,
+    over_the_limit_a_tls_client_is_refused_before_any_key_exchange,
+);
+
+fn wsedge(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(args)
+        .output()
+        .expect("run wsedge");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_startup_errors_name_the_flag_and_the_file() {
+    let dir = scratch("startup");
+    let good = cert(&dir, "good", &["localhost"]);
+    let other = cert(&dir, "other", &["localhost"]);
+    let missing = dir.join("missing.pem");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--listen-tls", "127.0.0.1:0"],
+            "--listen-tls needs --tls-cert and --tls-key in pairs",
+        ),
+        (
+            &[
+                "--tls-cert",
+                good.cert.to_str().unwrap(),
+                "--tls-key",
+                good.key.to_str().unwrap(),
+            ],
+            "--tls-cert and --tls-key are only used with --listen-tls",
+        ),
+        (
+            &[
+                "--listen-tls",
+                "127.0.0.1:0",
+                "--tls-cert",
+                missing.to_str().unwrap(),
+                "--tls-key",
+                good.key.to_str().unwrap(),
+            ],
+            "--tls-cert",
+        ),
+        (
+            &[
+                "--listen-tls",
+                "127.0.0.1:0",
+                "--tls-cert",
+                good.cert.to_str().unwrap(),
+                "--tls-key",
+                other.key.to_str().unwrap(),
+            ],
+            "does not match",
+        ),
+        (
+            &["--listen-tls", "127.0.0.1:0", "--tls-versions", "1.1"],
+            "--tls-versions",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (code, stderr) = wsedge(&all);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = wsedge(&["serve", "--listen", "127.0.0.1:0", "--tls-groups", "x448"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-groups"), "{stderr}");
+}
+
+#[test]
+fn tls_keys_in_a_config_file_work_like_the_flags() {
+    let dir = scratch("toml");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let file = dir.join("wsedge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen-tls = [\"127.0.0.1:0\"]\ntls-cert = [{:?}]\ntls-key = [{:?}]\n\
+             tls-versions = \"1.3\"\ntls-groups = \"x25519\"\n",
+            cert.cert.to_str().unwrap(),
+            cert.key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(Io::Epoll, &["--config", file.to_str().unwrap()]);
+    let tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let group = tls.conn.negotiated_key_exchange_group().map(|g| g.name());
+    assert_eq!(group, Some(rustls::NamedGroup::X25519));
+}
