@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -69,6 +70,8 @@ pub struct Plan {
     pub protocols: Vec<String>,
     /// The same key on every connection (default: a random one each).
     pub fixed_key: Option<[u8; KEY_LEN]>,
+    /// `wss://`: the TLS client settings (one session cache per process: `--tls-resume`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Live counters for the progress line.
@@ -83,6 +86,9 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Connecting,
+    /// `wss://`: the ClientHello is out, the TLS handshake under way (the request waits in
+    /// rustls and leaves with the client's Finished).
+    Securing,
     Reading,
     Holding,
     Trickling,
@@ -90,6 +96,8 @@ enum Phase {
 
 struct Slot {
     stream: TcpStream,
+    /// `wss://`: the TLS session.
+    tls: Option<Box<rustls::ClientConnection>>,
     phase: Phase,
     /// Latency origin: the intended start in rate mode, the connect start otherwise.
     intended: Instant,
@@ -124,6 +132,8 @@ struct Worker<'a> {
     source_index: usize,
     request: Vec<u8>,
     established: usize,
+    /// `wss://`: the name the server's certificate must carry (SNI too).
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 const SWEEP: Duration = Duration::from_millis(10);
@@ -153,6 +163,9 @@ pub fn run(
         source_index: worker_index,
         request: Vec::with_capacity(512),
         established: 0,
+        server_name: plan.tls.as_ref().and_then(|_| {
+            rustls::pki_types::ServerName::try_from(plan.target.server_name.clone()).ok()
+        }),
     };
     worker.run(share)
 }
@@ -265,7 +278,7 @@ impl Worker<'_> {
                 }
                 Phase::Holding => self.finish(key, None, now),
                 // Cut short by the end of the run, not failed: counted apart.
-                Phase::Connecting | Phase::Reading => {
+                Phase::Connecting | Phase::Securing | Phase::Reading => {
                     self.report.unfinished += 1;
                     self.finish(key, None, now);
                 }
@@ -280,7 +293,12 @@ impl Worker<'_> {
     fn pending(&self) -> usize {
         self.slots
             .iter()
-            .filter(|(_, s)| matches!(s.phase, Phase::Connecting | Phase::Reading))
+            .filter(|(_, s)| {
+                matches!(
+                    s.phase,
+                    Phase::Connecting | Phase::Securing | Phase::Reading
+                )
+            })
             .count()
     }
 
@@ -314,8 +332,18 @@ impl Worker<'_> {
         ) {
             return self.count_error(ErrorKind::from_io(&error));
         }
+        let tls = match (&self.plan.tls, self.server_name.clone()) {
+            (Some(config), Some(name)) => {
+                match rustls::ClientConnection::new(Arc::clone(config), name) {
+                    Ok(conn) => Some(Box::new(conn)),
+                    Err(_) => return self.count_error(ErrorKind::Tls),
+                }
+            }
+            _ => None,
+        };
         entry.insert(Slot {
             stream,
+            tls,
             phase: Phase::Connecting,
             intended,
             started: now,
@@ -374,6 +402,25 @@ impl Worker<'_> {
             self.request = Vec::with_capacity(512);
             return self.trickle(key, now);
         }
+        if let Some(tls) = slot.tls.as_deref_mut() {
+            // The request waits in rustls and leaves with the client's Finished.
+            if tls.wants_write() && tls.writer().write_all(&self.request).is_err() {
+                return self.finish(key, Some(ErrorKind::Tls), now);
+            }
+            match tls.write_tls(&mut &slot.stream) {
+                Ok(_) => {
+                    record(&mut self.report.connect, now - slot.started);
+                    slot.deadline = now + self.plan.handshake_timeout;
+                    slot.phase = Phase::Securing;
+                    slot.sent = now;
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOTCONN) => {}
+                Err(error) => self.finish(key, Some(ErrorKind::from_io(&error)), now),
+            }
+            return;
+        }
         match (&slot.stream).write(&self.request) {
             Ok(n) if n == self.request.len() => {
                 record(&mut self.report.connect, now - slot.started);
@@ -394,6 +441,9 @@ impl Worker<'_> {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
+        if slot.tls.is_some() && slot.phase != Phase::Connecting {
+            return self.on_readable_tls(key, now);
+        }
         let mut buf = [0u8; 2048];
         loop {
             let result = (&slot.stream).read(&mut buf);
@@ -405,10 +455,11 @@ impl Worker<'_> {
                     record(&mut self.report.cutoff, now - slot.started);
                     return self.finish(key, None, now);
                 }
-                (Phase::Connecting, Err(e)) | (Phase::Reading, Err(e)) => {
+                (Phase::Connecting | Phase::Securing | Phase::Reading, Err(e)) => {
                     return self.finish(key, Some(ErrorKind::from_io(&e)), now)
                 }
-                (Phase::Connecting, Ok(_)) => return,
+                // Plain connections are never securing: only a wss:// slot is.
+                (Phase::Connecting | Phase::Securing, Ok(_)) => return,
                 (Phase::Reading, Ok(0)) => {
                     return self.finish(key, Some(ErrorKind::ClosedEarly), now)
                 }
@@ -430,6 +481,81 @@ impl Worker<'_> {
                 (Phase::Holding, Ok(_)) => continue, // pongs, or the server's frames
             }
         }
+    }
+
+    /// `wss://`: records in, the TLS handshake driven, plaintext checked as a response.
+    fn on_readable_tls(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        let Some(tls) = slot.tls.as_deref_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut plaintext = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let n = match (&slot.stream).read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.finish(key, Some(ErrorKind::from_io(&e)), now),
+            };
+            ended = n == 0;
+            let mut input = &buf[..n];
+            while !input.is_empty() {
+                let state = tls
+                    .read_tls(&mut input)
+                    .map_err(|e| rustls::Error::General(e.to_string()))
+                    .and_then(|_| tls.process_new_packets());
+                let Ok(state) = state else {
+                    // The alert that says why goes out before the close.
+                    let _ = tls.write_tls(&mut &slot.stream);
+                    return self.finish(key, Some(ErrorKind::Tls), now);
+                };
+                let start = plaintext.len();
+                plaintext.resize(start + state.plaintext_bytes_to_read(), 0);
+                let _ = tls.reader().read_exact(&mut plaintext[start..]);
+            }
+        }
+        if slot.phase == Phase::Securing && !tls.is_handshaking() {
+            record(&mut self.report.tls, now - slot.sent);
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                self.report.tls_resumed += 1;
+            }
+            slot.phase = Phase::Reading;
+            slot.sent = now;
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut &slot.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return self.finish(key, Some(ErrorKind::from_io(&e)), now),
+            }
+        }
+        if slot.phase == Phase::Reading && !plaintext.is_empty() {
+            slot.response.extend_from_slice(&plaintext);
+            match check_response(&slot.response, &slot.key, &self.protocols) {
+                ResponseCheck::Partial => {}
+                ResponseCheck::Accepted { .. } => return self.on_upgraded(key, now),
+                ResponseCheck::Failed(error) => {
+                    return self.finish(key, Some(classify(error)), now)
+                }
+            }
+        }
+        if !ended {
+            return;
+        }
+        let kind = match slot.phase {
+            Phase::Securing => ErrorKind::Tls,
+            Phase::Holding => {
+                self.established -= 1;
+                self.progress.established.fetch_sub(1, Relaxed);
+                ErrorKind::ClosedEarly
+            }
+            _ => ErrorKind::ClosedEarly,
+        };
+        self.finish(key, Some(kind), now)
     }
 
     fn on_upgraded(&mut self, key: usize, now: Instant) {
@@ -501,7 +627,7 @@ impl Worker<'_> {
                 Phase::Connecting if now >= slot.deadline => {
                     self.finish(key, Some(ErrorKind::ConnectTimeout), now)
                 }
-                Phase::Reading if now >= slot.deadline => {
+                Phase::Securing | Phase::Reading if now >= slot.deadline => {
                     self.finish(key, Some(ErrorKind::HandshakeTimeout), now)
                 }
                 Phase::Trickling => self.trickle(key, now),

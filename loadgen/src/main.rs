@@ -96,7 +96,7 @@ enum Close {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Target, ws://HOST:PORT/path.
+    /// Target, ws://HOST:PORT/path or wss://.
     #[arg(value_parser = target::parse)]
     url: target::Target,
     /// How long to run (storm, rate, slowloris) or the longest establishment may take (hold).
@@ -136,6 +136,16 @@ struct Common {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// wss://: trust the certificates in this PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// wss://: do not check the server's certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// wss://: resume TLS sessions (tickets from earlier connections reused), as returning
+    /// clients do; without it every connection makes a full handshake.
+    #[arg(long)]
+    tls_resume: bool,
     /// Write an HdrHistogram interval log of total latency (one interval per worker).
     #[arg(long)]
     hdr_log: Option<std::path::PathBuf>,
@@ -268,7 +278,31 @@ fn plan(common: &Common, mode: Mode) -> Plan {
             .key
             .as_ref()
             .and_then(|k| k.as_bytes().try_into().ok()),
+        tls: tls_config(common),
     }
+}
+
+/// The TLS client of a `wss://` target; the TLS flags are usage errors with `ws://`.
+fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
+    if !common.url.tls {
+        for (given, flag) in [
+            (common.ca.is_some(), "--ca"),
+            (common.insecure, "--insecure"),
+            (common.tls_resume, "--tls-resume"),
+        ] {
+            if given {
+                usage_error(format!("{flag} is only used with wss:// targets"));
+            }
+        }
+        return None;
+    }
+    let config = wsedge::check::tls::client_config_trusting(common.insecure, common.ca.as_deref())
+        .unwrap_or_else(|e| usage_error(e));
+    let mut config = Arc::unwrap_or_clone(config);
+    if !common.tls_resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Some(Arc::new(config))
 }
 
 /// Runs `plan` on the worker threads, printing progress each second; merges their reports.
@@ -393,6 +427,9 @@ fn summary(title: &str, report: &Report, elapsed: Duration) {
     }
     println!("{}", latency_line("total", &report.total));
     println!("{}", latency_line("connect", &report.connect));
+    if !report.tls.is_empty() {
+        println!("{}", latency_line("tls", &report.tls));
+    }
     println!("{}", latency_line("handshake", &report.handshake));
     for (kind, count) in &report.errors {
         println!("  error {:<20} {count}", kind.name());

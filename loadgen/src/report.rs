@@ -31,6 +31,8 @@ pub enum ErrorKind {
     BadSubprotocol,
     /// A response that is not a valid upgrade for another reason.
     BadResponse,
+    /// The TLS handshake failed (an alert, a certificate the client refused).
+    Tls,
     /// Any other socket error.
     Other,
 }
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::Status(code) => format!("status_{code}"),
             ErrorKind::BadAccept => "bad_accept".into(),
             ErrorKind::BadSubprotocol => "bad_subprotocol".into(),
+            ErrorKind::Tls => "tls".into(),
             ErrorKind::BadResponse => "bad_response".into(),
             ErrorKind::Other => "other".into(),
         }
@@ -85,8 +88,12 @@ pub struct Report {
     pub connect: Histogram<u64>,
     /// Request sent to 101 parsed, in µs.
     pub handshake: Histogram<u64>,
+    /// `wss://`: ClientHello sent to the TLS handshake done, in µs.
+    pub tls: Histogram<u64>,
     /// Slowloris: connect to the server cutting the connection off, in µs.
     pub cutoff: Histogram<u64>,
+    /// `wss://`: TLS handshakes that resumed an earlier session (`--tls-resume`).
+    pub tls_resumed: u64,
     /// Slowloris clients the server never cut off.
     pub never_cut: u64,
     /// Handshakes still in flight when the run ended (neither success nor error).
@@ -101,7 +108,9 @@ impl Default for Report {
             total: histogram(),
             connect: histogram(),
             handshake: histogram(),
+            tls: histogram(),
             cutoff: histogram(),
+            tls_resumed: 0,
             never_cut: 0,
             unfinished: 0,
         }
@@ -133,8 +142,10 @@ impl Report {
         let _ = self.total.add(&other.total);
         let _ = self.connect.add(&other.connect);
         let _ = self.handshake.add(&other.handshake);
+        let _ = self.tls.add(&other.tls);
         let _ = self.cutoff.add(&other.cutoff);
         self.never_cut += other.never_cut;
+        self.tls_resumed += other.tls_resumed;
         self.unfinished += other.unfinished;
     }
 }
@@ -190,6 +201,8 @@ pub fn json(report: &Report, duration: Duration, extra: Value) -> Value {
         "latency_us": percentiles(&report.total),
         "connect_latency_us": percentiles(&report.connect),
         "handshake_latency_us": percentiles(&report.handshake),
+        "tls_latency_us": percentiles(&report.tls),
+        "tls_resumed": report.tls_resumed,
         "duration_s": secs,
         "unfinished": report.unfinished,
     });

@@ -1,4 +1,4 @@
-//! Where the load goes: a `ws://HOST:PORT/path` URL, resolved once.
+//! Where the load goes: a `ws://` or `wss://HOST:PORT/path` URL, resolved once.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -11,16 +11,20 @@ pub struct Target {
     pub host: String,
     /// Request target (path and query).
     pub path: String,
+    /// `wss://`: TLS, with SNI and certificate name `server_name`.
+    pub tls: bool,
+    /// The host without its port.
+    pub server_name: String,
 }
 
 /// Parses and resolves a `ws://` URL; the error says what is wrong with it.
 pub fn parse(url: &str) -> Result<Target, String> {
-    let rest = if let Some(rest) = url.strip_prefix("ws://") {
-        rest
-    } else if url.starts_with("wss://") {
-        return Err("wss:// is not supported by the load generator yet; use ws://".into());
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("ws://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        (rest, true)
     } else {
-        return Err("the URL must start with ws://".into());
+        return Err("the URL must start with ws:// or wss://".into());
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
@@ -34,10 +38,23 @@ pub fn parse(url: &str) -> Result<Target, String> {
         Some(v6) => v6.contains("]:"),
         None => authority.contains(':'),
     };
+    let default_port = if tls { 443 } else { 80 };
     let with_port = if has_port {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
+    };
+    let server_name = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6).to_owned(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_owned(),
+    };
+    let server_name = if has_port || authority.starts_with('[') {
+        server_name
+    } else {
+        authority.to_owned()
     };
     let addr = with_port
         .to_socket_addrs()
@@ -48,6 +65,8 @@ pub fn parse(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_owned(),
         path,
+        tls,
+        server_name,
     })
 }
 
@@ -71,7 +90,10 @@ mod tests {
         assert_eq!(parse("ws://[::1]").unwrap().addr.port(), 80);
         assert_eq!(parse("ws://127.0.0.1:9?q").unwrap().path, "/?q");
         assert!(parse("http://a").unwrap_err().contains("ws://"));
-        assert!(parse("wss://a").unwrap_err().contains("wss"));
+        let secure = parse("wss://localhost:8443/x").unwrap();
+        assert!(secure.tls && secure.server_name == "localhost");
+        assert_eq!(parse("wss://127.0.0.1").unwrap().addr.port(), 443);
+        assert_eq!(parse("wss://[::1]:9").unwrap().server_name, "::1");
         assert!(parse("ws:///x").unwrap_err().contains("no host"));
     }
 }

@@ -426,6 +426,24 @@ fn concurrency_bounds_the_connections_in_flight() {
 const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "*",
+        "--ca",
+        &[
+            "loadgen::wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume",
+            "loadgen::tls_flags_with_a_ws_target_are_usage_errors",
+        ],
+    ),
+    (
+        "*",
+        "--insecure",
+        &["loadgen::wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume"],
+    ),
+    (
+        "*",
+        "--tls-resume",
+        &["loadgen::wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume"],
+    ),
+    (
+        "*",
         "--duration",
         &["flags::duration_ends_a_run_without_a_count"],
     ),

@@ -12,7 +12,11 @@ use wsedge::handshake::Policy;
 use wsedge::reactor::{Backend, Limits, ListenOptions, Server, ServerConfig};
 
 fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
-    Server::start(ServerConfig {
+    Server::start(server_config(after, handshake_timeout_ms)).expect("start wsedge")
+}
+
+fn server_config(after: AfterUpgrade, handshake_timeout_ms: u64) -> ServerConfig {
+    ServerConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         listen_tls: Vec::new(),
         tls: None,
@@ -36,8 +40,7 @@ fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
             proxy: Default::default(),
         },
         limits: Limits::default(),
-    })
-    .expect("start wsedge")
+    }
 }
 
 /// Runs the load generator; returns its exit code, stdout and the parsed JSON last line.
@@ -372,4 +375,88 @@ fn ramp_reports_each_step_and_the_best_rate() {
         stdout.contains("highest rate meeting the SLO: 200/s"),
         "{stdout}"
     );
+}
+
+/// An in-process wsedge with one TLS listener on a fresh self-signed certificate for
+/// `localhost`; returns the server, the TLS port and the certificate's PEM file.
+fn wsedge_tls() -> (Server, u16, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("loadgen-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let settings = wsedge::tls::TlsSettings {
+        pairs: vec![(cert.clone(), key)],
+        ..Default::default()
+    };
+    let config = ServerConfig {
+        listen: Vec::new(),
+        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(wsedge::tls::server_config(&settings).unwrap()),
+        ..server_config(AfterUpgrade::Close, 5_000)
+    };
+    let server = Server::start(config).expect("start wsedge");
+    let port = server.local_addrs()[0].port();
+    (server, port, cert)
+}
+
+#[test]
+fn wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume() {
+    let (_server, port, cert) = wsedge_tls();
+    let url = format!("wss://localhost:{port}/");
+    let cert = cert.to_str().unwrap();
+    let base = [
+        "--count",
+        "20",
+        "--concurrency",
+        "1",
+        "--duration",
+        "60s",
+        "--json",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["storm", url.as_str()];
+        args.extend_from_slice(&base);
+        args.extend_from_slice(extra);
+        let (code, stdout, json) = loadgen(&args);
+        assert_eq!(code, 0, "{stdout}");
+        json.expect("JSON")
+    };
+    let full = run(&["--ca", cert]);
+    assert_eq!(full["ok"], 20, "{full}");
+    assert!(full["tls_latency_us"]["p50"].as_u64() > Some(0), "{full}");
+    assert_eq!(full["tls_resumed"], 0, "{full}");
+    let resumed = run(&["--ca", cert, "--tls-resume"]);
+    assert_eq!(resumed["ok"], 20, "{resumed}");
+    assert!(resumed["tls_resumed"].as_u64() >= Some(18), "{resumed}");
+    // A self-signed certificate is refused unless trusted, or not checked at all.
+    let untrusted = run(&[]);
+    assert_eq!(
+        (
+            untrusted["ok"].as_u64(),
+            untrusted["errors"]["tls"].as_u64()
+        ),
+        (Some(0), Some(20))
+    );
+    let insecure = run(&["--insecure"]);
+    assert_eq!(insecure["ok"], 20, "{insecure}");
+}
+
+#[test]
+fn tls_flags_with_a_ws_target_are_usage_errors() {
+    for flag in [&["--ca", "x.pem"][..], &["--insecure"], &["--tls-resume"]] {
+        let mut args = vec!["storm", "ws://127.0.0.1:1/"];
+        args.extend_from_slice(flag);
+        let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag:?}: {stderr}");
+        assert!(
+            stderr.contains(flag[0]) && stderr.contains("wss://"),
+            "{stderr}"
+        );
+    }
 }

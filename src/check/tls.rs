@@ -15,6 +15,15 @@ use super::verdict::TlsFailure;
 
 /// The client configuration; with `insecure`, certificates are not checked at all.
 pub fn client_config(insecure: bool) -> Result<Arc<ClientConfig>, String> {
+    client_config_trusting(insecure, None)
+}
+
+/// [`client_config`] trusting the certificates in the PEM file `ca` instead of the system's
+/// roots, when given (a test CA, a self-signed server).
+pub fn client_config_trusting(
+    insecure: bool,
+    ca: Option<&std::path::Path>,
+) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -26,9 +35,26 @@ pub fn client_config(insecure: bool) -> Result<Arc<ClientConfig>, String> {
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
+        match ca {
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--ca {}: cannot read it: {e}", path.display()))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| format!("--ca {}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("--ca {}: {e}", path.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("--ca {}: no certificate in it", path.display()));
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
         }
         if roots.is_empty() {
             return Err(
