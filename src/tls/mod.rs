@@ -82,6 +82,15 @@ pub enum TlsError {
 /// The server configuration every TLS listener shares.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut crypto = provider::default_provider();
+    // AES-128-GCM first, and the server's order over the client's: its key schedule runs on
+    // SHA-256 instead of SHA-384 (measured: SHA-512 blocks were 13% of a full handshake's
+    // CPU with AES-256-GCM-SHA384, the suite rustls and OpenSSL clients list first).
+    crypto.cipher_suites.sort_by_key(|suite| match suite.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        _ => 1,
+    });
     if !settings.groups.is_empty() {
         crypto.kx_groups = settings.groups.iter().map(|g| g.kx()).collect();
     }
@@ -103,6 +112,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.ignore_client_order = true;
     // A storm is clients coming back: stateless tickets (rotated every 6 hours, the
     // previous key still accepted) and a bounded TLS 1.2 session cache.
     config.ticketer = provider::Ticketer::new().map_err(TlsError::Rejected)?;

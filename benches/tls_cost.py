@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""What a wss:// upgrade costs wsedge: server CPU per upgrade and memory per idle connection.
+
+For each round, each backend and each kind of handshake (full, resumed): wsedge with one
+reactor on CPU 0 terminating TLS (ECDSA P-256 certificate, TLS 1.3, X25519), wsedge-loadgen
+on CPU 1 storming it with --count upgrades at concurrency 64. The figure is the server's CPU
+time (utime + stime from /proc/PID/stat) over the run divided by verified upgrades; rounds
+are interleaved and the medians reported. `floor` is benches/tls_floor.rs, the least a wss
+upgrade costs with the same rustls settings. Then, per backend, the RSS an idle upgraded wss
+connection holds (`hold` of --idle connections, echo mode).
+
+    benches/tls_cost.py [--wsedge BIN] [--loadgen BIN] [--rounds 5] [--count 20000] [--idle 5000]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+from ab import cpu_seconds, free_port, start as ab_start
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOOR = None  # the tls_floor bench binary, built in main()
+
+
+def make_cert(directory):
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost",
+         "-addext", "basicConstraints=critical,CA:FALSE"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def start(wsedge, io, after, port, cert, key):
+    if io == "floor":
+        return ab_start([FLOOR, str(port), cert, key], port, "0")
+    argv = [wsedge, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
+            "--listen", f"127.0.0.1:{free_port()}", "--listen-tls", f"127.0.0.1:{port}",
+            "--tls-cert", cert, "--tls-key", key, "--tls-groups", "x25519",
+            "--tls-versions", "1.3"]
+    return ab_start(argv, port, "0")
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def storm(args, io, resume, cert, key):
+    port = free_port()
+    server = start(args.wsedge, io, "close", port, cert, key)
+    try:
+        before = cpu_seconds(server.pid)
+        argv = ["taskset", "-c", "1", args.loadgen, "storm", f"wss://localhost:{port}/",
+                "--ca", cert, "--count", str(args.count), "--concurrency", "64",
+                "--duration", "120s", "--json", "--key", "dGhlIHNhbXBsZSBub25jZQ=="]
+        if resume:
+            argv.append("--tls-resume")
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        after = cpu_seconds(server.pid)
+        report = json.loads(out.strip().splitlines()[-1])
+        ok = report["ok"]
+        return (after - before) / max(ok, 1) * 1e6, report["upgrades_per_sec"], \
+            report["tls_resumed"], report["latency_us"]["p99"]
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def idle_bytes(args, io, cert, key):
+    port = free_port()
+    server = start(args.wsedge, io, "echo", port, cert, key)
+    try:
+        time.sleep(0.3)
+        base = rss_bytes(server.pid)
+        hold = subprocess.Popen(
+            ["taskset", "-c", "1", args.loadgen, "hold", f"wss://localhost:{port}/",
+             "--ca", cert, "--connections", str(args.idle), "--hold", "3s",
+             "--duration", "60s"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        peak = base
+        while hold.poll() is None:
+            peak = max(peak, rss_bytes(server.pid))
+            time.sleep(0.1)
+        return (peak - base) / args.idle
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--wsedge", default=os.path.join(ROOT, "target/release/wsedge"))
+    parser.add_argument("--loadgen", default=os.path.join(ROOT, "target/release/wsedge-loadgen"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--idle", type=int, default=5000)
+    args = parser.parse_args()
+    global FLOOR
+    built = subprocess.run(
+        ["cargo", "bench", "--no-run", "--bench", "tls_floor", "--message-format", "json"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in built.splitlines():
+        message = json.loads(line)
+        if message.get("target", {}).get("name") == "tls_floor" and message.get("executable"):
+            FLOOR = message["executable"]
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = make_cert(directory)
+        rows = {}
+        for round_ in range(args.rounds):
+            for io in ("epoll", "uring", "floor"):
+                for resume in (False, True):
+                    cpu, rate, resumed, p99 = storm(args, io, resume, cert, key)
+                    rows.setdefault((io, resume), []).append((cpu, rate, resumed, p99))
+                    print(f"round {round_ + 1} {io} {'resumed' if resume else 'full'}: "
+                          f"{cpu:.1f} us/upgrade, {rate:,.0f}/s, resumed {resumed}, p99 {p99} us",
+                          flush=True)
+        print(f"\nwss upgrades, TLS 1.3, ECDSA P-256, X25519, {args.rounds} rounds of "
+              f"{args.count}, medians:")
+        print("| backend | handshake | server CPU per upgrade | upgrades/s (client-bound) | p99 |")
+        print("|---|---|---|---|---|")
+        for (io, resume), values in rows.items():
+            cpu = statistics.median(v[0] for v in values)
+            rate = statistics.median(v[1] for v in values)
+            p99 = statistics.median(v[3] for v in values)
+            print(f"| {io} | {'resumed' if resume else 'full'} | {cpu:.1f} us | {rate:,.0f} | "
+                  f"{p99 / 1000:.1f} ms |")
+        print("\nmemory per idle wss connection (RSS peak over base, echo mode):")
+        for io in ("epoll", "uring"):
+            print(f"| {io} | {idle_bytes(args, io, cert, key):,.0f} bytes ({args.idle} held) |")
+
+
+if __name__ == "__main__":
+    main()
