@@ -28,7 +28,10 @@ struct Client {
 }
 
 fn main() -> io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let [port, cert, key] = &args[..] else {
         eprintln!("usage: tls_floor PORT CERT KEY");
         std::process::exit(2);
@@ -39,7 +42,9 @@ fn main() -> io::Result<()> {
         groups: vec![wsedge::tls::TlsGroup::X25519],
     };
     let config = wsedge::tls::server_config(&settings).map_err(io::Error::other)?;
-    let addr = format!("127.0.0.1:{port}").parse().map_err(io::Error::other)?;
+    let addr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(io::Error::other)?;
     let mut listener = TcpListener::bind(addr)?;
     let mut poll = Poll::new()?;
     poll.registry()
@@ -55,8 +60,8 @@ fn main() -> io::Result<()> {
                     next = next.wrapping_add(1) % (usize::MAX / 2);
                     poll.registry()
                         .register(&mut stream, Token(next), Interest::READABLE)?;
-                    let tls = rustls::ServerConnection::new(config.clone())
-                        .map_err(io::Error::other)?;
+                    let tls =
+                        rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
                     clients.insert(
                         next,
                         Client {

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::handshake::Rejection;
 use crate::reactor::{Shutdown, ShutdownState};
-use crate::stats::{Counters, HANDSHAKE_BUCKETS_MS};
+use crate::stats::{Counters, TlsFailure, TlsHandshake, HANDSHAKE_BUCKETS_MS};
 
 /// The server's metrics, read at scrape time from every reactor's counters.
 pub struct ServerMetrics {
@@ -37,7 +37,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 14] = [
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
     (
         "wsedge_accepted_connections",
         "Connections accepted.",
@@ -99,11 +99,6 @@ const PER_REACTOR_COUNTERS: [(&str, &str, Field); 14] = [
         "Handshakes the client closed or reset before any outcome.",
         |c| &c.handshakes_abandoned,
     ),
-    (
-        "wsedge_tls_handshake_failures",
-        "TLS handshakes that failed: an alert was sent, or the bytes were not TLS.",
-        |c| &c.tls_failures,
-    ),
 ];
 
 impl Collector for ServerMetrics {
@@ -155,6 +150,40 @@ impl Collector for ServerMetrics {
                 ];
                 ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_tls_handshakes",
+            "TLS handshakes completed, by version and whether a session was resumed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tls13, resumed) in [(false, false), (false, true), (true, false), (true, true)] {
+            let index = TlsHandshake { tls13, resumed }.index();
+            let total: u64 = self
+                .counters
+                .iter()
+                .map(|c| c.tls_handshakes[index].load(Relaxed))
+                .sum();
+            let labels = [
+                ("version", if tls13 { "1.3" } else { "1.2" }.to_string()),
+                ("resumed", resumed.to_string()),
+            ];
+            ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_tls_handshake_failures",
+            "TLS handshakes that failed, by reason (the alert sent, or the client's).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (index, failure) in TlsFailure::ALL.iter().enumerate() {
+            let total: u64 = self
+                .counters
+                .iter()
+                .map(|c| c.tls_failures[index].load(Relaxed))
+                .sum();
+            let labels = [("reason", failure.label().to_string())];
+            ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
         }
         let mut histogram = encoder.encode_descriptor(
             "wsedge_handshake_latency_seconds",

@@ -51,9 +51,90 @@ pub struct Counters {
     /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
     /// accepted connection: see [`Snapshot::unaccounted`].
     pub handshakes_abandoned: AtomicU64,
-    /// TLS handshakes that failed (an alert sent, or the client's bytes were not TLS records
-    /// at the right place); the connection also ends as abandoned.
-    pub tls_failures: AtomicU64,
+    /// TLS handshakes completed, by [`TlsHandshake::index`]: version, full or resumed.
+    pub tls_handshakes: [AtomicU64; TlsHandshake::KINDS],
+    /// TLS handshakes that failed, by [`TlsFailure`] (the connection also ends as
+    /// abandoned).
+    pub tls_failures: [AtomicU64; TlsFailure::ALL.len()],
+}
+
+/// A completed TLS handshake, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsHandshake {
+    /// TLS 1.3 (else 1.2).
+    pub tls13: bool,
+    /// A session resumed (a ticket or a session ID), not a full key exchange.
+    pub resumed: bool,
+}
+
+impl TlsHandshake {
+    /// Kinds counted: 1.2 and 1.3, full and resumed.
+    pub const KINDS: usize = 4;
+
+    /// Its counter.
+    pub fn index(self) -> usize {
+        usize::from(self.tls13) * 2 + usize::from(self.resumed)
+    }
+}
+
+/// Why a TLS handshake failed, as counted (the alert sent says it to the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// No version both sides speak (`protocol_version`).
+    Version,
+    /// No ALPN protocol in common: the client wanted only `h2` (`no_application_protocol`).
+    Alpn,
+    /// No cipher suite, group or signature scheme in common (`handshake_failure`).
+    NoCommonParameters,
+    /// Bytes that are not a well-formed TLS message (`decode_error`, `unexpected_message`).
+    Malformed,
+    /// The client sent an alert of its own (it refused our certificate, usually).
+    ClientAlert,
+    /// Anything else.
+    Other,
+}
+
+impl TlsFailure {
+    /// Every kind, in counter order.
+    pub const ALL: [TlsFailure; 6] = [
+        TlsFailure::Version,
+        TlsFailure::Alpn,
+        TlsFailure::NoCommonParameters,
+        TlsFailure::Malformed,
+        TlsFailure::ClientAlert,
+        TlsFailure::Other,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::Version => "protocol_version",
+            TlsFailure::Alpn => "no_application_protocol",
+            TlsFailure::NoCommonParameters => "handshake_failure",
+            TlsFailure::Malformed => "malformed",
+            TlsFailure::ClientAlert => "client_alert",
+            TlsFailure::Other => "other",
+        }
+    }
+
+    /// Sorts a rustls error.
+    pub fn of(error: &rustls::Error) -> TlsFailure {
+        use rustls::{Error, PeerIncompatible};
+        match error {
+            Error::PeerIncompatible(
+                PeerIncompatible::Tls12NotOfferedOrEnabled
+                | PeerIncompatible::Tls13RequiredForQuic
+                | PeerIncompatible::SupportedVersionsExtensionRequired,
+            ) => TlsFailure::Version,
+            Error::NoApplicationProtocol => TlsFailure::Alpn,
+            Error::PeerIncompatible(_) => TlsFailure::NoCommonParameters,
+            Error::InvalidMessage(_)
+            | Error::InappropriateMessage { .. }
+            | Error::InappropriateHandshakeMessage { .. } => TlsFailure::Malformed,
+            Error::AlertReceived(_) => TlsFailure::ClientAlert,
+            _ => TlsFailure::Other,
+        }
+    }
 }
 
 impl Counters {

@@ -244,6 +244,11 @@ fn a_client_offering_only_h2_gets_no_application_protocol(io: Io) {
         ))
     );
     server.wait_for_metric("wsedge_tls_handshake_failures_total", |n| n >= 1.0);
+    let text = common::metrics_text(&server.metrics_addr());
+    assert!(
+        text.contains("wsedge_tls_handshake_failures_total{reason=\"no_application_protocol\"} 1"),
+        "{text}"
+    );
     // No ALPN at all is fine (curl and most WebSocket clients send http/1.1 or nothing).
     let none = client_config(&[&cert.der], &[], &[], None);
     assert!(handshake(tls_addr(&server), none, "localhost").is_ok());
@@ -274,6 +279,46 @@ fn tls_versions_limits_the_versions_offered(io: Io) {
         tls.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
+}
+
+/// Handshakes are counted by version and full or resumed: a client that comes back with its
+/// ticket is a resumed TLS 1.3 handshake, one limited to TLS 1.2 a full 1.2 one.
+fn handshakes_are_counted_by_version_and_resumption(io: Io) {
+    let dir = scratch("counted");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--metrics", "127.0.0.1:0"]);
+    let returning = default_client(&cert);
+    for _ in 0..3 {
+        let mut tls = handshake(tls_addr(&server), Arc::clone(&returning), "localhost").unwrap();
+        // Tickets arrive after the handshake: read the upgrade's answer to take them in.
+        tls.write_all(&upgrade_request("/", &[])).unwrap();
+        let mut head = [0u8; 12];
+        tls.read_exact(&mut head).unwrap();
+    }
+    let tls12 = client_config(&[&cert.der], &[], &[&rustls::version::TLS12], None);
+    drop(handshake(tls_addr(&server), tls12, "localhost").unwrap());
+    server.wait_for_metric("wsedge_tls_handshakes_total", |n| n >= 4.0);
+    let text = common::metrics_text(&server.metrics_addr());
+    for (line, at_least) in [
+        (
+            "wsedge_tls_handshakes_total{version=\"1.3\",resumed=\"false\"} ",
+            1,
+        ),
+        (
+            "wsedge_tls_handshakes_total{version=\"1.3\",resumed=\"true\"} ",
+            2,
+        ),
+        (
+            "wsedge_tls_handshakes_total{version=\"1.2\",resumed=\"false\"} ",
+            1,
+        ),
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(value >= Some(at_least), "{line}: {value:?}\n{text}");
+    }
 }
 
 fn tls_groups_limits_the_key_exchange(io: Io) {
@@ -388,6 +433,7 @@ on_both_backends!(
     a_client_offering_only_h2_gets_no_application_protocol,
     tls_versions_limits_the_versions_offered,
     tls_groups_limits_the_key_exchange,
+    handshakes_are_counted_by_version_and_resumption,
     sni_chooses_the_certificate_and_unknown_names_get_the_first,
     a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout,
     over_the_limit_a_tls_client_is_refused_before_any_key_exchange,

@@ -26,7 +26,7 @@ use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
 use crate::proxy::{Link, Upstreams};
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
-use crate::stats::Counters;
+use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::timer::TimerWheel;
 use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 
@@ -397,6 +397,10 @@ impl Driver {
         };
         self.plaintext.clear();
         let end = tls.receive(bytes, &mut self.plaintext, outbox);
+        if let Some((tls13, resumed)) = tls.established() {
+            let kind = TlsHandshake { tls13, resumed };
+            Counters::bump(&self.stats.tls_handshakes[kind.index()]);
+        }
         let mut next = Next::Continue;
         if !self.plaintext.is_empty() {
             next = conn.on_data(&self.plaintext, &mut cx);
@@ -411,7 +415,9 @@ impl Driver {
             }
             TlsEnd::Failed(error) => {
                 tracing::debug!(%error, "TLS handshake failed");
-                Counters::bump(&self.stats.tls_failures);
+                let kind = TlsFailure::of(&error);
+                let index = TlsFailure::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+                Counters::bump(&self.stats.tls_failures[index]);
                 Next::Close
             }
         }

@@ -11,6 +11,8 @@ pub struct TlsLink {
     conn: rustls::ServerConnection,
     /// Bytes have arrived: the first read decides whether this is TLS at all.
     started: bool,
+    /// The completed handshake was reported ([`TlsLink::established`]).
+    reported: bool,
 }
 
 /// How a read from a TLS socket ended, beside the plaintext it gave.
@@ -52,6 +54,7 @@ impl TlsLink {
         Ok(TlsLink {
             conn,
             started: false,
+            reported: false,
         })
     }
 
@@ -119,9 +122,16 @@ impl TlsLink {
         self.conn.is_handshaking()
     }
 
-    /// The negotiated version and whether the session was resumed, once known.
-    pub fn version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
+    /// Once, right after the handshake completed: whether it is TLS 1.3, and whether it
+    /// resumed a session.
+    pub fn established(&mut self) -> Option<(bool, bool)> {
+        if self.reported || self.conn.is_handshaking() {
+            return None;
+        }
+        self.reported = true;
+        let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        let resumed = self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        Some((tls13, resumed))
     }
 
     fn flush(&mut self, outbox: &mut Outbox) {

@@ -382,6 +382,15 @@ pub fn split_answered(streams: Vec<TcpStream>) -> (Vec<TcpStream>, Vec<TcpStream
 
 /// The sum over labels of the series `name` in a scrape of `GET /metrics` at `addr`.
 pub fn metric_sum(addr: &str, name: &str) -> f64 {
+    metrics_text(addr)
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `/metrics` page of the server whose `--metrics` is at `addr`.
+pub fn metrics_text(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
@@ -389,8 +398,5 @@ pub fn metric_sum(addr: &str, name: &str) -> f64 {
         .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+    text
 }
