@@ -22,12 +22,45 @@ fn required() -> bool {
     std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1")
 }
 
-fn run_client(io: Io, mut command: Command, name: &str, expected: &[&str]) {
-    let server = Server::start(io, &["--path", "/chat", "--subprotocols", "v2,v1"]);
-    let output = command
-        .arg(format!("ws://{}", server.addr))
-        .output()
-        .expect("run client");
+/// Runs the client against a fresh server: over `ws://`, then over `wss://` with a
+/// certificate for 127.0.0.1 that the client is told to trust.
+fn run_client(io: Io, command: impl Fn() -> Command, name: &str, expected: &[&str]) {
+    let dir = common::scratch(&format!("third-party-{name}-{io:?}").replace(' ', "-"));
+    let cert = common::cert(&dir, "server", &["127.0.0.1"]);
+    let server = Server::start(
+        io,
+        &[
+            "--path",
+            "/chat",
+            "--subprotocols",
+            "v2,v1",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.cert.to_str().unwrap(),
+            "--tls-key",
+            cert.key.to_str().unwrap(),
+        ],
+    );
+    let tls_addr = server
+        .log()
+        .split("wss://")
+        .nth(1)
+        .map(|rest| rest.split([',', ' ']).next().unwrap_or_default().to_owned());
+    let tls_addr = tls_addr.expect("a TLS listener");
+    run_one(
+        &server,
+        command().arg(format!("ws://{}", server.addr)),
+        name,
+        expected,
+    );
+    let mut over_tls = command();
+    over_tls.arg(format!("wss://{tls_addr}")).arg(&cert.cert);
+    run_one(&server, &mut over_tls, name, expected);
+}
+
+fn run_one(server: &Server, command: &mut Command, name: &str, expected: &[&str]) {
+    let output = command.output().expect("run client");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -58,8 +91,11 @@ fn python_websockets_client(io: Io) {
             &format!("{} does not exist", python.display()),
         );
     }
-    let mut command = Command::new(python);
-    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py"));
+    let command = || {
+        let mut command = Command::new(&python);
+        command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/python_client.py"));
+        command
+    };
     run_client(
         io,
         command,
@@ -73,10 +109,13 @@ fn node_ws_client(io: Io) {
     if !modules.join("ws").exists() {
         return skip("Node ws", &format!("{} has no ws", modules.display()));
     }
-    let mut command = Command::new("node");
-    command
-        .env("NODE_PATH", &modules)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_client.js"));
+    let command = || {
+        let mut command = Command::new("node");
+        command
+            .env("NODE_PATH", &modules)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_client.js"));
+        command
+    };
     run_client(
         io,
         command,

@@ -6,40 +6,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{upgrade_request, Io, Server, ACCEPT, DEADLINE, KEY};
+use common::{cert, scratch, upgrade_request, Cert, Io, Server, ACCEPT, DEADLINE, KEY};
 use rustls::pki_types::{CertificateDer, ServerName};
-
-/// A self-signed ECDSA P-256 certificate for `names`, written as PEM under `dir`.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-fn cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
-    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    let made = rcgen::generate_simple_self_signed(names).unwrap();
-    let cert = dir.join(format!("{tag}.crt"));
-    let key = dir.join(format!("{tag}.key"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    Cert {
-        cert,
-        key,
-        der: made.cert.der().clone(),
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wsedge-tls-it-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A server with one TLS listener on `cert`, and `args`.
 fn serve(io: Io, cert: &Cert, args: &[&str]) -> Server {

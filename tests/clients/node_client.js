@@ -1,16 +1,18 @@
 // Drives wsedge with Node's `ws` library (an independent implementation).
-// Usage: node node_client.js BASE_URL   (e.g. ws://127.0.0.1:8080)
+// Usage: node node_client.js BASE_URL [CA_FILE]   (e.g. ws://127.0.0.1:8080, or wss:// and
+// the CA that signed the server's certificate)
 'use strict';
 const assert = require('node:assert');
 const WebSocket = require('ws');
 
 const base = process.argv[2];
+const tls = process.argv[3] ? { ca: require('node:fs').readFileSync(process.argv[3]) } : {};
 const fail = (why) => { console.error(why); process.exit(1); };
 setTimeout(() => fail('timed out'), 20000).unref();
 
 function echo() {
   return new Promise((resolve) => {
-    const ws = new WebSocket(base + '/chat', ['v1', 'v2']);
+    const ws = new WebSocket(base + '/chat', ['v1', 'v2'], tls);
     const big = Buffer.alloc(150000, 7);
     const expected = ['héllo', big];
     ws.on('open', () => {
@@ -42,7 +44,7 @@ function echo() {
 
 function rejection() {
   return new Promise((resolve) => {
-    const ws = new WebSocket(base + '/elsewhere');
+    const ws = new WebSocket(base + '/elsewhere', tls);
     ws.on('unexpected-response', (req, res) => {
       assert.strictEqual(res.statusCode, 404);
       console.log('rejection ok: 404');
