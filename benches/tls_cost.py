@@ -6,7 +6,8 @@ reactor on CPU 0 terminating TLS (ECDSA P-256 certificate, TLS 1.3, X25519), wse
 on CPU 1 storming it with --count upgrades at concurrency 64. The figure is the server's CPU
 time (utime + stime from /proc/PID/stat) over the run divided by verified upgrades; rounds
 are interleaved and the medians reported. `floor` is benches/tls_floor.rs, the least a wss
-upgrade costs with the same rustls settings. Then, per backend, the RSS an idle upgraded wss
+upgrade costs with the same rustls settings; `nginx` (OpenSSL) terminates TLS with the same
+certificate, version and group, tickets on, and answers the upgrade in Lua. Then, per backend, the RSS an idle upgraded wss
 connection holds (`hold` of --idle connections, echo mode).
 
     benches/tls_cost.py [--wsedge BIN] [--loadgen BIN] [--rounds 5] [--count 20000] [--idle 5000]
@@ -37,9 +38,31 @@ def make_cert(directory):
     return cert, key
 
 
+def nginx_argv(port, cert, key):
+    """nginx 1 worker terminating TLS (same certificate, TLS 1.3, X25519, tickets on) and
+    answering the upgrade in Lua, as benches/compare.py's contender does in plaintext."""
+    prefix = tempfile.mkdtemp(prefix="wsedge-nginx-tls-")
+    with open(os.path.join(ROOT, "benches", "contenders", "nginx-lua.conf")) as f:
+        conf = f.read().replace("@PORT@", str(port)).replace("@PREFIX@", prefix)
+    conf = conf.replace(
+        "backlog=4096;",
+        f"backlog=4096 ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+        "        ssl_protocols TLSv1.3;\n        ssl_ecdh_curve X25519;\n"
+        "        ssl_session_tickets on;\n        ssl_session_cache shared:tls:10m;\n"
+        # The same suite as wsedge picks (AES-128-GCM, a SHA-256 key schedule).
+        "        ssl_prefer_server_ciphers on;\n        ssl_conf_command Ciphersuites "
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;")
+    path = os.path.join(prefix, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    return ["nginx", "-p", prefix, "-c", path, "-e", "stderr"]
+
+
 def start(wsedge, io, after, port, cert, key):
     if io == "floor":
         return ab_start([FLOOR, str(port), cert, key], port, "0")
+    if io == "nginx":
+        return ab_start(nginx_argv(port, cert, key), port, "0")
     argv = [wsedge, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
             "--listen", f"127.0.0.1:{free_port()}", "--listen-tls", f"127.0.0.1:{port}",
             "--tls-cert", cert, "--tls-key", key, "--tls-groups", "x25519",
@@ -105,6 +128,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--idle", type=int, default=5000)
+    parser.add_argument("--providers", default="aws-lc,ring",
+                        help="rustls crypto providers to compare (WSEDGE_TLS_PROVIDER)")
     args = parser.parse_args()
     global FLOOR
     built = subprocess.run(
@@ -117,24 +142,32 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         cert, key = make_cert(directory)
         rows = {}
+        providers = args.providers.split(",")
         for round_ in range(args.rounds):
-            for io in ("epoll", "uring", "floor"):
-                for resume in (False, True):
-                    cpu, rate, resumed, p99 = storm(args, io, resume, cert, key)
-                    rows.setdefault((io, resume), []).append((cpu, rate, resumed, p99))
-                    print(f"round {round_ + 1} {io} {'resumed' if resume else 'full'}: "
-                          f"{cpu:.1f} us/upgrade, {rate:,.0f}/s, resumed {resumed}, p99 {p99} us",
-                          flush=True)
+            for provider in providers + ["openssl"]:
+                os.environ["WSEDGE_TLS_PROVIDER"] = provider
+                servers = ("nginx",) if provider == "openssl" else ("epoll", "uring", "floor")
+                for io in servers:
+                    for resume in (False, True):
+                        cpu, rate, resumed, p99 = storm(args, io, resume, cert, key)
+                        rows.setdefault((provider, io, resume), []).append(
+                            (cpu, rate, resumed, p99))
+                        print(f"round {round_ + 1} {provider} {io} "
+                              f"{'resumed' if resume else 'full'}: {cpu:.1f} us/upgrade, "
+                              f"{rate:,.0f}/s, resumed {resumed}, p99 {p99} us", flush=True)
         print(f"\nwss upgrades, TLS 1.3, ECDSA P-256, X25519, {args.rounds} rounds of "
               f"{args.count}, medians:")
-        print("| backend | handshake | server CPU per upgrade | upgrades/s (client-bound) | p99 |")
-        print("|---|---|---|---|---|")
-        for (io, resume), values in rows.items():
+        print("| provider | server | handshake | server CPU per upgrade | resumed share | "
+              "upgrades/s (client-bound) | p99 |")
+        print("|---|---|---|---|---|---|---|")
+        for (provider, io, resume), values in rows.items():
             cpu = statistics.median(v[0] for v in values)
             rate = statistics.median(v[1] for v in values)
+            share = statistics.median(v[2] for v in values) / args.count
             p99 = statistics.median(v[3] for v in values)
-            print(f"| {io} | {'resumed' if resume else 'full'} | {cpu:.1f} us | {rate:,.0f} | "
-                  f"{p99 / 1000:.1f} ms |")
+            print(f"| {provider} | {io} | {'resumed' if resume else 'full'} | {cpu:.1f} us | "
+                  f"{share:.0%} | {rate:,.0f} | {p99 / 1000:.1f} ms |")
+        os.environ["WSEDGE_TLS_PROVIDER"] = providers[0]
         print("\nmemory per idle wss connection (RSS peak over base, echo mode):")
         for io in ("epoll", "uring"):
             print(f"| {io} | {idle_bytes(args, io, cert, key):,.0f} bytes ({args.idle} held) |")

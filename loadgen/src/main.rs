@@ -4,6 +4,7 @@ mod engine;
 mod net;
 mod report;
 mod target;
+mod tickets;
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering::Relaxed;
@@ -299,9 +300,10 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
     let config = wsedge::check::tls::client_config_trusting(common.insecure, common.ca.as_deref())
         .unwrap_or_else(|e| usage_error(e));
     let mut config = Arc::unwrap_or_clone(config);
-    if !common.tls_resume {
-        config.resumption = rustls::client::Resumption::disabled();
-    }
+    config.resumption = match common.tls_resume {
+        true => rustls::client::Resumption::store(Arc::new(tickets::ReturningClients::default())),
+        false => rustls::client::Resumption::disabled(),
+    };
     Some(Arc::new(config))
 }
 

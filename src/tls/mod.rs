@@ -8,8 +8,7 @@ mod certs;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::crypto::ring as provider;
-use rustls::crypto::SupportedKxGroup;
+use rustls::crypto::{aws_lc_rs, ring, CryptoProvider, SupportedKxGroup};
 
 pub use certs::{CertError, SniResolver};
 
@@ -35,23 +34,60 @@ pub enum TlsGroup {
     Secp256r1,
     /// `secp384r1` (`P-384`).
     Secp384r1,
+    /// `x25519mlkem768`: X25519 with ML-KEM-768, the hybrid post-quantum group.
+    X25519Mlkem768,
 }
 
 impl TlsGroup {
     /// Every group, by the names `--tls-groups` takes.
-    pub const NAMES: [(&'static str, TlsGroup); 5] = [
+    pub const NAMES: [(&'static str, TlsGroup); 6] = [
         ("x25519", TlsGroup::X25519),
         ("secp256r1", TlsGroup::Secp256r1),
         ("p-256", TlsGroup::Secp256r1),
         ("secp384r1", TlsGroup::Secp384r1),
         ("p-384", TlsGroup::Secp384r1),
+        ("x25519mlkem768", TlsGroup::X25519Mlkem768),
     ];
 
-    fn kx(self) -> &'static dyn SupportedKxGroup {
+    fn kx(self, provider: Provider) -> &'static dyn SupportedKxGroup {
+        match (self, provider) {
+            (TlsGroup::X25519, Provider::AwsLc) => aws_lc_rs::kx_group::X25519,
+            (TlsGroup::Secp256r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP256R1,
+            (TlsGroup::Secp384r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP384R1,
+            (TlsGroup::X25519Mlkem768, _) => aws_lc_rs::kx_group::X25519MLKEM768,
+            (TlsGroup::X25519, Provider::Ring) => ring::kx_group::X25519,
+            (TlsGroup::Secp256r1, Provider::Ring) => ring::kx_group::SECP256R1,
+            (TlsGroup::Secp384r1, Provider::Ring) => ring::kx_group::SECP384R1,
+        }
+    }
+}
+
+/// The crypto behind rustls. aws-lc-rs by default (see the README for the measurement);
+/// `WSEDGE_TLS_PROVIDER=ring` selects *ring*, to measure again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// aws-lc-rs (AWS-LC, BoringSSL's descendant): rustls's default.
+    AwsLc,
+    /// *ring*.
+    Ring,
+}
+
+/// The environment variable that picks [`Provider::Ring`] for measurements.
+pub const PROVIDER_ENV: &str = "WSEDGE_TLS_PROVIDER";
+
+impl Provider {
+    /// The provider in use: [`PROVIDER_ENV`], else aws-lc-rs.
+    pub fn chosen() -> Provider {
+        match std::env::var(PROVIDER_ENV).as_deref() {
+            Ok("ring") => Provider::Ring,
+            _ => Provider::AwsLc,
+        }
+    }
+
+    fn crypto(self) -> CryptoProvider {
         match self {
-            TlsGroup::X25519 => provider::kx_group::X25519,
-            TlsGroup::Secp256r1 => provider::kx_group::SECP256R1,
-            TlsGroup::Secp384r1 => provider::kx_group::SECP384R1,
+            Provider::AwsLc => aws_lc_rs::default_provider(),
+            Provider::Ring => ring::default_provider(),
         }
     }
 }
@@ -81,7 +117,8 @@ pub enum TlsError {
 
 /// The server configuration every TLS listener shares.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut crypto = provider::default_provider();
+    let provider = Provider::chosen();
+    let mut crypto = provider.crypto();
     // AES-128-GCM first, and the server's order over the client's: its key schedule runs on
     // SHA-256 instead of SHA-384 (measured: SHA-512 blocks were 13% of a full handshake's
     // CPU with AES-256-GCM-SHA384, the suite rustls and OpenSSL clients list first).
@@ -94,7 +131,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
             _ => 1,
         });
     if !settings.groups.is_empty() {
-        crypto.kx_groups = settings.groups.iter().map(|g| g.kx()).collect();
+        crypto.kx_groups = settings.groups.iter().map(|g| g.kx(provider)).collect();
     }
     let crypto = Arc::new(crypto);
     let resolver = SniResolver::load(&settings.pairs, &crypto)?;
@@ -117,7 +154,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
     config.ignore_client_order = true;
     // A storm is clients coming back: stateless tickets (rotated every 6 hours, the
     // previous key still accepted) and a bounded TLS 1.2 session cache.
-    config.ticketer = provider::Ticketer::new().map_err(TlsError::Rejected)?;
+    config.ticketer = match provider {
+        Provider::AwsLc => aws_lc_rs::Ticketer::new(),
+        Provider::Ring => ring::Ticketer::new(),
+    }
+    .map_err(TlsError::Rejected)?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     // Plaintext waits in the connection's own buffers, never in rustls's.
     config.send_half_rtt_data = false;

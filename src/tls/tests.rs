@@ -29,7 +29,7 @@ fn load(pairs: &[&Pair]) -> Result<SniResolver, CertError> {
         .iter()
         .map(|p| (p.cert.clone(), p.key.clone()))
         .collect();
-    SniResolver::load(&pairs, &provider::default_provider())
+    SniResolver::load(&pairs, &rustls::crypto::ring::default_provider())
 }
 
 fn leaf(key: &rustls::sign::CertifiedKey) -> &[u8] {
