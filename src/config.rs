@@ -160,8 +160,8 @@ pub struct ServeArgs {
     /// TLS versions offered.
     #[arg(long, value_name = "VERSIONS", value_delimiter = ',', default_value = "1.2,1.3", value_parser = parse_tls_version)]
     pub tls_versions: Vec<TlsVersion>,
-    /// Key-exchange groups, most preferred first (x25519mlkem768, x25519, secp256r1,
-    /// secp384r1) [default: rustls's: x25519mlkem768, x25519, secp256r1, secp384r1].
+    /// Key-exchange groups, most preferred first (x25519, secp256r1, secp384r1) [default:
+    /// rustls's: x25519, secp256r1, secp384r1, then the hybrid x25519mlkem768].
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
     pub tls_groups: Vec<TlsGroup>,
     /// Reactor threads [default: number of CPUs].
@@ -279,9 +279,7 @@ fn parse_tls_group(value: &str) -> Result<TlsGroup, String> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|&(_, group)| group)
-        .ok_or_else(|| {
-            "the groups are x25519, secp256r1 (p-256), secp384r1 (p-384) and x25519mlkem768".into()
-        })
+        .ok_or_else(|| "the groups are x25519, secp256r1 (p-256) and secp384r1 (p-384)".into())
 }
 
 fn parse_upstream(value: &str) -> Result<SocketAddr, String> {

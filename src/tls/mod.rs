@@ -34,19 +34,16 @@ pub enum TlsGroup {
     Secp256r1,
     /// `secp384r1` (`P-384`).
     Secp384r1,
-    /// `x25519mlkem768`: X25519 with ML-KEM-768, the hybrid post-quantum group.
-    X25519Mlkem768,
 }
 
 impl TlsGroup {
     /// Every group, by the names `--tls-groups` takes.
-    pub const NAMES: [(&'static str, TlsGroup); 6] = [
+    pub const NAMES: [(&'static str, TlsGroup); 5] = [
         ("x25519", TlsGroup::X25519),
         ("secp256r1", TlsGroup::Secp256r1),
         ("p-256", TlsGroup::Secp256r1),
         ("secp384r1", TlsGroup::Secp384r1),
         ("p-384", TlsGroup::Secp384r1),
-        ("x25519mlkem768", TlsGroup::X25519Mlkem768),
     ];
 
     fn kx(self, provider: Provider) -> &'static dyn SupportedKxGroup {
@@ -54,7 +51,6 @@ impl TlsGroup {
             (TlsGroup::X25519, Provider::AwsLc) => aws_lc_rs::kx_group::X25519,
             (TlsGroup::Secp256r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP256R1,
             (TlsGroup::Secp384r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP384R1,
-            (TlsGroup::X25519Mlkem768, _) => aws_lc_rs::kx_group::X25519MLKEM768,
             (TlsGroup::X25519, Provider::Ring) => ring::kx_group::X25519,
             (TlsGroup::Secp256r1, Provider::Ring) => ring::kx_group::SECP256R1,
             (TlsGroup::Secp384r1, Provider::Ring) => ring::kx_group::SECP384R1,

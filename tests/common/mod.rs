@@ -424,8 +424,11 @@ pub fn cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
     }
 }
 
+/// A fresh directory of its own (tests run in parallel, both backends at once).
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wsedge-tls-it-{name}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wsedge-tls-it-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
