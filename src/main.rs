@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
-use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use wsedge::check::CheckOptions;
@@ -79,7 +79,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(settings) = args.tls_settings() {
         // A file error names its flag: a usage error, as for any other bad flag.
         match wsedge::tls::server_config(&settings) {
-            Ok(tls) => config.tls = Some(tls),
+            Ok(tls) => config.tls = Some(wsedge::tls::shared(tls)),
             Err(error) => Cli::command()
                 .error(clap::error::ErrorKind::InvalidValue, error.to_string())
                 .exit(),
@@ -96,7 +96,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Handlers go in before the server announces itself: a supervisor may signal as soon
     // as it sees the "listening on" line.
     let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGQUIT]).context("installing signal handlers")?;
+        Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP]).context("installing signal handlers")?;
     let server = Server::start(config.clone()).context("starting the server")?;
     let metrics = match args.metrics {
         Some(addr) => Some(
@@ -176,10 +176,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
     let shutdown = server.shutdown();
+    let reloadable = config.tls.clone().zip(args.tls_settings());
     std::thread::Builder::new()
         .name("wsedge-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload_tls(reloadable.as_ref());
+                    continue;
+                }
                 let state = if signal == SIGQUIT { shutdown.escalate_to_abort() } else { shutdown.escalate() };
                 match state {
                     ShutdownState::Draining => tracing::info!(
@@ -211,6 +216,19 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         totals.handshakes_abandoned
     );
     Ok(())
+}
+
+/// SIGHUP: the certificates and keys are read again; new connections get them, established
+/// ones keep theirs. A file that cannot be used keeps the running ones, and says why.
+fn reload_tls(reloadable: Option<&(wsedge::tls::SharedTlsConfig, wsedge::tls::TlsSettings)>) {
+    let Some((shared, settings)) = reloadable else {
+        tracing::info!("SIGHUP: nothing to reload (no --listen-tls)");
+        return;
+    };
+    match wsedge::tls::reload(shared, settings) {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+        Err(error) => tracing::error!("SIGHUP: kept the running TLS certificates: {error}"),
+    }
 }
 
 fn check(args: &CheckArgs) -> ExitCode {

@@ -346,6 +346,61 @@ fn sni_chooses_the_certificate_and_unknown_names_get_the_first(io: Io) {
     );
 }
 
+/// An upgraded WebSocket over TLS (echo mode), through tungstenite.
+fn upgraded(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> tungstenite::WebSocket<Tls> {
+    let tls = handshake(addr, config, "localhost").unwrap();
+    let url = format!("wss://localhost:{}/", addr.port());
+    let (socket, response) = tungstenite::client(url, tls).unwrap();
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+fn echoes(socket: &mut tungstenite::WebSocket<Tls>, text: &str) {
+    socket.send(tungstenite::Message::text(text)).unwrap();
+    match socket.read().unwrap() {
+        tungstenite::Message::Text(echo) => assert_eq!(echo.as_str(), text),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// SIGHUP reads the certificate and key files again: new connections get the new
+/// certificate, an established connection carries on, and a broken file keeps the running
+/// certificate and says why.
+fn sighup_reloads_certificates_for_new_connections_only(io: Io) {
+    let dir = scratch("reload");
+    let old = cert(&dir, "old", &["localhost"]);
+    let new = cert(&dir, "new", &["localhost"]);
+    let live = Cert {
+        cert: dir.join("live.crt"),
+        key: dir.join("live.key"),
+        der: old.der.clone(),
+    };
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let server = serve(io, &live, &["--after", "echo"]);
+    let addr = tls_addr(&server);
+    let trusts_old = default_client(&old);
+    let trusts_new = default_client(&new);
+    let mut established = upgraded(addr, Arc::clone(&trusts_old));
+    echoes(&mut established, "before");
+
+    std::fs::copy(&new.cert, &live.cert).unwrap();
+    std::fs::copy(&new.key, &live.key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: TLS certificates reloaded");
+    let mut fresh = upgraded(addr, Arc::clone(&trusts_new));
+    echoes(&mut fresh, "new certificate");
+    // A client with no session to resume is shown the new certificate (one with a ticket may
+    // resume: the ticket keys carry over a reload).
+    assert!(handshake(addr, default_client(&old), "localhost").is_err());
+    echoes(&mut established, "still here after the reload");
+
+    std::fs::write(&live.key, "not a key\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: kept the running TLS certificates: --tls-key");
+    echoes(&mut upgraded(addr, trusts_new), "the running certificate");
+}
+
 /// A client that stops in the middle of its ClientHello is cut at the handshake timeout,
 /// as a slowloris is.
 fn a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout(io: Io) {
@@ -406,6 +461,7 @@ on_both_backends!(
     tls_versions_limits_the_versions_offered,
     tls_groups_limits_the_key_exchange,
     handshakes_are_counted_by_version_and_resumption,
+    sighup_reloads_certificates_for_new_connections_only,
     sni_chooses_the_certificate_and_unknown_names_get_the_first,
     a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout,
     over_the_limit_a_tls_client_is_refused_before_any_key_exchange,

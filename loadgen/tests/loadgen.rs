@@ -393,7 +393,9 @@ fn wsedge_tls() -> (Server, u16, std::path::PathBuf) {
     let config = ServerConfig {
         listen: Vec::new(),
         listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(wsedge::tls::server_config(&settings).unwrap()),
+        tls: Some(wsedge::tls::shared(
+            wsedge::tls::server_config(&settings).unwrap(),
+        )),
         ..server_config(AfterUpgrade::Close, 5_000)
     };
     let server = Server::start(config).expect("start wsedge");

@@ -35,8 +35,8 @@ pub struct ReactorParts {
     pub listeners: Vec<std::net::TcpListener>,
     /// Index of the first TLS listener in `listeners`.
     pub tls_from: usize,
-    /// The TLS settings every TLS listener's connections use.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The TLS settings every TLS listener's connections use (swapped on reload).
+    pub tls: Option<crate::tls::SharedTlsConfig>,
     /// The listeners use `TCP_DEFER_ACCEPT`: a request is queued by the time of accept.
     pub defer_accept: bool,
     /// Per-connection behaviour.
@@ -77,8 +77,8 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Addresses to listen on for TLS (`wss://`), terminated with `tls`.
     pub listen_tls: Vec<SocketAddr>,
-    /// TLS settings, when there are TLS listeners.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS settings, when there are TLS listeners (swapped on reload).
+    pub tls: Option<crate::tls::SharedTlsConfig>,
     /// Number of reactor threads.
     pub threads: usize,
     /// Pin reactor `i` to CPU `i` (modulo the CPUs available).

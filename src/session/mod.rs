@@ -161,8 +161,8 @@ pub struct Driver {
     expired_turn: u64,
     /// Connections whose deadline passed, not yet handed out.
     fired: Vec<usize>,
-    /// TLS settings for connections accepted on TLS listeners.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS settings for connections accepted on TLS listeners (each takes the current ones).
+    tls: Option<crate::tls::SharedTlsConfig>,
     /// Plaintext decrypted from one read, before the connection takes it.
     plaintext: Vec<u8>,
 }
@@ -187,7 +187,7 @@ impl Driver {
         limits: Limits,
         seed: u64,
         shutdown: Arc<Shutdown>,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<crate::tls::SharedTlsConfig>,
     ) -> Self {
         // Reactors start their rotations at different upstreams, so that their first
         // connections spread.
@@ -344,7 +344,7 @@ impl Driver {
         let mut conn = Conn::new(&self.config, now);
         let admitted = self.admission.admit(open, peer, now);
         let transport = match (&self.tls, admitted.is_ok() && tls) {
-            (Some(config), true) => match TlsLink::new(config) {
+            (Some(config), true) => match TlsLink::new(&config.load_full()) {
                 Ok(link) => Transport::Tls(Box::new(link)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot start a TLS session");

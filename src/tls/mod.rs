@@ -111,6 +111,27 @@ pub enum TlsError {
     Rejected(rustls::Error),
 }
 
+/// The TLS settings every reactor reads for each new connection, swapped whole on reload:
+/// a connection keeps the settings it started with.
+pub type SharedTlsConfig = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
+/// Shares `config` for [`reload`].
+pub fn shared(config: Arc<rustls::ServerConfig>) -> SharedTlsConfig {
+    Arc::new(arc_swap::ArcSwap::new(config))
+}
+
+/// Reads `settings` again (the certificate and key files) into `shared`; on an error the
+/// running settings stay. The ticket keys and the session cache carry over, so clients
+/// resume across a reload.
+pub fn reload(shared: &SharedTlsConfig, settings: &TlsSettings) -> Result<(), TlsError> {
+    let running = shared.load_full();
+    let mut fresh = Arc::unwrap_or_clone(server_config(settings)?);
+    fresh.ticketer = Arc::clone(&running.ticketer);
+    fresh.session_storage = Arc::clone(&running.session_storage);
+    shared.store(Arc::new(fresh));
+    Ok(())
+}
+
 /// The server configuration every TLS listener shares.
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Provider::chosen();
