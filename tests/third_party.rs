@@ -27,27 +27,9 @@ fn required() -> bool {
 fn run_client(io: Io, command: impl Fn() -> Command, name: &str, expected: &[&str]) {
     let dir = common::scratch(&format!("third-party-{name}-{io:?}").replace(' ', "-"));
     let cert = common::cert(&dir, "server", &["127.0.0.1"]);
-    let server = Server::start(
-        io,
-        &[
-            "--path",
-            "/chat",
-            "--subprotocols",
-            "v2,v1",
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.cert.to_str().unwrap(),
-            "--tls-key",
-            cert.key.to_str().unwrap(),
-        ],
-    );
-    let tls_addr = server
-        .log()
-        .split("wss://")
-        .nth(1)
-        .map(|rest| rest.split([',', ' ']).next().unwrap_or_default().to_owned());
-    let tls_addr = tls_addr.expect("a TLS listener");
+    let args = ["--path", "/chat", "--subprotocols", "v2,v1"];
+    let server = Server::start_tls(io, &cert, &args);
+    let tls_addr = server.tls_addr();
     run_one(
         &server,
         command().arg(format!("ws://{}", server.addr)),

@@ -15,23 +15,11 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 /// A server with one TLS listener on `cert`, and `args`.
 fn serve(io: Io, cert: &Cert, args: &[&str]) -> Server {
-    let mut all = vec![
-        "--listen-tls",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert.to_str().unwrap(),
-        "--tls-key",
-        cert.key.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    Server::start(io, &all)
+    Server::start_tls(io, cert, args)
 }
 
-/// The TLS listener's address, from the startup line (`wss://ADDR`).
 fn tls_addr(server: &Server) -> SocketAddr {
-    let log = server.log();
-    let rest = log.split("wss://").nth(1).expect("a TLS listener");
-    rest.split([',', ' ']).next().unwrap().parse().unwrap()
+    server.tls_addr()
 }
 
 /// A rustls client trusting `roots`, offering `alpn`, limited to `versions` and `groups`

@@ -110,6 +110,28 @@ impl Server {
         server
     }
 
+    /// Like [`Server::start`], with one TLS listener on `cert` besides.
+    pub fn start_tls(io: Io, cert: &Cert, args: &[&str]) -> Server {
+        let (cert, key) = (cert.cert.to_str().unwrap(), cert.key.to_str().unwrap());
+        let mut all = vec![
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        all.extend_from_slice(args);
+        Server::start(io, &all)
+    }
+
+    /// The TLS listener's address, from the startup line (`wss://ADDR`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let rest = log.split("wss://").nth(1).expect("a TLS listener");
+        rest.split([',', ' ']).next().unwrap().parse().unwrap()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
