@@ -177,6 +177,22 @@ fn close_mode_ends_with_close_notify(io: Io) {
     );
 }
 
+/// `wsedge check wss://` reaches the 101 through wsedge's own TLS (self-signed here, so
+/// `--insecure`), and says that the upgrade works.
+fn wsedge_check_upgrades_over_tls(io: Io) {
+    let dir = scratch("check");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--after", "echo"]);
+    let url = format!("wss://localhost:{}/", tls_addr(&server).port());
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["check", &url, "--insecure", "--ping"])
+        .output()
+        .expect("wsedge check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("101"), "{stdout}");
+}
+
 fn plain_http_on_a_tls_port_gets_a_plaintext_400(io: Io) {
     let dir = scratch("plain");
     let cert = cert(&dir, "server", &["localhost"]);
@@ -444,6 +460,7 @@ on_both_backends!(
     tungstenite_echoes_and_closes_with_a_code_over_tls,
     curl_upgrades_over_tls_with_the_rfc_sample_key,
     close_mode_ends_with_close_notify,
+    wsedge_check_upgrades_over_tls,
     plain_http_on_a_tls_port_gets_a_plaintext_400,
     a_client_offering_only_h2_gets_no_application_protocol,
     tls_versions_limits_the_versions_offered,
