@@ -172,6 +172,35 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         config.limits.drain_close_code,
     );
 
+    if let Some(settings) = args.tls_settings() {
+        let certs: Vec<String> = settings
+            .pairs
+            .iter()
+            .map(|(cert, _)| cert.display().to_string())
+            .collect();
+        let groups = match &settings.groups[..] {
+            [] => "rustls's default".to_string(),
+            groups => format!("{groups:?}").to_lowercase(),
+        };
+        let versions: Vec<&str> = settings
+            .versions
+            .iter()
+            .map(|v| match v {
+                wsedge::tls::TlsVersion::V1_2 => "1.2",
+                wsedge::tls::TlsVersion::V1_3 => "1.3",
+            })
+            .collect();
+        let provider = match wsedge::tls::Provider::chosen() {
+            wsedge::tls::Provider::AwsLc => "aws-lc-rs",
+            wsedge::tls::Provider::Ring => "ring",
+        };
+        tracing::info!(
+            "TLS: certificates {} (chosen by SNI, the first by default), versions {}, \
+             groups {groups}, ALPN http/1.1, crypto {provider}",
+            certs.join(", "),
+            versions.join(",")
+        );
+    }
     if let Some(secs) = args.stats_interval {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
