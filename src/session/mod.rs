@@ -342,33 +342,35 @@ impl Driver {
     ) -> (Conn, Session, Transport, Next) {
         Counters::bump(&self.stats.accepted);
         let mut conn = Conn::new(&self.config, now);
-        let admitted = self.admission.admit(open, peer, now);
-        let transport = match (&self.tls, admitted.is_ok() && tls) {
-            (Some(config), true) => match TlsLink::new(&config.load_full()) {
-                Ok(link) => Transport::Tls(Box::new(link)),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start a TLS session");
-                    return (conn, Session::default(), Transport::Plain, Next::Close);
-                }
-            },
-            _ => Transport::Plain,
-        };
-        match admitted {
-            Ok(ip_key) => {
-                let session = Session {
-                    handshaking: true,
-                    ip_key,
-                    ..Session::default()
-                };
-                (conn, session, transport, Next::Continue)
-            }
+        let ip_key = match self.admission.admit(open, peer, now) {
+            Ok(ip_key) => ip_key,
             Err(refusal) => {
                 Counters::bump(&self.stats.admission_rejections);
                 let next = conn.refuse(refusal, &mut self.cx(now, out));
                 if tls {
                     out.clear();
                 }
-                (conn, Session::default(), transport, next)
+                return (conn, Session::default(), Transport::Plain, next);
+            }
+        };
+        // Admitted: from here the session carries the accounting, whatever happens next.
+        let session = Session {
+            handshaking: true,
+            ip_key,
+            ..Session::default()
+        };
+        let config = self.tls.as_ref().filter(|_| tls);
+        match config.map(|config| TlsLink::new(&config.load_full())) {
+            None => (conn, session, Transport::Plain, Next::Continue),
+            Some(Ok(link)) => (
+                conn,
+                session,
+                Transport::Tls(Box::new(link)),
+                Next::Continue,
+            ),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot start a TLS session");
+                (conn, session, Transport::Plain, Next::Close)
             }
         }
     }
