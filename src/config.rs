@@ -402,11 +402,6 @@ impl ServeArgs {
                 self.tls_keys.len()
             ));
         }
-        if !self.listen_tls.is_empty() && proxy {
-            return Err(
-                "--listen-tls does not work with --after proxy yet (close and echo do)".into(),
-            );
-        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use common::{client_frame, exchange, read_to_close, upgrade_request, Io, Server};
+use common::{pattern, raw_upstream, read_request_head, switching_protocols, tungstenite_upstream};
 use common::{DEADLINE, KEY};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -135,55 +136,6 @@ fn read_server_message(stream: &mut TcpStream, mut rest: Vec<u8>) -> (u8, Vec<u8
     };
     fill(&mut rest, at + len);
     (rest[0] & 0x0F, rest[at..at + len].to_vec())
-}
-
-/// A raw upstream serving `connections` connections with `serve`, on its own thread.
-fn raw_upstream(
-    connections: usize,
-    serve: impl Fn(TcpStream, Vec<u8>) + Send + 'static,
-) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for _ in 0..connections {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            stream.set_read_timeout(Some(DEADLINE)).unwrap();
-            let head = read_request_head(&mut stream);
-            serve(stream, head);
-        }
-    });
-    addr
-}
-
-/// Reads up to and including the blank line that ends a request head.
-fn read_request_head(stream: &mut TcpStream) -> Vec<u8> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    head
-}
-
-/// A correct 101 for the request `head` (which must carry a key after any PROXY header).
-fn switching_protocols(head: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let key = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-        .expect("forwarded request has a key");
-    let accept = wsedge::handshake::accept_key(key.trim().as_bytes());
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        String::from_utf8_lossy(&accept)
-    )
-    .into_bytes()
 }
 
 fn echoes_text_and_binary_from_1_byte_to_1_mib_and_answers_pings(io: Io) {
@@ -562,12 +514,6 @@ fn half_closes_are_passed_both_ways(io: Io) {
     assert_eq!(got, b"from client");
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 fn bulk_bytes_arrive_whole_and_in_order_both_ways_before_the_fins(io: Io) {
     const LEN: usize = 4 << 20;
     let (got_tx, got_rx) = mpsc::channel();
@@ -636,27 +582,6 @@ fn a_client_that_does_not_read_holds_back_the_upstream(io: Io) {
         "{written} bytes went into a client that reads nothing"
     );
     drop(stream);
-}
-
-/// A tungstenite echo server: a third-party upstream that needs no Python.
-fn tungstenite_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            thread::spawn(move || {
-                let Ok(mut socket) = tungstenite::accept(stream) else {
-                    return;
-                };
-                while let Ok(message) = socket.read() {
-                    if message.is_text() || message.is_binary() {
-                        let _ = socket.send(message);
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 fn a_tungstenite_upstream_echoes_through_the_proxy(io: Io) {

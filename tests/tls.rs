@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cert, scratch, upgrade_request, Cert, Io, Server, ACCEPT, DEADLINE, KEY};
+use common::{pattern, raw_upstream, read_to_close, switching_protocols, tungstenite_upstream};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// A server with one TLS listener on `cert`, and `args`.
@@ -456,7 +457,148 @@ fn over_the_limit_a_tls_client_is_refused_before_any_key_exchange(io: Io) {
     drop(held);
 }
 
+/// Proxy mode with TLS terminated here: the upstream speaks plaintext and learns that the
+/// client used `https`; a third-party upstream (tungstenite) echoes through the relay.
+fn proxy_mode_relays_a_tls_client_to_a_plaintext_upstream(io: Io) {
+    let dir = scratch("proxy-echo");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let upstream = tungstenite_upstream();
+    let upstream = upstream.to_string();
+    let server = serve(io, &cert, &["--after", "proxy", "--upstream", &upstream]);
+    let mut socket = upgraded(tls_addr(&server), default_client(&cert));
+    for size in [0, 1, 125, 70_000, 300_000] {
+        let blob = pattern(size, 5);
+        socket
+            .send(tungstenite::Message::binary(blob.clone()))
+            .unwrap();
+        assert_eq!(socket.read().unwrap(), tungstenite::Message::binary(blob));
+    }
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Library(4001),
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    match socket.read() {
+        Ok(tungstenite::Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("expected the upstream's close echo, got {other:?}"),
+    }
+}
+
+fn the_upstream_of_a_tls_client_sees_x_forwarded_proto_https(io: Io) {
+    let dir = scratch("proxy-proto");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let (head_tx, head_rx) = std::sync::mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let _ = head_tx.send(String::from_utf8_lossy(&head).into_owned());
+        let _ = read_to_close(&mut stream, Vec::new());
+    });
+    let upstream = upstream.to_string();
+    let server = serve(io, &cert, &["--after", "proxy", "--upstream", &upstream]);
+    let _socket = upgraded(tls_addr(&server), default_client(&cert));
+    let head = head_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream got a request");
+    assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
+    assert!(!head.contains("X-Forwarded-Proto: http\r\n"), "{head}");
+}
+
+/// Megabytes each way through the cipher, whole and in order; the client's `close_notify`
+/// reaches the upstream as a FIN, the upstream's FIN reaches the client as `close_notify`
+/// (a clean end, not a truncation).
+fn bulk_bytes_cross_a_tls_relay_whole_and_each_end_is_passed_on(io: Io) {
+    const LEN: usize = 4 << 20;
+    let dir = scratch("proxy-bulk");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let sending = std::thread::spawn(move || {
+            writer.write_all(&pattern(LEN, 1)).unwrap();
+            writer.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let _ = got_tx.send(read_to_close(&mut stream, Vec::new()));
+        sending.join().unwrap();
+    });
+    let upstream = upstream.to_string();
+    let server = serve(io, &cert, &["--after", "proxy", "--upstream", &upstream]);
+    let mut tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    tls.write_all(&upgrade_request("/", &[])).unwrap();
+    // The client writes everything before reading: the relay holds the upstream back
+    // meanwhile (bounded pipes), it does not buffer megabytes.
+    tls.write_all(&pattern(LEN, 2)).unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut received = Vec::new();
+    let end = tls.read_to_end(&mut received);
+    assert!(end.is_ok(), "the end was not a close_notify: {end:?}");
+    let split = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a 101 head")
+        + 4;
+    assert!(received.starts_with(b"HTTP/1.1 101 "));
+    assert!(
+        received[split..] == pattern(LEN, 1)[..],
+        "upstream to client: {} bytes",
+        received.len() - split
+    );
+    let got = got_rx.recv_timeout(DEADLINE).expect("upstream saw our FIN");
+    assert!(
+        got == pattern(LEN, 2),
+        "client to upstream: {} bytes",
+        got.len()
+    );
+}
+
+/// A record that does not decrypt in the middle of a relay: the client gets the alert
+/// (`bad_record_mac`), the upstream a FIN, and the pair is closed.
+fn a_corrupt_record_while_relaying_gets_an_alert_and_the_upstream_a_fin(io: Io) {
+    let dir = scratch("proxy-corrupt");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let _ = closed_tx.send(read_to_close(&mut stream, Vec::new()));
+    });
+    let upstream = upstream.to_string();
+    let server = serve(io, &cert, &["--after", "proxy", "--upstream", &upstream]);
+    let mut tls = handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    tls.write_all(&upgrade_request("/", &[])).unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // An application-data record of the right shape whose tag cannot verify.
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    forged.extend_from_slice(&[0xA5; 0x20]);
+    tls.sock.write_all(&forged).unwrap();
+    let mut rest = Vec::new();
+    let error = tls
+        .read_to_end(&mut rest)
+        .expect_err("an alert, not a clean end");
+    let alert = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+        )),
+        "{error}"
+    );
+    closed_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream got a FIN");
+}
+
 on_both_backends!(
+    proxy_mode_relays_a_tls_client_to_a_plaintext_upstream,
+    the_upstream_of_a_tls_client_sees_x_forwarded_proto_https,
+    bulk_bytes_cross_a_tls_relay_whole_and_each_end_is_passed_on,
+    a_corrupt_record_while_relaying_gets_an_alert_and_the_upstream_a_fin,
     tungstenite_echoes_and_closes_with_a_code_over_tls,
     curl_upgrades_over_tls_with_the_rfc_sample_key,
     close_mode_ends_with_close_notify,

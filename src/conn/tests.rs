@@ -293,6 +293,7 @@ impl Harness {
         let peers = Peers {
             client: "192.0.2.1:5000".parse().unwrap(),
             local: "127.0.0.1:80".parse().unwrap(),
+            tls: false,
         };
         let mut cx = Ctx {
             config: &self.config,

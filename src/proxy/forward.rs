@@ -17,6 +17,8 @@ pub struct Peers {
     pub client: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
+    /// The client spoke TLS to the edge (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1, plus the
@@ -98,7 +100,10 @@ pub fn write_upstream_request(
             out.extend_from_slice(b", ");
         }
         write_ip(peers.client.ip(), out);
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ");
+        out.extend_from_slice(match peers.tls {
+            true => b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ",
+            false => b"\r\nX-Forwarded-Proto: http\r\nX-Real-IP: ",
+        });
         write_ip(peers.client.ip(), out);
         out.extend_from_slice(b"\r\n");
     }
@@ -271,6 +276,7 @@ mod tests {
         Peers {
             client: "198.51.100.4:40000".parse().unwrap(),
             local: "10.0.0.1:443".parse().unwrap(),
+            tls: false,
         }
     }
 
@@ -330,6 +336,25 @@ mod tests {
         assert!(text.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 198.51.100.4\r\n"));
         assert!(text.contains("X-Real-IP: 198.51.100.4\r\n") && !text.contains("6.6.6.6"));
         assert!(text.contains("X-Forwarded-Proto: http\r\n") && !text.contains("https"));
+    }
+
+    #[test]
+    fn a_client_that_spoke_tls_to_the_edge_is_forwarded_as_https() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: http\r\n\r\n";
+        let mut out = Vec::new();
+        let peers = Peers {
+            tls: true,
+            ..peers()
+        };
+        assert!(write_upstream_request(
+            head,
+            peers,
+            Forwarding::Headers,
+            &mut out
+        ));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("X-Forwarded-Proto").count(), 1, "{text}");
+        assert!(text.contains("X-Forwarded-Proto: https\r\n"), "{text}");
     }
 
     #[test]

@@ -8,8 +8,18 @@
 //! pair is closed once both FINs are passed; a reset or any error on one side closes both,
 //! the survivor with a reset ([`Side::other`]), as a transparent relay passes it on (which
 //! also spares that peer the FIN exchange and a TIME_WAIT entry).
+//!
+//! # A client that speaks TLS
+//! The link takes over the client's TLS session when the relay starts ([`Link::begin`]):
+//! the pipe toward the upstream then holds plaintext and the pipe toward the client records.
+//! Bytes read from either side go through [`Link::relay_in`], which decrypts or seals them
+//! on their way; the client's `close_notify` is its FIN, the upstream's FIN becomes a
+//! `close_notify` ahead of the client's. A record that does not decrypt ends both
+//! directions: its alert goes to the client, then both FINs. Such a relay never splices
+//! (the bytes have to pass through the cipher) and is written from the pipes only.
 
 use super::{Fin, Pipe};
+use crate::transport::{TlsEnd, TlsLink, Transport};
 
 /// One end of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +78,6 @@ impl Flow {
 }
 
 /// A proxied client's upstream connection, as far as no socket is concerned.
-#[derive(Debug)]
 pub struct Link {
     /// Which upstream, to pass it over if it refuses.
     pub upstream: usize,
@@ -79,6 +88,21 @@ pub struct Link {
     pub confirmed: bool,
     to_client: Flow,
     to_upstream: Flow,
+    /// The client's TLS session, once the relay has started.
+    tls: Option<Box<TlsLink>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("upstream", &self.upstream)
+            .field("attempts", &self.attempts)
+            .field("confirmed", &self.confirmed)
+            .field("to_client", &self.to_client)
+            .field("to_upstream", &self.to_upstream)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Link {
@@ -94,7 +118,56 @@ impl Link {
             confirmed: false,
             to_client,
             to_upstream: Flow::default(),
+            tls: None,
         }
+    }
+
+    /// The relay starts with the upstream's `answer` (its 101 and whatever followed): from
+    /// here on the client's TLS session, if it has one, is the link's.
+    pub fn begin(&mut self, transport: &mut Transport, answer: &[u8]) {
+        self.tls = transport.take_tls();
+        self.relay_in(Side::Upstream, answer);
+    }
+
+    /// Whether the relayed bytes are the sockets' bytes (no TLS to pass through): only then
+    /// may a backend write straight from its read buffer or splice.
+    pub fn is_plain(&self) -> bool {
+        self.tls.is_none()
+    }
+
+    /// Bytes read from `source`, queued toward the other side (through the client's TLS
+    /// session, if it has one).
+    pub fn relay_in(&mut self, source: Side, bytes: &[u8]) {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.toward(source.other()).pipe.push(bytes);
+        };
+        match source {
+            Side::Upstream => tls.send(bytes, &mut self.to_client.pipe),
+            Side::Client => {
+                let plaintext = self.to_upstream.pipe.tail();
+                match tls.receive(bytes, plaintext, &mut self.to_client.pipe) {
+                    TlsEnd::Open | TlsEnd::PlainHttp => {}
+                    TlsEnd::Closed => self.to_upstream.fin.read(),
+                    TlsEnd::Failed(error) => {
+                        tracing::debug!(%error, "TLS failed while relaying");
+                        // The alert is queued: nothing more is read from either side.
+                        self.to_upstream.fin.read();
+                        self.to_client.fin.read();
+                    }
+                }
+            }
+        }
+    }
+
+    /// `source` sent its FIN (a read returned 0). Over TLS the upstream's end is told to the
+    /// client as `close_notify`, before the FIN.
+    pub fn end_of(&mut self, source: Side) {
+        if source == Side::Upstream && !self.to_client.fin.is_read() {
+            if let Some(tls) = self.tls.as_deref_mut() {
+                tls.close_notify(&mut self.to_client.pipe);
+            }
+        }
+        self.toward(source.other()).fin.read();
     }
 
     /// The bytes and FIN on their way to `sink`.

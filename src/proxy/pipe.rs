@@ -39,6 +39,12 @@ impl Pipe {
         self.back.extend_from_slice(bytes);
     }
 
+    /// Where bytes appended go out after everything queued (for a writer that fills a
+    /// `Vec` itself, as TLS decryption does).
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        &mut self.back
+    }
+
     /// The bytes to write next (empty when nothing is held).
     pub fn unsent(&mut self) -> &[u8] {
         if self.sent == self.front.len() && !self.back.is_empty() {

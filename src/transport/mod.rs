@@ -28,6 +28,19 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Whether the connection speaks TLS (terminated here).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// The TLS session, handed over to a relay (the connection's own output ends there).
+    pub fn take_tls(&mut self) -> Option<Box<TlsLink>> {
+        match std::mem::replace(self, Transport::Plain) {
+            Transport::Tls(tls) => Some(tls),
+            Transport::Plain => None,
+        }
+    }
+
     /// The output of the last call on its way to the socket: over TLS sealed into records in
     /// `outbox` (`out` left empty), with `close_notify` after it when `next` ends the stream;
     /// over plain TCP left in `out`, for the backend to write as it is. A TLS handshake cut
@@ -43,6 +56,25 @@ impl Transport {
         if matches!(next, Next::Close | Next::HalfClose) && !tls.is_handshaking() {
             tls.close_notify(outbox);
         }
+    }
+}
+
+/// Where bytes bound for a socket queue up: a connection's [`Outbox`], or a relay's
+/// [`crate::proxy::Pipe`] (TLS records go to either).
+pub trait Sink {
+    /// Keeps `bytes` to send after what is already held.
+    fn push(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Outbox {
+    fn push(&mut self, bytes: &[u8]) {
+        Outbox::push(self, bytes)
+    }
+}
+
+impl Sink for crate::proxy::Pipe {
+    fn push(&mut self, bytes: &[u8]) {
+        crate::proxy::Pipe::push(self, bytes)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use super::Outbox;
+use super::Sink;
 
 /// One connection's TLS state (rustls's buffered server connection).
 pub struct TlsLink {
@@ -28,10 +28,10 @@ pub enum TlsEnd {
     Failed(rustls::Error),
 }
 
-/// Appends what rustls writes to the outbox.
-struct Records<'a>(&'a mut Outbox);
+/// Appends what rustls writes to the queue for the socket.
+struct Records<'a, S>(&'a mut S);
 
-impl Write for Records<'_> {
+impl<S: Sink> Write for Records<'_, S> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.push(bytes);
         Ok(bytes.len())
@@ -59,12 +59,12 @@ impl TlsLink {
     }
 
     /// Ciphertext read from the socket: the plaintext it holds is appended to `plaintext`;
-    /// what rustls has to send (handshake messages, alerts) goes to `outbox`.
+    /// what rustls has to send (handshake messages, alerts) goes to `records`.
     pub fn receive(
         &mut self,
         mut input: &[u8],
         plaintext: &mut Vec<u8>,
-        outbox: &mut Outbox,
+        records: &mut impl Sink,
     ) -> TlsEnd {
         if !std::mem::replace(&mut self.started, true)
             && input.first().is_some_and(|&b| b != HANDSHAKE_RECORD)
@@ -100,21 +100,21 @@ impl TlsLink {
                 end = TlsEnd::Closed;
             }
         }
-        self.flush(outbox);
+        self.flush(records);
         end
     }
 
-    /// Seals the connection's plaintext into records in `outbox`.
-    pub fn send(&mut self, plaintext: &[u8], outbox: &mut Outbox) {
+    /// Seals the connection's plaintext into records in `records`.
+    pub fn send(&mut self, plaintext: &[u8], records: &mut impl Sink) {
         // With no buffer limit the writer takes everything.
         let _ = self.conn.writer().write_all(plaintext);
-        self.flush(outbox);
+        self.flush(records);
     }
 
     /// Queues `close_notify`: the peer learns that the end of the stream is not a truncation.
-    pub fn close_notify(&mut self, outbox: &mut Outbox) {
+    pub fn close_notify(&mut self, records: &mut impl Sink) {
         self.conn.send_close_notify();
-        self.flush(outbox);
+        self.flush(records);
     }
 
     /// Whether the TLS handshake is done.
@@ -134,9 +134,9 @@ impl TlsLink {
         Some((tls13, resumed))
     }
 
-    fn flush(&mut self, outbox: &mut Outbox) {
+    fn flush(&mut self, records: &mut impl Sink) {
         while self.conn.wants_write() {
-            if self.conn.write_tls(&mut Records(outbox)).is_err() {
+            if self.conn.write_tls(&mut Records(records)).is_err() {
                 break;
             }
         }

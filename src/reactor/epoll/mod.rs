@@ -375,7 +375,7 @@ impl Reactor {
         };
         if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            upstream.push_to_client(&self.out);
+            upstream.begin(&mut client.transport, &mut client.outbox, &self.out);
             self.out.clear();
         }
         if !client.conn.wants_upstream() {

@@ -37,6 +37,7 @@ use crate::conn::Next;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
 use crate::session::UpstreamFailure;
+use crate::transport::{Outbox, Transport};
 
 /// A client's upstream socket, the readiness of both sides, and the [`Link`].
 pub(super) struct Upstream {
@@ -77,9 +78,13 @@ impl Upstream {
         source.hup |= hup;
     }
 
-    /// Bytes for the client (the upstream's 101 first).
-    pub(super) fn push_to_client(&mut self, bytes: &[u8]) {
-        self.link.toward(Side::Client).pipe.push(bytes);
+    /// The relay starts: `held` (output the client's socket has not taken, TLS records of
+    /// its handshake) and then the upstream's `answer` lead the bytes to the client.
+    pub(super) fn begin(&mut self, transport: &mut Transport, held: &mut Outbox, answer: &[u8]) {
+        let to_client = &mut self.link.toward(Side::Client).pipe;
+        to_client.push(held.pending());
+        held.sent(held.pending().len());
+        self.link.begin(transport, answer);
     }
 
     /// Whether bytes wait for the client's socket to take them.
@@ -145,30 +150,36 @@ struct Moved {
 }
 
 /// Moves bytes from side `source` (`from`) to the other (`to`): reads while the source is
-/// readable and the pipe has room, up to a budget; writes straight from the read buffer
-/// when nothing is queued, so that the pipe only fills when `to` is slower than `from`.
-/// Passes a FIN on when it is due. An error names the side that broke.
+/// readable and the pipe has room, up to a budget; writes plain bytes straight from the read
+/// buffer when nothing is queued, so that the pipe only fills when `to` is slower than
+/// `from` (bytes through TLS go through the pipe). Passes a FIN on when it is due. An error
+/// names the side that broke.
 fn pump(
     (mut from, source): (&TcpStream, Side),
     to: &TcpStream,
-    flow: &mut Flow,
+    link: &mut Link,
     src: &mut Source,
     buffer: &mut [u8],
 ) -> Result<Moved, Side> {
     let source_broke = |_: io::Error| source;
     let sink_broke = |_: io::Error| source.other();
+    let sink = source.other();
+    let plain = link.is_plain();
     let mut moved = Moved::default();
-    flush(to, &mut flow.pipe).map_err(sink_broke)?;
-    if let Some(kernel) = src.splice.as_deref_mut().filter(|_| flow.pipe.is_empty()) {
-        kernel.drain(to).map_err(sink_broke)?;
+    flush(to, &mut link.toward(sink).pipe).map_err(sink_broke)?;
+    if let Some(kernel) = src.splice.as_deref_mut() {
+        if link.toward(sink).pipe.is_empty() {
+            kernel.drain(to).map_err(sink_broke)?;
+        }
     }
     let mut reads = 0;
-    while src.readable && flow.may_read() {
+    while src.readable && link.may_read(source) {
         if reads == READ_BUDGET {
             moved.more = true;
             break;
         }
         reads += 1;
+        let flow = link.toward(sink);
         if let Some(kernel) = src.splice.as_deref_mut() {
             // Bulk: socket to pipe to socket, no copy. Copied bytes still queued go first.
             if !flow.pipe.is_empty() || kernel.len >= SPLICE_PIPE_CAPACITY {
@@ -196,19 +207,20 @@ fn pump(
         }
         let room = flow.pipe.room().min(buffer.len());
         match from.read(&mut buffer[..room]) {
-            Ok(0) => flow.fin.read(),
+            Ok(0) => link.end_of(source),
             Ok(n) => {
                 moved.any = true;
-                set_nodelay_once(to, flow);
+                set_nodelay_once(to, link.toward(sink));
                 // Drained: the next byte raises a new edge (see "Draining readiness").
                 src.readable = n == room || src.hup;
-                let written = match flow.pipe.is_empty() {
+                let flow = link.toward(sink);
+                let written = match plain && flow.pipe.is_empty() {
                     true => write_some(to, &buffer[..n]).map_err(sink_broke)?,
                     false => 0,
                 };
-                flow.pipe.push(&buffer[written..n]);
-                flush(to, &mut flow.pipe).map_err(sink_broke)?;
-                if n >= SPLICE_THRESHOLD {
+                link.relay_in(source, &buffer[written..n]);
+                flush(to, &mut link.toward(sink).pipe).map_err(sink_broke)?;
+                if plain && n >= SPLICE_THRESHOLD {
                     // Out of descriptors: stay on copies.
                     src.splice = SplicePipe::new().ok().map(Box::new);
                 }
@@ -218,7 +230,7 @@ fn pump(
             Err(e) => return Err(source_broke(e)),
         }
     }
-    if flow.fin_due(src.spliced() > 0) {
+    if link.toward(sink).fin_due(src.spliced() > 0) {
         // The peer may be gone already; the other direction reports that.
         sys::shutdown_write(to);
     }
@@ -260,6 +272,7 @@ impl Reactor {
         let peers = Peers {
             client: client.peer,
             local: local.unwrap_or(client.peer),
+            tls: client.transport.is_tls(),
         };
         client
             .conn
@@ -462,16 +475,18 @@ impl Reactor {
         let up = pump(
             (&client.stream, Side::Client),
             &upstream.stream,
-            link.toward(Side::Upstream),
+            link,
             from_client,
             buffer,
         );
-        // One side failed: both close, nothing more moves.
+        // One side failed: both close, nothing more moves. Over TLS, reading the client
+        // can queue records for it (an alert, a `close_notify`): the other direction
+        // writes them.
         let down = up.as_ref().map_err(|&broken| broken).and_then(|_| {
             pump(
                 (&upstream.stream, Side::Upstream),
                 &client.stream,
-                upstream.link.toward(Side::Client),
+                &mut upstream.link,
                 &mut upstream.from_upstream,
                 buffer,
             )

@@ -588,25 +588,25 @@ impl Reactor {
             let Some(upstream) = client.upstream.as_deref_mut() else {
                 return;
             };
-            let to = upstream.link.toward(side.other());
-            return match data {
+            let link = &mut upstream.link;
+            match data {
                 Some((bid, data)) => {
-                    to.pipe.push(data);
+                    link.relay_in(side, data);
                     ring.recycle(bid);
-                    if to.set_nodelay_now() {
+                    if link.toward(side.other()).set_nodelay_now() {
                         if let Some(fd) = &upstream.fd {
                             sys::set_nodelay(fd);
                         }
                     }
                     client.conn.on_relayed(&ctx!(self, now));
-                    self.send_to(key, side.other())
                 }
-                None if result == 0 => {
-                    to.fin.read();
-                    self.pass_fins(key)
-                }
-                None => self.relay_broken(key, side),
-            };
+                None if result == 0 => link.end_of(side),
+                None => return self.relay_broken(key, side),
+            }
+            // Over TLS either side's input can be bound for the client (records, alerts).
+            self.send_to(key, Side::Upstream);
+            self.send_to(key, Side::Client);
+            return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
             let (conn, transport) = (&mut client.conn, &mut client.transport);
@@ -750,6 +750,11 @@ impl Reactor {
         };
         if !client.outbox.pending().is_empty() {
             return self.submit_send(key, false);
+        }
+        if client.conn.is_relaying() {
+            // The relay's sends to the client waited for this output (see `send_to`).
+            self.send_to(key, Side::Client);
+            return self.pass_fins(key);
         }
         match client.session.flushed() {
             AfterFlush::Nothing => {}

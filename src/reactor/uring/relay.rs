@@ -49,7 +49,7 @@ impl Client {
 }
 
 /// The client as the upstream should see it, and the address it reached.
-fn peers(socket: BorrowedFd<'_>, forwarding: Forwarding) -> Option<Peers> {
+fn peers(socket: BorrowedFd<'_>, forwarding: Forwarding, tls: bool) -> Option<Peers> {
     let client = sys::socket_addr(socket, false)?;
     let local = match forwarding {
         Forwarding::ProxyV2 => sys::socket_addr(socket, true),
@@ -58,6 +58,7 @@ fn peers(socket: BorrowedFd<'_>, forwarding: Forwarding) -> Option<Peers> {
     Some(Peers {
         client,
         local: local.unwrap_or(client),
+        tls,
     })
 }
 
@@ -126,7 +127,8 @@ impl Reactor {
         };
         // Multishot accept reports no address: asked for here, once per proxied client.
         let socket = client.socket().filter(|_| result >= 0);
-        let peers = socket.map(|socket| peers(socket, forwarding));
+        let tls = client.transport.is_tls();
+        let peers = socket.map(|socket| peers(socket, forwarding, tls));
         let Some(upstream) = client.upstream.as_deref_mut() else {
             return;
         };
@@ -159,11 +161,16 @@ impl Reactor {
     }
 
     /// Sends the front of the pipe towards `to`, unless a send to it is in flight, its
-    /// socket is going away (or not connected yet), or nothing is held.
+    /// socket is going away (or not connected yet), or nothing is held. The relay's first
+    /// send to the client waits for the client's own output (TLS records of its handshake)
+    /// to be out: one stream, one send at a time.
     pub(super) fn send_to(&mut self, key: usize, to: Side) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        if to == Side::Client && !client.outbox.is_empty() {
+            return;
+        }
         let (op, _) = ops_of(to);
         let Some(fd) = client.socket_of(to).map(|s| s.as_raw_fd()) else {
             return;
@@ -187,10 +194,13 @@ impl Reactor {
 
     /// The upstream's 101 (in `out`) starts the relay: it leads the bytes to the client.
     pub(super) fn start_relay(&mut self, key: usize) {
-        let Some(upstream) = self.clients.get_mut(key).and_then(|c| c.upstream.as_mut()) else {
+        let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        upstream.link.toward(Side::Client).pipe.push(&self.out);
+        let Some(upstream) = client.upstream.as_mut() else {
+            return;
+        };
+        upstream.link.begin(&mut client.transport, &self.out);
         self.out.clear();
         self.send_to(key, Side::Client);
         // Bytes the client sent after its request were held back until now.
@@ -247,11 +257,12 @@ impl Reactor {
             return;
         }
         let ops = client.ops;
+        let outbox_waits = !client.outbox.is_empty();
         let Some(upstream) = client.upstream.as_deref_mut() else {
             return;
         };
         let due = [Side::Upstream, Side::Client].map(|to| {
-            let sending = ops.has(ops_of(to).0);
+            let sending = ops.has(ops_of(to).0) || (to == Side::Client && outbox_waits);
             (to, upstream.link.toward(to).fin_due(sending))
         });
         let over = upstream.link.is_over();
