@@ -62,20 +62,39 @@ impl Transport {
 /// Where bytes bound for a socket queue up: a connection's [`Outbox`], or a relay's
 /// [`crate::proxy::Pipe`] (TLS records go to either).
 pub trait Sink {
-    /// Keeps `bytes` to send after what is already held.
-    fn push(&mut self, bytes: &[u8]);
+    /// Appends what `fill` writes into `len` bytes of room at the end (it returns how many
+    /// it wrote), so that records are made in place.
+    fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> usize);
 }
 
 impl Sink for Outbox {
-    fn push(&mut self, bytes: &[u8]) {
-        Outbox::push(self, bytes)
+    fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+        if len == 0 {
+            return;
+        }
+        let buffers = self.buffers.get_or_insert_with(Box::default);
+        let tail = match buffers.in_flight {
+            true => &mut buffers.back,
+            false => &mut buffers.front,
+        };
+        append_to(tail, len, fill);
+        if buffers.front.is_empty() && buffers.back.is_empty() && !buffers.in_flight {
+            self.buffers = None;
+        }
     }
 }
 
 impl Sink for crate::proxy::Pipe {
-    fn push(&mut self, bytes: &[u8]) {
-        crate::proxy::Pipe::push(self, bytes)
+    fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+        append_to(self.tail(), len, fill)
     }
+}
+
+fn append_to(tail: &mut Vec<u8>, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+    let start = tail.len();
+    tail.resize(start + len, 0);
+    let written = fill(&mut tail[start..]).min(len);
+    tail.truncate(start + written);
 }
 
 /// Bytes queued for a socket, written by a synchronous writer: what to write next, and how

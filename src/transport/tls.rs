@@ -1,14 +1,28 @@
 //! TLS behind the transport seam: ciphertext in, plaintext to the connection; plaintext from
-//! the connection, records out to the [`Outbox`]; `close_notify` before a close.
+//! the connection, records out to a [`Sink`]; `close_notify` before a close.
+//!
+//! # Memory
+//! rustls's unbuffered connection, driven here, holds no buffer of its own: records are
+//! decrypted in a per-thread scratch buffer (one per reactor) and written straight into the
+//! connection's outbox or relay pipe. Between reads a connection keeps only what did not
+//! make a whole record yet, usually nothing. An idle `wss` connection thus costs rustls's
+//! state (its record keys, the key schedule) and no buffers: about 2.2 KB here against
+//! 7.5 KB with rustls's buffered connection, whose read buffer never goes below 4 KiB
+//! (`benches/tls_memory.rs` measures both).
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
 use std::sync::Arc;
+
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 
 use super::Sink;
 
-/// One connection's TLS state (rustls's buffered server connection).
+/// One connection's TLS state.
 pub struct TlsLink {
-    conn: rustls::ServerConnection,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext short of a whole record, kept for the next read (unallocated when empty).
+    partial: Vec<u8>,
     /// Bytes have arrived: the first read decides whether this is TLS at all.
     started: bool,
     /// The completed handshake was reported ([`TlsLink::established`]).
@@ -24,45 +38,40 @@ pub enum TlsEnd {
     Closed,
     /// The first bytes are not a TLS record but plain HTTP (or other plaintext).
     PlainHttp,
-    /// TLS failed: the alert that says why is in the outbox; close once it is out.
+    /// TLS failed: the alert that says why is queued; close once it is out.
     Failed(rustls::Error),
-}
-
-/// Appends what rustls writes to the queue for the socket.
-struct Records<'a, S>(&'a mut S);
-
-impl<S: Sink> Write for Records<'_, S> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.push(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The first byte of a TLS handshake record (content type 22).
 const HANDSHAKE_RECORD: u8 = 0x16;
 
+/// State changes one call may go through: far more than any input needs (each step
+/// consumes a record or emits one), a bound so that no input can make it loop.
+const MAX_STEPS: usize = 4096;
+
+thread_local! {
+    /// Where records are decrypted in place: one per reactor thread, reused by every call.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+type Status<'c, 'i> = UnbufferedStatus<'c, 'i, ServerConnectionData>;
+
 impl TlsLink {
     /// A server session for a connection just accepted on a TLS listener.
     pub fn new(config: &Arc<rustls::ServerConfig>) -> Result<TlsLink, rustls::Error> {
-        let mut conn = rustls::ServerConnection::new(Arc::clone(config))?;
-        // Records are moved to the outbox as soon as they are made: rustls holds no backlog.
-        conn.set_buffer_limit(None);
         Ok(TlsLink {
-            conn,
+            conn: UnbufferedServerConnection::new(Arc::clone(config))?,
+            partial: Vec::new(),
             started: false,
             reported: false,
         })
     }
 
     /// Ciphertext read from the socket: the plaintext it holds is appended to `plaintext`;
-    /// what rustls has to send (handshake messages, alerts) goes to `records`.
+    /// what rustls has to send (handshake messages, tickets, alerts) goes to `records`.
     pub fn receive(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         plaintext: &mut Vec<u8>,
         records: &mut impl Sink,
     ) -> TlsEnd {
@@ -71,50 +80,107 @@ impl TlsLink {
         {
             return TlsEnd::PlainHttp;
         }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.receive_in(&mut scratch, input, plaintext, records),
+            // Not reached (no call re-enters): a buffer of its own then.
+            Err(_) => self.receive_in(&mut Vec::new(), input, plaintext, records),
+        })
+    }
+
+    fn receive_in(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        input: &[u8],
+        plaintext: &mut Vec<u8>,
+        records: &mut impl Sink,
+    ) -> TlsEnd {
+        buffer.clear();
+        buffer.extend_from_slice(&self.partial);
+        buffer.extend_from_slice(input);
+        let mut consumed = 0;
         let mut end = TlsEnd::Open;
-        while !input.is_empty() && end == TlsEnd::Open {
-            // Takes what fits in rustls's buffer; the rest after the records are processed.
-            if let Err(error) = self.conn.read_tls(&mut input) {
-                end = TlsEnd::Failed(rustls::Error::General(error.to_string()));
-                break;
-            }
-            let state = match self.conn.process_new_packets() {
+        for _ in 0..MAX_STEPS {
+            let Status { mut discard, state } =
+                self.conn.process_tls_records(&mut buffer[consumed..]);
+            let state = match state {
                 Ok(state) => state,
                 Err(error) => {
                     end = TlsEnd::Failed(error);
                     break;
                 }
             };
-            let (waiting, closed) = (state.plaintext_bytes_to_read(), state.peer_has_closed());
-            let start = plaintext.len();
-            plaintext.resize(start + waiting, 0);
-            if self
-                .conn
-                .reader()
-                .read_exact(&mut plaintext[start..])
-                .is_err()
-            {
-                plaintext.truncate(start);
+            match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plaintext.extend_from_slice(record.payload);
+                            }
+                            Err(error) => {
+                                end = TlsEnd::Failed(error);
+                                break;
+                            }
+                        }
+                    }
+                }
+                ConnectionState::ReadEarlyData(mut early) => {
+                    // Not offered (no early data is configured); read like traffic if sent.
+                    while let Some(Ok(record)) = early.next_record() {
+                        discard += record.discard;
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append(records, |out| match encode.encode(out) {
+                        Ok(n) => Ok(n),
+                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                        Err(_) => Err(None),
+                    });
+                }
+                // The records are in the sink: the backend sends them from there.
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::PeerClosed | ConnectionState::Closed => end = TlsEnd::Closed,
+                // Everything whole is processed: the rest waits for more bytes.
+                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => {
+                    consumed += discard;
+                    break;
+                }
+                _ => {}
             }
-            if closed {
-                end = TlsEnd::Closed;
+            consumed += discard;
+            if end != TlsEnd::Open {
+                break;
             }
         }
-        self.flush(records);
+        if let TlsEnd::Failed(_) = end {
+            // The alert that says why.
+            self.flush(records);
+        }
+        self.partial.clear();
+        if end == TlsEnd::Open {
+            self.partial
+                .extend_from_slice(buffer.get(consumed..).unwrap_or_default());
+        }
+        if self.partial.is_empty() {
+            self.partial = Vec::new();
+        }
         end
     }
 
-    /// Seals the connection's plaintext into records in `records`.
+    /// Seals the connection's plaintext into records in `records`. Before the handshake is
+    /// done there is no session to seal it with: it is dropped (nothing is written then).
     pub fn send(&mut self, plaintext: &[u8], records: &mut impl Sink) {
-        // With no buffer limit the writer takes everything.
-        let _ = self.conn.writer().write_all(plaintext);
-        self.flush(records);
+        self.with_traffic(records, |traffic, out| {
+            traffic.encrypt(plaintext, out).map_err(too_small)
+        });
     }
 
     /// Queues `close_notify`: the peer learns that the end of the stream is not a truncation.
     pub fn close_notify(&mut self, records: &mut impl Sink) {
-        self.conn.send_close_notify();
-        self.flush(records);
+        self.with_traffic(records, |traffic, out| {
+            traffic.queue_close_notify(out).map_err(too_small)
+        });
     }
 
     /// Whether the TLS handshake is done.
@@ -134,11 +200,56 @@ impl TlsLink {
         Some((tls13, resumed))
     }
 
+    /// Writes what rustls has queued (an alert, a key update, tickets) into `records`.
     fn flush(&mut self, records: &mut impl Sink) {
-        while self.conn.wants_write() {
-            if self.conn.write_tls(&mut Records(records)).is_err() {
-                break;
+        self.with_traffic(records, |_, _| Ok(0));
+    }
+
+    /// Writes what rustls has queued, then, once application data may be sent, what
+    /// `write` makes of it.
+    fn with_traffic<S: Sink>(
+        &mut self,
+        records: &mut S,
+        mut write: impl FnMut(
+            &mut rustls::unbuffered::WriteTraffic<'_, ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, Option<usize>>,
+    ) {
+        for _ in 0..MAX_STEPS {
+            let Status { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    append(records, |out| match encode.encode(out) {
+                        Ok(n) => Ok(n),
+                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                        Err(_) => Err(None),
+                    });
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                    append(records, |out| write(&mut traffic, out));
+                    return;
+                }
+                _ => return,
             }
         }
+    }
+}
+
+fn too_small(error: EncryptError) -> Option<usize> {
+    match error {
+        EncryptError::InsufficientSize(e) => Some(e.required_size),
+        _ => None,
+    }
+}
+
+/// Appends to `records` what `encode` writes: asked first with no room, it says how much it
+/// needs (`Err(Some(size))`), so that the sink grows once and only when there is something.
+fn append(
+    records: &mut impl Sink,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) {
+    if let Err(Some(needed)) = encode(&mut []) {
+        records.append(needed, |room| encode(room).unwrap_or(0));
     }
 }

@@ -1,0 +1,149 @@
+//! Heap bytes rustls holds per idle `wss` connection, in memory (no sockets, no noise): a
+//! thousand TLS 1.3 handshakes against a rustls client (ECDSA P-256, X25519, tickets), then
+//! the live heap of the server sides that stay, counted by a counting allocator. Two server
+//! sides: wsedge's `TlsLink` (rustls's unbuffered connection) and rustls's buffered
+//! `ServerConnection` as a plain server would keep it.
+//!
+//!     cargo bench --bench tls_memory
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use wsedge::transport::{Outbox, Queue, TlsEnd, TlsLink};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is kept.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        LIVE.fetch_add(size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const CONNECTIONS: usize = 1000;
+
+fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let dir = std::env::temp_dir().join(format!("wsedge-tls-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let settings = wsedge::tls::TlsSettings {
+        pairs: vec![(cert_path, key_path)],
+        versions: vec![wsedge::tls::TlsVersion::V1_3],
+        groups: vec![wsedge::tls::TlsGroup::X25519],
+    };
+    let server = wsedge::tls::server_config(&settings).expect("server config");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (server, Arc::new(client))
+}
+
+fn client_flight(client: &mut rustls::ClientConnection) -> Vec<u8> {
+    let mut flight = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut flight).expect("client write");
+    }
+    flight
+}
+
+fn client_takes(client: &mut rustls::ClientConnection, mut records: &[u8]) {
+    while !records.is_empty() {
+        client.read_tls(&mut records).expect("client read");
+        client.process_new_packets().expect("client process");
+    }
+}
+
+/// The heap the kept server sides hold, per connection (measured by dropping them).
+fn per_connection<T>(kept: Vec<T>) -> isize {
+    let with = LIVE.load(Ordering::Relaxed);
+    drop(kept);
+    (with - LIVE.load(Ordering::Relaxed)) / CONNECTIONS as isize
+}
+
+fn tls_links(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) -> isize {
+    let mut kept = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let name = "localhost".try_into().expect("name");
+        let mut peer = rustls::ClientConnection::new(Arc::clone(client), name).expect("client");
+        let mut link = Box::new(TlsLink::new(server).expect("server"));
+        let mut plaintext = Vec::new();
+        while peer.is_handshaking() || link.is_handshaking() || peer.wants_write() {
+            let mut outbox = Outbox::default();
+            let end = link.receive(&client_flight(&mut peer), &mut plaintext, &mut outbox);
+            assert_eq!(end, TlsEnd::Open);
+            client_takes(&mut peer, outbox.unsent());
+        }
+        kept.push(link);
+    }
+    per_connection(kept)
+}
+
+fn buffered(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) -> isize {
+    let mut kept = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let name = "localhost".try_into().expect("name");
+        let mut peer = rustls::ClientConnection::new(Arc::clone(client), name).expect("client");
+        let mut conn = Box::new(rustls::ServerConnection::new(Arc::clone(server)).expect("server"));
+        while peer.is_handshaking() || conn.is_handshaking() || peer.wants_write() {
+            let flight = client_flight(&mut peer);
+            let mut input = &flight[..];
+            while !input.is_empty() {
+                conn.read_tls(&mut input).expect("server read");
+                conn.process_new_packets().expect("server process");
+            }
+            let mut records = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut records).expect("server write");
+            }
+            client_takes(&mut peer, &records);
+        }
+        kept.push(conn);
+    }
+    per_connection(kept)
+}
+
+fn main() {
+    let (server, client) = configs();
+    let link = tls_links(&server, &client);
+    let plain = buffered(&server, &client);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "heap per idle TLS 1.3 connection, {CONNECTIONS} kept (boxed, so the struct is counted):"
+    );
+    let _ = writeln!(out, "  wsedge TlsLink (rustls unbuffered): {link} bytes");
+    let _ = writeln!(out, "  rustls ServerConnection (buffered): {plain} bytes");
+}
