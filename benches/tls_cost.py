@@ -11,6 +11,10 @@ certificate, version and group, tickets on, and answers the upgrade in Lua. Then
 connection holds (`hold` of --idle connections, echo mode).
 
     benches/tls_cost.py [--wsedge BIN] [--loadgen BIN] [--rounds 5] [--count 20000] [--idle 5000]
+                        [--baseline BIN] [--servers epoll,uring,floor] [--no-resume] [--no-nginx]
+
+`--baseline BIN` adds another wsedge build's rows (`baseline-epoll`, `baseline-uring`) to the
+same interleaved rounds, for an A/B of a change.
 """
 
 import argparse
@@ -25,6 +29,7 @@ from ab import cpu_seconds, free_port, start as ab_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR = None  # the tls_floor bench binary, built in main()
+BASELINE = None  # --baseline
 
 
 def make_cert(directory):
@@ -59,6 +64,8 @@ def nginx_argv(port, cert, key):
 
 
 def start(wsedge, io, after, port, cert, key):
+    if io.startswith("baseline-"):
+        wsedge, io = BASELINE, io.removeprefix("baseline-")
     if io == "floor":
         return ab_start([FLOOR, str(port), cert, key], port, "0")
     if io == "nginx":
@@ -130,8 +137,16 @@ def main():
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--providers", default="aws-lc,ring",
                         help="rustls crypto providers to compare (WSEDGE_TLS_PROVIDER)")
+    parser.add_argument("--baseline", help="another wsedge binary to interleave with --wsedge")
+    parser.add_argument("--servers", default="epoll,uring,floor")
+    parser.add_argument("--no-resume", action="store_true", help="full handshakes only")
+    parser.add_argument("--no-nginx", action="store_true")
     args = parser.parse_args()
-    global FLOOR
+    global FLOOR, BASELINE
+    BASELINE = args.baseline
+    servers_of_rustls = tuple(args.servers.split(","))
+    if BASELINE:
+        servers_of_rustls += tuple(f"baseline-{s}" for s in servers_of_rustls if s in ("epoll", "uring"))
     built = subprocess.run(
         ["cargo", "bench", "--no-run", "--bench", "tls_floor", "--message-format", "json"],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -144,11 +159,11 @@ def main():
         rows = {}
         providers = args.providers.split(",")
         for round_ in range(args.rounds):
-            for provider in providers + ["openssl"]:
+            for provider in providers + ([] if args.no_nginx else ["openssl"]):
                 os.environ["WSEDGE_TLS_PROVIDER"] = provider
-                servers = ("nginx",) if provider == "openssl" else ("epoll", "uring", "floor")
+                servers = ("nginx",) if provider == "openssl" else servers_of_rustls
                 for io in servers:
-                    for resume in (False, True):
+                    for resume in (False,) if args.no_resume else (False, True):
                         cpu, rate, resumed, p99 = storm(args, io, resume, cert, key)
                         rows.setdefault((provider, io, resume), []).append(
                             (cpu, rate, resumed, p99))
@@ -168,9 +183,10 @@ def main():
             print(f"| {provider} | {io} | {'resumed' if resume else 'full'} | {cpu:.1f} us | "
                   f"{share:.0%} | {rate:,.0f} | {p99 / 1000:.1f} ms |")
         os.environ["WSEDGE_TLS_PROVIDER"] = providers[0]
-        print("\nmemory per idle wss connection (RSS peak over base, echo mode):")
-        for io in ("epoll", "uring"):
-            print(f"| {io} | {idle_bytes(args, io, cert, key):,.0f} bytes ({args.idle} held) |")
+        if args.idle:
+            print("\nmemory per idle wss connection (RSS peak over base, echo mode):")
+            for io in [s for s in servers_of_rustls if s != "floor"]:
+                print(f"| {io} | {idle_bytes(args, io, cert, key):,.0f} bytes ({args.idle} held) |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-//! Independent clients from other ecosystems: Python `websockets` and Node `ws`.
+//! Independent clients from other ecosystems: Python `websockets`, Node `ws` and a real
+//! browser (headless Chromium driven by `playwright-core`), each over `ws://` and `wss://`.
 //!
-//! `.ci/run` installs both (into `target/thirdparty/`) and sets
+//! `.ci/run` installs them (into `target/thirdparty/`, Chromium with apt) and sets
 //! `WSEDGE_REQUIRE_THIRD_PARTY=1`, which turns a missing client into a failure; on a
 //! developer machine without them these tests say so and pass.
 
@@ -106,4 +107,35 @@ fn node_ws_client(io: Io) {
     );
 }
 
-on_both_backends!(python_websockets_client, node_ws_client,);
+/// Headless Chromium (Debian's `chromium`) driven by `playwright-core`: a real browser's
+/// WebSocket over `ws://` and `wss://` (the test certificate trusted by its key's hash).
+fn browser_client(io: Io) {
+    let modules = thirdparty_dir().join("node/node_modules");
+    let chromium = std::env::var_os("WSEDGE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !modules.join("playwright-core").exists() {
+        let why = format!("{} has no playwright-core", modules.display());
+        return skip("browser (Chromium)", &why);
+    }
+    if !chromium.exists() {
+        let why = format!("{} does not exist", chromium.display());
+        return skip("browser (Chromium)", &why);
+    }
+    let command = || {
+        let mut command = Command::new("node");
+        command
+            .env("NODE_PATH", &modules)
+            .env("WSEDGE_CHROMIUM", &chromium)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/browser_client.js"));
+        command
+    };
+    run_client(
+        io,
+        command,
+        "browser (Chromium)",
+        &["echo ok", "close ok: 4000", "rejection ok: 1006"],
+    );
+}
+
+on_both_backends!(python_websockets_client, node_ws_client, browser_client,);
