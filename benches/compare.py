@@ -8,7 +8,12 @@ divided by verified upgrades): on 2 cores the load cannot saturate a fast server
 rate alone cannot rank them. A hold of upgraded connections (echo mode) measures RSS per
 connection. Everything started is stopped by PID; every run is bounded.
 
-    benches/compare.sh [--quick] [--out FILE] [--rounds N] [--secs S] [--hold N]
+Then the same over `wss://` (unless --no-tls): wsedge on both backends terminating TLS
+against nginx (Debian's, with its OpenSSL) terminating TLS and answering the upgrade in Lua,
+and the rustls floor (benches/tls_floor.rs); same ECDSA P-256 certificate, TLS 1.3, X25519,
+session tickets on, one worker each, full handshakes.
+
+    benches/compare.sh [--quick] [--out FILE] [--rounds N] [--secs S] [--hold N] [--no-tls]
 """
 import argparse
 import glob
@@ -22,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import tls_cost  # benches/tls_cost.py: the test certificate and nginx's TLS configuration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIRDPARTY = os.path.join(ROOT, "target", "thirdparty")
@@ -58,8 +65,9 @@ def newest(pattern):
 def build():
     sh("cargo", "build", "--release", "-q", "-p", "wsedge", "-p", "wsedge-loadgen", cwd=ROOT)
     sh("cargo", "bench", "-q", "--no-run", "--bench", "upgrade_storm", "--bench", "contender_tokio_tungstenite",
-       cwd=ROOT, stderr=subprocess.DEVNULL)
+       "--bench", "tls_floor", cwd=ROOT, stderr=subprocess.DEVNULL)
     return {
+        "tls_floor": newest("target/release/deps/tls_floor-*"),
         "wsedge": os.path.join(ROOT, "target", "release", "wsedge"),
         "loadgen": os.path.join(ROOT, "target", "release", "wsedge-loadgen"),
         "floor": newest("target/release/deps/upgrade_storm-*"),
@@ -121,6 +129,30 @@ def contenders(bins, echo):
         table["floor"] = ("accept, epoll, read, canned 101, close",
                           lambda p: ([bins["floor"], "--floor-server", "--port", str(p)], None, FLOOR_KEY))
     return table
+
+
+def tls_contenders(bins, cert, key, echo=False):
+    """The wss rows: name -> (version, function(port) -> (argv, env, fixed_key)). Held
+    connections (echo) only for wsedge: the other two close after the upgrade."""
+    wsedge_version = version([bins["wsedge"], "--version"])
+    after = "echo" if echo else "close"
+
+    def wsedge(io):
+        return lambda p: ([bins["wsedge"], "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
+                           "--listen-tls", f"127.0.0.1:{p}", "--tls-cert", cert, "--tls-key", key,
+                           "--tls-versions", "1.3", "--tls-groups", "x25519"], None, None)
+    table = {
+        "wsedge epoll wss": (wsedge_version, wsedge("epoll")),
+        "wsedge io_uring wss": (wsedge_version, wsedge("uring")),
+    }
+    if echo:
+        return table
+    return {
+        **table,
+        "nginx lua wss": (version(["nginx", "-v"]) + ", " + version(["openssl", "version"]),
+                          lambda p: (tls_cost.nginx_argv(p, cert, key), None, None)),
+        "floor wss": ("mio + rustls, canned 101", lambda p: ([bins["tls_floor"], str(p), cert, key], None, FLOOR_KEY)),
+    }
 
 
 def ws_version():
@@ -201,7 +233,7 @@ def loadgen(bins, args, timeout):
     return run_json("loadgen", [bins["loadgen"]] + args + ["--json"], timeout)
 
 
-def storm_all(bins, table, options, cpus="0"):
+def storm_all(bins, table, options, cpus="0", ca=None):
     servers = {}
     for name, (_, make) in table.items():
         port = free_port()
@@ -211,8 +243,10 @@ def storm_all(bins, table, options, cpus="0"):
     for round_ in range(options.rounds):
         for concurrency in options.concurrency:
             for name, (process, port, key) in servers.items():
-                args = ["storm", f"ws://127.0.0.1:{port}/bench", "--duration", f"{options.secs}s",
-                        "--concurrency", str(concurrency)] + (["--key", key] if key else [])
+                url = f"wss://localhost:{port}/bench" if ca else f"ws://127.0.0.1:{port}/bench"
+                args = ["storm", url, "--duration", f"{options.secs}s",
+                        "--concurrency", str(concurrency)] + (["--key", key] if key else []) \
+                    + (["--ca", ca] if ca else [])
                 before = cpu_seconds(process.pid)
                 result = loadgen(bins, args, timeout=options.secs + 60)
                 cpu = cpu_seconds(process.pid) - before
@@ -227,14 +261,16 @@ def storm_all(bins, table, options, cpus="0"):
     return records
 
 
-def hold_all(bins, table, count):
+def hold_all(bins, table, count, ca=None):
     rows = {}
     for name, (_, make) in table.items():
         port = free_port()
         process, _ = start(name, make, port)
+        url = f"wss://localhost:{port}/" if ca else f"ws://127.0.0.1:{port}/"
         try:
-            result = loadgen(bins, ["hold", f"ws://127.0.0.1:{port}/", "--connections", str(count), "--hold", "2s",
-                                    "--duration", "60s", "--server-pid", str(process.pid)], timeout=120)
+            result = loadgen(bins, ["hold", url, "--connections", str(count), "--hold", "2s",
+                                    "--duration", "60s", "--server-pid", str(process.pid)]
+                             + (["--ca", ca] if ca else []), timeout=120)
             rows[name] = result
             print(f"  hold {name:<18} established {result['established']}/{count}  "
                   f"RSS per connection {result.get('server_rss_bytes_per_conn') or 0:.0f} bytes", flush=True)
@@ -249,15 +285,16 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def report(records, holds, versions, options):
+def report(records, holds, versions, options, title="ws://", floor_name="floor"):
     concurrencies = options.concurrency
-    print("\nupgrades per second: median (min-max) of rounds; CPU: server CPU time per verified upgrade")
+    print(f"\n## {title}\n\nupgrades per second: median (min-max) of rounds; "
+          "CPU: server CPU time per verified upgrade")
     for concurrency in concurrencies:
         rows = [r for r in records if r["concurrency"] == concurrency]
         names = list(dict.fromkeys(r["contender"] for r in rows))
         cpu = {n: median([r["cpu_us_per_upgrade"] for r in rows if r["contender"] == n]) for n in names}
         best_wsedge = min(v for n, v in cpu.items() if n.startswith("wsedge"))
-        floor = cpu.get("floor")
+        floor = cpu.get(floor_name)
         print(f"\n### concurrency {concurrency}\n")
         print("| contender | version | upgrades/s | CPU per upgrade | upgrades per CPU-second | p50 | p99 | errors "
               "| RSS per held conn | CPU vs wsedge | CPU vs floor |")
@@ -284,6 +321,7 @@ def main():
     parser.add_argument("--concurrency", default="64,512")
     parser.add_argument("--hold", type=int, default=15000, help="connections held per contender (0: skip)")
     parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--no-tls", action="store_true", help="skip the wss rows")
     parser.add_argument("--all-cores", action="store_true",
                         help="also run wsedge and nginx with a worker per core (they then share CPU 1 with the load)")
     options = parser.parse_args()
@@ -311,13 +349,26 @@ def main():
             versions.update({name: v for name, (v, _) in extra.items()})
             print("all cores: servers on every CPU, load on CPU 1", flush=True)
             records += storm_all(bins, extra, options, cpus=f"0-{(os.cpu_count() or 2) - 1}")
+        tls_records, tls_holds = [], {}
+        if not options.no_tls:
+            with tempfile.TemporaryDirectory() as directory:
+                cert, key = tls_cost.make_cert(directory)
+                tls_table = tls_contenders(bins, cert, key)
+                versions.update({name: v for name, (v, _) in tls_table.items()})
+                print("wss: TLS 1.3, ECDSA P-256, X25519, full handshakes", flush=True)
+                tls_records = storm_all(bins, tls_table, options, ca=cert)
+                if options.hold:
+                    tls_holds = hold_all(bins, tls_contenders(bins, cert, key, echo=True), options.hold, ca=cert)
         holds = hold_all(bins, contenders(bins, echo=True), options.hold) if options.hold else {}
         report(records, holds, versions, options)
+        if tls_records:
+            report(tls_records, tls_holds, versions, options, title="wss://", floor_name="floor wss")
+        records += tls_records
         if options.out:
             with open(options.out, "w") as f:
                 for record in records:
                     f.write(json.dumps(record) + "\n")
-                for name, hold in holds.items():
+                for name, hold in {**holds, **tls_holds}.items():
                     f.write(json.dumps({"contender": name, "hold": hold}) + "\n")
     finally:
         for process in started:

@@ -1,8 +1,10 @@
 //! Heap bytes rustls holds per idle `wss` connection, in memory (no sockets, no noise): a
 //! thousand TLS 1.3 handshakes against a rustls client (ECDSA P-256, X25519, tickets), then
-//! the live heap of the server sides that stay, counted by a counting allocator. Two server
-//! sides: wsedge's `TlsLink` (rustls's unbuffered connection) and rustls's buffered
-//! `ServerConnection` as a plain server would keep it.
+//! the live heap of the server sides that stay: glibc's count of bytes in use (`mallinfo2`,
+//! which also sees what aws-lc allocates in C, its AEAD contexts) beside a counting Rust
+//! allocator. Two server sides: wsedge's `TlsLink` (rustls's unbuffered connection) and
+//! rustls's buffered `ServerConnection` as a plain server would keep it.
+//! `WSEDGE_TLS_PROVIDER=ring` measures with *ring* (everything on the Rust heap).
 //!
 //!     cargo bench --bench tls_memory
 
@@ -86,14 +88,29 @@ fn client_takes(client: &mut rustls::ClientConnection, mut records: &[u8]) {
     }
 }
 
-/// The heap the kept server sides hold, per connection (measured by dropping them).
-fn per_connection<T>(kept: Vec<T>) -> isize {
-    let with = LIVE.load(Ordering::Relaxed);
-    drop(kept);
-    (with - LIVE.load(Ordering::Relaxed)) / CONNECTIONS as isize
+/// Bytes in use on the C heap (Rust's and aws-lc's allocations alike).
+fn malloc_in_use() -> isize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    info.uordblks as isize
 }
 
-fn tls_links(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) -> isize {
+/// The heap the kept server sides hold, per connection (measured by dropping them): all of
+/// it, and the part Rust allocated.
+fn per_connection<T>(kept: Vec<T>) -> (isize, isize) {
+    let (with, rust_with) = (malloc_in_use(), LIVE.load(Ordering::Relaxed));
+    drop(kept);
+    let n = CONNECTIONS as isize;
+    (
+        (with - malloc_in_use()) / n,
+        (rust_with - LIVE.load(Ordering::Relaxed)) / n,
+    )
+}
+
+fn tls_links(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+) -> (isize, isize) {
     let mut kept = Vec::new();
     for _ in 0..CONNECTIONS {
         let name = "localhost".try_into().expect("name");
@@ -111,7 +128,10 @@ fn tls_links(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConf
     per_connection(kept)
 }
 
-fn buffered(server: &Arc<rustls::ServerConfig>, client: &Arc<rustls::ClientConfig>) -> isize {
+fn buffered(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+) -> (isize, isize) {
     let mut kept = Vec::new();
     for _ in 0..CONNECTIONS {
         let name = "localhost".try_into().expect("name");
@@ -144,6 +164,16 @@ fn main() {
         out,
         "heap per idle TLS 1.3 connection, {CONNECTIONS} kept (boxed, so the struct is counted):"
     );
-    let _ = writeln!(out, "  wsedge TlsLink (rustls unbuffered): {link} bytes");
-    let _ = writeln!(out, "  rustls ServerConnection (buffered): {plain} bytes");
+    let provider = std::env::var(wsedge::tls::PROVIDER_ENV).unwrap_or_else(|_| "aws-lc".into());
+    let _ = writeln!(out, "  provider {provider}; all heap (of which Rust's):");
+    let _ = writeln!(
+        out,
+        "  wsedge TlsLink (rustls unbuffered): {} bytes ({})",
+        link.0, link.1
+    );
+    let _ = writeln!(
+        out,
+        "  rustls ServerConnection (buffered): {} bytes ({})",
+        plain.0, plain.1
+    );
 }

@@ -160,8 +160,9 @@ pub struct ServeArgs {
     /// TLS versions offered.
     #[arg(long, value_name = "VERSIONS", value_delimiter = ',', default_value = "1.2,1.3", value_parser = parse_tls_version)]
     pub tls_versions: Vec<TlsVersion>,
-    /// Key-exchange groups, most preferred first (x25519, secp256r1, secp384r1) [default:
-    /// rustls's: x25519, secp256r1, secp384r1, then the hybrid x25519mlkem768].
+    /// Key-exchange groups, most preferred first (x25519, secp256r1, secp384r1,
+    /// x25519mlkem768) [default: rustls's: x25519, secp256r1, secp384r1, then the hybrid
+    /// x25519mlkem768].
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
     pub tls_groups: Vec<TlsGroup>,
     /// Reactor threads [default: number of CPUs].

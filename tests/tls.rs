@@ -316,6 +316,35 @@ fn tls_groups_limits_the_key_exchange(io: Io) {
     assert_eq!(group, Some(rustls::NamedGroup::secp256r1));
 }
 
+/// The hybrid post-quantum group: chosen by `--tls-groups`, and in the default list for a
+/// client that offers only it.
+fn the_hybrid_post_quantum_group_is_negotiated(io: Io) {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let dir = scratch("pq");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let only_hybrid = || {
+        client_config(
+            &[&cert.der],
+            &[],
+            &[&rustls::version::TLS13],
+            Some(vec![kx_group::X25519MLKEM768]),
+        )
+    };
+    let group_of = |tls: Tls| tls.conn.negotiated_key_exchange_group().map(|g| g.name());
+    let chosen = serve(io, &cert, &["--tls-groups", "x25519mlkem768,x25519"]);
+    let tls = handshake(tls_addr(&chosen), only_hybrid(), "localhost").unwrap();
+    assert_eq!(group_of(tls), Some(rustls::NamedGroup::X25519MLKEM768));
+    let classical = client_config(&[&cert.der], &[], &[], Some(vec![kx_group::X25519]));
+    let tls = handshake(tls_addr(&chosen), classical, "localhost").unwrap();
+    assert_eq!(group_of(tls), Some(rustls::NamedGroup::X25519));
+    let defaults = serve(io, &cert, &[]);
+    let tls = handshake(tls_addr(&defaults), only_hybrid(), "localhost").unwrap();
+    assert_eq!(group_of(tls), Some(rustls::NamedGroup::X25519MLKEM768));
+    let classical_only = serve(io, &cert, &["--tls-groups", "x25519"]);
+    let refused = handshake(tls_addr(&classical_only), only_hybrid(), "localhost");
+    assert!(refused.is_err(), "no common group");
+}
+
 fn sni_chooses_the_certificate_and_unknown_names_get_the_first(io: Io) {
     let dir = scratch("sni");
     let first = cert(&dir, "first", &["first.test"]);
@@ -607,6 +636,7 @@ on_both_backends!(
     a_client_offering_only_h2_gets_no_application_protocol,
     tls_versions_limits_the_versions_offered,
     tls_groups_limits_the_key_exchange,
+    the_hybrid_post_quantum_group_is_negotiated,
     handshakes_are_counted_by_version_and_resumption,
     sighup_reloads_certificates_for_new_connections_only,
     sni_chooses_the_certificate_and_unknown_names_get_the_first,
@@ -682,6 +712,33 @@ fn tls_startup_errors_name_the_flag_and_the_file() {
     let (code, stderr) = wsedge(&["serve", "--listen", "127.0.0.1:0", "--tls-groups", "x448"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--tls-groups"), "{stderr}");
+}
+
+#[test]
+fn the_hybrid_group_alone_with_the_ring_provider_is_a_startup_error() {
+    let dir = scratch("pq-ring");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args([
+            "serve",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-groups",
+            "x25519mlkem768",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .env("WSEDGE_TLS_PROVIDER", "ring")
+        .output()
+        .expect("run wsedge");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-groups") && stderr.contains("x25519mlkem768"),
+        "{stderr}"
+    );
 }
 
 #[test]

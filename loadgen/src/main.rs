@@ -147,9 +147,24 @@ struct Common {
     /// clients do; without it every connection makes a full handshake.
     #[arg(long)]
     tls_resume: bool,
+    /// wss://: key-exchange groups to offer, most preferred first (x25519, secp256r1,
+    /// secp384r1, x25519mlkem768) [default: x25519, secp256r1, secp384r1].
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
+    tls_groups: Vec<wsedge::tls::TlsGroup>,
     /// Write an HdrHistogram interval log of total latency (one interval per worker).
     #[arg(long)]
     hdr_log: Option<std::path::PathBuf>,
+}
+
+fn parse_tls_group(value: &str) -> Result<wsedge::tls::TlsGroup, String> {
+    wsedge::tls::TlsGroup::NAMES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+        .map(|&(_, group)| group)
+        .ok_or_else(|| {
+            let names: Vec<&str> = wsedge::tls::TlsGroup::NAMES.iter().map(|n| n.0).collect();
+            format!("unknown group {value:?} (known: {})", names.join(", "))
+        })
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -290,6 +305,7 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
             (common.ca.is_some(), "--ca"),
             (common.insecure, "--insecure"),
             (common.tls_resume, "--tls-resume"),
+            (!common.tls_groups.is_empty(), "--tls-groups"),
         ] {
             if given {
                 usage_error(format!("{flag} is only used with wss:// targets"));
@@ -297,8 +313,12 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
         }
         return None;
     }
-    let config = wsedge::check::tls::client_config_trusting(common.insecure, common.ca.as_deref())
-        .unwrap_or_else(|e| usage_error(e));
+    let config = wsedge::check::tls::client_config_offering(
+        common.insecure,
+        common.ca.as_deref(),
+        &common.tls_groups,
+    )
+    .unwrap_or_else(|e| usage_error(e));
     let mut config = Arc::unwrap_or_clone(config);
     config.resumption = match common.tls_resume {
         true => rustls::client::Resumption::store(Arc::new(tickets::ReturningClients::default())),

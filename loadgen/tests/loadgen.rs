@@ -380,7 +380,14 @@ fn ramp_reports_each_step_and_the_best_rate() {
 /// An in-process wsedge with one TLS listener on a fresh self-signed certificate for
 /// `localhost`; returns the server, the TLS port and the certificate's PEM file.
 fn wsedge_tls() -> (Server, u16, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("loadgen-wss-{}", std::process::id()));
+    wsedge_tls_with(Vec::new())
+}
+
+/// wsedge on a TLS listener, offering the key-exchange `groups` (empty: rustls's).
+fn wsedge_tls_with(groups: Vec<wsedge::tls::TlsGroup>) -> (Server, u16, std::path::PathBuf) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("loadgen-wss-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -388,6 +395,7 @@ fn wsedge_tls() -> (Server, u16, std::path::PathBuf) {
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let settings = wsedge::tls::TlsSettings {
         pairs: vec![(cert.clone(), key)],
+        groups,
         ..Default::default()
     };
     let config = ServerConfig {
@@ -446,8 +454,45 @@ fn wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume() {
 }
 
 #[test]
+fn tls_groups_chooses_the_key_exchange_offered() {
+    let (_server, port, cert) = wsedge_tls_with(vec![wsedge::tls::TlsGroup::X25519]);
+    let url = format!("wss://localhost:{port}/");
+    let run = |groups: &str| {
+        let args = [
+            "storm",
+            &url,
+            "--count",
+            "5",
+            "--concurrency",
+            "1",
+            "--duration",
+            "60s",
+            "--json",
+            "--ca",
+            cert.to_str().unwrap(),
+            "--tls-groups",
+            groups,
+        ];
+        let (code, stdout, json) = loadgen(&args);
+        assert_eq!(code, 0, "{stdout}");
+        let json = json.expect("JSON");
+        (json["ok"].as_u64(), json["errors"]["tls"].as_u64())
+    };
+    // The server has X25519 only: a client offering only the hybrid group has no match.
+    assert_eq!(run("x25519mlkem768"), (Some(0), Some(5)));
+    assert_eq!(run("x25519mlkem768,x25519").0, Some(5));
+    let (code, _, _) = loadgen(&["storm", &url, "--tls-groups", "x448"]);
+    assert_eq!(code, 2, "an unknown group is a usage error");
+}
+
+#[test]
 fn tls_flags_with_a_ws_target_are_usage_errors() {
-    for flag in [&["--ca", "x.pem"][..], &["--insecure"], &["--tls-resume"]] {
+    for flag in [
+        &["--ca", "x.pem"][..],
+        &["--insecure"],
+        &["--tls-resume"],
+        &["--tls-groups", "x25519"],
+    ] {
         let mut args = vec!["storm", "ws://127.0.0.1:1/"];
         args.extend_from_slice(flag);
         let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))

@@ -24,7 +24,21 @@ pub fn client_config_trusting(
     insecure: bool,
     ca: Option<&std::path::Path>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_config_offering(insecure, ca, &[])
+}
+
+/// As [`client_config_trusting`], offering the key-exchange `groups` (most preferred first;
+/// empty: *ring*'s defaults, X25519, P-256, P-384).
+pub fn client_config_offering(
+    insecure: bool,
+    ca: Option<&std::path::Path>,
+    groups: &[crate::tls::TlsGroup],
+) -> Result<Arc<ClientConfig>, String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !groups.is_empty() {
+        provider.kx_groups = groups.iter().map(|g| g.client_kx()).collect();
+    }
+    let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;

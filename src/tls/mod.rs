@@ -34,27 +34,44 @@ pub enum TlsGroup {
     Secp256r1,
     /// `secp384r1` (`P-384`).
     Secp384r1,
+    /// `x25519mlkem768`: X25519 with ML-KEM-768, the hybrid post-quantum group browsers
+    /// offer first (aws-lc-rs only).
+    X25519Mlkem768,
 }
 
 impl TlsGroup {
     /// Every group, by the names `--tls-groups` takes.
-    pub const NAMES: [(&'static str, TlsGroup); 5] = [
+    pub const NAMES: [(&'static str, TlsGroup); 6] = [
         ("x25519", TlsGroup::X25519),
         ("secp256r1", TlsGroup::Secp256r1),
         ("p-256", TlsGroup::Secp256r1),
         ("secp384r1", TlsGroup::Secp384r1),
         ("p-384", TlsGroup::Secp384r1),
+        ("x25519mlkem768", TlsGroup::X25519Mlkem768),
     ];
 
-    fn kx(self, provider: Provider) -> &'static dyn SupportedKxGroup {
-        match (self, provider) {
+    /// The group as a client offers it (aws-lc-rs's, which has them all).
+    pub fn client_kx(self) -> &'static dyn SupportedKxGroup {
+        match self {
+            TlsGroup::X25519 => aws_lc_rs::kx_group::X25519,
+            TlsGroup::Secp256r1 => aws_lc_rs::kx_group::SECP256R1,
+            TlsGroup::Secp384r1 => aws_lc_rs::kx_group::SECP384R1,
+            TlsGroup::X25519Mlkem768 => aws_lc_rs::kx_group::X25519MLKEM768,
+        }
+    }
+
+    /// The group in `provider`, if it has it (*ring* has no ML-KEM).
+    fn kx(self, provider: Provider) -> Option<&'static dyn SupportedKxGroup> {
+        Some(match (self, provider) {
             (TlsGroup::X25519, Provider::AwsLc) => aws_lc_rs::kx_group::X25519,
             (TlsGroup::Secp256r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP256R1,
             (TlsGroup::Secp384r1, Provider::AwsLc) => aws_lc_rs::kx_group::SECP384R1,
+            (TlsGroup::X25519Mlkem768, Provider::AwsLc) => aws_lc_rs::kx_group::X25519MLKEM768,
             (TlsGroup::X25519, Provider::Ring) => ring::kx_group::X25519,
             (TlsGroup::Secp256r1, Provider::Ring) => ring::kx_group::SECP256R1,
             (TlsGroup::Secp384r1, Provider::Ring) => ring::kx_group::SECP384R1,
-        }
+            (TlsGroup::X25519Mlkem768, Provider::Ring) => return None,
+        })
     }
 }
 
@@ -148,7 +165,16 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
             _ => 1,
         });
     if !settings.groups.is_empty() {
-        crypto.kx_groups = settings.groups.iter().map(|g| g.kx(provider)).collect();
+        crypto.kx_groups = settings
+            .groups
+            .iter()
+            .filter_map(|g| g.kx(provider))
+            .collect();
+        if crypto.kx_groups.is_empty() {
+            return Err(TlsError::Rejected(rustls::Error::General(
+                "x25519mlkem768 needs the aws-lc-rs provider: add a classical group".into(),
+            )));
+        }
     }
     let crypto = Arc::new(crypto);
     let resolver = SniResolver::load(&settings.pairs, &crypto)?;
