@@ -63,7 +63,7 @@ def nginx_argv(port, cert, key):
     return ["nginx", "-p", prefix, "-c", path, "-e", "stderr"]
 
 
-def start(wsedge, io, after, port, cert, key):
+def start(wsedge, io, after, port, cert, key, group="x25519", version="1.3"):
     if io.startswith("baseline-"):
         wsedge, io = BASELINE, io.removeprefix("baseline-")
     if io == "floor":
@@ -72,8 +72,8 @@ def start(wsedge, io, after, port, cert, key):
         return ab_start(nginx_argv(port, cert, key), port, "0")
     argv = [wsedge, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
             "--listen", f"127.0.0.1:{free_port()}", "--listen-tls", f"127.0.0.1:{port}",
-            "--tls-cert", cert, "--tls-key", key, "--tls-groups", "x25519",
-            "--tls-versions", "1.3"]
+            "--tls-cert", cert, "--tls-key", key, "--tls-groups", group,
+            "--tls-versions", version]
     return ab_start(argv, port, "0")
 
 
@@ -85,14 +85,15 @@ def rss_bytes(pid):
     return 0
 
 
-def storm(args, io, resume, cert, key):
+def storm(args, io, resume, cert, key, group="x25519", version="1.3"):
     port = free_port()
-    server = start(args.wsedge, io, "close", port, cert, key)
+    server = start(args.wsedge, io, "close", port, cert, key, group, version)
     try:
         before = cpu_seconds(server.pid)
         argv = ["taskset", "-c", "1", args.loadgen, "storm", f"wss://localhost:{port}/",
                 "--ca", cert, "--count", str(args.count), "--concurrency", "64",
-                "--duration", "120s", "--json", "--key", "dGhlIHNhbXBsZSBub25jZQ=="]
+                "--duration", "120s", "--json", "--key", "dGhlIHNhbXBsZSBub25jZQ==",
+                "--tls-groups", group]
         if resume:
             argv.append("--tls-resume")
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -141,6 +142,9 @@ def main():
     parser.add_argument("--servers", default="epoll,uring,floor")
     parser.add_argument("--no-resume", action="store_true", help="full handshakes only")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--groups", default="x25519",
+                        help="key exchanges to measure (x25519, x25519mlkem768: wsedge only)")
+    parser.add_argument("--versions", default="1.3", help="TLS versions to measure (1.2: wsedge only)")
     args = parser.parse_args()
     global FLOOR, BASELINE
     BASELINE = args.baseline
@@ -162,25 +166,30 @@ def main():
             for provider in providers + ([] if args.no_nginx else ["openssl"]):
                 os.environ["WSEDGE_TLS_PROVIDER"] = provider
                 servers = ("nginx",) if provider == "openssl" else servers_of_rustls
-                for io in servers:
+                runs = [(io, group, version) for version in args.versions.split(",")
+                        for group in args.groups.split(",") for io in servers
+                        if (group, version) == ("x25519", "1.3") or io not in ("nginx", "floor")
+                        # The hybrid group is TLS 1.3's only.
+                        if (group, version) != ("x25519mlkem768", "1.2")]
+                for io, group, version in runs:
                     for resume in (False,) if args.no_resume else (False, True):
-                        cpu, rate, resumed, p99 = storm(args, io, resume, cert, key)
-                        rows.setdefault((provider, io, resume), []).append(
+                        cpu, rate, resumed, p99 = storm(args, io, resume, cert, key, group, version)
+                        rows.setdefault((provider, io, f"TLS {version} {group}", resume), []).append(
                             (cpu, rate, resumed, p99))
-                        print(f"round {round_ + 1} {provider} {io} "
+                        print(f"round {round_ + 1} {provider} {io} TLS {version} {group} "
                               f"{'resumed' if resume else 'full'}: {cpu:.1f} us/upgrade, "
                               f"{rate:,.0f}/s, resumed {resumed}, p99 {p99} us", flush=True)
-        print(f"\nwss upgrades, TLS 1.3, ECDSA P-256, X25519, {args.rounds} rounds of "
+        print(f"\nwss upgrades, TLS 1.3, ECDSA P-256, {args.rounds} rounds of "
               f"{args.count}, medians:")
-        print("| provider | server | handshake | server CPU per upgrade | resumed share | "
+        print("| provider | server | TLS, group | handshake | server CPU per upgrade | resumed share | "
               "upgrades/s (client-bound) | p99 |")
-        print("|---|---|---|---|---|---|---|")
-        for (provider, io, resume), values in rows.items():
+        print("|---|---|---|---|---|---|---|---|")
+        for (provider, io, group, resume), values in rows.items():
             cpu = statistics.median(v[0] for v in values)
             rate = statistics.median(v[1] for v in values)
             share = statistics.median(v[2] for v in values) / args.count
             p99 = statistics.median(v[3] for v in values)
-            print(f"| {provider} | {io} | {'resumed' if resume else 'full'} | {cpu:.1f} us | "
+            print(f"| {provider} | {io} | {group} | {'resumed' if resume else 'full'} | {cpu:.1f} us | "
                   f"{share:.0%} | {rate:,.0f} | {p99 / 1000:.1f} ms |")
         os.environ["WSEDGE_TLS_PROVIDER"] = providers[0]
         if args.idle:

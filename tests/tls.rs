@@ -316,6 +316,87 @@ fn tls_groups_limits_the_key_exchange(io: Io) {
     assert_eq!(group, Some(rustls::NamedGroup::secp256r1));
 }
 
+/// SIGHUP five times while four clients keep connecting: not one handshake fails, whichever
+/// certificate it meets (the clients trust both).
+fn sighup_reloads_during_a_storm_fail_no_handshake(io: Io) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let dir = scratch("reload-storm");
+    let (old, new) = (
+        cert(&dir, "old", &["localhost"]),
+        cert(&dir, "new", &["localhost"]),
+    );
+    let live = Cert {
+        cert: dir.join("live.crt"),
+        key: dir.join("live.key"),
+        der: old.der.clone(),
+    };
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let server = serve(io, &live, &["--after", "close"]);
+    let addr = tls_addr(&server);
+    let trusts_both = client_config(&[&old.der, &new.der], &[b"http/1.1"], &[], None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upgraded_total, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let storm: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, config) = (Arc::clone(&stop), Arc::clone(&trusts_both));
+            let (ok, failed) = (Arc::clone(&upgraded_total), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                // Bounded: stops when told, or after this many.
+                for _ in 0..5_000 {
+                    if stop.load(Relaxed) {
+                        break;
+                    }
+                    let upgrade = handshake(addr, Arc::clone(&config), "localhost")
+                        .map_err(|e| e.to_string())
+                        .and_then(|tls| {
+                            let url = format!("wss://localhost:{}/", addr.port());
+                            tungstenite::client(url, tls).map_err(|e| e.to_string())
+                        });
+                    match upgrade {
+                        Ok((_, response)) if response.status() == 101 => ok.fetch_add(1, Relaxed),
+                        Ok(_) | Err(_) => failed.fetch_add(1, Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    let reloads = |n: usize| {
+        server
+            .log()
+            .matches("SIGHUP: TLS certificates reloaded")
+            .count()
+            >= n
+    };
+    for round in 1..=5 {
+        let from = if round % 2 == 1 { &new } else { &old };
+        std::fs::copy(&from.cert, &live.cert).unwrap();
+        std::fs::copy(&from.key, &live.key).unwrap();
+        let before = upgraded_total.load(Relaxed);
+        server.signal(libc::SIGHUP);
+        let deadline = Instant::now() + DEADLINE;
+        while !reloads(round) || upgraded_total.load(Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "reload {round}: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    stop.store(true, Relaxed);
+    for thread in storm {
+        thread.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Relaxed),
+        0,
+        "{} upgraded",
+        upgraded_total.load(Relaxed)
+    );
+    assert!(upgraded_total.load(Relaxed) >= 100);
+}
+
 /// The hybrid post-quantum group: chosen by `--tls-groups`, and in the default list for a
 /// client that offers only it.
 fn the_hybrid_post_quantum_group_is_negotiated(io: Io) {
@@ -562,7 +643,14 @@ fn bulk_bytes_cross_a_tls_relay_whole_and_each_end_is_passed_on(io: Io) {
     tls.flush().unwrap();
     let mut received = Vec::new();
     let end = tls.read_to_end(&mut received);
-    assert!(end.is_ok(), "the end was not a close_notify: {end:?}");
+    if end.is_err() {
+        let log = server.log();
+        let tail: String = log.lines().rev().take(12).collect::<Vec<_>>().join("\n");
+        panic!(
+            "the end was not a close_notify: {end:?}, {} bytes\n{tail}",
+            received.len()
+        );
+    }
     let split = received
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -637,6 +725,7 @@ on_both_backends!(
     tls_versions_limits_the_versions_offered,
     tls_groups_limits_the_key_exchange,
     the_hybrid_post_quantum_group_is_negotiated,
+    sighup_reloads_during_a_storm_fail_no_handshake,
     handshakes_are_counted_by_version_and_resumption,
     sighup_reloads_certificates_for_new_connections_only,
     sni_chooses_the_certificate_and_unknown_names_get_the_first,

@@ -439,6 +439,14 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "*",
+        "--tls-groups",
+        &[
+            "loadgen::tls_groups_chooses_the_key_exchange_offered",
+            "loadgen::tls_flags_with_a_ws_target_are_usage_errors",
+        ],
+    ),
+    (
+        "*",
         "--tls-resume",
         &["loadgen::wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume"],
     ),

@@ -2,9 +2,10 @@
 //!
 //! [`crate::conn::Conn`] writes plaintext into the caller's buffer; the backend hands it to
 //! the connection's [`Outbox`], sends what the outbox holds and reports what the socket
-//! took. Plain TCP is the one transport today; TLS goes behind this same seam (plaintext in,
-//! ciphertext held here, close_notify before a close), so that neither the protocol core
-//! nor the backends change for it.
+//! took. A connection's [`Transport`] is plain TCP or TLS terminated here ([`TlsLink`]:
+//! ciphertext in, plaintext to the connection, records sealed into a [`Sink`],
+//! `close_notify` before a close), so that neither the protocol core nor the backends know
+//! which. A relay takes the TLS session over when it starts ([`crate::proxy::Link`]).
 //!
 //! # Buffers stay put while a send is in flight
 //! io_uring reads a send's buffer after the call that submitted it has returned: the bytes

@@ -227,6 +227,8 @@ impl TlsLink {
                     });
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                // Reported once after the peer's `close_notify`: writing may go on.
+                Ok(ConnectionState::PeerClosed) => {}
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
                     append(records, |out| write(&mut traffic, out));
                     return;

@@ -207,7 +207,12 @@ fn pump(
         }
         let room = flow.pipe.room().min(buffer.len());
         match from.read(&mut buffer[..room]) {
-            Ok(0) => link.end_of(source),
+            Ok(0) => {
+                // Over TLS the end is a record (`close_notify`) to write before the FIN: the
+                // sink may be writable already, with no edge to come.
+                link.end_of(source);
+                flush(to, &mut link.toward(sink).pipe).map_err(sink_broke)?;
+            }
             Ok(n) => {
                 moved.any = true;
                 set_nodelay_once(to, link.toward(sink));
