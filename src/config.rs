@@ -226,7 +226,13 @@ pub struct ServeArgs {
     /// Range the Retry-After of a 503 or 429 is drawn from, in seconds (jitter spreads the wave).
     #[arg(long, value_name = "MIN-MAX", default_value = "5-30", value_parser = parse_range)]
     pub retry_after_secs: (u32, u32),
-    /// On SIGTERM, close upgraded connections at times spread over this many seconds.
+    /// Hand listening sockets over between processes through a Unix socket at PATH: take them
+    /// from a running wsedge offering them there (which then drains and exits), and offer
+    /// them there in turn. With nothing answering at PATH, bind as usual.
+    #[arg(long, value_name = "PATH")]
+    pub takeover: Option<PathBuf>,
+    /// On SIGTERM (or after handing over, see --takeover), close upgraded connections at
+    /// times spread over this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub drain_secs: u64,
     /// Close code sent when draining: 1012 (Service Restart) or 1001 (Going Away).
@@ -484,6 +490,7 @@ impl ServeArgs {
                 drain_window_ms: self.drain_secs * 1000,
                 drain_close_code: self.drain_close_code,
             },
+            handover: self.takeover.is_some(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod reactor;
 pub mod session;
 pub mod stats;
+pub mod takeover;
 pub mod timer;
 pub mod tls;
 pub mod transport;

@@ -97,7 +97,17 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // as it sees the "listening on" line.
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP]).context("installing signal handlers")?;
-    let server = Server::start(config.clone()).context("starting the server")?;
+    let received = match &args.takeover {
+        Some(path) => wsedge::takeover::receive(path)?,
+        None => None,
+    };
+    let (inherited, received) = match received {
+        Some(mut received) => (std::mem::take(&mut received.listeners), Some(received)),
+        None => (Vec::new(), None),
+    };
+    let taken_over = inherited.len();
+    let mut server =
+        Server::start_with(config.clone(), inherited).context("starting the server")?;
     let metrics = match args.metrics {
         Some(addr) => Some(
             wsedge::metrics::serve(addr, server.counters(), server.shutdown())
@@ -201,6 +211,30 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             versions.join(",")
         );
     }
+    if let Some(received) = received {
+        // The reactors serve the sockets: the old process may stop.
+        match received.ready() {
+            Ok(()) => tracing::info!(
+                "took over {taken_over} listening sockets from the running wsedge; it drains now"
+            ),
+            Err(error) => tracing::warn!("{error}: serving the sockets anyway"),
+        }
+    }
+    let offer = match &args.takeover {
+        Some(path) => {
+            let shutdown = server.shutdown();
+            let sockets = server.take_listening_sockets();
+            let offer = wsedge::takeover::offer(path, sockets, move || {
+                if shutdown.hand_over() == ShutdownState::Draining {
+                    tracing::info!(
+                        "handed over: draining (stop accepting, finish handshakes, close upgraded connections)"
+                    );
+                }
+            })?;
+            Some(offer)
+        }
+        None => None,
+    };
     if let Some(secs) = args.stats_interval {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
@@ -213,6 +247,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 if signal == SIGHUP {
                     reload_tls(reloadable.as_ref());
                     continue;
+                }
+                if let Some(offer) = &offer {
+                    // Exiting, not handing over: the sockets must close with the reactors'.
+                    offer.stop();
                 }
                 let state = if signal == SIGQUIT { shutdown.escalate_to_abort() } else { shutdown.escalate() };
                 match state {

@@ -308,6 +308,7 @@ fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
                 retry_after_secs: (30, 5),
                 ..Limits::default()
             },
+            handover: false,
         })
         .expect("start");
         let addr = server.local_addrs()[0];

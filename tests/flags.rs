@@ -172,6 +172,15 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--takeover",
+        &[
+            "takeover::a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset",
+            "takeover::a_successor_that_dies_before_it_is_ready_leaves_the_old_one_serving",
+            "takeover::with_nobody_at_the_path_it_binds_and_offers",
+        ],
+    ),
+    (
+        "serve",
         "--drain-secs",
         &["admission::drain_spreads_1012_closes_over_the_window"],
     ),

@@ -40,6 +40,7 @@ fn server_config(after: AfterUpgrade, handshake_timeout_ms: u64) -> ServerConfig
             proxy: Default::default(),
         },
         limits: Limits::default(),
+        handover: false,
     }
 }
 

@@ -30,5 +30,5 @@ pub mod uring;
 pub use admission::Limits;
 pub(crate) use admission::{AcceptPause, Admission};
 pub use listener::ListenOptions;
-pub use server::{Backend, ReactorParts, Server, ServerConfig, StartError, Wake};
+pub use server::{Backend, Listening, ReactorParts, Server, ServerConfig, StartError, Wake};
 pub use shutdown::{Shutdown, ShutdownState};

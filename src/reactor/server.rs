@@ -28,13 +28,30 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// A listening socket, and whether its connections speak TLS.
+#[derive(Debug)]
+pub struct Listening {
+    /// The socket (non-blocking, `SO_REUSEPORT`).
+    pub socket: std::net::TcpListener,
+    /// It is a `--listen-tls` one.
+    pub tls: bool,
+}
+
+impl Listening {
+    /// Another descriptor for the same socket.
+    pub fn try_clone(&self) -> io::Result<Listening> {
+        Ok(Listening {
+            socket: self.socket.try_clone()?,
+            tls: self.tls,
+        })
+    }
+}
+
 /// What each backend's reactor is built from.
 pub struct ReactorParts {
-    /// This reactor's listeners, one per listen address: the `--listen` ones, then from
-    /// index `tls_from` on the `--listen-tls` ones.
-    pub listeners: Vec<std::net::TcpListener>,
-    /// Index of the first TLS listener in `listeners`.
-    pub tls_from: usize,
+    /// This reactor's listeners: one per listen address, and any extra handed over by a
+    /// process that ran more reactors.
+    pub listeners: Vec<Listening>,
     /// The TLS settings every TLS listener's connections use (swapped on reload).
     pub tls: Option<crate::tls::SharedTlsConfig>,
     /// The listeners use `TCP_DEFER_ACCEPT`: a request is queued by the time of accept.
@@ -91,6 +108,8 @@ pub struct ServerConfig {
     pub conn: ConnConfig,
     /// Admission limits (server totals; each reactor takes its share) and drain behaviour.
     pub limits: Limits,
+    /// Keep a second descriptor of every listening socket, to hand over (`--takeover`).
+    pub handover: bool,
 }
 
 /// Why the server could not start.
@@ -118,38 +137,95 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     shutdown: Arc<Shutdown>,
     counters: Vec<Arc<Counters>>,
+    /// A second descriptor of each listening socket, until taken to be handed over.
+    handover: Vec<Listening>,
 }
 
 impl Server {
     /// Binds every listener, then starts one reactor per thread. Errors (a port in use,
     /// no permission) are reported here, before any thread runs.
     pub fn start(config: ServerConfig) -> Result<Server, StartError> {
+        Server::start_with(config, Vec::new())
+    }
+
+    /// [`Server::start`] on listening sockets `inherited` from a process that ran before
+    /// (`--takeover`): a listen address served by inherited sockets takes them (one per
+    /// reactor; more sockets than reactors are shared out, fewer are topped up with new
+    /// `SO_REUSEPORT` ones on the same address), so no socket is closed and nothing queued
+    /// on one is lost. Inherited sockets on an address no longer asked for are served too.
+    pub fn start_with(
+        config: ServerConfig,
+        inherited: Vec<Listening>,
+    ) -> Result<Server, StartError> {
         let threads = config.threads.max(1);
-        let requested_addrs: Vec<SocketAddr> = config
+        let requested: Vec<(SocketAddr, bool)> = config
             .listen
             .iter()
-            .chain(&config.listen_tls)
-            .copied()
+            .map(|&a| (a, false))
+            .chain(config.listen_tls.iter().map(|&a| (a, true)))
             .collect();
-        let mut local_addrs = Vec::with_capacity(requested_addrs.len());
-        let mut per_reactor: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(threads);
-        for reactor in 0..threads {
-            let mut listeners = Vec::with_capacity(requested_addrs.len());
-            for (i, requested) in requested_addrs.iter().enumerate() {
-                // Port 0: the first bind picks the port, the other reactors join it.
-                let addr = local_addrs.get(i).copied().unwrap_or(*requested);
-                let listener = listener::bind(addr, config.listen_options)
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                if reactor == 0 {
-                    let bound = listener
-                        .local_addr()
-                        .map_err(|source| StartError::Bind { addr, source })?;
-                    local_addrs.push(bound);
-                }
-                listeners.push(listener);
+        let mut inherited: Vec<(Listening, Option<SocketAddr>)> = inherited
+            .into_iter()
+            .map(|l| {
+                let addr = l.socket.local_addr().ok();
+                (l, addr)
+            })
+            .collect();
+        let mut local_addrs = Vec::with_capacity(requested.len());
+        let mut per_reactor: Vec<Vec<Listening>> = (0..threads).map(|_| Vec::new()).collect();
+        for &(requested, tls) in &requested {
+            let serves = |(l, addr): &(Listening, Option<SocketAddr>)| {
+                l.tls == tls
+                    && addr.is_some_and(|a| {
+                        a.ip() == requested.ip()
+                            && (requested.port() == 0 || a.port() == requested.port())
+                    })
+            };
+            let (mine, rest): (Vec<_>, Vec<_>) = inherited.into_iter().partition(serves);
+            inherited = rest;
+            let mut bound = mine.first().and_then(|(_, addr)| *addr);
+            let mut mine = mine.into_iter().map(|(l, _)| l);
+            for listeners in per_reactor.iter_mut() {
+                let listening = match mine.next() {
+                    Some(listening) => listening,
+                    None => {
+                        // Port 0: the first bind picks the port, the other reactors join it.
+                        let addr = bound.unwrap_or(requested);
+                        let socket = listener::bind(addr, config.listen_options)
+                            .map_err(|source| StartError::Bind { addr, source })?;
+                        if bound.is_none() {
+                            let local = socket
+                                .local_addr()
+                                .map_err(|source| StartError::Bind { addr, source })?;
+                            bound = Some(local);
+                        }
+                        Listening { socket, tls }
+                    }
+                };
+                listeners.push(listening);
             }
-            per_reactor.push(listeners);
+            for (index, extra) in mine.enumerate() {
+                per_reactor[index % threads].push(extra);
+            }
+            local_addrs.push(bound.unwrap_or(requested));
         }
+        for (index, (listening, addr)) in inherited.into_iter().enumerate() {
+            tracing::warn!(
+                "a handed-over listening socket on {} is no longer asked for: served until \
+                 the next restart without it",
+                addr.map_or("an unknown address".into(), |a| a.to_string())
+            );
+            per_reactor[index % threads].push(listening);
+        }
+        let handover = match config.handover {
+            true => per_reactor
+                .iter()
+                .flatten()
+                .map(Listening::try_clone)
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(StartError::Reactor)?,
+            false => Vec::new(),
+        };
 
         let shutdown = Arc::new(Shutdown::default());
         let conn_config = Arc::new(config.conn.clone());
@@ -166,7 +242,6 @@ impl Server {
             counters.push(Arc::clone(&stats));
             let parts = ReactorParts {
                 listeners,
-                tls_from: config.listen.len(),
                 tls: config.tls.clone(),
                 defer_accept: config.listen_options.defer_accept_secs > 0,
                 config: Arc::clone(&conn_config),
@@ -246,7 +321,14 @@ impl Server {
             local_addrs,
             shutdown,
             counters,
+            handover,
         })
+    }
+
+    /// With [`ServerConfig::handover`]: a second descriptor of every listening socket the
+    /// reactors serve, for a process that takes over (once; empty after).
+    pub fn take_listening_sockets(&mut self) -> Vec<Listening> {
+        std::mem::take(&mut self.handover)
     }
 
     /// The bound addresses: those of [`ServerConfig::listen`], then of

@@ -1,6 +1,6 @@
 //! The shutdown signal the reactors share: running, draining, aborting.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use super::Wake;
@@ -14,6 +14,9 @@ const ABORTING: u8 = 2;
 #[derive(Default)]
 pub struct Shutdown {
     state: AtomicU8,
+    /// The listening sockets went to a process that took over: a drain leaves the
+    /// connections queued on them to it.
+    handed_over: AtomicBool,
     wakers: Mutex<Vec<Wake>>,
 }
 
@@ -49,6 +52,20 @@ impl Shutdown {
         self.state.fetch_max(next, Ordering::AcqRel);
         self.wake_all();
         self.state()
+    }
+
+    /// A new process has taken the listening sockets over (`--takeover`) and is serving:
+    /// drain as on the first SIGTERM, but leave what is queued on the listeners to it.
+    pub fn hand_over(&self) -> ShutdownState {
+        self.handed_over.store(true, Ordering::Release);
+        self.state.fetch_max(DRAINING, Ordering::AcqRel);
+        self.wake_all();
+        self.state()
+    }
+
+    /// Whether the listening sockets were handed over (see [`Shutdown::hand_over`]).
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     /// Exits at once (SIGQUIT).

@@ -569,6 +569,13 @@ impl Driver {
         self.draining
     }
 
+    /// At the start of a drain: whether to accept what is queued on the listeners before
+    /// closing them (closing would reset those clients), or to leave it to the process the
+    /// sockets were handed over to, which serves the same queues.
+    pub fn takes_queued_connections(&self) -> bool {
+        !self.shutdown.is_handed_over()
+    }
+
     /// End of a loop turn with `open` connections (`idle`: none, and no accept in flight):
     /// publishes the gauges; true when the reactor must exit: its drain is done, or the
     /// drain's window is over (with what is left).

@@ -138,7 +138,6 @@ impl Reactor {
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
         let ReactorParts {
             listeners,
-            tls_from,
             tls,
             defer_accept,
             config,
@@ -151,13 +150,13 @@ impl Reactor {
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut registered = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
-            let mut socket = TcpListener::from_std(listener);
+            let mut socket = TcpListener::from_std(listener.socket);
             poll.registry()
                 .register(&mut socket, Token(LISTENER_BASE + i), Interest::READABLE)?;
             // Connections may already be queued: look before the first event.
             registered.push(Listener {
                 socket,
-                tls: i >= tls_from,
+                tls: listener.tls,
                 ready: true,
             });
         }
@@ -495,14 +494,22 @@ impl Reactor {
 
     fn start_draining(&mut self, now: u64) {
         // Take what the kernel already queued for us: those clients were accepted by the
-        // kernel on our behalf, and closing the listener would reset them.
+        // kernel on our behalf, and closing the listener would reset them (unless the
+        // sockets were handed over: the new process serves those queues).
         for index in 0..self.listeners.len() {
             let tls = self.listeners[index].tls;
-            while let Ok((stream, peer)) = self.listeners[index].socket.accept() {
+            while self.driver.takes_queued_connections() {
+                let Ok((stream, peer)) = self.listeners[index].socket.accept() else {
+                    break;
+                };
                 self.on_accepted(stream, peer, tls, now);
             }
         }
-        self.listeners.clear();
+        for mut listener in self.listeners.drain(..) {
+            // Another descriptor of the socket may stay open (a process that took it
+            // over): epoll would keep reporting its connections to this one.
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.settle(key, now);

@@ -276,7 +276,6 @@ impl Reactor {
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
         let ReactorParts {
             listeners,
-            tls_from,
             tls,
             config,
             stats,
@@ -304,10 +303,9 @@ impl Reactor {
             relay_buffers: ManuallyDrop::new(relay_buffers),
             listeners: listeners
                 .into_iter()
-                .enumerate()
-                .map(|(i, l)| Listener {
-                    socket: Some(l),
-                    tls: i >= tls_from,
+                .map(|l| Listener {
+                    socket: Some(l.socket),
+                    tls: l.tls,
                     armed: false,
                 })
                 .collect(),
@@ -846,14 +844,14 @@ impl Reactor {
         tracing::info!(connections = self.clients.len(), "draining");
     }
 
-    /// Takes the connections still queued on a listener (closing it would reset them), then
-    /// closes it. Nothing here can fail the reactor: a connection that cannot be taken stays
+    /// Takes the connections still queued on a listener (closing it would reset them, unless
+    /// it was handed over: the new process serves that queue), then closes it. Nothing here can fail the reactor: a connection that cannot be taken stays
     /// queued and is reset by the close, as it would be without this.
     fn close_listener(&mut self, index: usize, now: u64) {
         let Some(socket) = self.listeners[index].socket.take() else {
             return;
         };
-        loop {
+        while self.driver.takes_queued_connections() {
             match sys::accept_nonblocking(&socket) {
                 Ok(stream) => {
                     let tls = self.listeners[index].tls;
