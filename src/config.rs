@@ -135,7 +135,7 @@ pub enum ProxyProtocol {
 }
 
 /// Flags of `wsedge serve`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Read flags from a TOML file (keys are the flag names: `max-connections = 10000`);

@@ -18,6 +18,7 @@
 //! - [`reactor`]: the per-core threads, listeners and the I/O backends that drive it all.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod check;
 pub mod config;
 pub mod conn;

@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use wsedge::activation::{notify, ServiceState};
 use wsedge::check::CheckOptions;
 use wsedge::config::{CheckArgs, Cli, Command, IoBackend, ServeArgs};
 use wsedge::reactor::uring::probe::probe;
@@ -54,6 +55,25 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // systemd socket activation: the passed sockets are the listeners unless flags name others.
+    let activated = wsedge::activation::activated_sockets().unwrap_or_else(|error| {
+        Cli::command()
+            .error(clap::error::ErrorKind::InvalidValue, error.to_string())
+            .exit()
+    });
+    let mut args = args.clone();
+    if args.listen.is_empty() && args.listen_tls.is_empty() {
+        for (listening, addr) in &activated {
+            let list = match listening.tls {
+                true => &mut args.listen_tls,
+                false => &mut args.listen,
+            };
+            if !list.contains(addr) {
+                list.push(*addr);
+            }
+        }
+    }
+    let args = &args;
     if let Err(message) = args.validate() {
         Cli::command()
             .error(clap::error::ErrorKind::ArgumentConflict, message)
@@ -101,11 +121,18 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         Some(path) => wsedge::takeover::receive(path)?,
         None => None,
     };
-    let (inherited, received) = match received {
+    let (mut inherited, received) = match received {
         Some(mut received) => (std::mem::take(&mut received.listeners), Some(received)),
         None => (Vec::new(), None),
     };
     let taken_over = inherited.len();
+    if !activated.is_empty() {
+        tracing::info!(
+            "socket activation: {} listening sockets from systemd",
+            activated.len()
+        );
+    }
+    inherited.extend(activated.into_iter().map(|(listening, _)| listening));
     let mut server =
         Server::start_with(config.clone(), inherited).context("starting the server")?;
     let metrics = match args.metrics {
@@ -226,6 +253,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let sockets = server.take_listening_sockets();
             let offer = wsedge::takeover::offer(path, sockets, move || {
                 if shutdown.hand_over() == ShutdownState::Draining {
+                    notify(ServiceState::Stopping);
                     tracing::info!(
                         "handed over: draining (stop accepting, finish handshakes, close upgraded connections)"
                     );
@@ -235,6 +263,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    notify(ServiceState::Ready);
     if let Some(secs) = args.stats_interval {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
@@ -245,9 +274,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
+                    notify(ServiceState::Reloading);
                     reload_tls(reloadable.as_ref());
+                    notify(ServiceState::Ready);
                     continue;
                 }
+                notify(ServiceState::Stopping);
                 if let Some(offer) = &offer {
                     // Exiting, not handing over: the sockets must close with the reactors'.
                     offer.stop();

@@ -184,6 +184,12 @@ impl Server {
             let (mine, rest): (Vec<_>, Vec<_>) = inherited.into_iter().partition(serves);
             inherited = rest;
             let mut bound = mine.first().and_then(|(_, addr)| *addr);
+            // A socket passed without SO_REUSEPORT (a systemd socket unit without
+            // `ReusePort=yes`) cannot be joined by new ones: reactors then share it.
+            let shared = match mine.first() {
+                Some((first, _)) => Some(first.try_clone().map_err(StartError::Reactor)?),
+                None => None,
+            };
             let mut mine = mine.into_iter().map(|(l, _)| l);
             for listeners in per_reactor.iter_mut() {
                 let listening = match mine.next() {
@@ -191,8 +197,13 @@ impl Server {
                     None => {
                         // Port 0: the first bind picks the port, the other reactors join it.
                         let addr = bound.unwrap_or(requested);
-                        let socket = listener::bind(addr, config.listen_options)
-                            .map_err(|source| StartError::Bind { addr, source })?;
+                        let socket = match (listener::bind(addr, config.listen_options), &shared) {
+                            (Ok(socket), _) => socket,
+                            (Err(e), Some(shared)) if e.kind() == io::ErrorKind::AddrInUse => {
+                                shared.socket.try_clone().map_err(StartError::Reactor)?
+                            }
+                            (Err(source), _) => return Err(StartError::Bind { addr, source }),
+                        };
                         if bound.is_none() {
                             let local = socket
                                 .local_addr()
