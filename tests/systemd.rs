@@ -160,7 +160,7 @@ fn notify_tells_ready_reloading_and_stopping(io: Io) {
     let mut server = Server::start_with(io, &["--drain-secs", "1"], |command| {
         command.env("NOTIFY_SOCKET", &path);
     });
-    let mut next = || {
+    let next = || {
         let mut message = [0u8; 512];
         let n = manager.recv(&mut message).expect("a notification");
         String::from_utf8_lossy(&message[..n]).into_owned()
