@@ -20,9 +20,8 @@ fn main() -> ExitCode {
         config: Some(path), ..
     }) = &cli.command
     {
-        // Flags from the file go first, so that the command line's override them.
         let typed: Vec<String> = std::env::args().collect();
-        let from_file = wsedge::config::config_file_args(path, &typed).unwrap_or_else(|e| {
+        let merged = with_config_file(path, &typed).unwrap_or_else(|e| {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::InvalidValue,
@@ -30,10 +29,6 @@ fn main() -> ExitCode {
                 )
                 .exit()
         });
-        let serve_at = typed.iter().position(|a| a == "serve").unwrap_or(1);
-        let mut merged = typed[..=serve_at].to_vec();
-        merged.extend(from_file);
-        merged.extend(typed[serve_at + 1..].iter().cloned());
         cli = Cli::parse_from(merged);
     }
     tracing_subscriber::fmt()
@@ -52,6 +47,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line `typed` with the flags of the config file at `path` put first, so that
+/// the command line's override them.
+fn with_config_file(path: &std::path::Path, typed: &[String]) -> Result<Vec<String>, String> {
+    let from_file = wsedge::config::config_file_args(path, typed)?;
+    let serve_at = typed.iter().position(|a| a == "serve").unwrap_or(1);
+    let mut merged = typed[..=serve_at].to_vec();
+    merged.extend(from_file);
+    merged.extend(typed[serve_at + 1..].iter().cloned());
+    Ok(merged)
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
@@ -268,14 +274,19 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
     let shutdown = server.shutdown();
-    let reloadable = config.tls.clone().zip(args.tls_settings());
+    let mut running = Running {
+        args: args.clone(),
+        after: config.conn.after,
+        live: server.live(),
+        tls: config.tls.clone(),
+    };
     std::thread::Builder::new()
         .name("wsedge-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
                     notify(ServiceState::Reloading);
-                    reload_tls(reloadable.as_ref());
+                    running.reload();
                     notify(ServiceState::Ready);
                     continue;
                 }
@@ -317,11 +328,115 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: the certificates and keys are read again; new connections get them, established
-/// ones keep theirs. A file that cannot be used keeps the running ones, and says why.
-fn reload_tls(reloadable: Option<&(wsedge::tls::SharedTlsConfig, wsedge::tls::TlsSettings)>) {
+/// What a reload (SIGHUP) starts from.
+struct Running {
+    /// The flags the server runs with (after the last good reload).
+    args: ServeArgs,
+    after: wsedge::conn::AfterUpgrade,
+    live: std::sync::Arc<wsedge::reactor::Live>,
+    tls: Option<wsedge::tls::SharedTlsConfig>,
+}
+
+impl Running {
+    /// SIGHUP: `--config` is read again (with the command line on top, as at startup) and
+    /// what can change live is published for new connections: handshake rules, limits,
+    /// upstreams, timeouts, certificates. What cannot (listeners, threads, backend, mode) is
+    /// reported and kept. A file that cannot be used keeps the running configuration and
+    /// says why. Without `--config`, the certificate files are read again.
+    fn reload(&mut self) {
+        let Some(path) = self.args.config.clone() else {
+            let settings = self.args.tls_settings();
+            return reload_tls(self.tls.as_ref().zip(settings.as_ref()));
+        };
+        let typed: Vec<String> = std::env::args().collect();
+        let parsed = with_config_file(&path, &typed)
+            .and_then(|merged| Cli::try_parse_from(merged).map_err(|e| e.to_string()));
+        let args = match parsed {
+            Ok(Cli {
+                command: Command::Serve(args),
+            }) => args,
+            Ok(_) => return tracing::error!("SIGHUP: kept the running configuration: not `serve`"),
+            Err(error) => {
+                let error = error.trim().trim_start_matches("error: ");
+                return tracing::error!(
+                    "SIGHUP: kept the running configuration: {}: {error}",
+                    path.display()
+                );
+            }
+        };
+        if let Err(error) = args.validate() {
+            return tracing::error!(
+                "SIGHUP: kept the running configuration: {}: {error}",
+                path.display()
+            );
+        }
+        let old = &self.args;
+        let fixed = [
+            (
+                "listen",
+                format!("{:?}", old.listen),
+                format!("{:?}", args.listen),
+            ),
+            (
+                "listen-tls",
+                format!("{:?}", old.listen_tls),
+                format!("{:?}", args.listen_tls),
+            ),
+            (
+                "threads",
+                format!("{:?}", old.threads),
+                format!("{:?}", args.threads),
+            ),
+            ("io", format!("{:?}", old.io), format!("{:?}", args.io)),
+            (
+                "after",
+                format!("{:?}", old.after),
+                format!("{:?}", args.after),
+            ),
+            ("backlog", old.backlog.to_string(), args.backlog.to_string()),
+            (
+                "metrics",
+                format!("{:?}", old.metrics),
+                format!("{:?}", args.metrics),
+            ),
+            (
+                "takeover",
+                format!("{:?}", old.takeover),
+                format!("{:?}", args.takeover),
+            ),
+        ];
+        for (key, running, asked) in fixed.iter().filter(|(_, a, b)| a != b) {
+            tracing::warn!(
+                "SIGHUP: {key} cannot change without a restart: kept {running} (the file says {asked})"
+            );
+        }
+        let mut config = args.server_config();
+        config.conn.after = self.after;
+        if let (Some(shared), Some(settings)) = (self.tls.as_ref(), args.tls_settings()) {
+            if let Err(error) = wsedge::tls::reload(shared, &settings) {
+                return tracing::error!("SIGHUP: kept the running configuration: {error}");
+            }
+        }
+        self.live.publish(config.conn, config.limits);
+        tracing::info!("SIGHUP: configuration reloaded from {}", path.display());
+        let mut kept = args;
+        (kept.listen, kept.listen_tls, kept.threads) = (
+            self.args.listen.clone(),
+            self.args.listen_tls.clone(),
+            self.args.threads,
+        );
+        (kept.io, kept.after, kept.backlog) = (self.args.io, self.args.after, self.args.backlog);
+        (kept.metrics, kept.takeover) = (self.args.metrics, self.args.takeover.clone());
+        self.args = kept;
+    }
+}
+
+/// SIGHUP without `--config`: the certificates and keys are read again; new connections get
+/// them, established ones keep theirs. A file that cannot be used keeps the running ones,
+/// and says why.
+fn reload_tls(reloadable: Option<(&wsedge::tls::SharedTlsConfig, &wsedge::tls::TlsSettings)>) {
     let Some((shared, settings)) = reloadable else {
-        tracing::info!("SIGHUP: nothing to reload (no --listen-tls)");
+        tracing::info!("SIGHUP: nothing to reload (no --config, no --listen-tls)");
         return;
     };
     match wsedge::tls::reload(shared, settings) {

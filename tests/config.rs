@@ -3,9 +3,17 @@
 #[macro_use]
 mod common;
 
+use std::io::Write;
 use std::process::Command;
 
-use common::{Io, Server};
+use common::{client_frame, exchange, read_exact, upgrade_request, Io, Server};
+
+/// Reads one short unmasked server frame: (opcode, payload).
+fn read_frame(stream: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    let head = read_exact(stream, 2);
+    let len = usize::from(head[1] & 0x7F);
+    (head[0] & 0x0F, read_exact(stream, len))
+}
 
 fn write(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("wsedge-test-{}-{name}.toml", std::process::id()));
@@ -93,4 +101,82 @@ fn file_values_apply_and_flags_override_them(io: Io) {
     );
 }
 
-on_both_backends!(file_values_apply_and_flags_override_them);
+/// SIGHUP reads `--config` again: a lowered limit and a changed token apply to new
+/// connections, an established connection carries on; a broken file is refused with its
+/// line and the running configuration stays; what cannot change live is reported and kept.
+fn sighup_reloads_the_config_file_for_new_connections(io: Io) {
+    let path = write(
+        &format!("reload-{io:?}"),
+        "after = \"echo\"\nmax-connections = 10\nauth-token = \"old-token\"\n",
+    );
+    let config = path.to_string_lossy().into_owned();
+    let server = Server::start(io, &["--config", &config, "--threads", "1"]);
+    let with = |token: &str| upgrade_request("/", &[&format!("Authorization: Bearer {token}")]);
+    let (head, mut established) = exchange(&server, &with("old-token"));
+    assert_eq!(head.status, 101);
+    assert_eq!(exchange(&server, &with("new-token")).0.status, 401);
+
+    std::fs::write(
+        &path,
+        "after = \"echo\"\nmax-connections = 1\nauth-token = \"new-token\"\nbacklog = 128\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: configuration reloaded from");
+    assert!(
+        server
+            .log()
+            .contains("backlog cannot change without a restart"),
+        "{}",
+        server.log()
+    );
+    // The reactors take the new generation at their next turn: a first connection wakes
+    // one and may still be judged by the old rules; every later one by the new.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (head, _) = exchange(&server, &with("old-token"));
+        if head.status == 503 || head.status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never applied"
+        );
+    }
+    // Over the lowered limit (the established connection holds the one place): 503.
+    assert_eq!(exchange(&server, &with("new-token")).0.status, 503);
+    established
+        .write_all(&client_frame(true, 0x1, b"still here"))
+        .unwrap();
+    let (opcode, payload) = read_frame(&mut established);
+    assert_eq!((opcode, &payload[..]), (0x1, &b"still here"[..]));
+    drop(established);
+    // Until the server has seen a closed connection go, its place is taken (503).
+    let answered = |token: &str, want: u16| {
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        loop {
+            match exchange(&server, &with(token)).0.status {
+                status if status == want => return,
+                503 => assert!(std::time::Instant::now() < deadline, "still 503"),
+                other => panic!("{token}: {other}, expected {want}"),
+            }
+        }
+    };
+    answered("new-token", 101);
+
+    std::fs::write(&path, "max-connections = \"many\"\n").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: kept the running configuration");
+    assert!(
+        server.log().contains(&config),
+        "names the file: {}",
+        server.log()
+    );
+    answered("new-token", 101);
+    answered("old-token", 401);
+}
+
+on_both_backends!(
+    file_values_apply_and_flags_override_them,
+    sighup_reloads_the_config_file_for_new_connections,
+);

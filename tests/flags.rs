@@ -17,7 +17,10 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--config",
-        &["config::file_values_apply_and_flags_override_them"],
+        &[
+            "config::file_values_apply_and_flags_override_them",
+            "config::sighup_reloads_the_config_file_for_new_connections",
+        ],
     ),
     (
         "serve",

@@ -70,6 +70,22 @@ pub struct Limits {
     pub drain_close_code: u16,
 }
 
+impl Limits {
+    /// One reactor's share of the server's totals, among `reactors`.
+    pub fn share(&self, reactors: usize) -> Limits {
+        let reactors = reactors.max(1);
+        Limits {
+            max_connections: self.max_connections.div_ceil(reactors),
+            max_pending_handshakes: self.max_pending_handshakes.div_ceil(reactors),
+            max_connections_per_ip: self.max_connections_per_ip.div_ceil(reactors as u32),
+            max_handshakes_per_ip_per_sec: self
+                .max_handshakes_per_ip_per_sec
+                .div_ceil(reactors as u64),
+            ..*self
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -108,6 +124,16 @@ impl Admission {
             rng: seed | 1,
             drain_started: None,
         }
+    }
+
+    /// New limits (a reload) for the connections admitted from now on; the counts of those
+    /// already admitted stay.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.per_ip.set_limits(
+            limits.max_connections_per_ip,
+            limits.max_handshakes_per_ip_per_sec,
+        );
+        self.limits = limits;
     }
 
     fn random_below(&mut self, bound: u64) -> u64 {

@@ -21,6 +21,7 @@ macro_rules! ctx {
 mod admission;
 pub mod epoll;
 pub mod listener;
+mod live;
 pub mod per_ip;
 mod server;
 mod shutdown;
@@ -30,5 +31,6 @@ pub mod uring;
 pub use admission::Limits;
 pub(crate) use admission::{AcceptPause, Admission};
 pub use listener::ListenOptions;
+pub use live::{Live, LiveSettings};
 pub use server::{Backend, Listening, ReactorParts, Server, ServerConfig, StartError, Wake};
 pub use shutdown::{Shutdown, ShutdownState};

@@ -65,6 +65,12 @@ impl PerIpTable {
         }
     }
 
+    /// New limits for the connections admitted from now on (a reload).
+    pub fn set_limits(&mut self, max_connections: u32, rate_per_sec: u64) {
+        self.max_connections = max_connections;
+        self.rate_per_sec = rate_per_sec;
+    }
+
     /// Whether any limit is set (if not, addresses need not even be looked up).
     pub fn enabled(&self) -> bool {
         self.max_connections > 0 || self.rate_per_sec > 0

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use super::{epoll, listener, uring, Limits, ListenOptions, Shutdown};
+use super::{epoll, listener, uring, Limits, ListenOptions, Live, Shutdown};
 use crate::conn::ConnConfig;
 use crate::stats::{Counters, Snapshot};
 
@@ -66,6 +66,10 @@ pub struct ReactorParts {
     pub limits: Limits,
     /// Seed for jitter (distinct per reactor).
     pub seed: u64,
+    /// The settings a reload changes, and how many reactors share the limits.
+    pub live: Arc<Live>,
+    /// Reactors in the server.
+    pub reactors: usize,
 }
 
 /// Wakes a reactor blocked in its event loop.
@@ -139,6 +143,7 @@ pub struct Server {
     counters: Vec<Arc<Counters>>,
     /// A second descriptor of each listening socket, until taken to be handed over.
     handover: Vec<Listening>,
+    live: Arc<Live>,
 }
 
 impl Server {
@@ -240,6 +245,7 @@ impl Server {
 
         let shutdown = Arc::new(Shutdown::default());
         let conn_config = Arc::new(config.conn.clone());
+        let live = Arc::new(Live::new(Arc::clone(&conn_config), config.limits));
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -258,19 +264,9 @@ impl Server {
                 config: Arc::clone(&conn_config),
                 stats,
                 shutdown: Arc::clone(&shutdown),
-                limits: Limits {
-                    max_connections: config.limits.max_connections.div_ceil(threads),
-                    max_pending_handshakes: config.limits.max_pending_handshakes.div_ceil(threads),
-                    max_connections_per_ip: config
-                        .limits
-                        .max_connections_per_ip
-                        .div_ceil(threads as u32),
-                    max_handshakes_per_ip_per_sec: config
-                        .limits
-                        .max_handshakes_per_ip_per_sec
-                        .div_ceil(threads as u64),
-                    ..config.limits
-                },
+                limits: config.limits.share(threads),
+                live: Arc::clone(&live),
+                reactors: threads,
                 seed: 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(index as u64 + 1)
                     ^ std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -333,6 +329,7 @@ impl Server {
             shutdown,
             counters,
             handover,
+            live,
         })
     }
 
@@ -346,6 +343,11 @@ impl Server {
     /// [`ServerConfig::listen_tls`].
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The settings a reload publishes to the reactors.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
     }
 
     /// The handle that stops the server.

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
 use crate::proxy::{Link, Upstreams};
+use crate::reactor::Live;
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::timer::TimerWheel;
@@ -165,6 +166,10 @@ pub struct Driver {
     tls: Option<crate::tls::SharedTlsConfig>,
     /// Plaintext decrypted from one read, before the connection takes it.
     plaintext: Vec<u8>,
+    /// Settings a reload publishes, the generation in use, and how many reactors share
+    /// the limits.
+    live: Option<(Arc<Live>, u64, usize)>,
+    seed: u64,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -207,7 +212,35 @@ impl Driver {
             fired: Vec::new(),
             tls,
             plaintext: Vec::new(),
+            live: None,
+            seed,
         }
+    }
+
+    /// Follows the reloads published on `live`, taking its share of the limits among
+    /// `reactors`.
+    pub fn with_live(mut self, live: Arc<Live>, reactors: usize) -> Self {
+        let generation = live.newer_than(u64::MAX).map_or(0, |(g, _)| g);
+        self.live = Some((live, generation, reactors));
+        self
+    }
+
+    /// Takes a newer generation of the settings, if one was published: connections accepted
+    /// from now on follow it (a connection in its handshake answers by the new rules).
+    fn follow_reload(&mut self) {
+        let Some((live, seen, reactors)) = self.live.as_mut() else {
+            return;
+        };
+        let Some((generation, settings)) = live.newer_than(*seen) else {
+            return;
+        };
+        *seen = generation;
+        let reactors = *reactors;
+        if settings.conn.proxy.upstreams != self.config.proxy.upstreams {
+            self.upstreams = Upstreams::new(&settings.conn.proxy.upstreams, self.seed as usize);
+        }
+        self.config = Arc::clone(&settings.conn);
+        self.admission.set_limits(settings.limits.share(reactors));
     }
 
     /// Milliseconds since the reactor started: the clock of every deadline.
@@ -218,6 +251,7 @@ impl Driver {
     /// What to do at the start of a loop turn, from the process's shutdown signal; a drain
     /// asked for begins here.
     pub fn turn(&mut self, now: u64) -> Turn {
+        self.follow_reload();
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
             ShutdownState::Draining if !self.draining => {

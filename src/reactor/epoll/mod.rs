@@ -145,6 +145,8 @@ impl Reactor {
             shutdown,
             limits,
             seed,
+            live,
+            reactors,
         } = parts;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -164,7 +166,8 @@ impl Reactor {
             poll,
             listeners: registered,
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown, tls),
+            driver: Driver::new(config, stats, limits, seed, shutdown, tls)
+                .with_live(live, reactors),
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             revisit: Vec::new(),

@@ -282,6 +282,8 @@ impl Reactor {
             shutdown,
             limits,
             seed,
+            live,
+            reactors,
             ..
         } = parts;
         let ring = build_ring()?;
@@ -310,7 +312,8 @@ impl Reactor {
                 })
                 .collect(),
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown, tls),
+            driver: Driver::new(config, stats, limits, seed, shutdown, tls)
+                .with_live(live, reactors),
             out: Vec::with_capacity(4096),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),

@@ -1,0 +1,53 @@
+//! Settings that a reload (SIGHUP with `--config`) changes while the reactors run: the
+//! per-connection behaviour (handshake rules, upstreams, timeouts) and the admission limits.
+//! The signal thread publishes a new generation; each reactor looks once per loop turn (one
+//! atomic load) and takes it for the connections it accepts from then on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::Limits;
+use crate::conn::ConnConfig;
+
+/// One generation of the reloadable settings.
+#[derive(Debug)]
+pub struct LiveSettings {
+    /// Per-connection behaviour.
+    pub conn: Arc<ConnConfig>,
+    /// Admission limits, server totals (each reactor takes its share).
+    pub limits: Limits,
+}
+
+/// The current generation, shared by the signal thread and every reactor.
+#[derive(Debug)]
+pub struct Live {
+    generation: AtomicU64,
+    settings: ArcSwap<LiveSettings>,
+}
+
+impl Live {
+    /// Generation 0: the settings the server started with.
+    pub fn new(conn: Arc<ConnConfig>, limits: Limits) -> Live {
+        Live {
+            generation: AtomicU64::new(0),
+            settings: ArcSwap::from_pointee(LiveSettings { conn, limits }),
+        }
+    }
+
+    /// Publishes new settings: connections accepted from the reactors' next turn on use them.
+    pub fn publish(&self, conn: ConnConfig, limits: Limits) {
+        self.settings.store(Arc::new(LiveSettings {
+            conn: Arc::new(conn),
+            limits,
+        }));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The settings, if a generation newer than `seen` was published (and which one).
+    pub fn newer_than(&self, seen: u64) -> Option<(u64, Arc<LiveSettings>)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        (generation != seen).then(|| (generation, self.settings.load_full()))
+    }
+}
