@@ -257,6 +257,15 @@ pub struct ServeArgs {
     /// Pass the client's address as a PROXY protocol header instead of X-Forwarded-For.
     #[arg(long, value_enum, value_name = "VERSION")]
     pub upstream_proxy_protocol: Option<ProxyProtocol>,
+    /// Connections start with a PROXY protocol header (v1 or v2, from an L4 balancer) that
+    /// names the client: its address counts for per-address limits, X-Forwarded-For, the
+    /// PROXY header sent upstream. Needs --proxy-protocol-from.
+    #[arg(long)]
+    pub accept_proxy_protocol: bool,
+    /// Network a balancer sending PROXY headers connects from, CIDR (repeatable);
+    /// connections from elsewhere are refused.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// TCP_DEFER_ACCEPT seconds: accept only once the client has sent data; 0 = off.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub defer_accept_secs: u32,
@@ -270,6 +279,13 @@ impl std::fmt::Debug for TokenFromFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenFromFile(<redacted>)")
     }
+}
+
+fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is not a CIDR (10.0.0.0/8, 2001:db8::/32) or an address"))
 }
 
 fn parse_tls_version(value: &str) -> Result<TlsVersion, String> {
@@ -397,6 +413,16 @@ impl ServeArgs {
         if !proxy && self.upstream_proxy_protocol.is_some() {
             return Err("--upstream-proxy-protocol is only used with --after proxy".into());
         }
+        if self.accept_proxy_protocol && self.proxy_protocol_from.is_empty() {
+            return Err(
+                "--accept-proxy-protocol needs --proxy-protocol-from CIDR: the balancers' \
+                        networks (0.0.0.0/0 and ::/0 to trust every sender)"
+                    .into(),
+            );
+        }
+        if !self.accept_proxy_protocol && !self.proxy_protocol_from.is_empty() {
+            return Err("--proxy-protocol-from is only used with --accept-proxy-protocol".into());
+        }
         let tls_files = !self.tls_certs.is_empty() || !self.tls_keys.is_empty();
         if self.listen_tls.is_empty() && tls_files {
             return Err("--tls-cert and --tls-key are only used with --listen-tls".into());
@@ -479,6 +505,9 @@ impl ServeArgs {
                         Some(ProxyProtocol::V2) => Forwarding::ProxyV2,
                         None => Forwarding::Headers,
                     },
+                    accept_from: self
+                        .accept_proxy_protocol
+                        .then(|| self.proxy_protocol_from.clone()),
                 },
             },
             limits: Limits {

@@ -185,6 +185,22 @@ impl Collector for ServerMetrics {
             let labels = [("reason", failure.label().to_string())];
             ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_proxy_protocol_refused",
+            "Connections refused for their PROXY header (--accept-proxy-protocol): from a \
+             sender outside --proxy-protocol-from, or with a missing or malformed header.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (index, reason) in crate::stats::PROXY_PROTOCOL_REASONS.iter().enumerate() {
+            let total: u64 = self
+                .counters
+                .iter()
+                .map(|c| c.proxy_protocol_refused[index].load(Relaxed))
+                .sum();
+            let labels = [("reason", reason.to_string())];
+            ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
+        }
         let mut histogram = encoder.encode_descriptor(
             "wsedge_handshake_latency_seconds",
             "Accept to 101 written, per reactor (the reactor clock ticks in ms); \

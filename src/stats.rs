@@ -56,7 +56,14 @@ pub struct Counters {
     /// TLS handshakes that failed, by [`TlsFailure`] (the connection also ends as
     /// abandoned).
     pub tls_failures: [AtomicU64; TlsFailure::ALL.len()],
+    /// Connections refused for their PROXY protocol header: [untrusted sender, missing or
+    /// malformed header] (`--accept-proxy-protocol`).
+    pub proxy_protocol_refused: [AtomicU64; 2],
 }
+
+/// Why a connection was refused for its PROXY header, by index in
+/// [`Counters::proxy_protocol_refused`].
+pub const PROXY_PROTOCOL_REASONS: [&str; 2] = ["untrusted", "malformed"];
 
 /// A completed TLS handshake, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

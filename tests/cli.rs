@@ -50,6 +50,9 @@ rejects_flag! {
     tiny_message_limit:          ["--max-message-bytes", "100"] names "--max-message-bytes";
     zero_backlog:                ["--backlog", "0"] names "--backlog";
     negative_idle_timeout:       ["--idle-timeout-ms", "-1"] names "--idle-timeout-ms";
+    proxy_protocol_untrusting:   ["--accept-proxy-protocol"] names "--proxy-protocol-from";
+    trust_without_accepting:     ["--proxy-protocol-from", "10.0.0.0/8"] names "--accept-proxy-protocol";
+    not_a_cidr:                  ["--accept-proxy-protocol", "--proxy-protocol-from", "10.0.0.0/33"] names "--proxy-protocol-from";
 }
 
 #[test]

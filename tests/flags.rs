@@ -175,6 +175,21 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--accept-proxy-protocol",
+        &[
+            "proxy_protocol::the_per_address_limit_applies_to_the_client_haproxy_saw",
+            "proxy_protocol::x_forwarded_for_carries_the_client_haproxy_saw",
+            "proxy_protocol::untrusted_senders_and_garbage_headers_are_refused_and_counted",
+            "proxy_protocol::a_header_that_never_comes_is_cut_at_the_handshake_timeout",
+        ],
+    ),
+    (
+        "serve",
+        "--proxy-protocol-from",
+        &["proxy_protocol::untrusted_senders_and_garbage_headers_are_refused_and_counted"],
+    ),
+    (
+        "serve",
         "--takeover",
         &[
             "takeover::a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset",

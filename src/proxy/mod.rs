@@ -10,6 +10,7 @@
 //! |---|---|
 //! | the request an upstream sees (hop-by-hop headers, `X-Forwarded-*`) | [`write_upstream_request`] |
 //! | the PROXY protocol v2 header | [`write_proxy_v2_header`] |
+//! | the PROXY header (v1, v2) a balancer in front sends, read | [`parse_proxy_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
 //! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
@@ -18,6 +19,7 @@
 
 mod fin;
 mod forward;
+mod inbound;
 mod link;
 mod pipe;
 mod proxy_v2;
@@ -29,6 +31,7 @@ pub use fin::Fin;
 pub use forward::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
 };
+pub use inbound::{parse_proxy_header, ProxyHeader};
 pub use link::{Flow, Link, Side};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
@@ -61,6 +64,10 @@ pub struct ProxyConfig {
     pub response_timeout_ms: u64,
     /// How the client's address is passed on.
     pub forwarding: Forwarding,
+    /// `--accept-proxy-protocol`: connections come from balancers in these networks, each
+    /// starting with a PROXY header (v1 or v2) that names the client; from anywhere else
+    /// they are refused. `None`: clients connect directly.
+    pub accept_from: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Default for ProxyConfig {
@@ -70,6 +77,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 2_000,
             response_timeout_ms: 10_000,
             forwarding: Forwarding::Headers,
+            accept_from: None,
         }
     }
 }

@@ -197,6 +197,25 @@ impl Admission {
         Ok(ip_key)
     }
 
+    /// Per-address admission for a client whose address arrived after the accept (in a
+    /// PROXY header): its key in the per-address table (0: untracked), or the refusal.
+    pub(crate) fn admit_address(
+        &mut self,
+        ip: std::net::IpAddr,
+        now: u64,
+    ) -> Result<u64, crate::handshake::Rejection> {
+        if !self.per_ip.enabled() {
+            return Ok(0);
+        }
+        let key = per_ip::key(ip);
+        match self.per_ip.admit(key, now) {
+            Ok(()) => Ok(key),
+            Err(_) => Err(crate::handshake::Rejection::RateLimited {
+                retry_after_secs: self.retry_after(),
+            }),
+        }
+    }
+
     /// An admitted connection from the address with `ip_key` (0: untracked) closed.
     pub(crate) fn connection_closed(&mut self, ip_key: u64, now: u64) {
         if ip_key != 0 {

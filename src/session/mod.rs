@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
-use crate::proxy::{Link, Upstreams};
+use crate::proxy::{parse_proxy_header, Link, ProxyHeader, Upstreams};
 use crate::reactor::Live;
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
@@ -74,6 +74,8 @@ pub struct Session {
     /// Bound on waiting for a flush, once one is awaited ([`NO_FLUSH_DEADLINE`]: none; a
     /// plain `u64`, not an `Option`, keeps a session at 24 bytes).
     flush_deadline: u64,
+    /// `--accept-proxy-protocol`: the PROXY header has not been read yet.
+    awaits_proxy_header: bool,
 }
 
 const NO_FLUSH_DEADLINE: u64 = u64::MAX;
@@ -85,6 +87,7 @@ impl Default for Session {
             ip_key: 0,
             after_flush: AfterFlush::Nothing,
             given_up: false,
+            awaits_proxy_header: false,
             flush_deadline: NO_FLUSH_DEADLINE,
         }
     }
@@ -166,10 +169,20 @@ pub struct Driver {
     tls: Option<crate::tls::SharedTlsConfig>,
     /// Plaintext decrypted from one read, before the connection takes it.
     plaintext: Vec<u8>,
+    /// `--accept-proxy-protocol`, by connection key: a PROXY header's first bytes, then the
+    /// client it names (kept for the upstream's `X-Forwarded-For` or PROXY header).
+    inbound: std::collections::HashMap<usize, Inbound>,
     /// Settings a reload publishes, the generation in use, and how many reactors share
     /// the limits.
     live: Option<(Arc<Live>, u64, usize)>,
     seed: u64,
+}
+
+/// A connection from a balancer: its PROXY header so far, then the client it names.
+#[derive(Debug, Default)]
+struct Inbound {
+    partial: Vec<u8>,
+    client: Option<SocketAddr>,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -212,6 +225,7 @@ impl Driver {
             fired: Vec::new(),
             tls,
             plaintext: Vec::new(),
+            inbound: std::collections::HashMap::new(),
             live: None,
             seed,
         }
@@ -358,7 +372,13 @@ impl Driver {
 
     /// Whether [`Driver::accepted`] needs the client's address (a per-address limit is set).
     pub fn wants_peer(&self) -> bool {
-        self.admission.wants_peer()
+        self.admission.wants_peer() || self.config.proxy.accept_from.is_some()
+    }
+
+    /// The client's address as a balancer's PROXY header gave it, if it did: the one for
+    /// the upstream's `X-Forwarded-For` or PROXY header (else the socket's peer).
+    pub fn client_addr(&self, key: usize) -> Option<SocketAddr> {
+        self.inbound.get(&key).and_then(|inbound| inbound.client)
     }
 
     /// A socket was accepted from `peer` (on a TLS listener: `tls`), with `open` connections
@@ -376,6 +396,21 @@ impl Driver {
     ) -> (Conn, Session, Transport, Next) {
         Counters::bump(&self.stats.accepted);
         let mut conn = Conn::new(&self.config, now);
+        let from_balancer = self
+            .config
+            .proxy
+            .accept_from
+            .as_ref()
+            .map(|trusted| peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip))));
+        if from_balancer == Some(false) {
+            // Only balancers may speak here: a direct client's address cannot be told apart
+            // from a forged header. Nothing is answered (the peer speaks no HTTP to us).
+            Counters::bump(&self.stats.proxy_protocol_refused[0]);
+            return (conn, Session::default(), Transport::Plain, Next::Close);
+        }
+        // Behind a balancer the client's address comes with the header: per-address
+        // admission waits for it.
+        let peer = peer.filter(|_| from_balancer.is_none());
         let ip_key = match self.admission.admit(open, peer, now) {
             Ok(ip_key) => ip_key,
             Err(refusal) => {
@@ -391,6 +426,7 @@ impl Driver {
         let session = Session {
             handshaking: true,
             ip_key,
+            awaits_proxy_header: from_balancer.is_some(),
             ..Session::default()
         };
         let config = self.tls.as_ref().filter(|_| tls);
@@ -413,7 +449,70 @@ impl Driver {
     /// handshake's records queued in `outbox`), the plaintext goes to the connection. Plain
     /// HTTP on a TLS listener gets a plaintext 400; a TLS failure closes once its alert is
     /// out; `close_notify` is the end of the stream.
+    ///
+    /// Behind a balancer (`--accept-proxy-protocol`) the PROXY header comes first: read
+    /// whole, it names the client (admitted per address then), and what follows it goes on
+    /// as above; a missing or malformed header closes the connection, unanswered.
+    #[allow(clippy::too_many_arguments)]
     pub fn received(
+        &mut self,
+        key: usize,
+        conn: &mut Conn,
+        session: &mut Session,
+        transport: &mut Transport,
+        outbox: &mut Outbox,
+        bytes: &[u8],
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if !session.awaits_proxy_header {
+            return self.received_after_header(conn, transport, outbox, bytes, now, out);
+        }
+        let inbound = self.inbound.entry(key).or_default();
+        inbound.partial.extend_from_slice(bytes);
+        let (len, client) = match parse_proxy_header(&inbound.partial) {
+            ProxyHeader::Partial => return Next::Continue,
+            ProxyHeader::Complete { len, client } => (len, client),
+            ProxyHeader::Invalid(why) => {
+                tracing::debug!(why, "PROXY header refused");
+                self.inbound.remove(&key);
+                Counters::bump(&self.stats.proxy_protocol_refused[1]);
+                return Next::Close;
+            }
+        };
+        session.awaits_proxy_header = false;
+        let rest = inbound.partial.split_off(len);
+        match client {
+            Some(client) => {
+                *inbound = Inbound {
+                    partial: Vec::new(),
+                    client: Some(client),
+                }
+            }
+            None => drop(self.inbound.remove(&key)),
+        }
+        if let Some(client) = client {
+            match self.admission.admit_address(client.ip(), now) {
+                Ok(ip_key) => session.ip_key = ip_key,
+                Err(refusal) => {
+                    Counters::bump(&self.stats.admission_rejections);
+                    let next = conn.refuse(refusal, &mut self.cx(now, out));
+                    if transport.is_tls() {
+                        // No key exchange is spent on it: the connection just ends.
+                        out.clear();
+                        return Next::Close;
+                    }
+                    return next;
+                }
+            }
+        }
+        match rest.is_empty() {
+            true => Next::Continue,
+            false => self.received_after_header(conn, transport, outbox, &rest, now, out),
+        }
+    }
+
+    fn received_after_header(
         &mut self,
         conn: &mut Conn,
         transport: &mut Transport,
@@ -583,6 +682,9 @@ impl Driver {
     /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.
     pub fn closed(&mut self, key: usize, conn: &mut Conn, session: &Session, now: u64) {
         self.wheel.cancel(key as u32);
+        if !self.inbound.is_empty() {
+            self.inbound.remove(&key);
+        }
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();

@@ -344,7 +344,9 @@ impl Reactor {
                 Ok(0) => (client.conn.on_eof(&mut ctx!(self, now)), true),
                 Ok(n) => (
                     self.driver.received(
+                        key,
                         &mut client.conn,
+                        &mut client.session,
                         &mut client.transport,
                         &mut client.outbox,
                         &self.read_buffer[..n],

@@ -274,8 +274,10 @@ impl Reactor {
             Forwarding::ProxyV2 => client.stream.local_addr().ok(),
             Forwarding::Headers => None,
         };
+        // Behind a balancer, the client its PROXY header named.
+        let peer = self.driver.client_addr(key).unwrap_or(client.peer);
         let peers = Peers {
-            client: client.peer,
+            client: peer,
             local: local.unwrap_or(client.peer),
             tls: client.transport.is_tls(),
         };

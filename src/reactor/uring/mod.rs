@@ -611,9 +611,9 @@ impl Reactor {
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
             let (conn, transport) = (&mut client.conn, &mut client.transport);
-            let (outbox, out) = (&mut client.outbox, &mut self.out);
+            let (session, outbox, out) = (&mut client.session, &mut client.outbox, &mut self.out);
             self.driver
-                .received(conn, transport, outbox, data, now, out)
+                .received(key, conn, session, transport, outbox, data, now, out)
         } else {
             let mut cx = ctx!(self, now);
             let conn = &mut client.conn;

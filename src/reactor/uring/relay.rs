@@ -128,7 +128,11 @@ impl Reactor {
         // Multishot accept reports no address: asked for here, once per proxied client.
         let socket = client.socket().filter(|_| result >= 0);
         let tls = client.transport.is_tls();
-        let peers = socket.map(|socket| peers(socket, forwarding, tls));
+        let mut peers = socket.map(|socket| peers(socket, forwarding, tls));
+        // Behind a balancer, the client its PROXY header named.
+        if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), self.driver.client_addr(key)) {
+            peers.client = client;
+        }
         let Some(upstream) = client.upstream.as_deref_mut() else {
             return;
         };
