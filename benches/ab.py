@@ -7,6 +7,11 @@ for SECS seconds at concurrency 64. The figure is the server's CPU time per veri
 (utime + stime from /proc/PID/stat over the run, divided by upgrades); the rate is shown too.
 
     benches/ab.py --before OLD_BIN --after NEW_BIN [--mode close|proxy] [--rounds 7] [--secs 3]
+                  [--after-proxy-header v1|v2]
+
+`--after-proxy-header` measures what reading a PROXY header costs: the "after" server runs with
+--accept-proxy-protocol and the load sends the header (--before and --after may then be the
+same binary).
 """
 import argparse
 import json
@@ -45,27 +50,29 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(binary, io, port, after, upstream=None):
+def serve(binary, io, port, after, upstream=None, extra=()):
     argv = [binary, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
-            "--listen", f"127.0.0.1:{port}"]
+            "--listen", f"127.0.0.1:{port}", *extra]
     if upstream:
         argv += ["--upstream", f"127.0.0.1:{upstream}"]
     return argv
 
 
-def one_run(binary, io, mode, secs, loadgen):
+def one_run(binary, io, mode, secs, loadgen, proxy_header=None):
+    extra = ["--accept-proxy-protocol", "--proxy-protocol-from", "127.0.0.0/8"] if proxy_header else []
+    load_extra = ["--proxy-header", proxy_header] if proxy_header else []
     port = free_port()
     upstream = None
     if mode == "proxy":
         upstream_port = free_port()
         upstream = start(serve(binary, "epoll", upstream_port, "close"), upstream_port, "1")
-        server = start(serve(binary, io, port, "proxy", upstream_port), port, "0")
+        server = start(serve(binary, io, port, "proxy", upstream_port, extra), port, "0")
     else:
-        server = start(serve(binary, io, port, "close"), port, "0")
+        server = start(serve(binary, io, port, "close", extra=extra), port, "0")
     try:
         before = cpu_seconds(server.pid)
         out = subprocess.run(["taskset", "-c", "1", loadgen, "storm", f"ws://127.0.0.1:{port}/",
-                              "--concurrency", "64", "--duration", f"{secs}s", "--json"],
+                              "--concurrency", "64", "--duration", f"{secs}s", "--json", *load_extra],
                              capture_output=True, text=True, timeout=secs + 60)
         cpu = cpu_seconds(server.pid) - before
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,6 +94,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--secs", type=float, default=3)
     parser.add_argument("--loadgen", default=os.path.join(ROOT, "target", "release", "wsedge-loadgen"))
+    parser.add_argument("--after-proxy-header", choices=["v1", "v2"])
     options = parser.parse_args()
     ios = options.io.split(",")
     cpu = {(io, v): [] for io in ios for v in ("before", "after")}
@@ -99,7 +107,8 @@ def main():
             order = ("before", "after") if round_ % 2 == 0 else ("after", "before")
             for variant in order:
                 binary = options.before if variant == "before" else options.after
-                us, per_sec = one_run(binary, io, options.mode, options.secs, options.loadgen)
+                header = options.after_proxy_header if variant == "after" else None
+                us, per_sec = one_run(binary, io, options.mode, options.secs, options.loadgen, header)
                 cpu[(io, variant)].append(us)
                 rate[(io, variant)].append(per_sec)
                 pair[variant] = us

@@ -72,6 +72,17 @@ pub struct Plan {
     pub fixed_key: Option<[u8; KEY_LEN]>,
     /// `wss://`: the TLS client settings (one session cache per process: `--tls-resume`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Start each connection with a PROXY protocol header, as a balancer in front would.
+    pub proxy_header: Option<ProxyHeaderVersion>,
+}
+
+/// The PROXY protocol version `--proxy-header` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeaderVersion {
+    /// Text.
+    V1,
+    /// Binary.
+    V2,
 }
 
 /// Live counters for the progress line.
@@ -366,10 +377,39 @@ impl Worker<'_> {
     }
 
     fn build_request(&mut self, key: &[u8; KEY_LEN]) {
+        self.request.clear();
+        if let Some(version) = self.plan.proxy_header {
+            // A client of the balancer: one of 512 documentation addresses (TEST-NET-2 and
+            // TEST-NET-3), so that per-address limits see many clients.
+            let n = self.started;
+            let ip = match (n >> 8) % 2 {
+                0 => [198, 51, 100, n as u8],
+                _ => [203, 0, 113, n as u8],
+            };
+            let client = std::net::SocketAddr::from((ip, 1024 + ((n >> 9) % 60_000) as u16));
+            let balancer = self.plan.target.addr;
+            match version {
+                ProxyHeaderVersion::V2 => {
+                    wsedge::proxy::write_proxy_v2_header(client, balancer, &mut self.request)
+                }
+                ProxyHeaderVersion::V1 => self.request.extend_from_slice(
+                    format!(
+                        "PROXY {} {} {} {} {}\r\n",
+                        if balancer.is_ipv4() { "TCP4" } else { "TCP6" },
+                        client.ip(),
+                        balancer.ip(),
+                        client.port(),
+                        balancer.port()
+                    )
+                    .as_bytes(),
+                ),
+            }
+        }
+        let start = self.request.len();
         let room = 512
             + self.headers.iter().map(|h| h.len() + 2).sum::<usize>()
             + self.plan.target.path.len();
-        self.request.resize(room, 0);
+        self.request.resize(start + room, 0);
         let request = ClientRequest {
             host: &self.plan.target.host,
             target: &self.plan.target.path,
@@ -377,8 +417,8 @@ impl Worker<'_> {
             protocols: &self.protocols,
             extra_headers: &self.headers,
         };
-        let len = write_request(&mut self.request, &request).unwrap_or(0);
-        self.request.truncate(len);
+        let len = write_request(&mut self.request[start..], &request).unwrap_or(0);
+        self.request.truncate(start + len);
     }
 
     fn on_writable(&mut self, key: usize, now: Instant) {

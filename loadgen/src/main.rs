@@ -151,6 +151,10 @@ struct Common {
     /// secp384r1, x25519mlkem768) [default: x25519, secp256r1, secp384r1].
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
     tls_groups: Vec<wsedge::tls::TlsGroup>,
+    /// Start each connection with a PROXY protocol header (v1 or v2) naming a client, as an
+    /// L4 balancer in front of the server would (ws:// targets).
+    #[arg(long, value_enum, value_name = "VERSION")]
+    proxy_header: Option<ProxyHeaderArg>,
     /// Write an HdrHistogram interval log of total latency (one interval per worker).
     #[arg(long)]
     hdr_log: Option<std::path::PathBuf>,
@@ -295,7 +299,20 @@ fn plan(common: &Common, mode: Mode) -> Plan {
             .as_ref()
             .and_then(|k| k.as_bytes().try_into().ok()),
         tls: tls_config(common),
+        proxy_header: match (common.proxy_header, common.url.tls) {
+            (Some(_), true) => usage_error("--proxy-header is only used with ws:// targets".into()),
+            (Some(ProxyHeaderArg::V1), false) => Some(engine::ProxyHeaderVersion::V1),
+            (Some(ProxyHeaderArg::V2), false) => Some(engine::ProxyHeaderVersion::V2),
+            (None, _) => None,
+        },
     }
+}
+
+/// `--proxy-header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyHeaderArg {
+    V1,
+    V2,
 }
 
 /// The TLS client of a `wss://` target; the TLS flags are usage errors with `ws://`.

@@ -439,6 +439,11 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "*",
+        "--proxy-header",
+        &["loadgen::proxy_header_names_a_client_as_a_balancer_would"],
+    ),
+    (
+        "*",
         "--tls-groups",
         &[
             "loadgen::tls_groups_chooses_the_key_exchange_offered",

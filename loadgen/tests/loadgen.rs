@@ -508,3 +508,32 @@ fn tls_flags_with_a_ws_target_are_usage_errors() {
         );
     }
 }
+
+/// `--proxy-header v1|v2`: each connection starts with a PROXY header, as from a balancer; a
+/// wsedge that expects one (`--accept-proxy-protocol`) upgrades them all, and closes every
+/// connection that comes without.
+#[test]
+fn proxy_header_names_a_client_as_a_balancer_would() {
+    let mut config = server_config(AfterUpgrade::Close, 5_000);
+    config.conn.proxy.accept_from = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+    let server = Server::start(config).expect("start wsedge");
+    let url = format!("ws://{}/", server.local_addrs()[0]);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["storm", url.as_str(), "--count", "10", "--concurrency", "2"];
+        args.extend_from_slice(&["--duration", "60s", "--json"]);
+        args.extend_from_slice(extra);
+        let (code, stdout, json) = loadgen(&args);
+        assert_eq!(code, 0, "{stdout}");
+        let json = json.expect("JSON");
+        (json["ok"].as_u64(), json["errors_total"].as_u64())
+    };
+    assert_eq!(run(&["--proxy-header", "v1"]), (Some(10), Some(0)));
+    assert_eq!(run(&["--proxy-header", "v2"]), (Some(10), Some(0)));
+    assert_eq!(
+        run(&[]),
+        (Some(0), Some(10)),
+        "no header: every connection closed"
+    );
+    let (code, _, _) = loadgen(&["storm", "wss://localhost:1/", "--proxy-header", "v2"]);
+    assert_eq!(code, 2, "wss:// with --proxy-header is a usage error");
+}
