@@ -67,7 +67,7 @@ def run(args, io, way):
     if way == "takeover":
         argv += ["--takeover", os.path.join(directory, "wsedge.sock")]
     processes = [Wsedge(argv)]
-    processes[0].wait_for("listening on")
+    processes[0].wait_for("offering the listening sockets" if way == "takeover" else "listening on")
     duration = 3 + 2 * args.restarts
     storm = subprocess.Popen(
         ["taskset", "-c", "1", args.loadgen, "storm", f"ws://127.0.0.1:{port}/", "--concurrency", "64",
@@ -83,6 +83,8 @@ def run(args, io, way):
             new = Wsedge(argv)
             processes.append(new)
             ready.append(new.wait_for("took over" if way == "takeover" else "listening on"))
+            if way == "takeover":
+                new.wait_for("offering the listening sockets")
             time.sleep(2)
         out, _ = storm.communicate(timeout=duration + 60)
     finally:

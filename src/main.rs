@@ -265,6 +265,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                     );
                 }
             })?;
+            tracing::info!(
+                "--takeover {}: offering the listening sockets",
+                path.display()
+            );
             Some(offer)
         }
         None => None,

@@ -159,6 +159,51 @@ fn x_forwarded_for_carries_the_client_haproxy_saw(io: Io) {
     assert!(head.contains("X-Real-IP: 127.0.0.3\r\n"), "{head}");
 }
 
+/// With `--upstream-proxy-protocol v2`, the PROXY header wsedge sends upstream names the
+/// client HAProxy saw (its own header read back by wsedge's reader).
+fn the_upstream_proxy_header_names_the_client_haproxy_saw(io: Io) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let (client_tx, client_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !received.windows(4).skip(16).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let wsedge::proxy::ProxyHeader::Complete { len, client } =
+            wsedge::proxy::parse_proxy_header(&received)
+        else {
+            return;
+        };
+        stream
+            .write_all(&switching_protocols(&received[len..]))
+            .unwrap();
+        let _ = client_tx.send(client);
+        let _ = stream.read_to_end(&mut received);
+    });
+    let mut args = TRUST_HAPROXY.to_vec();
+    args.extend(["127.0.0.1:0", "--after", "proxy", "--upstream", &upstream]);
+    args.extend(["--upstream-proxy-protocol", "v2"]);
+    let server = Server::start(io, &args);
+    let Some(haproxy) = Haproxy::start(server.addr, "send-proxy") else {
+        return;
+    };
+    let (status, _held) = status_from("127.0.0.3", haproxy.addr);
+    assert_eq!(status, 101);
+    let client = client_rx
+        .recv_timeout(DEADLINE)
+        .expect("a PROXY v2 header upstream");
+    assert_eq!(client.map(|c| c.ip().to_string()), Some("127.0.0.3".into()));
+}
+
 /// A sender outside --proxy-protocol-from, and a trusted one whose bytes are not a PROXY
 /// header, are closed unanswered and counted by reason.
 fn untrusted_senders_and_garbage_headers_are_refused_and_counted(io: Io) {
@@ -213,6 +258,7 @@ fn a_header_that_never_comes_is_cut_at_the_handshake_timeout(io: Io) {
 on_both_backends!(
     the_per_address_limit_applies_to_the_client_haproxy_saw,
     x_forwarded_for_carries_the_client_haproxy_saw,
+    the_upstream_proxy_header_names_the_client_haproxy_saw,
     untrusted_senders_and_garbage_headers_are_refused_and_counted,
     a_header_that_never_comes_is_cut_at_the_handshake_timeout,
 );

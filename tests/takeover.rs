@@ -148,6 +148,9 @@ fn close_code(stream: &mut TcpStream) -> u16 {
     u16::from_be_bytes([frame[2], frame[3]])
 }
 
+/// What a server logs once its sockets can be taken over.
+const OFFERING: &str = "offering the listening sockets";
+
 fn takeover_args<'a>(path: &'a str, threads: &'a str, listen: &'a str) -> Vec<&'a str> {
     vec![
         "--takeover",
@@ -171,6 +174,7 @@ fn a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset(io: Io) {
     let path = dir.join("wsedge.sock");
     let path = path.to_str().unwrap();
     let mut current = Server::start(io, &takeover_args(path, "2", "127.0.0.1:0"));
+    current.wait_for_log(OFFERING);
     let addr = current.addr;
     let listen = addr.to_string();
     let storm = Storm::start(addr, 64);
@@ -179,6 +183,7 @@ fn a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset(io: Io) {
         let mut held = hold(addr, 4);
         let next = Server::start(io, &takeover_args(path, threads, &listen));
         next.wait_for_log("took over");
+        next.wait_for_log(OFFERING);
         current.wait_for_log("handed over");
         for stream in &mut held {
             assert_eq!(close_code(stream), 1012);
@@ -208,6 +213,7 @@ fn a_successor_that_dies_before_it_is_ready_leaves_the_old_one_serving(io: Io) {
     let path = dir.join("wsedge.sock");
     let path_text = path.to_str().unwrap();
     let mut old = Server::start(io, &takeover_args(path_text, "2", "127.0.0.1:0"));
+    old.wait_for_log(OFFERING);
     let received = wsedge::takeover::receive(&path)
         .expect("the offer")
         .expect("someone offering");
@@ -231,6 +237,7 @@ fn with_nobody_at_the_path_it_binds_and_offers(io: Io) {
     drop(stale);
     let path_text = path.to_str().unwrap();
     let server = Server::start(io, &takeover_args(path_text, "2", "127.0.0.1:0"));
+    server.wait_for_log(OFFERING);
     assert!(!server.log().contains("took over"));
     drop(hold(server.addr, 1));
     let offered = wsedge::takeover::receive(Path::new(path_text)).expect("the offer");
