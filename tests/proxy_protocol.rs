@@ -204,6 +204,35 @@ fn the_upstream_proxy_header_names_the_client_haproxy_saw(io: Io) {
     assert_eq!(client.map(|c| c.ip().to_string()), Some("127.0.0.3".into()));
 }
 
+/// On a TLS listener the PROXY header comes before the ClientHello, as balancers send it:
+/// read in the clear, then the TLS handshake and the upgrade go on.
+fn on_a_tls_listener_the_header_comes_before_the_client_hello(io: Io) {
+    let dir = scratch("proxy-protocol-tls");
+    let cert = common::cert(&dir, "server", &["localhost"]);
+    let mut args = TRUST_HAPROXY.to_vec();
+    args.push("127.0.0.1:0");
+    let server = Server::start_tls(io, &cert, &args);
+    let mut tcp = connect_from("127.0.0.9", server.tls_addr());
+    tcp.write_all(b"PROXY TCP4 127.0.0.7 127.0.0.1 5000 443\r\n")
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&upgrade_request("/", &[])).unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
 /// A sender outside --proxy-protocol-from, and a trusted one whose bytes are not a PROXY
 /// header, are closed unanswered and counted by reason.
 fn untrusted_senders_and_garbage_headers_are_refused_and_counted(io: Io) {
@@ -261,4 +290,5 @@ on_both_backends!(
     the_upstream_proxy_header_names_the_client_haproxy_saw,
     untrusted_senders_and_garbage_headers_are_refused_and_counted,
     a_header_that_never_comes_is_cut_at_the_handshake_timeout,
+    on_a_tls_listener_the_header_comes_before_the_client_hello,
 );
