@@ -127,6 +127,15 @@ pub enum After {
     Proxy,
 }
 
+/// `--upstream-balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamBalance {
+    /// In turn.
+    RoundRobin,
+    /// The fewest live connections first.
+    LeastConnections,
+}
+
 /// How the upstream learns the client's address in proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProxyProtocol {
@@ -254,6 +263,15 @@ pub struct ServeArgs {
     /// Bound on the upstream's answer to the forwarded request, in ms (then 504).
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub upstream_response_timeout_ms: u64,
+    /// How the next upstream is chosen: round-robin, or least-connections (the fewest live
+    /// relayed connections from this reactor; ties in turn).
+    #[arg(long, value_enum, value_name = "HOW", default_value = "round-robin")]
+    pub upstream_balance: UpstreamBalance,
+    /// Live relayed connections one upstream may hold (split evenly over the reactors);
+    /// over it the next upstream is tried, and when all are full the client gets 503 with
+    /// a jittered Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub upstream_max_connections: u32,
     /// Pass the client's address as a PROXY protocol header instead of X-Forwarded-For.
     #[arg(long, value_enum, value_name = "VERSION")]
     pub upstream_proxy_protocol: Option<ProxyProtocol>,
@@ -410,6 +428,12 @@ impl ServeArgs {
         if !proxy && !self.upstreams.is_empty() {
             return Err("--upstream is only used with --after proxy".into());
         }
+        if !proxy && self.upstream_max_connections > 0 {
+            return Err("--upstream-max-connections is only used with --after proxy".into());
+        }
+        if !proxy && self.upstream_balance != UpstreamBalance::RoundRobin {
+            return Err("--upstream-balance is only used with --after proxy".into());
+        }
         if !proxy && self.upstream_proxy_protocol.is_some() {
             return Err("--upstream-proxy-protocol is only used with --after proxy".into());
         }
@@ -508,6 +532,13 @@ impl ServeArgs {
                     accept_from: self
                         .accept_proxy_protocol
                         .then(|| self.proxy_protocol_from.clone()),
+                    balance: match self.upstream_balance {
+                        UpstreamBalance::RoundRobin => crate::proxy::Balance::RoundRobin,
+                        UpstreamBalance::LeastConnections => {
+                            crate::proxy::Balance::LeastConnections
+                        }
+                    },
+                    max_connections_per_upstream: self.upstream_max_connections,
                 },
             },
             limits: Limits {

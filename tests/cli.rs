@@ -53,6 +53,9 @@ rejects_flag! {
     proxy_protocol_untrusting:   ["--accept-proxy-protocol"] names "--proxy-protocol-from";
     trust_without_accepting:     ["--proxy-protocol-from", "10.0.0.0/8"] names "--accept-proxy-protocol";
     not_a_cidr:                  ["--accept-proxy-protocol", "--proxy-protocol-from", "10.0.0.0/33"] names "--proxy-protocol-from";
+    cap_without_proxy:           ["--upstream-max-connections", "5"] names "--upstream-max-connections";
+    balance_without_proxy:       ["--upstream-balance", "least-connections"] names "--upstream-balance";
+    unknown_balance:             ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "random"] names "--upstream-balance";
 }
 
 #[test]

@@ -190,6 +190,16 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--upstream-balance",
+        &["upstream_fleet::least_connections_fills_an_upstream_added_late"],
+    ),
+    (
+        "serve",
+        "--upstream-max-connections",
+        &["upstream_fleet::over_the_per_upstream_limit_the_next_is_tried_and_all_full_is_503"],
+    ),
+    (
+        "serve",
         "--takeover",
         &[
             "takeover::a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset",

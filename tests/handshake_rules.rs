@@ -192,6 +192,9 @@ fn every_rejection_is_a_complete_response() {
         RateLimited { .. } => RateLimited {
             retry_after_secs: 3,
         },
+        UpstreamsFull { .. } => UpstreamsFull {
+            retry_after_secs: 7,
+        },
         other => other,
     });
     for rejection in all {

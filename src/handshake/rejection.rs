@@ -141,11 +141,17 @@ pub enum Rejection {
     UpstreamTimeout,
     /// Plain HTTP arrived on a TLS listener (answered in plaintext, as nginx does).
     PlainHttpToTlsPort,
+    /// Proxy mode: every upstream holds `--upstream-max-connections`; retry after this many
+    /// seconds.
+    UpstreamsFull {
+        /// Value of the `Retry-After` header.
+        retry_after_secs: u32,
+    },
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 31] = {
+    pub const KINDS: [Rejection; 32] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -183,6 +189,9 @@ impl Rejection {
             UpstreamFailed,
             UpstreamTimeout,
             PlainHttpToTlsPort,
+            UpstreamsFull {
+                retry_after_secs: 0,
+            },
         ]
     };
 
@@ -225,7 +234,7 @@ impl Rejection {
             RateLimited { .. } => Status::TooManyRequests,
             HeadersTooLarge | TooManyHeaders => Status::HeaderFieldsTooLarge,
             UpstreamFailed => Status::BadGateway,
-            Overloaded { .. } => Status::ServiceUnavailable,
+            Overloaded { .. } | UpstreamsFull { .. } => Status::ServiceUnavailable,
             UpstreamTimeout => Status::GatewayTimeout,
         }
     }
@@ -265,6 +274,7 @@ impl Rejection {
             UpstreamFailed => "upstream unavailable",
             UpstreamTimeout => "upstream did not answer in time",
             PlainHttpToTlsPort => "plain HTTP sent to a TLS port: use wss:// (or https://)",
+            UpstreamsFull { .. } => "every upstream is at its connection limit, retry later",
         }
     }
 
@@ -287,7 +297,8 @@ impl Rejection {
     pub const fn retry_after_secs(self) -> Option<u32> {
         match self {
             Rejection::Overloaded { retry_after_secs }
-            | Rejection::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            | Rejection::RateLimited { retry_after_secs }
+            | Rejection::UpstreamsFull { retry_after_secs } => Some(retry_after_secs),
             _ => None,
         }
     }

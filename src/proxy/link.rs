@@ -90,6 +90,8 @@ pub struct Link {
     to_upstream: Flow,
     /// The client's TLS session, once the relay has started.
     tls: Option<Box<TlsLink>>,
+    /// Counts this connection against its upstream until the link goes.
+    _lease: Option<super::Lease>,
 }
 
 impl std::fmt::Debug for Link {
@@ -106,6 +108,15 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// A link to upstream `upstream`, the `attempts`-th tried for this client, counted
+    /// against it by `lease` while it lives.
+    pub fn with_lease(upstream: usize, attempts: usize, lease: Option<super::Lease>) -> Link {
+        Link {
+            _lease: lease,
+            ..Link::new(upstream, attempts)
+        }
+    }
+
     /// A link to upstream `upstream`, the `attempts`-th tried for this client.
     pub fn new(upstream: usize, attempts: usize) -> Link {
         let to_client = Flow {
@@ -119,6 +130,7 @@ impl Link {
             to_client,
             to_upstream: Flow::default(),
             tls: None,
+            _lease: None,
         }
     }
 

@@ -13,7 +13,7 @@
 //! | the PROXY header (v1, v2) a balancer in front sends, read | [`parse_proxy_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
-//! | which upstream next (round-robin, skipping refusers) | [`Upstreams`] |
+//! | which upstream next (round-robin or least-connections, skipping refusers and full ones) | [`Upstreams`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 //! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
@@ -35,7 +35,7 @@ pub use inbound::{parse_proxy_header, ProxyHeader};
 pub use link::{Flow, Link, Side};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
-pub use upstreams::{Upstreams, REFUSED_BACKOFF_MS};
+pub use upstreams::{Balance, Lease, Pick, Upstreams, REFUSED_BACKOFF_MS};
 
 /// The most of an upstream's refusal (head and body) passed on to a client. A refusal is a
 /// short page (401, 403, 429); this bounds what a connection buffers for a client that reads
@@ -64,6 +64,11 @@ pub struct ProxyConfig {
     pub response_timeout_ms: u64,
     /// How the client's address is passed on.
     pub forwarding: Forwarding,
+    /// How the next upstream is chosen.
+    pub balance: Balance,
+    /// Live connections one upstream may hold (server total; each reactor takes its
+    /// share); 0: no limit.
+    pub max_connections_per_upstream: u32,
     /// `--accept-proxy-protocol`: connections come from balancers in these networks, each
     /// starting with a PROXY header (v1 or v2) that names the client; from anywhere else
     /// they are refused. `None`: clients connect directly.
@@ -77,6 +82,8 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 2_000,
             response_timeout_ms: 10_000,
             forwarding: Forwarding::Headers,
+            balance: Balance::RoundRobin,
+            max_connections_per_upstream: 0,
             accept_from: None,
         }
     }

@@ -216,6 +216,14 @@ impl Admission {
         }
     }
 
+    /// Proxy mode: every upstream is at its connection limit: 503 with a jittered
+    /// `Retry-After`, as for the edge's own limits.
+    pub(crate) fn upstreams_full(&mut self) -> crate::handshake::Rejection {
+        crate::handshake::Rejection::UpstreamsFull {
+            retry_after_secs: self.retry_after(),
+        }
+    }
+
     /// An admitted connection from the address with `ip_key` (0: untracked) closed.
     pub(crate) fn connection_closed(&mut self, ip_key: u64, now: u64) {
         if ip_key != 0 {

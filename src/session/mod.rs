@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
-use crate::proxy::{parse_proxy_header, Link, ProxyHeader, Upstreams};
+use crate::proxy::{parse_proxy_header, Link, Pick, ProxyHeader, Upstreams};
 use crate::reactor::Live;
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
@@ -175,7 +175,6 @@ pub struct Driver {
     /// Settings a reload publishes, the generation in use, and how many reactors share
     /// the limits.
     live: Option<(Arc<Live>, u64, usize)>,
-    seed: u64,
 }
 
 /// A connection from a balancer: its PROXY header so far, then the client it names.
@@ -227,7 +226,6 @@ impl Driver {
             plaintext: Vec::new(),
             inbound: std::collections::HashMap::new(),
             live: None,
-            seed,
         }
     }
 
@@ -251,7 +249,7 @@ impl Driver {
         *seen = generation;
         let reactors = *reactors;
         if settings.conn.proxy.upstreams != self.config.proxy.upstreams {
-            self.upstreams = Upstreams::new(&settings.conn.proxy.upstreams, self.seed as usize);
+            self.upstreams = self.upstreams.reconfigured(&settings.conn.proxy.upstreams);
         }
         self.config = Arc::clone(&settings.conn);
         self.admission.set_limits(settings.limits.share(reactors));
@@ -277,22 +275,29 @@ impl Driver {
     }
 
     /// Proxy mode: the next upstream for a client that has tried `attempts` (counted here);
-    /// `None` once every upstream was tried for it: its answer is then
-    /// [`Conn::on_upstream_failed`] (502).
-    pub fn next_upstream(&mut self, attempts: &mut usize, now: u64) -> Option<(usize, SocketAddr)> {
+    /// [`Pick::None`] once every upstream was tried for it (its answer is then
+    /// [`Conn::on_upstream_failed`], 502), [`Pick::Full`] when every upstream holds its share
+    /// of `--upstream-max-connections`.
+    pub fn next_upstream(&mut self, attempts: &mut usize, now: u64) -> Pick {
         if *attempts >= self.upstreams.len() {
-            return None;
+            return Pick::None;
         }
-        let picked = self.upstreams.pick(now)?;
-        *attempts += 1;
-        Some(picked)
+        let proxy = &self.config.proxy;
+        let cap = proxy
+            .max_connections_per_upstream
+            .div_ceil(self.reactors() as u32);
+        let picked = self.upstreams.pick(now, proxy.balance, cap);
+        if let Pick::Upstream(..) = picked {
+            *attempts += 1;
+        }
+        picked
     }
 
     /// Proxy mode: opens a connection for this client, which has tried `attempts` upstreams,
     /// to the next upstream with `open` (the backend's socket and connect). An upstream that
     /// cannot be opened is passed over and the next one tried; `Err` is the client's answer:
-    /// a 502 once every upstream was tried, a 503 when the edge itself has no descriptor,
-    /// memory or port left.
+    /// a 502 once every upstream was tried, a 503 when every upstream is at its connection
+    /// limit or the edge itself has no descriptor, memory or port left.
     pub fn open_upstream<S>(
         &mut self,
         conn: &mut Conn,
@@ -302,11 +307,19 @@ impl Driver {
         mut open: impl FnMut(SocketAddr) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
         loop {
-            let Some((index, addr)) = self.next_upstream(&mut attempts, now) else {
-                return Err(conn.on_upstream_failed(&mut self.cx(now, out)));
+            let (index, addr) = match self.next_upstream(&mut attempts, now) {
+                Pick::Upstream(index, addr) => (index, addr),
+                Pick::None => return Err(conn.on_upstream_failed(&mut self.cx(now, out))),
+                Pick::Full => {
+                    let refusal = self.admission.upstreams_full();
+                    return Err(conn.refuse(refusal, &mut self.cx(now, out)));
+                }
             };
             let error = match open(addr) {
-                Ok(socket) => return Ok((Link::new(index, attempts), socket)),
+                Ok(socket) => {
+                    let lease = self.upstreams.lease(index);
+                    return Ok((Link::with_lease(index, attempts, lease), socket));
+                }
                 Err(error) => error,
             };
             if let UpstreamFailure::Answer(next) =
@@ -315,6 +328,13 @@ impl Driver {
                 return Err(next);
             }
         }
+    }
+
+    /// Reactors sharing the limits (1 until [`Driver::with_live`] says).
+    fn reactors(&self) -> usize {
+        self.live
+            .as_ref()
+            .map_or(1, |(_, _, reactors)| (*reactors).max(1))
     }
 
     /// Proxy mode: opening a socket to upstream `index`, or connecting it, failed with
