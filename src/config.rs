@@ -134,6 +134,8 @@ pub enum UpstreamBalance {
     RoundRobin,
     /// The fewest live connections first.
     LeastConnections,
+    /// By a hash of the client's key (--upstream-hash-key).
+    Hash,
 }
 
 /// How the upstream learns the client's address in proxy mode.
@@ -263,10 +265,15 @@ pub struct ServeArgs {
     /// Bound on the upstream's answer to the forwarded request, in ms (then 504).
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub upstream_response_timeout_ms: u64,
-    /// How the next upstream is chosen: round-robin, or least-connections (the fewest live
-    /// relayed connections from this reactor; ties in turn).
+    /// How the next upstream is chosen: round-robin, least-connections (the fewest live
+    /// relayed connections from this reactor; ties in turn), or hash (of the client's key,
+    /// --upstream-hash-key: the same key to the same upstream).
     #[arg(long, value_enum, value_name = "HOW", default_value = "round-robin")]
     pub upstream_balance: UpstreamBalance,
+    /// Where the client's key is for --upstream-balance hash: header:NAME, cookie:NAME or
+    /// query:NAME (a request without it goes round-robin).
+    #[arg(long, value_name = "KIND:NAME", value_parser = crate::proxy::HashKey::parse)]
+    pub upstream_hash_key: Option<crate::proxy::HashKey>,
     /// Live relayed connections one upstream may hold (split evenly over the reactors);
     /// over it the next upstream is tried, and when all are full the client gets 503 with
     /// a jittered Retry-After. 0: no limit.
@@ -434,6 +441,17 @@ impl ServeArgs {
         if !proxy && self.upstream_balance != UpstreamBalance::RoundRobin {
             return Err("--upstream-balance is only used with --after proxy".into());
         }
+        let hashing = self.upstream_balance == UpstreamBalance::Hash;
+        if hashing && self.upstream_hash_key.is_none() {
+            return Err(
+                "--upstream-balance hash needs --upstream-hash-key header:NAME, \
+                        cookie:NAME or query:NAME"
+                    .into(),
+            );
+        }
+        if !hashing && self.upstream_hash_key.is_some() {
+            return Err("--upstream-hash-key is only used with --upstream-balance hash".into());
+        }
         if !proxy && self.upstream_proxy_protocol.is_some() {
             return Err("--upstream-proxy-protocol is only used with --after proxy".into());
         }
@@ -537,7 +555,9 @@ impl ServeArgs {
                         UpstreamBalance::LeastConnections => {
                             crate::proxy::Balance::LeastConnections
                         }
+                        UpstreamBalance::Hash => crate::proxy::Balance::Hash,
                     },
+                    hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
                 },
             },

@@ -55,6 +55,9 @@ rejects_flag! {
     not_a_cidr:                  ["--accept-proxy-protocol", "--proxy-protocol-from", "10.0.0.0/33"] names "--proxy-protocol-from";
     cap_without_proxy:           ["--upstream-max-connections", "5"] names "--upstream-max-connections";
     balance_without_proxy:       ["--upstream-balance", "least-connections"] names "--upstream-balance";
+    hash_without_key:            ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "hash"] names "--upstream-hash-key";
+    key_without_hash:            ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-hash-key", "header:X-User"] names "--upstream-hash-key";
+    bad_hash_key:                ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "hash", "--upstream-hash-key", "ip"] names "--upstream-hash-key";
     unknown_balance:             ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "random"] names "--upstream-balance";
 }
 

@@ -191,7 +191,15 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--upstream-balance",
-        &["upstream_fleet::least_connections_fills_an_upstream_added_late"],
+        &[
+            "upstream_fleet::least_connections_fills_an_upstream_added_late",
+            "upstream_fleet::hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal",
+        ],
+    ),
+    (
+        "serve",
+        "--upstream-hash-key",
+        &["upstream_fleet::hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal"],
     ),
     (
         "serve",

@@ -270,6 +270,12 @@ impl Conn {
         }
     }
 
+    /// Proxy mode: the client's validated request head, while it waits for an upstream.
+    pub fn request_head(&self) -> Option<&[u8]> {
+        let buffers = self.buffers.as_ref()?;
+        buffers.pending.get(..buffers.head_len)
+    }
+
     /// Proxy mode, for each upstream tried: appends to `cx.out` the request to send it (see
     /// [`write_upstream_request`]) followed by any bytes the client sent after its request.
     pub fn write_upstream_request(&mut self, peers: Peers, cx: &mut Ctx<'_>) {

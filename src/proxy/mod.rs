@@ -13,10 +13,11 @@
 //! | the PROXY header (v1, v2) a balancer in front sends, read | [`parse_proxy_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
-//! | which upstream next (round-robin or least-connections, skipping refusers and full ones) | [`Upstreams`] |
+//! | which upstream next (round-robin, least-connections or a hash of the client's key, skipping refusers and full ones) | [`Upstreams`], [`HashKey`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 //! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
+mod affinity;
 mod fin;
 mod forward;
 mod inbound;
@@ -27,6 +28,7 @@ mod upstreams;
 
 use std::net::SocketAddr;
 
+pub use affinity::{score, HashKey};
 pub use fin::Fin;
 pub use forward::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
@@ -66,6 +68,8 @@ pub struct ProxyConfig {
     pub forwarding: Forwarding,
     /// How the next upstream is chosen.
     pub balance: Balance,
+    /// Where the client's key is, for [`Balance::Hash`].
+    pub hash_key: Option<HashKey>,
     /// Live connections one upstream may hold (server total; each reactor takes its
     /// share); 0: no limit.
     pub max_connections_per_upstream: u32,
@@ -83,6 +87,7 @@ impl Default for ProxyConfig {
             response_timeout_ms: 10_000,
             forwarding: Forwarding::Headers,
             balance: Balance::RoundRobin,
+            hash_key: None,
             max_connections_per_upstream: 0,
             accept_from: None,
         }

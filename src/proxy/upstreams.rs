@@ -22,6 +22,10 @@ pub enum Balance {
     /// The one with the fewest live connections (ties in turn): long-lived WebSockets make
     /// round-robin unfair to an upstream added late.
     LeastConnections,
+    /// By a hash of the client's key (`--upstream-hash-key`), rendezvous-style: the same key
+    /// goes to the same upstream while it is up and under its cap; a request without the key
+    /// goes round-robin.
+    Hash,
 }
 
 /// One reactor's view of the upstreams (each reactor keeps its own: no shared state).
@@ -107,10 +111,10 @@ impl Upstreams {
         Some(Lease(Rc::clone(live)))
     }
 
-    /// The next upstream to try, by `balance`, among those under `cap` live connections
-    /// (0: no cap) and not recently refused; when every one under the cap was refused, the
-    /// next such in turn anyway (one of them may be back).
-    pub fn pick(&mut self, now: u64, balance: Balance, cap: u32) -> Pick {
+    /// The next upstream to try, by `balance` (and the client's hashed `key`), among those
+    /// under `cap` live connections (0: no cap) and not recently refused; when every one
+    /// under the cap was refused, the next such in turn anyway (one of them may be back).
+    pub fn pick(&mut self, now: u64, balance: Balance, cap: u32, key: Option<u64>) -> Pick {
         let count = self.addrs.len();
         if count == 0 {
             return Pick::None;
@@ -124,10 +128,13 @@ impl Upstreams {
             return Pick::Full;
         };
         let up = open.iter().copied().filter(|&i| self.down_until[i] <= now);
-        let index = match balance {
-            Balance::RoundRobin => up.min_by_key(|_| 0),
+        let index = match (balance, key) {
+            (Balance::Hash, Some(key)) => {
+                up.max_by_key(|&i| super::affinity::score(key, self.addrs[i]))
+            }
+            (Balance::RoundRobin | Balance::Hash, _) => up.min_by_key(|_| 0),
             // `min_by_key` keeps the first of equals: ties go in turn.
-            Balance::LeastConnections => up.min_by_key(|&i| self.live[i].get()),
+            (Balance::LeastConnections, _) => up.min_by_key(|&i| self.live[i].get()),
         }
         .unwrap_or(first_open);
         self.next = (index + 1) % count;
@@ -171,7 +178,7 @@ mod tests {
     #[test]
     fn round_robin() {
         let mut pool = pool();
-        let picks: Vec<usize> = (0..4).map(|_| index(pool.pick(0, RR, 0))).collect();
+        let picks: Vec<usize> = (0..4).map(|_| index(pool.pick(0, RR, 0, None))).collect();
         assert_eq!(picks, [0, 1, 2, 0]);
     }
 
@@ -189,10 +196,10 @@ mod tests {
         let mut pool = pool();
         let held: Vec<Lease> = [0, 0, 1].iter().filter_map(|&i| pool.lease(i)).collect();
         let least = Balance::LeastConnections;
-        assert_eq!(index(pool.pick(0, least, 0)), 2);
+        assert_eq!(index(pool.pick(0, least, 0, None)), 2);
         let third = pool.lease(2);
         assert_eq!(
-            index(pool.pick(0, least, 0)),
+            index(pool.pick(0, least, 0, None)),
             1,
             "1 and 2 hold one each: in turn"
         );
@@ -205,10 +212,10 @@ mod tests {
     fn upstreams_at_the_cap_are_passed_over_and_all_full_is_said() {
         let mut pool = pool();
         let _held: Vec<Lease> = [0, 1].iter().filter_map(|&i| pool.lease(i)).collect();
-        assert_eq!(index(pool.pick(0, RR, 1)), 2);
+        assert_eq!(index(pool.pick(0, RR, 1, None)), 2);
         let _third = pool.lease(2);
-        assert_eq!(pool.pick(0, RR, 1), Pick::Full);
-        assert_eq!(index(pool.pick(0, RR, 2)), 0, "a higher cap has room");
+        assert_eq!(pool.pick(0, RR, 1, None), Pick::Full);
+        assert_eq!(index(pool.pick(0, RR, 2, None)), 0, "a higher cap has room");
     }
 
     #[test]
@@ -221,7 +228,10 @@ mod tests {
             .collect();
         let mut reloaded = pool.reconfigured(&addrs);
         assert_eq!((reloaded.live(0), reloaded.live(1)), (1, 0));
-        assert_eq!(index(reloaded.pick(0, Balance::LeastConnections, 0)), 1);
+        assert_eq!(
+            index(reloaded.pick(0, Balance::LeastConnections, 0, None)),
+            1
+        );
         drop(held);
         assert_eq!(
             reloaded.live(0),
@@ -234,9 +244,9 @@ mod tests {
     fn a_refuser_is_skipped_until_its_backoff_ends() {
         let mut pool = pool();
         pool.refused(1, 100, &refused());
-        let picks: Vec<usize> = (0..3).map(|_| index(pool.pick(200, RR, 0))).collect();
+        let picks: Vec<usize> = (0..3).map(|_| index(pool.pick(200, RR, 0, None))).collect();
         assert_eq!(picks, [0, 2, 0]);
-        assert_eq!(index(pool.pick(100 + REFUSED_BACKOFF_MS, RR, 0)), 1);
+        assert_eq!(index(pool.pick(100 + REFUSED_BACKOFF_MS, RR, 0, None)), 1);
     }
 
     #[test]
@@ -245,7 +255,7 @@ mod tests {
         for i in 0..3 {
             pool.refused(i, 0, &refused());
         }
-        assert_eq!(index(pool.pick(1, RR, 0)), 0);
-        assert_eq!(index(pool.pick(1, RR, 0)), 1);
+        assert_eq!(index(pool.pick(1, RR, 0, None)), 0);
+        assert_eq!(index(pool.pick(1, RR, 0, None)), 1);
     }
 }

@@ -278,7 +278,7 @@ impl Driver {
     /// [`Pick::None`] once every upstream was tried for it (its answer is then
     /// [`Conn::on_upstream_failed`], 502), [`Pick::Full`] when every upstream holds its share
     /// of `--upstream-max-connections`.
-    pub fn next_upstream(&mut self, attempts: &mut usize, now: u64) -> Pick {
+    pub fn next_upstream(&mut self, attempts: &mut usize, key: Option<u64>, now: u64) -> Pick {
         if *attempts >= self.upstreams.len() {
             return Pick::None;
         }
@@ -286,7 +286,7 @@ impl Driver {
         let cap = proxy
             .max_connections_per_upstream
             .div_ceil(self.reactors() as u32);
-        let picked = self.upstreams.pick(now, proxy.balance, cap);
+        let picked = self.upstreams.pick(now, proxy.balance, cap, key);
         if let Pick::Upstream(..) = picked {
             *attempts += 1;
         }
@@ -306,8 +306,13 @@ impl Driver {
         out: &mut Vec<u8>,
         mut open: impl FnMut(SocketAddr) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
+        // The client's key, for hash balancing: the same upstream on every attempt's order.
+        let key = match (&self.config.proxy.hash_key, conn.request_head()) {
+            (Some(hash_key), Some(head)) => hash_key.hash_of(head),
+            _ => None,
+        };
         loop {
-            let (index, addr) = match self.next_upstream(&mut attempts, now) {
+            let (index, addr) = match self.next_upstream(&mut attempts, key, now) {
                 Pick::Upstream(index, addr) => (index, addr),
                 Pick::None => return Err(conn.on_upstream_failed(&mut self.cx(now, out))),
                 Pick::Full => {
