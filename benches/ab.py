@@ -7,7 +7,7 @@ for SECS seconds at concurrency 64. The figure is the server's CPU time per veri
 (utime + stime from /proc/PID/stat over the run, divided by upgrades); the rate is shown too.
 
     benches/ab.py --before OLD_BIN --after NEW_BIN [--mode close|proxy] [--rounds 7] [--secs 3]
-                  [--after-proxy-header v1|v2]
+                  [--after-proxy-header v1|v2] [--after-args "--upstream-balance least-connections"]
 
 `--after-proxy-header` measures what reading a PROXY header costs: the "after" server runs with
 --accept-proxy-protocol and the load sends the header (--before and --after may then be the
@@ -58,8 +58,9 @@ def serve(binary, io, port, after, upstream=None, extra=()):
     return argv
 
 
-def one_run(binary, io, mode, secs, loadgen, proxy_header=None):
+def one_run(binary, io, mode, secs, loadgen, proxy_header=None, server_args=()):
     extra = ["--accept-proxy-protocol", "--proxy-protocol-from", "127.0.0.0/8"] if proxy_header else []
+    extra += list(server_args)
     load_extra = ["--proxy-header", proxy_header] if proxy_header else []
     port = free_port()
     upstream = None
@@ -95,6 +96,7 @@ def main():
     parser.add_argument("--secs", type=float, default=3)
     parser.add_argument("--loadgen", default=os.path.join(ROOT, "target", "release", "wsedge-loadgen"))
     parser.add_argument("--after-proxy-header", choices=["v1", "v2"])
+    parser.add_argument("--after-args", default="", help="extra flags for the after server")
     options = parser.parse_args()
     ios = options.io.split(",")
     cpu = {(io, v): [] for io in ios for v in ("before", "after")}
@@ -108,7 +110,9 @@ def main():
             for variant in order:
                 binary = options.before if variant == "before" else options.after
                 header = options.after_proxy_header if variant == "after" else None
-                us, per_sec = one_run(binary, io, options.mode, options.secs, options.loadgen, header)
+                server_args = options.after_args.split() if variant == "after" else []
+                us, per_sec = one_run(binary, io, options.mode, options.secs, options.loadgen, header,
+                                      server_args)
                 cpu[(io, variant)].append(us)
                 rate[(io, variant)].append(per_sec)
                 pair[variant] = us
