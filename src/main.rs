@@ -278,8 +278,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         spawn_stats_logger(server.counters(), secs).context("starting the stats thread")?;
     }
     let shutdown = server.shutdown();
-    let mut running = Running {
-        args: args.clone(),
+    let running = Running {
+        config: args.config.clone(),
+        tls_settings: args.tls_settings(),
+        fixed: fixed_settings(args),
         after: config.conn.after,
         live: server.live(),
         tls: config.tls.clone(),
@@ -334,8 +336,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
 /// What a reload (SIGHUP) starts from.
 struct Running {
-    /// The flags the server runs with (after the last good reload).
-    args: ServeArgs,
+    /// `--config`, read again on SIGHUP.
+    config: Option<std::path::PathBuf>,
+    /// The certificate files, read again on a SIGHUP without `--config`.
+    tls_settings: Option<wsedge::tls::TlsSettings>,
+    /// What cannot change without a restart, as the server runs it.
+    fixed: Vec<(&'static str, String)>,
     after: wsedge::conn::AfterUpgrade,
     live: std::sync::Arc<wsedge::reactor::Live>,
     tls: Option<wsedge::tls::SharedTlsConfig>,
@@ -347,10 +353,9 @@ impl Running {
     /// upstreams, timeouts, certificates. What cannot (listeners, threads, backend, mode) is
     /// reported and kept. A file that cannot be used keeps the running configuration and
     /// says why. Without `--config`, the certificate files are read again.
-    fn reload(&mut self) {
-        let Some(path) = self.args.config.clone() else {
-            let settings = self.args.tls_settings();
-            return reload_tls(self.tls.as_ref().zip(settings.as_ref()));
+    fn reload(&self) {
+        let Some(path) = self.config.clone() else {
+            return reload_tls(self.tls.as_ref().zip(self.tls_settings.as_ref()));
         };
         let typed: Vec<String> = std::env::args().collect();
         let parsed = with_config_file(&path, &typed)
@@ -374,45 +379,13 @@ impl Running {
                 path.display()
             );
         }
-        let old = &self.args;
-        let fixed = [
-            (
-                "listen",
-                format!("{:?}", old.listen),
-                format!("{:?}", args.listen),
-            ),
-            (
-                "listen-tls",
-                format!("{:?}", old.listen_tls),
-                format!("{:?}", args.listen_tls),
-            ),
-            (
-                "threads",
-                format!("{:?}", old.threads),
-                format!("{:?}", args.threads),
-            ),
-            ("io", format!("{:?}", old.io), format!("{:?}", args.io)),
-            (
-                "after",
-                format!("{:?}", old.after),
-                format!("{:?}", args.after),
-            ),
-            ("backlog", old.backlog.to_string(), args.backlog.to_string()),
-            (
-                "metrics",
-                format!("{:?}", old.metrics),
-                format!("{:?}", args.metrics),
-            ),
-            (
-                "takeover",
-                format!("{:?}", old.takeover),
-                format!("{:?}", args.takeover),
-            ),
-        ];
-        for (key, running, asked) in fixed.iter().filter(|(_, a, b)| a != b) {
-            tracing::warn!(
-                "SIGHUP: {key} cannot change without a restart: kept {running} (the file says {asked})"
-            );
+        let asked = fixed_settings(&args);
+        for ((key, running), (_, asked)) in self.fixed.iter().zip(&asked) {
+            if running != asked {
+                tracing::warn!(
+                    "SIGHUP: {key} cannot change without a restart: kept {running} (the file says {asked})"
+                );
+            }
         }
         let mut config = args.server_config();
         config.conn.after = self.after;
@@ -423,16 +396,23 @@ impl Running {
         }
         self.live.publish(config.conn, config.limits);
         tracing::info!("SIGHUP: configuration reloaded from {}", path.display());
-        let mut kept = args;
-        (kept.listen, kept.listen_tls, kept.threads) = (
-            self.args.listen.clone(),
-            self.args.listen_tls.clone(),
-            self.args.threads,
-        );
-        (kept.io, kept.after, kept.backlog) = (self.args.io, self.args.after, self.args.backlog);
-        (kept.metrics, kept.takeover) = (self.args.metrics, self.args.takeover.clone());
-        self.args = kept;
     }
+}
+
+/// The settings a reload cannot change (listeners, reactors, backend, mode), by flag, as
+/// shown in the reload's warning.
+fn fixed_settings(args: &ServeArgs) -> Vec<(&'static str, String)> {
+    let show = |value: &dyn std::fmt::Debug| format!("{value:?}");
+    vec![
+        ("listen", show(&args.listen)),
+        ("listen-tls", show(&args.listen_tls)),
+        ("threads", show(&args.threads)),
+        ("io", show(&args.io)),
+        ("after", show(&args.after)),
+        ("backlog", show(&args.backlog)),
+        ("metrics", show(&args.metrics)),
+        ("takeover", show(&args.takeover)),
+    ]
 }
 
 /// SIGHUP without `--config`: the certificates and keys are read again; new connections get
