@@ -59,7 +59,7 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
     let dir = scratch("activation");
     let cert = cert(&dir, "server", &["localhost"]);
     let (plain, tls) = (free_addr(), free_addr());
-    let mut child = Command::new(activate)
+    let child = Command::new(activate)
         .args([
             "-l",
             &plain.to_string(),
@@ -87,9 +87,11 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn systemd-socket-activate");
+    // Killed however the test ends (a failed assertion included).
+    let mut child = KillOnDrop(child);
     let log = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&log);
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let mut log = sink.lock().unwrap();
@@ -127,8 +129,16 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A descriptor passed as a listener that is not one is refused at startup, named.
