@@ -325,13 +325,7 @@ fn sighup_reloads_during_a_storm_fail_no_handshake(io: Io) {
         cert(&dir, "old", &["localhost"]),
         cert(&dir, "new", &["localhost"]),
     );
-    let live = Cert {
-        cert: dir.join("live.crt"),
-        key: dir.join("live.key"),
-        der: old.der.clone(),
-    };
-    std::fs::copy(&old.cert, &live.cert).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
+    let live = live_files(&dir, &old);
     let server = serve(io, &live, &["--after", "close"]);
     let addr = tls_addr(&server);
     let trusts_both = client_config(&[&old.der, &new.der], &[b"http/1.1"], &[], None);
@@ -370,8 +364,7 @@ fn sighup_reloads_during_a_storm_fail_no_handshake(io: Io) {
     };
     for round in 1..=5 {
         let from = if round % 2 == 1 { &new } else { &old };
-        std::fs::copy(&from.cert, &live.cert).unwrap();
-        std::fs::copy(&from.key, &live.key).unwrap();
+        install(from, &live);
         let before = upgraded_total.load(Relaxed);
         server.signal(libc::SIGHUP);
         let deadline = Instant::now() + DEADLINE;
@@ -478,6 +471,23 @@ fn echoes(socket: &mut tungstenite::WebSocket<Tls>, text: &str) {
     }
 }
 
+/// The certificate and key files a server is started on, holding `first`'s for now.
+fn live_files(dir: &std::path::Path, first: &Cert) -> Cert {
+    let live = Cert {
+        cert: dir.join("live.crt"),
+        key: dir.join("live.key"),
+        der: first.der.clone(),
+    };
+    install(first, &live);
+    live
+}
+
+/// Puts `cert`'s files where `live`'s are (for the next SIGHUP).
+fn install(cert: &Cert, live: &Cert) {
+    std::fs::copy(&cert.cert, &live.cert).unwrap();
+    std::fs::copy(&cert.key, &live.key).unwrap();
+}
+
 /// SIGHUP reads the certificate and key files again: new connections get the new
 /// certificate, an established connection carries on, and a broken file keeps the running
 /// certificate and says why.
@@ -485,13 +495,7 @@ fn sighup_reloads_certificates_for_new_connections_only(io: Io) {
     let dir = scratch("reload");
     let old = cert(&dir, "old", &["localhost"]);
     let new = cert(&dir, "new", &["localhost"]);
-    let live = Cert {
-        cert: dir.join("live.crt"),
-        key: dir.join("live.key"),
-        der: old.der.clone(),
-    };
-    std::fs::copy(&old.cert, &live.cert).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
+    let live = live_files(&dir, &old);
     let server = serve(io, &live, &["--after", "echo"]);
     let addr = tls_addr(&server);
     let trusts_old = default_client(&old);
@@ -499,8 +503,7 @@ fn sighup_reloads_certificates_for_new_connections_only(io: Io) {
     let mut established = upgraded(addr, Arc::clone(&trusts_old));
     echoes(&mut established, "before");
 
-    std::fs::copy(&new.cert, &live.cert).unwrap();
-    std::fs::copy(&new.key, &live.key).unwrap();
+    install(&new, &live);
     server.signal(libc::SIGHUP);
     server.wait_for_log("SIGHUP: TLS certificates reloaded");
     let mut fresh = upgraded(addr, Arc::clone(&trusts_new));
