@@ -255,10 +255,36 @@ pub struct ServeArgs {
     /// Serve GET /metrics (Prometheus text) and GET /healthz on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
-    /// App server to relay validated upgrades to, HOST:PORT (repeatable: round-robin,
-    /// skipping ones that refuse). Required by --after proxy.
+    /// App server to relay validated upgrades to: "HOST:PORT [weight=N] [drain]"
+    /// (repeatable; a name stands for every address it resolves to). Required by --after
+    /// proxy.
     #[arg(long = "upstream", value_name = "HOST:PORT", value_parser = parse_upstream)]
-    pub upstreams: Vec<SocketAddr>,
+    pub upstreams: Vec<crate::proxy::UpstreamTarget>,
+    /// How often an upstream given by name is looked up again, in seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub upstream_resolve_secs: u64,
+    /// Check every upstream this often, in ms (0: no active checks; clients' failed
+    /// connections still pass an upstream over).
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub upstream_health_interval_ms: u64,
+    /// What a health check does: tcp (connect), http:PATH (GET, 2xx or 3xx) or
+    /// websocket[:PATH] (a valid 101).
+    #[arg(long, value_name = "KIND", default_value = "websocket:/", value_parser = crate::proxy::health::CheckKind::parse)]
+    pub upstream_health_check: crate::proxy::health::CheckKind,
+    /// Bound on one health check, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub upstream_health_timeout_ms: u64,
+    /// Health checks passed in a row that bring a down upstream back.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub upstream_health_rise: u32,
+    /// Failures in a row (health checks, or clients' connections refused, timed out or
+    /// answered with an invalid 101) that take an upstream out of rotation.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub upstream_health_fall: u32,
+    /// GET /healthz answers 503 "degraded" when fewer than this percentage of the
+    /// upstreams are up (0: never).
+    #[arg(long, value_name = "PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub healthz_min_upstreams_up: u8,
     /// Bound on connecting to an upstream, in ms (then 504).
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub upstream_connect_timeout_ms: u64,
@@ -270,8 +296,8 @@ pub struct ServeArgs {
     /// --upstream-hash-key: the same key to the same upstream).
     #[arg(long, value_enum, value_name = "HOW", default_value = "round-robin")]
     pub upstream_balance: UpstreamBalance,
-    /// Where the client's key is for --upstream-balance hash: header:NAME, cookie:NAME or
-    /// query:NAME (a request without it goes round-robin).
+    /// Where the client's key is for --upstream-balance hash: header:NAME, cookie:NAME,
+    /// query:NAME or client-ip (a request without it goes round-robin).
     #[arg(long, value_name = "KIND:NAME", value_parser = crate::proxy::HashKey::parse)]
     pub upstream_hash_key: Option<crate::proxy::HashKey>,
     /// Live relayed connections one upstream may hold (split evenly over the reactors);
@@ -330,19 +356,12 @@ fn parse_tls_group(value: &str) -> Result<TlsGroup, String> {
         .ok_or_else(|| "the groups are x25519, secp256r1 (p-256) and secp384r1 (p-384)".into())
 }
 
-fn parse_upstream(value: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    if !value.contains(':') {
-        return Err("an upstream is HOST:PORT, e.g. 127.0.0.1:9000 or app.internal:80".into());
-    }
-    let mut addrs = value
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve it: {e}"))?;
-    match addrs.next() {
-        Some(addr) if addr.port() != 0 => Ok(addr),
-        Some(_) => Err("port 0 is not a port an upstream listens on".into()),
-        None => Err("it resolves to no address".into()),
-    }
+fn parse_upstream(value: &str) -> Result<crate::proxy::UpstreamTarget, String> {
+    let target = crate::proxy::UpstreamTarget::parse(value)?;
+    target
+        .resolve()
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
+    Ok(target)
 }
 
 fn parse_range(value: &str) -> Result<(u32, u32), String> {
@@ -445,12 +464,27 @@ impl ServeArgs {
         if hashing && self.upstream_hash_key.is_none() {
             return Err(
                 "--upstream-balance hash needs --upstream-hash-key header:NAME, \
-                        cookie:NAME or query:NAME"
+                        cookie:NAME, query:NAME or client-ip"
                     .into(),
             );
         }
         if !hashing && self.upstream_hash_key.is_some() {
             return Err("--upstream-hash-key is only used with --upstream-balance hash".into());
+        }
+        if !proxy && self.upstream_health_interval_ms > 0 {
+            return Err("--upstream-health-interval-ms is only used with --after proxy".into());
+        }
+        if !proxy && self.healthz_min_upstreams_up > 0 {
+            return Err("--healthz-min-upstreams-up is only used with --after proxy".into());
+        }
+        if self.upstream_health_interval_ms > 0
+            && self.upstream_health_timeout_ms > self.upstream_health_interval_ms
+        {
+            return Err(format!(
+                "--upstream-health-timeout-ms {} is longer than --upstream-health-interval-ms {}: \
+                 a check must end before the next one starts",
+                self.upstream_health_timeout_ms, self.upstream_health_interval_ms
+            ));
         }
         if !proxy && self.upstream_proxy_protocol.is_some() {
             return Err("--upstream-proxy-protocol is only used with --after proxy".into());
@@ -540,7 +574,23 @@ impl ServeArgs {
                 max_message_bytes: self.max_message_bytes as usize,
                 linger_ms: LINGER_MS.min(self.handshake_timeout_ms),
                 proxy: ProxyConfig {
-                    upstreams: self.upstreams.clone(),
+                    targets: self.upstreams.clone(),
+                    // Every name resolved when the flag was parsed; one that stopped
+                    // resolving since is filled in by the next lookup.
+                    upstreams: crate::proxy::resolve_all(&self.upstreams, &[])
+                        .inspect_err(|error| tracing::warn!(error, "upstreams"))
+                        .unwrap_or_default(),
+                    resolve_interval_ms: self.upstream_resolve_secs * 1000,
+                    health: (self.upstream_health_interval_ms > 0).then(|| {
+                        crate::proxy::health::HealthSettings {
+                            kind: self.upstream_health_check.clone(),
+                            interval_ms: self.upstream_health_interval_ms,
+                            timeout_ms: self.upstream_health_timeout_ms,
+                            rise: self.upstream_health_rise,
+                            fall: self.upstream_health_fall,
+                        }
+                    }),
+                    healthz_min_up_percent: self.healthz_min_upstreams_up,
                     connect_timeout_ms: self.upstream_connect_timeout_ms,
                     response_timeout_ms: self.upstream_response_timeout_ms,
                     forwarding: match self.upstream_proxy_protocol {

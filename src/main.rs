@@ -143,7 +143,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         Server::start_with(config.clone(), inherited).context("starting the server")?;
     let metrics = match args.metrics {
         Some(addr) => Some(
-            wsedge::metrics::serve(addr, server.counters(), server.shutdown())
+            wsedge::metrics::serve(addr, server.counters(), server.shutdown(), server.live())
                 .with_context(|| format!("--metrics {addr}: cannot serve metrics"))?,
         ),
         None => None,
@@ -177,7 +177,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                     .proxy
                     .upstreams
                     .iter()
-                    .map(ToString::to_string)
+                    .map(|u| u.addr.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
                 match config.conn.proxy.forwarding {

@@ -18,13 +18,16 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::handshake::Rejection;
-use crate::reactor::{Shutdown, ShutdownState};
+use crate::proxy::health::Failure;
+use crate::reactor::{Live, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake, HANDSHAKE_BUCKETS_MS};
 
 /// The server's metrics, read at scrape time from every reactor's counters.
 pub struct ServerMetrics {
     counters: Vec<Arc<Counters>>,
     shutdown: Arc<Shutdown>,
+    /// The settings now: the upstreams and their health.
+    live: Arc<Live>,
 }
 
 impl std::fmt::Debug for ServerMetrics {
@@ -238,6 +241,71 @@ impl Collector for ServerMetrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::from(draining)).encode(family)?;
+        self.encode_upstreams(&mut encoder)
+    }
+}
+
+impl ServerMetrics {
+    /// Proxy mode: each upstream's state, live connections, failures and last check.
+    fn encode_upstreams(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let settings = self.live.current();
+        let upstreams = &settings.conn.proxy.upstreams;
+        if upstreams.is_empty() {
+            return Ok(());
+        }
+        let label = |u: &crate::proxy::Upstream| ("upstream", u.addr.to_string());
+        let gauges: [(&str, &str, fn(&crate::proxy::Upstream) -> i64); 4] = [
+            ("wsedge_upstream_up", "1 while the upstream is in rotation (health checks pass).", |u| {
+                i64::from(u.status.is_up())
+            }),
+            ("wsedge_upstream_draining", "1 while the upstream is marked drain.", |u| {
+                i64::from(u.drain)
+            }),
+            ("wsedge_upstream_connections", "Relayed connections to the upstream now (all reactors).", |u| {
+                i64::from(u.status.live())
+            }),
+            (
+                "wsedge_upstream_health_check_seconds",
+                "How long the upstream's last active health check took.",
+                |u| u.status.last_check_micros() as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for upstream in upstreams {
+                let labels = [label(upstream)];
+                let gauge_family = family.encode_family(&labels)?;
+                if name.ends_with("_seconds") {
+                    ConstGauge::new(value(upstream) as f64 / 1e6).encode(gauge_family)?;
+                } else {
+                    ConstGauge::new(value(upstream)).encode(gauge_family)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_upstream_failures",
+            "Failures by kind: clients' connections refused, timed out or answered with an \
+             invalid 101, and failed health checks.",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in upstreams {
+            for kind in Failure::ALL {
+                let labels = [label(upstream), ("kind", kind.label().to_string())];
+                ConstCounter::new(upstream.status.failures(kind))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "wsedge_upstream_health_checks_passed",
+            "Active health checks passed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in upstreams {
+            ConstCounter::new(upstream.status.checks_passed())
+                .encode(family.encode_family(&[label(upstream)])?)?;
+        }
         Ok(())
     }
 }
@@ -255,11 +323,13 @@ pub fn serve(
     addr: SocketAddr,
     counters: Vec<Arc<Counters>>,
     shutdown: Arc<Shutdown>,
+    live: Arc<Live>,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let metrics = Arc::new(ServerMetrics {
         counters,
+        live,
         shutdown: Arc::clone(&shutdown),
     });
     let active = Arc::new(AtomicUsize::new(0));
@@ -297,6 +367,27 @@ pub fn serve(
             }
         })?;
     Ok(bound)
+}
+
+/// `GET /healthz`: 200 while serving, 503 while draining, and in proxy mode 503 "degraded"
+/// when fewer than `--healthz-min-upstreams-up` percent of the upstreams are up (the body
+/// says how many are).
+fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'static str, String) {
+    const UNAVAILABLE: &str = "503 Service Unavailable";
+    if shutdown.state() != ShutdownState::Running {
+        return (UNAVAILABLE, "text/plain", "draining\n".into());
+    }
+    let settings = metrics.live.current();
+    let proxy = &settings.conn.proxy;
+    if proxy.upstreams.is_empty() {
+        return ("200 OK", "text/plain", "ok\n".into());
+    }
+    let (up, of) = proxy.upstreams_up();
+    let degraded = up * 100 < usize::from(proxy.healthz_min_up_percent) * of;
+    match degraded {
+        true => (UNAVAILABLE, "text/plain", format!("degraded: {up} of {of} upstreams up\n")),
+        false => ("200 OK", "text/plain", format!("ok: {up} of {of} upstreams up\n")),
+    }
 }
 
 /// The answer to a scraper over [`MAX_CONCURRENT_SCRAPES`], written without waiting.
@@ -348,10 +439,7 @@ fn answer(
                 text,
             )
         }
-        (Some("GET"), "/healthz") => match shutdown.state() {
-            ShutdownState::Running => ("200 OK", "text/plain", "ok\n".into()),
-            _ => ("503 Service Unavailable", "text/plain", "draining\n".into()),
-        },
+        (Some("GET"), "/healthz") => health(metrics, shutdown),
         _ => (
             "404 Not Found",
             "text/plain",

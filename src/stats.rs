@@ -10,11 +10,28 @@ use crate::handshake::Rejection;
 pub const HANDSHAKE_BUCKETS_MS: [u64; 13] =
     [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
+/// Counters by kind, of any number (`Default` is derived for arrays of at most 32 only).
+#[derive(Debug)]
+pub struct CounterArray<const N: usize>(pub [AtomicU64; N]);
+
+impl<const N: usize> Default for CounterArray<N> {
+    fn default() -> Self {
+        CounterArray(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for CounterArray<N> {
+    type Target = [AtomicU64; N];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// What one reactor has seen. Written only by its reactor thread; read by scrapes.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Rejections by kind ([`Rejection::kind_index`]).
-    pub rejections: [AtomicU64; Rejection::KINDS.len()],
+    pub rejections: CounterArray<{ Rejection::KINDS.len() }>,
     /// Handshake latency histogram: counts per bucket of [`HANDSHAKE_BUCKETS_MS`], then +Inf.
     pub handshake_ms: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
     /// Sum of handshake latencies, in ms.

@@ -33,6 +33,7 @@ use crate::proxy::{
     ProxyConfig, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
+use crate::proxy::health::Failure;
 use frame::{
     close_frame, parse_client_header, unmask_into, write_close, write_server_header, CloseCode,
     HeaderParse, OpCode,
@@ -130,6 +131,8 @@ pub struct Conn {
     message_opcode: Option<OpCode>,
     /// Set by a drain: the close code to send when the deadline passes.
     drain_code: Option<CloseCode>,
+    /// Proxy mode: what the upstream did wrong, for its health (taken by the driver).
+    upstream_fault: Option<Failure>,
     deadline: u64,
     /// Allocated only while something is buffered, freed as soon as nothing is.
     buffers: Option<Box<Buffers>>,
@@ -157,6 +160,7 @@ impl Conn {
             phase: Phase::Handshake,
             message_opcode: None,
             drain_code: None,
+            upstream_fault: None,
             deadline: now.saturating_add(config.handshake_timeout_ms),
             buffers: None,
         }
@@ -361,6 +365,7 @@ impl Conn {
             }
             ResponseCheck::Failed(error) => {
                 tracing::debug!(%error, "upstream answered with an invalid upgrade");
+                self.upstream_fault = Some(Failure::InvalidAnswer);
                 self.reject(Rejection::UpstreamFailed, cx)
             }
         }
@@ -381,7 +386,10 @@ impl Conn {
     /// Proxy mode: the upstream closed before the relay started.
     pub fn on_upstream_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
         match self.phase {
-            Phase::Upstream => self.on_upstream_failed(cx),
+            Phase::Upstream => {
+                self.upstream_fault = Some(Failure::InvalidAnswer);
+                self.on_upstream_failed(cx)
+            }
             Phase::Answering => self.linger(cx),
             _ => Next::Continue,
         }
@@ -395,6 +403,12 @@ impl Conn {
             Phase::Answering => self.finish(),
             _ => Next::Continue,
         }
+    }
+
+    /// Proxy mode: what the upstream did wrong since last asked (an invalid answer, a close
+    /// before answering, a timeout), to count against its health.
+    pub fn take_upstream_fault(&mut self) -> Option<Failure> {
+        self.upstream_fault.take()
     }
 
     /// Proxy mode: relayed bytes moved, so the connection is not idle.
@@ -425,6 +439,7 @@ impl Conn {
             },
             Phase::Upstream => {
                 Counters::bump(&cx.stats.upstream_timeouts);
+                self.upstream_fault = Some(Failure::Timeout);
                 self.reject(Rejection::UpstreamTimeout, cx)
             }
             Phase::Relaying => {

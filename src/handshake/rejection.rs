@@ -147,11 +147,17 @@ pub enum Rejection {
         /// Value of the `Retry-After` header.
         retry_after_secs: u32,
     },
+    /// Proxy mode: every upstream failed its health checks (or is draining); retry after
+    /// this many seconds.
+    NoUpstreamUp {
+        /// Value of the `Retry-After` header.
+        retry_after_secs: u32,
+    },
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 32] = {
+    pub const KINDS: [Rejection; 33] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -190,6 +196,9 @@ impl Rejection {
             UpstreamTimeout,
             PlainHttpToTlsPort,
             UpstreamsFull {
+                retry_after_secs: 0,
+            },
+            NoUpstreamUp {
                 retry_after_secs: 0,
             },
         ]
@@ -234,7 +243,9 @@ impl Rejection {
             RateLimited { .. } => Status::TooManyRequests,
             HeadersTooLarge | TooManyHeaders => Status::HeaderFieldsTooLarge,
             UpstreamFailed => Status::BadGateway,
-            Overloaded { .. } | UpstreamsFull { .. } => Status::ServiceUnavailable,
+            Overloaded { .. } | UpstreamsFull { .. } | NoUpstreamUp { .. } => {
+                Status::ServiceUnavailable
+            },
             UpstreamTimeout => Status::GatewayTimeout,
         }
     }
@@ -275,6 +286,7 @@ impl Rejection {
             UpstreamTimeout => "upstream did not answer in time",
             PlainHttpToTlsPort => "plain HTTP sent to a TLS port: use wss:// (or https://)",
             UpstreamsFull { .. } => "every upstream is at its connection limit, retry later",
+            NoUpstreamUp { .. } => "no upstream is up, retry later",
         }
     }
 
@@ -298,7 +310,8 @@ impl Rejection {
         match self {
             Rejection::Overloaded { retry_after_secs }
             | Rejection::RateLimited { retry_after_secs }
-            | Rejection::UpstreamsFull { retry_after_secs } => Some(retry_after_secs),
+            | Rejection::UpstreamsFull { retry_after_secs }
+            | Rejection::NoUpstreamUp { retry_after_secs } => Some(retry_after_secs),
             _ => None,
         }
     }

@@ -21,15 +21,20 @@ pub enum HashKey {
     Cookie(String),
     /// `query:NAME`: the query parameter's value (as sent, not decoded).
     Query(String),
+    /// `client-ip`: the client's address (as a PROXY header named it, behind a balancer).
+    ClientIp,
 }
 
 impl HashKey {
-    /// Parses `header:NAME`, `cookie:NAME` or `query:NAME`.
+    /// Parses `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
     pub fn parse(text: &str) -> Result<HashKey, String> {
+        if text == "client-ip" {
+            return Ok(HashKey::ClientIp);
+        }
         let (kind, name) = text
             .split_once(':')
             .filter(|(_, name)| !name.is_empty() && !name.contains([' ', '\t']))
-            .ok_or_else(|| format!("{text:?}: expected header:NAME, cookie:NAME or query:NAME"))?;
+            .ok_or_else(|| format!("{text:?}: expected header:NAME, cookie:NAME, query:NAME or client-ip"))?;
         match kind {
             "header" => Ok(HashKey::Header(name.to_owned())),
             "cookie" => Ok(HashKey::Cookie(name.to_owned())),
@@ -40,8 +45,14 @@ impl HashKey {
         }
     }
 
-    /// The hash of this key's value in the request `head`, if the request carries it.
-    pub fn hash_of(&self, head: &[u8]) -> Option<u64> {
+    /// The hash of this key's value in the request `head` (or of the `client` address),
+    /// if the request carries it.
+    pub fn hash_of(&self, head: &[u8], client: Option<std::net::IpAddr>) -> Option<u64> {
+        if *self == HashKey::ClientIp {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            client?.hash(&mut hasher);
+            return Some(hasher.finish());
+        }
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut slots);
         let httparse::Status::Complete(_) = request.parse(head).ok()? else {
@@ -63,6 +74,7 @@ impl HashKey {
                     let at = pair.iter().position(|&b| b == b'=')?;
                     (&pair[..at] == name.as_bytes()).then(|| &pair[at + 1..])
                 })?,
+            HashKey::ClientIp => return None,
             HashKey::Query(name) => {
                 let path = request.path?;
                 let (_, query) = path.split_once('?')?;
@@ -88,6 +100,14 @@ pub fn score(key: u64, addr: SocketAddr) -> u64 {
     hasher.finish()
 }
 
+/// [`score`] for an upstream of `weight`: the rendezvous score `-weight / ln(u)`, with `u`
+/// the score mapped into (0, 1), so that an upstream's share of keys is its share of the
+/// weight, and equal weights rank as [`score`] does.
+pub fn weighted_score(key: u64, addr: SocketAddr, weight: u32) -> f64 {
+    let unit = ((score(key, addr) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight.max(1)) / unit.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +123,7 @@ mod tests {
 
     #[test]
     fn the_key_is_found_in_a_header_a_cookie_or_the_query() {
-        let key = |text: &str| HashKey::parse(text).unwrap().hash_of(HEAD);
+        let key = |text: &str| HashKey::parse(text).unwrap().hash_of(HEAD, None);
         assert_eq!(key("header:x-user-id"), Some(hash(b"u-17")));
         assert_eq!(key("cookie:sid"), Some(hash(b"abc123")));
         assert_eq!(key("query:user"), Some(hash(b"ann")));
@@ -111,6 +131,22 @@ mod tests {
         assert_eq!(key("header:X-Missing"), None);
         assert_eq!(key("cookie:missing"), None);
         assert_eq!(key("query:missing"), None);
+        assert_eq!(key("client-ip"), None, "no client address known");
+        let ip = "10.1.2.3".parse().ok();
+        assert_eq!(HashKey::ClientIp.hash_of(HEAD, ip), HashKey::ClientIp.hash_of(b"", ip));
+    }
+
+    #[test]
+    fn weights_take_their_share_of_the_keys() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let to_a = (0..4000u64)
+            .filter(|n| {
+                let key = hash(&n.to_le_bytes());
+                weighted_score(key, a, 3) > weighted_score(key, b, 1)
+            })
+            .count();
+        assert!((2800..3200).contains(&to_a), "{to_a} of 4000 to the weight-3 upstream");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub struct Link {
     /// The client's TLS session, once the relay has started.
     tls: Option<Box<TlsLink>>,
     /// Counts this connection against its upstream until the link goes.
-    _lease: Option<super::Lease>,
+    lease: Option<super::Lease>,
 }
 
 impl std::fmt::Debug for Link {
@@ -112,9 +112,14 @@ impl Link {
     /// against it by `lease` while it lives.
     pub fn with_lease(upstream: usize, attempts: usize, lease: Option<super::Lease>) -> Link {
         Link {
-            _lease: lease,
+            lease: lease,
             ..Link::new(upstream, attempts)
         }
+    }
+
+    /// The lease counting this connection against its upstream, if it has one.
+    pub fn lease(&self) -> Option<&super::Lease> {
+        self.lease.as_ref()
     }
 
     /// A link to upstream `upstream`, the `attempts`-th tried for this client.
@@ -130,7 +135,7 @@ impl Link {
             to_client,
             to_upstream: Flow::default(),
             tls: None,
-            _lease: None,
+            lease: None,
         }
     }
 

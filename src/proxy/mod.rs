@@ -13,22 +13,24 @@
 //! | the PROXY header (v1, v2) a balancer in front sends, read | [`parse_proxy_header`] |
 //! | is the upstream's answer a 101 for *this* client's key and offers? | [`check_upstream_response`] |
 //! | how much of a refusal (not a 101) to pass on | [`answer_length`], [`MAX_PASSED_ANSWER_BYTES`] |
-//! | which upstream next (round-robin, least-connections or a hash of the client's key, skipping refusers and full ones) | [`Upstreams`], [`HashKey`] |
+//! | which upstream next (weighted round-robin, least-connections or a hash of the client's key, skipping the down, draining, refusing and full ones) | [`Upstreams`], [`HashKey`] |
+//! | the upstreams as given and as resolved (`HOST:PORT weight=N drain`, names looked up again) | [`UpstreamTarget`], [`resolve_all`] |
+//! | upstream health: shared status, active checks, passive failures | [`health`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 //! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
 mod affinity;
 mod fin;
 mod forward;
+pub mod health;
 mod inbound;
 mod link;
 mod pipe;
 mod proxy_v2;
+mod target;
 mod upstreams;
 
-use std::net::SocketAddr;
-
-pub use affinity::{score, HashKey};
+pub use affinity::{score, weighted_score, HashKey};
 pub use fin::Fin;
 pub use forward::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
@@ -37,6 +39,7 @@ pub use inbound::{parse_proxy_header, ProxyHeader};
 pub use link::{Flow, Link, Side};
 pub use pipe::{Pipe, PIPE_CAPACITY};
 pub use proxy_v2::write_proxy_v2_header;
+pub use target::{resolve_all, Upstream, UpstreamTarget, MAX_WEIGHT};
 pub use upstreams::{Balance, Lease, Pick, Upstreams, REFUSED_BACKOFF_MS};
 
 /// The most of an upstream's refusal (head and body) passed on to a client. A refusal is a
@@ -58,8 +61,17 @@ pub enum Forwarding {
 /// Settings of the proxy mode.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// App servers, tried round-robin.
-    pub upstreams: Vec<SocketAddr>,
+    /// The upstreams as given (names are looked up again on an interval).
+    pub targets: Vec<UpstreamTarget>,
+    /// The upstreams as resolved: the addresses connected to.
+    pub upstreams: Vec<Upstream>,
+    /// How often a target given by name is looked up again, in ms (0: never).
+    pub resolve_interval_ms: u64,
+    /// Active health checks (`None`: passive only).
+    pub health: Option<health::HealthSettings>,
+    /// `/healthz` answers 503 "degraded" when fewer than this percentage of the
+    /// upstreams are up (0: never).
+    pub healthz_min_up_percent: u8,
     /// Bound on connecting to an upstream, in ms (then 504).
     pub connect_timeout_ms: u64,
     /// Bound on the upstream's answer once connected, in ms (then 504).
@@ -82,7 +94,11 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
+            targets: Vec::new(),
             upstreams: Vec::new(),
+            resolve_interval_ms: 30_000,
+            health: None,
+            healthz_min_up_percent: 0,
             connect_timeout_ms: 2_000,
             response_timeout_ms: 10_000,
             forwarding: Forwarding::Headers,
@@ -90,6 +106,32 @@ impl Default for ProxyConfig {
             hash_key: None,
             max_connections_per_upstream: 0,
             accept_from: None,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The failures in a row that take an upstream out of rotation: with active checks
+    /// only (without them nothing would bring it back; a refuser is passed over for
+    /// [`REFUSED_BACKOFF_MS`] instead).
+    pub fn fall(&self) -> Option<u32> {
+        self.health.as_ref().map(|h| h.fall)
+    }
+
+    /// How many upstreams (draining ones aside) are up, of how many.
+    pub fn upstreams_up(&self) -> (usize, usize) {
+        let serving = self.upstreams.iter().filter(|u| !u.drain);
+        let up = serving.clone().filter(|u| u.status.is_up()).count();
+        (up, serving.count())
+    }
+
+    /// Gives every upstream that `previous` had too its status there: health, counts and
+    /// failures carry across a reload or a lookup.
+    pub fn adopt_statuses(&mut self, previous: &ProxyConfig) {
+        for upstream in &mut self.upstreams {
+            if let Some(old) = previous.upstreams.iter().find(|u| u.addr == upstream.addr) {
+                upstream.status = std::sync::Arc::clone(&old.status);
+            }
         }
     }
 }

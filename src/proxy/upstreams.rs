@@ -9,6 +9,10 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use super::health::{Failure, UpstreamStatus};
+use super::Upstream;
 
 /// How long an upstream that refused a connection is passed over, in ms.
 pub const REFUSED_BACKOFF_MS: u64 = 1_000;
@@ -16,36 +20,91 @@ pub const REFUSED_BACKOFF_MS: u64 = 1_000;
 /// How the next upstream is chosen (`--upstream-balance`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Balance {
-    /// In turn.
+    /// In turn, each as often as its weight (smooth weighted round-robin, as nginx does).
     #[default]
     RoundRobin,
-    /// The one with the fewest live connections (ties in turn): long-lived WebSockets make
-    /// round-robin unfair to an upstream added late.
+    /// The one with the fewest live connections for its weight (ties in turn): long-lived
+    /// WebSockets make round-robin unfair to an upstream added late.
     LeastConnections,
-    /// By a hash of the client's key (`--upstream-hash-key`), rendezvous-style: the same key
-    /// goes to the same upstream while it is up and under its cap; a request without the key
-    /// goes round-robin.
+    /// By a hash of the client's key (`--upstream-hash-key`), rendezvous-style and
+    /// weighted: the same key goes to the same upstream while it is up and under its cap; a
+    /// request without the key goes round-robin.
     Hash,
 }
 
-/// One reactor's view of the upstreams (each reactor keeps its own: no shared state).
+/// One reactor's view of the upstreams (each reactor keeps its own: no shared state but
+/// the health each [`UpstreamStatus`] carries).
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    addrs: Vec<SocketAddr>,
-    /// Until when each upstream is passed over, in the reactor's ms clock.
-    down_until: Vec<u64>,
-    /// Live connections to each upstream from this reactor.
-    live: Vec<Rc<Cell<u32>>>,
+    members: Vec<Member>,
     next: usize,
 }
 
-/// A live connection to an upstream, counted until dropped.
+#[derive(Debug, Clone)]
+struct Member {
+    addr: SocketAddr,
+    weight: u32,
+    drain: bool,
+    /// Smooth weighted round-robin's running score.
+    current: i64,
+    status: Arc<UpstreamStatus>,
+    slot: Rc<Slot>,
+}
+
+/// This reactor's bookkeeping for one upstream, shared with the leases on it.
 #[derive(Debug)]
-pub struct Lease(Rc<Cell<u32>>);
+struct Slot {
+    /// Live connections to it from this reactor.
+    live: Cell<u32>,
+    /// Until when it is passed over after refusing, in the reactor's ms clock.
+    down_until: Cell<u64>,
+    /// When a reload removed it or marked it `drain` ([`NOT_RETIRED`]: it serves).
+    retired_at: Cell<u64>,
+}
+
+const NOT_RETIRED: u64 = u64::MAX;
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            live: Cell::new(0),
+            down_until: Cell::new(0),
+            retired_at: Cell::new(NOT_RETIRED),
+        }
+    }
+}
+
+/// A live connection to an upstream, counted (on this reactor, and server-wide for
+/// `/metrics`) until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    slot: Rc<Slot>,
+    status: Arc<UpstreamStatus>,
+    addr: SocketAddr,
+}
+
+impl Lease {
+    /// When the upstream was retired (removed or marked `drain`), if it was: the relay is
+    /// then closed within the drain window from that time.
+    pub fn retired_at(&self) -> Option<u64> {
+        Some(self.slot.retired_at.get()).filter(|&at| at != NOT_RETIRED)
+    }
+
+    /// The upstream's shared health.
+    pub fn status(&self) -> &UpstreamStatus {
+        &self.status
+    }
+
+    /// The upstream's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        self.slot.live.set(self.slot.live.get().saturating_sub(1));
+        self.status.connection_ended();
     }
 }
 
@@ -54,108 +113,177 @@ impl Drop for Lease {
 pub enum Pick {
     /// Try this one.
     Upstream(usize, SocketAddr),
-    /// Every upstream is at its connection limit.
+    /// Every upstream that is up is at its connection limit.
     Full,
+    /// Every upstream is down (failed its health checks) or draining.
+    NoneUp,
     /// There are no upstreams.
     None,
 }
 
 impl Upstreams {
-    /// A pool over `addrs`, starting at `start` (reactors start at different ones so that
-    /// their first connections spread).
-    pub fn new(addrs: &[SocketAddr], start: usize) -> Self {
+    /// A pool over `upstreams`, starting at `start` (reactors start at different ones so
+    /// that their first connections spread).
+    pub fn new(upstreams: &[Upstream], start: usize) -> Self {
         Upstreams {
-            addrs: addrs.to_vec(),
-            down_until: vec![0; addrs.len()],
-            live: addrs.iter().map(|_| Rc::new(Cell::new(0))).collect(),
-            next: if addrs.is_empty() {
+            members: upstreams
+                .iter()
+                .map(|u| Member {
+                    addr: u.addr,
+                    weight: u.weight.max(1),
+                    drain: u.drain,
+                    current: 0,
+                    status: Arc::clone(&u.status),
+                    slot: Rc::default(),
+                })
+                .collect(),
+            next: if upstreams.is_empty() {
                 0
             } else {
-                start % addrs.len()
+                start % upstreams.len()
             },
         }
     }
 
-    /// The pool after a reload changed the list to `addrs`: an upstream that stays keeps its
-    /// count of live connections (and its backoff), a new one starts at zero.
-    pub fn reconfigured(&self, addrs: &[SocketAddr]) -> Self {
-        let mut pool = Upstreams::new(addrs, self.next);
-        for (index, addr) in addrs.iter().enumerate() {
-            if let Some(old) = self.addrs.iter().position(|a| a == addr) {
-                pool.live[index] = Rc::clone(&self.live[old]);
-                pool.down_until[index] = self.down_until[old];
+    /// The pool after a reload (or a lookup) changed the list to `upstreams` at `now`: an
+    /// upstream that stays keeps its count of live connections and its backoff, a new one
+    /// starts at zero; one that was removed, or is now marked `drain`, is retired: its
+    /// relays are to be closed over the drain window. The flag says whether any relay on
+    /// this reactor has to be told (settle every connection then).
+    pub fn reconfigured(&self, upstreams: &[Upstream], now: u64) -> (Self, bool) {
+        let mut pool = Upstreams::new(upstreams, self.next);
+        for member in &mut pool.members {
+            if let Some(old) = self.members.iter().find(|m| m.addr == member.addr) {
+                member.slot = Rc::clone(&old.slot);
+                member.current = old.current;
             }
         }
-        pool
+        let mut retired_with_relays = false;
+        for old in &self.members {
+            let kept = pool
+                .members
+                .iter()
+                .find(|m| m.addr == old.addr)
+                .filter(|m| !m.drain);
+            let slot = &old.slot;
+            match kept {
+                Some(_) => slot.retired_at.set(NOT_RETIRED),
+                None if slot.retired_at.get() == NOT_RETIRED => {
+                    slot.retired_at.set(now);
+                    retired_with_relays |= slot.live.get() > 0;
+                }
+                None => {}
+            }
+        }
+        (pool, retired_with_relays)
     }
 
     /// How many upstreams there are.
     pub fn len(&self) -> usize {
-        self.addrs.len()
+        self.members.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.addrs.is_empty()
+        self.members.is_empty()
     }
 
     /// Live connections to upstream `index` from this reactor.
     pub fn live(&self, index: usize) -> u32 {
-        self.live.get(index).map_or(0, |l| l.get())
+        self.members.get(index).map_or(0, |m| m.slot.live.get())
     }
 
     /// Counts a connection to upstream `index` until the lease is dropped.
     pub fn lease(&self, index: usize) -> Option<Lease> {
-        let live = self.live.get(index)?;
-        live.set(live.get().saturating_add(1));
-        Some(Lease(Rc::clone(live)))
+        let member = self.members.get(index)?;
+        member.slot.live.set(member.slot.live.get().saturating_add(1));
+        member.status.connection_started();
+        Some(Lease {
+            slot: Rc::clone(&member.slot),
+            status: Arc::clone(&member.status),
+            addr: member.addr,
+        })
     }
 
     /// The next upstream to try, by `balance` (and the client's hashed `key`), among those
-    /// under `cap` live connections (0: no cap) and not recently refused; when every one
-    /// under the cap was refused, the next such in turn anyway (one of them may be back).
+    /// up, not draining, under `cap` live connections (0: no cap) and not recently refused;
+    /// when every one of those was refused, the next in turn anyway (one may be back).
     pub fn pick(&mut self, now: u64, balance: Balance, cap: u32, key: Option<u64>) -> Pick {
-        let count = self.addrs.len();
+        let count = self.members.len();
         if count == 0 {
             return Pick::None;
         }
         let start = self.next;
+        let members = &self.members;
         let in_turn = (0..count).map(|i| (start + i) % count);
-        let open: Vec<usize> = in_turn
-            .filter(|&i| cap == 0 || self.live[i].get() < cap)
-            .collect();
+        let up = in_turn.filter(|&i| !members[i].drain && members[i].status.is_up());
+        let open: Vec<usize> = up.clone().filter(|&i| cap == 0 || members[i].slot.live.get() < cap).collect();
         let Some(&first_open) = open.first() else {
-            return Pick::Full;
+            return match up.count() {
+                0 => Pick::NoneUp,
+                _ => Pick::Full,
+            };
         };
-        let up = open.iter().copied().filter(|&i| self.down_until[i] <= now);
+        let fresh = open
+            .iter()
+            .copied()
+            .filter(|&i| members[i].slot.down_until.get() <= now);
         let index = match (balance, key) {
-            (Balance::Hash, Some(key)) => {
-                up.max_by_key(|&i| super::affinity::score(key, self.addrs[i]))
-            }
-            (Balance::RoundRobin | Balance::Hash, _) => up.min_by_key(|_| 0),
-            // `min_by_key` keeps the first of equals: ties go in turn.
-            (Balance::LeastConnections, _) => up.min_by_key(|&i| self.live[i].get()),
+            (Balance::Hash, Some(key)) => fresh.max_by(|&a, &b| {
+                let score = |i: usize| super::affinity::weighted_score(key, members[i].addr, members[i].weight);
+                score(a).total_cmp(&score(b))
+            }),
+            // Fewest connections for the weight: live_a / w_a < live_b / w_b, multiplied
+            // out; `min_by` keeps the first of equals, so ties go in turn.
+            (Balance::LeastConnections, _) => fresh.min_by(|&a, &b| {
+                let load = |i: usize, j: usize| {
+                    u64::from(members[i].slot.live.get()) * u64::from(members[j].weight)
+                };
+                load(a, b).cmp(&load(b, a))
+            }),
+            (Balance::RoundRobin | Balance::Hash, _) => self.weighted_turn(fresh.collect()),
         }
         .unwrap_or(first_open);
         self.next = (index + 1) % count;
-        Pick::Upstream(index, self.addrs[index])
+        Pick::Upstream(index, self.members[index].addr)
     }
 
-    /// Upstream `index` refused a connection (or could not be reached) with `error`.
-    /// Logged once per backoff, not once per client: a down upstream under a storm would
-    /// otherwise flood the log.
-    pub fn refused(&mut self, index: usize, now: u64, error: &std::io::Error) {
-        let Some(until) = self.down_until.get_mut(index) else {
-            return;
-        };
-        if *until <= now {
-            tracing::warn!(
-                upstream = %self.addrs[index],
-                %error,
-                "upstream refused a connection; passing it over for {REFUSED_BACKOFF_MS} ms"
-            );
+    /// Smooth weighted round-robin over `candidates` (in turn order): each gains its weight,
+    /// the highest is chosen and pays the sum. With equal weights it is plain round-robin.
+    fn weighted_turn(&mut self, candidates: Vec<usize>) -> Option<usize> {
+        let total: i64 = candidates.iter().map(|&i| i64::from(self.members[i].weight)).sum();
+        let mut best: Option<(usize, i64)> = None;
+        for &i in &candidates {
+            let member = &mut self.members[i];
+            member.current += i64::from(member.weight);
+            if best.is_none_or(|(_, current)| member.current > current) {
+                best = Some((i, member.current));
+            }
         }
-        *until = now + REFUSED_BACKOFF_MS;
+        let (chosen, _) = best?;
+        self.members[chosen].current -= total;
+        Some(chosen)
+    }
+
+    /// The upstream a client's connection went to failed with `kind` (refused, timed out
+    /// or answered wrongly): counted against its health (`fall`: with active checks, the
+    /// failures in a row that take it out); a refusal also passes it over on this reactor
+    /// for [`REFUSED_BACKOFF_MS`]. Logged once per backoff, not once per client.
+    pub fn failed(lease: &Lease, kind: Failure, now: u64, fall: Option<u32>, error: &dyn std::fmt::Display) {
+        let slot = &lease.slot;
+        if kind == Failure::Refused {
+            if slot.down_until.get() <= now {
+                tracing::warn!(
+                    upstream = %lease.addr,
+                    %error,
+                    "upstream refused a connection; passing it over for {REFUSED_BACKOFF_MS} ms"
+                );
+            }
+            slot.down_until.set(now + REFUSED_BACKOFF_MS);
+        }
+        if lease.status.failed(kind, fall) {
+            tracing::warn!(upstream = %lease.addr, kind = kind.label(), "upstream out of rotation");
+        }
     }
 }
 
@@ -163,16 +291,36 @@ impl Upstreams {
 mod tests {
     use super::*;
 
-    fn refused() -> std::io::Error {
-        std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+    const RR: Balance = Balance::RoundRobin;
+
+    fn list(specs: &[&str]) -> Vec<Upstream> {
+        specs
+            .iter()
+            .map(|spec| {
+                let target = super::super::UpstreamTarget::parse(spec).unwrap();
+                Upstream {
+                    weight: target.weight,
+                    drain: target.drain,
+                    ..Upstream::at(target.literal().unwrap())
+                }
+            })
+            .collect()
     }
 
     fn pool() -> Upstreams {
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        Upstreams::new(&addrs, 0)
+        Upstreams::new(&list(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]), 0)
+    }
+
+    fn index(pick: Pick) -> usize {
+        match pick {
+            Pick::Upstream(index, _) => index,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refuse(pool: &Upstreams, i: usize, now: u64) {
+        let lease = pool.lease(i).unwrap();
+        Upstreams::failed(&lease, Failure::Refused, now, None, &"refused");
     }
 
     #[test]
@@ -182,13 +330,12 @@ mod tests {
         assert_eq!(picks, [0, 1, 2, 0]);
     }
 
-    const RR: Balance = Balance::RoundRobin;
-
-    fn index(pick: Pick) -> usize {
-        match pick {
-            Pick::Upstream(index, _) => index,
-            other => panic!("{other:?}"),
-        }
+    #[test]
+    fn weighted_round_robin_interleaves_by_weight() {
+        let mut pool = Upstreams::new(&list(&["127.0.0.1:1 weight=3", "127.0.0.1:2"]), 0);
+        let picks: Vec<usize> = (0..8).map(|_| index(pool.pick(0, RR, 0, None))).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
+        assert!(picks.windows(4).all(|w| w.contains(&1)), "smooth: {picks:?}");
     }
 
     #[test]
@@ -209,6 +356,14 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_weighs_the_count() {
+        let mut pool = Upstreams::new(&list(&["127.0.0.1:1 weight=2", "127.0.0.1:2"]), 0);
+        let _held: Vec<Lease> = [0, 0, 1].iter().filter_map(|&i| pool.lease(i)).collect();
+        // 2 of weight 2 against 1 of weight 1: equal, the first in turn.
+        assert_eq!(index(pool.pick(0, Balance::LeastConnections, 0, None)), 0);
+    }
+
+    #[test]
     fn upstreams_at_the_cap_are_passed_over_and_all_full_is_said() {
         let mut pool = pool();
         let _held: Vec<Lease> = [0, 1].iter().filter_map(|&i| pool.lease(i)).collect();
@@ -219,14 +374,29 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_keeps_the_counts_of_upstreams_that_stay() {
+    fn down_and_draining_upstreams_get_no_client() {
+        let upstreams = list(&["127.0.0.1:1", "127.0.0.1:2 drain", "127.0.0.1:3"]);
+        let mut pool = Upstreams::new(&upstreams, 0);
+        for _ in 0..3 {
+            upstreams[2].status.check_failed(1, 3);
+        }
+        let picks: Vec<usize> = (0..3).map(|_| index(pool.pick(0, RR, 0, None))).collect();
+        assert_eq!(picks, [0, 0, 0]);
+        for _ in 0..3 {
+            upstreams[0].status.check_failed(1, 3);
+        }
+        assert_eq!(pool.pick(0, RR, 0, None), Pick::NoneUp);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counts_of_upstreams_that_stay_and_retires_the_others() {
         let pool = pool();
         let held = pool.lease(1);
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:2", "127.0.0.1:9"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        let mut reloaded = pool.reconfigured(&addrs);
+        let removed = pool.lease(0).unwrap();
+        let (mut reloaded, retired) = pool.reconfigured(&list(&["127.0.0.1:2", "127.0.0.1:9"]), 50);
+        assert!(retired, "a removed upstream had a relay");
+        assert_eq!(removed.retired_at(), Some(50));
+        assert_eq!(held.as_ref().unwrap().retired_at(), None);
         assert_eq!((reloaded.live(0), reloaded.live(1)), (1, 0));
         assert_eq!(
             index(reloaded.pick(0, Balance::LeastConnections, 0, None)),
@@ -238,22 +408,27 @@ mod tests {
             0,
             "the old lease is released in the new pool"
         );
+        let (_, retired) = reloaded.reconfigured(&list(&["127.0.0.1:2 drain"]), 60);
+        assert!(!retired, "nothing relayed on what was retired");
     }
 
     #[test]
     fn a_refuser_is_skipped_until_its_backoff_ends() {
         let mut pool = pool();
-        pool.refused(1, 100, &refused());
+        refuse(&pool, 1, 100);
         let picks: Vec<usize> = (0..3).map(|_| index(pool.pick(200, RR, 0, None))).collect();
         assert_eq!(picks, [0, 2, 0]);
-        assert_eq!(index(pool.pick(100 + REFUSED_BACKOFF_MS, RR, 0, None)), 1);
+        let back: Vec<usize> = (0..3)
+            .map(|_| index(pool.pick(100 + REFUSED_BACKOFF_MS, RR, 0, None)))
+            .collect();
+        assert!(back.contains(&1), "back in turn after its backoff: {back:?}");
     }
 
     #[test]
     fn when_all_refused_the_next_is_tried_anyway() {
         let mut pool = pool();
         for i in 0..3 {
-            pool.refused(i, 0, &refused());
+            refuse(&pool, i, 0);
         }
         assert_eq!(index(pool.pick(1, RR, 0, None)), 0);
         assert_eq!(index(pool.pick(1, RR, 0, None)), 1);

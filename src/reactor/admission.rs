@@ -224,6 +224,24 @@ impl Admission {
         }
     }
 
+    /// The 503 for a client when every upstream is down or draining, with a jittered
+    /// `Retry-After`.
+    pub(crate) fn no_upstream_up(&mut self) -> crate::handshake::Rejection {
+        crate::handshake::Rejection::NoUpstreamUp {
+            retry_after_secs: self.retry_after(),
+        }
+    }
+
+    /// When a relay to an upstream retired at `retired_at` closes: spread over the drain
+    /// window from then, as a shutdown drain spreads its closes.
+    pub(crate) fn retired_close(&mut self, retired_at: u64) -> (u64, crate::conn::frame::CloseCode) {
+        let at = retired_at + self.random_below(self.limits.drain_window_ms);
+        (
+            at,
+            crate::conn::frame::CloseCode(self.limits.drain_close_code),
+        )
+    }
+
     /// An admitted connection from the address with `ip_key` (0: untracked) closed.
     pub(crate) fn connection_closed(&mut self, ip_key: u64, now: u64) {
         if ip_key != 0 {

@@ -37,12 +37,37 @@ impl Live {
     }
 
     /// Publishes new settings: connections accepted from the reactors' next turn on use them.
-    pub fn publish(&self, conn: ConnConfig, limits: Limits) {
+    /// Upstreams that stay keep their health.
+    pub fn publish(&self, mut conn: ConnConfig, limits: Limits) {
+        conn.proxy.adopt_statuses(&self.settings.load().conn.proxy);
         self.settings.store(Arc::new(LiveSettings {
             conn: Arc::new(conn),
             limits,
         }));
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The settings now.
+    pub fn current(&self) -> Arc<LiveSettings> {
+        self.settings.load_full()
+    }
+
+    /// Publishes `upstreams` (a new lookup of the names) in place of those of `seen`,
+    /// unless another generation was published since (a reload did its own lookup): false
+    /// then, and nothing changes.
+    pub fn publish_upstreams(&self, seen: &Arc<LiveSettings>, upstreams: Vec<crate::proxy::Upstream>) -> bool {
+        let mut conn = ConnConfig::clone(&seen.conn);
+        conn.proxy.upstreams = upstreams;
+        let next = Arc::new(LiveSettings {
+            conn: Arc::new(conn),
+            limits: seen.limits,
+        });
+        let previous = self.settings.compare_and_swap(seen, next);
+        let swapped = Arc::ptr_eq(&*previous, seen);
+        if swapped {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        swapped
     }
 
     /// The settings, if a generation newer than `seen` was published (and which one).

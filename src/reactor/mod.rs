@@ -23,6 +23,7 @@ pub mod epoll;
 pub mod listener;
 mod live;
 pub mod per_ip;
+mod resolver;
 mod server;
 mod shutdown;
 pub mod sys;

@@ -70,6 +70,8 @@ pub struct ReactorParts {
     pub live: Arc<Live>,
     /// Reactors in the server.
     pub reactors: usize,
+    /// This reactor's place among them.
+    pub index: usize,
 }
 
 /// Wakes a reactor blocked in its event loop.
@@ -246,6 +248,7 @@ impl Server {
         let shutdown = Arc::new(Shutdown::default());
         let conn_config = Arc::new(config.conn.clone());
         let live = Arc::new(Live::new(Arc::clone(&conn_config), config.limits));
+        super::resolver::spawn(&live, &shutdown).map_err(StartError::Reactor)?;
         let cores = if config.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -267,6 +270,7 @@ impl Server {
                 limits: config.limits.share(threads),
                 live: Arc::clone(&live),
                 reactors: threads,
+                index,
                 seed: 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(index as u64 + 1)
                     ^ std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
+use crate::proxy::health::{Checker, Failure};
 use crate::proxy::{parse_proxy_header, Link, Pick, ProxyHeader, Upstreams};
 use crate::reactor::Live;
 use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
@@ -175,6 +176,15 @@ pub struct Driver {
     /// Settings a reload publishes, the generation in use, and how many reactors share
     /// the limits.
     live: Option<(Arc<Live>, u64, usize)>,
+    /// Proxy mode: this reactor's active health checks, and whether their descriptor was
+    /// reported readable since they last ran.
+    checker: Option<Checker>,
+    checks_ready: bool,
+    /// This reactor's place among the reactors (which upstreams it checks).
+    index: usize,
+    /// A reload retired an upstream with relays here: every connection is to be settled,
+    /// so that those relays get their close times.
+    resettle: bool,
 }
 
 /// A connection from a balancer: its PROXY header so far, then the client it names.
@@ -194,6 +204,9 @@ pub enum Turn {
     StartDrain,
     /// Exit now (an abort), with whatever is open.
     Exit,
+    /// An upstream was retired: settle every connection (its relays get their close
+    /// times), and go on serving.
+    Resettle,
 }
 
 impl Driver {
@@ -209,7 +222,13 @@ impl Driver {
         // Reactors start their rotations at different upstreams, so that their first
         // connections spread.
         let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
-        Driver {
+        let checker = match config.proxy.upstreams.is_empty() {
+            true => None,
+            false => Checker::new()
+                .inspect_err(|error| tracing::warn!(%error, "no health checks on this reactor"))
+                .ok(),
+        };
+        let mut driver = Driver {
             config,
             stats,
             admission: Admission::new(limits, seed),
@@ -226,15 +245,68 @@ impl Driver {
             plaintext: Vec::new(),
             inbound: std::collections::HashMap::new(),
             live: None,
-        }
+            checker,
+            checks_ready: false,
+            index: 0,
+            resettle: false,
+        };
+        driver.assign_checks(0);
+        driver
     }
 
     /// Follows the reloads published on `live`, taking its share of the limits among
-    /// `reactors`.
-    pub fn with_live(mut self, live: Arc<Live>, reactors: usize) -> Self {
+    /// `reactors`, as reactor `index` of them.
+    pub fn with_live(mut self, live: Arc<Live>, reactors: usize, index: usize) -> Self {
         let generation = live.newer_than(u64::MAX).map_or(0, |(g, _)| g);
         self.live = Some((live, generation, reactors));
+        self.index = index;
+        self.assign_checks(0);
         self
+    }
+
+    /// Gives the checker this reactor's share of the upstreams to check: every
+    /// `reactors`-th, from its index (draining ones are not checked).
+    fn assign_checks(&mut self, now: u64) {
+        let (reactors, index) = (self.reactors(), self.index);
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        let proxy = &self.config.proxy;
+        let interval = proxy.health.as_ref().map_or(0, |h| h.interval_ms);
+        let mine: Vec<_> = match proxy.health {
+            None => Vec::new(),
+            Some(_) => proxy
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter(|(n, u)| n % reactors == index && !u.drain)
+                .map(|(_, u)| (u.addr, Arc::clone(&u.status)))
+                .collect(),
+        };
+        checker.assign(&mine, now, interval);
+    }
+
+    /// Proxy mode: the descriptor of this reactor's health checks, to watch for
+    /// readability ([`Driver::checks_ready`] when it is).
+    pub fn checks_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.checker.as_ref().map(Checker::fd)
+    }
+
+    /// The health checks' descriptor was reported readable: they run this turn.
+    pub fn checks_ready(&mut self) {
+        self.checks_ready = true;
+    }
+
+    /// Runs the health checks if their descriptor was readable or one is due.
+    fn run_checks(&mut self, now: u64) {
+        let (Some(checker), Some(settings)) = (self.checker.as_mut(), self.config.proxy.health.as_ref())
+        else {
+            return;
+        };
+        let ready = std::mem::take(&mut self.checks_ready);
+        if ready || checker.next_due().is_some_and(|due| due <= now) {
+            checker.run(settings, now, ready);
+        }
     }
 
     /// Takes a newer generation of the settings, if one was published: connections accepted
@@ -248,11 +320,22 @@ impl Driver {
         };
         *seen = generation;
         let reactors = *reactors;
-        if settings.conn.proxy.upstreams != self.config.proxy.upstreams {
-            self.upstreams = self.upstreams.reconfigured(&settings.conn.proxy.upstreams);
+        let proxy = (&settings.conn.proxy, &self.config.proxy);
+        let upstreams_changed = proxy.0.upstreams != proxy.1.upstreams;
+        let checks_changed = upstreams_changed || proxy.0.health != proxy.1.health;
+        if upstreams_changed {
+            let now = self.now();
+            let (pool, retired) = self
+                .upstreams
+                .reconfigured(&settings.conn.proxy.upstreams, now);
+            self.upstreams = pool;
+            self.resettle |= retired;
         }
         self.config = Arc::clone(&settings.conn);
         self.admission.set_limits(settings.limits.share(reactors));
+        if checks_changed {
+            self.assign_checks(self.now());
+        }
     }
 
     /// Milliseconds since the reactor started: the clock of every deadline.
@@ -264,12 +347,14 @@ impl Driver {
     /// asked for begins here.
     pub fn turn(&mut self, now: u64) -> Turn {
         self.follow_reload();
+        self.run_checks(now);
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
             ShutdownState::Draining if !self.draining => {
                 self.start_draining(now);
                 Turn::StartDrain
             }
+            _ if std::mem::take(&mut self.resettle) => Turn::Resettle,
             _ => Turn::Serve,
         }
     }
@@ -301,14 +386,14 @@ impl Driver {
     pub fn open_upstream<S>(
         &mut self,
         conn: &mut Conn,
-        mut attempts: usize,
+        (mut attempts, client): (usize, Option<IpAddr>),
         now: u64,
         out: &mut Vec<u8>,
         mut open: impl FnMut(SocketAddr) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
         // The client's key, for hash balancing: the same upstream on every attempt's order.
         let key = match (&self.config.proxy.hash_key, conn.request_head()) {
-            (Some(hash_key), Some(head)) => hash_key.hash_of(head),
+            (Some(hash_key), Some(head)) => hash_key.hash_of(head, client),
             _ => None,
         };
         loop {
@@ -319,20 +404,29 @@ impl Driver {
                     let refusal = self.admission.upstreams_full();
                     return Err(conn.refuse(refusal, &mut self.cx(now, out)));
                 }
-            };
-            let error = match open(addr) {
-                Ok(socket) => {
-                    let lease = self.upstreams.lease(index);
-                    return Ok((Link::with_lease(index, attempts, lease), socket));
+                Pick::NoneUp => {
+                    let refusal = self.admission.no_upstream_up();
+                    return Err(conn.refuse(refusal, &mut self.cx(now, out)));
                 }
+            };
+            let lease = self.upstreams.lease(index);
+            let link = Link::with_lease(index, attempts, lease);
+            let error = match open(addr) {
+                Ok(socket) => return Ok((link, socket)),
                 Err(error) => error,
             };
             if let UpstreamFailure::Answer(next) =
-                self.upstream_failed(conn, index, &error, now, out)
+                self.upstream_failed(conn, &link, &error, now, out)
             {
                 return Err(next);
             }
         }
+    }
+
+    /// A link to upstream `index`, counted as [`Driver::open_upstream`] counts one.
+    #[cfg(test)]
+    pub(crate) fn link_to(&self, index: usize) -> Link {
+        Link::with_lease(index, 1, self.upstreams.lease(index))
     }
 
     /// Reactors sharing the limits (1 until [`Driver::with_live`] says).
@@ -342,13 +436,14 @@ impl Driver {
             .map_or(1, |(_, _, reactors)| (*reactors).max(1))
     }
 
-    /// Proxy mode: opening a socket to upstream `index`, or connecting it, failed with
-    /// `error`. Running out of a local resource is the edge's overload, not the upstream's
-    /// fault (and not counted against it); anything else passes the upstream over.
+    /// Proxy mode: opening a socket to the upstream of `link`, or connecting it, failed
+    /// with `error`. Running out of a local resource is the edge's overload, not the
+    /// upstream's fault (and not counted against it); anything else passes the upstream
+    /// over and counts against its health.
     pub fn upstream_failed(
         &mut self,
         conn: &mut Conn,
-        index: usize,
+        link: &Link,
         error: &io::Error,
         now: u64,
         out: &mut Vec<u8>,
@@ -357,7 +452,9 @@ impl Driver {
             return UpstreamFailure::Answer(self.exhausted(conn, error, now, out));
         }
         Counters::bump(&self.stats.upstream_connect_failures);
-        self.upstreams.refused(index, now, error);
+        if let Some(lease) = link.lease() {
+            Upstreams::failed(lease, Failure::Refused, now, self.config.proxy.fall(), error);
+        }
         UpstreamFailure::TryNext
     }
 
@@ -608,13 +705,19 @@ impl Driver {
         &mut self,
         conn: &mut Conn,
         session: &mut Session,
-        outbox: &Outbox,
+        (outbox, link): (&Outbox, Option<&Link>),
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
         if session.handshaking && !conn.is_handshaking() {
             session.handshaking = false;
             self.admission.handshake_ended();
+        }
+        if let Some(lease) = link.and_then(Link::lease) {
+            let next = self.settle_upstream(conn, lease, now, out);
+            if next != Next::Continue {
+                return next;
+            }
         }
         if self.draining && conn.is_open() {
             let (close_at, code) = self.admission.drain_close();
@@ -627,6 +730,31 @@ impl Driver {
             return self.deadline_passed(conn, session, !outbox.is_empty(), now, out);
         }
         Next::Continue
+    }
+
+    /// Proxy mode: what the connection's upstream did is counted for its health, and a
+    /// relay to a retired upstream gets its close time within the drain window.
+    fn settle_upstream(
+        &mut self,
+        conn: &mut Conn,
+        lease: &crate::proxy::Lease,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        if let Some(fault) = conn.take_upstream_fault() {
+            Upstreams::failed(lease, fault, now, self.config.proxy.fall(), &fault.label());
+        }
+        if !conn.is_relaying() {
+            return Next::Continue;
+        }
+        lease.status().served();
+        match lease.retired_at() {
+            Some(retired_at) if !self.draining => {
+                let (close_at, code) = self.admission.retired_close(retired_at);
+                conn.on_shutdown(close_at, code, &mut self.cx(now, out))
+            }
+            _ => Next::Continue,
+        }
     }
 
     /// The connection's close is under way (its slot waits for operations in flight): it
@@ -683,6 +811,10 @@ impl Driver {
     /// left unwatched while accepting is paused (`paused_listeners`), until the pause ends.
     pub fn wait(&self, now: u64, paused_listeners: bool) -> Option<std::time::Duration> {
         let mut wait = self.wheel.next_wake(now);
+        if let Some(due) = self.checker.as_ref().and_then(Checker::next_due) {
+            let check = due.saturating_sub(now);
+            wait = Some(wait.map_or(check, |w| w.min(check)));
+        }
         if paused_listeners && !self.draining {
             let resume = self.accept_pause.resumes_at().saturating_sub(now);
             wait = Some(wait.map_or(resume, |w| w.min(resume)));

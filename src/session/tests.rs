@@ -23,7 +23,10 @@ fn driver(limits: Limits) -> Driver {
         max_message_bytes: 1 << 16,
         linger_ms: 100,
         proxy: ProxyConfig {
-            upstreams: UPSTREAMS.iter().map(|a| a.parse().unwrap()).collect(),
+            upstreams: UPSTREAMS
+                .iter()
+                .map(|a| crate::proxy::Upstream::at(a.parse().unwrap()))
+                .collect(),
             ..ProxyConfig::default()
         },
     };
@@ -66,7 +69,7 @@ impl Peer {
             outbox.push(b"not taken yet");
         }
         let out = &mut self.out;
-        driver.settle(&mut self.conn, &mut self.session, &outbox, now, out)
+        driver.settle(&mut self.conn, &mut self.session, (&outbox, None), now, out)
     }
 
     fn status(&self) -> &str {
@@ -202,7 +205,8 @@ fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
     let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
     let mut attempts = 0;
     let (first, _) = picked(driver.next_upstream(&mut attempts, None, 0));
-    let failure = driver.upstream_failed(&mut peer.conn, first, &refused, 0, &mut peer.out);
+    let link = driver.link_to(first);
+    let failure = driver.upstream_failed(&mut peer.conn, &link, &refused, 0, &mut peer.out);
     assert_eq!(failure, UpstreamFailure::TryNext);
     let (second, _) = picked(driver.next_upstream(&mut attempts, None, 0));
     assert_ne!(first, second);
@@ -233,7 +237,8 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
     ] {
         let mut peer = accept(&mut driver, 0, "192.0.2.1", 1_000);
         let error = std::io::Error::from_raw_os_error(errno);
-        let failure = driver.upstream_failed(&mut peer.conn, 0, &error, 1_000, &mut peer.out);
+        let link = driver.link_to(0);
+        let failure = driver.upstream_failed(&mut peer.conn, &link, &error, 1_000, &mut peer.out);
         assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
         assert_eq!(peer.status(), "503");
         // The loop wakes up when the pause is over, with no deadline armed.

@@ -34,6 +34,8 @@ use relay::Upstream;
 mod relay;
 
 const WAKER: Token = Token(usize::MAX);
+/// The health checks' own epoll descriptor (proxy mode).
+const HEALTH: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE + i`; connection keys stay far below.
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// The upstream socket of connection `key` has token `UPSTREAM_BASE + key`.
@@ -147,6 +149,7 @@ impl Reactor {
             seed,
             live,
             reactors,
+            index,
         } = parts;
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -162,12 +165,17 @@ impl Reactor {
                 ready: true,
             });
         }
+        let driver = Driver::new(config, stats, limits, seed, shutdown, tls)
+            .with_live(live, reactors, index);
+        if let Some(fd) = driver.checks_fd() {
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), HEALTH, Interest::READABLE)?;
+        }
         let reactor = Reactor {
             poll,
             listeners: registered,
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown, tls)
-                .with_live(live, reactors),
+            driver,
             read_buffer: vec![0u8; READ_BUFFER].into_boxed_slice(),
             out: Vec::with_capacity(4096),
             revisit: Vec::new(),
@@ -197,6 +205,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    HEALTH => self.driver.checks_ready(),
                     Token(t) if t >= LISTENER_BASE => {
                         if let Some(listener) = self.listeners.get_mut(t - LISTENER_BASE) {
                             listener.ready = true;
@@ -216,6 +225,7 @@ impl Reactor {
             match self.driver.turn(now) {
                 Turn::Exit => return Ok(()),
                 Turn::StartDrain => self.start_draining(now),
+                Turn::Resettle => self.settle_all(now),
                 Turn::Serve => {}
             }
             self.accept_ready(now);
@@ -452,7 +462,10 @@ impl Reactor {
             return;
         };
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
-        let next = self.driver.settle(conn, session, &client.outbox, now, out);
+        let link = client.upstream.as_ref().map(|u| &u.link);
+        let next = self
+            .driver
+            .settle(conn, session, (&client.outbox, link), now, out);
         if (next != Next::Continue || !self.out.is_empty()) && !self.apply(key, next) {
             return;
         }
@@ -515,11 +528,17 @@ impl Reactor {
             // over): epoll would keep reporting its connections to this one.
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
+        self.settle_all(now);
+        tracing::info!(connections = self.clients.len(), "draining");
+    }
+
+    /// Settles every connection: each gets what a drain (or a retired upstream) means for
+    /// it.
+    fn settle_all(&mut self, now: u64) {
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.settle(key, now);
         }
-        tracing::info!(connections = self.clients.len(), "draining");
     }
 
     fn close(&mut self, key: usize) {

@@ -44,7 +44,7 @@ pub(super) struct Upstream {
     stream: TcpStream,
     /// The upstream socket is registered for writability too.
     writable_interest: bool,
-    link: Link,
+    pub(super) link: Link,
     from_client: Source,
     from_upstream: Source,
 }
@@ -287,7 +287,7 @@ impl Reactor {
         let mut request = std::mem::take(&mut self.out);
         let opened =
             self.driver
-                .open_upstream(&mut client.conn, attempts, now, &mut self.out, |addr| {
+                .open_upstream(&mut client.conn, (attempts, Some(peer.ip())), now, &mut self.out, |addr| {
                     connect_and_send(addr, &request)
                 });
         let next = match opened {
@@ -396,15 +396,20 @@ impl Reactor {
         let next = match flushed {
             Err(error) if !upstream.link.confirmed => {
                 // The connect failed: the next upstream, or the client's answer.
-                let (index, attempts) = (upstream.link.upstream, upstream.link.attempts);
-                client.upstream = None;
-                let failure = self.driver.upstream_failed(
-                    &mut client.conn,
-                    index,
-                    &error,
-                    now,
-                    &mut self.out,
-                );
+                let attempts = upstream.link.attempts;
+                let failed = client.upstream.take();
+                let link = failed.as_ref().map(|u| &u.link);
+                let failure = match link {
+                    Some(link) => self.driver.upstream_failed(
+                        &mut client.conn,
+                        link,
+                        &error,
+                        now,
+                        &mut self.out,
+                    ),
+                    None => UpstreamFailure::TryNext,
+                };
+                drop(failed);
                 let still_there = match failure {
                     UpstreamFailure::TryNext => self.connect_upstream(key, attempts, now),
                     UpstreamFailure::Answer(next) => self.apply(key, next),

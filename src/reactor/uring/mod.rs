@@ -81,11 +81,13 @@ enum Op {
     Cancel,
     Accept,
     Wake,
+    /// The health checks' epoll descriptor is readable (proxy mode).
+    Health,
 }
 
 impl Op {
     /// Every operation, at the index of its code.
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 14] = [
         Op::Recv,
         Op::Send,
         Op::RelayRecv,
@@ -99,6 +101,7 @@ impl Op {
         Op::Cancel,
         Op::Accept,
         Op::Wake,
+        Op::Health,
     ];
 }
 
@@ -284,6 +287,7 @@ impl Reactor {
             seed,
             live,
             reactors,
+            index,
             ..
         } = parts;
         let ring = build_ring()?;
@@ -313,7 +317,7 @@ impl Reactor {
                 .collect(),
             clients: Slab::new(),
             driver: Driver::new(config, stats, limits, seed, shutdown, tls)
-                .with_live(live, reactors),
+                .with_live(live, reactors, index),
             out: Vec::with_capacity(4096),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
@@ -321,6 +325,7 @@ impl Reactor {
             completions: Vec::with_capacity(1024),
         };
         reactor.arm_wake();
+        reactor.arm_health();
         reactor.arm_accepts(0);
         let wake: Wake = Arc::new(move || sys::eventfd_wake(wake_fd.as_fd()));
         Ok((reactor, wake))
@@ -353,6 +358,16 @@ impl Reactor {
         unsafe { self.push_entry(&read) };
     }
 
+    /// Watches the health checks' descriptor: one poll at a time, armed again when it fires.
+    fn arm_health(&mut self) {
+        if let Some(fd) = self.driver.checks_fd() {
+            let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(WAKE_KEY, Op::Health));
+            self.push_plain(&poll);
+        }
+    }
+
     fn arm_accepts(&mut self, now: u64) {
         if !self.driver.accepting(now) {
             return;
@@ -382,6 +397,7 @@ impl Reactor {
             match self.driver.turn(now) {
                 Turn::Exit => return Ok(()),
                 Turn::StartDrain => self.start_draining(now),
+                Turn::Resettle => self.settle_all(now),
                 Turn::Serve => {}
             }
             self.arm_accepts(now);
@@ -443,6 +459,14 @@ impl Reactor {
         for &(data, result, flags) in &completions {
             match decode(data) {
                 (_, Some(Op::Wake)) => self.arm_wake(),
+                (_, Some(Op::Health)) => {
+                    self.driver.checks_ready();
+                    // A failed poll is not armed again (no spinning on it): the checks
+                    // still run when due, and see their answers then.
+                    if result >= 0 {
+                        self.arm_health();
+                    }
+                }
                 (key, Some(Op::Accept)) => self.on_accept(key - LISTENER_BASE, result, flags, now),
                 (key, Some(op)) => self.on_client_completion(key, op, result, flags, now),
                 (_, None) => {}
@@ -738,7 +762,7 @@ impl Reactor {
                 client.submitted(Op::Close);
                 self.push_plain(&Self::close_entry(key, fd, Op::Close));
             }
-            Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::UpClose => {}
+            Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::Health | Op::UpClose => {}
         }
         self.settle(key, now)
     }
@@ -822,7 +846,10 @@ impl Reactor {
             return;
         }
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
-        let next = self.driver.settle(conn, session, &client.outbox, now, out);
+        let link = client.upstream.as_ref().map(|u| &u.link);
+        let next = self
+            .driver
+            .settle(conn, session, (&client.outbox, link), now, out);
         if next != Next::Continue || !self.out.is_empty() {
             self.apply(key, next);
         }
@@ -840,11 +867,17 @@ impl Reactor {
                 self.close_listener(index, now);
             }
         }
+        self.settle_all(now);
+        tracing::info!(connections = self.clients.len(), "draining");
+    }
+
+    /// Settles every connection: each gets what a drain (or a retired upstream) means for
+    /// it.
+    fn settle_all(&mut self, now: u64) {
         let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.settle(key, now);
         }
-        tracing::info!(connections = self.clients.len(), "draining");
     }
 
     /// Takes the connections still queued on a listener (closing it would reset them, unless

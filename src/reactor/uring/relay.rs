@@ -77,11 +77,23 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let opened =
-            self.driver
-                .open_upstream(&mut client.conn, attempts, now, &mut self.out, |addr| {
-                    sys::upstream_socket(addr).map(|socket| (OwnedFd::from(socket), addr))
-                });
+        // Multishot accept reports no address: asked for here only when the client's
+        // address picks the upstream (`--upstream-hash-key client-ip`).
+        let client_ip = match self.driver.config.proxy.hash_key {
+            Some(crate::proxy::HashKey::ClientIp) => self
+                .driver
+                .client_addr(key)
+                .or_else(|| client.socket().and_then(|s| sys::socket_addr(s, false)))
+                .map(|a| a.ip()),
+            _ => None,
+        };
+        let opened = self.driver.open_upstream(
+            &mut client.conn,
+            (attempts, client_ip),
+            now,
+            &mut self.out,
+            |addr| sys::upstream_socket(addr).map(|socket| (OwnedFd::from(socket), addr)),
+        );
         let (link, (fd, addr)) = match opened {
             Ok(opened) => opened,
             Err(next) => return self.answer(key, next, now),
@@ -142,10 +154,14 @@ impl Reactor {
         if result < 0 {
             let error = io::Error::from_raw_os_error(-result);
             upstream.fd = None;
-            let (index, attempts) = (upstream.link.upstream, upstream.link.attempts);
-            let failure =
-                self.driver
-                    .upstream_failed(&mut client.conn, index, &error, now, &mut self.out);
+            let attempts = upstream.link.attempts;
+            let failure = self.driver.upstream_failed(
+                &mut client.conn,
+                &upstream.link,
+                &error,
+                now,
+                &mut self.out,
+            );
             return match failure {
                 UpstreamFailure::TryNext => self.connect_upstream(key, attempts, now),
                 UpstreamFailure::Answer(next) => self.answer(key, next, now),
