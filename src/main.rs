@@ -284,6 +284,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         fixed: fixed_settings(args),
         after: config.conn.after,
         live: server.live(),
+        shutdown: server.shutdown(),
         tls: config.tls.clone(),
     };
     std::thread::Builder::new()
@@ -344,6 +345,8 @@ struct Running {
     fixed: Vec<(&'static str, String)>,
     after: wsedge::conn::AfterUpgrade,
     live: std::sync::Arc<wsedge::reactor::Live>,
+    /// Wakes the reactors after a reload, so that a removed upstream drains at once.
+    shutdown: std::sync::Arc<wsedge::reactor::Shutdown>,
     tls: Option<wsedge::tls::SharedTlsConfig>,
 }
 
@@ -395,6 +398,7 @@ impl Running {
             }
         }
         self.live.publish(config.conn, config.limits);
+        self.shutdown.wake_reactors();
         tracing::info!("SIGHUP: configuration reloaded from {}", path.display());
     }
 }

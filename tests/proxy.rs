@@ -8,77 +8,17 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
 use common::{client_frame, exchange, read_to_close, upgrade_request, Io, Server};
 use common::{pattern, raw_upstream, read_request_head, switching_protocols, tungstenite_upstream};
-use common::{DEADLINE, KEY};
+use common::{PythonUpstream, DEADLINE, KEY};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
-
-/// The Python `websockets` app server, stopped on drop.
-struct PythonUpstream {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl PythonUpstream {
-    /// Starts it, or returns `None` (after saying why) when Python `websockets` is not
-    /// installed and not required.
-    fn start() -> Option<PythonUpstream> {
-        let python = std::env::var_os("WSEDGE_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty/venv/bin/python")
-            });
-        if !python.exists() {
-            let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "Python websockets is required: {python:?} is missing"
-            );
-            eprintln!("skipping: {python:?} is missing (run .ci/run to install it)");
-            return None;
-        }
-        let mut child = Command::new(python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/python_upstream.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the Python upstream");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("listening ") {
-                    let _ = tx.send(port.trim().parse::<u16>().expect("port"));
-                }
-            }
-        });
-        let Ok(port) = rx.recv_timeout(DEADLINE) else {
-            let _ = child.kill();
-            panic!("the Python upstream did not start");
-        };
-        Some(PythonUpstream {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        })
-    }
-}
-
-impl Drop for PythonUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn proxy(io: Io, upstreams: &[SocketAddr], extra: &[&str]) -> Server {
     let upstreams: Vec<String> = upstreams.iter().map(ToString::to_string).collect();

@@ -1,4 +1,5 @@
-//! Proxy mode over several app servers: `--upstream-balance` and `--upstream-max-connections`.
+//! Proxy mode over several app servers: balancing, per-upstream limits, health checks,
+//! draining on removal, weights, per-upstream metrics and `/healthz`.
 
 #[macro_use]
 mod common;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::DEADLINE;
 use common::{exchange, read_request_head, switching_protocols, upgrade_request, Io, Server};
+use common::{metrics_text, PythonUpstream};
 
 /// An app server that upgrades every connection, holds it until the client goes, and counts
 /// the connections it holds now.
@@ -50,7 +52,7 @@ impl CountingUpstream {
     }
 }
 
-fn wait_until(what: &str, ok: impl Fn() -> bool) {
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !ok() {
         assert!(Instant::now() < deadline, "{what}");
@@ -221,8 +223,216 @@ fn hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal(io
     let _ = std::fs::remove_file(path);
 }
 
+/// The value of `name{upstream="ADDR"...}` in a scrape (0 when absent), with `kind` when
+/// the series has one.
+fn upstream_metric(server: &Server, name: &str, upstream: SocketAddr, kind: Option<&str>) -> f64 {
+    let label = format!("upstream=\"{upstream}\"");
+    metrics_text(&server.metrics_addr())
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(&label))
+        .filter(|l| kind.is_none_or(|k| l.contains(&format!("kind=\"{k}\""))))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The port of the Python upstream a new client lands on (its `/port` page).
+fn landed_on(server: &Server) -> u16 {
+    let url = server.url("/port");
+    let (mut socket, _) = tungstenite::client::client(url, server.connect()).expect("upgrade");
+    let message = socket.read().expect("the upstream's port");
+    let _ = socket.close(None);
+    message.to_text().unwrap().parse().unwrap()
+}
+
+/// Three Python `websockets` app servers with active checks every 200 ms (rise 2, fall 2):
+/// one killed is taken out after two failed checks, gets no client while down (its
+/// refusals stop counting up: nobody is sent there), and once restarted on its port comes
+/// back after two passed checks and gets clients again.
+fn health_checks_take_a_killed_upstream_out_and_bring_it_back(io: Io) {
+    let Some(a) = PythonUpstream::start() else {
+        return;
+    };
+    let (Some(b), Some(mut c)) = (PythonUpstream::start(), PythonUpstream::start()) else {
+        return;
+    };
+    let ports = [a.addr.port(), b.addr.port(), c.addr.port()];
+    let (a_arg, b_arg, c_arg) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
+    let server = Server::start(
+        io,
+        &[
+            "--after", "proxy", "--metrics", "127.0.0.1:0",
+            "--upstream", &a_arg, "--upstream", &b_arg, "--upstream", &c_arg,
+            "--upstream-health-interval-ms", "200",
+            "--upstream-health-timeout-ms", "150",
+            "--upstream-health-check", "websocket:/",
+            "--upstream-health-rise", "2",
+            "--upstream-health-fall", "2",
+        ],
+    );
+    let mut seen = std::collections::HashSet::new();
+    wait_until("clients on all three", || {
+        seen.insert(landed_on(&server));
+        seen.len() == 3
+    });
+    let up = |addr| upstream_metric(&server, "wsedge_upstream_up", addr, None);
+    assert_eq!((up(a.addr), up(b.addr), up(c.addr)), (1.0, 1.0, 1.0));
+    assert!(upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", a.addr, None) > 0.0);
+
+    let c_addr = c.addr;
+    c.kill();
+    wait_until("the killed upstream out of rotation", || up(c_addr) == 0.0);
+    let failed_checks = upstream_metric(&server, "wsedge_upstream_failures_total", c_addr, Some("check_failed"));
+    assert!(
+        (1.0..=4.0).contains(&failed_checks),
+        "out after the fall count of failed checks (2, or fewer with clients' refusals), not {failed_checks}"
+    );
+    let refused = |m: &Server| upstream_metric(m, "wsedge_upstream_failures_total", c_addr, Some("refused"));
+    let refused_while_down = refused(&server);
+    for _ in 0..20 {
+        assert_ne!(landed_on(&server), c_addr.port());
+    }
+    assert_eq!(refused(&server), refused_while_down, "a client was sent to the down upstream");
+    let text = metrics_text(&server.metrics_addr());
+    assert!(text.contains(&format!("wsedge_upstream_up{{upstream=\"{c_addr}\"}} 0")), "{text}");
+
+    let passed_before = upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", c_addr, None);
+    let Some(_c) = PythonUpstream::start_on(c_addr.port()) else {
+        return;
+    };
+    wait_until("the restarted upstream back in rotation", || up(c_addr) == 1.0);
+    let passed = upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", c_addr, None);
+    assert!(passed - passed_before >= 2.0, "back after the rise count of passes");
+    wait_until("a client on the restarted upstream", || landed_on(&server) == ports[2]);
+    server.wait_for_log("upstream out of rotation: health checks fail");
+    server.wait_for_log("upstream back in rotation");
+}
+
+/// Thirty relayed connections over three upstreams; a reload removes one with a 3 s drain
+/// window: its ten relays are closed one by one over the window (not at once), the other
+/// twenty stay open, and the clients that come meanwhile go to the two that stay.
+fn removing_an_upstream_drains_its_relays_over_the_window(io: Io) {
+    let upstreams: Vec<CountingUpstream> = (0..3).map(|_| CountingUpstream::start()).collect();
+    let list = |n: usize| {
+        let quoted: Vec<String> = upstreams[..n]
+            .iter()
+            .map(|u| format!("\"{}\"", u.addr))
+            .collect();
+        format!(
+            "after = \"proxy\"\ndrain-secs = 3\nupstream = [{}]\n",
+            quoted.join(", ")
+        )
+    };
+    let path = std::env::temp_dir().join(format!("wsedge-drain-{}-{io:?}.toml", std::process::id()));
+    std::fs::write(&path, list(3)).unwrap();
+    let config = path.to_string_lossy().into_owned();
+    let server = Server::start(io, &["--config", &config, "--threads", "1"]);
+    let held: Vec<TcpStream> = (0..30).map(|_| upgraded(&server)).collect();
+    wait_until("ten on each", || upstreams.iter().all(|u| u.held() == 10));
+
+    // Every client waits for its connection to end, and says when.
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    for (n, mut stream) in held.into_iter().enumerate() {
+        let closed = closed_tx.clone();
+        std::thread::spawn(move || {
+            stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            let mut byte = [0u8; 1];
+            if let Ok(0) | Err(_) = stream.read(&mut byte) {
+                let _ = closed.send((n, Instant::now()));
+            }
+        });
+    }
+    std::fs::write(&path, list(2)).unwrap();
+    let removed_at = Instant::now();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: configuration reloaded");
+    let mut newcomers = Vec::new();
+    let mut closes = Vec::new();
+    while closes.len() < 10 {
+        let (_, at) = closed_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the removed upstream's relays are closed within the window");
+        closes.push(at.duration_since(removed_at));
+        newcomers.push(upgraded(&server));
+    }
+    assert_eq!(upstreams[2].held(), 0);
+    let (first, last) = (closes[0], closes[9]);
+    assert!(last <= Duration::from_secs(3) + DEADLINE / 3, "last close {last:?}");
+    assert!(last - first >= Duration::from_millis(900), "spread over the window, not a cut: {closes:?}");
+    // The other twenty are still relayed, and every newcomer went to one of them.
+    assert!(closed_rx.recv_timeout(Duration::from_millis(500)).is_err(), "a kept relay was closed");
+    assert_eq!(upstreams[0].held() + upstreams[1].held(), 20 + newcomers.len());
+    let _ = std::fs::remove_file(path);
+}
+
+/// Weights and the client's address as the key: `weight=3` gets three clients in four, the
+/// same source address always lands on the same upstream, and `/healthz` says "degraded"
+/// once too few upstreams are up (`--healthz-min-upstreams-up`).
+fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
+    let (a, b) = (CountingUpstream::start(), CountingUpstream::start());
+    let heavy = format!("{} weight=3", a.addr);
+    let light = b.addr.to_string();
+    let server = Server::start(
+        io,
+        &["--after", "proxy", "--threads", "1", "--upstream", &heavy, "--upstream", &light],
+    );
+    let _held: Vec<TcpStream> = (0..8).map(|_| upgraded(&server)).collect();
+    wait_until("eight held", || a.held() + b.held() == 8);
+    assert_eq!((a.held(), b.held()), (6, 2));
+    drop(server);
+
+    // By client address: 20 sources, each connecting three times.
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let keyed: Vec<String> = (0..3).map(|id| keyed_upstream(id, seen_tx.clone()).to_string()).collect();
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let server = Server::start(
+        io,
+        &[
+            "--after", "proxy", "--metrics", "127.0.0.1:0",
+            "--upstream", &keyed[0], "--upstream", &keyed[1], "--upstream", &keyed[2],
+            "--upstream", &dead,
+            "--upstream-balance", "hash", "--upstream-hash-key", "client-ip",
+            "--upstream-health-interval-ms", "100", "--upstream-health-check", "tcp",
+            "--upstream-health-timeout-ms", "100", "--upstream-health-fall", "1",
+            "--healthz-min-upstreams-up", "100",
+        ],
+    );
+    let mut placed: std::collections::HashMap<u8, usize> = Default::default();
+    for round in 0..3 {
+        for source in 2..22u8 {
+            let from = SocketAddr::from(([127, 0, 0, source], 0));
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&from.into()).unwrap();
+            socket.connect(&server.addr.into()).unwrap();
+            let mut stream: TcpStream = socket.into();
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            stream.write_all(&upgrade_request("/", &[])).unwrap();
+            let head = common::read_head(&mut stream);
+            assert_eq!(head.status, 101);
+            let (_, upstream) = seen_rx.recv_timeout(DEADLINE).expect("an upstream saw it");
+            if let Some(before) = placed.insert(source, upstream) {
+                assert_eq!(before, upstream, "127.0.0.{source} moved in round {round}");
+            }
+        }
+    }
+    let used: std::collections::HashSet<usize> = placed.values().copied().collect();
+    assert!(used.len() >= 2, "20 addresses spread: {placed:?}");
+    // The dead upstream fails its first check: 3 of 4 up is under 100%.
+    let healthz = || {
+        let mut stream = TcpStream::connect(server.metrics_addr()).unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    wait_until("healthz degraded", || healthz().contains("degraded: 3 of 4 upstreams up"));
+    assert!(healthz().starts_with("HTTP/1.1 503"));
+}
+
 on_both_backends!(
     hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal,
     over_the_per_upstream_limit_the_next_is_tried_and_all_full_is_503,
     least_connections_fills_an_upstream_added_late,
+    health_checks_take_a_killed_upstream_out_and_bring_it_back,
+    removing_an_upstream_drains_its_relays_over_the_window,
+    weights_client_ip_hashing_and_a_degraded_healthz,
 );

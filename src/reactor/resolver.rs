@@ -41,6 +41,7 @@ fn run(live: &Live, shutdown: &Shutdown) {
             let before: Vec<_> = proxy.upstreams.iter().map(|u| u.addr).collect();
             let after: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
             if live.publish_upstreams(&seen, upstreams) {
+                shutdown.wake_reactors();
                 tracing::info!(?before, ?after, "upstream addresses changed");
             }
         }

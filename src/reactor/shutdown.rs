@@ -81,6 +81,12 @@ impl Shutdown {
         }
     }
 
+    /// Wakes every reactor, so that it looks at the shared state at once (a reload or a
+    /// lookup published new settings) instead of at its next event.
+    pub fn wake_reactors(&self) {
+        self.wake_all();
+    }
+
     fn wake_all(&self) {
         if let Ok(wakers) = self.wakers.lock() {
             for wake in wakers.iter() {

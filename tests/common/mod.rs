@@ -531,3 +531,76 @@ pub fn tungstenite_upstream() -> SocketAddr {
     });
     addr
 }
+
+/// The Python `websockets` app server, stopped on drop.
+pub struct PythonUpstream {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl PythonUpstream {
+    /// Starts it, or returns `None` (after saying why) when Python `websockets` is not
+    /// installed and not required.
+    pub fn start() -> Option<PythonUpstream> {
+        PythonUpstream::start_on(0)
+    }
+
+    /// Starts it on `port` (0: any), or returns `None` as [`PythonUpstream::start`] does.
+    pub fn start_on(port: u16) -> Option<PythonUpstream> {
+        let python = std::env::var_os("WSEDGE_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty/venv/bin/python")
+            });
+        if !python.exists() {
+            let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "Python websockets is required: {python:?} is missing"
+            );
+            eprintln!("skipping: {python:?} is missing (run .ci/run to install it)");
+            return None;
+        }
+        let mut child = Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/python_upstream.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the Python upstream");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.strip_prefix("listening ") {
+                    let _ = tx.send(port.trim().parse::<u16>().expect("port"));
+                }
+            }
+        });
+        let Ok(port) = rx.recv_timeout(DEADLINE) else {
+            let _ = child.kill();
+            panic!("the Python upstream did not start");
+        };
+        Some(PythonUpstream {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
+}
+
+impl PythonUpstream {
+    /// Stops it now (as a crash would: killed).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,8 +1,10 @@
 """An app server behind wsedge's proxy mode, written with Python `websockets` (not by us).
 
-Usage: python_upstream.py        prints "listening PORT" once it accepts connections.
+Usage: python_upstream.py [PORT]  prints "listening PORT" once it accepts connections
+                                  (on PORT if given: a restarted upstream keeps its port).
 
   /private        answers 401 (process_request), the connection is never upgraded
+  /port           sends the port it listens on as one text message, then echoes
   /headers        sends the request headers it received as one JSON text message, then echoes
   /close/CODE     closes at once with CODE and reason "bye"
   anything else   echoes every message; subprotocol "chat" if the client offers it
@@ -27,7 +29,9 @@ def select_subprotocol(connection, offered):
 
 async def handler(ws):
     path = ws.request.path
-    if path == "/headers":
+    if path == "/port":
+        await ws.send(str(ws.local_address[1]))
+    elif path == "/headers":
         await ws.send(json.dumps([[k, v] for k, v in ws.request.headers.raw_items()]))
     elif path.startswith("/close/"):
         await ws.close(int(path.split("/")[2]), "bye")
@@ -40,7 +44,7 @@ async def main():
     async with serve(
         handler,
         "127.0.0.1",
-        0,
+        int(sys.argv[1]) if len(sys.argv) > 1 else 0,
         process_request=process_request,
         select_subprotocol=select_subprotocol,
         max_size=2 * 1024 * 1024,
