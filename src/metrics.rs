@@ -255,15 +255,21 @@ impl ServerMetrics {
         }
         let label = |u: &crate::proxy::Upstream| ("upstream", u.addr.to_string());
         let gauges: [(&str, &str, fn(&crate::proxy::Upstream) -> i64); 4] = [
-            ("wsedge_upstream_up", "1 while the upstream is in rotation (health checks pass).", |u| {
-                i64::from(u.status.is_up())
-            }),
-            ("wsedge_upstream_draining", "1 while the upstream is marked drain.", |u| {
-                i64::from(u.drain)
-            }),
-            ("wsedge_upstream_connections", "Relayed connections to the upstream now (all reactors).", |u| {
-                i64::from(u.status.live())
-            }),
+            (
+                "wsedge_upstream_up",
+                "1 while the upstream is in rotation (health checks pass).",
+                |u| i64::from(u.status.is_up()),
+            ),
+            (
+                "wsedge_upstream_draining",
+                "1 while the upstream is marked drain.",
+                |u| i64::from(u.drain),
+            ),
+            (
+                "wsedge_upstream_connections",
+                "Relayed connections to the upstream now (all reactors).",
+                |u| i64::from(u.status.live()),
+            ),
             (
                 "wsedge_upstream_health_check_seconds",
                 "How long the upstream's last active health check took.",
@@ -385,8 +391,16 @@ fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'stat
     let (up, of) = proxy.upstreams_up();
     let degraded = up * 100 < usize::from(proxy.healthz_min_up_percent) * of;
     match degraded {
-        true => (UNAVAILABLE, "text/plain", format!("degraded: {up} of {of} upstreams up\n")),
-        false => ("200 OK", "text/plain", format!("ok: {up} of {of} upstreams up\n")),
+        true => (
+            UNAVAILABLE,
+            "text/plain",
+            format!("degraded: {up} of {of} upstreams up\n"),
+        ),
+        false => (
+            "200 OK",
+            "text/plain",
+            format!("ok: {up} of {of} upstreams up\n"),
+        ),
     }
 }
 

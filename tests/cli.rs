@@ -59,6 +59,19 @@ rejects_flag! {
     key_without_hash:            ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-hash-key", "header:X-User"] names "--upstream-hash-key";
     bad_hash_key:                ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "hash", "--upstream-hash-key", "ip"] names "--upstream-hash-key";
     unknown_balance:             ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-balance", "random"] names "--upstream-balance";
+    zero_weight:                 ["--after", "proxy", "--upstream", "127.0.0.1:9 weight=0"] names "--upstream";
+    unknown_upstream_word:       ["--after", "proxy", "--upstream", "127.0.0.1:9 backup"] names "--upstream";
+    unresolvable_upstream:       ["--after", "proxy", "--upstream", "no-such-host.invalid:80"] names "--upstream";
+    bad_health_check:            ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-check", "grpc"] names "--upstream-health-check";
+    health_check_path:           ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-check", "http:healthz"] names "--upstream-health-check";
+    checks_without_proxy:        ["--upstream-health-interval-ms", "500"] names "--upstream-health-interval-ms";
+    check_longer_than_interval:  ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-interval-ms", "500", "--upstream-health-timeout-ms", "600"] names "--upstream-health-timeout-ms";
+    zero_rise:                   ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-rise", "0"] names "--upstream-health-rise";
+    zero_fall:                   ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-fall", "0"] names "--upstream-health-fall";
+    zero_check_timeout:          ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-health-timeout-ms", "0"] names "--upstream-health-timeout-ms";
+    share_over_100:              ["--after", "proxy", "--upstream", "127.0.0.1:9", "--healthz-min-upstreams-up", "101"] names "--healthz-min-upstreams-up";
+    healthz_share_without_proxy: ["--healthz-min-upstreams-up", "50"] names "--healthz-min-upstreams-up";
+    resolve_too_rarely:          ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-resolve-secs", "100000"] names "--upstream-resolve-secs";
 }
 
 #[test]

@@ -199,7 +199,45 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--upstream-hash-key",
-        &["upstream_fleet::hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal"],
+        &[
+            "upstream_fleet::hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal",
+            "upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz",
+        ],
+    ),
+    (
+        "serve",
+        "--upstream-health-interval-ms",
+        &["upstream_fleet::health_checks_take_a_killed_upstream_out_and_bring_it_back", "upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz"],
+    ),
+    (
+        "serve",
+        "--upstream-health-check",
+        &["upstream_fleet::health_checks_take_a_killed_upstream_out_and_bring_it_back", "upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz"],
+    ),
+    (
+        "serve",
+        "--upstream-health-timeout-ms",
+        &["upstream_fleet::health_checks_take_a_killed_upstream_out_and_bring_it_back"],
+    ),
+    (
+        "serve",
+        "--upstream-health-rise",
+        &["upstream_fleet::health_checks_take_a_killed_upstream_out_and_bring_it_back"],
+    ),
+    (
+        "serve",
+        "--upstream-health-fall",
+        &["upstream_fleet::health_checks_take_a_killed_upstream_out_and_bring_it_back", "upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz"],
+    ),
+    (
+        "serve",
+        "--healthz-min-upstreams-up",
+        &["upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz"],
+    ),
+    (
+        "serve",
+        "--upstream-resolve-secs",
+        &["upstream_fleet::a_name_is_every_address_it_resolves_to_and_is_looked_up_again"],
     ),
     (
         "serve",
@@ -218,7 +256,10 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--drain-secs",
-        &["admission::drain_spreads_1012_closes_over_the_window"],
+        &[
+            "admission::drain_spreads_1012_closes_over_the_window",
+            "upstream_fleet::removing_an_upstream_drains_its_relays_over_the_window",
+        ],
     ),
     (
         "serve",
@@ -241,7 +282,11 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--upstream",
-        &["proxy::an_upstream_that_refuses_is_skipped"],
+        &[
+            "proxy::an_upstream_that_refuses_is_skipped",
+            "upstream_fleet::weights_client_ip_hashing_and_a_degraded_healthz",
+            "upstream_fleet::removing_an_upstream_drains_its_relays_over_the_window",
+        ],
     ),
     (
         "serve",

@@ -23,7 +23,11 @@ struct CountingUpstream {
 
 impl CountingUpstream {
     fn start() -> CountingUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        CountingUpstream::start_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn start_at(addr: SocketAddr) -> CountingUpstream {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let held = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&held);
@@ -260,13 +264,26 @@ fn health_checks_take_a_killed_upstream_out_and_bring_it_back(io: Io) {
     let server = Server::start(
         io,
         &[
-            "--after", "proxy", "--metrics", "127.0.0.1:0",
-            "--upstream", &a_arg, "--upstream", &b_arg, "--upstream", &c_arg,
-            "--upstream-health-interval-ms", "200",
-            "--upstream-health-timeout-ms", "150",
-            "--upstream-health-check", "websocket:/",
-            "--upstream-health-rise", "2",
-            "--upstream-health-fall", "2",
+            "--after",
+            "proxy",
+            "--metrics",
+            "127.0.0.1:0",
+            "--upstream",
+            &a_arg,
+            "--upstream",
+            &b_arg,
+            "--upstream",
+            &c_arg,
+            "--upstream-health-interval-ms",
+            "200",
+            "--upstream-health-timeout-ms",
+            "150",
+            "--upstream-health-check",
+            "websocket:/",
+            "--upstream-health-rise",
+            "2",
+            "--upstream-health-fall",
+            "2",
         ],
     );
     let mut seen = std::collections::HashSet::new();
@@ -276,33 +293,70 @@ fn health_checks_take_a_killed_upstream_out_and_bring_it_back(io: Io) {
     });
     let up = |addr| upstream_metric(&server, "wsedge_upstream_up", addr, None);
     assert_eq!((up(a.addr), up(b.addr), up(c.addr)), (1.0, 1.0, 1.0));
-    assert!(upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", a.addr, None) > 0.0);
+    assert!(
+        upstream_metric(
+            &server,
+            "wsedge_upstream_health_checks_passed_total",
+            a.addr,
+            None
+        ) > 0.0
+    );
 
     let c_addr = c.addr;
     c.kill();
     wait_until("the killed upstream out of rotation", || up(c_addr) == 0.0);
-    let failed_checks = upstream_metric(&server, "wsedge_upstream_failures_total", c_addr, Some("check_failed"));
+    let failed_checks = upstream_metric(
+        &server,
+        "wsedge_upstream_failures_total",
+        c_addr,
+        Some("check_failed"),
+    );
     assert!(
         (1.0..=4.0).contains(&failed_checks),
         "out after the fall count of failed checks (2, or fewer with clients' refusals), not {failed_checks}"
     );
-    let refused = |m: &Server| upstream_metric(m, "wsedge_upstream_failures_total", c_addr, Some("refused"));
+    let refused =
+        |m: &Server| upstream_metric(m, "wsedge_upstream_failures_total", c_addr, Some("refused"));
     let refused_while_down = refused(&server);
     for _ in 0..20 {
         assert_ne!(landed_on(&server), c_addr.port());
     }
-    assert_eq!(refused(&server), refused_while_down, "a client was sent to the down upstream");
+    assert_eq!(
+        refused(&server),
+        refused_while_down,
+        "a client was sent to the down upstream"
+    );
     let text = metrics_text(&server.metrics_addr());
-    assert!(text.contains(&format!("wsedge_upstream_up{{upstream=\"{c_addr}\"}} 0")), "{text}");
+    assert!(
+        text.contains(&format!("wsedge_upstream_up{{upstream=\"{c_addr}\"}} 0")),
+        "{text}"
+    );
 
-    let passed_before = upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", c_addr, None);
+    let passed_before = upstream_metric(
+        &server,
+        "wsedge_upstream_health_checks_passed_total",
+        c_addr,
+        None,
+    );
     let Some(_c) = PythonUpstream::start_on(c_addr.port()) else {
         return;
     };
-    wait_until("the restarted upstream back in rotation", || up(c_addr) == 1.0);
-    let passed = upstream_metric(&server, "wsedge_upstream_health_checks_passed_total", c_addr, None);
-    assert!(passed - passed_before >= 2.0, "back after the rise count of passes");
-    wait_until("a client on the restarted upstream", || landed_on(&server) == ports[2]);
+    wait_until("the restarted upstream back in rotation", || {
+        up(c_addr) == 1.0
+    });
+    let passed = upstream_metric(
+        &server,
+        "wsedge_upstream_health_checks_passed_total",
+        c_addr,
+        None,
+    );
+    assert!(
+        passed - passed_before >= 2.0,
+        "back after the rise count of passes"
+    );
+    wait_until("a client on the restarted upstream", || {
+        landed_on(&server) == ports[2]
+    });
     server.wait_for_log("upstream out of rotation: health checks fail");
     server.wait_for_log("upstream back in rotation");
 }
@@ -322,7 +376,8 @@ fn removing_an_upstream_drains_its_relays_over_the_window(io: Io) {
             quoted.join(", ")
         )
     };
-    let path = std::env::temp_dir().join(format!("wsedge-drain-{}-{io:?}.toml", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("wsedge-drain-{}-{io:?}.toml", std::process::id()));
     std::fs::write(&path, list(3)).unwrap();
     let config = path.to_string_lossy().into_owned();
     let server = Server::start(io, &["--config", &config, "--threads", "1"]);
@@ -334,7 +389,9 @@ fn removing_an_upstream_drains_its_relays_over_the_window(io: Io) {
     for (n, mut stream) in held.into_iter().enumerate() {
         let closed = closed_tx.clone();
         std::thread::spawn(move || {
-            stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(8)))
+                .unwrap();
             let mut byte = [0u8; 1];
             if let Ok(0) | Err(_) = stream.read(&mut byte) {
                 let _ = closed.send((n, Instant::now()));
@@ -356,11 +413,23 @@ fn removing_an_upstream_drains_its_relays_over_the_window(io: Io) {
     }
     assert_eq!(upstreams[2].held(), 0);
     let (first, last) = (closes[0], closes[9]);
-    assert!(last <= Duration::from_secs(3) + DEADLINE / 3, "last close {last:?}");
-    assert!(last - first >= Duration::from_millis(900), "spread over the window, not a cut: {closes:?}");
+    assert!(
+        last <= Duration::from_secs(3) + DEADLINE / 3,
+        "last close {last:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(900),
+        "spread over the window, not a cut: {closes:?}"
+    );
     // The other twenty are still relayed, and every newcomer went to one of them.
-    assert!(closed_rx.recv_timeout(Duration::from_millis(500)).is_err(), "a kept relay was closed");
-    assert_eq!(upstreams[0].held() + upstreams[1].held(), 20 + newcomers.len());
+    assert!(
+        closed_rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a kept relay was closed"
+    );
+    assert_eq!(
+        upstreams[0].held() + upstreams[1].held(),
+        20 + newcomers.len()
+    );
     let _ = std::fs::remove_file(path);
 }
 
@@ -373,7 +442,16 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
     let light = b.addr.to_string();
     let server = Server::start(
         io,
-        &["--after", "proxy", "--threads", "1", "--upstream", &heavy, "--upstream", &light],
+        &[
+            "--after",
+            "proxy",
+            "--threads",
+            "1",
+            "--upstream",
+            &heavy,
+            "--upstream",
+            &light,
+        ],
     );
     let _held: Vec<TcpStream> = (0..8).map(|_| upgraded(&server)).collect();
     wait_until("eight held", || a.held() + b.held() == 8);
@@ -382,25 +460,51 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
 
     // By client address: 20 sources, each connecting three times.
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let keyed: Vec<String> = (0..3).map(|id| keyed_upstream(id, seen_tx.clone()).to_string()).collect();
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let keyed: Vec<String> = (0..3)
+        .map(|id| keyed_upstream(id, seen_tx.clone()).to_string())
+        .collect();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let server = Server::start(
         io,
         &[
-            "--after", "proxy", "--metrics", "127.0.0.1:0",
-            "--upstream", &keyed[0], "--upstream", &keyed[1], "--upstream", &keyed[2],
-            "--upstream", &dead,
-            "--upstream-balance", "hash", "--upstream-hash-key", "client-ip",
-            "--upstream-health-interval-ms", "100", "--upstream-health-check", "tcp",
-            "--upstream-health-timeout-ms", "100", "--upstream-health-fall", "1",
-            "--healthz-min-upstreams-up", "100",
+            "--after",
+            "proxy",
+            "--metrics",
+            "127.0.0.1:0",
+            "--upstream",
+            &keyed[0],
+            "--upstream",
+            &keyed[1],
+            "--upstream",
+            &keyed[2],
+            "--upstream",
+            &dead,
+            "--upstream-balance",
+            "hash",
+            "--upstream-hash-key",
+            "client-ip",
+            "--upstream-health-interval-ms",
+            "100",
+            "--upstream-health-check",
+            "tcp",
+            "--upstream-health-timeout-ms",
+            "100",
+            "--upstream-health-fall",
+            "1",
+            "--healthz-min-upstreams-up",
+            "100",
         ],
     );
     let mut placed: std::collections::HashMap<u8, usize> = Default::default();
     for round in 0..3 {
         for source in 2..22u8 {
             let from = SocketAddr::from(([127, 0, 0, source], 0));
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             socket.bind(&from.into()).unwrap();
             socket.connect(&server.addr.into()).unwrap();
             let mut stream: TcpStream = socket.into();
@@ -419,13 +523,97 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
     // The dead upstream fails its first check: 3 of 4 up is under 100%.
     let healthz = || {
         let mut stream = TcpStream::connect(server.metrics_addr()).unwrap();
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n").unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n")
+            .unwrap();
         let mut text = String::new();
         let _ = stream.read_to_string(&mut text);
         text
     };
-    wait_until("healthz degraded", || healthz().contains("degraded: 3 of 4 upstreams up"));
+    wait_until("healthz degraded", || {
+        healthz().contains("degraded: 3 of 4 upstreams up")
+    });
     assert!(healthz().starts_with("HTTP/1.1 503"));
+}
+
+/// An upstream given by name (`fleet.test`, from a hosts file the test bind-mounts over
+/// `/etc/hosts` in wsedge's own mount namespace): every address it resolves to is an
+/// upstream, and when the name moves from .1 and .2 to .2 and .3, the next lookup
+/// (`--upstream-resolve-secs 1`) drains .1's relays and sends new clients to .3.
+fn a_name_is_every_address_it_resolves_to_and_is_looked_up_again(io: Io) {
+    let port = TcpListener::bind("127.0.0.3:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstreams: Vec<CountingUpstream> = (1..=3)
+        .map(|host| CountingUpstream::start_at(SocketAddr::from(([127, 0, 0, host], port))))
+        .collect();
+    let hosts = common::scratch(&format!("hosts-{io:?}")).join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 fleet.test\n127.0.0.2 fleet.test\n").unwrap();
+    let source = std::ffi::CString::new(hosts.to_string_lossy().as_bytes()).unwrap();
+    let upstream = format!("fleet.test:{port}");
+    let server = Server::start_with(
+        io,
+        &[
+            "--after",
+            "proxy",
+            "--threads",
+            "1",
+            "--upstream",
+            &upstream,
+            "--upstream-resolve-secs",
+            "1",
+            "--drain-secs",
+            "1",
+        ],
+        |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec,
+            // on memory prepared before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    let target = c"/etc/hosts";
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            source.as_ptr(),
+                            target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let mut held: Vec<TcpStream> = (0..4).map(|_| upgraded(&server)).collect();
+    wait_until("two on each address of the name", || {
+        upstreams[0].held() == 2 && upstreams[1].held() == 2
+    });
+    // In place: the bind mount follows the file, not its name.
+    std::fs::write(&hosts, "127.0.0.2 fleet.test\n127.0.0.3 fleet.test\n").unwrap();
+    server.wait_for_log("upstream addresses changed");
+    wait_until("the address that went away is drained", || {
+        upstreams[0].held() == 0
+    });
+    held.extend((0..4).map(|_| upgraded(&server)));
+    wait_until("new clients on the new address", || {
+        upstreams[2].held() >= 1
+    });
+    assert_eq!(upstreams[0].held(), 0);
+    assert_eq!(upstreams[1].held() + upstreams[2].held(), 6);
+    let _ = std::fs::remove_file(hosts);
 }
 
 on_both_backends!(
@@ -435,4 +623,5 @@ on_both_backends!(
     health_checks_take_a_killed_upstream_out_and_bring_it_back,
     removing_an_upstream_drains_its_relays_over_the_window,
     weights_client_ip_hashing_and_a_degraded_healthz,
+    a_name_is_every_address_it_resolves_to_and_is_looked_up_again,
 );

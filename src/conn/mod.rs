@@ -28,12 +28,12 @@ use crate::handshake::{
     parse_request, write_rejection, write_switching_protocols, Parse, Policy, Rejection,
     ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
+use crate::proxy::health::Failure;
 use crate::proxy::{
     answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
     ProxyConfig, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
-use crate::proxy::health::Failure;
 use frame::{
     close_frame, parse_client_header, unmask_into, write_close, write_server_header, CloseCode,
     HeaderParse, OpCode,

@@ -245,7 +245,7 @@ impl Rejection {
             UpstreamFailed => Status::BadGateway,
             Overloaded { .. } | UpstreamsFull { .. } | NoUpstreamUp { .. } => {
                 Status::ServiceUnavailable
-            },
+            }
             UpstreamTimeout => Status::GatewayTimeout,
         }
     }

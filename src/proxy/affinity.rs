@@ -34,7 +34,9 @@ impl HashKey {
         let (kind, name) = text
             .split_once(':')
             .filter(|(_, name)| !name.is_empty() && !name.contains([' ', '\t']))
-            .ok_or_else(|| format!("{text:?}: expected header:NAME, cookie:NAME, query:NAME or client-ip"))?;
+            .ok_or_else(|| {
+                format!("{text:?}: expected header:NAME, cookie:NAME, query:NAME or client-ip")
+            })?;
         match kind {
             "header" => Ok(HashKey::Header(name.to_owned())),
             "cookie" => Ok(HashKey::Cookie(name.to_owned())),
@@ -133,7 +135,10 @@ mod tests {
         assert_eq!(key("query:missing"), None);
         assert_eq!(key("client-ip"), None, "no client address known");
         let ip = "10.1.2.3".parse().ok();
-        assert_eq!(HashKey::ClientIp.hash_of(HEAD, ip), HashKey::ClientIp.hash_of(b"", ip));
+        assert_eq!(
+            HashKey::ClientIp.hash_of(HEAD, ip),
+            HashKey::ClientIp.hash_of(b"", ip)
+        );
     }
 
     #[test]
@@ -146,7 +151,10 @@ mod tests {
                 weighted_score(key, a, 3) > weighted_score(key, b, 1)
             })
             .count();
-        assert!((2800..3200).contains(&to_a), "{to_a} of 4000 to the weight-3 upstream");
+        assert!(
+            (2800..3200).contains(&to_a),
+            "{to_a} of 4000 to the weight-3 upstream"
+        );
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl UpstreamTarget {
             Ok(port) => port,
             Err(_) => return Err(format!("{port:?} is not a port (1 to 65535)")),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let mut target = UpstreamTarget {
             host,
             port,
@@ -58,7 +61,9 @@ impl UpstreamTarget {
                         .ok()
                         .filter(|w| (1..=MAX_WEIGHT).contains(w))
                         .ok_or_else(|| {
-                            format!("weight={n}: a weight is 1 to {MAX_WEIGHT} (use drain for none)")
+                            format!(
+                                "weight={n}: a weight is 1 to {MAX_WEIGHT} (use drain for none)"
+                            )
                         })?;
                 }
                 None if word == "drain" => target.drain = true,
@@ -149,7 +154,10 @@ pub fn resolve_all(
 ) -> Result<Vec<Upstream>, String> {
     let mut upstreams: Vec<Upstream> = Vec::new();
     for target in targets {
-        let name: Option<Arc<str>> = target.literal().is_none().then(|| target.host.as_str().into());
+        let name: Option<Arc<str>> = target
+            .literal()
+            .is_none()
+            .then(|| target.host.as_str().into());
         let addrs = match target.resolve() {
             Ok(addrs) => addrs,
             Err(error) => {
@@ -192,14 +200,25 @@ mod tests {
     #[test]
     fn targets_parse_with_weight_and_drain() {
         let t = UpstreamTarget::parse("127.0.0.1:9000 weight=3").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.weight, t.drain), ("127.0.0.1", 9000, 3, false));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.weight, t.drain),
+            ("127.0.0.1", 9000, 3, false)
+        );
         let t = UpstreamTarget::parse("[::1]:80 drain").unwrap();
         assert_eq!(t.literal(), Some("[::1]:80".parse().unwrap()));
         assert!(t.drain);
         assert_eq!(t.to_string(), "[::1]:80");
         let t = UpstreamTarget::parse("app.internal:8080").unwrap();
         assert_eq!(t.literal(), None);
-        for bad in ["127.0.0.1", ":80", "h:0", "h:x", "h:1 weight=0", "h:1 weight=1001", "h:1 heavy"] {
+        for bad in [
+            "127.0.0.1",
+            ":80",
+            "h:0",
+            "h:x",
+            "h:1 weight=0",
+            "h:1 weight=1001",
+            "h:1 heavy",
+        ] {
             assert!(UpstreamTarget::parse(bad).is_err(), "{bad}");
         }
     }
@@ -211,8 +230,13 @@ mod tests {
             UpstreamTarget::parse("127.0.0.1:9000").unwrap(),
         ];
         let first = resolve_all(&targets, &[]).unwrap();
-        assert!(first.iter().any(|u| u.addr == "127.0.0.1:9000".parse().unwrap()));
-        assert!(first.iter().all(|u| u.weight == 2), "the literal repeat is dropped");
+        assert!(first
+            .iter()
+            .any(|u| u.addr == "127.0.0.1:9000".parse().unwrap()));
+        assert!(
+            first.iter().all(|u| u.weight == 2),
+            "the literal repeat is dropped"
+        );
         let again = resolve_all(&targets, &first).unwrap();
         assert!(Arc::ptr_eq(&first[0].status, &again[0].status));
     }

@@ -196,7 +196,10 @@ impl Upstreams {
     /// Counts a connection to upstream `index` until the lease is dropped.
     pub fn lease(&self, index: usize) -> Option<Lease> {
         let member = self.members.get(index)?;
-        member.slot.live.set(member.slot.live.get().saturating_add(1));
+        member
+            .slot
+            .live
+            .set(member.slot.live.get().saturating_add(1));
         member.status.connection_started();
         Some(Lease {
             slot: Rc::clone(&member.slot),
@@ -217,7 +220,10 @@ impl Upstreams {
         let members = &self.members;
         let in_turn = (0..count).map(|i| (start + i) % count);
         let up = in_turn.filter(|&i| !members[i].drain && members[i].status.is_up());
-        let open: Vec<usize> = up.clone().filter(|&i| cap == 0 || members[i].slot.live.get() < cap).collect();
+        let open: Vec<usize> = up
+            .clone()
+            .filter(|&i| cap == 0 || members[i].slot.live.get() < cap)
+            .collect();
         let Some(&first_open) = open.first() else {
             return match up.count() {
                 0 => Pick::NoneUp,
@@ -230,7 +236,9 @@ impl Upstreams {
             .filter(|&i| members[i].slot.down_until.get() <= now);
         let index = match (balance, key) {
             (Balance::Hash, Some(key)) => fresh.max_by(|&a, &b| {
-                let score = |i: usize| super::affinity::weighted_score(key, members[i].addr, members[i].weight);
+                let score = |i: usize| {
+                    super::affinity::weighted_score(key, members[i].addr, members[i].weight)
+                };
                 score(a).total_cmp(&score(b))
             }),
             // Fewest connections for the weight: live_a / w_a < live_b / w_b, multiplied
@@ -251,7 +259,10 @@ impl Upstreams {
     /// Smooth weighted round-robin over `candidates` (in turn order): each gains its weight,
     /// the highest is chosen and pays the sum. With equal weights it is plain round-robin.
     fn weighted_turn(&mut self, candidates: Vec<usize>) -> Option<usize> {
-        let total: i64 = candidates.iter().map(|&i| i64::from(self.members[i].weight)).sum();
+        let total: i64 = candidates
+            .iter()
+            .map(|&i| i64::from(self.members[i].weight))
+            .sum();
         let mut best: Option<(usize, i64)> = None;
         for &i in &candidates {
             let member = &mut self.members[i];
@@ -269,7 +280,13 @@ impl Upstreams {
     /// or answered wrongly): counted against its health (`fall`: with active checks, the
     /// failures in a row that take it out); a refusal also passes it over on this reactor
     /// for [`REFUSED_BACKOFF_MS`]. Logged once per backoff, not once per client.
-    pub fn failed(lease: &Lease, kind: Failure, now: u64, fall: Option<u32>, error: &dyn std::fmt::Display) {
+    pub fn failed(
+        lease: &Lease,
+        kind: Failure,
+        now: u64,
+        fall: Option<u32>,
+        error: &dyn std::fmt::Display,
+    ) {
         let slot = &lease.slot;
         if kind == Failure::Refused {
             if slot.down_until.get() <= now {
@@ -335,7 +352,10 @@ mod tests {
         let mut pool = Upstreams::new(&list(&["127.0.0.1:1 weight=3", "127.0.0.1:2"]), 0);
         let picks: Vec<usize> = (0..8).map(|_| index(pool.pick(0, RR, 0, None))).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
-        assert!(picks.windows(4).all(|w| w.contains(&1)), "smooth: {picks:?}");
+        assert!(
+            picks.windows(4).all(|w| w.contains(&1)),
+            "smooth: {picks:?}"
+        );
     }
 
     #[test]
@@ -421,7 +441,10 @@ mod tests {
         let back: Vec<usize> = (0..3)
             .map(|_| index(pool.pick(100 + REFUSED_BACKOFF_MS, RR, 0, None)))
             .collect();
-        assert!(back.contains(&1), "back in turn after its backoff: {back:?}");
+        assert!(
+            back.contains(&1),
+            "back in turn after its backoff: {back:?}"
+        );
     }
 
     #[test]

@@ -234,7 +234,10 @@ impl Admission {
 
     /// When a relay to an upstream retired at `retired_at` closes: spread over the drain
     /// window from then, as a shutdown drain spreads its closes.
-    pub(crate) fn retired_close(&mut self, retired_at: u64) -> (u64, crate::conn::frame::CloseCode) {
+    pub(crate) fn retired_close(
+        &mut self,
+        retired_at: u64,
+    ) -> (u64, crate::conn::frame::CloseCode) {
         let at = retired_at + self.random_below(self.limits.drain_window_ms);
         (
             at,

@@ -55,7 +55,11 @@ impl Live {
     /// Publishes `upstreams` (a new lookup of the names) in place of those of `seen`,
     /// unless another generation was published since (a reload did its own lookup): false
     /// then, and nothing changes.
-    pub fn publish_upstreams(&self, seen: &Arc<LiveSettings>, upstreams: Vec<crate::proxy::Upstream>) -> bool {
+    pub fn publish_upstreams(
+        &self,
+        seen: &Arc<LiveSettings>,
+        upstreams: Vec<crate::proxy::Upstream>,
+    ) -> bool {
         let mut conn = ConnConfig::clone(&seen.conn);
         conn.proxy.upstreams = upstreams;
         let next = Arc::new(LiveSettings {

@@ -299,7 +299,8 @@ impl Driver {
 
     /// Runs the health checks if their descriptor was readable or one is due.
     fn run_checks(&mut self, now: u64) {
-        let (Some(checker), Some(settings)) = (self.checker.as_mut(), self.config.proxy.health.as_ref())
+        let (Some(checker), Some(settings)) =
+            (self.checker.as_mut(), self.config.proxy.health.as_ref())
         else {
             return;
         };
@@ -453,7 +454,13 @@ impl Driver {
         }
         Counters::bump(&self.stats.upstream_connect_failures);
         if let Some(lease) = link.lease() {
-            Upstreams::failed(lease, Failure::Refused, now, self.config.proxy.fall(), error);
+            Upstreams::failed(
+                lease,
+                Failure::Refused,
+                now,
+                self.config.proxy.fall(),
+                error,
+            );
         }
         UpstreamFailure::TryNext
     }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{CheckKind, HealthSettings, UpstreamStatus, Verdict, CHECK_CLOSE_FRAME, MAX_CHECK_ANSWER};
+use super::{
+    CheckKind, HealthSettings, UpstreamStatus, Verdict, CHECK_CLOSE_FRAME, MAX_CHECK_ANSWER,
+};
 
 /// One reactor's active checks.
 pub struct Checker {
@@ -63,7 +65,12 @@ impl Checker {
     /// Checks `upstreams` from now on: one that was checked already keeps its schedule, a
     /// new one gets its first check within one interval (spread, so that a fleet's checks
     /// do not all go at once).
-    pub fn assign(&mut self, upstreams: &[(SocketAddr, Arc<UpstreamStatus>)], now: u64, interval_ms: u64) {
+    pub fn assign(
+        &mut self,
+        upstreams: &[(SocketAddr, Arc<UpstreamStatus>)],
+        now: u64,
+        interval_ms: u64,
+    ) {
         let mut old = std::mem::take(&mut self.probes);
         for (n, (addr, status)) in upstreams.iter().enumerate() {
             let probe = match old.iter().position(|p| p.addr == *addr) {
@@ -130,7 +137,9 @@ impl Checker {
                     }
                     // No descriptor or port left here: the upstream is not at fault.
                     Err(error) if crate::reactor::sys::is_local_exhaustion(&error) => {
-                        probe.state = State::Idle { due: now + settings.interval_ms };
+                        probe.state = State::Idle {
+                            due: now + settings.interval_ms,
+                        };
                         None
                     }
                     Err(error) => Some((Err(error.to_string()), Instant::now())),
@@ -145,7 +154,15 @@ impl Checker {
                 sent,
                 answer,
             } => {
-                let progress = step(stream, &settings.kind, probe.addr, request, connected, sent, answer);
+                let progress = step(
+                    stream,
+                    &settings.kind,
+                    probe.addr,
+                    request,
+                    connected,
+                    sent,
+                    answer,
+                );
                 match progress {
                     Ok(None) if *deadline <= now => Some((Err("timed out".to_owned()), *started)),
                     Ok(None) => None,
@@ -185,8 +202,11 @@ impl Checker {
 
 fn start(poll: &Poll, index: usize, addr: SocketAddr) -> io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr)?;
-    poll.registry()
-        .register(&mut stream, Token(index), Interest::READABLE | Interest::WRITABLE)?;
+    poll.registry().register(
+        &mut stream,
+        Token(index),
+        Interest::READABLE | Interest::WRITABLE,
+    )?;
     Ok(stream)
 }
 

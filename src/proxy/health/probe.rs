@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn kinds_parse_and_bad_ones_say_what_is_expected() {
         assert_eq!(CheckKind::parse("tcp"), Ok(CheckKind::Tcp));
-        assert_eq!(CheckKind::parse("websocket"), Ok(CheckKind::WebSocket("/".into())));
+        assert_eq!(
+            CheckKind::parse("websocket"),
+            Ok(CheckKind::WebSocket("/".into()))
+        );
         assert_eq!(
             CheckKind::parse("http:/healthz"),
             Ok(CheckKind::Http("/healthz".into()))
@@ -162,18 +165,30 @@ mod tests {
         assert_eq!(kind.judge(&good[..20], false), Verdict::Partial);
         assert!(matches!(kind.judge(&good[..20], true), Verdict::Fail(_)));
         let wrong = String::from_utf8_lossy(good).replace("s3pP", "AAAA");
-        assert!(matches!(kind.judge(wrong.as_bytes(), false), Verdict::Fail(_)));
+        assert!(matches!(
+            kind.judge(wrong.as_bytes(), false),
+            Verdict::Fail(_)
+        ));
     }
 
     #[test]
     fn an_http_check_passes_on_2xx_and_3xx_only() {
         let kind = CheckKind::Http("/h".into());
-        assert_eq!(kind.judge(b"HTTP/1.1 204 No Content\r\n\r\n", false), Verdict::Pass);
-        assert_eq!(kind.judge(b"HTTP/1.1 302 Found\r\n\r\n", false), Verdict::Pass);
+        assert_eq!(
+            kind.judge(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Verdict::Pass
+        );
+        assert_eq!(
+            kind.judge(b"HTTP/1.1 302 Found\r\n\r\n", false),
+            Verdict::Pass
+        );
         assert!(matches!(
             kind.judge(b"HTTP/1.1 503 Unavailable\r\n\r\n", false),
             Verdict::Fail(_)
         ));
-        assert!(matches!(kind.judge(b"garbage\r\n\r\n", false), Verdict::Fail(_)));
+        assert!(matches!(
+            kind.judge(b"garbage\r\n\r\n", false),
+            Verdict::Fail(_)
+        ));
     }
 }

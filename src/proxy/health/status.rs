@@ -152,9 +152,7 @@ impl UpstreamStatus {
 
     /// Sets up or down; true if that changed it (so that only one caller logs the change).
     fn flip(&self, up: bool) -> bool {
-        self.up
-            .compare_exchange(!up, up, Relaxed, Relaxed)
-            .is_ok()
+        self.up.compare_exchange(!up, up, Relaxed, Relaxed).is_ok()
     }
 }
 
@@ -173,7 +171,10 @@ mod tests {
         assert!(!status.check_failed(10, 3));
         assert!(status.check_failed(10, 3), "third failure in a row");
         assert!(!status.is_up());
-        assert!(!status.check_failed(10, 3), "already down: no second change");
+        assert!(
+            !status.check_failed(10, 3),
+            "already down: no second change"
+        );
         assert!(!status.check_passed(10, 2));
         assert!(status.check_passed(10, 2));
         assert!(status.is_up());

@@ -285,11 +285,13 @@ impl Reactor {
             .conn
             .write_upstream_request(peers, &mut ctx!(self, now));
         let mut request = std::mem::take(&mut self.out);
-        let opened =
-            self.driver
-                .open_upstream(&mut client.conn, (attempts, Some(peer.ip())), now, &mut self.out, |addr| {
-                    connect_and_send(addr, &request)
-                });
+        let opened = self.driver.open_upstream(
+            &mut client.conn,
+            (attempts, Some(peer.ip())),
+            now,
+            &mut self.out,
+            |addr| connect_and_send(addr, &request),
+        );
         let next = match opened {
             Ok((link, (stream, written))) => {
                 // A client read before is not drained; one never registered reports its
