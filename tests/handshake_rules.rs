@@ -195,6 +195,9 @@ fn every_rejection_is_a_complete_response() {
         UpstreamsFull { .. } => UpstreamsFull {
             retry_after_secs: 7,
         },
+        NoUpstreamUp { .. } => NoUpstreamUp {
+            retry_after_secs: 7,
+        },
         other => other,
     });
     for rejection in all {
