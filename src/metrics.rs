@@ -245,6 +245,9 @@ impl Collector for ServerMetrics {
     }
 }
 
+/// Reads one per-upstream gauge.
+type UpstreamGauge = fn(&crate::proxy::Upstream) -> i64;
+
 impl ServerMetrics {
     /// Proxy mode: each upstream's state, live connections, failures and last check.
     fn encode_upstreams(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -254,7 +257,7 @@ impl ServerMetrics {
             return Ok(());
         }
         let label = |u: &crate::proxy::Upstream| ("upstream", u.addr.to_string());
-        let gauges: [(&str, &str, fn(&crate::proxy::Upstream) -> i64); 4] = [
+        let gauges: [(&str, &str, UpstreamGauge); 4] = [
             (
                 "wsedge_upstream_up",
                 "1 while the upstream is in rotation (health checks pass).",

@@ -112,7 +112,7 @@ impl Link {
     /// against it by `lease` while it lives.
     pub fn with_lease(upstream: usize, attempts: usize, lease: Option<super::Lease>) -> Link {
         Link {
-            lease: lease,
+            lease,
             ..Link::new(upstream, attempts)
         }
     }

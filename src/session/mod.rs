@@ -222,7 +222,9 @@ impl Driver {
         // Reactors start their rotations at different upstreams, so that their first
         // connections spread.
         let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
-        let checker = match config.proxy.upstreams.is_empty() {
+        // Only with checks configured at start: the backends watch the checker's descriptor
+        // from their start, and a descriptor nobody uses is one less for clients.
+        let checker = match config.proxy.health.is_none() || config.proxy.upstreams.is_empty() {
             true => None,
             false => Checker::new()
                 .inspect_err(|error| tracing::warn!(%error, "no health checks on this reactor"))
@@ -335,6 +337,12 @@ impl Driver {
         self.config = Arc::clone(&settings.conn);
         self.admission.set_limits(settings.limits.share(reactors));
         if checks_changed {
+            if self.checker.is_none() && self.config.proxy.health.is_some() && self.index == 0 {
+                tracing::warn!(
+                    "health checks turned on by a reload start at the next restart \
+                     (passive checks apply now)"
+                );
+            }
             self.assign_checks(self.now());
         }
     }
