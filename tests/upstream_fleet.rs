@@ -109,22 +109,29 @@ fn over_the_per_upstream_limit_the_next_is_tried_and_all_full_is_503(io: Io) {
     }
 }
 
+/// A proxy-mode config file's text: `settings` (TOML lines), then `upstreams` as the list.
+fn proxy_config(settings: &str, upstreams: impl IntoIterator<Item = SocketAddr>) -> String {
+    let quoted: Vec<String> = upstreams.into_iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "after = \"proxy\"\n{settings}upstream = [{}]\n",
+        quoted.join(", ")
+    )
+}
+
+/// Where test `name` on backend `io` keeps its config file.
+fn config_path(name: &str, io: Io) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wsedge-{name}-{}-{io:?}.toml", std::process::id()))
+}
+
 /// Least-connections after an upstream joins (a reload): the next clients all go to the
 /// new, empty one, where round-robin would have put only one in three there.
 fn least_connections_fills_an_upstream_added_late(io: Io) {
     let upstreams: Vec<CountingUpstream> = (0..3).map(|_| CountingUpstream::start()).collect();
     let list = |n: usize| {
-        let quoted: Vec<String> = upstreams[..n]
-            .iter()
-            .map(|u| format!("\"{}\"", u.addr))
-            .collect();
-        format!(
-            "after = \"proxy\"\nupstream-balance = \"least-connections\"\nupstream = [{}]\n",
-            quoted.join(", ")
-        )
+        let settings = "upstream-balance = \"least-connections\"\n";
+        proxy_config(settings, upstreams[..n].iter().map(|u| u.addr))
     };
-    let path =
-        std::env::temp_dir().join(format!("wsedge-fleet-{}-{io:?}.toml", std::process::id()));
+    let path = config_path("fleet", io);
     std::fs::write(&path, list(2)).unwrap();
     let config = path.to_string_lossy().into_owned();
     let server = Server::start(io, &["--config", &config, "--threads", "1"]);
@@ -182,14 +189,10 @@ fn hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal(io
         .map(|id| keyed_upstream(id, seen_tx.clone()))
         .collect();
     let list = |addrs: &[SocketAddr]| {
-        let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        format!(
-            "after = \"proxy\"\nupstream-balance = \"hash\"\n\
-             upstream-hash-key = \"header:X-User-Id\"\nupstream = [{}]\n",
-            quoted.join(", ")
-        )
+        let settings = "upstream-balance = \"hash\"\nupstream-hash-key = \"header:X-User-Id\"\n";
+        proxy_config(settings, addrs.iter().copied())
     };
-    let path = std::env::temp_dir().join(format!("wsedge-hash-{}-{io:?}.toml", std::process::id()));
+    let path = config_path("hash", io);
     std::fs::write(&path, list(&addrs)).unwrap();
     let config = path.to_string_lossy().into_owned();
     let server = Server::start(io, &["--config", &config, "--threads", "2"]);
@@ -366,18 +369,8 @@ fn health_checks_take_a_killed_upstream_out_and_bring_it_back(io: Io) {
 /// twenty stay open, and the clients that come meanwhile go to the two that stay.
 fn removing_an_upstream_drains_its_relays_over_the_window(io: Io) {
     let upstreams: Vec<CountingUpstream> = (0..3).map(|_| CountingUpstream::start()).collect();
-    let list = |n: usize| {
-        let quoted: Vec<String> = upstreams[..n]
-            .iter()
-            .map(|u| format!("\"{}\"", u.addr))
-            .collect();
-        format!(
-            "after = \"proxy\"\ndrain-secs = 3\nupstream = [{}]\n",
-            quoted.join(", ")
-        )
-    };
-    let path =
-        std::env::temp_dir().join(format!("wsedge-drain-{}-{io:?}.toml", std::process::id()));
+    let list = |n: usize| proxy_config("drain-secs = 3\n", upstreams[..n].iter().map(|u| u.addr));
+    let path = config_path("drain", io);
     std::fs::write(&path, list(3)).unwrap();
     let config = path.to_string_lossy().into_owned();
     let server = Server::start(io, &["--config", &config, "--threads", "1"]);
