@@ -368,8 +368,11 @@ pub fn serve(
             let spawned = std::thread::Builder::new()
                 .name("wsedge-scrape".into())
                 .spawn(move || {
-                    let _ = answer(stream, &metrics, &shutdown);
+                    let _ = answer(&stream, &metrics, &shutdown);
+                    // The slot is free before the scraper sees the close: a scraper that
+                    // asks again at once is not turned away by its own last scrape.
                     done.fetch_sub(1, Relaxed);
+                    drop(stream);
                 });
             if spawned.is_err() {
                 active.fetch_sub(1, Relaxed);
@@ -413,7 +416,16 @@ fn busy(stream: TcpStream) -> io::Result<()> {
     (&stream).write_all(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\
           Retry-After: 1\r\nConnection: close\r\n\r\ntoo many now\n",
-    )
+    )?;
+    // Closing with the request unread would send a reset, which may reach the scraper
+    // before it reads the 503: read what has arrived (a request's worth), without waiting.
+    let mut unread = [0u8; 1024];
+    for _ in 0..8 {
+        if !matches!((&stream).read(&mut unread), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// What is left of `deadline`, as a socket timeout (never zero, which means "none").
@@ -426,7 +438,7 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
 }
 
 fn answer(
-    mut stream: TcpStream,
+    mut stream: &TcpStream,
     metrics: &Arc<ServerMetrics>,
     shutdown: &Shutdown,
 ) -> io::Result<()> {
