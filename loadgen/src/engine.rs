@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -74,6 +74,25 @@ pub struct Plan {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Start each connection with a PROXY protocol header, as a balancer in front would.
     pub proxy_header: Option<ProxyHeaderVersion>,
+    /// Where each interval's figures go (`--hdr-log`), if anywhere.
+    pub intervals: Option<IntervalSink>,
+}
+
+/// Workers cut their figures into intervals counted from one shared origin, so that the
+/// intervals of all workers line up and can be summed into one log line each.
+#[derive(Debug, Clone)]
+pub struct IntervalSink {
+    pub origin: Instant,
+    pub length: Duration,
+    pub sender: mpsc::Sender<Interval>,
+}
+
+/// One worker's figures for one interval: `[origin + index * length, + length)`.
+#[derive(Debug)]
+pub struct Interval {
+    pub worker: usize,
+    pub index: u64,
+    pub report: Report,
 }
 
 /// The PROXY protocol version `--proxy-header` writes.
@@ -137,7 +156,11 @@ struct Worker<'a> {
     progress: &'a Progress,
     poll: Poll,
     slots: Slab<Slot>,
+    /// The current interval's figures; folded into `finished` at each interval's end.
     report: Report,
+    finished: Report,
+    interval_index: u64,
+    worker_index: usize,
     rng: u64,
     started: u64,
     source_index: usize,
@@ -164,6 +187,9 @@ pub fn run(
         poll: Poll::new()?,
         slots: Slab::new(),
         report: Report::default(),
+        finished: Report::default(),
+        interval_index: 0,
+        worker_index,
         rng: 0x9E37_79B9_7F4A_7C15
             ^ (worker_index as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
             ^ std::time::SystemTime::now()
@@ -190,8 +216,13 @@ impl Worker<'_> {
         let mut established_after = None;
         let mut hold_until: Option<Instant> = None;
         let mut last_sweep = start;
+        let mut interval_end = self.interval_end(start);
         loop {
             let now = Instant::now();
+            if now >= interval_end {
+                self.close_interval();
+                interval_end = self.interval_end(now);
+            }
             if now >= end || hold_until.is_some_and(|t| now >= t) {
                 break;
             }
@@ -254,7 +285,7 @@ impl Worker<'_> {
             if !launching && self.slots.is_empty() {
                 break;
             }
-            let mut timeout = SWEEP;
+            let mut timeout = SWEEP.min(interval_end.saturating_duration_since(now));
             if let Mode::Rate { .. } = self.plan.mode {
                 timeout = timeout.min(next_arrival.saturating_duration_since(now));
             }
@@ -295,10 +326,38 @@ impl Worker<'_> {
                 }
             }
         }
+        self.close_interval();
         Ok(WorkerResult {
-            report: std::mem::take(&mut self.report),
+            report: std::mem::take(&mut self.finished),
             established_after,
         })
+    }
+
+    /// When the interval that holds `now` ends (never, without a sink).
+    fn interval_end(&mut self, now: Instant) -> Instant {
+        let Some(sink) = &self.plan.intervals else {
+            return now + Duration::from_secs(86_400 * 365);
+        };
+        let length = sink.length.max(Duration::from_millis(1));
+        let index = (now.saturating_duration_since(sink.origin).as_nanos() / length.as_nanos())
+            .try_into()
+            .unwrap_or(u64::MAX);
+        self.interval_index = index;
+        sink.origin + length * u32::try_from(index.saturating_add(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Folds the current interval into the run's figures and hands it to the sink.
+    fn close_interval(&mut self) {
+        self.finished.merge(&self.report);
+        let report = std::mem::take(&mut self.report);
+        if let Some(sink) = &self.plan.intervals {
+            // The receiver is gone only when the run is being torn down.
+            let _ = sink.sender.send(Interval {
+                worker: self.worker_index,
+                index: self.interval_index,
+                report,
+            });
+        }
     }
 
     fn pending(&self) -> usize {

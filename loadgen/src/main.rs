@@ -1,21 +1,30 @@
 //! `wsedge-loadgen`: connection storms against any WebSocket server, measured honestly.
 
+mod collect;
 mod engine;
+mod hdrlog;
+mod merge;
 mod net;
+mod plot;
+mod processes;
 mod report;
+mod start_at;
 mod target;
 mod tickets;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use engine::{CloseMode, Mode, Plan, Progress};
+use hdrlog::LogWriter;
 use report::{latency_line, Report};
 
 /// Connection-storm load generator for WebSocket handshakes.
@@ -32,6 +41,8 @@ enum Command {
     Storm {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        spread: Spread,
         /// Connections in flight.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         concurrency: u64,
@@ -40,6 +51,8 @@ enum Command {
     Rate {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        spread: Spread,
         /// New connections per second.
         #[arg(long, value_parser = parse_rate)]
         rate: f64,
@@ -48,6 +61,8 @@ enum Command {
     Ramp {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        spread: Spread,
         #[arg(long, value_parser = parse_rate)]
         from: f64,
         #[arg(long, value_parser = parse_rate)]
@@ -86,6 +101,49 @@ enum Command {
         #[arg(long, default_value = "200ms", value_parser = parse_duration)]
         byte_interval: Duration,
     },
+    /// Merges --hdr-log files of several processes or machines into one report.
+    Merge {
+        /// Interval logs written with --hdr-log (or by any HdrHistogram tool).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        plot: PlotArgs,
+        /// Write the merged run as one interval log.
+        #[arg(long, value_name = "FILE")]
+        hdr_log: Option<PathBuf>,
+    },
+    /// Draws a head-to-head (server CPU per upgrade, upgrades per second) from JSON rows of
+    /// {"name", "upgrades_per_sec", "cpu_us_per_upgrade"}; used by benches/compare.sh --plot.
+    PlotCompare {
+        #[arg(value_name = "ROWS.json")]
+        rows: PathBuf,
+        #[command(flatten)]
+        plot: PlotArgs,
+    },
+}
+
+/// Spreading the load over processes, and what to draw.
+#[derive(Debug, Args)]
+struct Spread {
+    /// Run the load in N processes (each with --threads workers and its own log), started
+    /// together and merged at the end, for more cores than one process fills.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    processes: u64,
+    #[command(flatten)]
+    plot: PlotArgs,
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// Draw the result as SVG into FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The plot's title (default: what ran, against what).
+    #[arg(long, value_name = "TEXT", requires = "plot")]
+    plot_title: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -155,9 +213,17 @@ struct Common {
     /// L4 balancer in front of the server would (ws:// targets).
     #[arg(long, value_enum, value_name = "VERSION")]
     proxy_header: Option<ProxyHeaderArg>,
-    /// Write an HdrHistogram interval log of total latency (one interval per worker).
-    #[arg(long)]
-    hdr_log: Option<std::path::PathBuf>,
+    /// Write an HdrHistogram interval log (total latency each second, phases tagged) for
+    /// `merge` or any HdrHistogram tool.
+    #[arg(long, value_name = "FILE")]
+    hdr_log: Option<PathBuf>,
+    /// Begin at this wall-clock time (2026-12-03T14:00:00Z, or seconds since the epoch), so
+    /// that several machines start together.
+    #[arg(long, value_name = "TIME", value_parser = start_at::parse)]
+    start_at: Option<SystemTime>,
+    /// Report progress as machine lines on stderr (used by --processes).
+    #[arg(long, hide = true)]
+    report_progress: bool,
 }
 
 fn parse_tls_group(value: &str) -> Result<wsedge::tls::TlsGroup, String> {
@@ -305,6 +371,7 @@ fn plan(common: &Common, mode: Mode) -> Plan {
             (Some(ProxyHeaderArg::V2), false) => Some(engine::ProxyHeaderVersion::V2),
             (None, _) => None,
         },
+        intervals: None,
     }
 }
 
@@ -344,18 +411,124 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
     Some(Arc::new(config))
 }
 
+/// What one measurement gave.
+struct Outcome {
+    report: Report,
+    elapsed: Duration,
+    established_after: Option<Duration>,
+    /// Per-interval figures, when the run was merged from logs (`--processes`).
+    intervals: Option<Vec<merge::IntervalFigures>>,
+}
+
+/// The `--hdr-log` of a command, opened when its first run starts (after `--start-at`); a
+/// ramp writes all its steps into it.
+struct LogSlot {
+    path: Option<PathBuf>,
+    writer: Option<LogWriter>,
+}
+
+impl LogSlot {
+    fn new(path: Option<PathBuf>) -> Self {
+        LogSlot { path, writer: None }
+    }
+
+    /// The writer and the offset in the log of a run starting at `wall`, opening the log
+    /// if this is the first run.
+    fn open(&mut self, wall: SystemTime) -> anyhow::Result<Option<(&mut LogWriter, Duration)>> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        if self.writer.is_none() {
+            self.writer = Some(LogWriter::create(path, wall)?);
+        }
+        Ok(self.writer.as_mut().map(|w| {
+            let offset = wall.duration_since(w.start()).unwrap_or_default();
+            (w, offset)
+        }))
+    }
+
+    fn finish(self, total: Duration) -> anyhow::Result<()> {
+        match self.writer {
+            Some(writer) => writer.finish(total),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How long intervals of `--hdr-log` are.
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs `plan` in this process, or spread over `--processes` copies of it (`child_args` gives
+/// copy i of n its subcommand and share), starting at `start_at` if given.
+fn measure(
+    common: &Common,
+    spread: Option<&Spread>,
+    plan: &Plan,
+    share_total: usize,
+    start_at: Option<SystemTime>,
+    log: &mut LogSlot,
+    child_args: impl Fn(u64, u64) -> Vec<OsString>,
+) -> anyhow::Result<Outcome> {
+    let processes = spread.map_or(1, |s| s.processes);
+    if processes <= 1 {
+        if let Some(at) = start_at {
+            if let Ok(ahead) = at.duration_since(SystemTime::now()) {
+                eprintln!("waiting {:.1} s for --start-at", ahead.as_secs_f64());
+            }
+            start_at::wait_until(at);
+        }
+        return execute(common, plan, share_total, log);
+    }
+    // Children need a moment to start; a shared instant lines their intervals up.
+    let start = start_at.unwrap_or_else(|| SystemTime::now() + Duration::from_millis(300));
+    let children = (0..processes).map(|i| child_args(i, processes)).collect();
+    let begun = log
+        .open(start)?
+        .map(|(writer, _)| hdrlog::epoch_secs(writer.start()));
+    let logs = processes::run(children, start)?;
+    let first = logs.iter().map(|l| l.start).fold(f64::INFINITY, f64::min);
+    let base = begun.map(|begun| first - begun);
+    let merged = merge::merge(&logs, |offset, length, report| {
+        match (log.writer.as_mut(), base) {
+            (Some(writer), Some(base)) => writer.interval(
+                Duration::from_secs_f64((base + offset).max(0.0)),
+                Duration::from_secs_f64(length),
+                report,
+            ),
+            _ => Ok(()),
+        }
+    })?;
+    Ok(Outcome {
+        report: merged.report,
+        elapsed: Duration::from_secs_f64(merged.duration.max(1e-6)),
+        established_after: None,
+        intervals: Some(merged.intervals),
+    })
+}
+
 /// Runs `plan` on the worker threads, printing progress each second; merges their reports.
 fn execute(
     common: &Common,
     plan: &Plan,
     share_total: usize,
-) -> anyhow::Result<(Report, Duration, Option<Duration>)> {
+    log: &mut LogSlot,
+) -> anyhow::Result<Outcome> {
     let threads = common.threads as usize;
     let progress = Arc::new(Progress::default());
     let start = Instant::now();
+    let (sender, intervals) = std::sync::mpsc::channel();
+    let mut collector = log
+        .open(SystemTime::now())?
+        .map(|(writer, base)| collect::Collector::new(writer, base, LOG_INTERVAL, threads));
+    let sink = collector.as_ref().map(|_| engine::IntervalSink {
+        origin: start,
+        length: LOG_INTERVAL,
+        sender,
+    });
     let mut handles = Vec::with_capacity(threads);
     for index in 0..threads {
         let mut plan = plan.clone();
+        plan.intervals = sink.clone();
         plan.count = common
             .count
             .map(|c| c / threads as u64 + u64::from((index as u64) < c % threads as u64));
@@ -380,29 +553,54 @@ fn execute(
                 })?,
         );
     }
-    let interactive = std::io::stderr().is_terminal();
+    drop(sink);
+    let interactive = std::io::stderr().is_terminal() && !common.report_progress;
+    let every = match common.report_progress {
+        true => Duration::from_millis(200),
+        false => Duration::from_secs(1),
+    };
     let mut last = (Instant::now(), 0u64);
-    while !handles.iter().all(|h| h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(100));
-        if last.0.elapsed() >= Duration::from_secs(1) {
-            let ok = progress.ok.load(Relaxed);
+    loop {
+        let finished: Vec<bool> = handles.iter().map(|h| h.is_finished()).collect();
+        if let Some(collector) = collector.as_mut() {
+            while let Ok(interval) = intervals.try_recv() {
+                collector.take(interval);
+            }
+            collector.write_ready(&finished)?;
+        }
+        if finished.iter().all(|&f| f) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if last.0.elapsed() < every {
+            continue;
+        }
+        let ok = progress.ok.load(Relaxed);
+        let (errors, in_flight, held) = (
+            progress.errors.load(Relaxed),
+            progress.in_flight.load(Relaxed),
+            progress.established.load(Relaxed),
+        );
+        if common.report_progress {
+            eprintln!("@progress {ok} {errors} {in_flight} {held}");
+        } else {
             let rate = (ok - last.1) as f64 / last.0.elapsed().as_secs_f64();
             let line = format!(
                 "{:>5.1}s  {:>9.0} upgrades/s  ok {:>9}  errors {:>7}  in flight {:>6}  held {:>6}",
                 start.elapsed().as_secs_f64(),
                 rate,
                 ok,
-                progress.errors.load(Relaxed),
-                progress.in_flight.load(Relaxed),
-                progress.established.load(Relaxed)
+                errors,
+                in_flight,
+                held
             );
             if interactive {
                 eprint!("\r{line}");
             } else {
                 eprintln!("{line}");
             }
-            last = (Instant::now(), ok);
         }
+        last = (Instant::now(), ok);
     }
     if interactive {
         eprintln!();
@@ -410,7 +608,6 @@ fn execute(
     let elapsed = start.elapsed();
     let mut total = Report::default();
     let mut established_after = None;
-    let mut per_worker = Vec::new();
     for handle in handles {
         let result = handle
             .join()
@@ -418,35 +615,19 @@ fn execute(
             .context("worker event loop")?;
         total.merge(&result.report);
         established_after = established_after.max(result.established_after);
-        per_worker.push(result.report);
     }
-    if let Some(path) = &common.hdr_log {
-        write_hdr_log(path, &per_worker, elapsed)
-            .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(mut collector) = collector {
+        while let Ok(interval) = intervals.try_recv() {
+            collector.take(interval);
+        }
+        collector.finish(elapsed)?;
     }
-    Ok((total, elapsed, established_after))
-}
-
-fn write_hdr_log(
-    path: &std::path::Path,
-    reports: &[Report],
-    elapsed: Duration,
-) -> anyhow::Result<()> {
-    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
-    use hdrhistogram::serialization::V2DeflateSerializer;
-    let mut file = std::fs::File::create(path)?;
-    let mut serializer = V2DeflateSerializer::new();
-    let mut writer = IntervalLogWriterBuilder::new()
-        .add_comment(
-            "wsedge-loadgen total latency (connection start to verified 101), microseconds",
-        )
-        .with_max_value_divisor(1.0)
-        .begin_log_with(&mut file, &mut serializer)?;
-    for (index, report) in reports.iter().enumerate() {
-        let name = format!("worker-{index}");
-        writer.write_histogram(&report.total, Duration::ZERO, elapsed, Tag::new(&name))?;
-    }
-    Ok(())
+    Ok(Outcome {
+        report: total,
+        elapsed,
+        established_after,
+        intervals: None,
+    })
 }
 
 fn summary(title: &str, report: &Report, elapsed: Duration) {
@@ -475,20 +656,6 @@ fn summary(title: &str, report: &Report, elapsed: Duration) {
     }
 }
 
-/// The summary, then with `--json` the JSON object as the last line of stdout.
-fn report_run(
-    common: &Common,
-    title: &str,
-    report: &Report,
-    elapsed: Duration,
-    extra: serde_json::Value,
-) {
-    summary(title, report, elapsed);
-    if common.json {
-        println!("{}", report::json(report, elapsed, extra));
-    }
-}
-
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
@@ -502,37 +669,156 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The subcommand and share of the load that copy `index` of `n` runs (`--processes`).
+fn child_command(
+    subcommand: &str,
+    common: &Common,
+    index: u64,
+    n: u64,
+    duration: Duration,
+    share: &[(&str, String)],
+) -> Vec<OsString> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut args: Vec<OsString> = vec![subcommand.into()];
+    args.extend(processes::shared_args(&argv));
+    args.push("--duration".into());
+    args.push(format!("{}us", duration.as_micros()).into());
+    if let Some(count) = common.count {
+        if count < n {
+            usage_error(format!("--count {count} is fewer than --processes {n}"));
+        }
+        args.push("--count".into());
+        args.push(processes::share(count, n, index).to_string().into());
+    }
+    for (flag, value) in share {
+        args.push((*flag).into());
+        args.push(value.into());
+    }
+    args
+}
+
+/// The text report of a run, per-interval lines when it was merged, the plot, the JSON.
+fn report_outcome(
+    common_json: bool,
+    title: &str,
+    outcome: &Outcome,
+    plot: &PlotArgs,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    summary(title, &outcome.report, outcome.elapsed);
+    if let Some(intervals) = &outcome.intervals {
+        merge::print_intervals(intervals);
+    }
+    draw_percentiles(plot, title, &outcome.report)?;
+    if common_json {
+        let mut extra = extra;
+        if let (Some(object), Some(intervals)) = (extra.as_object_mut(), &outcome.intervals) {
+            object.insert("intervals".into(), merge::intervals_json(intervals));
+        }
+        println!("{}", report::json(&outcome.report, outcome.elapsed, extra));
+    }
+    Ok(())
+}
+
+fn draw_percentiles(plot: &PlotArgs, title: &str, report: &Report) -> anyhow::Result<()> {
+    let Some(path) = &plot.plot else {
+        return Ok(());
+    };
+    let title = plot.plot_title.as_deref().unwrap_or(title);
+    plot::percentiles(
+        path,
+        title,
+        &[
+            ("total", &report.total),
+            ("connect", &report.connect),
+            ("tls", &report.tls),
+            ("handshake", &report.handshake),
+        ],
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let fd_limit = net::raise_fd_limit();
     match cli.command {
         Command::Storm {
             common,
+            spread,
             concurrency,
         } => {
+            if concurrency < spread.processes {
+                usage_error(format!(
+                    "--concurrency {concurrency} is fewer than --processes {}",
+                    spread.processes
+                ));
+            }
             let plan = plan(
                 &common,
                 Mode::Storm {
                     concurrency: concurrency as usize,
                 },
             );
-            let (report, elapsed, _) = execute(&common, &plan, concurrency as usize)?;
-            let title = format!("storm {} (concurrency {concurrency})", common.url.addr);
-            report_run(
+            let mut log = LogSlot::new(common.hdr_log.clone());
+            let outcome = measure(
                 &common,
+                Some(&spread),
+                &plan,
+                concurrency as usize,
+                common.start_at,
+                &mut log,
+                |i, n| {
+                    let share = processes::share(concurrency, n, i).to_string();
+                    child_command(
+                        "storm",
+                        &common,
+                        i,
+                        n,
+                        common.duration,
+                        &[("--concurrency", share)],
+                    )
+                },
+            )?;
+            log.finish(outcome.elapsed)?;
+            let title = format!("storm {} (concurrency {concurrency})", common.url.addr);
+            report_outcome(
+                common.json,
                 &title,
-                &report,
-                elapsed,
-                json!({ "concurrency": concurrency }),
-            );
+                &outcome,
+                &spread.plot,
+                json!({ "concurrency": concurrency, "processes": spread.processes }),
+            )?;
         }
-        Command::Rate { common, rate } => {
+        Command::Rate {
+            common,
+            spread,
+            rate,
+        } => {
             let plan = plan(&common, Mode::Rate { per_sec: rate });
-            let (report, elapsed, _) = execute(&common, &plan, common.threads as usize)?;
+            let mut log = LogSlot::new(common.hdr_log.clone());
+            let outcome = measure(
+                &common,
+                Some(&spread),
+                &plan,
+                common.threads as usize,
+                common.start_at,
+                &mut log,
+                |i, n| {
+                    let share = format!("{}", rate / n as f64);
+                    child_command("rate", &common, i, n, common.duration, &[("--rate", share)])
+                },
+            )?;
+            log.finish(outcome.elapsed)?;
             let title = format!("rate {} ({rate}/s intended)", common.url.addr);
-            report_run(&common, &title, &report, elapsed, json!({ "rate": rate }));
+            report_outcome(
+                common.json,
+                &title,
+                &outcome,
+                &spread.plot,
+                json!({ "rate": rate, "processes": spread.processes }),
+            )?;
         }
         Command::Ramp {
             common,
+            spread,
             from,
             to,
             step,
@@ -543,18 +829,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 usage_error("--to must be at least --from".into());
             }
             let mut steps = Vec::new();
+            let mut points = Vec::new();
             let mut best = None;
             let mut rate = from;
+            let mut log = LogSlot::new(common.hdr_log.clone());
+            let began = Instant::now();
+            let mut start_at = common.start_at;
             while rate <= to + 1e-9 {
                 let mut plan = plan(&common, Mode::Rate { per_sec: rate });
                 plan.duration = step_duration;
-                let (report, elapsed, _) = execute(&common, &plan, common.threads as usize)?;
+                let outcome = measure(
+                    &common,
+                    Some(&spread),
+                    &plan,
+                    common.threads as usize,
+                    start_at.take(),
+                    &mut log,
+                    |i, n| {
+                        let share = format!("{}", rate / n as f64);
+                        child_command("rate", &common, i, n, step_duration, &[("--rate", share)])
+                    },
+                )?;
+                let report = &outcome.report;
                 let p99 = report.total.value_at_quantile(0.99);
                 let met = report.errors_total() == 0
                     && slo_p99.is_none_or(|slo| p99 <= slo.as_micros() as u64);
                 println!(
                     "step {rate:>9.0}/s: achieved {:>9.0}/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {:>6}  {}",
-                    report.ok as f64 / elapsed.as_secs_f64(),
+                    report.ok as f64 / outcome.elapsed.as_secs_f64(),
                     report::human_us(report.total.value_at_quantile(0.5)),
                     report::human_us(p99),
                     report::human_us(report.total.value_at_quantile(0.999)),
@@ -564,20 +866,116 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if met {
                     best = Some(rate);
                 }
+                points.push(plot::RampStep {
+                    offered: rate,
+                    p50_us: report.total.value_at_quantile(0.5),
+                    p99_us: p99,
+                    p999_us: report.total.value_at_quantile(0.999),
+                });
                 steps.push(report::json(
-                    &report,
-                    elapsed,
+                    report,
+                    outcome.elapsed,
                     json!({ "rate": rate, "meets_slo": met }),
                 ));
                 rate += step;
             }
+            log.finish(began.elapsed())?;
             match best {
                 Some(rate) => println!("highest rate meeting the SLO: {rate:.0}/s"),
                 None => println!("no step met the SLO"),
             }
-            if common.json {
-                println!("{}", json!({ "steps": steps, "best_rate": best }));
+            if let Some(path) = &spread.plot.plot {
+                let title = spread
+                    .plot
+                    .plot_title
+                    .clone()
+                    .unwrap_or_else(|| format!("ramp {}", common.url.addr));
+                plot::ramp(
+                    path,
+                    &title,
+                    &points,
+                    slo_p99.map(|d| d.as_micros() as u64),
+                    best,
+                )?;
             }
+            if common.json {
+                println!(
+                    "{}",
+                    json!({ "steps": steps, "best_rate": best, "processes": spread.processes })
+                );
+            }
+        }
+        Command::Merge {
+            files,
+            json,
+            plot,
+            hdr_log,
+        } => {
+            let logs = files
+                .iter()
+                .map(|f| hdrlog::read(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let start = logs.iter().map(|l| l.start).fold(f64::INFINITY, f64::min);
+            let mut writer = match &hdr_log {
+                Some(path) => Some(LogWriter::create(
+                    path,
+                    std::time::UNIX_EPOCH + Duration::from_secs_f64(start.max(0.0)),
+                )?),
+                None => None,
+            };
+            let merged = merge::merge(&logs, |offset, length, report| match writer.as_mut() {
+                Some(writer) => writer.interval(
+                    Duration::from_secs_f64(offset),
+                    Duration::from_secs_f64(length),
+                    report,
+                ),
+                None => Ok(()),
+            })?;
+            let elapsed = Duration::from_secs_f64(merged.duration.max(1e-6));
+            if let Some(writer) = writer {
+                writer.finish(elapsed)?;
+            }
+            let outcome = Outcome {
+                report: merged.report,
+                elapsed,
+                established_after: None,
+                intervals: Some(merged.intervals),
+            };
+            let title = format!("merge of {} logs", files.len());
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            report_outcome(json, &title, &outcome, &plot, json!({ "files": names }))?;
+        }
+        Command::PlotCompare { rows, plot } => {
+            let text = std::fs::read_to_string(&rows)
+                .with_context(|| format!("reading {}", rows.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", rows.display()))?;
+            let contenders = value
+                .as_array()
+                .with_context(|| format!("{} is not a JSON array of rows", rows.display()))?
+                .iter()
+                .map(|row| {
+                    Some(plot::Contender {
+                        name: row["name"].as_str()?.to_owned(),
+                        upgrades_per_sec: row["upgrades_per_sec"].as_f64()?,
+                        cpu_us_per_upgrade: row["cpu_us_per_upgrade"].as_f64()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .with_context(|| {
+                    format!(
+                        "{}: every row needs name, upgrades_per_sec and cpu_us_per_upgrade",
+                        rows.display()
+                    )
+                })?;
+            let Some(path) = &plot.plot else {
+                usage_error("plot-compare needs --plot FILE.svg".into());
+            };
+            let title = plot
+                .plot_title
+                .as_deref()
+                .unwrap_or("server CPU per upgrade and upgrades per second");
+            plot::contenders(path, title, &contenders)?;
         }
         Command::Hold {
             common,
@@ -621,8 +1019,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 })
             });
-            let (report, elapsed, established_after) =
-                execute(&common, &plan, connections as usize)?;
+            let mut log = LogSlot::new(common.hdr_log.clone());
+            let Outcome {
+                report,
+                elapsed,
+                established_after,
+                ..
+            } = measure(
+                &common,
+                None,
+                &plan,
+                connections as usize,
+                common.start_at,
+                &mut log,
+                |_, _| Vec::new(),
+            )?;
+            log.finish(elapsed)?;
             drop(sampler);
             let established = report.ok;
             let rss_after = *rss_after_cell.lock().expect("lock");
@@ -665,7 +1077,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     byte_interval,
                 },
             );
-            let (report, elapsed, _) = execute(&common, &plan, connections as usize)?;
+            let mut log = LogSlot::new(common.hdr_log.clone());
+            let Outcome {
+                report, elapsed, ..
+            } = measure(
+                &common,
+                None,
+                &plan,
+                connections as usize,
+                common.start_at,
+                &mut log,
+                |_, _| Vec::new(),
+            )?;
+            log.finish(elapsed)?;
             println!(
                 "slowloris {} ({connections} clients, one byte per {byte_interval:?})",
                 common.url.addr

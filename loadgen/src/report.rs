@@ -57,6 +57,29 @@ impl ErrorKind {
         }
     }
 
+    /// The kind a `name()` stands for (reading logs back).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        if let Some(code) = name.strip_prefix("status_") {
+            return code.parse().ok().map(ErrorKind::Status);
+        }
+        [
+            ErrorKind::ConnectRefused,
+            ErrorKind::ConnectTimeout,
+            ErrorKind::PortsExhausted,
+            ErrorKind::OutOfDescriptors,
+            ErrorKind::Reset,
+            ErrorKind::ClosedEarly,
+            ErrorKind::HandshakeTimeout,
+            ErrorKind::BadAccept,
+            ErrorKind::BadSubprotocol,
+            ErrorKind::BadResponse,
+            ErrorKind::Tls,
+            ErrorKind::Other,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name)
+    }
+
     /// Classifies a socket error.
     pub fn from_io(error: &std::io::Error) -> ErrorKind {
         match error.raw_os_error() {
@@ -71,8 +94,12 @@ impl ErrorKind {
 }
 
 fn histogram() -> Histogram<u64> {
-    // 1 µs to 10 minutes at 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+    // 1 µs to 10 minutes at 3 significant digits; growing only for logs of other tools
+    // (recording clamps to the bounds).
+    let mut histogram =
+        Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+    histogram.auto(true);
+    histogram
 }
 
 /// What one worker (or the merged run) measured.
@@ -115,6 +142,15 @@ impl Default for Report {
             unfinished: 0,
         }
     }
+}
+
+/// What a log keeps beside its histograms.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub ok: u64,
+    pub errors: BTreeMap<ErrorKind, u64>,
+    pub unfinished: u64,
+    pub tls_resumed: u64,
 }
 
 /// Records a duration in µs (at least 1: the histogram starts there).

@@ -101,19 +101,8 @@ fn serve_one(mut stream: TcpStream, before_answer: impl FnOnce()) -> Seen {
     Seen { peer, head, ending }
 }
 
-fn loadgen(args: &[&str]) -> (i32, String, String, Option<Value>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
-        .args(args)
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let json = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok());
-    (output.status.code().unwrap_or(-1), stdout, stderr, json)
-}
+mod support;
+use support::loadgen;
 
 fn storm(addr: SocketAddr, count: u32, extra: &[&str]) -> Value {
     let url = format!("ws://{addr}/flags");
@@ -227,21 +216,25 @@ fn source_ips_rotate_and_none_lets_the_kernel_choose() {
 }
 
 #[test]
-fn threads_split_the_count_and_hdr_log_has_one_interval_each() {
+fn threads_split_the_count_and_hdr_log_sums_their_intervals() {
     let (addr, rx) = recording_server(Duration::ZERO);
-    let log =
-        std::env::temp_dir().join(format!("wsedge-loadgen-flags-{}.hlog", std::process::id()));
+    let log = support::scratch("flags.hlog");
     let log_text = log.to_string_lossy().into_owned();
     let json = storm(addr, 9, &["--threads", "3", "--hdr-log", &log_text]);
     assert_eq!(json["ok"], 9);
     collect(&rx, 9);
-    let text = std::fs::read_to_string(&log).expect("the log was written");
+    let lines = support::read_log(&log);
     let _ = std::fs::remove_file(&log);
-    let intervals: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("Tag=worker-"))
+    // The three workers' figures are summed into one line per interval, not one each.
+    let starts: Vec<f64> = lines
+        .iter()
+        .filter(|l| l.tag.is_none())
+        .map(|l| l.start)
         .collect();
-    assert_eq!(intervals.len(), 3, "{text}");
+    let mut distinct = starts.clone();
+    distinct.dedup();
+    assert_eq!(starts, distinct, "one total line per interval");
+    assert_eq!(support::total_of(&lines).len(), 9);
 }
 
 #[test]
@@ -468,7 +461,7 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "*",
         "--threads",
-        &["flags::threads_split_the_count_and_hdr_log_has_one_interval_each"],
+        &["flags::threads_split_the_count_and_hdr_log_sums_their_intervals"],
     ),
     (
         "*",
@@ -529,7 +522,40 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "*",
         "--hdr-log",
-        &["flags::threads_split_the_count_and_hdr_log_has_one_interval_each"],
+        &["flags::threads_split_the_count_and_hdr_log_sums_their_intervals"],
+    ),
+    (
+        "*",
+        "--start-at",
+        &["reports::start_at_waits_for_the_wall_clock_and_starts_on_time"],
+    ),
+    (
+        "*",
+        "--processes",
+        &[
+            "reports::processes_split_the_run_and_count_every_upgrade_once",
+            "reports::rate_and_ramp_spread_over_processes",
+        ],
+    ),
+    (
+        "*",
+        "--plot",
+        &["reports::plots_are_svg_with_their_series_axes_and_marks"],
+    ),
+    (
+        "*",
+        "--plot-title",
+        &["reports::plots_are_svg_with_their_series_axes_and_marks"],
+    ),
+    (
+        "merge",
+        "--json",
+        &["reports::a_log_written_by_loadgen_is_read_back_unchanged"],
+    ),
+    (
+        "merge",
+        "--hdr-log",
+        &["reports::merging_logs_gives_exactly_the_histogram_of_their_union"],
     ),
     (
         "storm",
@@ -629,10 +655,18 @@ fn every_flag_has_a_test_of_its_effect() {
             .is_ok_and(|text| text.contains(&format!("fn {function}(")))
     };
     let mut missing = Vec::new();
-    for subcommand in ["storm", "rate", "ramp", "hold", "slowloris"] {
+    for subcommand in [
+        "storm",
+        "rate",
+        "ramp",
+        "hold",
+        "slowloris",
+        "merge",
+        "plot-compare",
+    ] {
         let flags = flags_of(subcommand);
         assert!(
-            flags.len() > 10,
+            flags.len() >= 2,
             "could not read the flags of {subcommand}: {flags:?}"
         );
         for flag in flags {

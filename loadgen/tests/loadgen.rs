@@ -7,57 +7,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use wsedge::conn::{AfterUpgrade, ConnConfig};
-use wsedge::handshake::Policy;
-use wsedge::reactor::{Backend, Limits, ListenOptions, Server, ServerConfig};
+use wsedge::conn::AfterUpgrade;
+use wsedge::reactor::{Server, ServerConfig};
 
-fn wsedge(after: AfterUpgrade, handshake_timeout_ms: u64) -> Server {
-    Server::start(server_config(after, handshake_timeout_ms)).expect("start wsedge")
-}
-
-fn server_config(after: AfterUpgrade, handshake_timeout_ms: u64) -> ServerConfig {
-    ServerConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        listen_tls: Vec::new(),
-        tls: None,
-        threads: 1,
-        pin: false,
-        backend: Backend::Epoll,
-        listen_options: ListenOptions {
-            backlog: 1024,
-            defer_accept_secs: 0,
-        },
-        conn: ConnConfig {
-            policy: Policy {
-                subprotocols: vec!["chat".into()],
-                ..Policy::default()
-            },
-            after,
-            handshake_timeout_ms,
-            idle_timeout_ms: 0,
-            max_message_bytes: 1 << 20,
-            linger_ms: 500,
-            proxy: Default::default(),
-        },
-        limits: Limits::default(),
-        handover: false,
-    }
-}
+mod support;
+use support::{server_config, wsedge};
 
 /// Runs the load generator; returns its exit code, stdout and the parsed JSON last line.
 fn loadgen(args: &[&str]) -> (i32, String, Option<Value>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
-        .args(args)
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let json = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok());
-    let code = output.status.code().unwrap_or(-1);
+    let (code, stdout, stderr, json) = support::loadgen(args);
     if code != 0 {
-        eprintln!("stderr: {}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("stderr: {stderr}");
     }
     (code, stdout, json)
 }

@@ -1,0 +1,319 @@
+//! `--plot FILE.svg`: pictures of a run for people, drawn with `plotters` into SVG that any
+//! browser shows. Three kinds: the latency percentile distribution (storm, rate, merge),
+//! latency against offered rate (ramp), and contenders side by side (benches/compare.sh).
+
+use std::path::Path;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+
+use crate::report::human_us;
+
+const SIZE: (u32, u32) = (960, 560);
+/// Distinct on white and in grey print (the matplotlib "tab10" colours).
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn color(index: usize) -> RGBColor {
+    COLORS[index % COLORS.len()]
+}
+const FONT: &str = "sans-serif";
+
+/// The latency unit a chart uses: µs while everything fits in 2 ms, else ms.
+fn unit_for(max_us: f64) -> (&'static str, f64) {
+    if max_us >= 2000.0 {
+        ("ms", 1e-3)
+    } else {
+        ("µs", 1.0)
+    }
+}
+
+fn failed(e: impl std::fmt::Debug) -> anyhow::Error {
+    anyhow::anyhow!("drawing: {e:?}")
+}
+
+/// A log-axis tick: enough digits to tell 0.2 from 0.5.
+fn tick(y: f64) -> String {
+    match y {
+        y if y >= 10.0 => format!("{y:.0}"),
+        y if y >= 1.0 => format!("{y:.1}"),
+        _ => format!("{y:.2}"),
+    }
+}
+
+/// A percentile on the usual HdrHistogram axis, where 90%, 99%, 99.9% lie equally apart:
+/// `x = log10(1 / (1 - q))`.
+fn percentile_label(x: f64) -> String {
+    let percent = 100.0 * (1.0 - 10f64.powf(-x));
+    let decimals = (x.ceil() as usize).saturating_sub(2);
+    format!("{percent:.decimals$}%")
+}
+
+/// Latency at every percentile, one line per series (empty histograms are left out).
+pub fn percentiles(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &Histogram<u64>)],
+) -> anyhow::Result<()> {
+    let series: Vec<_> = series.iter().filter(|(_, h)| !h.is_empty()).collect();
+    // Resolve the tail only as far as the samples do: 1,000 samples say nothing of 99.99%.
+    let samples = series.iter().map(|(_, h)| h.len()).max().unwrap_or(10);
+    let x_max = (samples as f64).log10().floor().clamp(1.0, 6.0);
+    let q_max = 1.0 - 10f64.powf(-x_max);
+    let max_us = series
+        .iter()
+        .map(|(_, h)| h.value_at_quantile(q_max))
+        .max()
+        .unwrap_or(1) as f64;
+    let (unit, scale) = unit_for(max_us);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..x_max, 0f64..(max_us * scale * 1.1).max(1.0))
+        .map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc(format!("latency ({unit})"))
+        .x_labels(x_max as usize + 1)
+        .x_label_formatter(&|x| percentile_label(*x))
+        .draw()
+        .map_err(failed)?;
+    for (index, (name, histogram)) in series.iter().enumerate() {
+        let color = color(index);
+        let points: Vec<(f64, f64)> = (0..=400)
+            .map(|k| {
+                let x = x_max * f64::from(k) / 400.0;
+                let q = 1.0 - 10f64.powf(-x);
+                (x, histogram.value_at_quantile(q) as f64 * scale)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(failed)?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    root.present()
+        .map_err(failed)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One step of a ramp, as the ramp plot needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct RampStep {
+    pub offered: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+/// p50, p99 and p99.9 against the offered rate, on a log latency axis, with the SLO as a
+/// dashed line and the knee (the highest rate that met the SLO) marked.
+pub fn ramp(
+    path: &Path,
+    title: &str,
+    steps: &[RampStep],
+    slo_us: Option<u64>,
+    knee: Option<f64>,
+) -> anyhow::Result<()> {
+    let lowest = steps.iter().map(|s| s.p50_us).min().unwrap_or(1).max(1) as f64;
+    let highest = steps
+        .iter()
+        .map(|s| s.p999_us)
+        .chain(slo_us)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let (unit, scale) = unit_for(highest);
+    let rate_max = steps.iter().map(|s| s.offered).fold(1.0, f64::max) * 1.05;
+    let (y_low, y_high) = (lowest * scale / 1.5, highest * scale * 1.5);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..rate_max, (y_low..y_high).log_scale())
+        .map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (upgrades/s)")
+        .y_desc(format!("latency ({unit}, log scale)"))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| tick(*y))
+        .draw()
+        .map_err(failed)?;
+    type Pick = fn(&RampStep) -> u64;
+    let lines: [(&str, Pick); 3] = [
+        ("p50", |s| s.p50_us),
+        ("p99", |s| s.p99_us),
+        ("p99.9", |s| s.p999_us),
+    ];
+    for (index, (name, pick)) in lines.iter().enumerate() {
+        let color = color(index);
+        let points: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|s| (s.offered, (pick(s).max(1) as f64) * scale))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(failed)?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .map_err(failed)?;
+    }
+    if let Some(slo) = slo_us {
+        let y = slo as f64 * scale;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, y), (rate_max, y)],
+                8,
+                6,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label(format!("SLO: p99 under {}", human_us(slo)))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
+    if let Some(knee) = knee {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(knee, y_low), (knee, y_high)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(failed)?
+            .label(format!("knee {knee:.0}/s"))
+            .legend(|(x, y)| PathElement::new(vec![(x + 10, y - 6), (x + 10, y + 6)], BLACK));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("knee {knee:.0}/s"),
+                (knee, y_high / 1.3),
+                (FONT, 16),
+            )))
+            .map_err(failed)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    root.present()
+        .map_err(failed)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One contender of a head-to-head.
+#[derive(Debug, Clone)]
+pub struct Contender {
+    pub name: String,
+    pub upgrades_per_sec: f64,
+    pub cpu_us_per_upgrade: f64,
+}
+
+/// Two bar charts side by side: server CPU per upgrade (shorter is better) and upgrades per
+/// second (longer is better), one bar per contender, best CPU first.
+pub fn contenders(path: &Path, title: &str, rows: &[Contender]) -> anyhow::Result<()> {
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| a.cpu_us_per_upgrade.total_cmp(&b.cpu_us_per_upgrade));
+    let height = (160 + 44 * rows.len() as u32).max(320);
+    let root = SVGBackend::new(path, (SIZE.0 + 240, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let root = root.titled(title, (FONT, 22)).map_err(failed)?;
+    let panels = root.split_evenly((1, 2));
+    type Pick = fn(&Contender) -> f64;
+    let charts: [(&str, Pick, &str); 2] = [
+        (
+            "server CPU per upgrade (µs)",
+            |c| c.cpu_us_per_upgrade,
+            "µs",
+        ),
+        ("upgrades per second", |c| c.upgrades_per_sec, "/s"),
+    ];
+    for (panel, (axis, pick, suffix)) in panels.iter().zip(charts) {
+        let max = rows.iter().map(pick).fold(1e-9, f64::max);
+        let n = rows.len() as f64;
+        let mut chart = ChartBuilder::on(panel)
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(8)
+            .build_cartesian_2d(0f64..max * 1.7, 0f64..n.max(1.0))
+            .map_err(failed)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .disable_y_axis()
+            .x_desc(axis)
+            .x_labels(5)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(failed)?;
+        for (index, row) in rows.iter().enumerate() {
+            // The best row on top.
+            let y = n - index as f64 - 1.0;
+            let value = pick(row);
+            let color = color(index);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y + 0.15), (value, y + 0.85)],
+                    color.filled(),
+                )))
+                .map_err(failed)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!(" {}: {value:.1} {suffix}", row.name),
+                    (value, y + 0.62),
+                    (FONT, 15),
+                )))
+                .map_err(failed)?;
+        }
+    }
+    root.present()
+        .map_err(failed)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_axis_labels_read_as_nines() {
+        assert_eq!(percentile_label(0.0), "0%");
+        assert_eq!(percentile_label(1.0), "90%");
+        assert_eq!(percentile_label(2.0), "99%");
+        assert_eq!(percentile_label(3.0), "99.9%");
+        assert_eq!(percentile_label(4.0), "99.99%");
+    }
+}
