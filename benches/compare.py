@@ -14,11 +14,13 @@ and the rustls floor (benches/tls_floor.rs); same ECDSA P-256 certificate, TLS 1
 session tickets on, one worker each, full handshakes.
 
     benches/compare.sh [--quick] [--out FILE] [--rounds N] [--secs S] [--hold N] [--no-tls]
+                       [--plot FILE.svg]
 """
 import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -312,6 +314,29 @@ def report(records, holds, versions, options, title="ws://", floor_name="floor")
                   f"| {cpu[name] / best_wsedge:.2f}x | {f'{cpu[name] / floor:.2f}x' if floor else 'n/a'} |")
 
 
+def plot(bins, records, path, title):
+    """Draws server CPU per upgrade and upgrades/s per contender (medians of the rounds at the
+    highest concurrency) with wsedge-loadgen plot-compare."""
+    if not records:
+        return
+    concurrency = max(r["concurrency"] for r in records)
+    rows = [r for r in records if r["concurrency"] == concurrency]
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    table = [{"name": n,
+              "upgrades_per_sec": median([r["upgrades_per_sec"] for r in rows if r["contender"] == n]),
+              "cpu_us_per_upgrade": median([r["cpu_us_per_upgrade"] for r in rows if r["contender"] == n])}
+             for n in names]
+    rounds = max(r["round"] for r in rows) + 1
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(table, f)
+    try:
+        subprocess.run([bins["loadgen"], "plot-compare", f.name, "--plot", path, "--plot-title",
+                        f"{title} storm, concurrency {concurrency}, medians of {rounds} round(s)"], check=True)
+    finally:
+        os.unlink(f.name)
+    print(f"plot: {path}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 1 s, hold of 300")
@@ -321,6 +346,8 @@ def main():
     parser.add_argument("--concurrency", default="64,512")
     parser.add_argument("--hold", type=int, default=15000, help="connections held per contender (0: skip)")
     parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--plot", metavar="FILE.svg",
+                        help="draw CPU per upgrade and upgrades/s per contender (wss:// rows go to FILE-wss.svg)")
     parser.add_argument("--no-tls", action="store_true", help="skip the wss rows")
     parser.add_argument("--all-cores", action="store_true",
                         help="also run wsedge and nginx with a worker per core (they then share CPU 1 with the load)")
@@ -363,6 +390,10 @@ def main():
         report(records, holds, versions, options)
         if tls_records:
             report(tls_records, tls_holds, versions, options, title="wss://", floor_name="floor wss")
+        if options.plot:
+            plot(bins, records, options.plot, "ws://")
+            if tls_records:
+                plot(bins, tls_records, re.sub(r"(\.svg)?$", "-wss.svg", options.plot, count=1), "wss://")
         records += tls_records
         if options.out:
             with open(options.out, "w") as f:
