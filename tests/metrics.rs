@@ -148,6 +148,24 @@ fn a_trickling_scraper_holds_up_no_one_and_is_cut_off(io: Io) {
     }
 }
 
+/// Four scrapes at once is the most the endpoint serves: a fifth is answered `503` with a
+/// `Retry-After` it can read (not a reset), and once the four go, scrapes are answered again.
+fn a_scrape_over_the_limit_gets_503_and_the_next_is_served(io: Io) {
+    let server = Server::start(io, &["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    // Four scrapers that connect and say nothing: each holds a slot until it goes.
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&metrics).unwrap())
+        .collect();
+    let (status, body) = get(&metrics, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, "too many now\n");
+    drop(silent);
+    common::wait_until("the slots are freed once the silent scrapers go", || {
+        get(&metrics, "/healthz").0 == 200
+    });
+}
+
 /// Every accepted connection ends in exactly one outcome: upgraded, rejected (408
 /// included), a silent handshake timeout, or abandoned by the client (closed or reset before
 /// any answer); the counters add up to `accepted`.
@@ -204,6 +222,7 @@ fn every_accepted_connection_has_exactly_one_outcome(io: Io) {
 on_both_backends!(
     every_accepted_connection_has_exactly_one_outcome,
     a_trickling_scraper_holds_up_no_one_and_is_cut_off,
+    a_scrape_over_the_limit_gets_503_and_the_next_is_served,
     metrics_count_what_happened,
     stats_interval_logs_a_summary_line
 );

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::DEADLINE;
 use common::{exchange, read_request_head, switching_protocols, upgrade_request, Io, Server};
-use common::{metrics_text, PythonUpstream};
+use common::{metrics_text, wait_until, PythonUpstream};
 
 /// An app server that upgrades every connection, holds it until the client goes, and counts
 /// the connections it holds now.
@@ -53,14 +53,6 @@ impl CountingUpstream {
 
     fn held(&self) -> usize {
         self.held.load(Relaxed)
-    }
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Polls `ok` until it holds, failing with `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
