@@ -14,7 +14,8 @@ ramps: `ramp --plot` against wsedge (io_uring, one reactor) and nginx (Lua, one 
 each on CPU 0 with the load on CPU 1, same steps and SLO, interleaved; the plots of the last
 round go to --figures.
 
-    python3 benches/loadgen_spread.py [--rounds 5] [--secs 3] [--figures docs/figures]
+    python3 benches/loadgen_spread.py [--rounds 5] [--secs 3] [--ramp-rounds 2] [--slo 5ms]
+                                      [--figures docs/figures] [--skip spread|ramps]
 """
 
 import argparse
@@ -98,13 +99,13 @@ def ramps(bins, options):
             result = compare.run_json("loadgen", [
                 bins["loadgen"], "ramp", f"ws://127.0.0.1:{port}/", "--from", str(options.ramp_from),
                 "--to", str(options.ramp_to), "--step", str(options.ramp_step), "--step-duration", "2s",
-                "--slo-p99", "1ms", "--plot", svg, "--plot-title",
+                "--slo-p99", options.slo, "--server-pid", str(process.pid), "--plot", svg, "--plot-title",
                 f"{name}, one worker on CPU 0 (load on CPU 1)", "--json"], timeout=600)
             compare.stop(process)
-            knee = result["best_rate"]
-            worst = max(result["steps"], key=lambda s: s["latency_us"]["p99"])
-            print(f"  round {round_} {name:<16} knee {knee}/s  (steps {len(result['steps'])}, "
-                  f"highest p99 {worst['latency_us']['p99']} us at {worst['rate']:.0f}/s)  plot {svg}", flush=True)
+            steps = "  ".join(f"{s['rate']:.0f}:{s['upgrades_per_sec']:.0f}/{s['latency_us']['p99']}"
+                              f"/{100 * (s['server_cpu_share'] or 0):.0f}%" for s in result["steps"])
+            print(f"  round {round_} {name:<16} knee {result['best_rate']}/s  plot {svg}\n"
+                  f"    offered:achieved/p99 us/server CPU  {steps}", flush=True)
 
 
 def main():
@@ -116,6 +117,7 @@ def main():
     parser.add_argument("--ramp-from", type=int, default=2000)
     parser.add_argument("--ramp-to", type=int, default=34000)
     parser.add_argument("--ramp-step", type=int, default=2000)
+    parser.add_argument("--slo", default="5ms", help="the ramps' --slo-p99")
     parser.add_argument("--skip", choices=["spread", "ramps"], help="leave one part out")
     options = parser.parse_args()
     try:

@@ -9,6 +9,7 @@ mod plot;
 mod processes;
 mod report;
 mod runner;
+mod server;
 mod start_at;
 mod target;
 mod tickets;
@@ -73,6 +74,10 @@ enum Command {
         /// p99 latency a step must stay under to pass (e.g. 1ms).
         #[arg(long, value_parser = parse_duration)]
         slo_p99: Option<Duration>,
+        /// Report this server's CPU time per step (share of a core, µs per upgrade): it
+        /// tells a saturated server from a saturated load generator.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Establish N upgraded connections and hold them.
     Hold {
@@ -436,19 +441,6 @@ fn summary(title: &str, report: &Report, elapsed: Duration) {
     }
 }
 
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// The text report of a run, per-interval lines when it was merged, the plot, the JSON.
 fn report_outcome(
     common_json: bool,
@@ -576,7 +568,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step,
             step_duration,
             slo_p99,
+            server_pid,
         } => {
+            if let Some(pid) = server_pid {
+                if server::cpu_seconds(pid).is_none() {
+                    usage_error(format!("--server-pid {pid}: no such process here"));
+                }
+            }
             if to < from {
                 usage_error("--to must be at least --from".into());
             }
@@ -590,6 +588,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             while rate <= to + 1e-9 {
                 let mut plan = plan(&common, Mode::Rate { per_sec: rate });
                 plan.duration = step_duration;
+                let cpu_before = server_pid.and_then(server::cpu_seconds);
                 let outcome = measure(
                     &common,
                     Some(&spread),
@@ -603,6 +602,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 )?;
                 let report = &outcome.report;
+                let server_cpu = match (cpu_before, server_pid.and_then(server::cpu_seconds)) {
+                    (Some(before), Some(after)) => Some(after - before),
+                    _ => None,
+                };
                 let p99 = report.total.value_at_quantile(0.99);
                 let met = report.errors_total() == 0
                     && slo_p99.is_none_or(|slo| p99 <= slo.as_micros() as u64);
@@ -615,6 +618,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report.errors_total(),
                     if met { "meets SLO" } else { "misses SLO" }
                 );
+                let cpu_share = server_cpu.map(|cpu| cpu / outcome.elapsed.as_secs_f64());
+                let cpu_per_upgrade = server_cpu.map(|cpu| cpu * 1e6 / report.ok.max(1) as f64);
+                if let (Some(share), Some(per_upgrade)) = (cpu_share, cpu_per_upgrade) {
+                    println!(
+                        "                 server CPU {:>5.1}% of a core, {per_upgrade:.1} µs per upgrade",
+                        share * 100.0
+                    );
+                }
                 if met {
                     best = Some(rate);
                 }
@@ -623,11 +634,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     p50_us: report.total.value_at_quantile(0.5),
                     p99_us: p99,
                     p999_us: report.total.value_at_quantile(0.999),
+                    server_cpu_share: cpu_share,
                 });
                 steps.push(report::json(
                     report,
                     outcome.elapsed,
-                    json!({ "rate": rate, "meets_slo": met }),
+                    json!({
+                        "rate": rate,
+                        "meets_slo": met,
+                        "server_cpu_share": cpu_share,
+                        "server_cpu_us_per_upgrade": cpu_per_upgrade,
+                    }),
                 ));
                 rate += step;
             }
@@ -745,7 +762,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                      so it can hold at most {room}; use --connections {room} or spread the load over processes"
                 ));
             }
-            let rss_before = server_pid.and_then(rss_bytes);
+            let rss_before = server_pid.and_then(server::rss_bytes);
             let plan = plan(
                 &common,
                 Mode::Hold {
@@ -763,7 +780,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::thread::spawn(move || {
                     // Sample while connections are held; the last sample before they close wins.
                     for _ in 0..100_000 {
-                        match rss_bytes(pid) {
+                        match server::rss_bytes(pid) {
                             Some(rss) => *cell.lock().expect("lock") = Some(rss),
                             None => break,
                         }

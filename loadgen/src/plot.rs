@@ -126,10 +126,14 @@ pub struct RampStep {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// The server's CPU time over the step per second of it (`--server-pid`): 1.0 is one
+    /// core busy.
+    pub server_cpu_share: Option<f64>,
 }
 
 /// p50, p99 and p99.9 against the offered rate, on a log latency axis, with the SLO as a
-/// dashed line and the knee (the highest rate that met the SLO) marked.
+/// dashed line and the knee (the highest rate that met the SLO) marked; with the server's
+/// CPU, a dotted line of it on a right-hand axis.
 pub fn ramp(
     path: &Path,
     title: &str,
@@ -150,13 +154,20 @@ pub fn ramp(
     let (y_low, y_high) = (lowest * scale / 1.5, highest * scale * 1.5);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
+    let cpu: Vec<(f64, f64)> = steps
+        .iter()
+        .filter_map(|s| s.server_cpu_share.map(|c| (s.offered, c * 100.0)))
+        .collect();
+    let cpu_max = cpu.iter().map(|p| p.1).fold(100.0, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 22))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(80)
+        .right_y_label_area_size(if cpu.is_empty() { 0 } else { 80 })
         .build_cartesian_2d(0f64..rate_max, (y_low..y_high).log_scale())
-        .map_err(failed)?;
+        .map_err(failed)?
+        .set_secondary_coord(0f64..rate_max, 0f64..cpu_max);
     chart
         .configure_mesh()
         .x_desc("offered rate (upgrades/s)")
@@ -189,6 +200,32 @@ pub fn ramp(
                 points
                     .into_iter()
                     .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .map_err(failed)?;
+    }
+    if !cpu.is_empty() {
+        chart
+            .configure_secondary_axes()
+            .y_desc("server CPU (% of one core)")
+            .draw()
+            .map_err(failed)?;
+        let grey = RGBColor(110, 110, 110);
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                cpu.clone(),
+                3,
+                3,
+                grey.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label("server CPU (right axis)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+            });
+        chart
+            .draw_secondary_series(
+                cpu.into_iter()
+                    .map(|p| Cross::new(p, 4, grey.stroke_width(2))),
             )
             .map_err(failed)?;
     }

@@ -608,6 +608,11 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
         &["loadgen::hold_establishes_and_reports"],
     ),
     (
+        "ramp",
+        "--server-pid",
+        &["reports::plots_are_svg_with_their_series_axes_and_marks"],
+    ),
+    (
         "hold",
         "--server-pid",
         &["loadgen::hold_establishes_and_reports"],

@@ -337,7 +337,9 @@ fn plots_are_svg_with_their_series_axes_and_marks() {
     // ramp: p50, p99 and p99.9 against the offered rate, the SLO line, the knee.
     let ramp_svg = scratch("ramp.svg");
     let ramp_text = ramp_svg.to_string_lossy().into_owned();
-    let (code, stdout, stderr, _) = loadgen(&[
+    // The server is this test process: --server-pid reads its CPU time per step.
+    let me = std::process::id().to_string();
+    let (code, stdout, stderr, json) = loadgen(&[
         "ramp",
         &url,
         "--from",
@@ -354,12 +356,24 @@ fn plots_are_svg_with_their_series_axes_and_marks() {
         &ramp_text,
         "--plot-title",
         "wsedge ramp",
+        "--server-pid",
+        &me,
+        "--json",
     ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stdout.contains("highest rate meeting the SLO: 300/s"),
         "{stdout}"
     );
+    assert!(stdout.contains("% of a core"), "{stdout}");
+    for step in json.unwrap()["steps"].as_array().unwrap() {
+        let share = step["server_cpu_share"].as_f64().expect("CPU share");
+        assert!((0.0..4.0).contains(&share), "{step}");
+        assert!(
+            step["server_cpu_us_per_upgrade"].as_f64().is_some(),
+            "{step}"
+        );
+    }
     let (texts, lines) = svg_texts(&ramp_svg);
     for wanted in [
         "wsedge ramp",
@@ -370,10 +384,30 @@ fn plots_are_svg_with_their_series_axes_and_marks() {
         "knee 300/s",
         "offered rate (upgrades/s)",
         "latency (",
+        "server CPU (% of one core)",
+        "server CPU (right axis)",
     ] {
         assert!(has(&texts, wanted), "{wanted} in {texts:?}");
     }
     assert!(lines >= 3, "three latency lines at least");
+
+    let (code, _, stderr, _) = loadgen(&[
+        "ramp",
+        &url,
+        "--from",
+        "100",
+        "--to",
+        "100",
+        "--step",
+        "100",
+        "--server-pid",
+        "4294967295",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--server-pid 4294967295: no such process"),
+        "{stderr}"
+    );
 
     // storm: the percentile distribution of each phase, percentiles on the x axis.
     let storm_svg = scratch("storm.svg");
