@@ -290,15 +290,20 @@ pub fn contenders(path: &Path, title: &str, rows: &[Contender]) -> anyhow::Resul
     let root = root.titled(title, (FONT, 22)).map_err(failed)?;
     let panels = root.split_evenly((1, 2));
     type Pick = fn(&Contender) -> f64;
-    let charts: [(&str, Pick, &str); 2] = [
+    type Show = fn(f64) -> String;
+    let charts: [(&str, Pick, Show); 2] = [
         (
             "server CPU per upgrade (µs)",
             |c| c.cpu_us_per_upgrade,
-            "µs",
+            |v| format!("{v:.1} µs"),
         ),
-        ("upgrades per second", |c| c.upgrades_per_sec, "/s"),
+        (
+            "upgrades per second",
+            |c| c.upgrades_per_sec,
+            |v| format!("{v:.0}/s"),
+        ),
     ];
-    for (panel, (axis, pick, suffix)) in panels.iter().zip(charts) {
+    for (panel, (axis, pick, show)) in panels.iter().zip(charts) {
         let max = rows.iter().map(pick).fold(1e-9, f64::max);
         let n = rows.len() as f64;
         let mut chart = ChartBuilder::on(panel)
@@ -329,7 +334,7 @@ pub fn contenders(path: &Path, title: &str, rows: &[Contender]) -> anyhow::Resul
                 .map_err(failed)?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!(" {}: {value:.1} {suffix}", row.name),
+                    format!(" {}: {}", row.name, show(value)),
                     (value, y + 0.62),
                     (FONT, 15),
                 )))

@@ -457,7 +457,7 @@ fn plots_are_svg_with_their_series_axes_and_marks() {
     for wanted in [
         "wsedge: 24.5 µs",
         "nginx: 41.0 µs",
-        "wsedge: 30000.0 /s",
+        "wsedge: 30000/s",
         "server CPU per upgrade (µs)",
         "upgrades per second",
     ] {
