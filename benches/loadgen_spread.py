@@ -7,6 +7,7 @@ round by round, by
   B  `--processes 2` (two processes, merged by the parent), and
   C  two independent processes started together with `--start-at`, each with its own
      `--hdr-log`, then `wsedge-loadgen merge` (the several-machines workflow on one machine),
+(A B C, then A C B, alternating)
 reporting medians of the rate, of the server's CPU per upgrade, and for C the merged rate
 against the sum of the two processes' own rates.
 
@@ -49,7 +50,10 @@ def spread(bins, options):
     parts_ratio = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(options.rounds):
-            for name in rows:
+            # B and C swap places every other round, so that order does not favour either.
+            names = list(rows)
+            order = names if round_ % 2 == 0 else [names[0], names[2], names[1]]
+            for name in order:
                 before = compare.cpu_seconds(server.pid)
                 if name.startswith("A"):
                     result = run(storm + ["--json"], options.secs + 60)
