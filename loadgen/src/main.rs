@@ -25,7 +25,7 @@ use serde_json::json;
 use engine::{CloseMode, Mode, Plan};
 use hdrlog::LogWriter;
 use report::{latency_line, Report};
-use runner::{child_command, measure, LogSlot, Outcome};
+use runner::{child_command, measure, measure_once, LogSlot, Outcome};
 
 /// Connection-storm load generator for WebSocket handshakes.
 #[derive(Debug, Parser)]
@@ -501,14 +501,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     concurrency: concurrency as usize,
                 },
             );
-            let mut log = LogSlot::new(common.hdr_log.clone());
-            let outcome = measure(
+            let outcome = measure_once(
                 &common,
                 Some(&spread),
                 &plan,
                 concurrency as usize,
-                common.start_at,
-                &mut log,
                 |i, n| {
                     let share = processes::share(concurrency, n, i).to_string();
                     child_command(
@@ -521,7 +518,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 },
             )?;
-            log.finish(outcome.elapsed)?;
             let title = format!("storm {} (concurrency {concurrency})", common.url.addr);
             report_outcome(
                 common.json,
@@ -537,20 +533,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
         } => {
             let plan = plan(&common, Mode::Rate { per_sec: rate });
-            let mut log = LogSlot::new(common.hdr_log.clone());
-            let outcome = measure(
+            let outcome = measure_once(
                 &common,
                 Some(&spread),
                 &plan,
                 common.threads as usize,
-                common.start_at,
-                &mut log,
                 |i, n| {
                     let share = format!("{}", rate / n as f64);
                     child_command("rate", &common, i, n, common.duration, &[("--rate", share)])
                 },
             )?;
-            log.finish(outcome.elapsed)?;
             let title = format!("rate {} ({rate}/s intended)", common.url.addr);
             report_outcome(
                 common.json,
@@ -788,22 +780,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 })
             });
-            let mut log = LogSlot::new(common.hdr_log.clone());
             let Outcome {
                 report,
                 elapsed,
                 established_after,
                 ..
-            } = measure(
-                &common,
-                None,
-                &plan,
-                connections as usize,
-                common.start_at,
-                &mut log,
-                |_, _| Vec::new(),
-            )?;
-            log.finish(elapsed)?;
+            } = measure_once(&common, None, &plan, connections as usize, |_, _| {
+                Vec::new()
+            })?;
             drop(sampler);
             let established = report.ok;
             let rss_after = *rss_after_cell.lock().expect("lock");
@@ -846,19 +830,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     byte_interval,
                 },
             );
-            let mut log = LogSlot::new(common.hdr_log.clone());
             let Outcome {
                 report, elapsed, ..
-            } = measure(
-                &common,
-                None,
-                &plan,
-                connections as usize,
-                common.start_at,
-                &mut log,
-                |_, _| Vec::new(),
-            )?;
-            log.finish(elapsed)?;
+            } = measure_once(&common, None, &plan, connections as usize, |_, _| {
+                Vec::new()
+            })?;
             println!(
                 "slowloris {} ({connections} clients, one byte per {byte_interval:?})",
                 common.url.addr

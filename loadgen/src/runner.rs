@@ -110,6 +110,29 @@ pub fn measure(
     })
 }
 
+/// One measurement with its own `--hdr-log`, starting at `--start-at`: every subcommand but
+/// `ramp` (whose steps share one log).
+pub fn measure_once(
+    common: &Common,
+    spread: Option<&Spread>,
+    plan: &Plan,
+    share_total: usize,
+    child_args: impl Fn(u64, u64) -> Vec<OsString>,
+) -> anyhow::Result<Outcome> {
+    let mut log = LogSlot::new(common.hdr_log.clone());
+    let outcome = measure(
+        common,
+        spread,
+        plan,
+        share_total,
+        common.start_at,
+        &mut log,
+        child_args,
+    )?;
+    log.finish(outcome.elapsed)?;
+    Ok(outcome)
+}
+
 /// Runs `plan` on the worker threads, printing progress each second; merges their reports.
 fn execute(
     common: &Common,
