@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::report::human_us;
@@ -37,6 +38,25 @@ fn unit_for(max_us: f64) -> (&'static str, f64) {
 
 fn failed(e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow::anyhow!("drawing: {e:?}")
+}
+
+/// The legend: top left, on a light box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)
+}
+
+fn write(root: &DrawingArea<SVGBackend<'_>, Shift>, path: &Path) -> anyhow::Result<()> {
+    root.present()
+        .map_err(failed)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A log-axis tick: enough digits to tell 0.2 from 0.5.
@@ -107,16 +127,8 @@ pub fn percentiles(
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    root.present()
-        .map_err(failed)
-        .with_context(|| format!("writing {}", path.display()))
+    legend(&mut chart)?;
+    write(&root, path)
 }
 
 /// One step of a ramp, as the ramp plot needs it.
@@ -259,16 +271,8 @@ pub fn ramp(
             )))
             .map_err(failed)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    root.present()
-        .map_err(failed)
-        .with_context(|| format!("writing {}", path.display()))
+    legend(&mut *chart)?;
+    write(&root, path)
 }
 
 /// One contender of a head-to-head.
@@ -341,9 +345,7 @@ pub fn contenders(path: &Path, title: &str, rows: &[Contender]) -> anyhow::Resul
                 .map_err(failed)?;
         }
     }
-    root.present()
-        .map_err(failed)
-        .with_context(|| format!("writing {}", path.display()))
+    write(&root, path)
 }
 
 #[cfg(test)]
