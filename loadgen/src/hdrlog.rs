@@ -32,9 +32,6 @@ const COMMENT: &str = "wsedge-loadgen total latency (connection start to verifie
 const INTERVAL_PREFIX: &str = "#[wsedge-loadgen interval ";
 const SUMMARY_PREFIX: &str = "#[wsedge-loadgen summary ";
 
-/// The phases written as tagged lines, beside the untagged total.
-const PHASES: [&str; 3] = ["connect", "handshake", "tls"];
-
 /// A log being written: header first, then intervals as they close, the summary last.
 pub struct LogWriter {
     file: std::io::BufWriter<std::fs::File>,
@@ -88,9 +85,8 @@ impl LogWriter {
             .with_max_value_divisor(1.0)
             .begin_log_with(&mut self.file, &mut self.serializer)?;
         let histograms = std::iter::once((None, &report.total)).chain(
-            PHASES
-                .iter()
-                .zip(phases(report))
+            phases(report)
+                .into_iter()
                 .filter(|(_, h)| !h.is_empty())
                 .map(|(tag, h)| (Tag::new(tag), h)),
         );
@@ -129,8 +125,13 @@ impl LogWriter {
     }
 }
 
-fn phases(report: &Report) -> [&Histogram<u64>; 3] {
-    [&report.connect, &report.handshake, &report.tls]
+/// The phases written as tagged lines, beside the untagged total.
+fn phases(report: &Report) -> [(&'static str, &Histogram<u64>); 3] {
+    [
+        ("connect", &report.connect),
+        ("handshake", &report.handshake),
+        ("tls", &report.tls),
+    ]
 }
 
 fn errors_json(report: &Report) -> Value {

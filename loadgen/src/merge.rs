@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::serialization::Deserializer;
 use serde_json::{json, Value};
 
-use crate::hdrlog::{Phase, RunLog};
+use crate::hdrlog::{LoggedLine, Phase, RunLog};
 use crate::report::{human_us, Report};
 
 /// What the text report and `--json` show of one merged interval.
@@ -46,14 +46,11 @@ pub fn merge(
         .fold(0.0_f64, f64::max)
         .max(1e-3);
     let slot_of = |at: f64| ((at - start).max(0.0) / grid).round() as u64;
-    let mut slots: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let mut slots: BTreeMap<u64, Vec<&LoggedLine>> = BTreeMap::new();
     let mut end = start;
-    for (file, log) in logs.iter().enumerate() {
-        for (index, line) in log.lines.iter().enumerate() {
-            slots
-                .entry(slot_of(line.start))
-                .or_default()
-                .push(file << 32 | index);
+    for log in logs {
+        for line in &log.lines {
+            slots.entry(slot_of(line.start)).or_default().push(line);
             end = end.max(line.start + line.length);
         }
         if let Some(duration) = log.duration {
@@ -73,8 +70,7 @@ pub fn merge(
     for (slot, members) in slots {
         let mut interval = slot_errors.remove(&slot).unwrap_or_default();
         let mut length = 0.0_f64;
-        for member in members {
-            let line = &logs[member >> 32].lines[member & 0xFFFF_FFFF];
+        for line in members {
             length = length.max(line.length);
             let histogram = line.decode(&mut deserializer)?;
             let target = match line.phase {
