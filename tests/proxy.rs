@@ -169,7 +169,9 @@ fn the_upstream_sees_forwarded_for_and_clean_hop_by_hop_headers(io: Io) {
         .replace(
             "\r\n\r\n",
             "\r\nKeep-Alive: timeout=5\r\nX-Hop: secret\r\nProxy-Authorization: Basic eA==\r\n\
-             X-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.9\r\nX-App: kept\r\n\r\n",
+             X-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.9\r\nX-App: kept\r\n\
+             Forwarded: for=10.0.0.8\r\nX-Forwarded-Host: evil.example\r\n\
+             X_Real_IP: 10.0.0.7\r\nX-Forwarded-Port: 1\r\n\r\n",
         );
     let (head, mut stream) = exchange(&server, request.as_bytes());
     assert_eq!(head.status, 101);
@@ -187,7 +189,11 @@ fn the_upstream_sees_forwarded_for_and_clean_hop_by_hop_headers(io: Io) {
     for hop in ["Keep-Alive", "X-Hop", "Proxy-Authorization"] {
         assert!(values(hop).is_empty(), "{hop} was forwarded: {seen:?}");
     }
-    assert_eq!(values("X-Forwarded-For"), ["10.0.0.9, 127.0.0.1"]);
+    // The edge owns the forwarding headers: the client's are dropped in every spelling.
+    for forged in ["Forwarded", "X-Forwarded-Host", "X_Real_IP", "X-Forwarded-Port"] {
+        assert!(values(forged).is_empty(), "{forged} was forwarded: {seen:?}");
+    }
+    assert_eq!(values("X-Forwarded-For"), ["127.0.0.1"]);
     assert_eq!(values("X-Real-IP"), ["127.0.0.1"]);
     assert_eq!(values("X-Forwarded-Proto"), ["http"]);
     assert_eq!(values("X-App"), ["kept"]);
@@ -207,6 +213,46 @@ fn frames_sent_with_the_request_reach_the_upstream(io: Io) {
         read_server_message(&mut stream, head.rest),
         (1, b"early bird".to_vec())
     );
+}
+
+/// What an upstream that refuses with `refusal` and keeps its connection open reads after
+/// the forwarded request, when the client sent a second request right behind its upgrade.
+fn bytes_after_the_request_seen_by_a_refusing_upstream(io: Io, refusal: &'static [u8]) -> Vec<u8> {
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, _| {
+        stream.write_all(refusal).unwrap();
+        // Keep-alive: whatever else comes on this connection is read as the next request.
+        let mut after = Vec::new();
+        let _ = stream.read_to_end(&mut after);
+        let _ = seen_tx.send(after);
+    });
+    let server = proxy(io, &[upstream], &[]);
+    let mut request = upgrade_request("/", &[]);
+    request.extend_from_slice(
+        b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    );
+    let (head, mut stream) = exchange(&server, &request);
+    assert_ne!(head.status, 101);
+    read_to_close(&mut stream, head.rest);
+    seen_rx
+        .recv_timeout(DEADLINE)
+        .expect("wsedge closes the refusing upstream's connection")
+}
+
+fn a_request_behind_a_refused_upgrade_never_reaches_the_upstream(io: Io) {
+    let seen = bytes_after_the_request_seen_by_a_refusing_upstream(
+        io,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot here\n",
+    );
+    assert!(seen.is_empty(), "smuggled: {}", String::from_utf8_lossy(&seen));
+}
+
+fn a_request_behind_an_upgrade_refused_in_chunks_never_reaches_the_upstream(io: Io) {
+    let seen = bytes_after_the_request_seen_by_a_refusing_upstream(
+        io,
+        b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nno!\n\r\n0\r\n\r\n",
+    );
+    assert!(seen.is_empty(), "smuggled: {}", String::from_utf8_lossy(&seen));
 }
 
 fn the_upstream_gets_a_proxy_protocol_v2_header(io: Io) {
@@ -706,6 +752,8 @@ fn a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy(io: Io) {
 }
 
 on_both_backends!(
+    a_request_behind_a_refused_upgrade_never_reaches_the_upstream,
+    a_request_behind_an_upgrade_refused_in_chunks_never_reaches_the_upstream,
     a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy,
     out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins,
     a_tungstenite_upstream_echoes_through_the_proxy,

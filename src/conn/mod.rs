@@ -151,6 +151,9 @@ struct Buffers {
     /// Proxy mode, answering: bytes of the upstream's refusal still to pass on (at most
     /// [`MAX_PASSED_ANSWER_BYTES`] in all).
     answer_remaining: u64,
+    /// Proxy mode, relaying: what the client sent after its request, held back until the
+    /// upstream's 101 was checked, for the relay to send first.
+    held: Vec<u8>,
 }
 
 impl Conn {
@@ -175,7 +178,7 @@ impl Conn {
         let idle = self
             .buffers
             .as_ref()
-            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty())
+            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty() && b.held.is_empty())
             && self.phase != Phase::Answering;
         if idle {
             self.buffers = None;
@@ -195,6 +198,7 @@ impl Conn {
         if let Some(buffers) = self.buffers.as_mut() {
             buffers.pending = Vec::new();
             buffers.message = Vec::new();
+            buffers.held = Vec::new();
         }
         self.message_opcode = None;
         self.release_idle_buffers();
@@ -281,7 +285,14 @@ impl Conn {
     }
 
     /// Proxy mode, for each upstream tried: appends to `cx.out` the request to send it (see
-    /// [`write_upstream_request`]) followed by any bytes the client sent after its request.
+    /// [`write_upstream_request`]), and nothing else.
+    ///
+    /// # Smuggling
+    /// Bytes the client sent after its request are not sent with it: an upstream that refuses
+    /// the upgrade and keeps its connection alive would read them as a second request that
+    /// no rule of the edge has checked (any path, no token, forged forwarding headers). They
+    /// wait until the upstream's 101 has been checked ([`Conn::take_held_client_bytes`]),
+    /// and go with the connection on a refusal.
     pub fn write_upstream_request(&mut self, peers: Peers, cx: &mut Ctx<'_>) {
         if self.phase != Phase::Upstream {
             return;
@@ -289,11 +300,21 @@ impl Conn {
         let forwarding = cx.config.proxy.forwarding;
         let buffers = self.buffers();
         let head_len = buffers.head_len;
-        if write_upstream_request(&buffers.pending[..head_len], peers, forwarding, cx.out) {
-            cx.out.extend_from_slice(&buffers.pending[head_len..]);
-        }
+        write_upstream_request(&buffers.pending[..head_len], peers, forwarding, cx.out);
         // All is kept until the upstream has answered: the answer is checked against the
         // head, and another upstream may need the same bytes if this one refuses.
+    }
+
+    /// Proxy mode, once the relay has started ([`Next::Relay`]): what the client sent after
+    /// its request, to send to the upstream before anything the relay reads (empty, with no
+    /// allocation, in the usual case).
+    pub fn take_held_client_bytes(&mut self) -> Vec<u8> {
+        let held = match self.buffers.as_mut() {
+            Some(buffers) => mem::take(&mut buffers.held),
+            None => Vec::new(),
+        };
+        self.release_idle_buffers();
+        held
     }
 
     /// Proxy mode: the upstream's connection is established; its answer is now awaited
@@ -340,10 +361,15 @@ impl Conn {
                 cx.out.extend_from_slice(response);
                 Counters::bump(&cx.stats.upgraded);
                 let accepted_at = buffers.accepted_at;
+                // Only now may the bytes after the request reach the upstream.
+                let held = buffers.pending.split_off(buffers.head_len);
                 cx.stats
                     .record_handshake_ms(cx.now.saturating_sub(accepted_at));
                 self.phase = Phase::Relaying;
                 self.drop_input();
+                if !held.is_empty() {
+                    self.buffers().held = held;
+                }
                 self.touch(cx);
                 Next::Relay
             }

@@ -316,13 +316,16 @@ impl Harness {
 }
 
 #[test]
-fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101() {
+fn proxy_forwards_the_request_alone_then_relays_the_upstreams_101_and_the_early_frame() {
     let mut h = Harness::proxied();
     let forwarded = h.take_out();
     let text = String::from_utf8_lossy(&forwarded);
     assert!(text.starts_with("GET / HTTP/1.1\r\nHost: a\r\n"), "{text}");
     assert!(text.contains("X-Forwarded-For: 192.0.2.1\r\n"), "{text}");
-    assert!(forwarded.ends_with(&masked(true, 1, b"early")));
+    assert!(
+        forwarded.ends_with(b"\r\n\r\n"),
+        "the early frame waits for the 101: {text}"
+    );
     assert_eq!(h.conn.deadline(), Some(h.config.proxy.connect_timeout_ms));
     let cx = Ctx {
         config: &h.config,
@@ -339,6 +342,7 @@ fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101(
     assert_eq!(h.upstream_sends(&rest), Next::Relay);
     assert_eq!(h.take_out(), [UPSTREAM_101, b"\x81\x02hi"].concat());
     assert!(h.conn.is_relaying() && h.conn.is_open());
+    assert_eq!(h.conn.take_held_client_bytes(), masked(true, 1, b"early"));
     assert!(
         !h.conn.holds_buffers(),
         "a relaying connection keeps no request"
@@ -349,15 +353,26 @@ fn proxy_forwards_the_request_and_the_early_frame_then_relays_the_upstreams_101(
     );
 }
 
-/// Bytes the client sends while the upstream is awaited join its request and early frames
-/// (they were dropped, with the request, when a backend passed them on).
+/// Bytes the client sends while the upstream is awaited join its early frames, and go to
+/// the upstream only after its 101; a refusal drops them.
 #[test]
-fn proxy_keeps_what_the_client_sends_while_the_upstream_is_awaited() {
+fn proxy_holds_what_the_client_sends_until_the_101_and_drops_it_on_a_refusal() {
     let mut h = Harness::proxied();
     let first = h.take_out();
     assert_eq!(h.feed(&masked(true, 1, b"late")), Next::Continue);
     h.forward();
-    assert_eq!(h.take_out(), [first, masked(true, 1, b"late")].concat());
+    assert_eq!(h.take_out(), first, "another upstream gets the request alone");
+    assert_eq!(h.upstream_sends(UPSTREAM_101), Next::Relay);
+    let held = [masked(true, 1, b"early"), masked(true, 1, b"late")].concat();
+    assert_eq!(h.conn.take_held_client_bytes(), held);
+
+    let mut h = Harness::proxied();
+    h.take_out();
+    h.feed(&masked(true, 1, b"late"));
+    let refusal = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(h.upstream_sends(refusal), Next::HalfClose);
+    assert!(h.conn.take_held_client_bytes().is_empty());
+    assert!(!h.conn.holds_buffers());
 }
 
 #[test]

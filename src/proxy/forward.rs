@@ -36,6 +36,33 @@ fn is_hop_by_hop(name: &str) -> bool {
         || name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-")
 }
 
+/// Whether a client's header is one the edge owns: the client's address, scheme, host or
+/// port as some proxy would state them. These are removed from every forwarded request, in
+/// every spelling (`_` for `-` too: servers behind CGI-style gateways, nginx with
+/// `underscores_in_headers`, and many frameworks fold `X_Real_IP` into `X-Real-IP`), and
+/// the edge writes its own (none with PROXY v2, where the header carries the address).
+fn is_edge_owned(name: &str) -> bool {
+    const OWNED: [&str; 5] = [
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-forwarded-for",
+    ];
+    const OWNED_PREFIX: &str = "x-forwarded-";
+    let same = |a: &[u8], b: &[u8]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(&x, &y)| {
+                let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+                fold(x) == y
+            })
+    };
+    let name = name.as_bytes();
+    OWNED.iter().any(|owned| same(name, owned.as_bytes()))
+        || name.len() >= OWNED_PREFIX.len()
+            && same(&name[..OWNED_PREFIX.len()], OWNED_PREFIX.as_bytes())
+}
+
 /// Appends to `out` the request to send the upstream for the client request `head` (a
 /// complete, validated header block): same method, target and end-to-end headers; the
 /// hop-by-hop ones regenerated as `Upgrade: websocket` and `Connection: Upgrade`, whatever
@@ -72,11 +99,7 @@ pub fn write_upstream_request(
     };
     for header in headers {
         let name = header.name;
-        let edge_owned = forwarding == Forwarding::Headers
-            && ["x-forwarded-for", "x-real-ip", "x-forwarded-proto"]
-                .iter()
-                .any(|h| name.eq_ignore_ascii_case(h));
-        if edge_owned || is_hop_by_hop(name) || listed_in_connection(name) {
+        if is_edge_owned(name) || is_hop_by_hop(name) || listed_in_connection(name) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -86,19 +109,9 @@ pub fn write_upstream_request(
     }
     out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
     if forwarding == Forwarding::Headers {
-        // The client's own X-Forwarded-For entries are kept (earlier proxies may have
-        // written them) and the address wsedge saw is appended: the last entry is the one
-        // an upstream can trust. X-Real-IP and X-Forwarded-Proto only the edge knows.
+        // The edge is where clients enter: what a client says of its own address is not
+        // passed on, only what the edge saw (or what a trusted balancer's PROXY header said).
         out.extend_from_slice(b"X-Forwarded-For: ");
-        for value in headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            .map(|h| trim_ows(h.value))
-            .filter(|v| !v.is_empty())
-        {
-            out.extend_from_slice(value);
-            out.extend_from_slice(b", ");
-        }
         write_ip(peers.client.ip(), out);
         out.extend_from_slice(match peers.tls {
             true => b"\r\nX-Forwarded-Proto: https\r\nX-Real-IP: ",
@@ -326,16 +339,45 @@ mod tests {
         assert!(text.starts_with("GET /a?b=c HTTP/1.1\r\nHost: h\r\n"));
     }
 
+    /// Every spelling of a forwarding header a client may send, to be stripped in both modes.
+    const FORGED: &[u8] = b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\
+        X-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nForwarded: for=7.7.7.7\r\n\
+        X-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\nX_Real_IP: 8.8.8.8\r\n\
+        x_forwarded_for: 9.9.9.9\r\nX-Client-IP: 5.5.5.5\r\nTrue-Client-IP: 4.4.4.4\r\n";
+
+    fn forged_request() -> Vec<u8> {
+        [b"GET / HTTP/1.1\r\nHost: h\r\n".as_slice(), FORGED, b"\r\n"].concat()
+    }
+
     #[test]
-    fn several_forwarded_for_lines_become_one_list_ending_with_the_client() {
-        let head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\n\
-            X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Real-IP: 6.6.6.6\r\n\
-            X-Forwarded-Proto: https\r\n\r\n";
-        let text = forwarded(head, Forwarding::Headers);
-        assert_eq!(text.matches("X-Forwarded-For").count(), 1);
-        assert!(text.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 198.51.100.4\r\n"));
-        assert!(text.contains("X-Real-IP: 198.51.100.4\r\n") && !text.contains("6.6.6.6"));
-        assert!(text.contains("X-Forwarded-Proto: http\r\n") && !text.contains("https"));
+    fn the_clients_forwarding_headers_are_replaced_by_the_edges_own() {
+        let text = forwarded(&forged_request(), Forwarding::Headers);
+        assert_eq!(text.matches("X-Forwarded-For").count(), 1, "{text}");
+        assert!(text.contains("X-Forwarded-For: 198.51.100.4\r\n"), "{text}");
+        assert!(text.contains("X-Real-IP: 198.51.100.4\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
+        for forged in ["1.1.1", "2.2.2", "6.6.6", "7.7.7", "8.8.8", "9.9.9", "5.5.5", "4.4.4"] {
+            assert!(!text.contains(forged), "{forged} passed: {text}");
+        }
+        for gone in ["https", "Forwarded:", "evil", "X-Forwarded-Port", "_"] {
+            assert!(!text.contains(gone), "{gone} passed: {text}");
+        }
+    }
+
+    #[test]
+    fn with_proxy_v2_no_forwarding_header_reaches_the_upstream() {
+        let mut out = Vec::new();
+        assert!(write_upstream_request(
+            &forged_request(),
+            peers(),
+            Forwarding::ProxyV2,
+            &mut out
+        ));
+        let text = String::from_utf8_lossy(&out[28..]).to_ascii_lowercase();
+        for gone in ["forwarded", "real", "client-ip", "_"] {
+            assert!(!text.contains(gone), "{gone} passed: {text}");
+        }
+        assert!(text.starts_with("get / http/1.1\r\nhost: h\r\n"), "{text}");
     }
 
     #[test]

@@ -139,11 +139,13 @@ impl Link {
         }
     }
 
-    /// The relay starts with the upstream's `answer` (its 101 and whatever followed): from
-    /// here on the client's TLS session, if it has one, is the link's.
-    pub fn begin(&mut self, transport: &mut Transport, answer: &[u8]) {
+    /// The relay starts with the upstream's `answer` (its 101 and whatever followed) toward
+    /// the client and `held`, the plaintext the client sent after its request, toward the
+    /// upstream: from here on the client's TLS session, if it has one, is the link's.
+    pub fn begin(&mut self, transport: &mut Transport, answer: &[u8], held: &[u8]) {
         self.tls = transport.take_tls();
         self.relay_in(Side::Upstream, answer);
+        self.to_upstream.pipe.push(held);
     }
 
     /// Whether the relayed bytes are the sockets' bytes (no TLS to pass through): only then

@@ -389,7 +389,9 @@ impl Reactor {
         };
         if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            upstream.begin(&mut client.transport, &mut client.outbox, &self.out);
+            let from_client = client.conn.take_held_client_bytes();
+            let (transport, outbox) = (&mut client.transport, &mut client.outbox);
+            upstream.begin(transport, outbox, &self.out, &from_client);
             self.out.clear();
         }
         if !client.conn.wants_upstream() {

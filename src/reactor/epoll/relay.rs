@@ -80,11 +80,17 @@ impl Upstream {
 
     /// The relay starts: `held` (output the client's socket has not taken, TLS records of
     /// its handshake) and then the upstream's `answer` lead the bytes to the client.
-    pub(super) fn begin(&mut self, transport: &mut Transport, held: &mut Outbox, answer: &[u8]) {
+    pub(super) fn begin(
+        &mut self,
+        transport: &mut Transport,
+        held: &mut Outbox,
+        answer: &[u8],
+        from_client: &[u8],
+    ) {
         let to_client = &mut self.link.toward(Side::Client).pipe;
         to_client.push(held.pending());
         held.sent(held.pending().len());
-        self.link.begin(transport, answer);
+        self.link.begin(transport, answer, from_client);
     }
 
     /// Whether bytes wait for the client's socket to take them.

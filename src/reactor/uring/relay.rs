@@ -220,7 +220,10 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        upstream.link.begin(&mut client.transport, &self.out);
+        let from_client = client.conn.take_held_client_bytes();
+        upstream
+            .link
+            .begin(&mut client.transport, &self.out, &from_client);
         self.out.clear();
         self.send_to(key, Side::Client);
         // Bytes the client sent after its request were held back until now.
