@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// Close upgraded connections silent this long with 1001, in ms; 0 = never.
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
     pub idle_timeout_ms: u64,
+    /// Close a connection whose client takes none of its pending output this long, in ms
+    /// (a client that stops reading), in every phase.
+    #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub send_timeout_ms: u64,
     /// Largest request header block, in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", allow_negative_numbers = true, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub max_header_bytes: u64,
@@ -571,6 +575,7 @@ impl ServeArgs {
                 },
                 handshake_timeout_ms: self.handshake_timeout_ms,
                 idle_timeout_ms: self.idle_timeout_ms,
+                send_timeout_ms: self.send_timeout_ms,
                 max_message_bytes: self.max_message_bytes as usize,
                 linger_ms: LINGER_MS.min(self.handshake_timeout_ms),
                 proxy: ProxyConfig {

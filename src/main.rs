@@ -316,7 +316,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let totals = server.join().context("a reactor failed")?;
     tracing::info!(
         "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
-         protocol_errors={} accept_pauses={} admission_rejections={} \
+         send_timeouts={} protocol_errors={} accept_pauses={} admission_rejections={} \
          upstream_connect_failures={} upstream_timeouts={} upstream_refusals_passed={} \
          handshakes_abandoned={}",
         totals.accepted,
@@ -324,6 +324,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         totals.rejected,
         totals.handshake_timeouts,
         totals.idle_timeouts,
+        totals.send_timeouts,
         totals.protocol_errors,
         totals.accept_pauses,
         totals.admission_rejections,

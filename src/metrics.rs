@@ -40,7 +40,7 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
+const PER_REACTOR_COUNTERS: [(&str, &str, Field); 14] = [
     (
         "wsedge_accepted_connections",
         "Connections accepted.",
@@ -63,6 +63,11 @@ const PER_REACTOR_COUNTERS: [(&str, &str, Field); 13] = [
         "wsedge_idle_timeouts",
         "Upgraded connections closed for idleness.",
         |c| &c.idle_timeouts,
+    ),
+    (
+        "wsedge_send_timeouts",
+        "Connections given up because the client did not take their output in time.",
+        |c| &c.send_timeouts,
     ),
     (
         "wsedge_protocol_errors",

@@ -50,6 +50,9 @@ pub struct Counters {
     pub handshake_timeouts: AtomicU64,
     /// Upgraded connections closed for idleness (1001).
     pub idle_timeouts: AtomicU64,
+    /// Connections given up because the client took none of their output for
+    /// `--send-timeout-ms`, or not all of it within the linger at a close.
+    pub send_timeouts: AtomicU64,
     /// Upgraded connections failed with a close code (1002, 1007, 1009).
     pub protocol_errors: AtomicU64,
     /// Connections closed, for any reason.
@@ -195,6 +198,7 @@ impl Counters {
             total.rejected += c.rejected.load(Relaxed);
             total.handshake_timeouts += c.handshake_timeouts.load(Relaxed);
             total.idle_timeouts += c.idle_timeouts.load(Relaxed);
+            total.send_timeouts += c.send_timeouts.load(Relaxed);
             total.protocol_errors += c.protocol_errors.load(Relaxed);
             total.closed += c.closed.load(Relaxed);
             total.accept_pauses += c.accept_pauses.load(Relaxed);
@@ -218,6 +222,7 @@ pub struct Snapshot {
     pub rejected: u64,
     pub handshake_timeouts: u64,
     pub idle_timeouts: u64,
+    pub send_timeouts: u64,
     pub protocol_errors: u64,
     pub closed: u64,
     pub accept_pauses: u64,

@@ -299,6 +299,7 @@ fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
                 after: wsedge::conn::AfterUpgrade::Echo,
                 handshake_timeout_ms: 10_000,
                 idle_timeout_ms: 0,
+                send_timeout_ms: 30_000,
                 max_message_bytes: 1 << 20,
                 linger_ms: 500,
                 proxy: Default::default(),

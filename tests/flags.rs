@@ -135,6 +135,14 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--send-timeout-ms",
+        &[
+            "timeouts::a_client_that_stops_reading_is_given_up_at_the_send_timeout",
+            "proxy::a_relayed_client_that_stops_reading_is_given_up_at_the_send_timeout",
+        ],
+    ),
+    (
+        "serve",
         "--max-header-bytes",
         &["flags::max_header_bytes_sets_where_431_starts"],
     ),

@@ -190,8 +190,16 @@ fn the_upstream_sees_forwarded_for_and_clean_hop_by_hop_headers(io: Io) {
         assert!(values(hop).is_empty(), "{hop} was forwarded: {seen:?}");
     }
     // The edge owns the forwarding headers: the client's are dropped in every spelling.
-    for forged in ["Forwarded", "X-Forwarded-Host", "X_Real_IP", "X-Forwarded-Port"] {
-        assert!(values(forged).is_empty(), "{forged} was forwarded: {seen:?}");
+    for forged in [
+        "Forwarded",
+        "X-Forwarded-Host",
+        "X_Real_IP",
+        "X-Forwarded-Port",
+    ] {
+        assert!(
+            values(forged).is_empty(),
+            "{forged} was forwarded: {seen:?}"
+        );
     }
     assert_eq!(values("X-Forwarded-For"), ["127.0.0.1"]);
     assert_eq!(values("X-Real-IP"), ["127.0.0.1"]);
@@ -244,7 +252,11 @@ fn a_request_behind_a_refused_upgrade_never_reaches_the_upstream(io: Io) {
         io,
         b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot here\n",
     );
-    assert!(seen.is_empty(), "smuggled: {}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.is_empty(),
+        "smuggled: {}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 fn a_request_behind_an_upgrade_refused_in_chunks_never_reaches_the_upstream(io: Io) {
@@ -252,7 +264,38 @@ fn a_request_behind_an_upgrade_refused_in_chunks_never_reaches_the_upstream(io: 
         io,
         b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nno!\n\r\n0\r\n\r\n",
     );
-    assert!(seen.is_empty(), "smuggled: {}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.is_empty(),
+        "smuggled: {}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+fn a_relayed_client_that_stops_reading_is_given_up_at_the_send_timeout(io: Io) {
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        // A server push the client never reads: the write fails once the edge gives up.
+        let chunk = client_frame(true, 2, &[1u8; 60_000]);
+        let mut written = 0usize;
+        while stream.write_all(&chunk).is_ok() && written < 1 << 30 {
+            written += chunk.len();
+        }
+        let _ = ended_tx.send(written);
+    });
+    let server = proxy(
+        io,
+        &[upstream],
+        &["--send-timeout-ms", "500", "--metrics", "127.0.0.1:0"],
+    );
+    let (head, stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    server.wait_for_metric("wsedge_send_timeouts_total", |n| n >= 1.0);
+    let written = ended_rx
+        .recv_timeout(DEADLINE)
+        .expect("the edge closed the upstream side too");
+    assert!(written < 1 << 30, "the upstream wrote without end");
+    drop(stream);
 }
 
 fn the_upstream_gets_a_proxy_protocol_v2_header(io: Io) {
@@ -752,6 +795,7 @@ fn a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy(io: Io) {
 }
 
 on_both_backends!(
+    a_relayed_client_that_stops_reading_is_given_up_at_the_send_timeout,
     a_request_behind_a_refused_upgrade_never_reaches_the_upstream,
     a_request_behind_an_upgrade_refused_in_chunks_never_reaches_the_upstream,
     a_thousand_concurrent_clients_upgrade_and_echo_through_the_proxy,

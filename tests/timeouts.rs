@@ -1,4 +1,5 @@
-//! Handshake and idle deadlines, including slowloris clients that keep trickling.
+//! Handshake, idle and send deadlines, including slowloris clients that keep trickling and
+//! clients that stop reading.
 
 #[macro_use]
 mod common;
@@ -6,9 +7,10 @@ mod common;
 use common::Io;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{exchange, read_to_close, upgrade_request, Server, DEADLINE};
+use common::{client_frame, exchange, read_to_close, upgrade_request, Server, DEADLINE};
 
 fn a_silent_connection_is_closed_without_an_answer(io: Io) {
     let server = Server::start(io, &["--handshake-timeout-ms", "300"]);
@@ -104,7 +106,109 @@ fn activity_postpones_the_idle_timeout(io: Io) {
     }
 }
 
+/// Sockets the server process holds (listeners, clients, its own eventfds aside).
+fn server_sockets(server: &Server) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A client with a tiny receive buffer that upgrades, then sends `batch` in one write and
+/// never reads again.
+fn client_that_stops_reading(server: &Server, batch: &[u8]) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(&upgrade_request("/", &[])).unwrap();
+    let head = common::read_head(&mut stream);
+    assert_eq!(head.status, 101);
+    stream.write_all(batch).unwrap();
+    stream
+}
+
+/// Echo messages totalling about `bytes`, 1,400 bytes each, then a Close if `close`.
+fn echo_batch(bytes: usize, close: bool) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for _ in 0..bytes / 1400 {
+        batch.extend(client_frame(true, 2, &[7u8; 1400]));
+    }
+    if close {
+        batch.extend(client_frame(true, 8, &[0x03, 0xE8]));
+    }
+    batch
+}
+
+/// Waits until the server holds `sockets` sockets again: the client's connection is gone,
+/// although the client never read.
+fn wait_for_sockets(server: &Server, sockets: usize, why: &str) {
+    common::wait_until(why, || server_sockets(server) == sockets);
+}
+
+/// No idle timeout: a client that stops reading holds its echo only until the send timeout.
+fn a_client_that_stops_reading_is_given_up_at_the_send_timeout(io: Io) {
+    let server = Server::start(
+        io,
+        &["--send-timeout-ms", "500", "--metrics", "127.0.0.1:0"],
+    );
+    let before = server_sockets(&server);
+    let start = Instant::now();
+    // More echo than the sockets' buffers hold: the server's output waits for the client.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(client_that_stops_reading(
+            &server,
+            &echo_batch(4 << 20, false),
+        ));
+    }
+    server.wait_for_metric("wsedge_send_timeouts_total", |n| n >= 4.0);
+    wait_for_sockets(
+        &server,
+        before,
+        "the stalled clients' sockets were not closed",
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "given up early"
+    );
+    drop(streams);
+}
+
+/// A Close behind output the client never reads: the close waits for the flush at most the
+/// linger (io_uring links the send and the close; the send is cancelled at the deadline).
+fn a_close_behind_output_the_client_never_reads_is_bounded(io: Io) {
+    let server = Server::start(
+        io,
+        &[
+            "--idle-timeout-ms",
+            "2000",
+            "--max-message-bytes",
+            "16777216",
+        ],
+    );
+    let before = server_sockets(&server);
+    // One large message with the Close right behind it: the whole echo and the close are
+    // produced by the read that completes the message, and go out together. The echo is
+    // more than a socket's send buffer takes (4 MiB at most by default), so the send cannot
+    // complete while the client does not read.
+    let mut batch = client_frame(true, 2, &vec![7u8; 12 << 20]);
+    batch.extend(client_frame(true, 8, &[0x03, 0xE8]));
+    let streams: Vec<TcpStream> = (0..2)
+        .map(|_| client_that_stops_reading(&server, &batch))
+        .collect();
+    wait_for_sockets(&server, before, "a closing connection kept its socket");
+    drop(streams);
+}
+
 on_both_backends!(
+    a_client_that_stops_reading_is_given_up_at_the_send_timeout,
+    a_close_behind_output_the_client_never_reads_is_bounded,
     a_silent_connection_is_closed_without_an_answer,
     a_slowloris_client_gets_408_at_the_deadline_despite_trickling,
     an_idle_upgraded_connection_is_closed_with_1001,

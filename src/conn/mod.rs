@@ -62,6 +62,8 @@ pub struct ConnConfig {
     pub handshake_timeout_ms: u64,
     /// Time an upgraded connection may stay silent, in ms; 0 disables.
     pub idle_timeout_ms: u64,
+    /// How long output may wait for a client that takes none of it, in ms.
+    pub send_timeout_ms: u64,
     /// Largest message (after reassembly) accepted in echo mode.
     pub max_message_bytes: usize,
     /// How long a closing connection waits for the peer's FIN or Close, in ms.

@@ -9,6 +9,7 @@ fn config(after: AfterUpgrade) -> ConnConfig {
         after,
         handshake_timeout_ms: 1000,
         idle_timeout_ms: 5000,
+        send_timeout_ms: 30_000,
         max_message_bytes: 64,
         linger_ms: 100,
         proxy: Default::default(),
@@ -361,14 +362,18 @@ fn proxy_holds_what_the_client_sends_until_the_101_and_drops_it_on_a_refusal() {
     let first = h.take_out();
     assert_eq!(h.feed(&masked(true, 1, b"late")), Next::Continue);
     h.forward();
-    assert_eq!(h.take_out(), first, "another upstream gets the request alone");
+    assert_eq!(
+        h.take_out(),
+        first,
+        "another upstream gets the request alone"
+    );
     assert_eq!(h.upstream_sends(UPSTREAM_101), Next::Relay);
     let held = [masked(true, 1, b"early"), masked(true, 1, b"late")].concat();
     assert_eq!(h.conn.take_held_client_bytes(), held);
 
     let mut h = Harness::proxied();
     h.take_out();
-    h.feed(&masked(true, 1, b"late"));
+    assert_eq!(h.feed(&masked(true, 1, b"late")), Next::Continue);
     let refusal = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(h.upstream_sends(refusal), Next::HalfClose);
     assert!(h.conn.take_held_client_bytes().is_empty());

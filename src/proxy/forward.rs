@@ -53,7 +53,13 @@ fn is_edge_owned(name: &str) -> bool {
     let same = |a: &[u8], b: &[u8]| {
         a.len() == b.len()
             && a.iter().zip(b).all(|(&x, &y)| {
-                let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+                let fold = |c: u8| {
+                    if c == b'_' {
+                        b'-'
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                };
                 fold(x) == y
             })
     };
@@ -356,7 +362,9 @@ mod tests {
         assert!(text.contains("X-Forwarded-For: 198.51.100.4\r\n"), "{text}");
         assert!(text.contains("X-Real-IP: 198.51.100.4\r\n"), "{text}");
         assert!(text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
-        for forged in ["1.1.1", "2.2.2", "6.6.6", "7.7.7", "8.8.8", "9.9.9", "5.5.5", "4.4.4"] {
+        for forged in [
+            "1.1.1", "2.2.2", "6.6.6", "7.7.7", "8.8.8", "9.9.9", "5.5.5", "4.4.4",
+        ] {
             assert!(!text.contains(forged), "{forged} passed: {text}");
         }
         for gone in ["https", "Forwarded:", "evil", "X-Forwarded-Port", "_"] {

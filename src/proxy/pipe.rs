@@ -16,6 +16,8 @@ pub struct Pipe {
     /// INVARIANT: `sent <= front.len()`.
     sent: usize,
     back: Vec<u8>,
+    /// Bytes were written since [`Pipe::take_progress`] last asked.
+    progressed: bool,
 }
 
 impl Pipe {
@@ -55,8 +57,19 @@ impl Pipe {
         &self.front[self.sent..]
     }
 
+    /// Whether the sink took bytes since last asked.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
+    }
+
+    /// Bytes moved to the sink outside the pipe (a kernel pipe's `splice`): progress too.
+    pub fn note_progress(&mut self) {
+        self.progressed = true;
+    }
+
     /// The first `n` bytes of [`Pipe::unsent`] were written.
     pub fn consume(&mut self, n: usize) {
+        self.progressed |= n > 0;
         self.sent = (self.sent + n).min(self.front.len());
         if self.sent == self.front.len() && self.back.is_empty() {
             // An idle relay holds no memory.

@@ -53,6 +53,9 @@ pub enum Action {
     ShutdownWrite,
     /// Close now (all output is out).
     Close,
+    /// Close with a reset: the client did not take its output in time, and the kernel must
+    /// not keep it (an orphaned socket holds its send buffer while it probes a zero window).
+    Reset,
     /// Output still waits: stop reading; what follows the flush is in the session.
     AwaitFlush,
     /// Proxy mode: connect to an upstream.
@@ -69,17 +72,19 @@ pub struct Session {
     /// The client's address in the per-address table (0: not tracked).
     ip_key: u64,
     after_flush: AfterFlush,
-    /// The peer did not take the output by the flush deadline: the close does not wait
+    /// The peer did not take the output by the send deadline: the close does not wait
     /// for it any more.
     given_up: bool,
-    /// Bound on waiting for a flush, once one is awaited ([`NO_FLUSH_DEADLINE`]: none; a
-    /// plain `u64`, not an `Option`, keeps a session at 24 bytes).
-    flush_deadline: u64,
+    /// While output waits for the client: when the connection is given up unless the client
+    /// takes some of it (`--send-timeout-ms` from the last progress), or, once a close
+    /// awaits the flush, all of it (the linger). [`NO_SEND_DEADLINE`]: nothing waits. A
+    /// plain `u64`, not an `Option`, keeps a session at 24 bytes.
+    send_deadline: u64,
     /// `--accept-proxy-protocol`: the PROXY header has not been read yet.
     awaits_proxy_header: bool,
 }
 
-const NO_FLUSH_DEADLINE: u64 = u64::MAX;
+const NO_SEND_DEADLINE: u64 = u64::MAX;
 
 impl Default for Session {
     fn default() -> Self {
@@ -89,7 +94,7 @@ impl Default for Session {
             after_flush: AfterFlush::Nothing,
             given_up: false,
             awaits_proxy_header: false,
-            flush_deadline: NO_FLUSH_DEADLINE,
+            send_deadline: NO_SEND_DEADLINE,
         }
     }
 }
@@ -99,7 +104,7 @@ impl Session {
     /// the socket has not taken all output yet: a close or half-close waits for the flush.
     pub fn after(&mut self, next: Next, output_waiting: bool) -> Action {
         match (next, output_waiting) {
-            (Next::Close, _) if self.given_up => Action::Close,
+            (Next::Close, _) if self.given_up => Action::Reset,
             (Next::Continue, _) => Action::Continue,
             (Next::Proxy, _) => Action::ConnectUpstream,
             (Next::Relay, _) => Action::Relay,
@@ -130,6 +135,18 @@ impl Session {
     pub fn is_handshaking(&self) -> bool {
         self.handshaking
     }
+}
+
+/// What a connection's output to its client is doing, as the backend saw it: bytes wait for
+/// the client's socket (the outbox, or while relaying the pipe toward the client), and
+/// whether the socket took any of them since the last [`Driver::settle`]. A client that stops
+/// reading is given up when it takes nothing for `--send-timeout-ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Bytes wait for the client's socket.
+    pub waiting: bool,
+    /// The client's socket took bytes since the last settle.
+    pub progressed: bool,
 }
 
 /// What a failed upstream connection attempt means for the client.
@@ -720,10 +737,11 @@ impl Driver {
         &mut self,
         conn: &mut Conn,
         session: &mut Session,
-        (outbox, link): (&Outbox, Option<&Link>),
+        (backlog, link): (Backlog, Option<&Link>),
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        self.track_send(session, backlog, now);
         if session.handshaking && !conn.is_handshaking() {
             session.handshaking = false;
             self.admission.handshake_ended();
@@ -742,9 +760,30 @@ impl Driver {
             }
         }
         if self.deadline(conn, session).is_some_and(|at| at <= now) {
-            return self.deadline_passed(conn, session, !outbox.is_empty(), now, out);
+            return self.deadline_passed(conn, session, backlog.waiting, now, out);
         }
         Next::Continue
+    }
+
+    /// Every state has a deadline, sending included: while output waits for the client, it
+    /// must take some every `--send-timeout-ms` (nginx's `send_timeout`: progress, not the
+    /// whole), and once a close waits for the flush, all of it within the linger.
+    fn track_send(&self, session: &mut Session, backlog: Backlog, now: u64) {
+        if !backlog.waiting {
+            session.send_deadline = NO_SEND_DEADLINE;
+            return;
+        }
+        let closing = session.awaits_flush();
+        let bound = match closing {
+            true => self.config.linger_ms,
+            false => self.config.send_timeout_ms,
+        };
+        let fresh = now.saturating_add(bound);
+        session.send_deadline = match session.send_deadline {
+            NO_SEND_DEADLINE => fresh,
+            _ if backlog.progressed && !closing => fresh,
+            at => at.min(fresh),
+        };
     }
 
     /// Proxy mode: what the connection's upstream did is counted for its health, and a
@@ -781,7 +820,7 @@ impl Driver {
         }
     }
 
-    /// A deadline passed. Output the peer did not take by the flush deadline is given up,
+    /// A deadline passed. Output the peer did not take by the send deadline is given up,
     /// with the connection; otherwise it is the connection's own deadline.
     fn deadline_passed(
         &mut self,
@@ -791,8 +830,11 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        let flush_overdue = now >= session.flush_deadline;
-        if session.after_flush == AfterFlush::Close || (output_waiting && flush_overdue) {
+        let send_overdue = now >= session.send_deadline;
+        if session.after_flush == AfterFlush::Close || (output_waiting && send_overdue) {
+            if send_overdue && session.after_flush == AfterFlush::Nothing {
+                Counters::bump(&self.stats.send_timeouts);
+            }
             session.given_up = true;
             return Next::Close;
         }
@@ -808,6 +850,27 @@ impl Driver {
     /// Disarms connection `key`'s deadline: it is closing.
     pub fn disarm(&mut self, key: usize) {
         self.wheel.cancel(key as u32);
+    }
+
+    /// Connection `key` is closing with its last output still being sent (io_uring: a send
+    /// linked to the close): the send gets the linger to finish, and is given up after it
+    /// ([`Driver::flush_overdue`]), so that a client that never reads cannot hold the
+    /// descriptor and the output.
+    pub fn closing_after_send(&mut self, key: usize, session: &mut Session, now: u64) {
+        session.after_flush = AfterFlush::Close;
+        session.send_deadline = now.saturating_add(self.config.linger_ms);
+        self.wheel.set(key as u32, Some(session.send_deadline));
+    }
+
+    /// Whether the last output of a connection closing after it
+    /// ([`Driver::closing_after_send`]) is overdue: true once, then the send is cancelled.
+    pub fn flush_overdue(&mut self, session: &mut Session, now: u64) -> bool {
+        if session.given_up || now < session.send_deadline {
+            return false;
+        }
+        session.given_up = true;
+        Counters::bump(&self.stats.send_timeouts);
+        true
     }
 
     /// The next connection whose armed deadline has passed by `now` (disarmed): settle it
@@ -840,15 +903,19 @@ impl Driver {
     /// The one deadline to arm for this connection: its own, or while a flush is awaited
     /// with none of its own, the flush deadline (the linger).
     pub fn timer(&self, conn: &Conn, session: &mut Session, now: u64) -> Option<u64> {
-        if session.awaits_flush() && session.flush_deadline == NO_FLUSH_DEADLINE {
-            session.flush_deadline = now.saturating_add(self.config.linger_ms);
+        if session.awaits_flush() && session.send_deadline == NO_SEND_DEADLINE {
+            session.send_deadline = now.saturating_add(self.config.linger_ms);
         }
         self.deadline(conn, session)
     }
 
+    /// The earlier of the connection's own deadline and the send deadline.
     fn deadline(&self, conn: &Conn, session: &Session) -> Option<u64> {
-        let flush = (session.flush_deadline != NO_FLUSH_DEADLINE).then_some(session.flush_deadline);
-        conn.deadline().or(flush)
+        let send = (session.send_deadline != NO_SEND_DEADLINE).then_some(session.send_deadline);
+        match (conn.deadline(), send) {
+            (Some(own), Some(send)) => Some(own.min(send)),
+            (own, send) => own.or(send),
+        }
     }
 
     /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.

@@ -20,6 +20,7 @@ fn driver(limits: Limits) -> Driver {
         after: AfterUpgrade::Echo,
         handshake_timeout_ms: 1000,
         idle_timeout_ms: 0,
+        send_timeout_ms: 30_000,
         max_message_bytes: 1 << 16,
         linger_ms: 100,
         proxy: ProxyConfig {
@@ -64,12 +65,16 @@ fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
 impl Peer {
     /// The driver's settle of this connection, with output not taken yet or none.
     fn settle(&mut self, driver: &mut Driver, output_waiting: bool, now: u64) -> Next {
-        let mut outbox = crate::transport::Outbox::default();
-        if output_waiting {
-            outbox.push(b"not taken yet");
-        }
+        let backlog = Backlog {
+            waiting: output_waiting,
+            progressed: false,
+        };
+        self.settle_with(driver, backlog, now)
+    }
+
+    fn settle_with(&mut self, driver: &mut Driver, backlog: Backlog, now: u64) -> Next {
         let out = &mut self.out;
-        driver.settle(&mut self.conn, &mut self.session, (&outbox, None), now, out)
+        driver.settle(&mut self.conn, &mut self.session, (backlog, None), now, out)
     }
 
     fn status(&self) -> &str {
@@ -287,16 +292,79 @@ fn output_not_taken_by_the_linger_is_given_up_with_the_connection() {
     assert_eq!(next, Next::Close);
     assert_eq!(
         peer.session.after(next, true),
-        Action::Close,
-        "the close waits for the output no more"
+        Action::Reset,
+        "the close waits for the output no more, and the kernel keeps none of it"
     );
     // Had it gone out, the close was due.
     assert_eq!(peer.session.flushed(), AfterFlush::Close);
-    assert_eq!(peer.session.after(Next::Close, false), Action::Close);
+    let mut fresh = Session::default();
+    assert_eq!(fresh.after(Next::Close, false), Action::Close);
+    assert_eq!(fresh.after(Next::HalfClose, false), Action::ShutdownWrite);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_given_up_at_the_send_timeout_after_its_last_progress() {
+    let mut driver = driver(Limits::default());
+    let send_timeout = driver.config.send_timeout_ms;
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    peer.upgrade(&mut driver, 0);
     assert_eq!(
-        peer.session.after(Next::HalfClose, false),
-        Action::ShutdownWrite
+        driver.timer(&peer.conn, &mut peer.session, 0),
+        None,
+        "idle: none"
     );
+    // Output waits: the send deadline starts.
+    assert_eq!(peer.settle(&mut driver, true, 10), Next::Continue);
+    let first = Some(10 + send_timeout);
+    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 10), first);
+    // Still waiting, nothing taken: the deadline does not move.
+    assert_eq!(peer.settle(&mut driver, true, 500), Next::Continue);
+    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 500), first);
+    // The client took some: it counts from now.
+    let progressed = Backlog {
+        waiting: true,
+        progressed: true,
+    };
+    assert_eq!(
+        peer.settle_with(&mut driver, progressed, 600),
+        Next::Continue
+    );
+    let later = 600 + send_timeout;
+    assert_eq!(
+        driver.timer(&peer.conn, &mut peer.session, 600),
+        Some(later)
+    );
+    assert_eq!(peer.settle(&mut driver, true, later - 1), Next::Continue);
+    assert_eq!(peer.settle(&mut driver, true, later), Next::Close);
+    assert_eq!(peer.session.after(Next::Close, true), Action::Reset);
+    assert_eq!(count(&driver.stats.send_timeouts), 1);
+    // All taken: no send deadline is left.
+    let mut peer = accept(&mut driver, 0, "192.0.2.2", 0);
+    peer.upgrade(&mut driver, 0);
+    assert_eq!(peer.settle(&mut driver, true, 10), Next::Continue);
+    assert_eq!(peer.settle(&mut driver, false, 20), Next::Continue);
+    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 20), None);
+}
+
+#[test]
+fn a_send_linked_to_its_close_is_overdue_once_at_the_linger() {
+    let mut driver = driver(Limits::default());
+    let linger = driver.config.linger_ms;
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    peer.upgrade(&mut driver, 0);
+    driver.closing_after_send(7, &mut peer.session, 100);
+    assert!(!driver.flush_overdue(&mut peer.session, 100 + linger - 1));
+    assert_eq!(
+        driver.next_expired(100 + linger),
+        Some(7),
+        "the wheel holds it"
+    );
+    assert!(driver.flush_overdue(&mut peer.session, 100 + linger));
+    assert!(
+        !driver.flush_overdue(&mut peer.session, 100 + linger),
+        "once"
+    );
+    assert_eq!(count(&driver.stats.send_timeouts), 1);
 }
 
 #[test]

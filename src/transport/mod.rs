@@ -141,6 +141,8 @@ struct Buffers {
     /// Output that arrived while the front was in flight.
     back: Vec<u8>,
     in_flight: bool,
+    /// The socket took bytes since [`Outbox::take_progress`] last asked.
+    progressed: bool,
 }
 
 impl Outbox {
@@ -195,6 +197,7 @@ impl Outbox {
             return;
         };
         buffers.in_flight = false;
+        buffers.progressed |= n > 0;
         buffers.front.drain(..n.min(buffers.front.len()));
         if buffers.front.is_empty() {
             std::mem::swap(&mut buffers.front, &mut buffers.back);
@@ -202,6 +205,14 @@ impl Outbox {
         if buffers.front.is_empty() {
             self.buffers = None;
         }
+    }
+
+    /// Whether the socket took any of what is held since last asked (the send deadline
+    /// counts from the last progress, not from the first byte held).
+    pub fn take_progress(&mut self) -> bool {
+        self.buffers
+            .as_mut()
+            .is_some_and(|b| std::mem::take(&mut b.progressed))
     }
 
     /// A send in flight failed or was cancelled: the socket is going away, nothing more is

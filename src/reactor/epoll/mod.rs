@@ -27,7 +27,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Session, Turn};
 use crate::transport::{Outbox, Queue, Transport};
 use relay::Upstream;
 
@@ -426,6 +426,11 @@ impl Reactor {
                 self.close(key);
                 false
             }
+            Action::Reset => {
+                sys::reset_on_close(&client.stream);
+                self.close(key);
+                false
+            }
             Action::ShutdownWrite => {
                 let _ = client.stream.shutdown(HalfClose::Write);
                 true
@@ -463,11 +468,17 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        let backlog = match client.upstream.as_deref_mut() {
+            Some(upstream) if client.conn.is_relaying() => upstream.client_backlog(),
+            _ => Backlog::default(),
+        };
+        let backlog = Backlog {
+            waiting: backlog.waiting || !client.outbox.is_empty(),
+            progressed: backlog.progressed | client.outbox.take_progress(),
+        };
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
         let link = client.upstream.as_ref().map(|u| &u.link);
-        let next = self
-            .driver
-            .settle(conn, session, (&client.outbox, link), now, out);
+        let next = self.driver.settle(conn, session, (backlog, link), now, out);
         if (next != Next::Continue || !self.out.is_empty()) && !self.apply(key, next) {
             return;
         }

@@ -36,7 +36,7 @@ use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
-use crate::session::UpstreamFailure;
+use crate::session::{Backlog, UpstreamFailure};
 use crate::transport::{Outbox, Transport};
 
 /// A client's upstream socket, the readiness of both sides, and the [`Link`].
@@ -93,6 +93,14 @@ impl Upstream {
         self.link.begin(transport, answer, from_client);
     }
 
+    /// What waits for the client's socket, and whether it took any since last asked.
+    pub(super) fn client_backlog(&mut self) -> Backlog {
+        Backlog {
+            waiting: self.client_blocked(),
+            progressed: self.link.toward(Side::Client).pipe.take_progress(),
+        }
+    }
+
     /// Whether bytes wait for the client's socket to take them.
     pub(super) fn client_blocked(&self) -> bool {
         self.link.blocked(Side::Client) || self.from_upstream.spliced() > 0
@@ -133,11 +141,15 @@ impl SplicePipe {
         })
     }
 
-    /// Splices what the pipe holds out to `to`, until it is empty or `to` is full.
-    fn drain(&mut self, to: &TcpStream) -> io::Result<()> {
+    /// Splices what the pipe holds out to `to`, until it is empty or `to` is full; what `to`
+    /// took counts as the sink's progress in `flow`.
+    fn drain(&mut self, to: &TcpStream, flow: &mut Flow) -> io::Result<()> {
         while self.len > 0 {
             match sys::splice(self.read.as_fd(), to.as_fd(), self.len) {
-                Ok(n) => self.len -= n.min(self.len),
+                Ok(n) => {
+                    self.len -= n.min(self.len);
+                    flow.pipe.note_progress();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -175,7 +187,7 @@ fn pump(
     flush(to, &mut link.toward(sink).pipe).map_err(sink_broke)?;
     if let Some(kernel) = src.splice.as_deref_mut() {
         if link.toward(sink).pipe.is_empty() {
-            kernel.drain(to).map_err(sink_broke)?;
+            kernel.drain(to, link.toward(sink)).map_err(sink_broke)?;
         }
     }
     let mut reads = 0;
@@ -198,7 +210,7 @@ fn pump(
                     moved.any = true;
                     set_nodelay_once(to, flow);
                     kernel.len += n;
-                    kernel.drain(to).map_err(sink_broke)?;
+                    kernel.drain(to, flow).map_err(sink_broke)?;
                 }
                 // With bytes in the pipe this may mean the pipe is full (its slots hold
                 // partial pages): the source stays readable until the pipe drains.

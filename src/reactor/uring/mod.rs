@@ -36,7 +36,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Driver, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Session, Turn};
 use crate::transport::{Outbox, Transport};
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -674,7 +674,10 @@ impl Reactor {
             send = send.flags(squeue::Flags::IO_LINK);
             client.closing = true;
             client.submitted(Op::Close);
-            self.driver.disarm(key);
+            // A client that never reads would hold the send, and so the close, forever.
+            let now = self.driver.now();
+            self.driver
+                .closing_after_send(key, &mut client.session, now);
         }
         let fd = client.fd;
         // SAFETY: the outbox keeps the bytes in place until this send completes.
@@ -824,6 +827,12 @@ impl Reactor {
         }
         match action {
             Action::Close => self.begin_close(key),
+            Action::Reset => {
+                if let Some(socket) = self.clients.get(key).and_then(Client::socket) {
+                    sys::reset_on_close(socket);
+                }
+                self.begin_close(key)
+            }
             Action::ShutdownWrite => self.submit_shutdown(key),
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             // A relay was started above (it needs the link `Next::Proxy` made).
@@ -838,6 +847,20 @@ impl Reactor {
         };
         if client.closing {
             self.driver.closing(&mut client.conn, &mut client.session);
+            if client.ops.has(Op::Send) && self.driver.flush_overdue(&mut client.session, now) {
+                // The descriptor is open until the linked close runs: the kernel drops the
+                // output with a reset instead of probing a zero window with it.
+                // SAFETY: the close is linked behind the send in flight, so `fd` is open.
+                sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(client.fd) });
+                // The linked close is cancelled with it, and then submitted on its own.
+                let cancel = opcode::AsyncCancel::new(user_data(key, Op::Send)).build();
+                client.submitted(Op::Cancel);
+                self.push_plain(&cancel.user_data(user_data(key, Op::Cancel)));
+                return;
+            }
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
             if client.in_flight == 0 {
                 let mut client = self.clients.remove(key);
                 let (conn, session) = (&mut client.conn, &client.session);
@@ -845,11 +868,22 @@ impl Reactor {
             }
             return;
         }
+        let to_client = client
+            .upstream
+            .as_deref_mut()
+            .filter(|_| client.conn.is_relaying())
+            .map(|u| u.link.toward(Side::Client));
+        let (relay_waiting, relay_progressed) = match to_client {
+            Some(flow) => (!flow.pipe.is_empty(), flow.pipe.take_progress()),
+            None => (false, false),
+        };
+        let backlog = Backlog {
+            waiting: relay_waiting || !client.outbox.is_empty(),
+            progressed: relay_progressed | client.outbox.take_progress(),
+        };
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
         let link = client.upstream.as_ref().map(|u| &u.link);
-        let next = self
-            .driver
-            .settle(conn, session, (&client.outbox, link), now, out);
+        let next = self.driver.settle(conn, session, (backlog, link), now, out);
         if next != Next::Continue || !self.out.is_empty() {
             self.apply(key, next);
         }
