@@ -545,6 +545,50 @@ fn a_stall_in_the_middle_of_the_client_hello_is_cut_at_the_handshake_timeout(io:
     assert!(waited < DEADLINE);
 }
 
+/// A ClientHello declared 65,535 bytes long and sent as 1-byte records: rustls keeps an
+/// incomplete handshake message's records in the caller's buffer, so such a peer could hold
+/// about 390 KB before authenticating. The connection is failed with an alert once it holds
+/// more than one whole record's worth.
+fn an_oversized_client_hello_in_tiny_records_gets_an_alert_at_the_bound(io: Io) {
+    let dir = scratch("trickle");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--metrics", "127.0.0.1:0"]);
+    let mut tcp = TcpStream::connect(tls_addr(&server)).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    // A handshake message header (client_hello, 65,535 bytes), then its body, a byte a record.
+    let mut message = vec![0x01, 0x00, 0xff, 0xff, 0x03, 0x03];
+    message.resize(4 + 0xffff, 0x41);
+    let records: Vec<u8> = message
+        .iter()
+        .flat_map(|&byte| [0x16, 0x03, 0x01, 0x00, 0x01, byte])
+        .collect();
+    let mut writer = tcp.try_clone().unwrap();
+    let sent = std::thread::spawn(move || {
+        let mut sent = 0;
+        for batch in records.chunks(600) {
+            if writer.write_all(batch).is_err() {
+                break;
+            }
+            sent += batch.len();
+        }
+        sent
+    });
+    let mut alert = [0u8; 7];
+    tcp.read_exact(&mut alert).expect("an alert");
+    assert_eq!(
+        alert,
+        [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 47],
+        "illegal_parameter"
+    );
+    let rest = read_to_close(&mut tcp, Vec::new());
+    assert!(rest.is_empty(), "nothing after the alert: {rest:?}");
+    // What the peer wrote lies in the kernel's buffers whatever wsedge does: only the alert
+    // tells that it stopped holding it.
+    let _ = sent.join();
+    server.wait_for_metric("wsedge_tls_handshake_failures_total", |n| n >= 1.0);
+}
+
 /// Over the connection limit a TLS client is refused before any key exchange: its
 /// connection ends without a ServerHello.
 fn over_the_limit_a_tls_client_is_refused_before_any_key_exchange(io: Io) {
@@ -715,6 +759,7 @@ fn a_corrupt_record_while_relaying_gets_an_alert_and_the_upstream_a_fin(io: Io) 
 }
 
 on_both_backends!(
+    an_oversized_client_hello_in_tiny_records_gets_an_alert_at_the_bound,
     proxy_mode_relays_a_tls_client_to_a_plaintext_upstream,
     the_upstream_of_a_tls_client_sees_x_forwarded_proto_https,
     bulk_bytes_cross_a_tls_relay_whole_and_each_end_is_passed_on,

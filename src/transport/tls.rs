@@ -46,6 +46,12 @@ pub enum TlsEnd {
 /// The first byte of a TLS handshake record (content type 22).
 const HANDSHAKE_RECORD: u8 = 0x16;
 
+/// The most ciphertext a connection may hold before its handshake is done: one whole
+/// record of the largest size (16 KiB and its header). Real ClientHellos are 2 KB at most
+/// (Chrome's with an X25519MLKEM768 key share is about 1.8 KB); nothing else a client sends
+/// before the handshake completes is larger (no client certificates are asked for).
+pub const MAX_HELD_BEFORE_HANDSHAKE: usize = 16 * 1024 + 5;
+
 /// State changes one call may go through: far more than any input needs (each step
 /// consumes a record or emits one), a bound so that no input can make it loop.
 const MAX_STEPS: usize = 4096;
@@ -70,6 +76,15 @@ impl TlsLink {
 
     /// Ciphertext read from the socket: the plaintext it holds is appended to `plaintext`;
     /// what rustls has to send (handshake messages, tickets, alerts) goes to `records`.
+    ///
+    /// # Copies and bounds
+    /// rustls decrypts in place, so ciphertext is copied once into a writable buffer: the
+    /// reactor's scratch buffer when nothing is held, else the end of what the connection
+    /// holds, where it is processed and stays until rustls consumes it. Nothing held is
+    /// copied again on the next read. Before the handshake is done a connection may hold at
+    /// most [`MAX_HELD_BEFORE_HANDSHAKE`]: a ClientHello spread over more (a real one is 2 KB
+    /// at most, with a post-quantum key share) gets an `illegal_parameter` alert and the
+    /// connection fails, so that an unauthenticated peer holds little and costs little.
     pub fn receive(
         &mut self,
         input: &[u8],
@@ -81,23 +96,71 @@ impl TlsLink {
         {
             return TlsEnd::PlainHttp;
         }
+        if self.conn.is_handshaking()
+            && self.partial.len().saturating_add(input.len()) > MAX_HELD_BEFORE_HANDSHAKE
+        {
+            self.partial = Vec::new();
+            return self.refuse_oversized_handshake(records);
+        }
+        if !self.partial.is_empty() {
+            let mut held = std::mem::take(&mut self.partial);
+            held.extend_from_slice(input);
+            let (consumed, end) = self.process(&mut held, plaintext, records);
+            if end == TlsEnd::Open && consumed < held.len() {
+                held.drain(..consumed);
+                self.partial = held;
+            }
+            return end;
+        }
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => self.receive_in(&mut scratch, input, plaintext, records),
+            Ok(mut scratch) => self.receive_fresh(&mut scratch, input, plaintext, records),
             // Not reached (no call re-enters): a buffer of its own then.
-            Err(_) => self.receive_in(&mut Vec::new(), input, plaintext, records),
+            Err(_) => self.receive_fresh(&mut Vec::new(), input, plaintext, records),
         })
     }
 
-    fn receive_in(
+    /// [`TlsLink::receive`] with nothing held: processed in `scratch`; what is left over (part
+    /// of a record) is kept.
+    fn receive_fresh(
         &mut self,
-        buffer: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
         input: &[u8],
         plaintext: &mut Vec<u8>,
         records: &mut impl Sink,
     ) -> TlsEnd {
-        buffer.clear();
-        buffer.extend_from_slice(&self.partial);
-        buffer.extend_from_slice(input);
+        scratch.clear();
+        scratch.extend_from_slice(input);
+        let (consumed, end) = self.process(scratch, plaintext, records);
+        if end == TlsEnd::Open {
+            if let Some(rest) = scratch.get(consumed..).filter(|rest| !rest.is_empty()) {
+                self.partial = rest.to_vec();
+            }
+        }
+        end
+    }
+
+    /// Fails the handshake of a peer that sent more than any real ClientHello: a fatal
+    /// `illegal_parameter` alert (what OpenSSL sends for an excessive message), in the clear
+    /// as every alert before the server's first flight.
+    fn refuse_oversized_handshake(&mut self, records: &mut impl Sink) -> TlsEnd {
+        const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 47];
+        records.append(ALERT.len(), |room| {
+            room.copy_from_slice(&ALERT);
+            ALERT.len()
+        });
+        TlsEnd::Failed(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::HandshakePayloadTooLarge,
+        ))
+    }
+
+    /// Runs rustls over the ciphertext in `buffer` (decrypting it in place). Returns how many
+    /// bytes it consumed, and how the read ended.
+    fn process(
+        &mut self,
+        buffer: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        records: &mut impl Sink,
+    ) -> (usize, TlsEnd) {
         let mut consumed = 0;
         let mut end = TlsEnd::Open;
         for _ in 0..MAX_STEPS {
@@ -158,15 +221,7 @@ impl TlsLink {
             // The alert that says why.
             self.flush(records);
         }
-        self.partial.clear();
-        if end == TlsEnd::Open {
-            self.partial
-                .extend_from_slice(buffer.get(consumed..).unwrap_or_default());
-        }
-        if self.partial.is_empty() {
-            self.partial = Vec::new();
-        }
-        end
+        (consumed.min(buffer.len()), end)
     }
 
     /// Seals the connection's plaintext into records in `records`. Before the handshake is
