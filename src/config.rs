@@ -275,9 +275,9 @@ pub struct ServeArgs {
     /// websocket[:PATH] (a valid 101).
     #[arg(long, value_name = "KIND", default_value = "websocket:/", value_parser = crate::proxy::health::CheckKind::parse)]
     pub upstream_health_check: crate::proxy::health::CheckKind,
-    /// Bound on one health check, in ms.
-    #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub upstream_health_timeout_ms: u64,
+    /// Bound on one health check, in ms [default: the smaller of 1000 and the interval].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub upstream_health_timeout_ms: Option<u64>,
     /// Health checks passed in a row that bring a down upstream back.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub upstream_health_rise: u32,
@@ -360,12 +360,11 @@ fn parse_tls_group(value: &str) -> Result<TlsGroup, String> {
         .ok_or_else(|| "the groups are x25519, secp256r1 (p-256) and secp384r1 (p-384)".into())
 }
 
+/// Parses an upstream as written; names are looked up by [`ServeArgs::server_config_after`]
+/// (a value parser does no I/O: a reload parses again, and a lookup failing then must not
+/// refuse the whole file).
 fn parse_upstream(value: &str) -> Result<crate::proxy::UpstreamTarget, String> {
-    let target = crate::proxy::UpstreamTarget::parse(value)?;
-    target
-        .resolve()
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
-    Ok(target)
+    crate::proxy::UpstreamTarget::parse(value)
 }
 
 fn parse_range(value: &str) -> Result<(u32, u32), String> {
@@ -482,12 +481,13 @@ impl ServeArgs {
             return Err("--healthz-min-upstreams-up is only used with --after proxy".into());
         }
         if self.upstream_health_interval_ms > 0
-            && self.upstream_health_timeout_ms > self.upstream_health_interval_ms
+            && self.health_timeout_ms() > self.upstream_health_interval_ms
         {
             return Err(format!(
                 "--upstream-health-timeout-ms {} is longer than --upstream-health-interval-ms {}: \
                  a check must end before the next one starts",
-                self.upstream_health_timeout_ms, self.upstream_health_interval_ms
+                self.health_timeout_ms(),
+                self.upstream_health_interval_ms
             ));
         }
         if !proxy && self.upstream_proxy_protocol.is_some() {
@@ -533,7 +533,31 @@ impl ServeArgs {
     }
 
     /// The server configuration these flags describe.
+    /// `--upstream-health-timeout-ms`, or the smaller of 1 s and the interval: checks every
+    /// 200 ms need no second flag.
+    pub fn health_timeout_ms(&self) -> u64 {
+        self.upstream_health_timeout_ms
+            .unwrap_or_else(|| match self.upstream_health_interval_ms {
+                0 => 1_000,
+                interval => interval.min(1_000),
+            })
+    }
+
+    /// The configuration these flags give at startup (names that do not resolve left out:
+    /// see [`ServeArgs::server_config_after`]).
     pub fn server_config(&self) -> ServerConfig {
+        self.server_config_after(&[]).0
+    }
+
+    /// The configuration these flags give, where a running one had `previous` upstreams (a
+    /// reload), and the upstreams left out: a name that does not resolve now keeps its last
+    /// addresses, and one that never resolved is left out and said (a startup error; at a
+    /// reload a warning), never the whole list with it.
+    pub fn server_config_after(
+        &self,
+        previous: &[crate::proxy::Upstream],
+    ) -> (ServerConfig, Vec<String>) {
+        let (upstreams, unresolved) = crate::proxy::resolve_all(&self.upstreams, previous);
         let threads = self
             .threads
             .map(NonZeroUsize::get)
@@ -547,7 +571,7 @@ impl ServeArgs {
             ([], []) => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             (listen, _) => listen.to_vec(),
         };
-        ServerConfig {
+        let config = ServerConfig {
             listen,
             listen_tls: self.listen_tls.clone(),
             // Loaded by the caller (reading files can fail: see `tls_settings`).
@@ -582,15 +606,13 @@ impl ServeArgs {
                     targets: self.upstreams.clone(),
                     // Every name resolved when the flag was parsed; one that stopped
                     // resolving since is filled in by the next lookup.
-                    upstreams: crate::proxy::resolve_all(&self.upstreams, &[])
-                        .inspect_err(|error| tracing::warn!(error, "upstreams"))
-                        .unwrap_or_default(),
+                    upstreams,
                     resolve_interval_ms: self.upstream_resolve_secs * 1000,
                     health: (self.upstream_health_interval_ms > 0).then(|| {
                         crate::proxy::health::HealthSettings {
                             kind: self.upstream_health_check.clone(),
                             interval_ms: self.upstream_health_interval_ms,
-                            timeout_ms: self.upstream_health_timeout_ms,
+                            timeout_ms: self.health_timeout_ms(),
                             rise: self.upstream_health_rise,
                             fall: self.upstream_health_fall,
                         }
@@ -626,7 +648,8 @@ impl ServeArgs {
                 drain_close_code: self.drain_close_code,
             },
             handover: self.takeover.is_some(),
-        }
+        };
+        (config, unresolved)
     }
 }
 

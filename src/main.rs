@@ -22,12 +22,11 @@ fn main() -> ExitCode {
     {
         let typed: Vec<String> = std::env::args().collect();
         let merged = with_config_file(path, &typed).unwrap_or_else(|e| {
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::InvalidValue,
-                    format!("--config {e}"),
-                )
-                .exit()
+            usage_error(
+                "serve",
+                clap::error::ErrorKind::InvalidValue,
+                format!("--config {e}"),
+            )
         });
         cli = Cli::parse_from(merged);
     }
@@ -60,13 +59,29 @@ fn with_config_file(path: &std::path::Path, typed: &[String]) -> Result<Vec<Stri
     Ok(merged)
 }
 
+/// Exits with a usage error for `wsedge SUBCOMMAND`, shown with that subcommand's own usage
+/// line (not the top level's `wsedge <COMMAND>`).
+fn usage_error(
+    subcommand: &str,
+    kind: clap::error::ErrorKind,
+    message: impl std::fmt::Display,
+) -> ! {
+    let top = Cli::command();
+    let mut command = match top.find_subcommand(subcommand) {
+        Some(sub) => sub.clone().bin_name(format!("wsedge {subcommand}")),
+        None => top,
+    };
+    command.error(kind, message).exit()
+}
+
+fn serve_usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> ! {
+    usage_error("serve", kind, message)
+}
+
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // systemd socket activation: the passed sockets are the listeners unless flags name others.
-    let activated = wsedge::activation::activated_sockets().unwrap_or_else(|error| {
-        Cli::command()
-            .error(clap::error::ErrorKind::InvalidValue, error.to_string())
-            .exit()
-    });
+    let activated = wsedge::activation::activated_sockets()
+        .unwrap_or_else(|error| serve_usage_error(clap::error::ErrorKind::InvalidValue, error));
     let mut args = args.clone();
     if args.listen.is_empty() && args.listen_tls.is_empty() {
         for (listening, addr) in &activated {
@@ -81,34 +96,31 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let args = &args;
     if let Err(message) = args.validate() {
-        Cli::command()
-            .error(clap::error::ErrorKind::ArgumentConflict, message)
-            .exit()
+        serve_usage_error(clap::error::ErrorKind::ArgumentConflict, message)
     }
     let (backend, why) = match (args.io, probe()) {
         (IoBackend::Epoll, _) => (Backend::Epoll, "--io epoll".to_string()),
         (IoBackend::Uring, Ok(())) => (Backend::Uring, "--io uring".to_string()),
-        (IoBackend::Uring, Err(unavailable)) => Cli::command()
-            .error(
-                clap::error::ErrorKind::InvalidValue,
-                format!("--io uring: io_uring is unavailable here: {unavailable}; use --io epoll or --io auto"),
-            )
-            .exit(),
+        (IoBackend::Uring, Err(unavailable)) => serve_usage_error(
+            clap::error::ErrorKind::InvalidValue,
+            format!("--io uring: io_uring is unavailable here: {unavailable}; use --io epoll or --io auto"),
+        ),
         (IoBackend::Auto, Ok(())) => (Backend::Uring, "auto: io_uring available".to_string()),
         (IoBackend::Auto, Err(unavailable)) => {
             (Backend::Epoll, format!("auto: io_uring unavailable ({unavailable}), using epoll"))
         }
     };
     let fd_limit = sys::raise_fd_limit().context("raising the descriptor limit")?;
-    let mut config = args.server_config();
+    let (mut config, unresolved) = args.server_config_after(&[]);
+    if let Some(error) = unresolved.first() {
+        serve_usage_error(clap::error::ErrorKind::InvalidValue, error);
+    }
     config.backend = backend;
     if let Some(settings) = args.tls_settings() {
         // A file error names its flag: a usage error, as for any other bad flag.
         match wsedge::tls::server_config(&settings) {
             Ok(tls) => config.tls = Some(wsedge::tls::shared(tls)),
-            Err(error) => Cli::command()
-                .error(clap::error::ErrorKind::InvalidValue, error.to_string())
-                .exit(),
+            Err(error) => serve_usage_error(clap::error::ErrorKind::InvalidValue, error),
         }
     }
     if let Some(max) = sys::somaxconn().filter(|&max| max < config.listen_options.backlog) {
@@ -391,7 +403,11 @@ impl Running {
                 );
             }
         }
-        let mut config = args.server_config();
+        let running = self.live.current();
+        let (mut config, unresolved) = args.server_config_after(&running.conn.proxy.upstreams);
+        for error in unresolved {
+            tracing::warn!("SIGHUP: {error}: left out until it resolves");
+        }
         config.conn.after = self.after;
         if let (Some(shared), Some(settings)) = (self.tls.as_ref(), args.tls_settings()) {
             if let Err(error) = wsedge::tls::reload(shared, &settings) {
@@ -457,12 +473,11 @@ fn check(args: &CheckArgs) -> ExitCode {
             }
             ExitCode::from(report.verdict.exit_code() as u8)
         }
-        Err(error) => Cli::command()
-            .error(
-                clap::error::ErrorKind::InvalidValue,
-                format!("URL: {error}"),
-            )
-            .exit(),
+        Err(error) => usage_error(
+            "check",
+            clap::error::ErrorKind::InvalidValue,
+            format!("URL: {error}"),
+        ),
     }
 }
 

@@ -387,8 +387,9 @@ pub fn serve(
 }
 
 /// `GET /healthz`: 200 while serving, 503 while draining, and in proxy mode 503 "degraded"
-/// when fewer than `--healthz-min-upstreams-up` percent of the upstreams are up (the body
-/// says how many are).
+/// when no upstream is up (or there is none) or fewer than `--healthz-min-upstreams-up`
+/// percent of them are (the body says how many are): an edge that could only answer 502
+/// or 503 is taken out of its balancer's rotation.
 fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'static str, String) {
     const UNAVAILABLE: &str = "503 Service Unavailable";
     if shutdown.state() != ShutdownState::Running {
@@ -396,11 +397,11 @@ fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'stat
     }
     let settings = metrics.live.current();
     let proxy = &settings.conn.proxy;
-    if proxy.upstreams.is_empty() {
+    if settings.conn.after != crate::conn::AfterUpgrade::Proxy {
         return ("200 OK", "text/plain", "ok\n".into());
     }
     let (up, of) = proxy.upstreams_up();
-    let degraded = up * 100 < usize::from(proxy.healthz_min_up_percent) * of;
+    let degraded = up == 0 || up * 100 < usize::from(proxy.healthz_min_up_percent) * of;
     match degraded {
         true => (
             UNAVAILABLE,

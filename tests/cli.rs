@@ -22,6 +22,8 @@ macro_rules! rejects_flag {
             assert_eq!(code, 2, "{stderr}");
             let first: String = stderr.lines().take(2).collect::<Vec<_>>().join(" ");
             assert!(first.starts_with("error:") && first.contains($flag), "{stderr}");
+            // A usage shown is `serve`'s own, not the top level's `wsedge <COMMAND>`.
+            assert!(!stderr.contains("<COMMAND>"), "{stderr}");
         }
     )*};
 }
@@ -72,6 +74,28 @@ rejects_flag! {
     share_over_100:              ["--after", "proxy", "--upstream", "127.0.0.1:9", "--healthz-min-upstreams-up", "101"] names "--healthz-min-upstreams-up";
     healthz_share_without_proxy: ["--healthz-min-upstreams-up", "50"] names "--healthz-min-upstreams-up";
     resolve_too_rarely:          ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-resolve-secs", "100000"] names "--upstream-resolve-secs";
+}
+
+/// A check interval under a second needs no timeout flag: the timeout defaults to the
+/// smaller of 1 s and the interval. Only a timeout given and longer than the interval is an
+/// error (see `check_longer_than_interval`).
+#[test]
+fn a_short_health_check_interval_alone_is_accepted() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["serve", "--after", "proxy", "--upstream", "127.0.0.1:9"])
+        .args(["--upstream-health-interval-ms", "200", "--listen", "127.0.0.1:0"])
+        .args(["--threads", "1", "--no-pin"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wsedge");
+    let stderr = child.stderr.take().expect("piped");
+    let started = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|line| line.contains("listening on") || line.contains("error"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = started.unwrap_or_default();
+    assert!(line.contains("listening on"), "{line}");
 }
 
 #[test]

@@ -535,7 +535,6 @@ fn a_name_is_every_address_it_resolves_to_and_is_looked_up_again(io: Io) {
         .collect();
     let hosts = common::scratch(&format!("hosts-{io:?}")).join("hosts");
     std::fs::write(&hosts, "127.0.0.1 fleet.test\n127.0.0.2 fleet.test\n").unwrap();
-    let source = std::ffi::CString::new(hosts.to_string_lossy().as_bytes()).unwrap();
     let upstream = format!("fleet.test:{port}");
     let server = Server::start_with(
         io,
@@ -551,35 +550,7 @@ fn a_name_is_every_address_it_resolves_to_and_is_looked_up_again(io: Io) {
             "--drain-secs",
             "1",
         ],
-        |command| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec,
-            // on memory prepared before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    let target = c"/etc/hosts";
-                    if libc::unshare(libc::CLONE_NEWNS) != 0
-                        || libc::mount(
-                            std::ptr::null(),
-                            c"/".as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_REC | libc::MS_PRIVATE,
-                            std::ptr::null(),
-                        ) != 0
-                        || libc::mount(
-                            source.as_ptr(),
-                            target.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND,
-                            std::ptr::null(),
-                        ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
+        own_hosts(&hosts),
     );
     let mut held: Vec<TcpStream> = (0..4).map(|_| upgraded(&server)).collect();
     wait_until("two on each address of the name", || {
@@ -600,7 +571,128 @@ fn a_name_is_every_address_it_resolves_to_and_is_looked_up_again(io: Io) {
     let _ = std::fs::remove_file(hosts);
 }
 
+/// Runs wsedge in its own mount namespace with `hosts` bind-mounted over `/etc/hosts`, so
+/// that a test decides what its names resolve to (and when they stop resolving).
+fn own_hosts(hosts: &std::path::Path) -> impl FnOnce(&mut std::process::Command) {
+    let source = std::ffi::CString::new(hosts.to_string_lossy().as_bytes()).unwrap();
+    move |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec, on
+        // memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let target = c"/etc/hosts";
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// A name that stops resolving, and one that never did, at a SIGHUP reload: the reload is
+/// applied, the first keeps its last address, the second is left out with a warning, and
+/// the literal address stays (a failed lookup once emptied the whole pool: every client got
+/// 502 while `/healthz` said 200).
+fn a_name_that_fails_at_a_reload_keeps_its_addresses_and_the_others_stay(io: Io) {
+    let port = TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let literal = CountingUpstream::start();
+    let named = CountingUpstream::start_at(SocketAddr::from(([127, 0, 0, 2], port)));
+    let hosts = common::scratch(&format!("reload-hosts-{io:?}")).join("hosts");
+    std::fs::write(&hosts, "127.0.0.2 fleet.test\n").unwrap();
+    let path = config_path("reload-lookup", io);
+    let file = |extra: &str| {
+        format!(
+            "after = \"proxy\"\nupstream-resolve-secs = 0\nmetrics = \"127.0.0.1:0\"\n\
+             upstream = [\"{}\", \"fleet.test:{port}\"{extra}]\n",
+            literal.addr
+        )
+    };
+    std::fs::write(&path, file("")).unwrap();
+    let config = path.to_string_lossy().into_owned();
+    let args = ["--config", config.as_str(), "--threads", "1"];
+    let server = Server::start_with(io, &args, own_hosts(&hosts));
+    // Neither name resolves any more; the file names one more that never did.
+    std::fs::write(&hosts, "").unwrap();
+    std::fs::write(&path, file(", \"never.test:80\"")).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("SIGHUP: configuration reloaded");
+    let log = server.log();
+    assert!(log.contains("never.test:80: cannot resolve it"), "{log}");
+    let _held: Vec<TcpStream> = (0..4).map(|_| upgraded(&server)).collect();
+    wait_until("both kept upstreams relay clients", || {
+        literal.held() == 2 && named.held() == 2
+    });
+    let healthz = metrics_text_at(&server, "/healthz");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(hosts);
+}
+
+/// The answer to `GET path` on the metrics port, head and body.
+fn metrics_text_at(server: &Server, path: &str) -> String {
+    let mut stream = TcpStream::connect(server.metrics_addr()).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: m\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// With no upstream up, `/healthz` is degraded whatever `--healthz-min-upstreams-up` says:
+/// the edge could only answer 502 or 503.
+fn healthz_is_degraded_when_no_upstream_is_up(io: Io) {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let server = Server::start(
+        io,
+        &[
+            "--after",
+            "proxy",
+            "--upstream",
+            &dead,
+            "--metrics",
+            "127.0.0.1:0",
+            "--upstream-health-interval-ms",
+            "100",
+            "--upstream-health-check",
+            "tcp",
+            "--upstream-health-fall",
+            "1",
+        ],
+    );
+    wait_until("healthz degraded", || {
+        metrics_text_at(&server, "/healthz").contains("degraded: 0 of 1 upstreams up")
+    });
+    assert!(metrics_text_at(&server, "/healthz").starts_with("HTTP/1.1 503"));
+}
+
 on_both_backends!(
+    a_name_that_fails_at_a_reload_keeps_its_addresses_and_the_others_stay,
+    healthz_is_degraded_when_no_upstream_is_up,
     hash_by_header_keeps_each_key_on_one_upstream_and_moves_a_third_on_removal,
     over_the_per_upstream_limit_the_next_is_tried_and_all_full_is_503,
     least_connections_fills_an_upstream_added_late,

@@ -51,6 +51,16 @@ pub enum AfterUpgrade {
     Proxy,
 }
 
+/// What an upstream did for one client, as its health counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// It answered with a valid 101: once per client, not per relayed byte, so that live
+    /// relays cannot hide failed health checks.
+    Served,
+    /// It failed the client.
+    Failed(Failure),
+}
+
 /// Settings shared by every connection of a server.
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
@@ -133,8 +143,8 @@ pub struct Conn {
     message_opcode: Option<OpCode>,
     /// Set by a drain: the close code to send when the deadline passes.
     drain_code: Option<CloseCode>,
-    /// Proxy mode: what the upstream did wrong, for its health (taken by the driver).
-    upstream_fault: Option<Failure>,
+    /// Proxy mode: what the upstream did, for its health (taken by the driver).
+    upstream_outcome: Option<UpstreamOutcome>,
     deadline: u64,
     /// Allocated only while something is buffered, freed as soon as nothing is.
     buffers: Option<Box<Buffers>>,
@@ -165,7 +175,7 @@ impl Conn {
             phase: Phase::Handshake,
             message_opcode: None,
             drain_code: None,
-            upstream_fault: None,
+            upstream_outcome: None,
             deadline: now.saturating_add(config.handshake_timeout_ms),
             buffers: None,
         }
@@ -362,6 +372,8 @@ impl Conn {
                 // other headers included), with any frames that came along.
                 cx.out.extend_from_slice(response);
                 Counters::bump(&cx.stats.upgraded);
+                self.upstream_outcome = Some(UpstreamOutcome::Served);
+                let buffers = self.buffers();
                 let accepted_at = buffers.accepted_at;
                 // Only now may the bytes after the request reach the upstream.
                 let held = buffers.pending.split_off(buffers.head_len);
@@ -393,7 +405,7 @@ impl Conn {
             }
             ResponseCheck::Failed(error) => {
                 tracing::debug!(%error, "upstream answered with an invalid upgrade");
-                self.upstream_fault = Some(Failure::InvalidAnswer);
+                self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::InvalidAnswer));
                 self.reject(Rejection::UpstreamFailed, cx)
             }
         }
@@ -415,7 +427,7 @@ impl Conn {
     pub fn on_upstream_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
         match self.phase {
             Phase::Upstream => {
-                self.upstream_fault = Some(Failure::InvalidAnswer);
+                self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::InvalidAnswer));
                 self.on_upstream_failed(cx)
             }
             Phase::Answering => self.linger(cx),
@@ -433,10 +445,11 @@ impl Conn {
         }
     }
 
-    /// Proxy mode: what the upstream did wrong since last asked (an invalid answer, a close
-    /// before answering, a timeout), to count against its health.
-    pub fn take_upstream_fault(&mut self) -> Option<Failure> {
-        self.upstream_fault.take()
+    /// Proxy mode: what the upstream did since last asked, for its health: served this
+    /// client (a valid 101, reported once), or failed it (an invalid answer, a close before
+    /// answering, a timeout).
+    pub fn take_upstream_outcome(&mut self) -> Option<UpstreamOutcome> {
+        self.upstream_outcome.take()
     }
 
     /// Proxy mode: relayed bytes moved, so the connection is not idle.
@@ -467,7 +480,7 @@ impl Conn {
             },
             Phase::Upstream => {
                 Counters::bump(&cx.stats.upstream_timeouts);
-                self.upstream_fault = Some(Failure::Timeout);
+                self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::Timeout));
                 self.reject(Rejection::UpstreamTimeout, cx)
             }
             Phase::Relaying => {

@@ -146,13 +146,15 @@ impl Upstream {
 }
 
 /// Resolves every target into upstreams. An address already in `previous` keeps its
-/// status; a name whose lookup fails keeps its addresses from `previous`, and is an error
-/// only if it has none there (at startup).
+/// status; a name whose lookup fails keeps its addresses from `previous`. A name that fails
+/// with none there is left out, and said in the second list: one name that does not resolve
+/// at a reload never takes the others (literal addresses included) with it.
 pub fn resolve_all(
     targets: &[UpstreamTarget],
     previous: &[Upstream],
-) -> Result<Vec<Upstream>, String> {
+) -> (Vec<Upstream>, Vec<String>) {
     let mut upstreams: Vec<Upstream> = Vec::new();
+    let mut unresolved = Vec::new();
     for target in targets {
         let name: Option<Arc<str>> = target
             .literal()
@@ -167,7 +169,8 @@ pub fn resolve_all(
                     .map(|u| u.addr)
                     .collect();
                 if kept.is_empty() {
-                    return Err(format!("--upstream {target}: cannot resolve it: {error}"));
+                    unresolved.push(format!("--upstream {target}: cannot resolve it: {error}"));
+                    continue;
                 }
                 tracing::warn!(upstream = %target, %error, "lookup failed; keeping the last addresses");
                 kept
@@ -190,7 +193,7 @@ pub fn resolve_all(
             });
         }
     }
-    Ok(upstreams)
+    (upstreams, unresolved)
 }
 
 #[cfg(test)]
@@ -229,7 +232,8 @@ mod tests {
             UpstreamTarget::parse("localhost:9000 weight=2").unwrap(),
             UpstreamTarget::parse("127.0.0.1:9000").unwrap(),
         ];
-        let first = resolve_all(&targets, &[]).unwrap();
+        let (first, unresolved) = resolve_all(&targets, &[]);
+        assert!(unresolved.is_empty());
         assert!(first
             .iter()
             .any(|u| u.addr == "127.0.0.1:9000".parse().unwrap()));
@@ -237,19 +241,29 @@ mod tests {
             first.iter().all(|u| u.weight == 2),
             "the literal repeat is dropped"
         );
-        let again = resolve_all(&targets, &first).unwrap();
+        let (again, _) = resolve_all(&targets, &first);
         assert!(Arc::ptr_eq(&first[0].status, &again[0].status));
     }
 
     #[test]
-    fn a_failed_lookup_keeps_the_last_addresses_and_fails_at_startup() {
+    fn a_failed_lookup_keeps_the_last_addresses_and_never_drops_the_others() {
         let target = UpstreamTarget::parse("no-such-host.invalid:80").unwrap();
-        assert!(resolve_all(std::slice::from_ref(&target), &[]).is_err());
+        let literal = UpstreamTarget::parse("10.0.0.9:80").unwrap();
+        let targets = [target, literal];
+        // Never resolved: left out and said, the literal address stays.
+        let (upstreams, unresolved) = resolve_all(&targets, &[]);
+        assert_eq!(unresolved.len(), 1, "{unresolved:?}");
+        assert!(unresolved[0].contains("no-such-host.invalid"));
+        let addrs: Vec<String> = upstreams.iter().map(|u| u.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.9:80"]);
+        // Resolved before: its last addresses are kept.
         let previous = [Upstream {
             name: Some("no-such-host.invalid".into()),
             ..Upstream::at("10.0.0.1:80".parse().unwrap())
         }];
-        let kept = resolve_all(&[target], &previous).unwrap();
-        assert_eq!(kept[0].addr, previous[0].addr);
+        let (kept, unresolved) = resolve_all(&targets, &previous);
+        assert!(unresolved.is_empty());
+        let addrs: Vec<String> = kept.iter().map(|u| u.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.9:80"]);
     }
 }

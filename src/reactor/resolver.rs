@@ -34,9 +34,10 @@ fn run(live: &Live, shutdown: &Shutdown) {
             continue;
         }
         last = Instant::now();
-        let Ok(upstreams) = crate::proxy::resolve_all(&proxy.targets, &proxy.upstreams) else {
-            continue;
-        };
+        let (upstreams, unresolved) = crate::proxy::resolve_all(&proxy.targets, &proxy.upstreams);
+        for error in unresolved {
+            tracing::warn!(error, "upstream left out");
+        }
         if upstreams != proxy.upstreams {
             let before: Vec<_> = proxy.upstreams.iter().map(|u| u.addr).collect();
             let after: Vec<_> = upstreams.iter().map(|u| u.addr).collect();

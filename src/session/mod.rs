@@ -22,7 +22,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::conn::{Conn, ConnConfig, Ctx, Next};
+use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
 use crate::proxy::health::{Checker, Failure};
 use crate::proxy::{parse_proxy_header, Link, Pick, ProxyHeader, Upstreams};
@@ -795,13 +795,16 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        if let Some(fault) = conn.take_upstream_fault() {
-            Upstreams::failed(lease, fault, now, self.config.proxy.fall(), &fault.label());
+        match conn.take_upstream_outcome() {
+            Some(UpstreamOutcome::Failed(fault)) => {
+                Upstreams::failed(lease, fault, now, self.config.proxy.fall(), &fault.label())
+            }
+            Some(UpstreamOutcome::Served) => lease.status().served(),
+            None => {}
         }
         if !conn.is_relaying() {
             return Next::Continue;
         }
-        lease.status().served();
         match lease.retired_at() {
             Some(retired_at) if !self.draining => {
                 let (close_at, code) = self.admission.retired_close(retired_at);

@@ -231,6 +231,54 @@ fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
     assert!(picks.contains(&first), "back in rotation after its backoff");
 }
 
+/// "Served" is a valid 101, counted once: a relay moving bytes does not break the failure
+/// streak of the active checks, which take the upstream out at the fall.
+#[test]
+fn a_live_relay_does_not_hide_failed_health_checks() {
+    let mut config = (*driver(Limits::default()).config).clone();
+    config.after = AfterUpgrade::Proxy;
+    let shutdown = Arc::new(crate::reactor::Shutdown::default());
+    let stats = Arc::new(Counters::default());
+    let mut driver = Driver::new(
+        Arc::new(config),
+        stats,
+        Limits::default(),
+        7,
+        shutdown,
+        None,
+    );
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
+    let mut cx = driver.cx(0, &mut peer.out);
+    assert_eq!(peer.conn.on_data(REQUEST, &mut cx), Next::Proxy);
+    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    assert_eq!(peer.conn.on_upstream_data(answer, &mut cx), Next::Relay);
+    let link = driver.link_to(0);
+    let settle = |peer: &mut Peer, driver: &mut Driver| {
+        let out = &mut peer.out;
+        let link = Some(&link);
+        driver.settle(
+            &mut peer.conn,
+            &mut peer.session,
+            (Backlog::default(), link),
+            0,
+            out,
+        )
+    };
+    assert_eq!(settle(&mut peer, &mut driver), Next::Continue);
+    let status = link.lease().map(|lease| lease.status()).unwrap();
+    assert!(!status.check_failed(1, 3) && !status.check_failed(1, 3));
+    // The relay moves bytes: each event settles it again.
+    for _ in 0..5 {
+        assert_eq!(settle(&mut peer, &mut driver), Next::Continue);
+    }
+    assert!(
+        status.check_failed(1, 3),
+        "the third failure in a row takes it out"
+    );
+    assert!(!status.is_up());
+}
+
 #[test]
 fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault() {
     let mut driver = driver(Limits::default());
