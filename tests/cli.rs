@@ -83,7 +83,12 @@ rejects_flag! {
 fn a_short_health_check_interval_alone_is_accepted() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsedge"))
         .args(["serve", "--after", "proxy", "--upstream", "127.0.0.1:9"])
-        .args(["--upstream-health-interval-ms", "200", "--listen", "127.0.0.1:0"])
+        .args([
+            "--upstream-health-interval-ms",
+            "200",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--threads", "1", "--no-pin"])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -3,12 +3,9 @@
 //! A scrape reads the reactors' relaxed atomic counters on its own thread and sums them:
 //! it never takes a lock the reactors take, so scraping cannot slow them down.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::AtomicUsize;
+use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -324,67 +321,9 @@ impl ServerMetrics {
     }
 }
 
-/// How long one scrape may take in all, from accept to the last byte written: a scraper
-/// that trickles its request or reads slowly is cut off then.
-const SCRAPE_DEADLINE: Duration = Duration::from_secs(2);
-/// Scrapes answered at once; over it a scraper gets `503` at once instead of waiting
-/// behind the others.
-const MAX_CONCURRENT_SCRAPES: usize = 4;
+mod door;
 
-/// Serves `/metrics` and `/healthz` on `addr`, each scrape on a short-lived thread of its
-/// own (at most `MAX_CONCURRENT_SCRAPES`); returns the bound address.
-pub fn serve(
-    addr: SocketAddr,
-    counters: Vec<Arc<Counters>>,
-    shutdown: Arc<Shutdown>,
-    live: Arc<Live>,
-) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    let metrics = Arc::new(ServerMetrics {
-        counters,
-        live,
-        shutdown: Arc::clone(&shutdown),
-    });
-    let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("wsedge-metrics".into())
-        .spawn(move || loop {
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of descriptors: wait instead of spinning on the failing accept.
-                    if crate::reactor::sys::is_resource_exhaustion(&error) {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    continue;
-                }
-            };
-            if active.fetch_add(1, Relaxed) >= MAX_CONCURRENT_SCRAPES {
-                active.fetch_sub(1, Relaxed);
-                let _ = busy(stream);
-                continue;
-            }
-            let (metrics, shutdown, done) = (
-                Arc::clone(&metrics),
-                Arc::clone(&shutdown),
-                Arc::clone(&active),
-            );
-            let spawned = std::thread::Builder::new()
-                .name("wsedge-scrape".into())
-                .spawn(move || {
-                    let _ = answer(&stream, &metrics, &shutdown);
-                    // The slot is free before the scraper sees the close: a scraper that
-                    // asks again at once is not turned away by its own last scrape.
-                    done.fetch_sub(1, Relaxed);
-                    drop(stream);
-                });
-            if spawned.is_err() {
-                active.fetch_sub(1, Relaxed);
-            }
-        })?;
-    Ok(bound)
-}
+pub use door::serve;
 
 /// `GET /healthz`: 200 while serving, 503 while draining, and in proxy mode 503 "degraded"
 /// when no upstream is up (or there is none) or fewer than `--healthz-min-upstreams-up`
@@ -416,53 +355,14 @@ fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'stat
     }
 }
 
-/// The answer to a scraper over [`MAX_CONCURRENT_SCRAPES`], written without waiting.
-fn busy(stream: TcpStream) -> io::Result<()> {
-    stream.set_nonblocking(true)?;
-    (&stream).write_all(
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\
-          Retry-After: 1\r\nConnection: close\r\n\r\ntoo many now\n",
-    )?;
-    // Closing with the request unread would send a reset, which may reach the scraper
-    // before it reads the 503: read what has arrived (a request's worth), without waiting.
-    let mut unread = [0u8; 1024];
-    for _ in 0..8 {
-        if !matches!((&stream).read(&mut unread), Ok(n) if n > 0) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// What is left of `deadline`, as a socket timeout (never zero, which means "none").
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::ErrorKind::TimedOut.into());
-    }
-    Ok(left)
-}
-
-fn answer(
-    mut stream: &TcpStream,
+/// The answer to `GET path`: status, content type and body.
+fn respond(
+    path: &str,
     metrics: &Arc<ServerMetrics>,
     shutdown: &Shutdown,
-) -> io::Result<()> {
-    let deadline = Instant::now() + SCRAPE_DEADLINE;
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        stream.set_read_timeout(Some(remaining(deadline)?))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&request);
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, content_type, body) = match (line.split_whitespace().next(), path) {
-        (Some("GET"), "/metrics") => {
+) -> io::Result<(&'static str, &'static str, String)> {
+    Ok(match path {
+        "/metrics" => {
             let mut registry = Registry::default();
             registry.register_collector(Box::new(Arc::clone(metrics)));
             let mut text = String::new();
@@ -474,28 +374,11 @@ fn answer(
                 text,
             )
         }
-        (Some("GET"), "/healthz") => health(metrics, shutdown),
+        "/healthz" => health(metrics, shutdown),
         _ => (
             "404 Not Found",
             "text/plain",
             "GET /metrics or /healthz\n".into(),
         ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body.as_bytes());
-    let mut sent = 0;
-    while sent < response.len() {
-        stream.set_write_timeout(Some(remaining(deadline)?))?;
-        match stream.write(&response[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    })
 }
