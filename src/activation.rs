@@ -7,9 +7,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use crate::reactor::Listening;
 
-/// Names (`FileDescriptorName=` in the socket unit) that mark a socket as a TLS listener;
-/// any other name is a plain one.
+/// Names (`FileDescriptorName=` in the socket unit) that mark a socket as a TLS listener.
 pub const TLS_NAMES: [&str; 2] = ["tls", "wss"];
+/// Names that mark a socket as a plain listener. Any other name (systemd's default is the
+/// unit's, `wsedge.socket`) is plain too, with a warning that says so.
+pub const PLAIN_NAMES: [&str; 3] = ["ws", "http", "plain"];
 
 /// Why the passed sockets cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +32,14 @@ pub enum ActivationError {
 }
 
 /// The listening sockets systemd passed to this process (none outside socket activation),
-/// made non-blocking, each a TLS listener if its name is one of [`TLS_NAMES`].
-pub fn activated_sockets() -> Result<Vec<(Listening, SocketAddr)>, ActivationError> {
+/// made non-blocking. Whether one speaks TLS is decided by the flags first: an address in
+/// `listen_tls` is TLS and one in `listen` plain, whatever its name (a socket named `ws` on
+/// the port of `--listen-tls` must not serve plaintext there); only an address no flag
+/// names is decided by its name ([`TLS_NAMES`], [`PLAIN_NAMES`]).
+pub fn activated_sockets(
+    listen: &[SocketAddr],
+    listen_tls: &[SocketAddr],
+) -> Result<Vec<(Listening, SocketAddr)>, ActivationError> {
     let passed = sd_notify::listen_fds_with_names().map_err(ActivationError::Environment)?;
     let mut sockets = Vec::with_capacity(passed.len());
     for (fd, name) in passed {
@@ -52,7 +60,7 @@ pub fn activated_sockets() -> Result<Vec<(Listening, SocketAddr)>, ActivationErr
                 socket
                     .set_nonblocking(true)
                     .map_err(|e| not_a_listener(format!(": {e}")))?;
-                let tls = TLS_NAMES.contains(&name.as_str());
+                let tls = decide_tls(addr, &name, listen, listen_tls);
                 sockets.push((
                     Listening {
                         socket: socket.into(),
@@ -72,6 +80,51 @@ pub fn activated_sockets() -> Result<Vec<(Listening, SocketAddr)>, ActivationErr
         }
     }
     Ok(sockets)
+}
+
+/// Whether the passed socket on `addr`, named `name`, is a TLS listener (see
+/// [`activated_sockets`]); a name that contradicts the flags, or says nothing, is warned of.
+fn decide_tls(
+    addr: SocketAddr,
+    name: &str,
+    listen: &[SocketAddr],
+    listen_tls: &[SocketAddr],
+) -> bool {
+    let named = |list: &[SocketAddr]| {
+        list.iter()
+            .any(|a| a.ip() == addr.ip() && (a.port() == addr.port() || a.port() == 0))
+    };
+    let by_name = match name {
+        name if TLS_NAMES.contains(&name) => Some(true),
+        name if PLAIN_NAMES.contains(&name) => Some(false),
+        _ => None,
+    };
+    let by_flags = match (named(listen_tls), named(listen)) {
+        (true, _) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    };
+    let kind = |tls: bool| if tls { "TLS" } else { "plain" };
+    match (by_flags, by_name) {
+        (Some(tls), Some(named)) if tls != named => {
+            tracing::warn!(
+                "systemd socket {addr} is named {name:?} but the flags serve it {}: served {}",
+                kind(tls),
+                kind(tls)
+            );
+            tls
+        }
+        (Some(tls), _) => tls,
+        (None, Some(tls)) => tls,
+        (None, None) => {
+            tracing::warn!(
+                "systemd socket {addr} is named {name:?}, neither {TLS_NAMES:?} (TLS) nor \
+                 {PLAIN_NAMES:?} (plain), and no --listen/--listen-tls names it: served \
+                 PLAIN; set FileDescriptorName= in its socket unit"
+            );
+            false
+        }
+    }
 }
 
 /// Tells the service manager what the service is doing (nothing outside systemd).

@@ -80,7 +80,7 @@ fn serve_usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Displ
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // systemd socket activation: the passed sockets are the listeners unless flags name others.
-    let activated = wsedge::activation::activated_sockets()
+    let activated = wsedge::activation::activated_sockets(&args.listen, &args.listen_tls)
         .unwrap_or_else(|error| serve_usage_error(clap::error::ErrorKind::InvalidValue, error));
     let mut args = args.clone();
     if args.listen.is_empty() && args.listen_tls.is_empty() {
@@ -136,7 +136,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP]).context("installing signal handlers")?;
     let received = match &args.takeover {
-        Some(path) => wsedge::takeover::receive(path)?,
+        Some(path) => {
+            let asked: Vec<(std::net::SocketAddr, bool)> = (config.listen.iter())
+                .map(|&addr| (addr, false))
+                .chain(config.listen_tls.iter().map(|&addr| (addr, true)))
+                .collect();
+            wsedge::takeover::receive(path, &asked)?
+        }
         None => None,
     };
     let (mut inherited, received) = match received {

@@ -21,12 +21,23 @@
 //! new -> old   "ready"
 //! old -> new   "bye"
 //! ```
+//!
+//! # Trust
+//! The listening sockets are the port itself: whoever gets them serves it, and whoever says
+//! `ready` makes the running process drain. So the socket file is created `0600` (mode set
+//! on the socket before `bind`, with no window), each side checks the other's credentials
+//! (`SO_PEERCRED`: the same user, or root) before anything is sent, a connector that stalls
+//! cannot hold the offer (candidates are served on threads of their own, four at most, and
+//! the first that is ready wins), counts and waits are bounded, and the new process decides
+//! nothing from the old one's words: each descriptor must be a listening TCP socket on an
+//! address it was asked to serve, and whether it speaks TLS comes from its own flags.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -42,9 +53,17 @@ const GREETING: &str = "wsedge-takeover 1";
 const PER_MESSAGE: usize = 64;
 /// A message's largest payload: a greeting, or one line per descriptor.
 const MAX_MESSAGE: usize = PER_MESSAGE * 64;
-/// How long either side waits for the other's next message: a process that is starting may
-/// take a while (reading certificates, setting up rings), a dead one closes the socket.
+/// How long the old process waits for `ready`: a process that is starting may take a while
+/// (reading certificates, setting up rings); a dead one closes the socket.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// How long the new process waits for each of the old one's messages, which it sends at
+/// once.
+const PROMPT: Duration = Duration::from_secs(5);
+/// The most sockets one hand-over carries: far more than any configuration has (one per
+/// reactor and address), a bound so that the other side's count cannot size our memory.
+pub const MAX_SOCKETS: usize = 4096;
+/// Candidates served at once by the old process; more wait in the Unix socket's backlog.
+const MAX_CANDIDATES: usize = 4;
 
 /// Why a hand-over failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +94,14 @@ pub struct Received {
     path: PathBuf,
 }
 
-/// Connects to a running wsedge offering its sockets at `path` and receives them; `None`
-/// when nothing answers there (no file, or a file no process listens on): bind as usual.
-pub fn receive(path: &Path) -> Result<Option<Received>, TakeoverError> {
+/// Connects to a running wsedge offering its sockets at `path` and receives those on the
+/// addresses in `asked` (each with whether this process serves it with TLS: its own flags
+/// decide, whatever the old process labelled it); `None` when nothing answers there (no
+/// file, or a file no process listens on): bind as usual.
+pub fn receive(
+    path: &Path,
+    asked: &[(SocketAddr, bool)],
+) -> Result<Option<Received>, TakeoverError> {
     let socket_error = |source: io::Error| TakeoverError::Socket {
         path: path.to_owned(),
         source,
@@ -93,31 +117,34 @@ pub fn receive(path: &Path) -> Result<Option<Received>, TakeoverError> {
         Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED) => return Ok(None),
         Err(errno) => return Err(socket_error(errno.into())),
     }
-    set_patience(&channel).map_err(socket_error)?;
+    check_peer(&channel).map_err(protocol)?;
+    set_timeouts(&channel, PROMPT).map_err(socket_error)?;
     let (greeting, _) = receive_message(&channel).map_err(socket_error)?;
-    let count = greeting
-        .strip_prefix(GREETING)
-        .and_then(|rest| rest.trim().parse::<usize>().ok())
-        .ok_or_else(|| protocol(format!("not a wsedge offering its sockets: {greeting:?}")))?;
-    let mut listeners = Vec::with_capacity(count);
-    while listeners.len() < count {
+    let count = parse_greeting(&greeting).map_err(protocol)?;
+    let mut listeners = Vec::with_capacity(count.min(PER_MESSAGE));
+    let mut received = 0;
+    while received < count {
         let (lines, fds) = receive_message(&channel).map_err(socket_error)?;
-        let kinds: Vec<&str> = lines.lines().collect();
-        if kinds.len() != fds.len() || fds.is_empty() {
+        if lines.lines().count() != fds.len() || fds.is_empty() || received + fds.len() > count {
             return Err(protocol(format!(
                 "{} descriptors for {} lines",
                 fds.len(),
-                kinds.len()
+                lines.lines().count()
             )));
         }
-        for (line, fd) in kinds.into_iter().zip(fds) {
-            let tls = match line.split_once(' ').map(|(kind, _)| kind) {
-                Some("plain") => false,
-                Some("tls") => true,
-                _ => return Err(protocol(format!("unknown socket {line:?}"))),
-            };
-            let socket = std::net::TcpListener::from(fd);
-            listeners.push(Listening { socket, tls });
+        received += fds.len();
+        for fd in fds {
+            let local = check_listening(&fd).map_err(protocol)?;
+            match serves(asked, local) {
+                Some(tls) => listeners.push(Listening {
+                    socket: std::net::TcpListener::from(fd),
+                    tls,
+                }),
+                // The old process goes on holding it until it drains.
+                None => tracing::warn!(
+                    "--takeover: {local} is not asked for here: left to the old process"
+                ),
+            }
         }
     }
     Ok(Some(Received {
@@ -125,6 +152,57 @@ pub fn receive(path: &Path) -> Result<Option<Received>, TakeoverError> {
         channel,
         path: path.to_owned(),
     }))
+}
+
+/// The number of sockets a greeting announces, within [`MAX_SOCKETS`].
+pub fn parse_greeting(greeting: &str) -> Result<usize, String> {
+    let count = greeting
+        .strip_prefix(GREETING)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .and_then(|count| count.parse::<usize>().ok())
+        .ok_or_else(|| format!("not a wsedge offering its sockets: {greeting:?}"))?;
+    match count {
+        0 => Err("an offer of no sockets".into()),
+        n if n > MAX_SOCKETS => Err(format!("an offer of {n} sockets (at most {MAX_SOCKETS})")),
+        n => Ok(n),
+    }
+}
+
+/// Whether `local` is an address in `asked` and, if so, whether it is served with TLS: the
+/// same IP, and the same port or a port left to the system (0).
+fn serves(asked: &[(SocketAddr, bool)], local: SocketAddr) -> Option<bool> {
+    let exact = asked.iter().find(|(a, _)| *a == local);
+    let any_port = asked
+        .iter()
+        .find(|(a, _)| a.ip() == local.ip() && a.port() == 0);
+    exact.or(any_port).map(|&(_, tls)| tls)
+}
+
+/// Checks that `fd` is a listening TCP socket; returns its address.
+fn check_listening(fd: &OwnedFd) -> Result<SocketAddr, String> {
+    let socket = socket2::SockRef::from(fd);
+    let stream = socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM);
+    let listening = socket.is_listener().unwrap_or(false);
+    let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+    match (stream, listening, local) {
+        (true, true, Some(local)) => Ok(local),
+        _ => Err("a descriptor that is not a listening TCP socket".into()),
+    }
+}
+
+/// Checks that the process at the other end of `channel` runs as this user, or as root.
+fn check_peer(channel: &OwnedFd) -> Result<(), String> {
+    let peer = socket::getsockopt(channel, socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot tell who is at the other end: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match peer.uid() {
+        uid if uid == me || uid == 0 => Ok(()),
+        uid => Err(format!(
+            "the process at the other end runs as uid {uid} (pid {}), not as this user ({me}) or root",
+            peer.pid()
+        )),
+    }
 }
 
 impl Received {
@@ -136,6 +214,7 @@ impl Received {
             source,
         };
         send_message(&self.channel, "ready", &[]).map_err(socket_error)?;
+        set_timeouts(&self.channel, PROMPT).map_err(socket_error)?;
         let (answer, _) = receive_message(&self.channel).map_err(socket_error)?;
         if answer != "bye" {
             return Err(TakeoverError::Protocol {
@@ -178,43 +257,114 @@ pub fn offer(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(socket_error(e)),
     }
+    // The file takes the socket's mode at bind: set before, no other user can ever connect.
+    // SAFETY: fchmod on a descriptor we own; no memory is passed.
+    if unsafe { libc::fchmod(listener.as_raw_fd(), 0o600) } != 0 {
+        return Err(socket_error(io::Error::last_os_error()));
+    }
     let addr = UnixAddr::new(path).map_err(|e| socket_error(e.into()))?;
     socket::bind(listener.as_raw_fd(), &addr).map_err(|e| socket_error(e.into()))?;
     let backlog = Backlog::new(4).map_err(|e| socket_error(e.into()))?;
     socket::listen(&listener, backlog).map_err(|e| socket_error(e.into()))?;
     let listener = Arc::new(listener);
+    let handover = Arc::new(Handover {
+        listeners: Mutex::new(Some(listeners)),
+        on_taken: Mutex::new(Some(Box::new(on_taken))),
+        candidates: AtomicUsize::new(0),
+        offer: Arc::clone(&listener),
+        shown: path.display().to_string(),
+    });
     let serving = Arc::clone(&listener);
-    let shown = path.display().to_string();
     std::thread::Builder::new()
         .name("wsedge-takeover".into())
-        .spawn(move || {
-            loop {
-                let channel = match socket::accept4(&*serving, SockFlag::SOCK_CLOEXEC) {
-                    Ok(channel) => channel,
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
-                    // Shut down (`Offer::stop`), or unusable: the offer ends.
-                    Err(_) => return,
-                };
-                match hand_over(&channel, &listeners) {
-                    Ok(()) => {
-                        tracing::info!("--takeover {shown}: a new process took the listening sockets over");
-                        drop(listeners);
-                        on_taken();
-                        return;
-                    }
-                    Err(error) => tracing::warn!(
-                        "--takeover {shown}: a new process did not take over ({error}); still serving"
-                    ),
-                }
-            }
+        .spawn(move || loop {
+            let channel = match socket::accept4(&*serving, SockFlag::SOCK_CLOEXEC) {
+                Ok(channel) => channel,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                // Shut down (`Offer::stop`, or taken), or unusable: the offer ends.
+                Err(_) => return,
+            };
+            handover.candidate(channel);
         })
         .map_err(socket_error)?;
     Ok(Offer { listener })
 }
 
-/// Sends `listeners` on `channel` and waits for the new process to be ready.
-fn hand_over(channel: &OwnedFd, listeners: &[Listening]) -> io::Result<()> {
-    set_patience(channel)?;
+/// What the offer's threads share: the sockets until one candidate takes them.
+struct Handover {
+    listeners: Mutex<Option<Vec<Listening>>>,
+    on_taken: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    candidates: AtomicUsize,
+    offer: Arc<OwnedFd>,
+    shown: String,
+}
+
+impl Handover {
+    /// A process connected: if it may have the sockets, they are offered to it on a thread
+    /// of its own, so that one that stalls holds up no other.
+    fn candidate(self: &Arc<Self>, channel: OwnedFd) {
+        let shown = &self.shown;
+        if let Err(why) = check_peer(&channel) {
+            return tracing::warn!("--takeover {shown}: refused a connection: {why}");
+        }
+        if self.candidates.fetch_add(1, Ordering::AcqRel) >= MAX_CANDIDATES {
+            self.candidates.fetch_sub(1, Ordering::AcqRel);
+            return tracing::warn!("--takeover {shown}: refused a connection: too many at once");
+        }
+        let handover = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("wsedge-handover".into())
+            .spawn(move || {
+                handover.serve(&channel);
+                handover.candidates.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.candidates.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn serve(&self, channel: &OwnedFd) {
+        let shown = &self.shown;
+        let result = {
+            let listeners = lock(&self.listeners);
+            match listeners.as_deref() {
+                // Taken by another candidate already.
+                None => return,
+                Some(listeners) => offer_to(channel, listeners),
+            }
+        }
+        .and_then(|()| wait_ready(channel));
+        if let Err(error) = result {
+            return tracing::warn!(
+                "--takeover {shown}: a new process did not take over ({error}); still serving"
+            );
+        }
+        // The first candidate ready wins; a later one is closed without a goodbye.
+        let Some(listeners) = lock(&self.listeners).take() else {
+            return;
+        };
+        if let Err(error) = send_message(channel, "bye", &[]) {
+            tracing::warn!("--takeover {shown}: the goodbye was not sent ({error})");
+        }
+        tracing::info!("--takeover {shown}: a new process took the listening sockets over");
+        drop(listeners);
+        let _ = socket::shutdown(self.offer.as_raw_fd(), socket::Shutdown::Both);
+        if let Some(on_taken) = lock(&self.on_taken).take() {
+            on_taken();
+        }
+    }
+}
+
+/// A poisoned lock still holds what it held: a panic elsewhere changes nothing here.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends `listeners` on `channel`.
+fn offer_to(channel: &OwnedFd, listeners: &[Listening]) -> io::Result<()> {
+    set_timeouts(channel, PROMPT)?;
     send_message(channel, &format!("{GREETING} {}", listeners.len()), &[])?;
     for chunk in listeners.chunks(PER_MESSAGE) {
         let mut lines = String::new();
@@ -229,11 +379,17 @@ fn hand_over(channel: &OwnedFd, listeners: &[Listening]) -> io::Result<()> {
         let fds: Vec<i32> = chunk.iter().map(|l| l.socket.as_raw_fd()).collect();
         send_message(channel, &lines, &fds)?;
     }
+    Ok(())
+}
+
+/// Waits for the new process to say it serves the sockets.
+fn wait_ready(channel: &OwnedFd) -> io::Result<()> {
+    set_timeouts(channel, PATIENCE)?;
     let (answer, _) = receive_message(channel)?;
     if answer != "ready" {
         return Err(io::Error::other(format!("expected ready, got {answer:?}")));
     }
-    send_message(channel, "bye", &[])
+    Ok(())
 }
 
 fn seqpacket() -> io::Result<OwnedFd> {
@@ -246,10 +402,10 @@ fn seqpacket() -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-fn set_patience(channel: &OwnedFd) -> io::Result<()> {
-    let patience = nix::sys::time::TimeVal::new(PATIENCE.as_secs() as _, 0);
-    socket::setsockopt(channel, socket::sockopt::ReceiveTimeout, &patience)?;
-    socket::setsockopt(channel, socket::sockopt::SendTimeout, &patience)?;
+fn set_timeouts(channel: &OwnedFd, wait: Duration) -> io::Result<()> {
+    let wait = nix::sys::time::TimeVal::new(wait.as_secs() as _, 0);
+    socket::setsockopt(channel, socket::sockopt::ReceiveTimeout, &wait)?;
+    socket::setsockopt(channel, socket::sockopt::SendTimeout, &wait)?;
     Ok(())
 }
 

@@ -44,17 +44,8 @@ fn connect_when_listening(addr: SocketAddr) -> TcpStream {
 /// starts wsedge on the first connection: wsedge serves both sockets (sharing each between
 /// its two reactors, since they come without SO_REUSEPORT), the first client included.
 fn socket_activation_serves_the_passed_sockets(io: Io) {
-    let Some(activate) = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists()) else {
-        assert!(
-            !required(),
-            "systemd-socket-activate is required (Debian's systemd)"
-        );
-        return eprintln!("skipping: no systemd-socket-activate (run .ci/run to install it)");
+    let Some(activate) = activator() else {
+        return;
     };
     let dir = scratch("activation");
     let cert = cert(&dir, "server", &["localhost"]);
@@ -131,6 +122,67 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
     );
 }
 
+/// A passed socket whose name says nothing (`web`) on an address `--listen-tls` names is a
+/// TLS listener: the flags decide, and plaintext is never served on a TLS port.
+fn a_passed_socket_on_a_listen_tls_address_is_tls_whatever_its_name(io: Io) {
+    let Some(activate) = activator() else {
+        return;
+    };
+    let dir = scratch("activation-name");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let tls = free_addr();
+    let child = Command::new(activate)
+        .args(["-l", &tls.to_string(), "--fdname=web"])
+        .arg(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["serve", "--io", io.flag(), "--threads", "1", "--no-pin"])
+        .args(["--listen-tls", &tls.to_string()])
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let _child = KillOnDrop(child);
+    let mut plain = connect_when_listening(tls);
+    plain.write_all(&upgrade_request("/", &[])).unwrap();
+    let head = read_head(&mut plain);
+    assert_eq!(head.status, 400, "plaintext is refused on the TLS port");
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args([
+            "check",
+            &format!("wss://localhost:{}/", tls.port()),
+            "--insecure",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// Debian's `systemd-socket-activate`, if installed (required in CI).
+fn activator() -> Option<&'static str> {
+    let found = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            !required(),
+            "systemd-socket-activate is required (Debian's systemd)"
+        );
+        eprintln!("skipping: no systemd-socket-activate (run .ci/run to install it)");
+    }
+    found
+}
+
 /// A child process killed when dropped.
 struct KillOnDrop(std::process::Child);
 
@@ -188,5 +240,6 @@ fn notify_tells_ready_reloading_and_stopping(io: Io) {
 
 on_both_backends!(
     socket_activation_serves_the_passed_sockets,
+    a_passed_socket_on_a_listen_tls_address_is_tls_whatever_its_name,
     notify_tells_ready_reloading_and_stopping,
 );

@@ -214,7 +214,8 @@ fn a_successor_that_dies_before_it_is_ready_leaves_the_old_one_serving(io: Io) {
     let path_text = path.to_str().unwrap();
     let mut old = Server::start(io, &takeover_args(path_text, "2", "127.0.0.1:0"));
     old.wait_for_log(OFFERING);
-    let received = wsedge::takeover::receive(&path)
+    let asked = [(old.addr, false)];
+    let received = wsedge::takeover::receive(&path, &asked)
         .expect("the offer")
         .expect("someone offering");
     assert_eq!(received.listeners.len(), 2, "one socket per reactor");
@@ -240,11 +241,183 @@ fn with_nobody_at_the_path_it_binds_and_offers(io: Io) {
     server.wait_for_log(OFFERING);
     assert!(!server.log().contains("took over"));
     drop(hold(server.addr, 1));
-    let offered = wsedge::takeover::receive(Path::new(path_text)).expect("the offer");
+    let asked = [(server.addr, false)];
+    let offered = wsedge::takeover::receive(Path::new(path_text), &asked).expect("the offer");
     assert!(offered.is_some_and(|r| r.listeners.len() == 2));
 }
 
+/// Another user's process: it cannot even connect (the file is `0600`), and if the file is
+/// opened to all, it is refused by its credentials and gets nothing; the offer goes on.
+fn another_user_gets_no_socket_and_the_offer_goes_on(io: Io) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("takeover-uid");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join("wsedge.sock");
+    let path_text = path.to_str().unwrap();
+    let old = Server::start(io, &takeover_args(path_text, "2", "127.0.0.1:0"));
+    old.wait_for_log(OFFERING);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket file is the owner's only");
+    // As nobody: connect, then print how many descriptors came with the first message.
+    let probe = format!(
+        "import array, socket\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+         s.settimeout(10)\n\
+         try:\n    s.connect({path_text:?})\n\
+         except PermissionError:\n    print('denied'); raise SystemExit\n\
+         msg, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(64 * 4))\n\
+         print('fds', sum(len(data) // 4 for _, _, data in anc), msg)\n"
+    );
+    let as_nobody = || {
+        let output = std::process::Command::new("python3")
+            .args(["-c", &probe])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("python3 as nobody");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    assert_eq!(as_nobody().trim(), "denied");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let seen = as_nobody();
+    assert!(seen.starts_with("fds 0 b''"), "{seen}");
+    old.wait_for_log("refused a connection: the process at the other end runs as uid 65534");
+    // The offer is still there for the real successor.
+    let next = Server::start(io, &takeover_args(path_text, "2", &old.addr.to_string()));
+    next.wait_for_log("took over 2 listening sockets");
+}
+
+/// A connector that says nothing holds up no successor: the real one takes over while it is
+/// still connected.
+fn an_idle_connector_does_not_hold_up_the_successor(io: Io) {
+    let dir = scratch("takeover-idle");
+    let path = dir.join("wsedge.sock");
+    let path_text = path.to_str().unwrap();
+    let mut old = Server::start(io, &takeover_args(path_text, "2", "127.0.0.1:0"));
+    old.wait_for_log(OFFERING);
+    let idle = seqpacket_connect(&path);
+    let next = Server::start(io, &takeover_args(path_text, "2", &old.addr.to_string()));
+    next.wait_for_log("took over 2 listening sockets");
+    assert!(old.wait_exit().success(), "{}", old.log());
+    drop(hold(next.addr, 1));
+    drop(idle);
+}
+
+fn seqpacket_connect(path: &Path) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    fd
+}
+
+/// A fake old process at `path`: sends `greeting`, then each of `sockets` with its label,
+/// one message each, and keeps the connection until the test ends.
+fn fake_offer(path: &Path, greeting: &str, sockets: Vec<(String, std::os::fd::OwnedFd)>) {
+    use nix::sys::socket::{
+        accept, bind, listen, sendmsg, socket, AddressFamily, Backlog, ControlMessage, MsgFlags,
+        SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(listener.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    listen(&listener, Backlog::new(1).unwrap()).unwrap();
+    let greeting = greeting.to_owned();
+    std::thread::spawn(move || {
+        let channel = accept(&listener).unwrap();
+        let send = |text: &str, fds: &[i32]| {
+            let payload = [std::io::IoSlice::new(text.as_bytes())];
+            let rights = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+            let _ = sendmsg::<()>(
+                channel.as_raw_fd(),
+                &payload,
+                cmsgs,
+                MsgFlags::empty(),
+                None,
+            );
+        };
+        send(&greeting, &[]);
+        for (label, fd) in &sockets {
+            send(&format!("{label}\n"), &[fd.as_raw_fd()]);
+        }
+        std::thread::sleep(DEADLINE);
+    });
+}
+
+/// A count no process offers is refused before anything is sized by it.
+#[test]
+fn a_hostile_count_is_refused() {
+    let dir = scratch("takeover-count");
+    let path = dir.join("fake.sock");
+    fake_offer(&path, "wsedge-takeover 1 18446744073709551615", Vec::new());
+    let error = wsedge::takeover::receive(&path, &[])
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("at most 4096"), "{error}");
+}
+
+/// The successor's own flags decide: a socket labelled `plain` on an address it serves with
+/// TLS is TLS; one on an address it was not asked for is not taken; a descriptor that is not
+/// a listening TCP socket ends the hand-over.
+#[test]
+fn labels_are_not_trusted_and_every_socket_is_checked() {
+    let dir = scratch("takeover-labels");
+    let path = dir.join("fake.sock");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_addr = tls_port.local_addr().unwrap();
+    fake_offer(
+        &path,
+        "wsedge-takeover 1 2",
+        vec![
+            (format!("plain {tls_addr}"), tls_port.into()),
+            ("plain elsewhere".into(), other.into()),
+        ],
+    );
+    let received = wsedge::takeover::receive(&path, &[(tls_addr, true)])
+        .expect("a good offer")
+        .expect("someone offering");
+    assert_eq!(received.listeners.len(), 1, "only the address asked for");
+    assert!(
+        received.listeners[0].tls,
+        "TLS, as this process's flags say"
+    );
+
+    let path = dir.join("fake-udp.sock");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    fake_offer(
+        &path,
+        "wsedge-takeover 1 1",
+        vec![("plain udp".into(), udp.into())],
+    );
+    let error = wsedge::takeover::receive(&path, &[(udp_addr, false)])
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("not a listening TCP socket"),
+        "{error}"
+    );
+}
+
 on_both_backends!(
+    another_user_gets_no_socket_and_the_offer_goes_on,
+    an_idle_connector_does_not_hold_up_the_successor,
     a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset,
     a_successor_that_dies_before_it_is_ready_leaves_the_old_one_serving,
     with_nobody_at_the_path_it_binds_and_offers,

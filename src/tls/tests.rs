@@ -124,3 +124,69 @@ fn alpn_and_groups_reach_the_config() {
         .collect();
     assert_eq!(groups, vec![rustls::NamedGroup::X25519]);
 }
+
+/// A ClientHello trickled a byte a record (found by the `tls_records` fuzz target: rustls
+/// keeps the progress of a handshake message spread over records between calls, so what
+/// the caller keeps must be exactly what rustls has not discarded).
+#[test]
+fn a_client_hello_trickled_a_byte_a_record_is_held_within_the_bound_then_refused() {
+    use crate::transport::{Outbox, TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
+    let dir = scratch("trickle");
+    let good = pair(&dir, "good", &["a.test"]);
+    let settings = TlsSettings {
+        pairs: vec![(good.cert.clone(), good.key.clone())],
+        versions: Vec::new(),
+        groups: Vec::new(),
+    };
+    let config = server_config(&settings).unwrap();
+    let mut message = vec![0x01, 0x00, 0xff, 0xff, 0x03, 0x03];
+    message.resize(4 + 0xffff, 0x41);
+    for per_read in [1, 6, 60, 600] {
+        let records: Vec<u8> = message
+            .iter()
+            .flat_map(|&byte| [0x16, 0x03, 0x01, 0x00, 0x01, byte])
+            .collect();
+        let mut link = TlsLink::new(&config).unwrap();
+        let (mut plaintext, mut outbox) = (Vec::new(), Outbox::default());
+        let mut end = TlsEnd::Open;
+        for piece in records.chunks(per_read) {
+            end = link.receive(piece, &mut plaintext, &mut outbox);
+            if end != TlsEnd::Open {
+                break;
+            }
+            assert!(link.held() <= MAX_HELD_BEFORE_HANDSHAKE, "{}", link.held());
+        }
+        assert!(matches!(end, TlsEnd::Failed(_)), "{per_read}: {end:?}");
+        assert_eq!(outbox.pending(), [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 47]);
+    }
+}
+
+/// Found by the `tls_records` fuzz target: a ClientHello reassembled from 1-byte records,
+/// then a record rustls refuses. The alert used to be written with an empty buffer, which
+/// panics inside rustls while it holds part of a handshake message (the process aborts):
+/// every call must show rustls the bytes it has not discarded.
+#[test]
+fn a_failure_in_the_middle_of_a_reassembled_hello_gets_its_alert_without_a_panic() {
+    use crate::transport::{Outbox, TlsEnd, TlsLink};
+    let dir = scratch("reassembly");
+    let good = pair(&dir, "good", &["a.test"]);
+    let settings = TlsSettings {
+        pairs: vec![(good.cert.clone(), good.key.clone())],
+        versions: Vec::new(),
+        groups: Vec::new(),
+    };
+    let config = server_config(&settings).unwrap();
+    let input = include_bytes!("../../fuzz/seeds/tls_records/failure_mid_reassembly");
+    let (split, records) = input.split_first().unwrap();
+    let mut link = TlsLink::new(&config).unwrap();
+    let (mut plaintext, mut outbox) = (Vec::new(), Outbox::default());
+    let mut end = TlsEnd::Open;
+    for piece in records.chunks(usize::from(*split) + 1) {
+        end = link.receive(piece, &mut plaintext, &mut outbox);
+        if end != TlsEnd::Open {
+            break;
+        }
+    }
+    assert!(matches!(end, TlsEnd::Failed(_)), "{end:?}");
+    assert_eq!(outbox.pending().first(), Some(&0x15), "an alert");
+}

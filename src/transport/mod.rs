@@ -16,7 +16,7 @@
 
 mod tls;
 
-pub use tls::{TlsEnd, TlsLink};
+pub use tls::{TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
 
 use crate::conn::Next;
 

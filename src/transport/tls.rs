@@ -169,6 +169,7 @@ impl TlsLink {
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
+                    consumed = consumed.saturating_add(discard).min(buffer.len());
                     end = TlsEnd::Failed(error);
                     break;
                 }
@@ -207,36 +208,78 @@ impl TlsLink {
                 ConnectionState::PeerClosed | ConnectionState::Closed => end = TlsEnd::Closed,
                 // Everything whole is processed: the rest waits for more bytes.
                 ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => {
-                    consumed += discard;
+                    consumed = consumed.saturating_add(discard).min(buffer.len());
                     break;
                 }
                 _ => {}
             }
-            consumed += discard;
+            consumed = consumed.saturating_add(discard).min(buffer.len());
             if end != TlsEnd::Open {
                 break;
             }
         }
-        if let TlsEnd::Failed(_) = end {
-            // The alert that says why.
-            self.flush(records);
+        if let TlsEnd::Failed(error) = &end {
+            let rest = buffer.get_mut(consumed..).unwrap_or_default();
+            self.queued_after_failure(error, rest, records);
         }
         (consumed.min(buffer.len()), end)
+    }
+
+    /// After `error`, writes what rustls queued with it: its alert, and before it the rest of
+    /// a flight it had started (a failed ALPN choice comes after the ServerHello).
+    ///
+    /// Each call pops one queued record first; once none is left, rustls reads `rest` again
+    /// (never an empty slice: see `with_traffic`). After an error found in a record itself
+    /// (malformed, oversized, undecryptable, out of place), that record is still in `rest`,
+    /// and reading it again would queue a second fatal alert: rustls queued only the alert
+    /// then (earlier flights were written as they came), so one call takes it.
+    fn queued_after_failure(
+        &mut self,
+        error: &rustls::Error,
+        rest: &mut [u8],
+        records: &mut impl Sink,
+    ) {
+        let in_a_record = matches!(
+            error,
+            rustls::Error::InvalidMessage(_)
+                | rustls::Error::PeerSentOversizedRecord
+                | rustls::Error::DecryptError
+                | rustls::Error::PeerMisbehaved(_)
+        );
+        let calls = if in_a_record { 1 } else { MAX_STEPS };
+        for _ in 0..calls {
+            match self.conn.process_tls_records(rest).state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    append(records, |out| match encode.encode(out) {
+                        Ok(n) => Ok(n),
+                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
+                        Err(_) => Err(None),
+                    });
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Seals the connection's plaintext into records in `records`. Before the handshake is
     /// done there is no session to seal it with: it is dropped (nothing is written then).
     pub fn send(&mut self, plaintext: &[u8], records: &mut impl Sink) {
-        self.with_traffic(records, |traffic, out| {
+        self.with_held(records, |traffic, out| {
             traffic.encrypt(plaintext, out).map_err(too_small)
         });
     }
 
     /// Queues `close_notify`: the peer learns that the end of the stream is not a truncation.
     pub fn close_notify(&mut self, records: &mut impl Sink) {
-        self.with_traffic(records, |traffic, out| {
+        self.with_held(records, |traffic, out| {
             traffic.queue_close_notify(out).map_err(too_small)
         });
+    }
+
+    /// Ciphertext held between reads (part of a record, or of a handshake message spread over
+    /// records): at most [`MAX_HELD_BEFORE_HANDSHAKE`] while handshaking.
+    pub fn held(&self) -> usize {
+        self.partial.len()
     }
 
     /// Whether the TLS handshake is done.
@@ -256,23 +299,41 @@ impl TlsLink {
         Some((tls13, resumed))
     }
 
-    /// Writes what rustls has queued (an alert, a key update, tickets) into `records`.
-    fn flush(&mut self, records: &mut impl Sink) {
-        self.with_traffic(records, |_, _| Ok(0));
+    /// [`TlsLink::with_traffic`] over the ciphertext this connection holds.
+    fn with_held<S: Sink>(
+        &mut self,
+        records: &mut S,
+        write: impl FnMut(&mut Traffic<'_>, &mut [u8]) -> Written,
+    ) {
+        let mut held = std::mem::take(&mut self.partial);
+        let discarded = self.with_traffic(&mut held, records, write);
+        if discarded < held.len() {
+            held.drain(..discarded);
+            self.partial = held;
+        }
     }
 
     /// Writes what rustls has queued, then, once application data may be sent, what
-    /// `write` makes of it.
+    /// `write` makes of it. Returns how much of `incoming` rustls discarded.
+    ///
+    /// # The bytes rustls has seen
+    /// rustls remembers how far it got into a handshake message spread over records (it
+    /// reassembles it in place, in the caller's buffer), and every call must show it at least
+    /// those bytes again: `incoming` is what is held, never an empty slice (an empty one
+    /// panics inside rustls once a client has sent part of a fragmented handshake message,
+    /// a KeyUpdate after the handshake included).
     fn with_traffic<S: Sink>(
         &mut self,
+        incoming: &mut [u8],
         records: &mut S,
-        mut write: impl FnMut(
-            &mut rustls::unbuffered::WriteTraffic<'_, ServerConnectionData>,
-            &mut [u8],
-        ) -> Result<usize, Option<usize>>,
-    ) {
+        mut write: impl FnMut(&mut Traffic<'_>, &mut [u8]) -> Written,
+    ) -> usize {
+        let mut consumed = 0;
+        let len = incoming.len();
         for _ in 0..MAX_STEPS {
-            let Status { state, .. } = self.conn.process_tls_records(&mut []);
+            let Status { discard, state } =
+                self.conn.process_tls_records(&mut incoming[consumed..]);
+            consumed = (consumed + discard).min(len);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
                     append(records, |out| match encode.encode(out) {
@@ -286,13 +347,19 @@ impl TlsLink {
                 Ok(ConnectionState::PeerClosed) => {}
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
                     append(records, |out| write(&mut traffic, out));
-                    return;
+                    return consumed;
                 }
-                _ => return,
+                _ => return consumed,
             }
         }
+        consumed
     }
 }
+
+/// What application data is written through.
+type Traffic<'c> = rustls::unbuffered::WriteTraffic<'c, ServerConnectionData>;
+/// Bytes written, or the room needed (`Some`), or a failure (`None`).
+type Written = Result<usize, Option<usize>>;
 
 fn too_small(error: EncryptError) -> Option<usize> {
     match error {
