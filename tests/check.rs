@@ -244,6 +244,87 @@ fn a_stall_is_a_response_timeout() {
     );
 }
 
+/// A server answering each connection with `head(key)` as bytes, then `tail` every 50 ms
+/// (400 times at most).
+fn raw_server(head: fn(&str) -> Vec<u8>, tail: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten().take(4) {
+            std::thread::spawn(move || {
+                let Some(key) = read_request(&mut stream) else {
+                    return;
+                };
+                if stream.write_all(&head(&key)).is_err() {
+                    return;
+                }
+                for _ in 0..400 {
+                    if tail.is_empty() || stream.write_all(tail).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    addr
+}
+
+/// A server that sends a ping every 50 ms after its 101 and never answers ours: `--ping`
+/// gives up at the timeout instead of reading forever.
+#[test]
+fn ping_has_a_deadline() {
+    let addr = raw_server(|key| ok_101(key, "").into_bytes(), &[0x89, 0x01, b'x']);
+    let started = std::time::Instant::now();
+    let (code, out) = check(&[&format!("ws://{addr}/"), "--ping", "--timeout", "1s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "--ping waited on"
+    );
+    assert!(out.contains("--ping: no pong within the timeout"), "{out}");
+}
+
+/// A frame announced larger than `--ping` reads is not buffered.
+#[test]
+fn ping_does_not_buffer_a_huge_frame() {
+    let addr = raw_server(
+        |key| {
+            let mut answer = ok_101(key, "").into_bytes();
+            // A binary frame announcing 2^62 bytes, then a few of them.
+            answer.extend_from_slice(&[0x82, 0x7f, 0x40, 0, 0, 0, 0, 0, 0, 0]);
+            answer.extend_from_slice(b"abc");
+            answer
+        },
+        b"more",
+    );
+    let (code, out) = check(&[&format!("ws://{addr}/"), "--ping", "--timeout", "2s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a frame over 64 KiB"), "{out}");
+}
+
+/// What a server says is shown, never played: terminal escapes in a refusal's body come out
+/// as text.
+#[test]
+fn server_bytes_are_printed_escaped() {
+    let addr = raw_server(
+        |_| {
+            let body = "\u{1b}]0;owned\u{7}\u{1b}[2J go away\n";
+            format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        },
+        b"",
+    );
+    let (code, out) = check(&[&format!("ws://{addr}/"), "--timeout", "2s"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]0;owned"), "{out}");
+}
+
 #[test]
 fn nothing_listening_is_connection_refused() {
     let port = TcpListener::bind("127.0.0.1:0")

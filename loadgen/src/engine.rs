@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use wsedge::handshake::{
     check_response, key_from_nonce, write_request, ClientRequest, ResponseCheck, ResponseError,
-    KEY_LEN,
+    KEY_LEN, MAX_RESPONSE_HEADER_BYTES,
 };
 
 use crate::net;
@@ -592,6 +592,7 @@ impl Worker<'_> {
         };
         let mut buf = [0u8; 16 * 1024];
         let mut plaintext = Vec::new();
+        let keep = slot.phase != Phase::Holding;
         let mut ended = false;
         while !ended {
             let n = match (&slot.stream).read(&mut buf) {
@@ -612,9 +613,22 @@ impl Worker<'_> {
                     let _ = tls.write_tls(&mut &slot.stream);
                     return self.finish(key, Some(ErrorKind::Tls), now);
                 };
-                let start = plaintext.len();
-                plaintext.resize(start + state.plaintext_bytes_to_read(), 0);
-                let _ = tls.reader().read_exact(&mut plaintext[start..]);
+                // Only a response being read is kept, and no more of it than a valid one
+                // can be: a held connection's frames, or a server that never ends its
+                // header block, cost no memory here.
+                let mut unread = state.plaintext_bytes_to_read();
+                let mut scratch = [0u8; 4096];
+                while unread > 0 {
+                    let n = unread.min(scratch.len());
+                    if tls.reader().read_exact(&mut scratch[..n]).is_err() {
+                        break;
+                    }
+                    unread -= n;
+                    let room = MAX_RESPONSE_HEADER_BYTES.saturating_sub(plaintext.len());
+                    if keep {
+                        plaintext.extend_from_slice(&scratch[..n.min(room)]);
+                    }
+                }
             }
         }
         if slot.phase == Phase::Securing && !tls.is_handshaking() {

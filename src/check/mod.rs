@@ -117,6 +117,8 @@ pub struct Report {
     pub pong: Option<Duration>,
     /// `--ping`: the server's close code.
     pub close_code: Option<u16>,
+    /// `--ping`: why no pong or no close came (the timeout, or a frame over the bound).
+    pub ping_error: Option<String>,
     /// The conclusion.
     pub verdict: Verdict,
 }
@@ -125,6 +127,22 @@ enum Stream {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
+
+impl Stream {
+    /// Bounds the next reads by what is left until `deadline`; false once it has passed.
+    fn read_until(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let tcp = match self {
+            Stream::Plain(s) => &*s,
+            Stream::Tls(s) => s.get_ref(),
+        };
+        !left.is_zero() && tcp.set_read_timeout(Some(left)).is_ok()
+    }
+}
+
+/// The largest server frame `--ping` reads (the pong and the close are 125 bytes at most;
+/// a server's own message before them may be larger): a bigger one is not buffered.
+const MAX_CHECK_FRAME: usize = 64 * 1024;
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -194,6 +212,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         body: None,
         pong: None,
         close_code: None,
+        ping_error: None,
         verdict: Verdict::ResponseTimeout,
     };
     let tls_config = if url.secure {
@@ -388,12 +407,14 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
     let verdict = match outcome {
         Ok(protocol) => {
             if options.ping {
-                ping_and_close(&mut stream, &received[header_len..], &mut report);
+                let deadline = Instant::now() + options.timeout;
+                ping_and_close(&mut stream, &received[header_len..], &mut report, deadline);
             }
             Verdict::Upgraded { protocol }
         }
         Err(ResponseError::NotSwitching { status }) => {
-            let body = read_body(&mut stream, &received, header_len);
+            let deadline = Instant::now() + options.timeout;
+            let body = read_body(&mut stream, &received, header_len, deadline);
             report.body = body.clone();
             Verdict::Status {
                 code: status,
@@ -446,7 +467,12 @@ fn status_hint(status: u16, response: &[String]) -> Option<String> {
 }
 
 /// The first line of a short refusal body (wsedge's say which rule broke).
-fn read_body(stream: &mut Stream, received: &[u8], header_len: usize) -> Option<String> {
+fn read_body(
+    stream: &mut Stream,
+    received: &[u8],
+    header_len: usize,
+    deadline: Instant,
+) -> Option<String> {
     let text = String::from_utf8_lossy(&received[..header_len.min(received.len())]).into_owned();
     let length: usize = text
         .lines()
@@ -460,7 +486,7 @@ fn read_body(stream: &mut Stream, received: &[u8], header_len: usize) -> Option<
     }
     let mut body = received.get(header_len..).unwrap_or_default().to_vec();
     let mut buf = [0u8; 1024];
-    while body.len() < length {
+    while body.len() < length && stream.read_until(deadline) {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => body.extend_from_slice(&buf[..n]),
@@ -475,8 +501,9 @@ fn read_body(stream: &mut Stream, received: &[u8], header_len: usize) -> Option<
     (!line.is_empty()).then(|| format!("server says: {line}"))
 }
 
-/// Sends a masked ping, waits for the pong, then closes with 1000 and reads the reply.
-fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report) {
+/// Sends a masked ping, waits for the pong, then closes with 1000 and reads the reply, all
+/// by `deadline`, buffering no frame over [`MAX_CHECK_FRAME`].
+fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report, deadline: Instant) {
     let mask = [0x5a, 0x1b, 0x7c, 0x3d];
     let payload = b"wsedge-check";
     let mut ping = vec![0x89, 0x80 | payload.len() as u8];
@@ -489,6 +516,13 @@ fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report) {
     let mut pending = early.to_vec();
     let mut closing = false;
     loop {
+        if frame_too_long(&pending) {
+            report.ping_error = Some(format!(
+                "the server sent a frame over {} KiB: not read",
+                MAX_CHECK_FRAME / 1024
+            ));
+            return;
+        }
         while let Some((opcode, body, used)) = parse_server_frame(&pending) {
             pending.drain(..used);
             match opcode {
@@ -520,6 +554,11 @@ fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report) {
                 _ => {}
             }
         }
+        if !stream.read_until(deadline) {
+            let waited = if closing { "close" } else { "pong" };
+            report.ping_error = Some(format!("no {waited} within the timeout"));
+            return;
+        }
         let mut buf = [0u8; 1024];
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => {
@@ -531,6 +570,41 @@ fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report) {
             Ok(n) => pending.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// Whether the frame at the start of `buf` says it is longer than [`MAX_CHECK_FRAME`] (or
+/// more than that is buffered without a whole frame).
+fn frame_too_long(buf: &[u8]) -> bool {
+    let declared = match buf {
+        [_, b1, rest @ ..] => match b1 & 0x7F {
+            126 => rest
+                .get(..2)
+                .map(|l| u64::from(u16::from_be_bytes([l[0], l[1]]))),
+            127 => rest
+                .get(..8)
+                .and_then(|l| l.try_into().ok())
+                .map(u64::from_be_bytes),
+            n => Some(u64::from(n)),
+        },
+        _ => None,
+    };
+    declared.is_some_and(|len| len > MAX_CHECK_FRAME as u64) || buf.len() > 2 * MAX_CHECK_FRAME
+}
+
+/// `text` safe to print on a terminal: control characters the server sent (escape
+/// sequences, carriage returns, bells) are shown as `\u{..}` escapes, line breaks kept.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c != '\n' && (c.is_control() || c == '\u{7f}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match unsafe_char(c) {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// One unmasked server frame from the start of `buf`: (opcode, payload, bytes used).
@@ -576,8 +650,12 @@ impl Report {
         if let Some(code) = self.close_code {
             out += &format!("* closed by the server with code {code}\n");
         }
+        if let Some(error) = &self.ping_error {
+            out += &format!("* --ping: {error}\n");
+        }
         out += &format!("verdict: {}\n", self.verdict.explain());
-        out
+        // Much of it is the server's own words: nothing it sent may drive the terminal.
+        printable(&out).into_owned()
     }
 
     /// The same facts and verdict as one JSON object.
@@ -603,6 +681,7 @@ impl Report {
             "body": self.body,
             "pong_ms": self.pong.map(|p| p.as_secs_f64() * 1e3),
             "close_code": self.close_code,
+            "ping_error": self.ping_error,
             "verdict": self.verdict.kind(),
             "explanation": self.verdict.explain(),
             "ok": self.verdict.exit_code() == 0,
