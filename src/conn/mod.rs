@@ -21,6 +21,7 @@
 //! upgraded connection therefore owns no heap memory at all.
 
 pub mod frame;
+mod utf8;
 
 use std::mem;
 
@@ -156,6 +157,12 @@ struct Buffers {
     pending: Vec<u8>,
     /// Payload of a fragmented message, unmasked.
     message: Vec<u8>,
+    /// Text: `message[..text_checked]` is whole valid characters (what follows is the start
+    /// of one that the next fragment completes).
+    text_checked: usize,
+    /// Text: payload bytes of the frame still arriving already checked, up to a character
+    /// boundary (see [`utf8`]).
+    frame_checked: usize,
     /// Proxy mode: the client's request head is `pending[..head_len]`.
     head_len: usize,
     /// Proxy mode: when the client was accepted, for the handshake latency.
@@ -211,6 +218,8 @@ impl Conn {
             buffers.pending = Vec::new();
             buffers.message = Vec::new();
             buffers.held = Vec::new();
+            buffers.text_checked = 0;
+            buffers.frame_checked = 0;
         }
         self.message_opcode = None;
         self.release_idle_buffers();
@@ -629,6 +638,8 @@ impl Conn {
         self.deadline = cx.now.saturating_add(cx.config.linger_ms);
         if let Some(buffers) = self.buffers.as_mut() {
             buffers.message = Vec::new();
+            buffers.text_checked = 0;
+            buffers.frame_checked = 0;
         }
         self.message_opcode = None;
         Next::Continue
@@ -663,13 +674,71 @@ impl Conn {
             }
             let frame_len = header.header_len + header.payload_len as usize;
             let Some(frame) = input.get(at..at + frame_len) else {
+                // Part of a text frame: its characters are checked as they come.
+                let arrived = input.get(at + header.header_len..).unwrap_or_default();
+                if self.is_text(header.opcode) && !self.text_arriving(arrived, header.mask) {
+                    return (input.len(), self.fail(CloseCode::INVALID_PAYLOAD, cx));
+                }
                 return (at, Next::Continue);
             };
             at += frame_len;
+            if let Some(buffers) = self.buffers.as_mut() {
+                buffers.frame_checked = 0;
+            }
             let payload = &frame[header.header_len..];
             let next = self.on_frame(header.fin, header.opcode, header.mask, payload, cx);
             if next != Next::Continue {
                 return (input.len(), next);
+            }
+        }
+    }
+
+    /// Whether a frame with `opcode` carries text: a text frame, or a continuation of a text
+    /// message.
+    fn is_text(&self, opcode: OpCode) -> bool {
+        opcode == OpCode::Text
+            || (opcode == OpCode::Continuation && self.message_opcode == Some(OpCode::Text))
+    }
+
+    /// Checks the payload bytes of a text frame that have `arrived` so far (masked with
+    /// `mask`), from where the last read stopped: false if no continuation can make them
+    /// valid. A continuation frame's check starts with the character its message's last
+    /// fragment left unfinished.
+    fn text_arriving(&mut self, arrived: &[u8], mask: [u8; 4]) -> bool {
+        let buffers = self.buffers();
+        let from = buffers.frame_checked.min(arrived.len());
+        let carried = match from {
+            0 => buffers
+                .message
+                .get(buffers.text_checked..)
+                .unwrap_or_default(),
+            _ => &[],
+        };
+        let mut bytes = carried.to_vec();
+        unmask_into(&mut bytes, &arrived[from..], utf8::mask_at(mask, from));
+        match utf8::check_prefix(&bytes) {
+            utf8::Prefix::Invalid => false,
+            utf8::Prefix::Valid(whole) => {
+                buffers.frame_checked = from + whole.saturating_sub(carried.len());
+                true
+            }
+        }
+    }
+
+    /// Appends a text fragment's payload to the message and checks what it completes: false
+    /// if the message can no longer be valid.
+    fn append_text(&mut self, payload: &[u8], mask: [u8; 4]) -> bool {
+        let buffers = self.buffers();
+        unmask_into(&mut buffers.message, payload, mask);
+        let unchecked = buffers
+            .message
+            .get(buffers.text_checked..)
+            .unwrap_or_default();
+        match utf8::check_prefix(unchecked) {
+            utf8::Prefix::Invalid => false,
+            utf8::Prefix::Valid(whole) => {
+                buffers.text_checked += whole;
+                true
             }
         }
     }
@@ -705,19 +774,36 @@ impl Conn {
                 }
                 Next::Continue
             }
-            (OpCode::Text | OpCode::Binary, None) => {
+            (OpCode::Text, None) => {
+                self.message_opcode = Some(opcode);
+                if !self.append_text(payload, mask) {
+                    return self.fail(CloseCode::INVALID_PAYLOAD, cx);
+                }
+                Next::Continue
+            }
+            (OpCode::Binary, None) => {
                 self.message_opcode = Some(opcode);
                 unmask_into(&mut self.buffers().message, payload, mask);
                 Next::Continue
             }
             (OpCode::Continuation, Some(message_opcode)) => {
-                unmask_into(&mut self.buffers().message, payload, mask);
+                let text = message_opcode == OpCode::Text;
+                if text && !self.append_text(payload, mask) {
+                    return self.fail(CloseCode::INVALID_PAYLOAD, cx);
+                }
+                if !text {
+                    unmask_into(&mut self.buffers().message, payload, mask);
+                }
                 if !fin {
                     return Next::Continue;
                 }
-                let message = mem::take(&mut self.buffers().message);
+                let buffers = self.buffers();
+                let whole = buffers.text_checked == buffers.message.len();
+                let message = mem::take(&mut buffers.message);
+                buffers.text_checked = 0;
                 self.message_opcode = None;
-                if message_opcode == OpCode::Text && simdutf8::basic::from_utf8(&message).is_err() {
+                if text && !whole {
+                    // The message ends inside a character.
                     return self.fail(CloseCode::INVALID_PAYLOAD, cx);
                 }
                 write_server_header(cx.out, message_opcode, message.len());

@@ -436,3 +436,66 @@ fn a_relay_closes_when_idle() {
     assert_eq!(h.conn.deadline(), Some(h.now + h.config.idle_timeout_ms));
     assert_eq!(h.timeout(), Next::Close);
 }
+
+/// Autobahn 6.4.1/6.4.2: invalid UTF-8 in a fragment fails the connection with 1007 at that
+/// fragment, before the message ends.
+#[test]
+fn invalid_utf8_fails_at_the_fragment_that_carries_it() {
+    let mut h = Harness::upgraded();
+    assert_eq!(
+        h.feed(&masked(false, 1, "κόσμε".as_bytes())),
+        Next::Continue
+    );
+    assert_eq!(
+        h.feed(&masked(false, 0, &[0xce, 0xbc, 0xed, 0xa0, 0x80])),
+        Next::HalfClose,
+        "a surrogate: no continuation can save it"
+    );
+    assert_eq!(h.take_out(), [0x88, 0x02, 0x03, 0xEF]);
+}
+
+/// Autobahn 6.4.4: one text frame arriving in pieces fails at the piece with the invalid
+/// bytes, before the frame is whole.
+#[test]
+fn invalid_utf8_fails_at_the_read_that_carries_it() {
+    let mut h = Harness::upgraded();
+    let mut payload = "κόσμε".as_bytes().to_vec();
+    payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+    payload.extend_from_slice(b"-edited");
+    let frame = masked(true, 1, &payload);
+    assert_eq!(h.feed(&frame[..8]), Next::Continue);
+    assert_eq!(h.feed(&frame[8..14]), Next::Continue);
+    assert_eq!(h.feed(&frame[14..18]), Next::HalfClose, "over U+10FFFF");
+    assert_eq!(h.take_out(), [0x88, 0x02, 0x03, 0xEF]);
+}
+
+/// Characters cut between fragments, and between reads of one frame, are whole text.
+#[test]
+fn characters_cut_anywhere_are_valid_text() {
+    let text = "€uro κόσμε 😀";
+    let bytes = text.as_bytes();
+    for cut in 1..bytes.len() {
+        let mut h = Harness::upgraded();
+        assert_eq!(h.feed(&masked(false, 1, &bytes[..cut])), Next::Continue);
+        assert_eq!(
+            h.feed(&masked(true, 0, &bytes[cut..])),
+            Next::Continue,
+            "{cut}"
+        );
+        assert!(h.take_out().ends_with(bytes), "cut {cut}");
+        let mut h = Harness::upgraded();
+        let frame = masked(true, 1, bytes);
+        for piece in frame.chunks(cut) {
+            assert_eq!(h.feed(piece), Next::Continue, "pieces of {cut}");
+        }
+        assert!(h.take_out().ends_with(bytes), "pieces of {cut}");
+    }
+    // A message that ends inside a character is invalid.
+    let mut h = Harness::upgraded();
+    assert_eq!(h.feed(&masked(false, 1, b"a")), Next::Continue);
+    assert_eq!(
+        h.feed(&masked(true, 0, &"€".as_bytes()[..2])),
+        Next::HalfClose
+    );
+    assert_eq!(h.take_out(), [0x88, 0x02, 0x03, 0xEF]);
+}
