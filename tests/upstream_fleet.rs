@@ -447,11 +447,7 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
     let keyed: Vec<String> = (0..3)
         .map(|id| keyed_upstream(id, seen_tx.clone()).to_string())
         .collect();
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = dead_address();
     let server = Server::start(
         io,
         &[
@@ -505,15 +501,7 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
     let used: std::collections::HashSet<usize> = placed.values().copied().collect();
     assert!(used.len() >= 2, "20 addresses spread: {placed:?}");
     // The dead upstream fails its first check: 3 of 4 up is under 100%.
-    let healthz = || {
-        let mut stream = TcpStream::connect(server.metrics_addr()).unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text
-    };
+    let healthz = || metrics_text_at(&server, "/healthz");
     wait_until("healthz degraded", || {
         healthz().contains("degraded: 3 of 4 upstreams up")
     });
@@ -649,6 +637,12 @@ fn a_name_that_fails_at_a_reload_keeps_its_addresses_and_the_others_stay(io: Io)
     let _ = std::fs::remove_file(hosts);
 }
 
+/// An address nothing listens on.
+fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// The answer to `GET path` on the metrics port, head and body.
 fn metrics_text_at(server: &Server, path: &str) -> String {
     let mut stream = TcpStream::connect(server.metrics_addr()).unwrap();
@@ -662,11 +656,7 @@ fn metrics_text_at(server: &Server, path: &str) -> String {
 /// With no upstream up, `/healthz` is degraded whatever `--healthz-min-upstreams-up` says:
 /// the edge could only answer 502 or 503.
 fn healthz_is_degraded_when_no_upstream_is_up(io: Io) {
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let dead = dead_address();
     let server = Server::start(
         io,
         &[

@@ -125,20 +125,25 @@ fn alpn_and_groups_reach_the_config() {
     assert_eq!(groups, vec![rustls::NamedGroup::X25519]);
 }
 
-/// A ClientHello trickled a byte a record (found by the `tls_records` fuzz target: rustls
-/// keeps the progress of a handshake message spread over records between calls, so what
-/// the caller keeps must be exactly what rustls has not discarded).
-#[test]
-fn a_client_hello_trickled_a_byte_a_record_is_held_within_the_bound_then_refused() {
-    use crate::transport::{Outbox, TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
-    let dir = scratch("trickle");
+/// A server configuration with one certificate and the default versions and groups.
+fn default_config(tag: &str) -> Arc<rustls::ServerConfig> {
+    let dir = scratch(tag);
     let good = pair(&dir, "good", &["a.test"]);
     let settings = TlsSettings {
         pairs: vec![(good.cert.clone(), good.key.clone())],
         versions: Vec::new(),
         groups: Vec::new(),
     };
-    let config = server_config(&settings).unwrap();
+    server_config(&settings).unwrap()
+}
+
+/// A ClientHello trickled a byte a record (found by the `tls_records` fuzz target: rustls
+/// keeps the progress of a handshake message spread over records between calls, so what
+/// the caller keeps must be exactly what rustls has not discarded).
+#[test]
+fn a_client_hello_trickled_a_byte_a_record_is_held_within_the_bound_then_refused() {
+    use crate::transport::{Outbox, TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
+    let config = default_config("trickle");
     let mut message = vec![0x01, 0x00, 0xff, 0xff, 0x03, 0x03];
     message.resize(4 + 0xffff, 0x41);
     for per_read in [1, 6, 60, 600] {
@@ -168,14 +173,7 @@ fn a_client_hello_trickled_a_byte_a_record_is_held_within_the_bound_then_refused
 #[test]
 fn a_failure_in_the_middle_of_a_reassembled_hello_gets_its_alert_without_a_panic() {
     use crate::transport::{Outbox, TlsEnd, TlsLink};
-    let dir = scratch("reassembly");
-    let good = pair(&dir, "good", &["a.test"]);
-    let settings = TlsSettings {
-        pairs: vec![(good.cert.clone(), good.key.clone())],
-        versions: Vec::new(),
-        groups: Vec::new(),
-    };
-    let config = server_config(&settings).unwrap();
+    let config = default_config("reassembly");
     let input = include_bytes!("../../fuzz/seeds/tls_records/failure_mid_reassembly");
     let (split, records) = input.split_first().unwrap();
     let mut link = TlsLink::new(&config).unwrap();

@@ -96,27 +96,33 @@ impl TlsLink {
         {
             return TlsEnd::PlainHttp;
         }
-        if self.conn.is_handshaking()
-            && self.partial.len().saturating_add(input.len()) > MAX_HELD_BEFORE_HANDSHAKE
+        let end = match self.partial.is_empty() {
+            true => SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => self.receive_fresh(&mut scratch, input, plaintext, records),
+                // Not reached (no call re-enters): a buffer of its own then.
+                Err(_) => self.receive_fresh(&mut Vec::new(), input, plaintext, records),
+            }),
+            false => {
+                let mut held = std::mem::take(&mut self.partial);
+                held.extend_from_slice(input);
+                let (consumed, end) = self.process(&mut held, plaintext, records);
+                if end == TlsEnd::Open && consumed < held.len() {
+                    held.drain(..consumed);
+                    self.partial = held;
+                }
+                end
+            }
+        };
+        // Judged on what is left once everything whole is processed: a client's Finished
+        // with its first request behind it in one read is not held at all.
+        if end == TlsEnd::Open
+            && self.conn.is_handshaking()
+            && self.partial.len() > MAX_HELD_BEFORE_HANDSHAKE
         {
             self.partial = Vec::new();
             return self.refuse_oversized_handshake(records);
         }
-        if !self.partial.is_empty() {
-            let mut held = std::mem::take(&mut self.partial);
-            held.extend_from_slice(input);
-            let (consumed, end) = self.process(&mut held, plaintext, records);
-            if end == TlsEnd::Open && consumed < held.len() {
-                held.drain(..consumed);
-                self.partial = held;
-            }
-            return end;
-        }
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => self.receive_fresh(&mut scratch, input, plaintext, records),
-            // Not reached (no call re-enters): a buffer of its own then.
-            Err(_) => self.receive_fresh(&mut Vec::new(), input, plaintext, records),
-        })
+        end
     }
 
     /// [`TlsLink::receive`] with nothing held: processed in `scratch`; what is left over (part
