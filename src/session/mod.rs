@@ -149,6 +149,17 @@ pub struct Backlog {
     pub progressed: bool,
 }
 
+impl Backlog {
+    /// What waits in the connection's `outbox` and, while relaying, in the relay toward the
+    /// client (`relay`); the outbox's progress is taken.
+    pub fn of(outbox: &mut Outbox, relay: Backlog) -> Backlog {
+        Backlog {
+            waiting: relay.waiting || !outbox.is_empty(),
+            progressed: relay.progressed | outbox.take_progress(),
+        }
+    }
+}
+
 /// What a failed upstream connection attempt means for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {

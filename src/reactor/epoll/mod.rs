@@ -468,14 +468,11 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let backlog = match client.upstream.as_deref_mut() {
+        let relay = match client.upstream.as_deref_mut() {
             Some(upstream) if client.conn.is_relaying() => upstream.client_backlog(),
             _ => Backlog::default(),
         };
-        let backlog = Backlog {
-            waiting: backlog.waiting || !client.outbox.is_empty(),
-            progressed: backlog.progressed | client.outbox.take_progress(),
-        };
+        let backlog = Backlog::of(&mut client.outbox, relay);
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
         let link = client.upstream.as_ref().map(|u| &u.link);
         let next = self.driver.settle(conn, session, (backlog, link), now, out);

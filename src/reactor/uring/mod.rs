@@ -868,19 +868,17 @@ impl Reactor {
             }
             return;
         }
-        let to_client = client
-            .upstream
-            .as_deref_mut()
-            .filter(|_| client.conn.is_relaying())
-            .map(|u| u.link.toward(Side::Client));
-        let (relay_waiting, relay_progressed) = match to_client {
-            Some(flow) => (!flow.pipe.is_empty(), flow.pipe.take_progress()),
-            None => (false, false),
+        let relay = match client.upstream.as_deref_mut() {
+            Some(upstream) if client.conn.is_relaying() => {
+                let pipe = &mut upstream.link.toward(Side::Client).pipe;
+                Backlog {
+                    waiting: !pipe.is_empty(),
+                    progressed: pipe.take_progress(),
+                }
+            }
+            _ => Backlog::default(),
         };
-        let backlog = Backlog {
-            waiting: relay_waiting || !client.outbox.is_empty(),
-            progressed: relay_progressed | client.outbox.take_progress(),
-        };
+        let backlog = Backlog::of(&mut client.outbox, relay);
         let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
         let link = client.upstream.as_ref().map(|u| &u.link);
         let next = self.driver.settle(conn, session, (backlog, link), now, out);
