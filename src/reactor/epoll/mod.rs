@@ -372,7 +372,11 @@ impl Reactor {
             if !self.apply(key, next) {
                 return;
             }
-            if drained {
+            if drained || self.clients.get(key).is_some_and(|c| !c.outbox.is_empty()) {
+                // Output the socket did not take stops the reading: reading on would only
+                // pile it up here (a client that does not read would make the echo of every
+                // read wait in memory). The writable edge resumes the connection; its unread
+                // bytes wait in the kernel meanwhile.
                 return self.settle(key, now);
             }
         }
