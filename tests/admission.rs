@@ -204,8 +204,9 @@ fn one_address_over_its_handshake_rate_gets_429_others_do_not(io: Io) {
 /// closed and reused by new connections while their half-close may still be pending (the
 /// io_uring backend once closed ~1% of legitimate clients this way).
 fn a_flood_of_refused_resetting_clients_disturbs_no_one(io: Io) {
-    // Five handshakes a second per address: the flood's one address is far over it, the
-    // legitimate clients spread over 2,000 addresses stay under it.
+    // Five handshakes a second per address: the flood's one address is far over it; each
+    // legitimate client comes from an address of its own, so that none is over it however
+    // fast the build runs (2,000 addresses reused in turn were, in a release build).
     let server = Server::start(
         io,
         &["--threads", "1", "--max-handshakes-per-ip-per-sec", "5"],
@@ -247,9 +248,16 @@ fn a_flood_of_refused_resetting_clients_disturbs_no_one(io: Io) {
     };
     let started = Instant::now();
     let mut attempt = 0;
-    // At least 400 clients and 1.5 s of overlap with the flood.
-    while attempt < 400 || started.elapsed() < Duration::from_millis(1500) {
-        let source = format!("127.0.{}.{}", 1 + (attempt / 250) % 8, 1 + attempt % 250);
+    // At least 400 clients and 1.5 s of overlap with the flood, and never more clients than
+    // there are addresses for (127.1.1.1 up: the flood is 127.0.0.9).
+    while (attempt < 400 || started.elapsed() < Duration::from_millis(1500)) && attempt < 3_000_000
+    {
+        let source = format!(
+            "127.{}.{}.{}",
+            1 + attempt / 62_500,
+            1 + (attempt / 250) % 250,
+            1 + attempt % 250
+        );
         let (head, _stream) = upgrade_from(&server, &source);
         assert_eq!(
             head.status, 101,
