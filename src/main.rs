@@ -332,25 +332,10 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
     let totals = server.join().context("a reactor failed")?;
-    tracing::info!(
-        "stopped: accepted={} upgraded={} rejected={} handshake_timeouts={} idle_timeouts={} \
-         send_timeouts={} protocol_errors={} accept_pauses={} admission_rejections={} \
-         upstream_connect_failures={} upstream_timeouts={} upstream_refusals_passed={} \
-         handshakes_abandoned={}",
-        totals.accepted,
-        totals.upgraded,
-        totals.rejected,
-        totals.handshake_timeouts,
-        totals.idle_timeouts,
-        totals.send_timeouts,
-        totals.protocol_errors,
-        totals.accept_pauses,
-        totals.admission_rejections,
-        totals.upstream_connect_failures,
-        totals.upstream_timeouts,
-        totals.upstream_refusals_passed,
-        totals.handshakes_abandoned
-    );
+    let named: Vec<String> = (totals.named().iter())
+        .map(|(name, total)| format!("{name}={total}"))
+        .collect();
+    tracing::info!("stopped: {}", named.join(" "));
     Ok(())
 }
 

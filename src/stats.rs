@@ -27,9 +27,91 @@ impl<const N: usize> std::ops::Deref for CounterArray<N> {
     }
 }
 
-/// What one reactor has seen. Written only by its reactor thread; read by scrapes.
+/// Writes the list of event counters once: from it come [`Events`] (the atomics a reactor
+/// bumps), [`Snapshot`] (their sums), [`EVENT_FAMILIES`] (the `/metrics` families) and
+/// [`Snapshot::named`] (the stop line). A new counter is one line here.
+macro_rules! event_counters {
+    ($( $(#[doc = $doc:literal])* $field:ident => $metric:literal, $help:literal; )*) => {
+        /// Events one reactor counts: written only by its reactor thread, read by scrapes.
+        #[derive(Debug, Default)]
+        pub struct Events {
+            $( $(#[doc = $doc])* pub $field: AtomicU64, )*
+        }
+
+        /// Plain totals of [`Events`] over reactors, for logging and checks.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( $(#[doc = $doc])* pub $field: u64, )*
+            /// Handshake timeouts answered with 408 (counted in `rejected` and
+            /// `handshake_timeouts`).
+            pub timeouts_answered: u64,
+        }
+
+        impl Snapshot {
+            fn add(&mut self, events: &Events) {
+                $( self.$field += events.$field.load(Relaxed); )*
+            }
+
+            /// Every event total with its name, in the list's order.
+            pub fn named(&self) -> [(&'static str, u64); EVENT_FAMILIES.len()] {
+                [$( (stringify!($field), self.$field), )*]
+            }
+        }
+
+        /// Each event counter's `/metrics` family: its name (`_total` is added), its help
+        /// and where it is.
+        pub const EVENT_FAMILIES: [(&str, &str, fn(&Events) -> &AtomicU64);
+            [$(stringify!($field)),*].len()] = [$( ($metric, $help, |e| &e.$field), )*];
+    };
+}
+
+event_counters! {
+    /// Connections accepted.
+    accepted => "wsedge_accepted_connections", "Connections accepted.";
+    /// Handshakes answered with 101.
+    upgraded => "wsedge_upgrades", "Handshakes answered with 101.";
+    /// Handshakes refused with an HTTP status (including 408).
+    rejected => "wsedge_rejected_handshakes", "Handshakes refused with an HTTP status.";
+    /// Connections closed at the handshake timeout (with or without 408).
+    handshake_timeouts => "wsedge_handshake_timeouts", "Connections closed at the handshake timeout.";
+    /// Upgraded connections closed for idleness (1001).
+    idle_timeouts => "wsedge_idle_timeouts", "Upgraded connections closed for idleness.";
+    /// Connections given up because the client took none of their output for
+    /// `--send-timeout-ms`, or not all of it within the linger at a close.
+    send_timeouts => "wsedge_send_timeouts",
+        "Connections given up because the client did not take their output in time.";
+    /// Upgraded connections failed with a close code (1002, 1007, 1009).
+    protocol_errors => "wsedge_protocol_errors", "Upgraded connections failed with a close code.";
+    /// Connections closed, for any reason.
+    closed => "wsedge_closed_connections", "Connections closed.";
+    /// Times accepting paused for lack of descriptors or memory (EMFILE, ENFILE, ...).
+    accept_pauses => "wsedge_accept_pauses", "Times accepting paused for lack of descriptors or memory.";
+    /// Connections refused with 503 or 429 by admission control.
+    admission_rejections => "wsedge_admission_rejections",
+        "Connections refused by admission control (503, 429).";
+    /// Proxy mode: upstream connection attempts that failed (refused, unreachable, reset).
+    upstream_connect_failures => "wsedge_upstream_connect_failures",
+        "Proxy mode: upstream connection attempts refused or failed.";
+    /// Proxy mode: upstreams that did not connect or answer in time (504).
+    upstream_timeouts => "wsedge_upstream_timeouts",
+        "Proxy mode: upstreams that did not connect or answer in time (504).";
+    /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
+    upstream_refusals_passed => "wsedge_upstream_refusals_passed",
+        "Proxy mode: upstream answers other than 101 passed to the client.";
+    /// Handshakes the client abandoned: it closed or reset the connection before any
+    /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
+    /// accepted connection: see [`Snapshot::unaccounted`].
+    handshakes_abandoned => "wsedge_handshakes_abandoned",
+        "Handshakes the client closed or reset before any outcome.";
+}
+
+/// What one reactor has seen: its [`Events`] (reached through this struct too), and the
+/// counts by kind, gauges and histograms beside them. Written only by its reactor thread;
+/// read by scrapes.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// The event counters.
+    pub events: Events,
     /// Rejections by kind ([`Rejection::kind_index`]).
     pub rejections: CounterArray<{ Rejection::KINDS.len() }>,
     /// Handshake latency histogram: counts per bucket of [`HANDSHAKE_BUCKETS_MS`], then +Inf.
@@ -40,37 +122,6 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Handshakes in progress now (gauge, set once per loop turn).
     pub handshaking: AtomicU64,
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Handshakes answered with 101.
-    pub upgraded: AtomicU64,
-    /// Handshakes refused with an HTTP status (including 408).
-    pub rejected: AtomicU64,
-    /// Connections closed at the handshake timeout (with or without 408).
-    pub handshake_timeouts: AtomicU64,
-    /// Upgraded connections closed for idleness (1001).
-    pub idle_timeouts: AtomicU64,
-    /// Connections given up because the client took none of their output for
-    /// `--send-timeout-ms`, or not all of it within the linger at a close.
-    pub send_timeouts: AtomicU64,
-    /// Upgraded connections failed with a close code (1002, 1007, 1009).
-    pub protocol_errors: AtomicU64,
-    /// Connections closed, for any reason.
-    pub closed: AtomicU64,
-    /// Times accepting paused for lack of descriptors or memory (EMFILE, ENFILE, ...).
-    pub accept_pauses: AtomicU64,
-    /// Connections refused with 503 by admission control.
-    pub admission_rejections: AtomicU64,
-    /// Proxy mode: upstream connection attempts that failed (refused, unreachable, reset).
-    pub upstream_connect_failures: AtomicU64,
-    /// Proxy mode: upstreams that did not connect or answer in time (504).
-    pub upstream_timeouts: AtomicU64,
-    /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
-    pub upstream_refusals_passed: AtomicU64,
-    /// Handshakes the client abandoned: it closed or reset the connection before any
-    /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
-    /// accepted connection: see [`Snapshot::unaccounted`].
-    pub handshakes_abandoned: AtomicU64,
     /// TLS handshakes completed, by [`TlsHandshake::index`]: version, full or resumed.
     pub tls_handshakes: [AtomicU64; TlsHandshake::KINDS],
     /// TLS handshakes that failed, by [`TlsFailure`] (the connection also ends as
@@ -79,6 +130,13 @@ pub struct Counters {
     /// Connections refused for their PROXY protocol header: [untrusted sender, missing or
     /// malformed header] (`--accept-proxy-protocol`).
     pub proxy_protocol_refused: [AtomicU64; 2],
+}
+
+impl std::ops::Deref for Counters {
+    type Target = Events;
+    fn deref(&self) -> &Events {
+        &self.events
+    }
 }
 
 /// Why a connection was refused for its PROXY header, by index in
@@ -193,46 +251,11 @@ impl Counters {
     pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Snapshot {
         let mut total = Snapshot::default();
         for c in all {
-            total.accepted += c.accepted.load(Relaxed);
-            total.upgraded += c.upgraded.load(Relaxed);
-            total.rejected += c.rejected.load(Relaxed);
-            total.handshake_timeouts += c.handshake_timeouts.load(Relaxed);
-            total.idle_timeouts += c.idle_timeouts.load(Relaxed);
-            total.send_timeouts += c.send_timeouts.load(Relaxed);
-            total.protocol_errors += c.protocol_errors.load(Relaxed);
-            total.closed += c.closed.load(Relaxed);
-            total.accept_pauses += c.accept_pauses.load(Relaxed);
-            total.admission_rejections += c.admission_rejections.load(Relaxed);
-            total.upstream_connect_failures += c.upstream_connect_failures.load(Relaxed);
-            total.upstream_timeouts += c.upstream_timeouts.load(Relaxed);
-            total.upstream_refusals_passed += c.upstream_refusals_passed.load(Relaxed);
-            total.handshakes_abandoned += c.handshakes_abandoned.load(Relaxed);
+            total.add(&c.events);
             total.timeouts_answered += c.rejections[Rejection::Timeout.kind_index()].load(Relaxed);
         }
         total
     }
-}
-
-/// Plain totals, for logging.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct Snapshot {
-    pub accepted: u64,
-    pub upgraded: u64,
-    pub rejected: u64,
-    pub handshake_timeouts: u64,
-    pub idle_timeouts: u64,
-    pub send_timeouts: u64,
-    pub protocol_errors: u64,
-    pub closed: u64,
-    pub accept_pauses: u64,
-    pub admission_rejections: u64,
-    pub upstream_connect_failures: u64,
-    pub upstream_timeouts: u64,
-    pub upstream_refusals_passed: u64,
-    pub handshakes_abandoned: u64,
-    /// Handshake timeouts answered with 408 (counted in `rejected` and `handshake_timeouts`).
-    pub timeouts_answered: u64,
 }
 
 impl Snapshot {

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::handshake::Rejection;
 use crate::proxy::health::Failure;
 use crate::reactor::{Live, Shutdown, ShutdownState};
-use crate::stats::{Counters, TlsFailure, TlsHandshake, HANDSHAKE_BUCKETS_MS};
+use crate::stats::{Counters, TlsFailure, TlsHandshake, EVENT_FAMILIES, HANDSHAKE_BUCKETS_MS};
 
 /// The server's metrics, read at scrape time from every reactor's counters.
 pub struct ServerMetrics {
@@ -37,82 +37,13 @@ impl std::fmt::Debug for ServerMetrics {
 
 type Field = fn(&Counters) -> &std::sync::atomic::AtomicU64;
 
-const PER_REACTOR_COUNTERS: [(&str, &str, Field); 14] = [
-    (
-        "wsedge_accepted_connections",
-        "Connections accepted.",
-        |c| &c.accepted,
-    ),
-    ("wsedge_upgrades", "Handshakes answered with 101.", |c| {
-        &c.upgraded
-    }),
-    (
-        "wsedge_rejected_handshakes",
-        "Handshakes refused with an HTTP status.",
-        |c| &c.rejected,
-    ),
-    (
-        "wsedge_handshake_timeouts",
-        "Connections closed at the handshake timeout.",
-        |c| &c.handshake_timeouts,
-    ),
-    (
-        "wsedge_idle_timeouts",
-        "Upgraded connections closed for idleness.",
-        |c| &c.idle_timeouts,
-    ),
-    (
-        "wsedge_send_timeouts",
-        "Connections given up because the client did not take their output in time.",
-        |c| &c.send_timeouts,
-    ),
-    (
-        "wsedge_protocol_errors",
-        "Upgraded connections failed with a close code.",
-        |c| &c.protocol_errors,
-    ),
-    ("wsedge_closed_connections", "Connections closed.", |c| {
-        &c.closed
-    }),
-    (
-        "wsedge_accept_pauses",
-        "Times accepting paused for lack of descriptors or memory.",
-        |c| &c.accept_pauses,
-    ),
-    (
-        "wsedge_admission_rejections",
-        "Connections refused by admission control (503, 429).",
-        |c| &c.admission_rejections,
-    ),
-    (
-        "wsedge_upstream_connect_failures",
-        "Proxy mode: upstream connection attempts refused or failed.",
-        |c| &c.upstream_connect_failures,
-    ),
-    (
-        "wsedge_upstream_timeouts",
-        "Proxy mode: upstreams that did not connect or answer in time (504).",
-        |c| &c.upstream_timeouts,
-    ),
-    (
-        "wsedge_upstream_refusals_passed",
-        "Proxy mode: upstream answers other than 101 passed to the client.",
-        |c| &c.upstream_refusals_passed,
-    ),
-    (
-        "wsedge_handshakes_abandoned",
-        "Handshakes the client closed or reset before any outcome.",
-        |c| &c.handshakes_abandoned,
-    ),
-];
-
 impl Collector for ServerMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, field) in PER_REACTOR_COUNTERS {
+        for (name, help, field) in EVENT_FAMILIES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (index, counters) in self.counters.iter().enumerate() {
                 let labels = [("reactor", index.to_string())];
-                ConstCounter::new(field(counters).load(Relaxed))
+                ConstCounter::new(field(&counters.events).load(Relaxed))
                     .encode(family.encode_family(&labels)?)?;
             }
         }
