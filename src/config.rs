@@ -116,28 +116,6 @@ pub enum IoBackend {
     Auto,
 }
 
-/// What upgraded connections do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum After {
-    /// Send Close (1000) with the 101 and close: for handshake benchmarks.
-    Close,
-    /// Echo messages (a conforming RFC 6455 endpoint).
-    Echo,
-    /// Forward validated upgrades to --upstream and relay the bytes both ways.
-    Proxy,
-}
-
-/// `--upstream-balance`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UpstreamBalance {
-    /// In turn.
-    RoundRobin,
-    /// The fewest live connections first.
-    LeastConnections,
-    /// By a hash of the client's key (--upstream-hash-key).
-    Hash,
-}
-
 /// How the upstream learns the client's address in proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProxyProtocol {
@@ -187,7 +165,7 @@ pub struct ServeArgs {
     pub io: IoBackend,
     /// What to do after the 101.
     #[arg(long, value_enum, default_value = "echo")]
-    pub after: After,
+    pub after: AfterUpgrade,
     /// Serve only this path (repeatable; default: any path). Others get 404.
     #[arg(long = "path", value_name = "PATH", value_parser = parse_path)]
     pub paths: Vec<String>,
@@ -299,7 +277,7 @@ pub struct ServeArgs {
     /// relayed connections from this reactor; ties in turn), or hash (of the client's key,
     /// --upstream-hash-key: the same key to the same upstream).
     #[arg(long, value_enum, value_name = "HOW", default_value = "round-robin")]
-    pub upstream_balance: UpstreamBalance,
+    pub upstream_balance: crate::proxy::Balance,
     /// Where the client's key is for --upstream-balance hash: header:NAME, cookie:NAME,
     /// query:NAME or client-ip (a request without it goes round-robin).
     #[arg(long, value_name = "KIND:NAME", value_parser = crate::proxy::HashKey::parse)]
@@ -450,7 +428,7 @@ impl ServeArgs {
     /// Checks what single flags cannot: the proxy flags go with `--after proxy`, and it
     /// needs at least one `--upstream`.
     pub fn validate(&self) -> Result<(), String> {
-        let proxy = self.after == After::Proxy;
+        let proxy = self.after == AfterUpgrade::Proxy;
         if proxy && self.upstreams.is_empty() {
             return Err("--after proxy needs at least one --upstream HOST:PORT".into());
         }
@@ -460,10 +438,10 @@ impl ServeArgs {
         if !proxy && self.upstream_max_connections > 0 {
             return Err("--upstream-max-connections is only used with --after proxy".into());
         }
-        if !proxy && self.upstream_balance != UpstreamBalance::RoundRobin {
+        if !proxy && self.upstream_balance != crate::proxy::Balance::RoundRobin {
             return Err("--upstream-balance is only used with --after proxy".into());
         }
-        let hashing = self.upstream_balance == UpstreamBalance::Hash;
+        let hashing = self.upstream_balance == crate::proxy::Balance::Hash;
         if hashing && self.upstream_hash_key.is_none() {
             return Err(
                 "--upstream-balance hash needs --upstream-hash-key header:NAME, \
@@ -592,11 +570,7 @@ impl ServeArgs {
                     subprotocols: self.subprotocols.clone(),
                     require_subprotocol: self.require_subprotocol,
                 },
-                after: match self.after {
-                    After::Close => AfterUpgrade::Close,
-                    After::Echo => AfterUpgrade::Echo,
-                    After::Proxy => AfterUpgrade::Proxy,
-                },
+                after: self.after,
                 handshake_timeout_ms: self.handshake_timeout_ms,
                 idle_timeout_ms: self.idle_timeout_ms,
                 send_timeout_ms: self.send_timeout_ms,
@@ -627,13 +601,7 @@ impl ServeArgs {
                     accept_from: self
                         .accept_proxy_protocol
                         .then(|| self.proxy_protocol_from.clone()),
-                    balance: match self.upstream_balance {
-                        UpstreamBalance::RoundRobin => crate::proxy::Balance::RoundRobin,
-                        UpstreamBalance::LeastConnections => {
-                            crate::proxy::Balance::LeastConnections
-                        }
-                        UpstreamBalance::Hash => crate::proxy::Balance::Hash,
-                    },
+                    balance: self.upstream_balance,
                     hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
                 },

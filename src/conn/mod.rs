@@ -40,15 +40,15 @@ use frame::{
     HeaderParse, OpCode,
 };
 
-/// What an upgraded connection does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an upgraded connection does (`--after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AfterUpgrade {
     /// Send Close (1000) in the same write as the 101, then close: handshake benchmarks.
     Close,
     /// Echo every message back: a conforming RFC 6455 endpoint.
     Echo,
     /// Forward the validated request to an upstream app server and relay its answer, then
-    /// the bytes both ways ([`crate::proxy`]).
+    /// the bytes both ways (the proxy module).
     Proxy,
 }
 

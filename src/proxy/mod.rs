@@ -50,11 +50,11 @@ pub const MAX_PASSED_ANSWER_BYTES: u64 = 64 * 1024;
 /// How the upstream learns the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Forwarding {
-    /// `X-Forwarded-For` (appended to), `X-Forwarded-Proto`, `X-Real-IP` (replaced).
+    /// The edge's own `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Real-IP` (the client's
+    /// forwarding headers are dropped).
     #[default]
     Headers,
-    /// A PROXY protocol v2 header before the request; the request is left without
-    /// `X-Forwarded-*` additions.
+    /// A PROXY protocol v2 header before the request, and no forwarding header at all.
     ProxyV2,
 }
 

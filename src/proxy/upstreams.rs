@@ -18,7 +18,7 @@ use super::Upstream;
 pub const REFUSED_BACKOFF_MS: u64 = 1_000;
 
 /// How the next upstream is chosen (`--upstream-balance`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Balance {
     /// In turn, each as often as its weight (smooth weighted round-robin, as nginx does).
     #[default]
