@@ -53,7 +53,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub origin: Option<String>,
     /// Extra header, 'Name: value' (repeatable).
-    #[arg(long = "header", value_parser = parse_header_line)]
+    #[arg(long = "header", value_parser = crate::values::header_line)]
     pub headers: Vec<String>,
     /// Bearer token, sent as Authorization: Bearer (masked in the output).
     #[arg(long, value_parser = parse_token)]
@@ -76,33 +76,9 @@ fn parse_check_url(value: &str) -> Result<String, String> {
     crate::check::parse_url(value).map(|_| value.to_owned())
 }
 
-fn parse_header_line(value: &str) -> Result<String, String> {
-    match value.split_once(':') {
-        Some((name, _))
-            if !name.is_empty()
-                && name.bytes().all(is_token_char)
-                && !value.contains(['\r', '\n']) =>
-        {
-            Ok(value.to_owned())
-        }
-        _ => Err("a header is 'Name: value'".into()),
-    }
-}
-
+/// `check --timeout`: a duration of at most an hour.
 fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
-    let (number, scale) = if let Some(ms) = value.strip_suffix("ms") {
-        (ms, 1e-3)
-    } else if let Some(s) = value.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (value, 1.0)
-    };
-    match number.parse::<f64>() {
-        Ok(n) if n > 0.0 && n * scale <= 3600.0 => {
-            Ok(std::time::Duration::from_secs_f64(n * scale))
-        }
-        _ => Err("a timeout is a positive duration up to an hour, e.g. 5s or 500ms".into()),
-    }
+    crate::values::duration_up_to(value, std::time::Duration::from_secs(3600))
 }
 
 /// I/O backend choice.
@@ -152,7 +128,7 @@ pub struct ServeArgs {
     /// Key-exchange groups, most preferred first (x25519, secp256r1, secp384r1,
     /// x25519mlkem768) [default: rustls's: x25519, secp256r1, secp384r1, then the hybrid
     /// x25519mlkem768].
-    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = crate::values::tls_group)]
     pub tls_groups: Vec<TlsGroup>,
     /// Reactor threads [default: number of CPUs].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -327,15 +303,6 @@ fn parse_tls_version(value: &str) -> Result<TlsVersion, String> {
         "1.3" => Ok(TlsVersion::V1_3),
         _ => Err("TLS versions are 1.2 and 1.3, e.g. 1.2,1.3 or 1.3".into()),
     }
-}
-
-fn parse_tls_group(value: &str) -> Result<TlsGroup, String> {
-    let name = value.trim().to_ascii_lowercase();
-    TlsGroup::NAMES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|&(_, group)| group)
-        .ok_or_else(|| "the groups are x25519, secp256r1 (p-256) and secp384r1 (p-384)".into())
 }
 
 /// Parses an upstream as written; names are looked up by [`ServeArgs::server_config_after`]

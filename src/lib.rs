@@ -32,3 +32,4 @@ pub mod takeover;
 pub mod timer;
 pub mod tls;
 pub mod transport;
+pub mod values;

@@ -69,10 +69,10 @@ enum Command {
         to: f64,
         #[arg(long, value_parser = parse_rate)]
         step: f64,
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = wsedge::values::duration)]
         step_duration: Duration,
         /// p99 latency a step must stay under to pass (e.g. 1ms).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = wsedge::values::duration)]
         slo_p99: Option<Duration>,
         /// Report this server's CPU time per step (share of a core, µs per upgrade): it
         /// tells a saturated server from a saturated load generator.
@@ -88,9 +88,9 @@ enum Command {
         /// Establishment rate (default: as fast as possible).
         #[arg(long, value_parser = parse_rate)]
         rate: Option<f64>,
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = wsedge::values::duration)]
         hold: Duration,
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = wsedge::values::duration)]
         ping_interval: Option<Duration>,
         /// Sample this server's RSS to report bytes per held connection.
         #[arg(long)]
@@ -102,7 +102,7 @@ enum Command {
         common: Common,
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         connections: u64,
-        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "200ms", value_parser = wsedge::values::duration)]
         byte_interval: Duration,
     },
     /// Merges --hdr-log files of several processes or machines into one report.
@@ -163,7 +163,7 @@ struct Common {
     #[arg(value_parser = target::parse)]
     url: target::Target,
     /// How long to run (storm, rate, slowloris) or the longest establishment may take (hold).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = wsedge::values::duration)]
     duration: Duration,
     /// Stop after starting this many connections.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -181,16 +181,16 @@ struct Common {
     #[arg(long, value_enum, default_value = "rst")]
     close: Close,
     /// Extra request header, 'Name: value' (repeatable).
-    #[arg(long = "header", value_parser = parse_header)]
+    #[arg(long = "header", value_parser = wsedge::values::header_line)]
     headers: Vec<String>,
     /// Subprotocol to offer (repeatable, in preference order).
     #[arg(long = "subprotocol")]
     subprotocols: Vec<String>,
     #[arg(long)]
     origin: Option<String>,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = wsedge::values::duration)]
     connect_timeout: Duration,
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = wsedge::values::duration)]
     handshake_timeout: Duration,
     /// Send this Sec-WebSocket-Key on every connection instead of a random one (for
     /// servers that answer with a canned 101, such as the floor server in benches/).
@@ -211,7 +211,7 @@ struct Common {
     tls_resume: bool,
     /// wss://: key-exchange groups to offer, most preferred first (x25519, secp256r1,
     /// secp384r1, x25519mlkem768) [default: x25519, secp256r1, secp384r1].
-    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = parse_tls_group)]
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = wsedge::values::tls_group)]
     tls_groups: Vec<wsedge::tls::TlsGroup>,
     /// Start each connection with a PROXY protocol header (v1 or v2) naming a client, as an
     /// L4 balancer in front of the server would (ws:// targets).
@@ -230,52 +230,10 @@ struct Common {
     report_progress: bool,
 }
 
-fn parse_tls_group(value: &str) -> Result<wsedge::tls::TlsGroup, String> {
-    wsedge::tls::TlsGroup::NAMES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(value))
-        .map(|&(_, group)| group)
-        .ok_or_else(|| {
-            let names: Vec<&str> = wsedge::tls::TlsGroup::NAMES.iter().map(|n| n.0).collect();
-            format!("unknown group {value:?} (known: {})", names.join(", "))
-        })
-}
-
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let (number, unit) = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((value, "s"), |i| value.split_at(i));
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 500ms, 10s or 2m"))?;
-    let secs = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("unknown unit {unit:?}: use us, ms, s or m")),
-    };
-    if !(secs > 0.0 && secs < 1e7) {
-        return Err("a duration must be positive".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 fn parse_rate(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
         _ => Err(format!("{value:?} is not a positive rate per second")),
-    }
-}
-
-fn parse_header(value: &str) -> Result<String, String> {
-    match value.split_once(':') {
-        Some((name, _))
-            if !name.is_empty() && !name.contains(' ') && !value.contains(['\r', '\n']) =>
-        {
-            Ok(value.to_owned())
-        }
-        _ => Err("a header is 'Name: value'".into()),
     }
 }
 
