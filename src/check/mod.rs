@@ -554,13 +554,24 @@ fn ping_and_close(stream: &mut Stream, early: &[u8], report: &mut Report, deadli
                 _ => {}
             }
         }
+        let waited = if closing { "close" } else { "pong" };
+        let timed_out = || Some(format!("no {waited} within the timeout"));
         if !stream.read_until(deadline) {
-            let waited = if closing { "close" } else { "pong" };
-            report.ping_error = Some(format!("no {waited} within the timeout"));
+            report.ping_error = timed_out();
             return;
         }
         let mut buf = [0u8; 1024];
         match stream.read(&mut buf) {
+            // The read's own timeout is what was left of the deadline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                report.ping_error = timed_out();
+                return;
+            }
             Ok(0) | Err(_) => {
                 if closing && report.close_code.is_none() {
                     report.close_code = Some(1006);
