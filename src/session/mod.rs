@@ -342,7 +342,7 @@ impl Driver {
 
     /// Takes a newer generation of the settings, if one was published: connections accepted
     /// from now on follow it (a connection in its handshake answers by the new rules).
-    fn follow_reload(&mut self) {
+    fn follow_reload(&mut self, now: u64) {
         let Some((live, seen, reactors)) = self.live.as_mut() else {
             return;
         };
@@ -355,7 +355,6 @@ impl Driver {
         let upstreams_changed = proxy.0.upstreams != proxy.1.upstreams;
         let checks_changed = upstreams_changed || proxy.0.health != proxy.1.health;
         if upstreams_changed {
-            let now = self.now();
             let (pool, retired) = self
                 .upstreams
                 .reconfigured(&settings.conn.proxy.upstreams, now);
@@ -371,7 +370,7 @@ impl Driver {
                      (passive checks apply now)"
                 );
             }
-            self.assign_checks(self.now());
+            self.assign_checks(now);
         }
     }
 
@@ -383,7 +382,7 @@ impl Driver {
     /// What to do at the start of a loop turn, from the process's shutdown signal; a drain
     /// asked for begins here.
     pub fn turn(&mut self, now: u64) -> Turn {
-        self.follow_reload();
+        self.follow_reload(now);
         self.run_checks(now);
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
