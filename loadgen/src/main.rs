@@ -25,7 +25,7 @@ use serde_json::json;
 use engine::{CloseMode, Mode, Plan};
 use hdrlog::LogWriter;
 use report::{latency_line, Report};
-use runner::{child_command, measure, measure_once, LogSlot, Outcome};
+use runner::{child_command, measure, measure_once, LogSlot, Outcome, RunSettings};
 
 /// Connection-storm load generator for WebSocket handshakes.
 #[derive(Debug, Parser)]
@@ -439,6 +439,30 @@ fn draw_percentiles(plot: &PlotArgs, title: &str, report: &Report) -> anyhow::Re
     )
 }
 
+/// What the runner needs of the common flags and the spread over processes (`None`: this
+/// process only), checked here: a `--count` is shared out, so it covers every process.
+fn run_settings(common: &Common, spread: Option<&Spread>) -> RunSettings {
+    let processes = spread.map_or(1, |s| s.processes);
+    if let Some(count) = common.count.filter(|&count| count < processes) {
+        usage_error(format!(
+            "--count {count} is fewer than --processes {processes}"
+        ));
+    }
+    RunSettings {
+        threads: common.threads as usize,
+        processes,
+        hdr_log: common.hdr_log.clone(),
+        start_at: common.start_at,
+        report_progress: common.report_progress,
+        count: common.count,
+        pin: common
+            .pin
+            .as_ref()
+            .map(|cpus| cpus.0.clone())
+            .unwrap_or_default(),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let fd_limit = net::raise_fd_limit();
     match cli.command {
@@ -460,15 +484,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             );
             let outcome = measure_once(
-                &common,
-                Some(&spread),
+                &run_settings(&common, Some(&spread)),
                 &plan,
                 concurrency as usize,
                 |i, n| {
                     let share = processes::share(concurrency, n, i).to_string();
                     child_command(
                         "storm",
-                        &common,
+                        common.count,
                         i,
                         n,
                         common.duration,
@@ -492,13 +515,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let plan = plan(&common, Mode::Rate { per_sec: rate });
             let outcome = measure_once(
-                &common,
-                Some(&spread),
+                &run_settings(&common, Some(&spread)),
                 &plan,
                 common.threads as usize,
                 |i, n| {
                     let share = format!("{}", rate / n as f64);
-                    child_command("rate", &common, i, n, common.duration, &[("--rate", share)])
+                    child_command(
+                        "rate",
+                        common.count,
+                        i,
+                        n,
+                        common.duration,
+                        &[("--rate", share)],
+                    )
                 },
             )?;
             let title = format!("rate {} ({rate}/s intended)", common.url.addr);
@@ -532,7 +561,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut points = Vec::new();
             let mut best = None;
             let mut rate = from;
-            let mut log = LogSlot::new(common.hdr_log.clone());
+            let settings = run_settings(&common, Some(&spread));
+            let mut log = LogSlot::new(settings.hdr_log.clone());
             let began = Instant::now();
             let mut start_at = common.start_at;
             while rate <= to + 1e-9 {
@@ -540,15 +570,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 plan.duration = step_duration;
                 let cpu_before = server_pid.and_then(server::cpu_seconds);
                 let outcome = measure(
-                    &common,
-                    Some(&spread),
+                    &settings,
                     &plan,
                     common.threads as usize,
                     start_at.take(),
                     &mut log,
                     |i, n| {
                         let share = format!("{}", rate / n as f64);
-                        child_command("rate", &common, i, n, step_duration, &[("--rate", share)])
+                        child_command(
+                            "rate",
+                            common.count,
+                            i,
+                            n,
+                            step_duration,
+                            &[("--rate", share)],
+                        )
                     },
                 )?;
                 let report = &outcome.report;
@@ -743,9 +779,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 elapsed,
                 established_after,
                 ..
-            } = measure_once(&common, None, &plan, connections as usize, |_, _| {
-                Vec::new()
-            })?;
+            } = measure_once(
+                &run_settings(&common, None),
+                &plan,
+                connections as usize,
+                |_, _| Vec::new(),
+            )?;
             drop(sampler);
             let established = report.ok;
             let rss_after = *rss_after_cell.lock().expect("lock");
@@ -790,9 +829,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let Outcome {
                 report, elapsed, ..
-            } = measure_once(&common, None, &plan, connections as usize, |_, _| {
-                Vec::new()
-            })?;
+            } = measure_once(
+                &run_settings(&common, None),
+                &plan,
+                connections as usize,
+                |_, _| Vec::new(),
+            )?;
             println!(
                 "slowloris {} ({connections} clients, one byte per {byte_interval:?})",
                 common.url.addr

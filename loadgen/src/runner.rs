@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::engine::{self, Plan, Progress};
 use crate::hdrlog::{self, LogWriter};
 use crate::report::Report;
-use crate::{collect, merge, processes, start_at, usage_error, Common, Spread};
+use crate::{collect, merge, processes, start_at};
 
 /// What one measurement gave.
 pub struct Outcome {
@@ -59,21 +59,40 @@ impl LogSlot {
     }
 }
 
+/// What a measurement takes from the command line, and nothing of clap: the binary's CLI
+/// fills it in (`--threads`, `--processes`, `--hdr-log`, `--start-at`, `--count`).
+#[derive(Debug, Clone, Default)]
+pub struct RunSettings {
+    /// Worker threads in this process.
+    pub threads: usize,
+    /// Processes the load is spread over (1: this one only).
+    pub processes: u64,
+    /// Where the interval log goes.
+    pub hdr_log: Option<PathBuf>,
+    /// When to begin, on the wall clock.
+    pub start_at: Option<SystemTime>,
+    /// Progress as machine lines on stderr (a child of `--processes`).
+    pub report_progress: bool,
+    /// Connections to start in all, if bounded.
+    pub count: Option<u64>,
+    /// CPUs the workers are pinned to, worker i to the i-th (cycling); empty: none.
+    pub pin: Vec<usize>,
+}
+
 /// How long intervals of `--hdr-log` are.
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs `plan` in this process, or spread over `--processes` copies of it (`child_args` gives
 /// copy i of n its subcommand and share), starting at `start_at` if given.
 pub fn measure(
-    common: &Common,
-    spread: Option<&Spread>,
+    run: &RunSettings,
     plan: &Plan,
     share_total: usize,
     start_at: Option<SystemTime>,
     log: &mut LogSlot,
     child_args: impl Fn(u64, u64) -> Vec<OsString>,
 ) -> anyhow::Result<Outcome> {
-    let processes = spread.map_or(1, |s| s.processes);
+    let processes = run.processes;
     if processes <= 1 {
         if let Some(at) = start_at {
             if let Ok(ahead) = at.duration_since(SystemTime::now()) {
@@ -81,7 +100,7 @@ pub fn measure(
             }
             start_at::wait_until(at);
         }
-        return execute(common, plan, share_total, log);
+        return execute(run, plan, share_total, log);
     }
     // Children need a moment to start; a shared instant lines their intervals up.
     let start = start_at.unwrap_or_else(|| SystemTime::now() + Duration::from_millis(300));
@@ -113,34 +132,25 @@ pub fn measure(
 /// One measurement with its own `--hdr-log`, starting at `--start-at`: every subcommand but
 /// `ramp` (whose steps share one log).
 pub fn measure_once(
-    common: &Common,
-    spread: Option<&Spread>,
+    run: &RunSettings,
     plan: &Plan,
     share_total: usize,
     child_args: impl Fn(u64, u64) -> Vec<OsString>,
 ) -> anyhow::Result<Outcome> {
-    let mut log = LogSlot::new(common.hdr_log.clone());
-    let outcome = measure(
-        common,
-        spread,
-        plan,
-        share_total,
-        common.start_at,
-        &mut log,
-        child_args,
-    )?;
+    let mut log = LogSlot::new(run.hdr_log.clone());
+    let outcome = measure(run, plan, share_total, run.start_at, &mut log, child_args)?;
     log.finish(outcome.elapsed)?;
     Ok(outcome)
 }
 
 /// Runs `plan` on the worker threads, printing progress each second; merges their reports.
 fn execute(
-    common: &Common,
+    run: &RunSettings,
     plan: &Plan,
     share_total: usize,
     log: &mut LogSlot,
 ) -> anyhow::Result<Outcome> {
-    let threads = common.threads as usize;
+    let threads = run.threads;
     let progress = Arc::new(Progress::default());
     let start = Instant::now();
     let (sender, intervals) = std::sync::mpsc::channel();
@@ -156,15 +166,12 @@ fn execute(
     for index in 0..threads {
         let mut plan = plan.clone();
         plan.intervals = sink.clone();
-        plan.count = common
+        plan.count = run
             .count
             .map(|c| c / threads as u64 + u64::from((index as u64) < c % threads as u64));
         let share = share_total / threads + usize::from(index < share_total % threads);
         let progress = Arc::clone(&progress);
-        let cpu = common
-            .pin
-            .as_ref()
-            .and_then(|cpus| cpus.0.get(index % cpus.0.len().max(1)).copied());
+        let cpu = (!run.pin.is_empty()).then(|| run.pin[index % run.pin.len()]);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("loadgen-{index}"))
@@ -181,8 +188,8 @@ fn execute(
         );
     }
     drop(sink);
-    let interactive = std::io::stderr().is_terminal() && !common.report_progress;
-    let every = match common.report_progress {
+    let interactive = std::io::stderr().is_terminal() && !run.report_progress;
+    let every = match run.report_progress {
         true => Duration::from_millis(200),
         false => Duration::from_secs(1),
     };
@@ -208,7 +215,7 @@ fn execute(
             progress.in_flight.load(Relaxed),
             progress.established.load(Relaxed),
         );
-        if common.report_progress {
+        if run.report_progress {
             eprintln!("@progress {ok} {errors} {in_flight} {held}");
         } else {
             let rate = (ok - last.1) as f64 / last.0.elapsed().as_secs_f64();
@@ -257,10 +264,11 @@ fn execute(
     })
 }
 
-/// The subcommand and share of the load that copy `index` of `n` runs (`--processes`).
+/// The subcommand and share of the load that copy `index` of `n` runs (`--processes`); a
+/// `--count` is shared out (the CLI has checked that it is at least `n`).
 pub fn child_command(
     subcommand: &str,
-    common: &Common,
+    count: Option<u64>,
     index: u64,
     n: u64,
     duration: Duration,
@@ -271,10 +279,7 @@ pub fn child_command(
     args.extend(processes::shared_args(&argv));
     args.push("--duration".into());
     args.push(format!("{}us", duration.as_micros()).into());
-    if let Some(count) = common.count {
-        if count < n {
-            usage_error(format!("--count {count} is fewer than --processes {n}"));
-        }
+    if let Some(count) = count {
         args.push("--count".into());
         args.push(processes::share(count, n, index).to_string().into());
     }

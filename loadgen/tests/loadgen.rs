@@ -469,6 +469,29 @@ fn tls_flags_with_a_ws_target_are_usage_errors() {
     }
 }
 
+/// A `--count` is shared out over `--processes`: fewer connections than processes is a usage
+/// error before anything starts.
+#[test]
+fn a_count_under_the_processes_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+        .args([
+            "storm",
+            "ws://127.0.0.1:1/",
+            "--count",
+            "1",
+            "--processes",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--count 1 is fewer than --processes 2"),
+        "{stderr}"
+    );
+}
+
 /// `--proxy-header v1|v2`: each connection starts with a PROXY header, as from a balancer; a
 /// wsedge that expects one (`--accept-proxy-protocol`) upgrades them all, and closes every
 /// connection that comes without.
