@@ -359,7 +359,7 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
         }
         return None;
     }
-    let config = wsedge::check::tls::client_config_offering(
+    let config = wsedge::check::client_tls::client_config_offering(
         common.insecure,
         common.ca.as_deref(),
         &common.tls_groups,

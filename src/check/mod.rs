@@ -4,7 +4,7 @@
 //! Blocking I/O with deadlines: this is a diagnostic, not the data path. The rules a 101
 //! must satisfy come from the handshake core's client check, not from a second copy.
 
-pub mod tls;
+pub mod client_tls;
 pub mod verdict;
 
 use std::io::{self, Read, Write};
@@ -216,7 +216,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         verdict: Verdict::ResponseTimeout,
     };
     let tls_config = if url.secure {
-        Some(tls::client_config(options.insecure)?)
+        Some(client_tls::client_config(options.insecure)?)
     } else {
         None
     };
@@ -287,7 +287,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
                                 "the server closed the connection during the TLS handshake".into(),
                             )
                         }
-                        _ => tls::classify(&error),
+                        _ => client_tls::classify(&error),
                     };
                     return Ok(conclude(report, Verdict::Tls(failure)));
                 }
