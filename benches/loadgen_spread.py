@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The figures of "Benchmarking across several machines" in the README.
+"""The figures of "Benchmarking across several machines" in docs/benchmarking.md.
 
 spread: one wsedge with two reactors (io_uring, pinned, one per CPU) stormed, interleaved
 round by round, by

@@ -75,7 +75,7 @@ impl TlsGroup {
     }
 }
 
-/// The crypto behind rustls. aws-lc-rs by default (see the README for the measurement);
+/// The crypto behind rustls. aws-lc-rs by default (see docs/performance.md for the measurement);
 /// `WSEDGE_TLS_PROVIDER=ring` selects *ring*, to measure again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {

@@ -13,7 +13,7 @@
 //! Bytes are relayed with `read`/`write` through a 64 KiB buffer until a direction carries
 //! bulk data (one read of 16 KiB or more); that direction then switches to `splice(2)`
 //! through a kernel pipe of its own, socket to pipe to socket, which saves both copies
-//! (measured: see README). Chat-sized traffic never pays the pipe's two descriptors and its
+//! (measured: see docs/performance.md). Chat-sized traffic never pays the pipe's two descriptors and its
 //! creation; when descriptors run out the direction simply stays on copies.
 //!
 //! # Draining readiness
