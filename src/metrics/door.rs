@@ -24,7 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::{respond, ServerMetrics};
-use crate::reactor::Shutdown;
+use crate::policy::Shutdown;
 
 /// How long one scrape may take in all, from accept to the last byte written: a scraper
 /// that trickles its request or reads slowly is cut off then.
@@ -54,7 +54,7 @@ pub fn serve(
     addr: SocketAddr,
     counters: Vec<Arc<crate::stats::Counters>>,
     shutdown: Arc<Shutdown>,
-    live: Arc<crate::reactor::Live>,
+    live: Arc<crate::policy::Live>,
 ) -> io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -125,7 +125,7 @@ impl Door {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if crate::reactor::sys::is_resource_exhaustion(&e) => {
+                Err(e) if crate::sys::is_resource_exhaustion(&e) => {
                     // Out of descriptors: the next edge retries; do not spin now.
                     std::thread::sleep(Duration::from_millis(100));
                     return;

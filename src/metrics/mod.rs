@@ -15,8 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::handshake::Rejection;
+use crate::policy::{Live, Shutdown, ShutdownState};
 use crate::proxy::health::Failure;
-use crate::reactor::{Live, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake, EVENT_FAMILIES, HANDSHAKE_BUCKETS_MS};
 
 /// The server's metrics, read at scrape time from every reactor's counters.

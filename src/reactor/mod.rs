@@ -18,20 +18,15 @@ macro_rules! ctx {
     };
 }
 
-mod admission;
 pub mod epoll;
 pub mod listener;
-mod live;
-pub mod per_ip;
 mod resolver;
 mod server;
-mod shutdown;
-pub mod sys;
 pub mod uring;
 
-pub use admission::Limits;
-pub(crate) use admission::{AcceptPause, Admission};
+// The policy the reactors carry out, and the syscalls they make, live below them; named
+// here too, where users of the library found them.
+pub use crate::policy::{per_ip, Limits, Live, LiveSettings, Shutdown, ShutdownState};
+pub use crate::sys;
 pub use listener::ListenOptions;
-pub use live::{Live, LiveSettings};
 pub use server::{Backend, Listening, ReactorParts, Server, ServerConfig, StartError, Wake};
-pub use shutdown::{Shutdown, ShutdownState};

@@ -74,8 +74,7 @@ pub struct ReactorParts {
     pub index: usize,
 }
 
-/// Wakes a reactor blocked in its event loop.
-pub type Wake = Arc<dyn Fn() + Send + Sync>;
+pub use crate::policy::Wake;
 
 // One per thread, moved once: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]

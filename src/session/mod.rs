@@ -24,11 +24,11 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
+use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
 use crate::proxy::health::{Checker, Failure};
 use crate::proxy::{parse_proxy_header, Link, Pick, ProxyHeader, Upstreams};
-use crate::reactor::Live;
-use crate::reactor::{sys, AcceptPause, Admission, Limits, Shutdown, ShutdownState};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
+use crate::sys;
 use crate::timer::TimerWheel;
 use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 

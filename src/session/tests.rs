@@ -31,7 +31,7 @@ fn driver(limits: Limits) -> Driver {
             ..ProxyConfig::default()
         },
     };
-    let shutdown = Arc::new(crate::reactor::Shutdown::default());
+    let shutdown = Arc::new(crate::policy::Shutdown::default());
     Driver::new(
         Arc::new(config),
         Arc::new(Counters::default()),
@@ -237,7 +237,7 @@ fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
 fn a_live_relay_does_not_hide_failed_health_checks() {
     let mut config = (*driver(Limits::default()).config).clone();
     config.after = AfterUpgrade::Proxy;
-    let shutdown = Arc::new(crate::reactor::Shutdown::default());
+    let shutdown = Arc::new(crate::policy::Shutdown::default());
     let stats = Arc::new(Counters::default());
     let mut driver = Driver::new(
         Arc::new(config),

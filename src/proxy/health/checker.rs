@@ -136,7 +136,7 @@ impl Checker {
                         None
                     }
                     // No descriptor or port left here: the upstream is not at fault.
-                    Err(error) if crate::reactor::sys::is_local_exhaustion(&error) => {
+                    Err(error) if crate::sys::is_local_exhaustion(&error) => {
                         probe.state = State::Idle {
                             due: now + settings.interval_ms,
                         };

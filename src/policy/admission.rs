@@ -6,9 +6,10 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
-use super::{per_ip, sys};
+use super::per_ip;
 use crate::conn::ConnConfig;
 use crate::stats::Counters;
+use crate::sys;
 
 /// How long accepting pauses when descriptors or memory run out.
 const ACCEPT_PAUSE_MS: u64 = 100;

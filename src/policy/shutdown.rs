@@ -1,9 +1,10 @@
 //! The shutdown signal the reactors share: running, draining, aborting.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::Wake;
+/// Wakes a reactor blocked in its event loop.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -75,7 +76,7 @@ impl Shutdown {
         self.state()
     }
 
-    pub(super) fn register(&self, waker: Wake) {
+    pub(crate) fn register(&self, waker: Wake) {
         if let Ok(mut wakers) = self.wakers.lock() {
             wakers.push(waker);
         }

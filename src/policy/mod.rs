@@ -1,0 +1,15 @@
+//! Policy shared by every reactor, with no I/O of its own: admission control and the accept
+//! pause (`admission.rs`), per-address limits (`per_ip.rs`), the shutdown signal and drain
+//! (`shutdown.rs`), and the settings a reload publishes (`live.rs`). The per-connection
+//! decisions built on them are the driver's ([`crate::session`]); the reactors only carry
+//! them out. Nothing here depends on [`crate::reactor`].
+
+mod admission;
+mod live;
+pub mod per_ip;
+mod shutdown;
+
+pub use admission::Limits;
+pub(crate) use admission::{AcceptPause, Admission};
+pub use live::{Live, LiveSettings};
+pub use shutdown::{Shutdown, ShutdownState, Wake};
