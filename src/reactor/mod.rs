@@ -5,19 +5,6 @@
 //! `accept4` is called) and [`uring`], the raw syscalls behind safe wrappers in [`sys`]
 //! (`unsafe` lives there and in the io_uring driver only).
 
-/// The [`Ctx`](crate::conn::Ctx) of one call into a connection, from a reactor's fields
-/// (a macro, not a method, so that it borrows only those fields and not the whole reactor).
-macro_rules! ctx {
-    ($reactor:ident, $now:expr) => {
-        crate::conn::Ctx {
-            config: &$reactor.driver.config,
-            now: $now,
-            out: &mut $reactor.out,
-            stats: &$reactor.driver.stats,
-        }
-    };
-}
-
 pub mod epoll;
 pub mod listener;
 mod resolver;

@@ -26,7 +26,7 @@ use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
 use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
 use crate::proxy::health::{Checker, Failure};
-use crate::proxy::{parse_proxy_header, Link, Pick, ProxyHeader, Upstreams};
+use crate::proxy::{parse_proxy_header, Link, Peers, Pick, ProxyHeader, Upstreams};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::sys;
 use crate::timer::TimerWheel;
@@ -160,6 +160,25 @@ impl Backlog {
     }
 }
 
+/// Something that happened to a connection, or to its upstream before the relay started,
+/// as a backend reports it to [`Driver::handle`]: the driver hands it to the connection,
+/// which the backends never call themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The client closed its side (a read returned 0).
+    PeerClosed,
+    /// Proxy mode: the upstream connection is established; its answer is awaited.
+    UpstreamConnected,
+    /// Proxy mode: bytes from the upstream before the relay (its answer).
+    UpstreamData(&'a [u8]),
+    /// Proxy mode: the upstream closed before the relay started.
+    UpstreamClosed,
+    /// Proxy mode: no upstream could be reached, or the connection to it failed.
+    UpstreamFailed,
+    /// Proxy mode: relayed bytes moved either way (the connection is not idle).
+    Relayed,
+}
+
 /// What a failed upstream connection attempt means for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -175,9 +194,9 @@ pub enum UpstreamFailure {
 /// and in proxy mode which upstream to try and what its failure means.
 pub struct Driver {
     /// Settings every connection shares.
-    pub config: Arc<ConnConfig>,
+    config: Arc<ConnConfig>,
     /// This reactor's counters.
-    pub stats: Arc<Counters>,
+    stats: Arc<Counters>,
     admission: Admission,
     accept_pause: AcceptPause,
     draining: bool,
@@ -516,6 +535,45 @@ impl Driver {
         }
         tracing::warn!(%error, "cannot watch an upstream socket");
         conn.on_upstream_failed(&mut self.cx(now, out))
+    }
+
+    /// Carries `event` to the connection; its output is appended to `out`. Carry out what
+    /// it returns.
+    pub fn handle(&self, conn: &mut Conn, event: Event<'_>, now: u64, out: &mut Vec<u8>) -> Next {
+        let mut cx = self.cx(now, out);
+        match event {
+            Event::PeerClosed => conn.on_eof(&mut cx),
+            Event::UpstreamConnected => {
+                conn.on_upstream_connected(&cx);
+                Next::Continue
+            }
+            Event::UpstreamData(bytes) => conn.on_upstream_data(bytes, &mut cx),
+            Event::UpstreamClosed => conn.on_upstream_eof(&mut cx),
+            Event::UpstreamFailed => conn.on_upstream_failed(&mut cx),
+            Event::Relayed => {
+                conn.on_relayed(&cx);
+                Next::Continue
+            }
+        }
+    }
+
+    /// Proxy mode: appends to `out` the request to send the upstream now connected for
+    /// `conn` (only the request: see [`Conn::write_upstream_request`]).
+    pub fn upstream_request(&self, conn: &mut Conn, peers: Peers, now: u64, out: &mut Vec<u8>) {
+        conn.write_upstream_request(peers, &mut self.cx(now, out));
+    }
+
+    /// Proxy mode: how the upstream learns the client's address.
+    pub fn forwarding(&self) -> crate::proxy::Forwarding {
+        self.config.proxy.forwarding
+    }
+
+    /// Proxy mode: whether the upstream choice needs the client's address (hashing by it).
+    pub fn hashes_client_ip(&self) -> bool {
+        matches!(
+            self.config.proxy.hash_key,
+            Some(crate::proxy::HashKey::ClientIp)
+        )
     }
 
     /// Whether new connections are taken now (not draining, not paused).

@@ -27,7 +27,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Session, Turn};
 use crate::transport::{Outbox, Queue, Transport};
 use relay::Upstream;
 
@@ -351,7 +351,11 @@ impl Reactor {
                 self.eager_reads.learn(matches!(read, Ok(n) if n > 0));
             }
             let (next, drained) = match read {
-                Ok(0) => (client.conn.on_eof(&mut ctx!(self, now)), true),
+                Ok(0) => {
+                    let closed = Event::PeerClosed;
+                    let next = (self.driver).handle(&mut client.conn, closed, now, &mut self.out);
+                    (next, true)
+                }
                 Ok(n) => (
                     self.driver.received(
                         key,

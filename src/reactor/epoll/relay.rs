@@ -36,7 +36,7 @@ use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
-use crate::session::{Backlog, UpstreamFailure};
+use crate::session::{Backlog, Event, UpstreamFailure};
 use crate::transport::{Outbox, Transport};
 
 /// A client's upstream socket, the readiness of both sides, and the [`Link`].
@@ -288,7 +288,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
-        let local = match self.driver.config.proxy.forwarding {
+        let local = match self.driver.forwarding() {
             Forwarding::ProxyV2 => client.stream.local_addr().ok(),
             Forwarding::Headers => None,
         };
@@ -299,9 +299,7 @@ impl Reactor {
             local: local.unwrap_or(client.peer),
             tls: client.transport.is_tls(),
         };
-        client
-            .conn
-            .write_upstream_request(peers, &mut ctx!(self, now));
+        (self.driver).upstream_request(&mut client.conn, peers, now, &mut self.out);
         let mut request = std::mem::take(&mut self.out);
         let opened = self.driver.open_upstream(
             &mut client.conn,
@@ -332,7 +330,8 @@ impl Reactor {
                     .push(&request[written..]);
                 if written > 0 {
                     upstream.link.confirmed = true;
-                    client.conn.on_upstream_connected(&ctx!(self, now));
+                    let connected = Event::UpstreamConnected;
+                    let _ = (self.driver).handle(&mut client.conn, connected, now, &mut self.out);
                 }
                 match self.register_upstream(key, upstream) {
                     Ok(()) => Next::Continue,
@@ -439,11 +438,15 @@ impl Reactor {
                 }
                 return;
             }
-            Err(_) => client.conn.on_upstream_failed(&mut ctx!(self, now)),
+            Err(_) => {
+                let failed = Event::UpstreamFailed;
+                self.driver
+                    .handle(&mut client.conn, failed, now, &mut self.out)
+            }
             Ok(true) if !upstream.link.confirmed => {
                 upstream.link.confirmed = true;
-                client.conn.on_upstream_connected(&ctx!(self, now));
-                Next::Continue
+                let connected = Event::UpstreamConnected;
+                (self.driver).handle(&mut client.conn, connected, now, &mut self.out)
             }
             Ok(_) => Next::Continue,
         };
@@ -466,21 +469,22 @@ impl Reactor {
                 break;
             }
             let read = (&upstream.stream).read(&mut self.read_buffer);
-            let mut cx = ctx!(self, now);
-            next = match read {
-                Ok(0) => client.conn.on_upstream_eof(&mut cx),
+            let event = match read {
+                Ok(0) => Event::UpstreamClosed,
                 Ok(n) => {
                     source.readable = n == self.read_buffer.len() || source.hup;
-                    let data = &self.read_buffer[..n];
-                    client.conn.on_upstream_data(data, &mut cx)
+                    Event::UpstreamData(&self.read_buffer[..n])
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     source.readable = false;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => client.conn.on_upstream_failed(&mut cx),
+                Err(_) => Event::UpstreamFailed,
             };
+            next = self
+                .driver
+                .handle(&mut client.conn, event, now, &mut self.out);
             if !self.apply(key, next) {
                 return;
             }
@@ -538,7 +542,7 @@ impl Reactor {
             return self.close(key);
         }
         if up.any || down.any {
-            client.conn.on_relayed(&ctx!(self, now));
+            let _ = (self.driver).handle(&mut client.conn, Event::Relayed, now, &mut self.out);
         }
         if up.more || down.more {
             self.revisit.push(key);

@@ -36,7 +36,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Session, Turn};
 use crate::transport::{Outbox, Transport};
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -623,7 +623,8 @@ impl Reactor {
                             sys::set_nodelay(fd);
                         }
                     }
-                    client.conn.on_relayed(&ctx!(self, now));
+                    let _ =
+                        (self.driver).handle(&mut client.conn, Event::Relayed, now, &mut self.out);
                 }
                 None if result == 0 => link.end_of(side),
                 None => return self.relay_broken(key, side),
@@ -639,15 +640,15 @@ impl Reactor {
             self.driver
                 .received(key, conn, session, transport, outbox, data, now, out)
         } else {
-            let mut cx = ctx!(self, now);
-            let conn = &mut client.conn;
-            match (side, data) {
-                (Side::Client, _) if result == 0 => conn.on_eof(&mut cx),
+            let event = match (side, data) {
+                (Side::Client, _) if result == 0 => Event::PeerClosed,
                 (Side::Client, _) => return self.begin_close(key),
-                (Side::Upstream, Some((_, data))) => conn.on_upstream_data(data, &mut cx),
-                (Side::Upstream, None) if result == 0 => conn.on_upstream_eof(&mut cx),
-                (Side::Upstream, None) => conn.on_upstream_failed(&mut cx),
-            }
+                (Side::Upstream, Some((_, data))) => Event::UpstreamData(data),
+                (Side::Upstream, None) if result == 0 => Event::UpstreamClosed,
+                (Side::Upstream, None) => Event::UpstreamFailed,
+            };
+            self.driver
+                .handle(&mut client.conn, event, now, &mut self.out)
         };
         if let Some(bid) = buffer {
             ring.recycle(bid);

@@ -21,7 +21,7 @@ use super::{user_data, Client, Op, Ops, Reactor};
 use crate::conn::Next;
 use crate::proxy::{Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
-use crate::session::UpstreamFailure;
+use crate::session::{Event, UpstreamFailure};
 
 /// A client's upstream socket and what the kernel reads while it connects.
 pub(super) struct Upstream {
@@ -79,13 +79,13 @@ impl Reactor {
         };
         // Multishot accept reports no address: asked for here only when the client's
         // address picks the upstream (`--upstream-hash-key client-ip`).
-        let client_ip = match self.driver.config.proxy.hash_key {
-            Some(crate::proxy::HashKey::ClientIp) => self
+        let client_ip = match self.driver.hashes_client_ip() {
+            true => self
                 .driver
                 .client_addr(key)
                 .or_else(|| client.socket().and_then(|s| sys::socket_addr(s, false)))
                 .map(|a| a.ip()),
-            _ => None,
+            false => None,
         };
         let opened = self.driver.open_upstream(
             &mut client.conn,
@@ -127,13 +127,16 @@ impl Reactor {
 
     fn upstream_failed(&mut self, key: usize, now: u64) {
         if let Some(client) = self.clients.get_mut(key) {
-            let next = client.conn.on_upstream_failed(&mut ctx!(self, now));
+            let failed = Event::UpstreamFailed;
+            let next = self
+                .driver
+                .handle(&mut client.conn, failed, now, &mut self.out);
             self.apply(key, next)
         }
     }
 
     pub(super) fn on_connect(&mut self, key: usize, result: i32, now: u64) {
-        let forwarding = self.driver.config.proxy.forwarding;
+        let forwarding = self.driver.forwarding();
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
@@ -172,9 +175,9 @@ impl Reactor {
             // The client is gone already.
             return self.begin_close(key);
         };
-        let mut cx = ctx!(self, now);
-        client.conn.write_upstream_request(peers, &mut cx);
-        client.conn.on_upstream_connected(&cx);
+        let (conn, out) = (&mut client.conn, &mut self.out);
+        self.driver.upstream_request(conn, peers, now, out);
+        let _ = self.driver.handle(conn, Event::UpstreamConnected, now, out);
         upstream.link.toward(Side::Upstream).pipe.push(&self.out);
         self.out.clear();
         self.send_to(key, Side::Upstream)
