@@ -179,6 +179,18 @@ pub enum Event<'a> {
     Relayed,
 }
 
+/// A connection's state as a backend holds it, lent to the driver for one call.
+pub struct Parts<'a> {
+    /// The protocol state.
+    pub conn: &'a mut Conn,
+    /// The state above it.
+    pub session: &'a mut Session,
+    /// Plain TCP or TLS.
+    pub transport: &'a mut Transport,
+    /// Output the socket has not taken yet.
+    pub outbox: &'a mut Outbox,
+}
+
 /// What a failed upstream connection attempt means for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
@@ -675,18 +687,19 @@ impl Driver {
     /// Behind a balancer (`--accept-proxy-protocol`) the PROXY header comes first: read
     /// whole, it names the client (admitted per address then), and what follows it goes on
     /// as above; a missing or malformed header closes the connection, unanswered.
-    #[allow(clippy::too_many_arguments)]
     pub fn received(
         &mut self,
-        key: usize,
-        conn: &mut Conn,
-        session: &mut Session,
-        transport: &mut Transport,
-        outbox: &mut Outbox,
+        (key, parts): (usize, Parts<'_>),
         bytes: &[u8],
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        let Parts {
+            conn,
+            session,
+            transport,
+            outbox,
+        } = parts;
         if !session.awaits_proxy_header {
             return self.received_after_header(conn, transport, outbox, bytes, now, out);
         }

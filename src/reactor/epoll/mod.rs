@@ -27,7 +27,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Parts, Session, Turn};
 use crate::transport::{Outbox, Queue, Transport};
 use relay::Upstream;
 
@@ -63,6 +63,18 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     upstream: Option<Box<Upstream>>,
+}
+
+impl Client {
+    /// The connection's state, lent to the driver.
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            conn: &mut self.conn,
+            session: &mut self.session,
+            transport: &mut self.transport,
+            outbox: &mut self.outbox,
+        }
+    }
 }
 
 /// Writes as much of `bytes` as the socket takes now.
@@ -358,11 +370,7 @@ impl Reactor {
                 }
                 Ok(n) => (
                     self.driver.received(
-                        key,
-                        &mut client.conn,
-                        &mut client.session,
-                        &mut client.transport,
-                        &mut client.outbox,
+                        (key, client.parts()),
                         &self.read_buffer[..n],
                         now,
                         &mut self.out,

@@ -36,7 +36,7 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::{Conn, Next};
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Session, Turn};
+use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Parts, Session, Turn};
 use crate::transport::{Outbox, Transport};
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -165,6 +165,15 @@ struct Client {
 }
 
 impl Client {
+    /// The connection's state, lent to the driver.
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            conn: &mut self.conn,
+            session: &mut self.session,
+            transport: &mut self.transport,
+            outbox: &mut self.outbox,
+        }
+    }
     /// Counts an operation submitted for this slot.
     fn submitted(&mut self, op: Op) {
         self.in_flight += 1;
@@ -635,10 +644,7 @@ impl Reactor {
             return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
-            let (conn, transport) = (&mut client.conn, &mut client.transport);
-            let (session, outbox, out) = (&mut client.session, &mut client.outbox, &mut self.out);
-            self.driver
-                .received(key, conn, session, transport, outbox, data, now, out)
+            (self.driver).received((key, client.parts()), data, now, &mut self.out)
         } else {
             let event = match (side, data) {
                 (Side::Client, _) if result == 0 => Event::PeerClosed,
