@@ -191,6 +191,23 @@ pub struct Parts<'a> {
     pub outbox: &'a mut Outbox,
 }
 
+impl<'a> Parts<'a> {
+    /// The parts of one connection, as the backend holds them.
+    pub fn of(
+        conn: &'a mut Conn,
+        session: &'a mut Session,
+        transport: &'a mut Transport,
+        outbox: &'a mut Outbox,
+    ) -> Parts<'a> {
+        Parts {
+            conn,
+            session,
+            transport,
+            outbox,
+        }
+    }
+}
+
 /// What a failed upstream connection attempt means for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {

@@ -65,18 +65,6 @@ struct Client {
     upstream: Option<Box<Upstream>>,
 }
 
-impl Client {
-    /// The connection's state, lent to the driver.
-    fn parts(&mut self) -> Parts<'_> {
-        Parts {
-            conn: &mut self.conn,
-            session: &mut self.session,
-            transport: &mut self.transport,
-            outbox: &mut self.outbox,
-        }
-    }
-}
-
 /// Writes as much of `bytes` as the socket takes now.
 fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     loop {
@@ -370,7 +358,15 @@ impl Reactor {
                 }
                 Ok(n) => (
                     self.driver.received(
-                        (key, client.parts()),
+                        (
+                            key,
+                            Parts::of(
+                                &mut client.conn,
+                                &mut client.session,
+                                &mut client.transport,
+                                &mut client.outbox,
+                            ),
+                        ),
                         &self.read_buffer[..n],
                         now,
                         &mut self.out,

@@ -165,15 +165,6 @@ struct Client {
 }
 
 impl Client {
-    /// The connection's state, lent to the driver.
-    fn parts(&mut self) -> Parts<'_> {
-        Parts {
-            conn: &mut self.conn,
-            session: &mut self.session,
-            transport: &mut self.transport,
-            outbox: &mut self.outbox,
-        }
-    }
     /// Counts an operation submitted for this slot.
     fn submitted(&mut self, op: Op) {
         self.in_flight += 1;
@@ -644,7 +635,20 @@ impl Reactor {
             return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
-            (self.driver).received((key, client.parts()), data, now, &mut self.out)
+            (self.driver).received(
+                (
+                    key,
+                    Parts::of(
+                        &mut client.conn,
+                        &mut client.session,
+                        &mut client.transport,
+                        &mut client.outbox,
+                    ),
+                ),
+                data,
+                now,
+                &mut self.out,
+            )
         } else {
             let event = match (side, data) {
                 (Side::Client, _) if result == 0 => Event::PeerClosed,
