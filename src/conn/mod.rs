@@ -676,7 +676,9 @@ impl Conn {
             let Some(frame) = input.get(at..at + frame_len) else {
                 // Part of a text frame: its characters are checked as they come.
                 let arrived = input.get(at + header.header_len..).unwrap_or_default();
-                if self.is_text(header.opcode) && !self.text_arriving(arrived, header.mask) {
+                // (After our Close only the peer's Close matters: nothing else is checked.)
+                let text = self.phase == Phase::Open && self.is_text(header.opcode);
+                if text && !self.text_arriving(arrived, header.mask) {
                     return (input.len(), self.fail(CloseCode::INVALID_PAYLOAD, cx));
                 }
                 return (at, Next::Continue);

@@ -499,3 +499,28 @@ fn characters_cut_anywhere_are_valid_text() {
     );
     assert_eq!(h.take_out(), [0x88, 0x02, 0x03, 0xEF]);
 }
+
+/// After our Close only the peer's Close matters: invalid text arriving then is not checked,
+/// and no second Close is written.
+#[test]
+fn text_arriving_after_our_close_is_not_checked() {
+    let mut h = Harness::upgraded();
+    let mut cx = Ctx {
+        config: &h.config,
+        now: 0,
+        out: &mut h.out,
+        stats: &h.stats,
+    };
+    assert_eq!(
+        h.conn.on_shutdown(0, CloseCode(1012), &mut cx),
+        Next::Continue
+    );
+    assert_eq!(h.take_out(), close_frame(CloseCode(1012)));
+    let mut payload = vec![b'a'; 20];
+    payload.extend_from_slice(&[0xff, 0xfe]);
+    payload.extend_from_slice(&[b'a'; 20]);
+    let frame = masked(true, 1, &payload);
+    // The invalid bytes have arrived, the frame is not whole.
+    assert_eq!(h.feed(&frame[..frame.len() - 10]), Next::Continue);
+    assert!(h.take_out().is_empty(), "no second Close");
+}

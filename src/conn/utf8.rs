@@ -1,7 +1,8 @@
 //! UTF-8 of text messages checked as they arrive (RFC 6455 section 8.1, Autobahn's "fail
 //! fast"): invalid bytes fail the connection in the fragment, or the read, that carries them,
-//! not at the end of the message; each byte is checked once, whatever the fragmenting, so a
-//! message's cost stays linear.
+//! not at the end of the message. Each byte is checked as it arrives and, if its frame spans
+//! reads, once more when the frame is whole: whatever the fragmenting, a message's cost stays
+//! linear.
 
 /// What a prefix of a text message's bytes says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
