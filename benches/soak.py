@@ -292,6 +292,8 @@ COUNTERS = {
     "upstream_timeouts": "wsedge_upstream_timeouts_total",
     "refusals_passed": "wsedge_upstream_refusals_passed_total",
     "abandoned": "wsedge_handshakes_abandoned_total",
+    # No client of the mix stops reading: no output is ever given up.
+    "send_timeouts": "wsedge_send_timeouts_total",
 }
 
 

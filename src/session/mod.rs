@@ -706,7 +706,8 @@ impl Driver {
     /// as above; a missing or malformed header closes the connection, unanswered.
     pub fn received(
         &mut self,
-        (key, parts): (usize, Parts<'_>),
+        key: usize,
+        parts: Parts<'_>,
         bytes: &[u8],
         now: u64,
         out: &mut Vec<u8>,
@@ -933,7 +934,9 @@ impl Driver {
     ) -> Next {
         let send_overdue = now >= session.send_deadline;
         if session.after_flush == AfterFlush::Close || (output_waiting && send_overdue) {
-            if send_overdue && session.after_flush == AfterFlush::Nothing {
+            // Output given up is counted however the connection was ending, as io_uring's
+            // linked send is (`flush_overdue`).
+            if output_waiting && send_overdue {
                 Counters::bump(&self.stats.send_timeouts);
             }
             session.given_up = true;
@@ -1001,8 +1004,8 @@ impl Driver {
         wait.map(std::time::Duration::from_millis)
     }
 
-    /// The one deadline to arm for this connection: its own, or while a flush is awaited
-    /// with none of its own, the flush deadline (the linger).
+    /// The one deadline to arm for this connection: the earlier of its own and the send
+    /// deadline (which, once a close awaits the flush, is the linger at the latest).
     pub fn timer(&self, conn: &Conn, session: &mut Session, now: u64) -> Option<u64> {
         if session.awaits_flush() && session.send_deadline == NO_SEND_DEADLINE {
             session.send_deadline = now.saturating_add(self.config.linger_ms);
