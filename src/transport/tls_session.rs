@@ -15,7 +15,9 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 
 use super::Sink;
 
@@ -202,13 +204,7 @@ impl TlsLink {
                         plaintext.extend_from_slice(record.payload);
                     }
                 }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(records, |out| match encode.encode(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
-                        Err(_) => Err(None),
-                    });
-                }
+                ConnectionState::EncodeTlsData(mut encode) => encode_into(records, &mut encode),
                 // The records are in the sink: the backend sends them from there.
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::PeerClosed | ConnectionState::Closed => end = TlsEnd::Closed,
@@ -228,7 +224,7 @@ impl TlsLink {
             let rest = buffer.get_mut(consumed..).unwrap_or_default();
             self.queued_after_failure(error, rest, records);
         }
-        (consumed.min(buffer.len()), end)
+        (consumed, end)
     }
 
     /// After `error`, writes what rustls queued with it: its alert, and before it the rest of
@@ -255,13 +251,7 @@ impl TlsLink {
         let calls = if in_a_record { 1 } else { MAX_STEPS };
         for _ in 0..calls {
             match self.conn.process_tls_records(rest).state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    append(records, |out| match encode.encode(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
-                        Err(_) => Err(None),
-                    });
-                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(records, &mut encode),
                 _ => return,
             }
         }
@@ -341,13 +331,7 @@ impl TlsLink {
                 self.conn.process_tls_records(&mut incoming[consumed..]);
             consumed = (consumed + discard).min(len);
             match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    append(records, |out| match encode.encode(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
-                        Err(_) => Err(None),
-                    });
-                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(records, &mut encode),
                 Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
                 // Reported once after the peer's `close_notify`: writing may go on.
                 Ok(ConnectionState::PeerClosed) => {}
@@ -372,6 +356,15 @@ fn too_small(error: EncryptError) -> Option<usize> {
         EncryptError::InsufficientSize(e) => Some(e.required_size),
         _ => None,
     }
+}
+
+/// Appends the record rustls has ready to `records`.
+fn encode_into(records: &mut impl Sink, encode: &mut EncodeTlsData<'_, ServerConnectionData>) {
+    append(records, |out| match encode.encode(out) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(e)) => Err(Some(e.required_size)),
+        Err(_) => Err(None),
+    });
 }
 
 /// Appends to `records` what `encode` writes: asked first with no room, it says how much it

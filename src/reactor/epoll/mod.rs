@@ -358,14 +358,12 @@ impl Reactor {
                 }
                 Ok(n) => (
                     self.driver.received(
-                        (
-                            key,
-                            Parts::of(
-                                &mut client.conn,
-                                &mut client.session,
-                                &mut client.transport,
-                                &mut client.outbox,
-                            ),
+                        key,
+                        Parts::of(
+                            &mut client.conn,
+                            &mut client.session,
+                            &mut client.transport,
+                            &mut client.outbox,
                         ),
                         &self.read_buffer[..n],
                         now,

@@ -636,14 +636,12 @@ impl Reactor {
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
             (self.driver).received(
-                (
-                    key,
-                    Parts::of(
-                        &mut client.conn,
-                        &mut client.session,
-                        &mut client.transport,
-                        &mut client.outbox,
-                    ),
+                key,
+                Parts::of(
+                    &mut client.conn,
+                    &mut client.session,
+                    &mut client.transport,
+                    &mut client.outbox,
                 ),
                 data,
                 now,
