@@ -50,46 +50,8 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
     let dir = scratch("activation");
     let cert = cert(&dir, "server", &["localhost"]);
     let (plain, tls) = (free_addr(), free_addr());
-    let child = Command::new(activate)
-        .args([
-            "-l",
-            &plain.to_string(),
-            "-l",
-            &tls.to_string(),
-            "--fdname=ws:tls",
-        ])
-        .arg(env!("CARGO_BIN_EXE_wsedge"))
-        .args([
-            "serve",
-            "--io",
-            io.flag(),
-            "--threads",
-            "2",
-            "--no-pin",
-            "--after",
-            "echo",
-        ])
-        .arg("--tls-cert")
-        .arg(&cert.cert)
-        .arg("--tls-key")
-        .arg(&cert.key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn systemd-socket-activate");
-    // Killed however the test ends (a failed assertion included).
-    let mut child = KillOnDrop(child);
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
+    let args = ["--io", io.flag(), "--threads", "2", "--after", "echo"];
+    let (_child, log) = activated(activate, &[plain, tls], "ws:tls", &args, &cert);
     let mut first = connect_when_listening(plain);
     first.write_all(&upgrade_request("/", &[])).unwrap();
     let status = read_head(&mut first).status;
@@ -109,17 +71,7 @@ fn socket_activation_serves_the_passed_sockets(io: Io) {
         again.write_all(&upgrade_request("/", &[])).unwrap();
         assert_eq!(read_head(&mut again).status, 101);
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
-        .args(["check", &format!("wss://localhost:{}/", tls.port())])
-        .env("SSL_CERT_FILE", &cert.cert)
-        .arg("--insecure")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    check_upgrades_over_tls(tls.port());
 }
 
 /// A passed socket whose name says nothing (`web`) on an address `--listen-tls` names is a
@@ -131,31 +83,69 @@ fn a_passed_socket_on_a_listen_tls_address_is_tls_whatever_its_name(io: Io) {
     let dir = scratch("activation-name");
     let cert = cert(&dir, "server", &["localhost"]);
     let tls = free_addr();
-    let child = Command::new(activate)
-        .args(["-l", &tls.to_string(), "--fdname=web"])
+    let listen_tls = tls.to_string();
+    let args = [
+        "--io",
+        io.flag(),
+        "--threads",
+        "1",
+        "--listen-tls",
+        &listen_tls,
+    ];
+    let (_child, _log) = activated(activate, &[tls], "web", &args, &cert);
+    let mut plain = connect_when_listening(tls);
+    plain.write_all(&upgrade_request("/", &[])).unwrap();
+    let head = read_head(&mut plain);
+    assert_eq!(head.status, 400, "plaintext is refused on the TLS port");
+    check_upgrades_over_tls(tls.port());
+}
+
+/// `systemd-socket-activate` listening on `addrs` (named `fdnames`), to start `wsedge serve`
+/// with `args` and `cert` on the first connection, and what it logs. Killed however the test
+/// ends (a failed assertion included).
+fn activated(
+    activate: &str,
+    addrs: &[SocketAddr],
+    fdnames: &str,
+    args: &[&str],
+    cert: &common::Cert,
+) -> (KillOnDrop, Arc<Mutex<String>>) {
+    let mut command = Command::new(activate);
+    for addr in addrs {
+        command.args(["-l", &addr.to_string()]);
+    }
+    let child = command
+        .arg(format!("--fdname={fdnames}"))
         .arg(env!("CARGO_BIN_EXE_wsedge"))
-        .args(["serve", "--io", io.flag(), "--threads", "1", "--no-pin"])
-        .args(["--listen-tls", &tls.to_string()])
+        .args(["serve", "--no-pin"])
+        .args(args)
         .arg("--tls-cert")
         .arg(&cert.cert)
         .arg("--tls-key")
         .arg(&cert.key)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn systemd-socket-activate");
-    let _child = KillOnDrop(child);
-    let mut plain = connect_when_listening(tls);
-    plain.write_all(&upgrade_request("/", &[])).unwrap();
-    let head = read_head(&mut plain);
-    assert_eq!(head.status, 400, "plaintext is refused on the TLS port");
+    let mut child = KillOnDrop(child);
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let stderr = child.0.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
+}
+
+/// `wsedge check` upgrades over TLS on `port` (the certificate not checked).
+fn check_upgrades_over_tls(port: u16) {
     let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
-        .args([
-            "check",
-            &format!("wss://localhost:{}/", tls.port()),
-            "--insecure",
-        ])
+        .args(["check", &format!("wss://localhost:{port}/"), "--insecure"])
         .output()
         .unwrap();
     assert!(

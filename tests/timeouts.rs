@@ -123,12 +123,7 @@ fn server_sockets(server: &Server) -> usize {
 fn client_that_stops_reading(server: &Server, batch: &[u8]) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(1024).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(&upgrade_request("/", &[])).unwrap();
-    let head = common::read_head(&mut stream);
-    assert_eq!(head.status, 101);
+    let mut stream = common::upgraded_through(server, socket);
     stream.write_all(batch).unwrap();
     stream
 }

@@ -486,12 +486,7 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
             let socket =
                 socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             socket.bind(&from.into()).unwrap();
-            socket.connect(&server.addr.into()).unwrap();
-            let mut stream: TcpStream = socket.into();
-            stream.set_read_timeout(Some(DEADLINE)).unwrap();
-            stream.write_all(&upgrade_request("/", &[])).unwrap();
-            let head = common::read_head(&mut stream);
-            assert_eq!(head.status, 101);
+            let _stream = common::upgraded_through(&server, socket);
             let (_, upstream) = seen_rx.recv_timeout(DEADLINE).expect("an upstream saw it");
             if let Some(before) = placed.insert(source, upstream) {
                 assert_eq!(before, upstream, "127.0.0.{source} moved in round {round}");

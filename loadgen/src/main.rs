@@ -463,6 +463,13 @@ fn run_settings(common: &Common, spread: Option<&Spread>) -> RunSettings {
     }
 }
 
+/// A measurement in this process only (subcommands that do not spread over processes).
+fn measure_here(common: &Common, plan: &Plan, share_total: usize) -> anyhow::Result<Outcome> {
+    measure_once(&run_settings(common, None), plan, share_total, |_, _| {
+        Vec::new()
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let fd_limit = net::raise_fd_limit();
     match cli.command {
@@ -779,12 +786,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 elapsed,
                 established_after,
                 ..
-            } = measure_once(
-                &run_settings(&common, None),
-                &plan,
-                connections as usize,
-                |_, _| Vec::new(),
-            )?;
+            } = measure_here(&common, &plan, connections as usize)?;
             drop(sampler);
             let established = report.ok;
             let rss_after = *rss_after_cell.lock().expect("lock");
@@ -829,12 +831,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let Outcome {
                 report, elapsed, ..
-            } = measure_once(
-                &run_settings(&common, None),
-                &plan,
-                connections as usize,
-                |_, _| Vec::new(),
-            )?;
+            } = measure_here(&common, &plan, connections as usize)?;
             println!(
                 "slowloris {} ({connections} clients, one byte per {byte_interval:?})",
                 common.url.addr

@@ -485,6 +485,17 @@ pub fn raw_upstream(
     addr
 }
 
+/// Connects `socket` (prepared by the caller: a source address, buffer sizes) to `server`,
+/// upgrades and checks the 101.
+pub fn upgraded_through(server: &Server, socket: socket2::Socket) -> TcpStream {
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(&upgrade_request("/", &[])).unwrap();
+    assert_eq!(read_head(&mut stream).status, 101);
+    stream
+}
+
 /// Reads up to and including the blank line that ends a request head.
 pub fn read_request_head(stream: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
