@@ -67,6 +67,17 @@ impl Harness {
         mem::take(&mut self.out)
     }
 
+    /// The server drains: this connection closes with `code` at `close_at`.
+    fn shutdown(&mut self, close_at: u64, code: CloseCode) -> Next {
+        let mut cx = Ctx {
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        self.conn.on_shutdown(close_at, code, &mut cx)
+    }
+
     fn upgraded() -> Self {
         let mut h = Harness::new(AfterUpgrade::Echo);
         assert_eq!(h.feed(REQUEST), Next::Continue);
@@ -227,16 +238,7 @@ fn rejection_writes_the_response_and_half_closes() {
 #[test]
 fn drain_closes_at_the_given_time_with_the_given_code() {
     let mut h = Harness::upgraded();
-    let mut cx = Ctx {
-        config: &h.config,
-        now: 0,
-        out: &mut h.out,
-        stats: &h.stats,
-    };
-    assert_eq!(
-        h.conn.on_shutdown(700, CloseCode(1012), &mut cx),
-        Next::Continue
-    );
+    assert_eq!(h.shutdown(700, CloseCode(1012)), Next::Continue);
     assert_eq!(h.conn.deadline(), Some(700));
     h.now = 100;
     assert_eq!(
@@ -505,16 +507,7 @@ fn characters_cut_anywhere_are_valid_text() {
 #[test]
 fn text_arriving_after_our_close_is_not_checked() {
     let mut h = Harness::upgraded();
-    let mut cx = Ctx {
-        config: &h.config,
-        now: 0,
-        out: &mut h.out,
-        stats: &h.stats,
-    };
-    assert_eq!(
-        h.conn.on_shutdown(0, CloseCode(1012), &mut cx),
-        Next::Continue
-    );
+    assert_eq!(h.shutdown(0, CloseCode(1012)), Next::Continue);
     assert_eq!(h.take_out(), close_frame(CloseCode(1012)));
     let mut payload = vec![b'a'; 20];
     payload.extend_from_slice(&[0xff, 0xfe]);
