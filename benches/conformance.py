@@ -136,6 +136,12 @@ def main():
     parser.add_argument("--node-ws", help="a folder whose node_modules holds ws, to compare with")
     parser.add_argument("--out", help="write every case's behavior per target as JSON here")
     options = parser.parse_args()
+    # Cases run with a scratch folder as the working directory: relative paths would not
+    # resolve there.
+    options.kosoku = os.path.abspath(shutil.which(options.kosoku) or options.kosoku)
+    options.wsedge = os.path.abspath(options.wsedge)
+    if options.node_ws:
+        options.node_ws = os.path.abspath(options.node_ws)
 
     results, failed = {}, []
     for name, strict, launch in targets(options):
