@@ -27,7 +27,32 @@ impl CountingUpstream {
     }
 
     fn start_at(addr: SocketAddr) -> CountingUpstream {
-        let listener = TcpListener::bind(addr).unwrap();
+        CountingUpstream::serve(TcpListener::bind(addr).unwrap())
+    }
+
+    /// Upstreams on one port, one per address `127.0.0.H` of `hosts` (a name's addresses
+    /// share its port). A port free on one address may be taken on another by a test running
+    /// beside: another is tried then.
+    fn on_one_port(hosts: &[u8]) -> (u16, Vec<CountingUpstream>) {
+        loop {
+            let port = TcpListener::bind(SocketAddr::from(([127, 0, 0, hosts[0]], 0)))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let bound: Result<Vec<TcpListener>, _> = (hosts.iter())
+                .map(|&host| TcpListener::bind(SocketAddr::from(([127, 0, 0, host], port))))
+                .collect();
+            if let Ok(listeners) = bound {
+                return (
+                    port,
+                    listeners.into_iter().map(CountingUpstream::serve).collect(),
+                );
+            }
+        }
+    }
+
+    fn serve(listener: TcpListener) -> CountingUpstream {
         let addr = listener.local_addr().unwrap();
         let held = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&held);
@@ -508,14 +533,7 @@ fn weights_client_ip_hashing_and_a_degraded_healthz(io: Io) {
 /// upstream, and when the name moves from .1 and .2 to .2 and .3, the next lookup
 /// (`--upstream-resolve-secs 1`) drains .1's relays and sends new clients to .3.
 fn a_name_is_every_address_it_resolves_to_and_is_looked_up_again(io: Io) {
-    let port = TcpListener::bind("127.0.0.3:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let upstreams: Vec<CountingUpstream> = (1..=3)
-        .map(|host| CountingUpstream::start_at(SocketAddr::from(([127, 0, 0, host], port))))
-        .collect();
+    let (port, upstreams) = CountingUpstream::on_one_port(&[1, 2, 3]);
     let hosts = common::scratch(&format!("hosts-{io:?}")).join("hosts");
     std::fs::write(&hosts, "127.0.0.1 fleet.test\n127.0.0.2 fleet.test\n").unwrap();
     let upstream = format!("fleet.test:{port}");
@@ -594,13 +612,9 @@ fn own_hosts(hosts: &std::path::Path) -> impl FnOnce(&mut std::process::Command)
 /// the literal address stays (a failed lookup once emptied the whole pool: every client got
 /// 502 while `/healthz` said 200).
 fn a_name_that_fails_at_a_reload_keeps_its_addresses_and_the_others_stay(io: Io) {
-    let port = TcpListener::bind("127.0.0.2:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let literal = CountingUpstream::start();
-    let named = CountingUpstream::start_at(SocketAddr::from(([127, 0, 0, 2], port)));
+    let (port, mut named) = CountingUpstream::on_one_port(&[2]);
+    let named = named.remove(0);
     let hosts = common::scratch(&format!("reload-hosts-{io:?}")).join("hosts");
     std::fs::write(&hosts, "127.0.0.2 fleet.test\n").unwrap();
     let path = config_path("reload-lookup", io);
