@@ -697,9 +697,14 @@ impl Conn {
 
     /// Whether a frame with `opcode` carries text: a text frame, or a continuation of a text
     /// message.
+    /// A frame that is itself out of place (a new text message inside another) is not
+    /// checked: its 1002 comes when it is whole, whatever the split.
     fn is_text(&self, opcode: OpCode) -> bool {
-        opcode == OpCode::Text
-            || (opcode == OpCode::Continuation && self.message_opcode == Some(OpCode::Text))
+        match opcode {
+            OpCode::Text => self.message_opcode.is_none(),
+            OpCode::Continuation => self.message_opcode == Some(OpCode::Text),
+            _ => false,
+        }
     }
 
     /// Checks the payload bytes of a text frame that have `arrived` so far (masked with
