@@ -86,6 +86,10 @@ event_counters! {
     closed => "wsedge_closed_connections", "Connections closed.";
     /// Times accepting paused for lack of descriptors or memory (EMFILE, ENFILE, ...).
     accept_pauses => "wsedge_accept_pauses", "Times accepting paused for lack of descriptors or memory.";
+    /// Connections lingering after their answer, closed early because descriptors or
+    /// memory ran out and clients were queued for them.
+    lingering_reclaimed => "wsedge_lingering_reclaimed",
+        "Lingering connections closed early for lack of descriptors or memory.";
     /// Connections refused with 503 or 429 by admission control.
     admission_rejections => "wsedge_admission_rejections",
         "Connections refused by admission control (503, 429).";

@@ -82,6 +82,45 @@ fn out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client(io: Io)
     }
 }
 
+fn out_of_descriptors_lingering_refusals_are_reclaimed_for_queued_clients(io: Io) {
+    // One connection allowed, 32 descriptors: each refused client is answered 503 and
+    // lingers, holding a descriptor, until accepting runs out of them. The lingering ones
+    // are then closed early for the clients queued behind them (nginx's reusable
+    // connections), instead of every client waiting out the lingers ahead of it.
+    let mut server = Server::start_with(
+        io,
+        &["--threads", "1", "--max-connections", "1"],
+        common::fd_limit(32),
+    );
+    let request = upgrade_request("/", &[]);
+    let mut first = server.connect();
+    first.write_all(&request).unwrap();
+    assert_eq!(read_head(&mut first).status, 101);
+    // The refused clients keep their sockets open: only the edge can end their lingers.
+    let mut refused: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
+    for stream in &mut refused {
+        stream.write_all(&request).unwrap();
+    }
+    for stream in &mut refused {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let head = read_head(stream);
+        assert_eq!(head.status, 503, "{}", server.log());
+        assert!(head.header("Retry-After").is_some());
+    }
+    drop((first, refused));
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success(), "{}", server.log());
+    server.wait_for_log("stopped:");
+    let log = server.log();
+    let reclaimed = common::stop_total(&log, "lingering_reclaimed");
+    assert!(reclaimed > 0, "no linger was cut short: {log}");
+    assert_eq!(
+        common::stop_total(&log, "admission_rejections"),
+        60,
+        "{log}"
+    );
+}
+
 /// A ring of 8 submission and 16 completion entries, far fewer than the operations a
 /// thousand clients keep in flight: the submission queue fills (flushed mid-turn) and the
 /// kernel refuses submissions while completions wait (`EBUSY`). Neither may end the
@@ -113,4 +152,5 @@ fn uring_a_full_ring_delays_submissions_and_loses_nothing() {
 on_both_backends!(
     a_thousand_concurrent_clients_on_two_threads_all_upgrade,
     out_of_descriptors_pauses_accept_without_spinning_and_loses_no_client,
+    out_of_descriptors_lingering_refusals_are_reclaimed_for_queued_clients,
 );

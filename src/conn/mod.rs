@@ -254,6 +254,12 @@ impl Conn {
         self.phase == Phase::Relaying
     }
 
+    /// Whether the connection has said all it will and only waits, for the linger, for the
+    /// client to finish (so that late input does not turn the close into a reset).
+    pub fn is_lingering(&self) -> bool {
+        self.phase == Phase::Lingering
+    }
+
     /// Whether the handshake is still in progress.
     pub fn is_handshaking(&self) -> bool {
         self.phase == Phase::Handshake

@@ -261,6 +261,13 @@ pub struct Driver {
     /// A reload retired an upstream with relays here: every connection is to be settled,
     /// so that those relays get their close times.
     resettle: bool,
+    /// Descriptors or memory ran out: the next turn settles every connection, and those
+    /// lingering after their answer with nothing left to send are closed at once
+    /// (`reclaiming`), so that the clients queued in the kernel get their descriptors
+    /// instead of waiting out the lingers one by one (nginx reuses lingering connections
+    /// the same way when it runs short).
+    reclaim_wanted: bool,
+    reclaiming: bool,
 }
 
 /// A connection from a balancer: its PROXY header so far, then the client it names.
@@ -327,6 +334,8 @@ impl Driver {
             checks_ready: false,
             index: 0,
             resettle: false,
+            reclaim_wanted: false,
+            reclaiming: false,
         };
         driver.assign_checks(0);
         driver
@@ -432,13 +441,14 @@ impl Driver {
     pub fn turn(&mut self, now: u64) -> Turn {
         self.follow_reload(now);
         self.run_checks(now);
+        self.reclaiming = std::mem::take(&mut self.reclaim_wanted);
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
             ShutdownState::Draining if !self.draining => {
                 self.start_draining(now);
                 Turn::StartDrain
             }
-            _ if std::mem::take(&mut self.resettle) => Turn::Resettle,
+            _ if std::mem::take(&mut self.resettle) | self.reclaiming => Turn::Resettle,
             _ => Turn::Serve,
         }
     }
@@ -612,8 +622,10 @@ impl Driver {
 
     /// Accepting failed with `error` (out of descriptors or memory): pauses it, so that the
     /// failure is not retried at once (queued clients wait in the kernel meanwhile). Returns
-    /// false if accepting was paused already.
+    /// false if accepting was paused already. Lingering connections are reclaimed at the
+    /// next turn either way.
     pub fn pause_accepting(&mut self, now: u64, error: &io::Error) -> bool {
+        self.reclaim_wanted |= sys::is_resource_exhaustion(error);
         if self.accept_pause.is_paused(now) {
             return false;
         }
@@ -841,6 +853,10 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         self.track_send(session, backlog, now);
+        if self.reclaiming && conn.is_lingering() && !backlog.waiting {
+            Counters::bump(&self.stats.lingering_reclaimed);
+            return Next::Close;
+        }
         if session.handshaking && !conn.is_handshaking() {
             session.handshaking = false;
             self.admission.handshake_ended();
@@ -992,6 +1008,9 @@ impl Driver {
     /// How long the loop may wait for events: until the next deadline, and with listeners
     /// left unwatched while accepting is paused (`paused_listeners`), until the pause ends.
     pub fn wait(&self, now: u64, paused_listeners: bool) -> Option<std::time::Duration> {
+        if self.reclaim_wanted {
+            return Some(std::time::Duration::ZERO);
+        }
         let mut wait = self.wheel.next_wake(now);
         if let Some(due) = self.checker.as_ref().and_then(Checker::next_due) {
             let check = due.saturating_sub(now);

@@ -280,6 +280,35 @@ fn a_live_relay_does_not_hide_failed_health_checks() {
 }
 
 #[test]
+fn out_of_descriptors_a_lingering_connection_with_nothing_to_send_is_closed_at_once() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let mut driver = driver(limits);
+    let mut open = accept(&mut driver, 0, "192.0.2.1", 1_000);
+    open.upgrade(&mut driver, 1_000);
+    // Refused over the limit: answered, then lingering.
+    let mut lingering = accept(&mut driver, 1, "192.0.2.2", 1_000);
+    let mut flushing = accept(&mut driver, 1, "192.0.2.3", 1_000);
+    assert!(lingering.conn.is_lingering() && flushing.conn.is_lingering());
+    // Before any shortage, a linger runs its course.
+    assert_eq!(lingering.settle(&mut driver, false, 1_010), Next::Continue);
+    let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+    driver.pause_accepting(1_010, &emfile);
+    assert_eq!(driver.turn(1_010), Turn::Resettle);
+    assert_eq!(lingering.settle(&mut driver, false, 1_010), Next::Close);
+    // Output still going out, or a connection in use, is not given up for it.
+    assert_eq!(flushing.settle(&mut driver, true, 1_010), Next::Continue);
+    assert_eq!(open.settle(&mut driver, false, 1_010), Next::Continue);
+    assert_eq!(count(&driver.stats.lingering_reclaimed), 1);
+    // The next turn, with no new shortage, reclaims nothing.
+    let mut later = accept(&mut driver, 1, "192.0.2.4", 1_020);
+    assert_eq!(driver.turn(1_020), Turn::Serve);
+    assert_eq!(later.settle(&mut driver, false, 1_020), Next::Continue);
+}
+
+#[test]
 fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault() {
     let mut driver = driver(Limits::default());
     for errno in [
@@ -294,7 +323,15 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
         let failure = driver.upstream_failed(&mut peer.conn, &link, &error, 1_000, &mut peer.out);
         assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
         assert_eq!(peer.status(), "503");
-        // The loop wakes up when the pause is over, with no deadline armed.
+        // Out of descriptors or memory, lingering connections are reclaimed at once (a
+        // port has nothing to do with them); then the loop wakes up when the pause is over.
+        let reclaims = errno != libc::EADDRNOTAVAIL;
+        assert_eq!(
+            driver.wait(1_000, true) == Some(std::time::Duration::ZERO),
+            reclaims
+        );
+        let turn = driver.turn(1_000);
+        assert_eq!(turn == Turn::Resettle, reclaims, "{errno}");
         let pause = driver
             .wait(1_000, true)
             .expect("a wake-up at the pause's end");

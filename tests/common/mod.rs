@@ -380,6 +380,20 @@ pub fn fd_limit(limit: u64) -> impl FnOnce(&mut Command) {
     }
 }
 
+/// The total `name` on the server's stop line (`stopped: accepted=.. upgraded=..`) in `log`.
+pub fn stop_total(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped:"))
+        .expect("a stop line");
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on the stop line: {line}"))
+}
+
 /// Starts the close handshake and reads until it completes cleanly.
 pub fn close_cleanly(socket: &mut tungstenite::WebSocket<TcpStream>) {
     socket.close(None).unwrap();
