@@ -74,6 +74,23 @@ pub struct ReactorParts {
     pub index: usize,
 }
 
+impl ReactorParts {
+    /// Splits the parts into the reactor's driver (every decision) and what its backend
+    /// keeps: the listeners, and whether they defer accept.
+    pub fn split(self) -> (crate::session::Driver, Vec<Listening>, bool) {
+        let driver = crate::session::Driver::new(
+            self.config,
+            self.stats,
+            self.limits,
+            self.seed,
+            self.shutdown,
+            self.tls,
+        )
+        .with_live(self.live, self.reactors, self.index);
+        (driver, self.listeners, self.defer_accept)
+    }
+}
+
 pub use crate::policy::Wake;
 
 // One per thread, moved once: the size difference does not matter.

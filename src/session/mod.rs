@@ -32,6 +32,9 @@ use crate::sys;
 use crate::timer::TimerWheel;
 use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 
+pub mod turn;
+pub use turn::Backend;
+
 /// What waits for a connection's output to be flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AfterFlush {
@@ -179,31 +182,28 @@ pub enum Event<'a> {
     Relayed,
 }
 
-/// A connection's state as a backend holds it, lent to the driver for one call.
-pub struct Parts<'a> {
+/// One connection's state as a backend holds it: the protocol, the session above it, the
+/// transport and the output the socket has not taken. The backend moves the bytes; what they
+/// mean is decided by the driver.
+pub struct Parts {
     /// The protocol state.
-    pub conn: &'a mut Conn,
+    pub conn: Conn,
     /// The state above it.
-    pub session: &'a mut Session,
+    pub session: Session,
     /// Plain TCP or TLS.
-    pub transport: &'a mut Transport,
+    pub transport: Transport,
     /// Output the socket has not taken yet.
-    pub outbox: &'a mut Outbox,
+    pub outbox: Outbox,
 }
 
-impl<'a> Parts<'a> {
-    /// The parts of one connection, as the backend holds them.
-    pub fn of(
-        conn: &'a mut Conn,
-        session: &'a mut Session,
-        transport: &'a mut Transport,
-        outbox: &'a mut Outbox,
-    ) -> Parts<'a> {
+impl Parts {
+    /// A connection refused at accept: plain, outside any accounting.
+    fn refused(conn: Conn) -> Parts {
         Parts {
             conn,
-            session,
-            transport,
-            outbox,
+            session: Session::default(),
+            transport: Transport::Plain,
+            outbox: Outbox::default(),
         }
     }
 }
@@ -339,6 +339,11 @@ impl Driver {
         };
         driver.assign_checks(0);
         driver
+    }
+
+    /// Whether upgraded connections are relayed to upstreams (proxy mode).
+    pub fn relays(&self) -> bool {
+        self.config.after == crate::conn::AfterUpgrade::Proxy
     }
 
     /// Follows the reloads published on `live`, taking its share of the limits among
@@ -656,7 +661,7 @@ impl Driver {
         tls: bool,
         now: u64,
         out: &mut Vec<u8>,
-    ) -> (Conn, Session, Transport, Next) {
+    ) -> (Parts, Next) {
         Counters::bump(&self.stats.accepted);
         let mut conn = Conn::new(&self.config, now);
         let from_balancer = self
@@ -669,7 +674,7 @@ impl Driver {
             // Only balancers may speak here: a direct client's address cannot be told apart
             // from a forged header. Nothing is answered (the peer speaks no HTTP to us).
             Counters::bump(&self.stats.proxy_protocol_refused[0]);
-            return (conn, Session::default(), Transport::Plain, Next::Close);
+            return (Parts::refused(conn), Next::Close);
         }
         // Behind a balancer the client's address comes with the header: per-address
         // admission waits for it.
@@ -682,7 +687,7 @@ impl Driver {
                 if tls {
                     out.clear();
                 }
-                return (conn, Session::default(), Transport::Plain, next);
+                return (Parts::refused(conn), next);
             }
         };
         // Admitted: from here the session carries the accounting, whatever happens next.
@@ -693,19 +698,21 @@ impl Driver {
             ..Session::default()
         };
         let config = self.tls.as_ref().filter(|_| tls);
-        match config.map(|config| TlsLink::new(&config.load_full())) {
-            None => (conn, session, Transport::Plain, Next::Continue),
-            Some(Ok(link)) => (
-                conn,
-                session,
-                Transport::Tls(Box::new(link)),
-                Next::Continue,
-            ),
+        let (transport, next) = match config.map(|config| TlsLink::new(&config.load_full())) {
+            None => (Transport::Plain, Next::Continue),
+            Some(Ok(link)) => (Transport::Tls(Box::new(link)), Next::Continue),
             Some(Err(error)) => {
                 tracing::warn!(%error, "cannot start a TLS session");
-                (conn, session, Transport::Plain, Next::Close)
+                (Transport::Plain, Next::Close)
             }
-        }
+        };
+        let parts = Parts {
+            conn,
+            session,
+            transport,
+            outbox: Outbox::default(),
+        };
+        (parts, next)
     }
 
     /// Bytes read from the connection's socket: through its transport (TLS: decrypted, the
@@ -719,7 +726,7 @@ impl Driver {
     pub fn received(
         &mut self,
         key: usize,
-        parts: Parts<'_>,
+        parts: &mut Parts,
         bytes: &[u8],
         now: u64,
         out: &mut Vec<u8>,
@@ -842,9 +849,22 @@ impl Driver {
     /// After every event on an open connection, and when its armed deadline has passed
     /// ([`Driver::next_expired`]): ends the handshake count once the handshake is over, in a
     /// drain gives an upgraded connection its close time, and carries out a deadline that
-    /// has passed (output the socket has not taken is in `outbox`). Carry out what it
-    /// returns.
+    /// has passed (output the socket has not taken is in the outbox, and, while relaying,
+    /// `relay` says what waits toward the client). Carry out what it returns.
     pub fn settle(
+        &mut self,
+        parts: &mut Parts,
+        (relay, link): (Backlog, Option<&Link>),
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let backlog = Backlog::of(&mut parts.outbox, relay);
+        let (conn, session) = (&mut parts.conn, &mut parts.session);
+        self.settle_state(conn, session, (backlog, link), now, out)
+    }
+
+    /// [`Driver::settle`] with the whole backlog known.
+    pub(crate) fn settle_state(
         &mut self,
         conn: &mut Conn,
         session: &mut Session,

@@ -53,10 +53,10 @@ struct Peer {
 fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
     let mut out = Vec::new();
     let peer = Some(ip.parse().unwrap());
-    let (conn, session, _, next) = driver.accepted(open, peer, false, now, &mut out);
+    let (parts, next) = driver.accepted(open, peer, false, now, &mut out);
     Peer {
-        conn,
-        session,
+        conn: parts.conn,
+        session: parts.session,
         out,
         next,
     }
@@ -74,7 +74,7 @@ impl Peer {
 
     fn settle_with(&mut self, driver: &mut Driver, backlog: Backlog, now: u64) -> Next {
         let out = &mut self.out;
-        driver.settle(&mut self.conn, &mut self.session, (backlog, None), now, out)
+        driver.settle_state(&mut self.conn, &mut self.session, (backlog, None), now, out)
     }
 
     fn status(&self) -> &str {
@@ -257,7 +257,7 @@ fn a_live_relay_does_not_hide_failed_health_checks() {
     let settle = |peer: &mut Peer, driver: &mut Driver| {
         let out = &mut peer.out;
         let link = Some(&link);
-        driver.settle(
+        driver.settle_state(
             &mut peer.conn,
             &mut peer.session,
             (Backlog::default(), link),

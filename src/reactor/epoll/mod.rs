@@ -27,8 +27,8 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Parts, Session, Turn};
-use crate::transport::{Outbox, Queue, Transport};
+use crate::session::{turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, Parts};
+use crate::transport::Queue;
 use relay::Upstream;
 
 mod relay;
@@ -50,12 +50,8 @@ const EVENTS_CAPACITY: usize = 1024;
 
 struct Client {
     stream: TcpStream,
-    conn: crate::conn::Conn,
-    session: Session,
-    /// Output the socket has not taken yet.
-    outbox: Outbox,
-    /// Plain TCP, or TLS terminated here.
-    transport: Transport,
+    /// Its protocol, session, transport (plain, or TLS terminated here) and output.
+    parts: Parts,
     /// The first read is an eager one, right after accept; its outcome teaches [`EagerReads`].
     eager: bool,
     registered: bool,
@@ -138,19 +134,7 @@ pub struct Reactor {
 impl Reactor {
     /// Creates a reactor over its own listeners, and the function that wakes its poll.
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
-        let ReactorParts {
-            listeners,
-            tls,
-            defer_accept,
-            config,
-            stats,
-            shutdown,
-            limits,
-            seed,
-            live,
-            reactors,
-            index,
-        } = parts;
+        let (driver, listeners, defer_accept) = parts.split();
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let mut registered = Vec::with_capacity(listeners.len());
@@ -165,8 +149,6 @@ impl Reactor {
                 ready: true,
             });
         }
-        let driver = Driver::new(config, stats, limits, seed, shutdown, tls)
-            .with_live(live, reactors, index);
         if let Some(fd) = driver.checks_fd() {
             poll.registry()
                 .register(&mut mio::unix::SourceFd(&fd), HEALTH, Interest::READABLE)?;
@@ -222,21 +204,7 @@ impl Reactor {
                     }
                 }
             }
-            match self.driver.turn(now) {
-                Turn::Exit => return Ok(()),
-                Turn::StartDrain => self.start_draining(now),
-                Turn::Resettle => self.settle_all(now),
-                Turn::Serve => {}
-            }
-            self.accept_ready(now);
-            for key in std::mem::take(&mut self.revisit) {
-                self.drive(key, now);
-            }
-            while let Some(key) = self.driver.next_expired(now) {
-                self.settle(key, now);
-            }
-            let idle = self.clients.is_empty();
-            if self.driver.end_turn(self.clients.len(), idle, now) {
+            if turn::finish(&mut self, now) {
                 return Ok(());
             }
         }
@@ -289,16 +257,13 @@ impl Reactor {
 
     fn on_accepted(&mut self, stream: TcpStream, peer: SocketAddr, tls: bool, now: u64) {
         let open = self.clients.len();
-        let (conn, session, transport, next) =
-            self.driver
-                .accepted(open, Some(peer.ip()), tls, now, &mut self.out);
-        let admitted = session.is_handshaking();
+        let (parts, next) = self
+            .driver
+            .accepted(open, Some(peer.ip()), tls, now, &mut self.out);
+        let admitted = parts.session.is_handshaking();
         let mut client = Client {
             stream,
-            conn,
-            session,
-            outbox: Outbox::default(),
-            transport,
+            parts,
             eager: false,
             registered: false,
             wants_writable: false,
@@ -327,7 +292,11 @@ impl Reactor {
 
     /// Flushes, reads and processes one connection, then settles its registration and timer.
     fn drive(&mut self, key: usize, now: u64) {
-        if self.clients.get(key).is_some_and(|c| c.conn.is_relaying()) {
+        if self
+            .clients
+            .get(key)
+            .is_some_and(|c| c.parts.conn.is_relaying())
+        {
             return self.relay(key, now);
         }
         if !self.flush_outbox(key) {
@@ -337,12 +306,12 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            if client.conn.wants_upstream() {
+            if client.parts.conn.wants_upstream() {
                 // The client is read again once the upstream has answered: until then
                 // its bytes wait in the kernel (back-pressure, not a buffer of ours).
                 return self.settle(key, now);
             }
-            if client.session.awaits_flush() {
+            if client.parts.session.awaits_flush() {
                 // Blocked on a flush: the writable edge resumes this connection.
                 return self.settle(key, now);
             }
@@ -353,18 +322,14 @@ impl Reactor {
             let (next, drained) = match read {
                 Ok(0) => {
                     let closed = Event::PeerClosed;
-                    let next = (self.driver).handle(&mut client.conn, closed, now, &mut self.out);
+                    let next =
+                        (self.driver).handle(&mut client.parts.conn, closed, now, &mut self.out);
                     (next, true)
                 }
                 Ok(n) => (
                     self.driver.received(
                         key,
-                        Parts::of(
-                            &mut client.conn,
-                            &mut client.session,
-                            &mut client.transport,
-                            &mut client.outbox,
-                        ),
+                        &mut client.parts,
                         &self.read_buffer[..n],
                         now,
                         &mut self.out,
@@ -378,7 +343,12 @@ impl Reactor {
             if !self.apply(key, next) {
                 return;
             }
-            if drained || self.clients.get(key).is_some_and(|c| !c.outbox.is_empty()) {
+            if drained
+                || self
+                    .clients
+                    .get(key)
+                    .is_some_and(|c| !c.parts.outbox.is_empty())
+            {
                 // Output the socket did not take stops the reading: reading on would only
                 // pile it up here (a client that does not read would make the echo of every
                 // read wait in memory). The writable edge resumes the connection; its unread
@@ -399,12 +369,12 @@ impl Reactor {
         };
         if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            let from_client = client.conn.take_held_client_bytes();
-            let (transport, outbox) = (&mut client.transport, &mut client.outbox);
+            let from_client = client.parts.conn.take_held_client_bytes();
+            let (transport, outbox) = (&mut client.parts.transport, &mut client.parts.outbox);
             upstream.begin(transport, outbox, &self.out, &from_client);
             self.out.clear();
         }
-        if !client.conn.wants_upstream() {
+        if !client.parts.conn.wants_upstream() {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream
             // side is done.
             client.upstream = None;
@@ -412,12 +382,15 @@ impl Reactor {
         // Over TLS the records (the handshake's too) are in the outbox; over plain TCP the
         // output goes straight from the reactor's buffer when nothing waits: the common
         // case costs no copy into the connection.
-        let nothing_waited = client.outbox.is_empty();
+        let nothing_waited = client.parts.outbox.is_empty();
         client
+            .parts
             .transport
-            .seal(next, &mut self.out, &mut client.outbox);
+            .seal(next, &mut self.out, &mut client.parts.outbox);
         let written = match nothing_waited {
-            true if self.out.is_empty() => flush(&client.stream, &mut client.outbox).map(|()| 0),
+            true if self.out.is_empty() => {
+                flush(&client.stream, &mut client.parts.outbox).map(|()| 0)
+            }
             true => write_some(&client.stream, &self.out),
             false => Ok(0),
         };
@@ -426,10 +399,10 @@ impl Reactor {
             self.close(key);
             return false;
         };
-        client.outbox.push(&self.out[written..]);
+        client.parts.outbox.push(&self.out[written..]);
         self.out.clear();
-        let waiting = !client.outbox.is_empty();
-        match client.session.after(next, waiting) {
+        let waiting = !client.parts.outbox.is_empty();
+        match client.parts.session.after(next, waiting) {
             Action::Continue | Action::Relay | Action::AwaitFlush => true,
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             Action::Close => {
@@ -453,14 +426,14 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
-        if flush(&client.stream, &mut client.outbox).is_err() {
+        if flush(&client.stream, &mut client.parts.outbox).is_err() {
             self.close(key);
             return false;
         }
-        if !client.outbox.is_empty() {
+        if !client.parts.outbox.is_empty() {
             return false;
         }
-        match client.session.flushed() {
+        match client.parts.session.flushed() {
             AfterFlush::Nothing => true,
             AfterFlush::ShutdownWrite => {
                 let _ = client.stream.shutdown(HalfClose::Write);
@@ -473,19 +446,49 @@ impl Reactor {
         }
     }
 
+    fn arm_timer(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        self.driver
+            .arm(key, &client.parts.conn, &mut client.parts.session, now);
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut client) = self.clients.try_remove(key) {
+            let now = self.driver.now();
+            // Dropping the stream closes it, which also removes it from epoll.
+            self.driver
+                .closed(key, &mut client.parts.conn, &client.parts.session, now);
+        }
+    }
+}
+
+impl turn::Backend for Reactor {
+    fn driver(&mut self) -> &mut Driver {
+        &mut self.driver
+    }
+
+    fn load(&self) -> (usize, bool) {
+        (self.clients.len(), self.clients.is_empty())
+    }
+
+    fn connection_keys(&self) -> Vec<usize> {
+        self.clients.iter().map(|(key, _)| key).collect()
+    }
+
     /// Registers the socket if it must wait for events, and arms its timer.
     fn settle(&mut self, key: usize, now: u64) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
         let relay = match client.upstream.as_deref_mut() {
-            Some(upstream) if client.conn.is_relaying() => upstream.client_backlog(),
+            Some(upstream) if client.parts.conn.is_relaying() => upstream.client_backlog(),
             _ => Backlog::default(),
         };
-        let backlog = Backlog::of(&mut client.outbox, relay);
-        let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
         let link = client.upstream.as_ref().map(|u| &u.link);
-        let next = self.driver.settle(conn, session, (backlog, link), now, out);
+        let (parts, out) = (&mut client.parts, &mut self.out);
+        let next = self.driver.settle(parts, (relay, link), now, out);
         if (next != Next::Continue || !self.out.is_empty()) && !self.apply(key, next) {
             return;
         }
@@ -493,7 +496,7 @@ impl Reactor {
             return;
         };
         // A relayed client keeps writability once added (see `update_upstream_interest`).
-        let wants_writable = !client.outbox.is_empty()
+        let wants_writable = !client.parts.outbox.is_empty()
             || client
                 .upstream
                 .as_ref()
@@ -503,7 +506,10 @@ impl Reactor {
         } else {
             Interest::READABLE
         };
-        if !client.registered && client.conn.wants_upstream() && !client.conn.is_relaying() {
+        if !client.registered
+            && client.parts.conn.wants_upstream()
+            && !client.parts.conn.is_relaying()
+        {
             // Proxy mode, waiting for the upstream: the client is not read until it answers.
             return self.arm_timer(key, now);
         }
@@ -523,17 +529,7 @@ impl Reactor {
         self.arm_timer(key, now)
     }
 
-    fn arm_timer(&mut self, key: usize, now: u64) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        self.driver.arm(key, &client.conn, &mut client.session, now);
-    }
-
-    fn start_draining(&mut self, now: u64) {
-        // Take what the kernel already queued for us: those clients were accepted by the
-        // kernel on our behalf, and closing the listener would reset them (unless the
-        // sockets were handed over: the new process serves those queues).
+    fn stop_listening(&mut self, now: u64) {
         for index in 0..self.listeners.len() {
             let tls = self.listeners[index].tls;
             while self.driver.takes_queued_connections() {
@@ -548,25 +544,15 @@ impl Reactor {
             // over): epoll would keep reporting its connections to this one.
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
-        self.settle_all(now);
-        tracing::info!(connections = self.clients.len(), "draining");
     }
 
-    /// Settles every connection: each gets what a drain (or a retired upstream) means for
-    /// it.
-    fn settle_all(&mut self, now: u64) {
-        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.settle(key, now);
-        }
+    fn accept(&mut self, now: u64) {
+        self.accept_ready(now)
     }
 
-    fn close(&mut self, key: usize) {
-        if let Some(mut client) = self.clients.try_remove(key) {
-            let now = self.driver.now();
-            // Dropping the stream closes it, which also removes it from epoll.
-            self.driver
-                .closed(key, &mut client.conn, &client.session, now);
+    fn resume(&mut self, now: u64) {
+        for key in std::mem::take(&mut self.revisit) {
+            self.drive(key, now);
         }
     }
 }

@@ -36,6 +36,7 @@ use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
 use crate::conn::Next;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
+use crate::session::turn::Backend as _;
 use crate::session::{Backlog, Event, UpstreamFailure};
 use crate::transport::{Outbox, Transport};
 
@@ -297,12 +298,12 @@ impl Reactor {
         let peers = Peers {
             client: peer,
             local: local.unwrap_or(client.peer),
-            tls: client.transport.is_tls(),
+            tls: client.parts.transport.is_tls(),
         };
-        (self.driver).upstream_request(&mut client.conn, peers, now, &mut self.out);
+        (self.driver).upstream_request(&mut client.parts.conn, peers, now, &mut self.out);
         let mut request = std::mem::take(&mut self.out);
         let opened = self.driver.open_upstream(
-            &mut client.conn,
+            &mut client.parts.conn,
             (attempts, Some(peer.ip())),
             now,
             &mut self.out,
@@ -331,7 +332,8 @@ impl Reactor {
                 if written > 0 {
                     upstream.link.confirmed = true;
                     let connected = Event::UpstreamConnected;
-                    let _ = (self.driver).handle(&mut client.conn, connected, now, &mut self.out);
+                    let _ =
+                        (self.driver).handle(&mut client.parts.conn, connected, now, &mut self.out);
                 }
                 match self.register_upstream(key, upstream) {
                     Ok(()) => Next::Continue,
@@ -339,7 +341,7 @@ impl Reactor {
                         Some(client) => {
                             let out = &mut self.out;
                             self.driver
-                                .upstream_unusable(&mut client.conn, &error, now, out)
+                                .upstream_unusable(&mut client.parts.conn, &error, now, out)
                         }
                         None => Next::Continue,
                     },
@@ -405,7 +407,7 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        if client.conn.is_relaying() {
+        if client.parts.conn.is_relaying() {
             return self.relay(key, now);
         }
         // Waiting for the answer: finish sending the request, read what came back.
@@ -420,7 +422,7 @@ impl Reactor {
                 let link = failed.as_ref().map(|u| &u.link);
                 let failure = match link {
                     Some(link) => self.driver.upstream_failed(
-                        &mut client.conn,
+                        &mut client.parts.conn,
                         link,
                         &error,
                         now,
@@ -441,12 +443,12 @@ impl Reactor {
             Err(_) => {
                 let failed = Event::UpstreamFailed;
                 self.driver
-                    .handle(&mut client.conn, failed, now, &mut self.out)
+                    .handle(&mut client.parts.conn, failed, now, &mut self.out)
             }
             Ok(true) if !upstream.link.confirmed => {
                 upstream.link.confirmed = true;
                 let connected = Event::UpstreamConnected;
-                (self.driver).handle(&mut client.conn, connected, now, &mut self.out)
+                (self.driver).handle(&mut client.parts.conn, connected, now, &mut self.out)
             }
             Ok(_) => Next::Continue,
         };
@@ -484,7 +486,7 @@ impl Reactor {
             };
             next = self
                 .driver
-                .handle(&mut client.conn, event, now, &mut self.out);
+                .handle(&mut client.parts.conn, event, now, &mut self.out);
             if !self.apply(key, next) {
                 return;
             }
@@ -542,7 +544,8 @@ impl Reactor {
             return self.close(key);
         }
         if up.any || down.any {
-            let _ = (self.driver).handle(&mut client.conn, Event::Relayed, now, &mut self.out);
+            let _ =
+                (self.driver).handle(&mut client.parts.conn, Event::Relayed, now, &mut self.out);
         }
         if up.more || down.more {
             self.revisit.push(key);

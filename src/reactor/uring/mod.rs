@@ -34,10 +34,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::{sys, ReactorParts, Wake};
-use crate::conn::{Conn, Next};
+use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{Action, AfterFlush, Backlog, Driver, Event, Parts, Session, Turn};
-use crate::transport::{Outbox, Transport};
+use crate::session::{turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, Parts};
 use buf_ring::BufRing;
 use relay::Upstream;
 use submit::Submissions;
@@ -147,12 +146,9 @@ impl Ops {
 
 struct Client {
     fd: RawFd,
-    conn: Conn,
-    session: Session,
-    /// Output the socket has not taken yet; its front stays put while a send is in flight.
-    outbox: Outbox,
-    /// Plain TCP, or TLS terminated here.
-    transport: Transport,
+    /// Its protocol, session, transport (plain, or TLS terminated here) and output (whose
+    /// front stays put while a send is in flight).
+    parts: Parts,
     /// Submitted operations whose completion has not arrived, of every kind.
     in_flight: u8,
     /// Which cancellable operations are among them.
@@ -186,12 +182,12 @@ impl Client {
         let upstream = self
             .upstream
             .as_deref()
-            .filter(|_| self.conn.wants_upstream());
-        let relaying = self.conn.is_relaying();
+            .filter(|_| self.parts.conn.wants_upstream());
+        let relaying = self.parts.conn.is_relaying();
         let op = match (side, upstream) {
             (Side::Upstream, None) => return None,
             (Side::Client, None) => {
-                let busy = self.outbox.is_sending() || self.session.awaits_flush();
+                let busy = self.parts.outbox.is_sending() || self.parts.session.awaits_flush();
                 (!busy && !self.receiving()).then_some(Op::Recv)?
             }
             (_, Some(upstream)) if relaying && !upstream.link.may_read(side) => return None,
@@ -277,29 +273,17 @@ impl Reactor {
     /// Creates a reactor over its own listeners, and the function that wakes its wait.
     /// Must run on the thread that will call [`Reactor::run`] (single-issuer ring).
     pub fn new(parts: ReactorParts) -> io::Result<(Reactor, Wake)> {
-        let ReactorParts {
-            listeners,
-            tls,
-            config,
-            stats,
-            shutdown,
-            limits,
-            seed,
-            live,
-            reactors,
-            index,
-            ..
-        } = parts;
+        let (driver, listeners, _) = parts.split();
         let ring = build_ring()?;
         let buffers = BufRing::new(&ring, BUFFER_GROUP, BUFFER_COUNT, BUFFER_SIZE)?;
-        let relay_buffers = match config.after {
-            crate::conn::AfterUpgrade::Proxy => Some(BufRing::new(
+        let relay_buffers = match driver.relays() {
+            true => Some(BufRing::new(
                 &ring,
                 RELAY_BUFFER_GROUP,
                 RELAY_BUFFER_COUNT,
                 RELAY_BUFFER_SIZE,
             )?),
-            _ => None,
+            false => None,
         };
         let wake_fd = Arc::new(sys::eventfd()?);
         let mut reactor = Reactor {
@@ -316,8 +300,7 @@ impl Reactor {
                 })
                 .collect(),
             clients: Slab::new(),
-            driver: Driver::new(config, stats, limits, seed, shutdown, tls)
-                .with_live(live, reactors, index),
+            driver,
             out: Vec::with_capacity(4096),
             wake_fd: Arc::clone(&wake_fd),
             wake_buf: Box::new([0; 8]),
@@ -394,21 +377,7 @@ impl Reactor {
             self.submit_and_wait(wait)?;
             let now = self.driver.now();
             self.reap(now);
-            match self.driver.turn(now) {
-                Turn::Exit => return Ok(()),
-                Turn::StartDrain => self.start_draining(now),
-                Turn::Resettle => self.settle_all(now),
-                Turn::Serve => {}
-            }
-            self.arm_accepts(now);
-            for key in std::mem::take(&mut self.rearm) {
-                self.arm_recvs(key);
-            }
-            while let Some(key) = self.driver.next_expired(now) {
-                self.settle(key, now);
-            }
-            let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
-            if self.driver.end_turn(self.clients.len(), idle, now) {
+            if turn::finish(&mut self, now) {
                 return Ok(());
             }
         }
@@ -528,14 +497,10 @@ impl Reactor {
             .then(|| sys::socket_addr(socket, false));
         let open = self.clients.len();
         let peer = peer.flatten().map(|a| a.ip());
-        let (conn, session, transport, next) =
-            self.driver.accepted(open, peer, tls, now, &mut self.out);
+        let (parts, next) = self.driver.accepted(open, peer, tls, now, &mut self.out);
         let key = self.clients.insert(Client {
             fd,
-            conn,
-            session,
-            outbox: Outbox::default(),
-            transport,
+            parts,
             in_flight: 0,
             ops: Ops::default(),
             closing: false,
@@ -609,7 +574,7 @@ impl Reactor {
             (n, Some(bid)) if n > 0 => Some((bid, unsafe { ring.get(bid, n as usize) })),
             _ => None,
         };
-        if client.conn.is_relaying() {
+        if client.parts.conn.is_relaying() {
             let Some(upstream) = client.upstream.as_deref_mut() else {
                 return;
             };
@@ -623,8 +588,12 @@ impl Reactor {
                             sys::set_nodelay(fd);
                         }
                     }
-                    let _ =
-                        (self.driver).handle(&mut client.conn, Event::Relayed, now, &mut self.out);
+                    let _ = (self.driver).handle(
+                        &mut client.parts.conn,
+                        Event::Relayed,
+                        now,
+                        &mut self.out,
+                    );
                 }
                 None if result == 0 => link.end_of(side),
                 None => return self.relay_broken(key, side),
@@ -635,18 +604,7 @@ impl Reactor {
             return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
-            (self.driver).received(
-                key,
-                Parts::of(
-                    &mut client.conn,
-                    &mut client.session,
-                    &mut client.transport,
-                    &mut client.outbox,
-                ),
-                data,
-                now,
-                &mut self.out,
-            )
+            (self.driver).received(key, &mut client.parts, data, now, &mut self.out)
         } else {
             let event = match (side, data) {
                 (Side::Client, _) if result == 0 => Event::PeerClosed,
@@ -656,7 +614,7 @@ impl Reactor {
                 (Side::Upstream, None) => Event::UpstreamFailed,
             };
             self.driver
-                .handle(&mut client.conn, event, now, &mut self.out)
+                .handle(&mut client.parts.conn, event, now, &mut self.out)
         };
         if let Some(bid) = buffer {
             ring.recycle(bid);
@@ -669,7 +627,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let bytes = client.outbox.start_send();
+        let bytes = client.parts.outbox.start_send();
         if bytes.is_empty() {
             return;
         }
@@ -686,7 +644,7 @@ impl Reactor {
             // A client that never reads would hold the send, and so the close, forever.
             let now = self.driver.now();
             self.driver
-                .closing_after_send(key, &mut client.session, now);
+                .closing_after_send(key, &mut client.parts.session, now);
         }
         let fd = client.fd;
         // SAFETY: the outbox keeps the bytes in place until this send completes.
@@ -759,7 +717,10 @@ impl Reactor {
             Op::UpSend => self.on_sent(key, Side::Upstream, result, now),
             Op::RelaySend => self.on_sent(key, Side::Client, result, now),
             Op::Send => {
-                client.outbox.sent(usize::try_from(result).unwrap_or(0));
+                client
+                    .parts
+                    .outbox
+                    .sent(usize::try_from(result).unwrap_or(0));
                 if client.closing {
                     // The linked close follows (or was cancelled by a failed send).
                 } else if result < 0 {
@@ -785,15 +746,15 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if !client.outbox.pending().is_empty() {
+        if !client.parts.outbox.pending().is_empty() {
             return self.submit_send(key, false);
         }
-        if client.conn.is_relaying() {
+        if client.parts.conn.is_relaying() {
             // The relay's sends to the client waited for this output (see `send_to`).
             self.send_to(key, Side::Client);
             return self.pass_fins(key);
         }
-        match client.session.flushed() {
+        match client.parts.session.flushed() {
             AfterFlush::Nothing => {}
             AfterFlush::ShutdownWrite => self.submit_shutdown(key),
             AfterFlush::Close => self.begin_close(key),
@@ -809,7 +770,7 @@ impl Reactor {
             if next == Next::Relay {
                 return self.start_relay(key);
             }
-            if !client.conn.wants_upstream() {
+            if !client.parts.conn.wants_upstream() {
                 // A 502, 504 or passed-through refusal is all the client gets.
                 self.retire_upstream(key);
             }
@@ -820,17 +781,18 @@ impl Reactor {
         // Over TLS the records (the handshake's too) are in the outbox already. While a
         // send is in flight what comes waits behind it (see `Outbox`).
         client
+            .parts
             .transport
-            .seal(next, &mut self.out, &mut client.outbox);
-        client.outbox.push(&self.out);
+            .seal(next, &mut self.out, &mut client.parts.outbox);
+        client.parts.outbox.push(&self.out);
         self.out.clear();
-        let sending = !client.outbox.is_empty() && !client.outbox.is_sending();
-        let busy = !client.outbox.is_empty();
+        let sending = !client.parts.outbox.is_empty() && !client.parts.outbox.is_sending();
+        let busy = !client.parts.outbox.is_empty();
         // The common close-mode path: 101 and close in the same submission.
         if next == Next::Close && sending && !client.receiving() {
             return self.submit_send(key, true);
         }
-        let action = client.session.after(next, busy);
+        let action = client.parts.session.after(next, busy);
         if sending {
             self.submit_send(key, false);
         }
@@ -846,78 +808,6 @@ impl Reactor {
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             // A relay was started above (it needs the link `Next::Proxy` made).
             Action::Continue | Action::AwaitFlush | Action::Relay => {}
-        }
-    }
-
-    /// Frees a finished slot, or re-arms the receive and the timer of a live one.
-    fn settle(&mut self, key: usize, now: u64) {
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
-        if client.closing {
-            self.driver.closing(&mut client.conn, &mut client.session);
-            if client.ops.has(Op::Send) && self.driver.flush_overdue(&mut client.session, now) {
-                // The descriptor is open until the linked close runs: the kernel drops the
-                // output with a reset instead of probing a zero window with it.
-                // SAFETY: the close is linked behind the send in flight, so `fd` is open.
-                sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(client.fd) });
-                // The linked close is cancelled with it, and then submitted on its own.
-                let cancel = opcode::AsyncCancel::new(user_data(key, Op::Send)).build();
-                client.submitted(Op::Cancel);
-                self.push_plain(&cancel.user_data(user_data(key, Op::Cancel)));
-                return;
-            }
-            let Some(client) = self.clients.get_mut(key) else {
-                return;
-            };
-            if client.in_flight == 0 {
-                let mut client = self.clients.remove(key);
-                let (conn, session) = (&mut client.conn, &client.session);
-                self.driver.closed(key, conn, session, now);
-            }
-            return;
-        }
-        let relay = match client.upstream.as_deref_mut() {
-            Some(upstream) if client.conn.is_relaying() => {
-                let pipe = &mut upstream.link.toward(Side::Client).pipe;
-                Backlog {
-                    waiting: !pipe.is_empty(),
-                    progressed: pipe.take_progress(),
-                }
-            }
-            _ => Backlog::default(),
-        };
-        let backlog = Backlog::of(&mut client.outbox, relay);
-        let (conn, session, out) = (&mut client.conn, &mut client.session, &mut self.out);
-        let link = client.upstream.as_ref().map(|u| &u.link);
-        let next = self.driver.settle(conn, session, (backlog, link), now, out);
-        if next != Next::Continue || !self.out.is_empty() {
-            self.apply(key, next);
-        }
-        self.arm_recvs(key);
-        let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
-            return;
-        };
-        self.driver.arm(key, &client.conn, &mut client.session, now);
-    }
-
-    fn start_draining(&mut self, now: u64) {
-        self.cancel_accepts();
-        for index in 0..self.listeners.len() {
-            if !self.listeners[index].armed {
-                self.close_listener(index, now);
-            }
-        }
-        self.settle_all(now);
-        tracing::info!(connections = self.clients.len(), "draining");
-    }
-
-    /// Settles every connection: each gets what a drain (or a retired upstream) means for
-    /// it.
-    fn settle_all(&mut self, now: u64) {
-        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.settle(key, now);
         }
     }
 
@@ -938,6 +828,94 @@ impl Reactor {
                 // WouldBlock: the queue is empty. Anything else: nothing more can be taken.
                 Err(_) => break,
             }
+        }
+    }
+}
+
+impl turn::Backend for Reactor {
+    fn driver(&mut self) -> &mut Driver {
+        &mut self.driver
+    }
+
+    fn load(&self) -> (usize, bool) {
+        let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
+        (self.clients.len(), idle)
+    }
+
+    fn connection_keys(&self) -> Vec<usize> {
+        self.clients.iter().map(|(key, _)| key).collect()
+    }
+
+    /// Frees a finished slot, or re-arms the receive and the timer of a live one.
+    fn settle(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.closing {
+            self.driver
+                .closing(&mut client.parts.conn, &mut client.parts.session);
+            if client.ops.has(Op::Send) && self.driver.flush_overdue(&mut client.parts.session, now)
+            {
+                // The descriptor is open until the linked close runs: the kernel drops the
+                // output with a reset instead of probing a zero window with it.
+                // SAFETY: the close is linked behind the send in flight, so `fd` is open.
+                sys::reset_on_close(unsafe { BorrowedFd::borrow_raw(client.fd) });
+                // The linked close is cancelled with it, and then submitted on its own.
+                let cancel = opcode::AsyncCancel::new(user_data(key, Op::Send)).build();
+                client.submitted(Op::Cancel);
+                self.push_plain(&cancel.user_data(user_data(key, Op::Cancel)));
+                return;
+            }
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            if client.in_flight == 0 {
+                let mut client = self.clients.remove(key);
+                let (conn, session) = (&mut client.parts.conn, &client.parts.session);
+                self.driver.closed(key, conn, session, now);
+            }
+            return;
+        }
+        let relay = match client.upstream.as_deref_mut() {
+            Some(upstream) if client.parts.conn.is_relaying() => {
+                let pipe = &mut upstream.link.toward(Side::Client).pipe;
+                Backlog {
+                    waiting: !pipe.is_empty(),
+                    progressed: pipe.take_progress(),
+                }
+            }
+            _ => Backlog::default(),
+        };
+        let link = client.upstream.as_ref().map(|u| &u.link);
+        let (parts, out) = (&mut client.parts, &mut self.out);
+        let next = self.driver.settle(parts, (relay, link), now, out);
+        if next != Next::Continue || !self.out.is_empty() {
+            self.apply(key, next);
+        }
+        self.arm_recvs(key);
+        let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
+            return;
+        };
+        self.driver
+            .arm(key, &client.parts.conn, &mut client.parts.session, now);
+    }
+
+    fn stop_listening(&mut self, now: u64) {
+        self.cancel_accepts();
+        for index in 0..self.listeners.len() {
+            if !self.listeners[index].armed {
+                self.close_listener(index, now);
+            }
+        }
+    }
+
+    fn accept(&mut self, now: u64) {
+        self.arm_accepts(now)
+    }
+
+    fn resume(&mut self, _now: u64) {
+        for key in std::mem::take(&mut self.rearm) {
+            self.arm_recvs(key);
         }
     }
 }

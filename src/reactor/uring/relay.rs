@@ -88,7 +88,7 @@ impl Reactor {
             false => None,
         };
         let opened = self.driver.open_upstream(
-            &mut client.conn,
+            &mut client.parts.conn,
             (attempts, client_ip),
             now,
             &mut self.out,
@@ -130,7 +130,7 @@ impl Reactor {
             let failed = Event::UpstreamFailed;
             let next = self
                 .driver
-                .handle(&mut client.conn, failed, now, &mut self.out);
+                .handle(&mut client.parts.conn, failed, now, &mut self.out);
             self.apply(key, next)
         }
     }
@@ -142,7 +142,7 @@ impl Reactor {
         };
         // Multishot accept reports no address: asked for here, once per proxied client.
         let socket = client.socket().filter(|_| result >= 0);
-        let tls = client.transport.is_tls();
+        let tls = client.parts.transport.is_tls();
         let mut peers = socket.map(|socket| peers(socket, forwarding, tls));
         // Behind a balancer, the client its PROXY header named.
         if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), self.driver.client_addr(key)) {
@@ -159,7 +159,7 @@ impl Reactor {
             upstream.fd = None;
             let attempts = upstream.link.attempts;
             let failure = self.driver.upstream_failed(
-                &mut client.conn,
+                &mut client.parts.conn,
                 &upstream.link,
                 &error,
                 now,
@@ -175,7 +175,7 @@ impl Reactor {
             // The client is gone already.
             return self.begin_close(key);
         };
-        let (conn, out) = (&mut client.conn, &mut self.out);
+        let (conn, out) = (&mut client.parts.conn, &mut self.out);
         self.driver.upstream_request(conn, peers, now, out);
         let _ = self.driver.handle(conn, Event::UpstreamConnected, now, out);
         upstream.link.toward(Side::Upstream).pipe.push(&self.out);
@@ -191,7 +191,7 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if to == Side::Client && !client.outbox.is_empty() {
+        if to == Side::Client && !client.parts.outbox.is_empty() {
             return;
         }
         let (op, _) = ops_of(to);
@@ -223,10 +223,10 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        let from_client = client.conn.take_held_client_bytes();
+        let from_client = client.parts.conn.take_held_client_bytes();
         upstream
             .link
-            .begin(&mut client.transport, &self.out, &from_client);
+            .begin(&mut client.parts.transport, &self.out, &from_client);
         self.out.clear();
         self.send_to(key, Side::Client);
         // Bytes the client sent after its request were held back until now.
@@ -246,7 +246,7 @@ impl Reactor {
             return;
         };
         if result < 0 {
-            if to == Side::Upstream && !client.conn.is_relaying() {
+            if to == Side::Upstream && !client.parts.conn.is_relaying() {
                 // The forwarded request did not get through.
                 return self.upstream_failed(key, now);
             }
@@ -283,7 +283,7 @@ impl Reactor {
             return;
         }
         let ops = client.ops;
-        let outbox_waits = !client.outbox.is_empty();
+        let outbox_waits = !client.parts.outbox.is_empty();
         let Some(upstream) = client.upstream.as_deref_mut() else {
             return;
         };

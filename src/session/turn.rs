@@ -1,0 +1,58 @@
+//! One loop turn, written once: what a backend does after its wait has delivered the
+//! kernel's events, in the order every backend follows. A backend supplies only how it moves
+//! bytes and descriptors ([`Backend`]); the order and what each step means come from here
+//! and the [`Driver`].
+
+use super::{Driver, Turn};
+
+/// The I/O half of a reactor, as the turn drives it.
+pub trait Backend {
+    /// The reactor's driver.
+    fn driver(&mut self) -> &mut Driver;
+    /// The keys of every open connection.
+    fn connection_keys(&self) -> Vec<usize>;
+    /// Settles connection `key` ([`Driver::settle`]), carries out what it says, and arms its
+    /// deadline.
+    fn settle(&mut self, key: usize, now: u64);
+    /// A drain begins: take the connections the kernel queued (closing a listener would
+    /// reset them, unless the sockets were handed over), then stop listening.
+    fn stop_listening(&mut self, now: u64);
+    /// Accepts what the listeners hold, if the driver is accepting.
+    fn accept(&mut self, now: u64);
+    /// Goes back to the connections the events left work for (input to read again,
+    /// receives to arm).
+    fn resume(&mut self, now: u64);
+    /// Connections open, and whether nothing is open or in flight.
+    fn load(&self) -> (usize, bool);
+}
+
+/// Finishes a turn after the events were handled: the driver's turn (a drain starting, a
+/// resettle), accepting, the connections left work, the deadlines that passed, and the
+/// turn's end. True when the reactor must exit.
+pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
+    match backend.driver().turn(now) {
+        Turn::Exit => return true,
+        Turn::StartDrain => {
+            backend.stop_listening(now);
+            settle_all(backend, now);
+            tracing::info!(connections = backend.load().0, "draining");
+        }
+        Turn::Resettle => settle_all(backend, now),
+        Turn::Serve => {}
+    }
+    backend.accept(now);
+    backend.resume(now);
+    while let Some(key) = backend.driver().next_expired(now) {
+        backend.settle(key, now);
+    }
+    let (open, idle) = backend.load();
+    backend.driver().end_turn(open, idle, now)
+}
+
+/// Settles every connection: each gets what a drain, a retired upstream or a shortage of
+/// descriptors means for it.
+fn settle_all(backend: &mut impl Backend, now: u64) {
+    for key in backend.connection_keys() {
+        backend.settle(key, now);
+    }
+}
