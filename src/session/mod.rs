@@ -26,13 +26,15 @@ use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
 use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
 use crate::proxy::health::{Checker, Failure};
-use crate::proxy::{parse_proxy_header, Link, Peers, Pick, ProxyHeader, Upstreams};
+use crate::proxy::{Link, Peers, Pick, Upstreams};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::sys;
 use crate::timer::TimerWheel;
 use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 
+mod inbound;
 pub mod turn;
+use inbound::{HeaderRead, InboundHeaders, InboundSlot};
 pub use turn::Backend;
 
 /// What waits for a connection's output to be flushed.
@@ -85,6 +87,8 @@ pub struct Session {
     send_deadline: u64,
     /// `--accept-proxy-protocol`: the PROXY header has not been read yet.
     awaits_proxy_header: bool,
+    /// `--accept-proxy-protocol`: the header read so far, then the client it named.
+    inbound: Option<InboundSlot>,
 }
 
 const NO_SEND_DEADLINE: u64 = u64::MAX;
@@ -97,6 +101,7 @@ impl Default for Session {
             after_flush: AfterFlush::Nothing,
             given_up: false,
             awaits_proxy_header: false,
+            inbound: None,
             send_deadline: NO_SEND_DEADLINE,
         }
     }
@@ -246,9 +251,8 @@ pub struct Driver {
     tls: Option<crate::tls::SharedTlsConfig>,
     /// Plaintext decrypted from one read, before the connection takes it.
     plaintext: Vec<u8>,
-    /// `--accept-proxy-protocol`, by connection key: a PROXY header's first bytes, then the
-    /// client it names (kept for the upstream's `X-Forwarded-For` or PROXY header).
-    inbound: std::collections::HashMap<usize, Inbound>,
+    /// `--accept-proxy-protocol`: the headers being read and the clients they named.
+    inbound: InboundHeaders,
     /// Settings a reload publishes, the generation in use, and how many reactors share
     /// the limits.
     live: Option<(Arc<Live>, u64, usize)>,
@@ -268,13 +272,6 @@ pub struct Driver {
     /// the same way when it runs short).
     reclaim_wanted: bool,
     reclaiming: bool,
-}
-
-/// A connection from a balancer: its PROXY header so far, then the client it names.
-#[derive(Debug, Default)]
-struct Inbound {
-    partial: Vec<u8>,
-    client: Option<SocketAddr>,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -328,7 +325,7 @@ impl Driver {
             fired: Vec::new(),
             tls,
             plaintext: Vec::new(),
-            inbound: std::collections::HashMap::new(),
+            inbound: InboundHeaders::default(),
             live: None,
             checker,
             checks_ready: false,
@@ -645,8 +642,8 @@ impl Driver {
 
     /// The client's address as a balancer's PROXY header gave it, if it did: the one for
     /// the upstream's `X-Forwarded-For` or PROXY header (else the socket's peer).
-    pub fn client_addr(&self, key: usize) -> Option<SocketAddr> {
-        self.inbound.get(&key).and_then(|inbound| inbound.client)
+    pub fn client_addr(&self, session: &Session) -> Option<SocketAddr> {
+        self.inbound.client(session.inbound)
     }
 
     /// A socket was accepted from `peer` (on a TLS listener: `tls`), with `open` connections
@@ -725,7 +722,6 @@ impl Driver {
     /// as above; a missing or malformed header closes the connection, unanswered.
     pub fn received(
         &mut self,
-        key: usize,
         parts: &mut Parts,
         bytes: &[u8],
         now: u64,
@@ -740,29 +736,16 @@ impl Driver {
         if !session.awaits_proxy_header {
             return self.received_after_header(conn, transport, outbox, bytes, now, out);
         }
-        let inbound = self.inbound.entry(key).or_default();
-        inbound.partial.extend_from_slice(bytes);
-        let (len, client) = match parse_proxy_header(&inbound.partial) {
-            ProxyHeader::Partial => return Next::Continue,
-            ProxyHeader::Complete { len, client } => (len, client),
-            ProxyHeader::Invalid(why) => {
+        let (client, rest) = match self.inbound.read(&mut session.inbound, bytes) {
+            HeaderRead::Partial => return Next::Continue,
+            HeaderRead::Complete { client, rest } => (client, rest),
+            HeaderRead::Invalid(why) => {
                 tracing::debug!(why, "PROXY header refused");
-                self.inbound.remove(&key);
                 Counters::bump(&self.stats.proxy_protocol_refused[1]);
                 return Next::Close;
             }
         };
         session.awaits_proxy_header = false;
-        let rest = inbound.partial.split_off(len);
-        match client {
-            Some(client) => {
-                *inbound = Inbound {
-                    partial: Vec::new(),
-                    client: Some(client),
-                }
-            }
-            None => drop(self.inbound.remove(&key)),
-        }
         if let Some(client) = client {
             match self.admission.admit_address(client.ip(), now) {
                 Ok(ip_key) => session.ip_key = ip_key,
@@ -1062,11 +1045,9 @@ impl Driver {
     }
 
     /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.
-    pub fn closed(&mut self, key: usize, conn: &mut Conn, session: &Session, now: u64) {
+    pub fn closed(&mut self, key: usize, conn: &mut Conn, session: &mut Session, now: u64) {
         self.wheel.cancel(key as u32);
-        if !self.inbound.is_empty() {
-            self.inbound.remove(&key);
-        }
+        self.inbound.release(&mut session.inbound);
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();

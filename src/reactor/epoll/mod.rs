@@ -328,7 +328,6 @@ impl Reactor {
                 }
                 Ok(n) => (
                     self.driver.received(
-                        key,
                         &mut client.parts,
                         &self.read_buffer[..n],
                         now,
@@ -459,7 +458,7 @@ impl Reactor {
             let now = self.driver.now();
             // Dropping the stream closes it, which also removes it from epoll.
             self.driver
-                .closed(key, &mut client.parts.conn, &client.parts.session, now);
+                .closed(key, &mut client.parts.conn, &mut client.parts.session, now);
         }
     }
 }

@@ -294,7 +294,10 @@ impl Reactor {
             Forwarding::Headers => None,
         };
         // Behind a balancer, the client its PROXY header named.
-        let peer = self.driver.client_addr(key).unwrap_or(client.peer);
+        let peer = self
+            .driver
+            .client_addr(&client.parts.session)
+            .unwrap_or(client.peer);
         let peers = Peers {
             client: peer,
             local: local.unwrap_or(client.peer),

@@ -604,7 +604,7 @@ impl Reactor {
             return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
-            (self.driver).received(key, &mut client.parts, data, now, &mut self.out)
+            (self.driver).received(&mut client.parts, data, now, &mut self.out)
         } else {
             let event = match (side, data) {
                 (Side::Client, _) if result == 0 => Event::PeerClosed,
@@ -871,7 +871,7 @@ impl turn::Backend for Reactor {
             };
             if client.in_flight == 0 {
                 let mut client = self.clients.remove(key);
-                let (conn, session) = (&mut client.parts.conn, &client.parts.session);
+                let (conn, session) = (&mut client.parts.conn, &mut client.parts.session);
                 self.driver.closed(key, conn, session, now);
             }
             return;

@@ -82,7 +82,7 @@ impl Reactor {
         let client_ip = match self.driver.hashes_client_ip() {
             true => self
                 .driver
-                .client_addr(key)
+                .client_addr(&client.parts.session)
                 .or_else(|| client.socket().and_then(|s| sys::socket_addr(s, false)))
                 .map(|a| a.ip()),
             false => None,
@@ -145,7 +145,8 @@ impl Reactor {
         let tls = client.parts.transport.is_tls();
         let mut peers = socket.map(|socket| peers(socket, forwarding, tls));
         // Behind a balancer, the client its PROXY header named.
-        if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), self.driver.client_addr(key)) {
+        let named = self.driver.client_addr(&client.parts.session);
+        if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), named) {
             peers.client = client;
         }
         let Some(upstream) = client.upstream.as_deref_mut() else {
