@@ -25,15 +25,17 @@ use std::sync::Arc;
 use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
 use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
-use crate::proxy::health::{Checker, Failure};
+use crate::proxy::health::Failure;
 use crate::proxy::{Link, Peers, Pick, Upstreams};
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::sys;
 use crate::timer::TimerWheel;
 use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
 
+mod fleet;
 mod inbound;
 pub mod turn;
+use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders, InboundSlot};
 pub use turn::Backend;
 
@@ -234,8 +236,8 @@ pub struct Driver {
     admission: Admission,
     accept_pause: AcceptPause,
     draining: bool,
-    /// Proxy mode: this reactor's view of the upstreams.
-    upstreams: Upstreams,
+    /// Proxy mode: this reactor's view of the upstreams and its health checks.
+    fleet: Fleet,
     /// Each connection's one armed deadline, by its key.
     wheel: TimerWheel,
     /// The process's shutdown signal.
@@ -256,12 +258,6 @@ pub struct Driver {
     /// Settings a reload publishes, the generation in use, and how many reactors share
     /// the limits.
     live: Option<(Arc<Live>, u64, usize)>,
-    /// Proxy mode: this reactor's active health checks, and whether their descriptor was
-    /// reported readable since they last ran.
-    checker: Option<Checker>,
-    checks_ready: bool,
-    /// This reactor's place among the reactors (which upstreams it checks).
-    index: usize,
     /// A reload retired an upstream with relays here: every connection is to be settled,
     /// so that those relays get their close times.
     resettle: bool,
@@ -299,24 +295,14 @@ impl Driver {
         shutdown: Arc<Shutdown>,
         tls: Option<crate::tls::SharedTlsConfig>,
     ) -> Self {
-        // Reactors start their rotations at different upstreams, so that their first
-        // connections spread.
-        let upstreams = Upstreams::new(&config.proxy.upstreams, seed as usize);
-        // Only with checks configured at start: the backends watch the checker's descriptor
-        // from their start, and a descriptor nobody uses is one less for clients.
-        let checker = match config.proxy.health.is_none() || config.proxy.upstreams.is_empty() {
-            true => None,
-            false => Checker::new()
-                .inspect_err(|error| tracing::warn!(%error, "no health checks on this reactor"))
-                .ok(),
-        };
-        let mut driver = Driver {
+        let fleet = Fleet::new(&config.proxy, seed);
+        Driver {
             config,
             stats,
             admission: Admission::new(limits, seed),
             accept_pause: AcceptPause::default(),
             draining: false,
-            upstreams,
+            fleet,
             wheel: TimerWheel::new(0),
             shutdown,
             epoch: std::time::Instant::now(),
@@ -327,15 +313,10 @@ impl Driver {
             plaintext: Vec::new(),
             inbound: InboundHeaders::default(),
             live: None,
-            checker,
-            checks_ready: false,
-            index: 0,
             resettle: false,
             reclaim_wanted: false,
             reclaiming: false,
-        };
-        driver.assign_checks(0);
-        driver
+        }
     }
 
     /// Whether upgraded connections are relayed to upstreams (proxy mode).
@@ -348,55 +329,19 @@ impl Driver {
     pub fn with_live(mut self, live: Arc<Live>, reactors: usize, index: usize) -> Self {
         let generation = live.newer_than(u64::MAX).map_or(0, |(g, _)| g);
         self.live = Some((live, generation, reactors));
-        self.index = index;
-        self.assign_checks(0);
+        self.fleet.place(index, reactors, &self.config.proxy);
         self
-    }
-
-    /// Gives the checker this reactor's share of the upstreams to check: every
-    /// `reactors`-th, from its index (draining ones are not checked).
-    fn assign_checks(&mut self, now: u64) {
-        let (reactors, index) = (self.reactors(), self.index);
-        let Some(checker) = self.checker.as_mut() else {
-            return;
-        };
-        let proxy = &self.config.proxy;
-        let interval = proxy.health.as_ref().map_or(0, |h| h.interval_ms);
-        let mine: Vec<_> = match proxy.health {
-            None => Vec::new(),
-            Some(_) => proxy
-                .upstreams
-                .iter()
-                .enumerate()
-                .filter(|(n, u)| n % reactors == index && !u.drain)
-                .map(|(_, u)| (u.addr, Arc::clone(&u.status)))
-                .collect(),
-        };
-        checker.assign(&mine, now, interval);
     }
 
     /// Proxy mode: the descriptor of this reactor's health checks, to watch for
     /// readability ([`Driver::checks_ready`] when it is).
     pub fn checks_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.checker.as_ref().map(Checker::fd)
+        self.fleet.checks_fd()
     }
 
     /// The health checks' descriptor was reported readable: they run this turn.
     pub fn checks_ready(&mut self) {
-        self.checks_ready = true;
-    }
-
-    /// Runs the health checks if their descriptor was readable or one is due.
-    fn run_checks(&mut self, now: u64) {
-        let (Some(checker), Some(settings)) =
-            (self.checker.as_mut(), self.config.proxy.health.as_ref())
-        else {
-            return;
-        };
-        let ready = std::mem::take(&mut self.checks_ready);
-        if ready || checker.next_due().is_some_and(|due| due <= now) {
-            checker.run(settings, now, ready);
-        }
+        self.fleet.checks_ready();
     }
 
     /// Takes a newer generation of the settings, if one was published: connections accepted
@@ -410,27 +355,10 @@ impl Driver {
         };
         *seen = generation;
         let reactors = *reactors;
-        let proxy = (&settings.conn.proxy, &self.config.proxy);
-        let upstreams_changed = proxy.0.upstreams != proxy.1.upstreams;
-        let checks_changed = upstreams_changed || proxy.0.health != proxy.1.health;
-        if upstreams_changed {
-            let (pool, retired) = self
-                .upstreams
-                .reconfigured(&settings.conn.proxy.upstreams, now);
-            self.upstreams = pool;
-            self.resettle |= retired;
-        }
+        let (new, old) = (&settings.conn.proxy, &self.config.proxy);
+        self.resettle |= self.fleet.reconfigure(new, old, now);
         self.config = Arc::clone(&settings.conn);
         self.admission.set_limits(settings.limits.share(reactors));
-        if checks_changed {
-            if self.checker.is_none() && self.config.proxy.health.is_some() && self.index == 0 {
-                tracing::warn!(
-                    "health checks turned on by a reload start at the next restart \
-                     (passive checks apply now)"
-                );
-            }
-            self.assign_checks(now);
-        }
     }
 
     /// Milliseconds since the reactor started: the clock of every deadline.
@@ -442,7 +370,7 @@ impl Driver {
     /// asked for begins here.
     pub fn turn(&mut self, now: u64) -> Turn {
         self.follow_reload(now);
-        self.run_checks(now);
+        self.fleet.run_checks(&self.config.proxy, now);
         self.reclaiming = std::mem::take(&mut self.reclaim_wanted);
         match self.shutdown.state() {
             ShutdownState::Aborting => Turn::Exit,
@@ -460,18 +388,7 @@ impl Driver {
     /// [`Conn::on_upstream_failed`], 502), [`Pick::Full`] when every upstream holds its share
     /// of `--upstream-max-connections`.
     pub fn next_upstream(&mut self, attempts: &mut usize, key: Option<u64>, now: u64) -> Pick {
-        if *attempts >= self.upstreams.len() {
-            return Pick::None;
-        }
-        let proxy = &self.config.proxy;
-        let cap = proxy
-            .max_connections_per_upstream
-            .div_ceil(self.reactors() as u32);
-        let picked = self.upstreams.pick(now, proxy.balance, cap, key);
-        if let Pick::Upstream(..) = picked {
-            *attempts += 1;
-        }
-        picked
+        self.fleet.next(&self.config.proxy, attempts, key, now)
     }
 
     /// Proxy mode: opens a connection for this client, which has tried `attempts` upstreams,
@@ -505,7 +422,7 @@ impl Driver {
                     return Err(conn.refuse(refusal, &mut self.cx(now, out)));
                 }
             };
-            let lease = self.upstreams.lease(index);
+            let lease = self.fleet.lease(index);
             let link = Link::with_lease(index, attempts, lease);
             let error = match open(addr) {
                 Ok(socket) => return Ok((link, socket)),
@@ -522,14 +439,7 @@ impl Driver {
     /// A link to upstream `index`, counted as [`Driver::open_upstream`] counts one.
     #[cfg(test)]
     pub(crate) fn link_to(&self, index: usize) -> Link {
-        Link::with_lease(index, 1, self.upstreams.lease(index))
-    }
-
-    /// Reactors sharing the limits (1 until [`Driver::with_live`] says).
-    fn reactors(&self) -> usize {
-        self.live
-            .as_ref()
-            .map_or(1, |(_, _, reactors)| (*reactors).max(1))
+        Link::with_lease(index, 1, self.fleet.lease(index))
     }
 
     /// Proxy mode: opening a socket to the upstream of `link`, or connecting it, failed
@@ -1015,7 +925,7 @@ impl Driver {
             return Some(std::time::Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
-        if let Some(due) = self.checker.as_ref().and_then(Checker::next_due) {
+        if let Some(due) = self.fleet.next_check_due() {
             let check = due.saturating_sub(now);
             wait = Some(wait.map_or(check, |w| w.min(check)));
         }

@@ -1,0 +1,149 @@
+//! Proxy mode, one reactor's part of the upstream fleet: which upstream a client gets next
+//! (and on each retry), this reactor's share of the active health checks and when they run,
+//! and what a reload's new list of upstreams means for both.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::proxy::health::Checker;
+use crate::proxy::{Lease, Pick, ProxyConfig, Upstreams};
+
+/// One reactor's view of the upstreams and its health checks.
+pub struct Fleet {
+    upstreams: Upstreams,
+    /// This reactor's active checks (`None`: passive only, or none could start).
+    checker: Option<Checker>,
+    /// The checks' descriptor was reported readable since they last ran.
+    checks_ready: bool,
+    /// This reactor's place among `reactors`: which upstreams it checks, and its share of
+    /// each upstream's connection limit.
+    index: usize,
+    reactors: usize,
+}
+
+impl Fleet {
+    /// The fleet as `proxy` gives it, with rotations starting at `seed` (reactors start at
+    /// different upstreams, so that their first connections spread).
+    pub fn new(proxy: &ProxyConfig, seed: u64) -> Fleet {
+        // Only with checks configured at start: the backends watch the checker's descriptor
+        // from their start, and a descriptor nobody uses is one less for clients.
+        let checker = match proxy.health.is_none() || proxy.upstreams.is_empty() {
+            true => None,
+            false => Checker::new()
+                .inspect_err(|error| tracing::warn!(%error, "no health checks on this reactor"))
+                .ok(),
+        };
+        let mut fleet = Fleet {
+            upstreams: Upstreams::new(&proxy.upstreams, seed as usize),
+            checker,
+            checks_ready: false,
+            index: 0,
+            reactors: 1,
+        };
+        fleet.assign_checks(proxy, 0);
+        fleet
+    }
+
+    /// This reactor is `index` of `reactors`: it takes its share of the checks.
+    pub fn place(&mut self, index: usize, reactors: usize, proxy: &ProxyConfig) {
+        (self.index, self.reactors) = (index, reactors.max(1));
+        self.assign_checks(proxy, 0);
+    }
+
+    /// Gives the checker this reactor's share of the upstreams to check: every
+    /// `reactors`-th, from its index (draining ones are not checked).
+    fn assign_checks(&mut self, proxy: &ProxyConfig, now: u64) {
+        let (reactors, index) = (self.reactors, self.index);
+        let Some(checker) = self.checker.as_mut() else {
+            return;
+        };
+        let interval = proxy.health.as_ref().map_or(0, |h| h.interval_ms);
+        let mine: Vec<_> = match proxy.health {
+            None => Vec::new(),
+            Some(_) => proxy
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter(|(n, u)| n % reactors == index && !u.drain)
+                .map(|(_, u)| (u.addr, Arc::clone(&u.status)))
+                .collect(),
+        };
+        checker.assign(&mine, now, interval);
+    }
+
+    /// The descriptor of this reactor's health checks, to watch for readability.
+    pub fn checks_fd(&self) -> Option<RawFd> {
+        self.checker.as_ref().map(Checker::fd)
+    }
+
+    /// The health checks' descriptor was reported readable: they run this turn.
+    pub fn checks_ready(&mut self) {
+        self.checks_ready = true;
+    }
+
+    /// Runs the health checks if their descriptor was readable or one is due.
+    pub fn run_checks(&mut self, proxy: &ProxyConfig, now: u64) {
+        let (Some(checker), Some(settings)) = (self.checker.as_mut(), proxy.health.as_ref()) else {
+            return;
+        };
+        let ready = std::mem::take(&mut self.checks_ready);
+        if ready || checker.next_due().is_some_and(|due| due <= now) {
+            checker.run(settings, now, ready);
+        }
+    }
+
+    /// When the next health check is due.
+    pub fn next_check_due(&self) -> Option<u64> {
+        self.checker.as_ref().and_then(Checker::next_due)
+    }
+
+    /// A reload replaced `old` with `new`: the upstreams and the checks follow. True when
+    /// an upstream with relays here was retired (they get their close times).
+    pub fn reconfigure(&mut self, new: &ProxyConfig, old: &ProxyConfig, now: u64) -> bool {
+        let upstreams_changed = new.upstreams != old.upstreams;
+        let mut retired = false;
+        if upstreams_changed {
+            let (pool, any_retired) = self.upstreams.reconfigured(&new.upstreams, now);
+            self.upstreams = pool;
+            retired = any_retired;
+        }
+        if upstreams_changed || new.health != old.health {
+            if self.checker.is_none() && new.health.is_some() && self.index == 0 {
+                tracing::warn!(
+                    "health checks turned on by a reload start at the next restart \
+                     (passive checks apply now)"
+                );
+            }
+            self.assign_checks(new, now);
+        }
+        retired
+    }
+
+    /// The next upstream for a client that has tried `attempts` (counted here);
+    /// [`Pick::None`] once every upstream was tried for it, [`Pick::Full`] when every
+    /// upstream holds this reactor's share of `--upstream-max-connections`.
+    pub fn next(
+        &mut self,
+        proxy: &ProxyConfig,
+        attempts: &mut usize,
+        key: Option<u64>,
+        now: u64,
+    ) -> Pick {
+        if *attempts >= self.upstreams.len() {
+            return Pick::None;
+        }
+        let cap = proxy
+            .max_connections_per_upstream
+            .div_ceil(self.reactors as u32);
+        let picked = self.upstreams.pick(now, proxy.balance, cap, key);
+        if let Pick::Upstream(..) = picked {
+            *attempts += 1;
+        }
+        picked
+    }
+
+    /// A connection to upstream `index` begins: counted until the lease is dropped.
+    pub fn lease(&self, index: usize) -> Option<Lease> {
+        self.upstreams.lease(index)
+    }
+}
