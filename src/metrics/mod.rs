@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::handshake::Rejection;
 use crate::policy::{Live, Shutdown, ShutdownState};
-use crate::proxy::health::Failure;
+use crate::proxy::health::{Failure, UpstreamStatus};
 use crate::stats::{Counters, TlsFailure, TlsHandshake, EVENT_FAMILIES, HANDSHAKE_BUCKETS_MS};
 
 /// The server's metrics, read at scrape time from every reactor's counters.
@@ -179,7 +179,7 @@ impl Collector for ServerMetrics {
 }
 
 /// Reads one per-upstream gauge.
-type UpstreamGauge = fn(&crate::proxy::Upstream) -> i64;
+type UpstreamGauge = fn(&crate::proxy::Upstream, &UpstreamStatus) -> i64;
 
 impl ServerMetrics {
     /// Proxy mode: each upstream's state, live connections, failures and last check.
@@ -189,38 +189,41 @@ impl ServerMetrics {
         if upstreams.is_empty() {
             return Ok(());
         }
+        let health = self.live.health();
+        let statuses: Vec<_> = upstreams.iter().map(|u| health.status(u.addr)).collect();
         let label = |u: &crate::proxy::Upstream| ("upstream", u.addr.to_string());
         let gauges: [(&str, &str, UpstreamGauge); 4] = [
             (
                 "wsedge_upstream_up",
                 "1 while the upstream is in rotation (health checks pass).",
-                |u| i64::from(u.status.is_up()),
+                |_, status| i64::from(status.is_up()),
             ),
             (
                 "wsedge_upstream_draining",
                 "1 while the upstream is marked drain.",
-                |u| i64::from(u.drain),
+                |u, _| i64::from(u.drain),
             ),
             (
                 "wsedge_upstream_connections",
                 "Relayed connections to the upstream now (all reactors).",
-                |u| i64::from(u.status.live()),
+                |_, status| i64::from(status.live()),
             ),
             (
                 "wsedge_upstream_health_check_seconds",
                 "How long the upstream's last active health check took.",
-                |u| u.status.last_check_micros() as i64,
+                |_, status| status.last_check_micros() as i64,
             ),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for upstream in upstreams {
+            for (upstream, status) in upstreams.iter().zip(&statuses) {
                 let labels = [label(upstream)];
                 let gauge_family = family.encode_family(&labels)?;
+                let value = value(upstream, status);
                 if name.ends_with("_seconds") {
-                    ConstGauge::new(value(upstream) as f64 / 1e6).encode(gauge_family)?;
+                    ConstGauge::new(value as f64 / 1e6).encode(gauge_family)?;
                 } else {
-                    ConstGauge::new(value(upstream)).encode(gauge_family)?;
+                    ConstGauge::new(value).encode(gauge_family)?;
                 }
             }
         }
@@ -231,11 +234,10 @@ impl ServerMetrics {
             None,
             MetricType::Counter,
         )?;
-        for upstream in upstreams {
+        for (upstream, status) in upstreams.iter().zip(&statuses) {
             for kind in Failure::ALL {
                 let labels = [label(upstream), ("kind", kind.label().to_string())];
-                ConstCounter::new(upstream.status.failures(kind))
-                    .encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(status.failures(kind)).encode(family.encode_family(&labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -244,8 +246,8 @@ impl ServerMetrics {
             None,
             MetricType::Counter,
         )?;
-        for upstream in upstreams {
-            ConstCounter::new(upstream.status.checks_passed())
+        for (upstream, status) in upstreams.iter().zip(&statuses) {
+            ConstCounter::new(status.checks_passed())
                 .encode(family.encode_family(&[label(upstream)])?)?;
         }
         Ok(())
@@ -270,7 +272,7 @@ fn health(metrics: &ServerMetrics, shutdown: &Shutdown) -> (&'static str, &'stat
     if settings.conn.after != crate::conn::AfterUpgrade::Proxy {
         return ("200 OK", "text/plain", "ok\n".into());
     }
-    let (up, of) = proxy.upstreams_up();
+    let (up, of) = proxy.upstreams_up(metrics.live.health());
     let degraded = up == 0 || up * 100 < usize::from(proxy.healthz_min_up_percent) * of;
     match degraded {
         true => (

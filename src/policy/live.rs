@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use super::Limits;
 use crate::conn::ConnConfig;
+use crate::proxy::health::HealthBoard;
 
 /// One generation of the reloadable settings.
 #[derive(Debug)]
@@ -20,11 +21,13 @@ pub struct LiveSettings {
     pub limits: Limits,
 }
 
-/// The current generation, shared by the signal thread and every reactor.
+/// The current generation, shared by the signal thread and every reactor, and the
+/// upstreams' health, which outlives generations (by address).
 #[derive(Debug)]
 pub struct Live {
     generation: AtomicU64,
     settings: ArcSwap<LiveSettings>,
+    health: Arc<HealthBoard>,
 }
 
 impl Live {
@@ -33,18 +36,25 @@ impl Live {
         Live {
             generation: AtomicU64::new(0),
             settings: ArcSwap::from_pointee(LiveSettings { conn, limits }),
+            health: Arc::default(),
         }
     }
 
     /// Publishes new settings: connections accepted from the reactors' next turn on use them.
     /// Upstreams that stay keep their health.
-    pub fn publish(&self, mut conn: ConnConfig, limits: Limits) {
-        conn.proxy.adopt_statuses(&self.settings.load().conn.proxy);
+    pub fn publish(&self, conn: ConnConfig, limits: Limits) {
+        self.health
+            .keep_only(conn.proxy.upstreams.iter().map(|u| u.addr));
         self.settings.store(Arc::new(LiveSettings {
             conn: Arc::new(conn),
             limits,
         }));
         self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Every upstream's health, by address.
+    pub fn health(&self) -> &Arc<HealthBoard> {
+        &self.health
     }
 
     /// The settings now.
@@ -61,6 +71,7 @@ impl Live {
         upstreams: Vec<crate::proxy::Upstream>,
     ) -> bool {
         let mut conn = ConnConfig::clone(&seen.conn);
+        self.health.keep_only(upstreams.iter().map(|u| u.addr));
         conn.proxy.upstreams = upstreams;
         let next = Arc::new(LiveSettings {
             conn: Arc::new(conn),

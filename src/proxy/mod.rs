@@ -118,20 +118,13 @@ impl ProxyConfig {
         self.health.as_ref().map(|h| h.fall)
     }
 
-    /// How many upstreams (draining ones aside) are up, of how many.
-    pub fn upstreams_up(&self) -> (usize, usize) {
+    /// How many upstreams (draining ones aside) are up on `health`, of how many.
+    pub fn upstreams_up(&self, health: &health::HealthBoard) -> (usize, usize) {
         let serving = self.upstreams.iter().filter(|u| !u.drain);
-        let up = serving.clone().filter(|u| u.status.is_up()).count();
+        let up = serving
+            .clone()
+            .filter(|u| health.status(u.addr).is_up())
+            .count();
         (up, serving.count())
-    }
-
-    /// Gives every upstream that `previous` had too its status there: health, counts and
-    /// failures carry across a reload or a lookup.
-    pub fn adopt_statuses(&mut self, previous: &ProxyConfig) {
-        for upstream in &mut self.upstreams {
-            if let Some(old) = previous.upstreams.iter().find(|u| u.addr == upstream.addr) {
-                upstream.status = std::sync::Arc::clone(&old.status);
-            }
-        }
     }
 }

@@ -10,8 +10,6 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use super::health::UpstreamStatus;
-
 /// The largest weight an upstream may have.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -110,8 +108,9 @@ impl std::fmt::Display for UpstreamTarget {
     }
 }
 
-/// One address to connect to, with its share and its health.
-#[derive(Debug, Clone)]
+/// One address to connect to, with its share (its health is on the
+/// [`HealthBoard`](super::health::HealthBoard), by address).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// Where to connect.
     pub addr: SocketAddr,
@@ -121,15 +120,6 @@ pub struct Upstream {
     pub drain: bool,
     /// The name it was resolved from, if it was given by name.
     pub name: Option<Arc<str>>,
-    /// Its health, shared by every reactor (kept across reloads and lookups).
-    pub status: Arc<UpstreamStatus>,
-}
-
-impl PartialEq for Upstream {
-    fn eq(&self, other: &Self) -> bool {
-        (self.addr, self.weight, self.drain, &self.name)
-            == (other.addr, other.weight, other.drain, &other.name)
-    }
 }
 
 impl Upstream {
@@ -140,13 +130,12 @@ impl Upstream {
             weight: 1,
             drain: false,
             name: None,
-            status: Arc::default(),
         }
     }
 }
 
 /// Resolves every target into upstreams. An address already in `previous` keeps its
-/// status; a name whose lookup fails keeps its addresses from `previous`. A name that fails
+/// health (the board is by address); a name whose lookup fails keeps its addresses from `previous`. A name that fails
 /// with none there is left out, and said in the second list: one name that does not resolve
 /// at a reload never takes the others (literal addresses included) with it.
 pub fn resolve_all(
@@ -180,16 +169,11 @@ pub fn resolve_all(
             if upstreams.iter().any(|u| u.addr == addr) {
                 continue;
             }
-            let status = previous
-                .iter()
-                .find(|u| u.addr == addr)
-                .map_or_else(Arc::default, |u| Arc::clone(&u.status));
             upstreams.push(Upstream {
                 addr,
                 weight: target.weight,
                 drain: target.drain,
                 name: name.clone(),
-                status,
             });
         }
     }
@@ -227,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn a_name_is_every_address_it_resolves_to_and_statuses_are_kept() {
+    fn a_name_is_every_address_it_resolves_to_again_on_each_lookup() {
         let targets = [
             UpstreamTarget::parse("localhost:9000 weight=2").unwrap(),
             UpstreamTarget::parse("127.0.0.1:9000").unwrap(),
@@ -242,7 +226,10 @@ mod tests {
             "the literal repeat is dropped"
         );
         let (again, _) = resolve_all(&targets, &first);
-        assert!(Arc::ptr_eq(&first[0].status, &again[0].status));
+        assert_eq!(
+            again, first,
+            "the same addresses: their health stays on the board"
+        );
     }
 
     #[test]

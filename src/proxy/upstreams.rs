@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::health::{Failure, UpstreamStatus};
+use super::health::{Failure, HealthBoard, UpstreamStatus};
 use super::Upstream;
 
 /// How long an upstream that refused a connection is passed over, in ms.
@@ -124,7 +124,7 @@ pub enum Pick {
 impl Upstreams {
     /// A pool over `upstreams`, starting at `start` (reactors start at different ones so
     /// that their first connections spread).
-    pub fn new(upstreams: &[Upstream], start: usize) -> Self {
+    pub fn new(upstreams: &[Upstream], health: &HealthBoard, start: usize) -> Self {
         Upstreams {
             members: upstreams
                 .iter()
@@ -133,7 +133,7 @@ impl Upstreams {
                     weight: u.weight.max(1),
                     drain: u.drain,
                     current: 0,
-                    status: Arc::clone(&u.status),
+                    status: health.status(u.addr),
                     slot: Rc::default(),
                 })
                 .collect(),
@@ -150,8 +150,13 @@ impl Upstreams {
     /// starts at zero; one that was removed, or is now marked `drain`, is retired: its
     /// relays are to be closed over the drain window. The flag says whether any relay on
     /// this reactor has to be told (settle every connection then).
-    pub fn reconfigured(&self, upstreams: &[Upstream], now: u64) -> (Self, bool) {
-        let mut pool = Upstreams::new(upstreams, self.next);
+    pub fn reconfigured(
+        &self,
+        upstreams: &[Upstream],
+        health: &HealthBoard,
+        now: u64,
+    ) -> (Self, bool) {
+        let mut pool = Upstreams::new(upstreams, health, self.next);
         for member in &mut pool.members {
             if let Some(old) = self.members.iter().find(|m| m.addr == member.addr) {
                 member.slot = Rc::clone(&old.slot);
@@ -325,7 +330,11 @@ mod tests {
     }
 
     fn pool() -> Upstreams {
-        Upstreams::new(&list(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]), 0)
+        Upstreams::new(
+            &list(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
+            &HealthBoard::default(),
+            0,
+        )
     }
 
     fn index(pick: Pick) -> usize {
@@ -349,7 +358,11 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_interleaves_by_weight() {
-        let mut pool = Upstreams::new(&list(&["127.0.0.1:1 weight=3", "127.0.0.1:2"]), 0);
+        let mut pool = Upstreams::new(
+            &list(&["127.0.0.1:1 weight=3", "127.0.0.1:2"]),
+            &HealthBoard::default(),
+            0,
+        );
         let picks: Vec<usize> = (0..8).map(|_| index(pool.pick(0, RR, 0, None))).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
         assert!(
@@ -377,7 +390,11 @@ mod tests {
 
     #[test]
     fn least_connections_weighs_the_count() {
-        let mut pool = Upstreams::new(&list(&["127.0.0.1:1 weight=2", "127.0.0.1:2"]), 0);
+        let mut pool = Upstreams::new(
+            &list(&["127.0.0.1:1 weight=2", "127.0.0.1:2"]),
+            &HealthBoard::default(),
+            0,
+        );
         let _held: Vec<Lease> = [0, 0, 1].iter().filter_map(|&i| pool.lease(i)).collect();
         // 2 of weight 2 against 1 of weight 1: equal, the first in turn.
         assert_eq!(index(pool.pick(0, Balance::LeastConnections, 0, None)), 0);
@@ -396,14 +413,15 @@ mod tests {
     #[test]
     fn down_and_draining_upstreams_get_no_client() {
         let upstreams = list(&["127.0.0.1:1", "127.0.0.1:2 drain", "127.0.0.1:3"]);
-        let mut pool = Upstreams::new(&upstreams, 0);
+        let health = HealthBoard::default();
+        let mut pool = Upstreams::new(&upstreams, &health, 0);
         for _ in 0..3 {
-            upstreams[2].status.check_failed(1, 3);
+            health.status(upstreams[2].addr).check_failed(1, 3);
         }
         let picks: Vec<usize> = (0..3).map(|_| index(pool.pick(0, RR, 0, None))).collect();
         assert_eq!(picks, [0, 0, 0]);
         for _ in 0..3 {
-            upstreams[0].status.check_failed(1, 3);
+            health.status(upstreams[0].addr).check_failed(1, 3);
         }
         assert_eq!(pool.pick(0, RR, 0, None), Pick::NoneUp);
     }
@@ -413,7 +431,11 @@ mod tests {
         let pool = pool();
         let held = pool.lease(1);
         let removed = pool.lease(0).unwrap();
-        let (mut reloaded, retired) = pool.reconfigured(&list(&["127.0.0.1:2", "127.0.0.1:9"]), 50);
+        let (mut reloaded, retired) = pool.reconfigured(
+            &list(&["127.0.0.1:2", "127.0.0.1:9"]),
+            &HealthBoard::default(),
+            50,
+        );
         assert!(retired, "a removed upstream had a relay");
         assert_eq!(removed.retired_at(), Some(50));
         assert_eq!(held.as_ref().unwrap().retired_at(), None);
@@ -428,7 +450,8 @@ mod tests {
             0,
             "the old lease is released in the new pool"
         );
-        let (_, retired) = reloaded.reconfigured(&list(&["127.0.0.1:2 drain"]), 60);
+        let (_, retired) =
+            reloaded.reconfigured(&list(&["127.0.0.1:2 drain"]), &HealthBoard::default(), 60);
         assert!(!retired, "nothing relayed on what was retired");
     }
 

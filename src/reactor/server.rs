@@ -85,6 +85,7 @@ impl ReactorParts {
             self.seed,
             self.shutdown,
             self.tls,
+            Arc::clone(self.live.health()),
         )
         .with_live(self.live, self.reactors, self.index);
         (driver, self.listeners, self.defer_accept)

@@ -5,12 +5,14 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use crate::proxy::health::Checker;
+use crate::proxy::health::{Checker, HealthBoard};
 use crate::proxy::{Lease, Pick, ProxyConfig, Upstreams};
 
 /// One reactor's view of the upstreams and its health checks.
 pub struct Fleet {
     upstreams: Upstreams,
+    /// Every upstream's health, shared by the reactors.
+    health: Arc<HealthBoard>,
     /// This reactor's active checks (`None`: passive only, or none could start).
     checker: Option<Checker>,
     /// The checks' descriptor was reported readable since they last ran.
@@ -24,7 +26,7 @@ pub struct Fleet {
 impl Fleet {
     /// The fleet as `proxy` gives it, with rotations starting at `seed` (reactors start at
     /// different upstreams, so that their first connections spread).
-    pub fn new(proxy: &ProxyConfig, seed: u64) -> Fleet {
+    pub fn new(proxy: &ProxyConfig, health: Arc<HealthBoard>, seed: u64) -> Fleet {
         // Only with checks configured at start: the backends watch the checker's descriptor
         // from their start, and a descriptor nobody uses is one less for clients.
         let checker = match proxy.health.is_none() || proxy.upstreams.is_empty() {
@@ -34,7 +36,8 @@ impl Fleet {
                 .ok(),
         };
         let mut fleet = Fleet {
-            upstreams: Upstreams::new(&proxy.upstreams, seed as usize),
+            upstreams: Upstreams::new(&proxy.upstreams, &health, seed as usize),
+            health,
             checker,
             checks_ready: false,
             index: 0,
@@ -65,7 +68,7 @@ impl Fleet {
                 .iter()
                 .enumerate()
                 .filter(|(n, u)| n % reactors == index && !u.drain)
-                .map(|(_, u)| (u.addr, Arc::clone(&u.status)))
+                .map(|(_, u)| (u.addr, self.health.status(u.addr)))
                 .collect(),
         };
         checker.assign(&mine, now, interval);
@@ -103,7 +106,8 @@ impl Fleet {
         let upstreams_changed = new.upstreams != old.upstreams;
         let mut retired = false;
         if upstreams_changed {
-            let (pool, any_retired) = self.upstreams.reconfigured(&new.upstreams, now);
+            let health = &self.health;
+            let (pool, any_retired) = self.upstreams.reconfigured(&new.upstreams, health, now);
             self.upstreams = pool;
             retired = any_retired;
         }

@@ -286,7 +286,8 @@ pub enum Turn {
 }
 
 impl Driver {
-    /// A reactor's driver, with its share of the limits and a seed for its jitter.
+    /// A reactor's driver, with its share of the limits, a seed for its jitter, and the
+    /// board of the upstreams' health it shares with the other reactors.
     pub fn new(
         config: Arc<ConnConfig>,
         stats: Arc<Counters>,
@@ -294,8 +295,9 @@ impl Driver {
         seed: u64,
         shutdown: Arc<Shutdown>,
         tls: Option<crate::tls::SharedTlsConfig>,
+        health: Arc<crate::proxy::health::HealthBoard>,
     ) -> Self {
-        let fleet = Fleet::new(&config.proxy, seed);
+        let fleet = Fleet::new(&config.proxy, health, seed);
         Driver {
             config,
             stats,

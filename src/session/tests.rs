@@ -39,6 +39,7 @@ fn driver(limits: Limits) -> Driver {
         7,
         shutdown,
         None,
+        Arc::default(),
     )
 }
 
@@ -246,6 +247,7 @@ fn a_live_relay_does_not_hide_failed_health_checks() {
         7,
         shutdown,
         None,
+        Arc::default(),
     );
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     let mut cx = driver.cx(0, &mut peer.out);

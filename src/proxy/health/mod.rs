@@ -7,10 +7,12 @@
 //! result is published in the upstream's status for all. Passive checks are the clients'
 //! own connections: a refusal, a timeout or an invalid 101 counts as a failed check.
 
+mod board;
 mod checker;
 mod probe;
 mod status;
 
+pub use board::HealthBoard;
 pub use checker::Checker;
 pub use probe::{CheckKind, Verdict, CHECK_CLOSE_FRAME, MAX_CHECK_ANSWER};
 pub use status::{Failure, UpstreamStatus};
