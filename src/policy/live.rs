@@ -91,3 +91,57 @@ impl Live {
         (generation != seen).then(|| (generation, self.settings.load_full()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Upstream;
+
+    fn with_upstreams(addrs: &[&str]) -> ConnConfig {
+        let proxy = crate::proxy::ProxyConfig {
+            upstreams: addrs
+                .iter()
+                .map(|a| Upstream::at(a.parse().unwrap()))
+                .collect(),
+            ..Default::default()
+        };
+        ConnConfig {
+            policy: crate::handshake::Policy::default(),
+            after: crate::conn::AfterUpgrade::Proxy,
+            handshake_timeout_ms: 1000,
+            idle_timeout_ms: 0,
+            send_timeout_ms: 30_000,
+            max_message_bytes: 64,
+            linger_ms: 100,
+            proxy,
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_health_of_upstreams_that_stay() {
+        let live = Live::new(
+            Arc::new(with_upstreams(&["10.0.0.1:80", "10.0.0.2:80"])),
+            Limits::default(),
+        );
+        let (stays, leaves) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        for _ in 0..3 {
+            live.health().status(stays).check_failed(1, 3);
+            live.health().status(leaves).check_failed(1, 3);
+        }
+        live.publish(
+            with_upstreams(&["10.0.0.1:80", "10.0.0.3:80"]),
+            Limits::default(),
+        );
+        assert!(
+            !live.health().status(stays).is_up(),
+            "still down after the reload"
+        );
+        assert!(
+            live.health().status(leaves).is_up(),
+            "a returning address starts afresh"
+        );
+    }
+}
