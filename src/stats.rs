@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::handshake::Rejection;
+use crate::handshake::{Answer, Rejection};
 
 /// Upper bounds of the handshake latency buckets (accept to 101 written), in ms: the
 /// reactor's clock ticks in ms.
@@ -116,8 +116,8 @@ event_counters! {
 pub struct Counters {
     /// The event counters.
     pub events: Events,
-    /// Rejections by kind ([`Rejection::kind_index`]).
-    pub rejections: CounterArray<{ Rejection::KINDS.len() }>,
+    /// Rejections and refusals by kind ([`Answer::kind_index`]).
+    pub rejections: CounterArray<{ Answer::KINDS.len() }>,
     /// Handshake latency histogram: counts per bucket of [`HANDSHAKE_BUCKETS_MS`], then +Inf.
     pub handshake_ms: [AtomicU64; HANDSHAKE_BUCKETS_MS.len() + 1],
     /// Sum of handshake latencies, in ms.
@@ -229,9 +229,9 @@ impl TlsFailure {
 impl Counters {
     /// Counts one rejection by kind (the total `rejected` counter too).
     #[inline]
-    pub fn record_rejection(&self, rejection: Rejection) {
+    pub fn record_rejection(&self, answer: Answer) {
         Counters::bump(&self.rejected);
-        Counters::bump(&self.rejections[rejection.kind_index()]);
+        Counters::bump(&self.rejections[answer.kind_index()]);
     }
 
     /// Records one handshake's latency, accept to 101 written, in ms.

@@ -1,7 +1,8 @@
 //! The handshake rules of RFC 6455 section 4.2.1 and wsedge's policy, one line per rule.
 
 use wsedge::handshake::{
-    parse_request, write_rejection, Parse, Policy, Rejection, Status, MAX_RESPONSE_LEN,
+    parse_request, write_rejection, Answer, Parse, Policy, Refusal, Rejection, Status,
+    MAX_RESPONSE_LEN,
 };
 
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
@@ -181,23 +182,27 @@ fn rfc_sample_key_gives_rfc_accept_token() {
     assert_eq!(&upgrade.accept_token(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 
-/// Every rejection is a complete, parseable HTTP/1.1 response that closes the connection,
+/// Every rejection and refusal is a complete, parseable HTTP/1.1 response that closes the connection,
 /// with the headers its status requires and the reason as its body.
 #[test]
 fn every_rejection_is_a_complete_response() {
-    let all = Rejection::KINDS.map(|kind| match kind {
-        Overloaded { .. } => Overloaded {
+    let all = Answer::KINDS.map(|kind| match kind {
+        Answer::Refused(Refusal::Overloaded { .. }) => Refusal::Overloaded {
             retry_after_secs: 7,
-        },
-        RateLimited { .. } => RateLimited {
+        }
+        .into(),
+        Answer::Refused(Refusal::RateLimited { .. }) => Refusal::RateLimited {
             retry_after_secs: 3,
-        },
-        UpstreamsFull { .. } => UpstreamsFull {
+        }
+        .into(),
+        Answer::Refused(Refusal::UpstreamsFull { .. }) => Refusal::UpstreamsFull {
             retry_after_secs: 7,
-        },
-        NoUpstreamUp { .. } => NoUpstreamUp {
+        }
+        .into(),
+        Answer::Refused(Refusal::NoUpstreamUp { .. }) => Refusal::NoUpstreamUp {
             retry_after_secs: 7,
-        },
+        }
+        .into(),
         other => other,
     });
     for rejection in all {
@@ -230,7 +235,12 @@ fn every_rejection_is_a_complete_response() {
         assert_eq!(header("Connection"), Some("close"));
         let required: &[(&str, &str)] = match rejection.status() {
             Status::MethodNotAllowed => &[("Allow", "GET")],
-            Status::UpgradeRequired if matches!(rejection, MissingVersion | UnsupportedVersion) => {
+            Status::UpgradeRequired
+                if matches!(
+                    rejection,
+                    Answer::Rejected(MissingVersion | UnsupportedVersion)
+                ) =>
+            {
                 &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
             }
             Status::UpgradeRequired => &[("Upgrade", "websocket")],

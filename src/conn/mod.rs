@@ -26,8 +26,8 @@ mod utf8;
 use std::mem;
 
 use crate::handshake::{
-    parse_request, write_rejection, write_switching_protocols, Parse, Policy, Rejection,
-    ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
+    parse_request, write_rejection, write_switching_protocols, Answer, Parse, Policy, Refusal,
+    Rejection, ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
 use crate::proxy::health::Failure;
 use crate::proxy::{
@@ -409,7 +409,7 @@ impl Conn {
                     AnswerLength::UntilClose => MAX_PASSED_ANSWER_BYTES,
                     length => {
                         tracing::debug!(?length, "upstream refusal too long or unframed");
-                        return self.reject(Rejection::UpstreamFailed, cx);
+                        return self.reject(Refusal::UpstreamFailed, cx);
                     }
                 };
                 Counters::bump(&cx.stats.upstream_refusals_passed);
@@ -421,7 +421,7 @@ impl Conn {
             ResponseCheck::Failed(error) => {
                 tracing::debug!(%error, "upstream answered with an invalid upgrade");
                 self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::InvalidAnswer));
-                self.reject(Rejection::UpstreamFailed, cx)
+                self.reject(Refusal::UpstreamFailed, cx)
             }
         }
     }
@@ -454,7 +454,7 @@ impl Conn {
     /// answer: 502.
     pub fn on_upstream_failed(&mut self, cx: &mut Ctx<'_>) -> Next {
         match self.phase {
-            Phase::Upstream => self.reject(Rejection::UpstreamFailed, cx),
+            Phase::Upstream => self.reject(Refusal::UpstreamFailed, cx),
             Phase::Answering => self.finish(),
             _ => Next::Continue,
         }
@@ -496,7 +496,7 @@ impl Conn {
             Phase::Upstream => {
                 Counters::bump(&cx.stats.upstream_timeouts);
                 self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::Timeout));
-                self.reject(Rejection::UpstreamTimeout, cx)
+                self.reject(Refusal::UpstreamTimeout, cx)
             }
             Phase::Relaying => {
                 if self.drain_code.is_none() {
@@ -539,8 +539,8 @@ impl Conn {
     /// Refuses the connection at once with `rejection` (admission control), without
     /// waiting for its request: the answer is written, then the connection lingers so that
     /// the request's arrival cannot turn the close into a reset.
-    pub fn refuse(&mut self, rejection: Rejection, cx: &mut Ctx<'_>) -> Next {
-        self.reject(rejection, cx)
+    pub fn refuse(&mut self, answer: impl Into<Answer>, cx: &mut Ctx<'_>) -> Next {
+        self.reject(answer, cx)
     }
 
     fn finish(&mut self) -> Next {
@@ -611,7 +611,8 @@ impl Conn {
         }
     }
 
-    fn reject(&mut self, rejection: Rejection, cx: &mut Ctx<'_>) -> Next {
+    fn reject(&mut self, answer: impl Into<Answer>, cx: &mut Ctx<'_>) -> Next {
+        let rejection = answer.into();
         let mut response = [0u8; MAX_RESPONSE_LEN];
         if let Ok(len) = write_rejection(&mut response, rejection) {
             cx.out.extend_from_slice(&response[..len]);

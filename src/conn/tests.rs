@@ -261,7 +261,7 @@ fn refusal_answers_without_a_request() {
         stats: &h.stats,
     };
     let next = h.conn.refuse(
-        Rejection::Overloaded {
+        crate::handshake::Refusal::Overloaded {
             retry_after_secs: 9,
         },
         &mut cx,

@@ -8,7 +8,7 @@
 //! | parse and validate a request | [`parse_request`] → [`Parse`] |
 //! | the accept token | [`accept_key`] |
 //! | answer 101 | [`write_switching_protocols`] |
-//! | answer a rejection | [`write_rejection`] ([`Rejection`] → [`Status`] + reason) |
+//! | answer a client not upgraded | [`write_rejection`] ([`Answer`]: a [`Rejection`] of the request, or the edge's [`Refusal`] → [`Status`] + reason) |
 //! | client: write a request, check the answer | [`write_request`], [`check_response`] |
 //!
 //! # Calling [`parse_request`] incrementally
@@ -18,6 +18,7 @@
 //! [`Parse::Upgrade`], bytes from [`Upgrade::header_len`] on are the client's first frames.
 
 mod accept;
+mod answer;
 mod client;
 mod policy;
 mod rejection;
@@ -26,6 +27,7 @@ mod response;
 pub(crate) mod tokens;
 
 pub use accept::{accept_key, is_valid_key, key_from_nonce, ACCEPT_LEN, KEY_LEN, WEBSOCKET_GUID};
+pub use answer::{Answer, Refusal};
 pub use client::{
     check_response, check_response_with, write_request, ClientRequest, ResponseCheck,
     ResponseError, MAX_RESPONSE_HEADER_BYTES,

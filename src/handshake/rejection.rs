@@ -1,4 +1,5 @@
-//! Why a handshake was refused, and which HTTP status says so.
+//! Why a handshake request was refused (a rule it broke), and which HTTP status says so.
+//! The edge's own refusals (its limits, its upstreams) are [`super::Refusal`]s.
 
 /// The HTTP statuses wsedge answers a refused or failed handshake with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +68,8 @@ impl Status {
     }
 }
 
-/// One reason to refuse a handshake. Small and `Copy`: the hot path never formats a string.
+/// One rule of the handshake a request broke. Small and `Copy`: the hot path never formats
+/// a string.
 ///
 /// Each variant maps to one [`Status`] and one short reason that becomes the response body,
 /// so that `curl -i` tells an operator exactly which rule the request broke.
@@ -125,39 +127,13 @@ pub enum Rejection {
     NoAcceptableSubprotocol,
     /// The handshake did not complete within the handshake timeout.
     Timeout,
-    /// The server is at capacity; retry after this many seconds.
-    Overloaded {
-        /// Value of the `Retry-After` header.
-        retry_after_secs: u32,
-    },
-    /// This client is over its connection or handshake rate; retry after this many seconds.
-    RateLimited {
-        /// Value of the `Retry-After` header.
-        retry_after_secs: u32,
-    },
-    /// The upstream refused the connection or answered with something that is not HTTP.
-    UpstreamFailed,
-    /// The upstream did not answer in time.
-    UpstreamTimeout,
     /// Plain HTTP arrived on a TLS listener (answered in plaintext, as nginx does).
     PlainHttpToTlsPort,
-    /// Proxy mode: every upstream holds `--upstream-max-connections`; retry after this many
-    /// seconds.
-    UpstreamsFull {
-        /// Value of the `Retry-After` header.
-        retry_after_secs: u32,
-    },
-    /// Proxy mode: every upstream failed its health checks (or is draining); retry after
-    /// this many seconds.
-    NoUpstreamUp {
-        /// Value of the `Retry-After` header.
-        retry_after_secs: u32,
-    },
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 33] = {
+    pub const KINDS: [Rejection; 27] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -186,21 +162,7 @@ impl Rejection {
             InvalidCredentials,
             NoAcceptableSubprotocol,
             Timeout,
-            Overloaded {
-                retry_after_secs: 0,
-            },
-            RateLimited {
-                retry_after_secs: 0,
-            },
-            UpstreamFailed,
-            UpstreamTimeout,
             PlainHttpToTlsPort,
-            UpstreamsFull {
-                retry_after_secs: 0,
-            },
-            NoUpstreamUp {
-                retry_after_secs: 0,
-            },
         ]
     };
 
@@ -240,13 +202,7 @@ impl Rejection {
             MissingUpgrade | MissingConnectionUpgrade | MissingVersion | UnsupportedVersion => {
                 Status::UpgradeRequired
             }
-            RateLimited { .. } => Status::TooManyRequests,
             HeadersTooLarge | TooManyHeaders => Status::HeaderFieldsTooLarge,
-            UpstreamFailed => Status::BadGateway,
-            Overloaded { .. } | UpstreamsFull { .. } | NoUpstreamUp { .. } => {
-                Status::ServiceUnavailable
-            }
-            UpstreamTimeout => Status::GatewayTimeout,
         }
     }
 
@@ -280,13 +236,7 @@ impl Rejection {
             InvalidCredentials => "invalid bearer token",
             NoAcceptableSubprotocol => "no supported subprotocol offered",
             Timeout => "handshake not completed in time",
-            Overloaded { .. } => "server at capacity, retry later",
-            RateLimited { .. } => "too many connections from this client, retry later",
-            UpstreamFailed => "upstream unavailable",
-            UpstreamTimeout => "upstream did not answer in time",
             PlainHttpToTlsPort => "plain HTTP sent to a TLS port: use wss:// (or https://)",
-            UpstreamsFull { .. } => "every upstream is at its connection limit, retry later",
-            NoUpstreamUp { .. } => "no upstream is up, retry later",
         }
     }
 
@@ -302,17 +252,6 @@ impl Rejection {
             MissingCredentials => "WWW-Authenticate: Bearer\r\n",
             InvalidCredentials => "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
             _ => "",
-        }
-    }
-
-    /// The `Retry-After` value, for the rejections that carry one.
-    pub const fn retry_after_secs(self) -> Option<u32> {
-        match self {
-            Rejection::Overloaded { retry_after_secs }
-            | Rejection::RateLimited { retry_after_secs }
-            | Rejection::UpstreamsFull { retry_after_secs }
-            | Rejection::NoUpstreamUp { retry_after_secs } => Some(retry_after_secs),
-            _ => None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Writing the server's answer into a caller-provided buffer, without allocating.
 
 use super::accept::accept_key;
-use super::rejection::Rejection;
+use super::answer::Answer;
 
 /// The output buffer cannot hold the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +74,8 @@ pub fn write_switching_protocols(
     Ok(w.len())
 }
 
-/// Writes the complete HTTP/1.1 response for a rejection: status line, the headers the
+/// Writes the complete HTTP/1.1 response for a client not upgraded (a [`Rejection`](super::Rejection) of its
+/// request or the edge's [`Refusal`](super::Refusal)): status line, the headers the
 /// status requires (`Allow`, `Upgrade`, `Sec-WebSocket-Version`, `WWW-Authenticate`,
 /// `Retry-After`), `Content-Length`, `Connection: close`, and the reason as a plain-text body.
 ///
@@ -88,7 +89,8 @@ pub fn write_switching_protocols(
 /// assert!(text.ends_with("\r\n\r\nunsupported Sec-WebSocket-Version (13 required)\n"));
 /// # Ok::<(), wsedge::handshake::BufferTooSmall>(())
 /// ```
-pub fn write_rejection(out: &mut [u8], rejection: Rejection) -> Result<usize, BufferTooSmall> {
+pub fn write_rejection(out: &mut [u8], answer: impl Into<Answer>) -> Result<usize, BufferTooSmall> {
+    let rejection: Answer = answer.into();
     let reason = rejection.reason().as_bytes();
     let mut w = Writer::new(out);
     w.put(rejection.status().status_line().as_bytes())?

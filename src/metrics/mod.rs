@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::handshake::Rejection;
+use crate::handshake::Answer;
 use crate::policy::{Live, Shutdown, ShutdownState};
 use crate::proxy::health::{Failure, UpstreamStatus};
 use crate::stats::{Counters, TlsFailure, TlsHandshake, EVENT_FAMILIES, HANDSHAKE_BUCKETS_MS};
@@ -73,7 +73,7 @@ impl Collector for ServerMetrics {
             None,
             MetricType::Counter,
         )?;
-        for kind in Rejection::KINDS {
+        for kind in Answer::KINDS {
             let total: u64 = self
                 .counters
                 .iter()

@@ -161,8 +161,8 @@ impl Admission {
 
     /// The answer to a client the reactor cannot serve for lack of resources (no descriptor
     /// for its upstream connection): 503 with a jittered `Retry-After`, as over a limit.
-    pub(crate) fn overloaded(&mut self) -> crate::handshake::Rejection {
-        crate::handshake::Rejection::Overloaded {
+    pub(crate) fn overloaded(&mut self) -> crate::handshake::Refusal {
+        crate::handshake::Refusal::Overloaded {
             retry_after_secs: self.retry_after(),
         }
     }
@@ -176,21 +176,21 @@ impl Admission {
         open: usize,
         peer: Option<std::net::IpAddr>,
         now: u64,
-    ) -> Result<u64, crate::handshake::Rejection> {
+    ) -> Result<u64, crate::handshake::Refusal> {
         let over_connections =
             self.limits.max_connections > 0 && open >= self.limits.max_connections;
         let over_pending = self.limits.max_pending_handshakes > 0
             && self.handshaking >= self.limits.max_pending_handshakes;
         if over_connections || over_pending {
             let retry_after_secs = self.retry_after();
-            return Err(crate::handshake::Rejection::Overloaded { retry_after_secs });
+            return Err(crate::handshake::Refusal::Overloaded { retry_after_secs });
         }
         let mut ip_key = 0;
         if let Some(ip) = peer.filter(|_| self.per_ip.enabled()) {
             let key = per_ip::key(ip);
             if self.per_ip.admit(key, now).is_err() {
                 let retry_after_secs = self.retry_after();
-                return Err(crate::handshake::Rejection::RateLimited { retry_after_secs });
+                return Err(crate::handshake::Refusal::RateLimited { retry_after_secs });
             }
             ip_key = key;
         }
@@ -204,14 +204,14 @@ impl Admission {
         &mut self,
         ip: std::net::IpAddr,
         now: u64,
-    ) -> Result<u64, crate::handshake::Rejection> {
+    ) -> Result<u64, crate::handshake::Refusal> {
         if !self.per_ip.enabled() {
             return Ok(0);
         }
         let key = per_ip::key(ip);
         match self.per_ip.admit(key, now) {
             Ok(()) => Ok(key),
-            Err(_) => Err(crate::handshake::Rejection::RateLimited {
+            Err(_) => Err(crate::handshake::Refusal::RateLimited {
                 retry_after_secs: self.retry_after(),
             }),
         }
@@ -219,16 +219,16 @@ impl Admission {
 
     /// Proxy mode: every upstream is at its connection limit: 503 with a jittered
     /// `Retry-After`, as for the edge's own limits.
-    pub(crate) fn upstreams_full(&mut self) -> crate::handshake::Rejection {
-        crate::handshake::Rejection::UpstreamsFull {
+    pub(crate) fn upstreams_full(&mut self) -> crate::handshake::Refusal {
+        crate::handshake::Refusal::UpstreamsFull {
             retry_after_secs: self.retry_after(),
         }
     }
 
     /// The 503 for a client when every upstream is down or draining, with a jittered
     /// `Retry-After`.
-    pub(crate) fn no_upstream_up(&mut self) -> crate::handshake::Rejection {
-        crate::handshake::Rejection::NoUpstreamUp {
+    pub(crate) fn no_upstream_up(&mut self) -> crate::handshake::Refusal {
+        crate::handshake::Refusal::NoUpstreamUp {
             retry_after_secs: self.retry_after(),
         }
     }

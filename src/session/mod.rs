@@ -737,7 +737,7 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         self.pause_accepting(now, error);
-        let refusal: Rejection = self.admission.overloaded();
+        let refusal = self.admission.overloaded();
         conn.refuse(refusal, &mut self.cx(now, out))
     }
 
