@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reactor;
+pub mod reload;
 pub mod session;
 pub mod stats;
 pub mod sys;

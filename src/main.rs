@@ -298,12 +298,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let shutdown = server.shutdown();
     let running = Running {
         config: args.config.clone(),
-        tls_settings: args.tls_settings(),
-        fixed: fixed_settings(args),
-        after: config.conn.after,
-        live: server.live(),
-        shutdown: server.shutdown(),
-        tls: config.tls.clone(),
+        reloader: wsedge::reload::Reloader::new(
+            args,
+            config.conn.after,
+            server.live(),
+            server.shutdown(),
+            config.tls.clone(),
+        ),
     };
     std::thread::Builder::new()
         .name("wsedge-signals".into())
@@ -339,105 +340,28 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a reload (SIGHUP) starts from.
+/// What a reload (SIGHUP) reads again: `--config` under the command line, or without it
+/// the certificate files. What the result means is the library's ([`wsedge::reload`]).
 struct Running {
     /// `--config`, read again on SIGHUP.
     config: Option<std::path::PathBuf>,
-    /// The certificate files, read again on a SIGHUP without `--config`.
-    tls_settings: Option<wsedge::tls::TlsSettings>,
-    /// What cannot change without a restart, as the server runs it.
-    fixed: Vec<(&'static str, String)>,
-    after: wsedge::conn::AfterUpgrade,
-    live: std::sync::Arc<wsedge::reactor::Live>,
-    /// Wakes the reactors after a reload, so that a removed upstream drains at once.
-    shutdown: std::sync::Arc<wsedge::reactor::Shutdown>,
-    tls: Option<wsedge::tls::SharedTlsConfig>,
+    reloader: wsedge::reload::Reloader,
 }
 
 impl Running {
-    /// SIGHUP: `--config` is read again (with the command line on top, as at startup) and
-    /// what can change live is published for new connections: handshake rules, limits,
-    /// upstreams, timeouts, certificates. What cannot (listeners, threads, backend, mode) is
-    /// reported and kept. A file that cannot be used keeps the running configuration and
-    /// says why. Without `--config`, the certificate files are read again.
     fn reload(&self) {
-        let Some(path) = self.config.clone() else {
-            return reload_tls(self.tls.as_ref().zip(self.tls_settings.as_ref()));
+        let Some(path) = self.config.as_ref() else {
+            return self.reloader.certificates().log();
         };
         let typed: Vec<String> = std::env::args().collect();
-        let parsed = with_config_file(&path, &typed)
-            .and_then(|merged| Cli::try_parse_from(merged).map_err(|e| e.to_string()));
-        let args = match parsed {
-            Ok(Cli {
-                command: Command::Serve(args),
-            }) => args,
-            Ok(_) => return tracing::error!("SIGHUP: kept the running configuration: not `serve`"),
-            Err(error) => {
-                let error = error.trim().trim_start_matches("error: ");
-                return tracing::error!(
-                    "SIGHUP: kept the running configuration: {}: {error}",
-                    path.display()
-                );
-            }
-        };
-        if let Err(error) = args.validate() {
-            return tracing::error!(
-                "SIGHUP: kept the running configuration: {}: {error}",
-                path.display()
-            );
-        }
-        let asked = fixed_settings(&args);
-        for ((key, running), (_, asked)) in self.fixed.iter().zip(&asked) {
-            if running != asked {
-                tracing::warn!(
-                    "SIGHUP: {key} cannot change without a restart: kept {running} (the file says {asked})"
-                );
-            }
-        }
-        let running = self.live.current();
-        let (mut config, unresolved) = args.server_config_after(&running.conn.proxy.upstreams);
-        for error in unresolved {
-            tracing::warn!("SIGHUP: {error}: left out until it resolves");
-        }
-        config.conn.after = self.after;
-        if let (Some(shared), Some(settings)) = (self.tls.as_ref(), args.tls_settings()) {
-            if let Err(error) = wsedge::tls::reload(shared, &settings) {
-                return tracing::error!("SIGHUP: kept the running configuration: {error}");
-            }
-        }
-        self.live.publish(config.conn, config.limits);
-        self.shutdown.wake_reactors();
-        tracing::info!("SIGHUP: configuration reloaded from {}", path.display());
-    }
-}
-
-/// The settings a reload cannot change (listeners, reactors, backend, mode), by flag, as
-/// shown in the reload's warning.
-fn fixed_settings(args: &ServeArgs) -> Vec<(&'static str, String)> {
-    let show = |value: &dyn std::fmt::Debug| format!("{value:?}");
-    vec![
-        ("listen", show(&args.listen)),
-        ("listen-tls", show(&args.listen_tls)),
-        ("threads", show(&args.threads)),
-        ("io", show(&args.io)),
-        ("after", show(&args.after)),
-        ("backlog", show(&args.backlog)),
-        ("metrics", show(&args.metrics)),
-        ("takeover", show(&args.takeover)),
-    ]
-}
-
-/// SIGHUP without `--config`: the certificates and keys are read again; new connections get
-/// them, established ones keep theirs. A file that cannot be used keeps the running ones,
-/// and says why.
-fn reload_tls(reloadable: Option<(&wsedge::tls::SharedTlsConfig, &wsedge::tls::TlsSettings)>) {
-    let Some((shared, settings)) = reloadable else {
-        tracing::info!("SIGHUP: nothing to reload (no --config, no --listen-tls)");
-        return;
-    };
-    match wsedge::tls::reload(shared, settings) {
-        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-        Err(error) => tracing::error!("SIGHUP: kept the running TLS certificates: {error}"),
+        let parsed = with_config_file(path, &typed)
+            .and_then(|merged| Cli::try_parse_from(merged).map_err(|e| e.to_string()))
+            .and_then(|cli| match cli.command {
+                Command::Serve(args) => Ok(args),
+                _ => Err("not `serve`".to_string()),
+            })
+            .map_err(|error| error.trim().trim_start_matches("error: ").to_string());
+        self.reloader.apply(path, parsed).log();
     }
 }
 
