@@ -1,5 +1,7 @@
-//! The proxy mode's protocol pieces, with no I/O: what wsedge sends an upstream app server,
-//! how it judges the answer, and the bounded pipes that carry the relayed bytes.
+//! The proxy mode's protocol pieces: what wsedge sends an upstream app server, how it judges
+//! the answer, and the bounded pipes that carry the relayed bytes. None of it does I/O but
+//! the active health checker ([`health::Checker`]), which runs its own non-blocking probe
+//! sockets on a reactor's thread when the driver asks.
 //!
 //! In `--after proxy` a connection goes through the same handshake validation as in the
 //! other modes ([`crate::conn`]); only a request that passed every rule is forwarded. The

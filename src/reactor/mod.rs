@@ -1,9 +1,10 @@
 //! Per-core reactors: one pinned thread per core, each with its own listeners, its own
 //! connections and its own timer wheel. Nothing on the connection path is shared.
 //!
-//! Where things happen: listener setup in [`listener`], the two drivers in [`epoll`] (where
-//! `accept4` is called) and [`uring`], the raw syscalls behind safe wrappers in [`sys`]
-//! (`unsafe` lives there and in the io_uring driver only).
+//! Where things happen: listener setup in [`listener`], the two backends in [`epoll`] (where
+//! `accept4` is called) and [`uring`], the raw syscalls behind safe wrappers in [`sys`].
+//! `unsafe` lives in `sys`, the io_uring backend, and where descriptors cross a process
+//! boundary (`takeover`, `activation`), each block with its `SAFETY:` line.
 
 pub mod epoll;
 pub mod listener;
