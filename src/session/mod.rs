@@ -193,10 +193,10 @@ pub enum Event<'a> {
 /// transport and the output the socket has not taken. The backend moves the bytes; what they
 /// mean is decided by the driver.
 pub struct Parts {
-    /// The protocol state.
-    pub conn: Conn,
-    /// The state above it.
-    pub session: Session,
+    /// The protocol state: the driver's alone (a backend asks [`Parts`]).
+    conn: Conn,
+    /// The state above it: the driver's alone.
+    session: Session,
     /// Plain TCP or TLS.
     pub transport: Transport,
     /// Output the socket has not taken yet.
@@ -204,6 +204,44 @@ pub struct Parts {
 }
 
 impl Parts {
+    /// Whether bytes are relayed between client and upstream (proxy mode, after the 101).
+    pub fn is_relaying(&self) -> bool {
+        self.conn.is_relaying()
+    }
+
+    /// Whether the connection needs its upstream socket (proxy mode): once this turns
+    /// false, the backend closes the upstream side.
+    pub fn wants_upstream(&self) -> bool {
+        self.conn.wants_upstream()
+    }
+
+    /// Whether it was admitted (counted as a handshake in progress) rather than refused at
+    /// accept.
+    pub fn is_admitted(&self) -> bool {
+        self.session.is_handshaking()
+    }
+
+    /// Whether a close or half-close waits for the output to go out.
+    pub fn awaits_flush(&self) -> bool {
+        self.session.awaits_flush()
+    }
+
+    /// What the backend does after a call that returned `next` ([`Session::after`]).
+    pub fn after(&mut self, next: Next, output_waiting: bool) -> Action {
+        self.session.after(next, output_waiting)
+    }
+
+    /// The output went out: what waited for it ([`Session::flushed`]).
+    pub fn flushed(&mut self) -> AfterFlush {
+        self.session.flushed()
+    }
+
+    /// Proxy mode, as the relay begins: what the client sent after its request, held back
+    /// until the upstream's 101 was checked, to be sent to the upstream first.
+    pub fn take_held_client_bytes(&mut self) -> Vec<u8> {
+        self.conn.take_held_client_bytes()
+    }
+
     /// A connection refused at accept: plain, outside any accounting.
     fn refused(conn: Conn) -> Parts {
         Parts {
@@ -400,12 +438,13 @@ impl Driver {
     /// limit or the edge itself has no descriptor, memory or port left.
     pub fn open_upstream<S>(
         &mut self,
-        conn: &mut Conn,
+        parts: &mut Parts,
         (mut attempts, client): (usize, Option<IpAddr>),
         now: u64,
         out: &mut Vec<u8>,
         mut open: impl FnMut(SocketAddr) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
+        let conn = &mut parts.conn;
         // The client's key, for hash balancing: the same upstream on every attempt's order.
         let key = match (&self.config.proxy.hash_key, conn.request_head()) {
             (Some(hash_key), Some(head)) => hash_key.hash_of(head, client),
@@ -431,7 +470,7 @@ impl Driver {
                 Err(error) => error,
             };
             if let UpstreamFailure::Answer(next) =
-                self.upstream_failed(conn, &link, &error, now, out)
+                self.failed_to_open(conn, &link, &error, now, out)
             {
                 return Err(next);
             }
@@ -449,6 +488,17 @@ impl Driver {
     /// upstream's fault (and not counted against it); anything else passes the upstream
     /// over and counts against its health.
     pub fn upstream_failed(
+        &mut self,
+        parts: &mut Parts,
+        link: &Link,
+        error: &io::Error,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> UpstreamFailure {
+        self.failed_to_open(&mut parts.conn, link, error, now, out)
+    }
+
+    fn failed_to_open(
         &mut self,
         conn: &mut Conn,
         link: &Link,
@@ -478,11 +528,12 @@ impl Driver {
     /// this client's 502, logged.
     pub fn upstream_unusable(
         &mut self,
-        conn: &mut Conn,
+        parts: &mut Parts,
         error: &io::Error,
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        let conn = &mut parts.conn;
         if sys::is_local_exhaustion(error) || error.raw_os_error() == Some(libc::ENOSPC) {
             return self.exhausted(conn, error, now, out);
         }
@@ -492,7 +543,8 @@ impl Driver {
 
     /// Carries `event` to the connection; its output is appended to `out`. Carry out what
     /// it returns.
-    pub fn handle(&self, conn: &mut Conn, event: Event<'_>, now: u64, out: &mut Vec<u8>) -> Next {
+    pub fn handle(&self, parts: &mut Parts, event: Event<'_>, now: u64, out: &mut Vec<u8>) -> Next {
+        let conn = &mut parts.conn;
         let mut cx = self.cx(now, out);
         match event {
             Event::PeerClosed => conn.on_eof(&mut cx),
@@ -511,9 +563,11 @@ impl Driver {
     }
 
     /// Proxy mode: appends to `out` the request to send the upstream now connected for
-    /// `conn` (only the request: see [`Conn::write_upstream_request`]).
-    pub fn upstream_request(&self, conn: &mut Conn, peers: Peers, now: u64, out: &mut Vec<u8>) {
-        conn.write_upstream_request(peers, &mut self.cx(now, out));
+    /// the connection (only the request: see [`Conn::write_upstream_request`]).
+    pub fn upstream_request(&self, parts: &mut Parts, peers: Peers, now: u64, out: &mut Vec<u8>) {
+        parts
+            .conn
+            .write_upstream_request(peers, &mut self.cx(now, out));
     }
 
     /// Proxy mode: how the upstream learns the client's address.
@@ -554,8 +608,8 @@ impl Driver {
 
     /// The client's address as a balancer's PROXY header gave it, if it did: the one for
     /// the upstream's `X-Forwarded-For` or PROXY header (else the socket's peer).
-    pub fn client_addr(&self, session: &Session) -> Option<SocketAddr> {
-        self.inbound.client(session.inbound)
+    pub fn client_addr(&self, parts: &Parts) -> Option<SocketAddr> {
+        self.inbound.client(parts.session.inbound)
     }
 
     /// A socket was accepted from `peer` (on a TLS listener: `tls`), with `open` connections
@@ -846,7 +900,8 @@ impl Driver {
 
     /// The connection's close is under way (its slot waits for operations in flight): it
     /// stops counting as open and as a handshake in progress now, not when the slot goes.
-    pub fn closing(&mut self, conn: &mut Conn, session: &mut Session) {
+    pub fn closing(&mut self, parts: &mut Parts) {
+        let (conn, session) = (&mut parts.conn, &mut parts.session);
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -877,8 +932,8 @@ impl Driver {
     }
 
     /// Arms connection `key`'s one deadline ([`Driver::timer`]), replacing what was armed.
-    pub fn arm(&mut self, key: usize, conn: &Conn, session: &mut Session, now: u64) {
-        let at = self.timer(conn, session, now);
+    pub fn arm(&mut self, key: usize, parts: &mut Parts, now: u64) {
+        let at = self.timer(parts, now);
         self.wheel.set(key as u32, at);
     }
 
@@ -891,7 +946,8 @@ impl Driver {
     /// linked to the close): the send gets the linger to finish, and is given up after it
     /// ([`Driver::flush_overdue`]), so that a client that never reads cannot hold the
     /// descriptor and the output.
-    pub fn closing_after_send(&mut self, key: usize, session: &mut Session, now: u64) {
+    pub fn closing_after_send(&mut self, key: usize, parts: &mut Parts, now: u64) {
+        let session = &mut parts.session;
         session.after_flush = AfterFlush::Close;
         session.send_deadline = now.saturating_add(self.config.linger_ms);
         self.wheel.set(key as u32, Some(session.send_deadline));
@@ -899,7 +955,8 @@ impl Driver {
 
     /// Whether the last output of a connection closing after it
     /// ([`Driver::closing_after_send`]) is overdue: true once, then the send is cancelled.
-    pub fn flush_overdue(&mut self, session: &mut Session, now: u64) -> bool {
+    pub fn flush_overdue(&mut self, parts: &mut Parts, now: u64) -> bool {
+        let session = &mut parts.session;
         if session.given_up || now < session.send_deadline {
             return false;
         }
@@ -940,7 +997,8 @@ impl Driver {
 
     /// The one deadline to arm for this connection: the earlier of its own and the send
     /// deadline (which, once a close awaits the flush, is the linger at the latest).
-    pub fn timer(&self, conn: &Conn, session: &mut Session, now: u64) -> Option<u64> {
+    pub fn timer(&self, parts: &mut Parts, now: u64) -> Option<u64> {
+        let (conn, session) = (&parts.conn, &mut parts.session);
         if session.awaits_flush() && session.send_deadline == NO_SEND_DEADLINE {
             session.send_deadline = now.saturating_add(self.config.linger_ms);
         }
@@ -957,7 +1015,8 @@ impl Driver {
     }
 
     /// Connection `key`'s socket is closed and its slot freed: the last of its accounting.
-    pub fn closed(&mut self, key: usize, conn: &mut Conn, session: &mut Session, now: u64) {
+    pub fn closed(&mut self, key: usize, parts: &mut Parts, now: u64) {
+        let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
         conn.on_closed(&self.stats);

@@ -45,8 +45,7 @@ fn driver(limits: Limits) -> Driver {
 
 /// One connection as a backend holds it: the protocol state, the session, its output.
 struct Peer {
-    conn: Conn,
-    session: Session,
+    parts: Parts,
     out: Vec<u8>,
     next: Next,
 }
@@ -55,12 +54,7 @@ fn accept(driver: &mut Driver, open: usize, ip: &str, now: u64) -> Peer {
     let mut out = Vec::new();
     let peer = Some(ip.parse().unwrap());
     let (parts, next) = driver.accepted(open, peer, false, now, &mut out);
-    Peer {
-        conn: parts.conn,
-        session: parts.session,
-        out,
-        next,
-    }
+    Peer { parts, out, next }
 }
 
 impl Peer {
@@ -75,7 +69,13 @@ impl Peer {
 
     fn settle_with(&mut self, driver: &mut Driver, backlog: Backlog, now: u64) -> Next {
         let out = &mut self.out;
-        driver.settle_state(&mut self.conn, &mut self.session, (backlog, None), now, out)
+        driver.settle_state(
+            &mut self.parts.conn,
+            &mut self.parts.session,
+            (backlog, None),
+            now,
+            out,
+        )
     }
 
     fn status(&self) -> &str {
@@ -91,7 +91,7 @@ impl Peer {
     /// The client sends its request; the driver settles the connection afterwards.
     fn upgrade(&mut self, driver: &mut Driver, now: u64) {
         let mut cx = driver.cx(now, &mut self.out);
-        assert_eq!(self.conn.on_data(REQUEST, &mut cx), Next::Continue);
+        assert_eq!(self.parts.conn.on_data(REQUEST, &mut cx), Next::Continue);
         assert!(self.out.starts_with(b"HTTP/1.1 101"));
         self.out.clear();
         assert_eq!(self.settle(driver, false, now), Next::Continue);
@@ -111,7 +111,7 @@ fn over_the_connection_limit_a_client_gets_503_with_a_retry_after_in_range() {
     };
     let mut driver = driver(limits);
     let admitted = accept(&mut driver, 1, "192.0.2.1", 0);
-    assert!(admitted.session.is_handshaking() && admitted.out.is_empty());
+    assert!(admitted.parts.session.is_handshaking() && admitted.out.is_empty());
     assert_eq!(admitted.next, Next::Continue);
     for _ in 0..50 {
         let refused = accept(&mut driver, 2, "192.0.2.1", 0);
@@ -119,7 +119,7 @@ fn over_the_connection_limit_a_client_gets_503_with_a_retry_after_in_range() {
         assert_eq!(refused.status(), "503");
         assert!((5..=30).contains(&refused.retry_after()));
         assert!(
-            !refused.session.is_handshaking(),
+            !refused.parts.session.is_handshaking(),
             "a refusal is not a handshake"
         );
     }
@@ -137,10 +137,10 @@ fn a_finished_handshake_frees_its_pending_slot() {
     let mut first = accept(&mut driver, 0, "192.0.2.1", 0);
     assert_eq!(accept(&mut driver, 1, "192.0.2.2", 0).status(), "503");
     first.upgrade(&mut driver, 10);
-    assert!(!first.session.is_handshaking());
+    assert!(!first.parts.session.is_handshaking());
     let third = accept(&mut driver, 1, "192.0.2.3", 10);
     assert!(
-        third.session.is_handshaking(),
+        third.parts.session.is_handshaking(),
         "the upgraded one no longer counts"
     );
 }
@@ -155,11 +155,13 @@ fn one_address_over_its_limit_gets_429_until_one_of_its_connections_closes() {
     let mut held = accept(&mut driver, 0, "192.0.2.1", 0);
     assert_eq!(accept(&mut driver, 1, "192.0.2.1", 0).status(), "429");
     assert!(accept(&mut driver, 1, "198.51.100.1", 0)
+        .parts
         .session
         .is_handshaking());
     held.upgrade(&mut driver, 5);
-    driver.closed(0, &mut held.conn, &mut held.session, 6);
+    driver.closed(0, &mut held.parts, 6);
     assert!(accept(&mut driver, 1, "192.0.2.1", 7)
+        .parts
         .session
         .is_handshaking());
 }
@@ -185,20 +187,14 @@ fn a_drain_spreads_its_closes_over_the_window_with_its_code() {
     for peer in &mut peers {
         let next = peer.settle(&mut driver, false, 1_000);
         assert!(matches!(next, Next::Continue | Next::Close), "{next:?}");
-        close_times.push(
-            driver
-                .timer(&peer.conn, &mut peer.session, 1_000)
-                .unwrap_or(1_000),
-        );
+        close_times.push(driver.timer(&mut peer.parts, 1_000).unwrap_or(1_000));
     }
     let (first, last) = (close_times.iter().min(), close_times.iter().max());
     assert!(first.is_some_and(|&t| t < 3_000) && last.is_some_and(|&t| t > 9_000));
     assert!(close_times.iter().all(|&t| (1_000..=11_000).contains(&t)));
     // At its time, a connection is sent Close(1012).
     let peer = &mut peers[0];
-    let at = driver
-        .timer(&peer.conn, &mut peer.session, 1_000)
-        .unwrap_or(1_000);
+    let at = driver.timer(&mut peer.parts, 1_000).unwrap_or(1_000);
     let next = peer.settle(&mut driver, false, at);
     assert_eq!(next, Next::Continue);
     assert_eq!(peer.out, [0x88, 0x02, 0x03, 0xF4]);
@@ -212,7 +208,7 @@ fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
     let mut attempts = 0;
     let (first, _) = picked(driver.next_upstream(&mut attempts, None, 0));
     let link = driver.link_to(first);
-    let failure = driver.upstream_failed(&mut peer.conn, &link, &refused, 0, &mut peer.out);
+    let failure = driver.upstream_failed(&mut peer.parts, &link, &refused, 0, &mut peer.out);
     assert_eq!(failure, UpstreamFailure::TryNext);
     let (second, _) = picked(driver.next_upstream(&mut attempts, None, 0));
     assert_ne!(first, second);
@@ -251,17 +247,20 @@ fn a_live_relay_does_not_hide_failed_health_checks() {
     );
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     let mut cx = driver.cx(0, &mut peer.out);
-    assert_eq!(peer.conn.on_data(REQUEST, &mut cx), Next::Proxy);
+    assert_eq!(peer.parts.conn.on_data(REQUEST, &mut cx), Next::Proxy);
     let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
         Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    assert_eq!(peer.conn.on_upstream_data(answer, &mut cx), Next::Relay);
+    assert_eq!(
+        peer.parts.conn.on_upstream_data(answer, &mut cx),
+        Next::Relay
+    );
     let link = driver.link_to(0);
     let settle = |peer: &mut Peer, driver: &mut Driver| {
         let out = &mut peer.out;
         let link = Some(&link);
         driver.settle_state(
-            &mut peer.conn,
-            &mut peer.session,
+            &mut peer.parts.conn,
+            &mut peer.parts.session,
             (Backlog::default(), link),
             0,
             out,
@@ -293,7 +292,7 @@ fn out_of_descriptors_a_lingering_connection_with_nothing_to_send_is_closed_at_o
     // Refused over the limit: answered, then lingering.
     let mut lingering = accept(&mut driver, 1, "192.0.2.2", 1_000);
     let mut flushing = accept(&mut driver, 1, "192.0.2.3", 1_000);
-    assert!(lingering.conn.is_lingering() && flushing.conn.is_lingering());
+    assert!(lingering.parts.conn.is_lingering() && flushing.parts.conn.is_lingering());
     // Before any shortage, a linger runs its course.
     assert_eq!(lingering.settle(&mut driver, false, 1_010), Next::Continue);
     let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
@@ -322,7 +321,7 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
         let mut peer = accept(&mut driver, 0, "192.0.2.1", 1_000);
         let error = std::io::Error::from_raw_os_error(errno);
         let link = driver.link_to(0);
-        let failure = driver.upstream_failed(&mut peer.conn, &link, &error, 1_000, &mut peer.out);
+        let failure = driver.upstream_failed(&mut peer.parts, &link, &error, 1_000, &mut peer.out);
         assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
         assert_eq!(peer.status(), "503");
         // Out of descriptors or memory, lingering connections are reclaimed at once (a
@@ -356,7 +355,7 @@ fn an_upstream_socket_the_edge_cannot_watch_is_its_own_failure() {
     let mut full = accept(&mut driver, 0, "192.0.2.1", 0);
     let watches = std::io::Error::from_raw_os_error(libc::ENOSPC);
     assert_eq!(
-        driver.upstream_unusable(&mut full.conn, &watches, 0, &mut full.out),
+        driver.upstream_unusable(&mut full.parts, &watches, 0, &mut full.out),
         Next::HalfClose
     );
     assert_eq!(full.status(), "503");
@@ -369,21 +368,24 @@ fn output_not_taken_by_the_linger_is_given_up_with_the_connection() {
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     peer.upgrade(&mut driver, 0);
     // A close waits for the output to go out.
-    assert_eq!(peer.session.after(Next::Close, true), Action::AwaitFlush);
-    assert!(peer.session.awaits_flush());
-    let deadline = driver.timer(&peer.conn, &mut peer.session, 50);
+    assert_eq!(
+        peer.parts.session.after(Next::Close, true),
+        Action::AwaitFlush
+    );
+    assert!(peer.parts.session.awaits_flush());
+    let deadline = driver.timer(&mut peer.parts, 50);
     assert_eq!(deadline, Some(150), "the linger bounds the wait");
     let next = peer.settle(&mut driver, true, 149);
     assert_eq!(next, Next::Continue, "not yet");
     let next = peer.settle(&mut driver, true, 150);
     assert_eq!(next, Next::Close);
     assert_eq!(
-        peer.session.after(next, true),
+        peer.parts.session.after(next, true),
         Action::Reset,
         "the close waits for the output no more, and the kernel keeps none of it"
     );
     // Had it gone out, the close was due.
-    assert_eq!(peer.session.flushed(), AfterFlush::Close);
+    assert_eq!(peer.parts.session.flushed(), AfterFlush::Close);
     let mut fresh = Session::default();
     assert_eq!(fresh.after(Next::Close, false), Action::Close);
     assert_eq!(fresh.after(Next::HalfClose, false), Action::ShutdownWrite);
@@ -395,18 +397,14 @@ fn a_client_that_stops_reading_is_given_up_at_the_send_timeout_after_its_last_pr
     let send_timeout = driver.config.send_timeout_ms;
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     peer.upgrade(&mut driver, 0);
-    assert_eq!(
-        driver.timer(&peer.conn, &mut peer.session, 0),
-        None,
-        "idle: none"
-    );
+    assert_eq!(driver.timer(&mut peer.parts, 0), None, "idle: none");
     // Output waits: the send deadline starts.
     assert_eq!(peer.settle(&mut driver, true, 10), Next::Continue);
     let first = Some(10 + send_timeout);
-    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 10), first);
+    assert_eq!(driver.timer(&mut peer.parts, 10), first);
     // Still waiting, nothing taken: the deadline does not move.
     assert_eq!(peer.settle(&mut driver, true, 500), Next::Continue);
-    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 500), first);
+    assert_eq!(driver.timer(&mut peer.parts, 500), first);
     // The client took some: it counts from now.
     let progressed = Backlog {
         waiting: true,
@@ -417,20 +415,17 @@ fn a_client_that_stops_reading_is_given_up_at_the_send_timeout_after_its_last_pr
         Next::Continue
     );
     let later = 600 + send_timeout;
-    assert_eq!(
-        driver.timer(&peer.conn, &mut peer.session, 600),
-        Some(later)
-    );
+    assert_eq!(driver.timer(&mut peer.parts, 600), Some(later));
     assert_eq!(peer.settle(&mut driver, true, later - 1), Next::Continue);
     assert_eq!(peer.settle(&mut driver, true, later), Next::Close);
-    assert_eq!(peer.session.after(Next::Close, true), Action::Reset);
+    assert_eq!(peer.parts.session.after(Next::Close, true), Action::Reset);
     assert_eq!(count(&driver.stats.send_timeouts), 1);
     // All taken: no send deadline is left.
     let mut peer = accept(&mut driver, 0, "192.0.2.2", 0);
     peer.upgrade(&mut driver, 0);
     assert_eq!(peer.settle(&mut driver, true, 10), Next::Continue);
     assert_eq!(peer.settle(&mut driver, false, 20), Next::Continue);
-    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 20), None);
+    assert_eq!(driver.timer(&mut peer.parts, 20), None);
 }
 
 #[test]
@@ -439,18 +434,15 @@ fn a_send_linked_to_its_close_is_overdue_once_at_the_linger() {
     let linger = driver.config.linger_ms;
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     peer.upgrade(&mut driver, 0);
-    driver.closing_after_send(7, &mut peer.session, 100);
-    assert!(!driver.flush_overdue(&mut peer.session, 100 + linger - 1));
+    driver.closing_after_send(7, &mut peer.parts, 100);
+    assert!(!driver.flush_overdue(&mut peer.parts, 100 + linger - 1));
     assert_eq!(
         driver.next_expired(100 + linger),
         Some(7),
         "the wheel holds it"
     );
-    assert!(driver.flush_overdue(&mut peer.session, 100 + linger));
-    assert!(
-        !driver.flush_overdue(&mut peer.session, 100 + linger),
-        "once"
-    );
+    assert!(driver.flush_overdue(&mut peer.parts, 100 + linger));
+    assert!(!driver.flush_overdue(&mut peer.parts, 100 + linger), "once");
     assert_eq!(count(&driver.stats.send_timeouts), 1);
 }
 
@@ -458,7 +450,7 @@ fn a_send_linked_to_its_close_is_overdue_once_at_the_linger() {
 fn a_silent_client_is_closed_at_the_handshake_deadline_and_counted() {
     let mut driver = driver(Limits::default());
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
-    assert_eq!(driver.timer(&peer.conn, &mut peer.session, 0), Some(1000));
+    assert_eq!(driver.timer(&mut peer.parts, 0), Some(1000));
     let next = peer.settle(&mut driver, false, 999);
     assert_eq!(next, Next::Continue, "not yet");
     let next = peer.settle(&mut driver, false, 1000);
@@ -479,16 +471,17 @@ fn a_client_that_leaves_mid_handshake_is_counted_abandoned_once() {
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     // Its close begins (io_uring: the slot waits for operations in flight), then the slot
     // goes: counted once.
-    driver.closing(&mut peer.conn, &mut peer.session);
+    driver.closing(&mut peer.parts);
     assert!(
-        !peer.session.is_handshaking(),
+        !peer.parts.session.is_handshaking(),
         "its pending slot is free at once"
     );
-    driver.closed(0, &mut peer.conn, &mut peer.session, 5);
+    driver.closed(0, &mut peer.parts, 5);
     assert_eq!(count(&driver.stats.handshakes_abandoned), 1);
     assert_eq!(count(&driver.stats.closed), 1);
     assert!(
         accept(&mut driver, 0, "192.0.2.1", 6)
+            .parts
             .session
             .is_handshaking(),
         "slot freed"
@@ -504,19 +497,19 @@ fn a_session_costs_24_bytes_per_connection() {
 fn an_armed_deadline_is_handed_out_once_in_the_turn_it_passes() {
     let mut driver = driver(Limits::default());
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
-    driver.arm(3, &peer.conn, &mut peer.session, 0);
+    driver.arm(3, &mut peer.parts, 0);
     assert_eq!(driver.next_expired(999), None, "not yet");
     driver.end_turn(1, false, 999);
     assert_eq!(driver.next_expired(1_000), Some(3));
     assert_eq!(driver.next_expired(1_000), None, "disarmed once handed out");
     // Re-armed in the same turn (already due): it waits for the next turn.
-    driver.arm(3, &peer.conn, &mut peer.session, 0);
+    driver.arm(3, &mut peer.parts, 0);
     assert_eq!(driver.next_expired(1_000), None);
     driver.end_turn(1, false, 1_000);
     assert_eq!(driver.next_expired(1_001), Some(3));
     // A closed connection's deadline is never handed out.
-    driver.arm(3, &peer.conn, &mut peer.session, 0);
-    driver.closed(3, &mut peer.conn, &mut peer.session, 1_000);
+    driver.arm(3, &mut peer.parts, 0);
+    driver.closed(3, &mut peer.parts, 1_000);
     driver.end_turn(0, false, 2_000);
     assert_eq!(driver.next_expired(2_000), None);
 }

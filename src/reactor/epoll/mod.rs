@@ -260,7 +260,7 @@ impl Reactor {
         let (parts, next) = self
             .driver
             .accepted(open, Some(peer.ip()), tls, now, &mut self.out);
-        let admitted = parts.session.is_handshaking();
+        let admitted = parts.is_admitted();
         let mut client = Client {
             stream,
             parts,
@@ -292,11 +292,7 @@ impl Reactor {
 
     /// Flushes, reads and processes one connection, then settles its registration and timer.
     fn drive(&mut self, key: usize, now: u64) {
-        if self
-            .clients
-            .get(key)
-            .is_some_and(|c| c.parts.conn.is_relaying())
-        {
+        if self.clients.get(key).is_some_and(|c| c.parts.is_relaying()) {
             return self.relay(key, now);
         }
         if !self.flush_outbox(key) {
@@ -306,12 +302,12 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
-            if client.parts.conn.wants_upstream() {
+            if client.parts.wants_upstream() {
                 // The client is read again once the upstream has answered: until then
                 // its bytes wait in the kernel (back-pressure, not a buffer of ours).
                 return self.settle(key, now);
             }
-            if client.parts.session.awaits_flush() {
+            if client.parts.awaits_flush() {
                 // Blocked on a flush: the writable edge resumes this connection.
                 return self.settle(key, now);
             }
@@ -322,8 +318,7 @@ impl Reactor {
             let (next, drained) = match read {
                 Ok(0) => {
                     let closed = Event::PeerClosed;
-                    let next =
-                        (self.driver).handle(&mut client.parts.conn, closed, now, &mut self.out);
+                    let next = (self.driver).handle(&mut client.parts, closed, now, &mut self.out);
                     (next, true)
                 }
                 Ok(n) => (
@@ -368,12 +363,12 @@ impl Reactor {
         };
         if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            let from_client = client.parts.conn.take_held_client_bytes();
+            let from_client = client.parts.take_held_client_bytes();
             let (transport, outbox) = (&mut client.parts.transport, &mut client.parts.outbox);
             upstream.begin(transport, outbox, &self.out, &from_client);
             self.out.clear();
         }
-        if !client.parts.conn.wants_upstream() {
+        if !client.parts.wants_upstream() {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream
             // side is done.
             client.upstream = None;
@@ -401,7 +396,7 @@ impl Reactor {
         client.parts.outbox.push(&self.out[written..]);
         self.out.clear();
         let waiting = !client.parts.outbox.is_empty();
-        match client.parts.session.after(next, waiting) {
+        match client.parts.after(next, waiting) {
             Action::Continue | Action::Relay | Action::AwaitFlush => true,
             Action::ConnectUpstream => self.connect_upstream(key, 0, self.driver.now()),
             Action::Close => {
@@ -432,7 +427,7 @@ impl Reactor {
         if !client.parts.outbox.is_empty() {
             return false;
         }
-        match client.parts.session.flushed() {
+        match client.parts.flushed() {
             AfterFlush::Nothing => true,
             AfterFlush::ShutdownWrite => {
                 let _ = client.stream.shutdown(HalfClose::Write);
@@ -449,16 +444,14 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        self.driver
-            .arm(key, &client.parts.conn, &mut client.parts.session, now);
+        self.driver.arm(key, &mut client.parts, now);
     }
 
     fn close(&mut self, key: usize) {
         if let Some(mut client) = self.clients.try_remove(key) {
             let now = self.driver.now();
             // Dropping the stream closes it, which also removes it from epoll.
-            self.driver
-                .closed(key, &mut client.parts.conn, &mut client.parts.session, now);
+            self.driver.closed(key, &mut client.parts, now);
         }
     }
 }
@@ -482,7 +475,7 @@ impl turn::Backend for Reactor {
             return;
         };
         let relay = match client.upstream.as_deref_mut() {
-            Some(upstream) if client.parts.conn.is_relaying() => upstream.client_backlog(),
+            Some(upstream) if client.parts.is_relaying() => upstream.client_backlog(),
             _ => Backlog::default(),
         };
         let link = client.upstream.as_ref().map(|u| &u.link);
@@ -505,10 +498,7 @@ impl turn::Backend for Reactor {
         } else {
             Interest::READABLE
         };
-        if !client.registered
-            && client.parts.conn.wants_upstream()
-            && !client.parts.conn.is_relaying()
-        {
+        if !client.registered && client.parts.wants_upstream() && !client.parts.is_relaying() {
             // Proxy mode, waiting for the upstream: the client is not read until it answers.
             return self.arm_timer(key, now);
         }

@@ -296,17 +296,17 @@ impl Reactor {
         // Behind a balancer, the client its PROXY header named.
         let peer = self
             .driver
-            .client_addr(&client.parts.session)
+            .client_addr(&client.parts)
             .unwrap_or(client.peer);
         let peers = Peers {
             client: peer,
             local: local.unwrap_or(client.peer),
             tls: client.parts.transport.is_tls(),
         };
-        (self.driver).upstream_request(&mut client.parts.conn, peers, now, &mut self.out);
+        (self.driver).upstream_request(&mut client.parts, peers, now, &mut self.out);
         let mut request = std::mem::take(&mut self.out);
         let opened = self.driver.open_upstream(
-            &mut client.parts.conn,
+            &mut client.parts,
             (attempts, Some(peer.ip())),
             now,
             &mut self.out,
@@ -335,8 +335,7 @@ impl Reactor {
                 if written > 0 {
                     upstream.link.confirmed = true;
                     let connected = Event::UpstreamConnected;
-                    let _ =
-                        (self.driver).handle(&mut client.parts.conn, connected, now, &mut self.out);
+                    let _ = (self.driver).handle(&mut client.parts, connected, now, &mut self.out);
                 }
                 match self.register_upstream(key, upstream) {
                     Ok(()) => Next::Continue,
@@ -344,7 +343,7 @@ impl Reactor {
                         Some(client) => {
                             let out = &mut self.out;
                             self.driver
-                                .upstream_unusable(&mut client.parts.conn, &error, now, out)
+                                .upstream_unusable(&mut client.parts, &error, now, out)
                         }
                         None => Next::Continue,
                     },
@@ -410,7 +409,7 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        if client.parts.conn.is_relaying() {
+        if client.parts.is_relaying() {
             return self.relay(key, now);
         }
         // Waiting for the answer: finish sending the request, read what came back.
@@ -425,7 +424,7 @@ impl Reactor {
                 let link = failed.as_ref().map(|u| &u.link);
                 let failure = match link {
                     Some(link) => self.driver.upstream_failed(
-                        &mut client.parts.conn,
+                        &mut client.parts,
                         link,
                         &error,
                         now,
@@ -446,12 +445,12 @@ impl Reactor {
             Err(_) => {
                 let failed = Event::UpstreamFailed;
                 self.driver
-                    .handle(&mut client.parts.conn, failed, now, &mut self.out)
+                    .handle(&mut client.parts, failed, now, &mut self.out)
             }
             Ok(true) if !upstream.link.confirmed => {
                 upstream.link.confirmed = true;
                 let connected = Event::UpstreamConnected;
-                (self.driver).handle(&mut client.parts.conn, connected, now, &mut self.out)
+                (self.driver).handle(&mut client.parts, connected, now, &mut self.out)
             }
             Ok(_) => Next::Continue,
         };
@@ -489,7 +488,7 @@ impl Reactor {
             };
             next = self
                 .driver
-                .handle(&mut client.parts.conn, event, now, &mut self.out);
+                .handle(&mut client.parts, event, now, &mut self.out);
             if !self.apply(key, next) {
                 return;
             }
@@ -547,8 +546,7 @@ impl Reactor {
             return self.close(key);
         }
         if up.any || down.any {
-            let _ =
-                (self.driver).handle(&mut client.parts.conn, Event::Relayed, now, &mut self.out);
+            let _ = (self.driver).handle(&mut client.parts, Event::Relayed, now, &mut self.out);
         }
         if up.more || down.more {
             self.revisit.push(key);

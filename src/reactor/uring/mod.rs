@@ -182,12 +182,12 @@ impl Client {
         let upstream = self
             .upstream
             .as_deref()
-            .filter(|_| self.parts.conn.wants_upstream());
-        let relaying = self.parts.conn.is_relaying();
+            .filter(|_| self.parts.wants_upstream());
+        let relaying = self.parts.is_relaying();
         let op = match (side, upstream) {
             (Side::Upstream, None) => return None,
             (Side::Client, None) => {
-                let busy = self.parts.outbox.is_sending() || self.parts.session.awaits_flush();
+                let busy = self.parts.outbox.is_sending() || self.parts.awaits_flush();
                 (!busy && !self.receiving()).then_some(Op::Recv)?
             }
             (_, Some(upstream)) if relaying && !upstream.link.may_read(side) => return None,
@@ -574,7 +574,7 @@ impl Reactor {
             (n, Some(bid)) if n > 0 => Some((bid, unsafe { ring.get(bid, n as usize) })),
             _ => None,
         };
-        if client.parts.conn.is_relaying() {
+        if client.parts.is_relaying() {
             let Some(upstream) = client.upstream.as_deref_mut() else {
                 return;
             };
@@ -588,12 +588,8 @@ impl Reactor {
                             sys::set_nodelay(fd);
                         }
                     }
-                    let _ = (self.driver).handle(
-                        &mut client.parts.conn,
-                        Event::Relayed,
-                        now,
-                        &mut self.out,
-                    );
+                    let _ =
+                        (self.driver).handle(&mut client.parts, Event::Relayed, now, &mut self.out);
                 }
                 None if result == 0 => link.end_of(side),
                 None => return self.relay_broken(key, side),
@@ -614,7 +610,7 @@ impl Reactor {
                 (Side::Upstream, None) => Event::UpstreamFailed,
             };
             self.driver
-                .handle(&mut client.parts.conn, event, now, &mut self.out)
+                .handle(&mut client.parts, event, now, &mut self.out)
         };
         if let Some(bid) = buffer {
             ring.recycle(bid);
@@ -643,8 +639,7 @@ impl Reactor {
             client.submitted(Op::Close);
             // A client that never reads would hold the send, and so the close, forever.
             let now = self.driver.now();
-            self.driver
-                .closing_after_send(key, &mut client.parts.session, now);
+            self.driver.closing_after_send(key, &mut client.parts, now);
         }
         let fd = client.fd;
         // SAFETY: the outbox keeps the bytes in place until this send completes.
@@ -749,12 +744,12 @@ impl Reactor {
         if !client.parts.outbox.pending().is_empty() {
             return self.submit_send(key, false);
         }
-        if client.parts.conn.is_relaying() {
+        if client.parts.is_relaying() {
             // The relay's sends to the client waited for this output (see `send_to`).
             self.send_to(key, Side::Client);
             return self.pass_fins(key);
         }
-        match client.parts.session.flushed() {
+        match client.parts.flushed() {
             AfterFlush::Nothing => {}
             AfterFlush::ShutdownWrite => self.submit_shutdown(key),
             AfterFlush::Close => self.begin_close(key),
@@ -770,7 +765,7 @@ impl Reactor {
             if next == Next::Relay {
                 return self.start_relay(key);
             }
-            if !client.parts.conn.wants_upstream() {
+            if !client.parts.wants_upstream() {
                 // A 502, 504 or passed-through refusal is all the client gets.
                 self.retire_upstream(key);
             }
@@ -792,7 +787,7 @@ impl Reactor {
         if next == Next::Close && sending && !client.receiving() {
             return self.submit_send(key, true);
         }
-        let action = client.parts.session.after(next, busy);
+        let action = client.parts.after(next, busy);
         if sending {
             self.submit_send(key, false);
         }
@@ -852,10 +847,8 @@ impl turn::Backend for Reactor {
             return;
         };
         if client.closing {
-            self.driver
-                .closing(&mut client.parts.conn, &mut client.parts.session);
-            if client.ops.has(Op::Send) && self.driver.flush_overdue(&mut client.parts.session, now)
-            {
+            self.driver.closing(&mut client.parts);
+            if client.ops.has(Op::Send) && self.driver.flush_overdue(&mut client.parts, now) {
                 // The descriptor is open until the linked close runs: the kernel drops the
                 // output with a reset instead of probing a zero window with it.
                 // SAFETY: the close is linked behind the send in flight, so `fd` is open.
@@ -871,13 +864,12 @@ impl turn::Backend for Reactor {
             };
             if client.in_flight == 0 {
                 let mut client = self.clients.remove(key);
-                let (conn, session) = (&mut client.parts.conn, &mut client.parts.session);
-                self.driver.closed(key, conn, session, now);
+                self.driver.closed(key, &mut client.parts, now);
             }
             return;
         }
         let relay = match client.upstream.as_deref_mut() {
-            Some(upstream) if client.parts.conn.is_relaying() => {
+            Some(upstream) if client.parts.is_relaying() => {
                 let pipe = &mut upstream.link.toward(Side::Client).pipe;
                 Backlog {
                     waiting: !pipe.is_empty(),
@@ -896,8 +888,7 @@ impl turn::Backend for Reactor {
         let Some(client) = self.clients.get_mut(key).filter(|c| !c.closing) else {
             return;
         };
-        self.driver
-            .arm(key, &client.parts.conn, &mut client.parts.session, now);
+        self.driver.arm(key, &mut client.parts, now);
     }
 
     fn stop_listening(&mut self, now: u64) {

@@ -82,13 +82,13 @@ impl Reactor {
         let client_ip = match self.driver.hashes_client_ip() {
             true => self
                 .driver
-                .client_addr(&client.parts.session)
+                .client_addr(&client.parts)
                 .or_else(|| client.socket().and_then(|s| sys::socket_addr(s, false)))
                 .map(|a| a.ip()),
             false => None,
         };
         let opened = self.driver.open_upstream(
-            &mut client.parts.conn,
+            &mut client.parts,
             (attempts, client_ip),
             now,
             &mut self.out,
@@ -130,7 +130,7 @@ impl Reactor {
             let failed = Event::UpstreamFailed;
             let next = self
                 .driver
-                .handle(&mut client.parts.conn, failed, now, &mut self.out);
+                .handle(&mut client.parts, failed, now, &mut self.out);
             self.apply(key, next)
         }
     }
@@ -145,7 +145,7 @@ impl Reactor {
         let tls = client.parts.transport.is_tls();
         let mut peers = socket.map(|socket| peers(socket, forwarding, tls));
         // Behind a balancer, the client its PROXY header named.
-        let named = self.driver.client_addr(&client.parts.session);
+        let named = self.driver.client_addr(&client.parts);
         if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), named) {
             peers.client = client;
         }
@@ -160,7 +160,7 @@ impl Reactor {
             upstream.fd = None;
             let attempts = upstream.link.attempts;
             let failure = self.driver.upstream_failed(
-                &mut client.parts.conn,
+                &mut client.parts,
                 &upstream.link,
                 &error,
                 now,
@@ -176,7 +176,7 @@ impl Reactor {
             // The client is gone already.
             return self.begin_close(key);
         };
-        let (conn, out) = (&mut client.parts.conn, &mut self.out);
+        let (conn, out) = (&mut client.parts, &mut self.out);
         self.driver.upstream_request(conn, peers, now, out);
         let _ = self.driver.handle(conn, Event::UpstreamConnected, now, out);
         upstream.link.toward(Side::Upstream).pipe.push(&self.out);
@@ -224,7 +224,7 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        let from_client = client.parts.conn.take_held_client_bytes();
+        let from_client = client.parts.take_held_client_bytes();
         upstream
             .link
             .begin(&mut client.parts.transport, &self.out, &from_client);
@@ -247,7 +247,7 @@ impl Reactor {
             return;
         };
         if result < 0 {
-            if to == Side::Upstream && !client.parts.conn.is_relaying() {
+            if to == Side::Upstream && !client.parts.is_relaying() {
                 // The forwarded request did not get through.
                 return self.upstream_failed(key, now);
             }
