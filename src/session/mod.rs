@@ -27,10 +27,10 @@ use crate::handshake::Rejection;
 use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
 use crate::proxy::health::Failure;
 use crate::proxy::{Link, Peers, Pick, Upstreams};
-use crate::stats::{Counters, TlsFailure, TlsHandshake};
+use crate::stats::Counters;
 use crate::sys;
 use crate::timer::TimerWheel;
-use crate::transport::{Outbox, TlsEnd, TlsLink, Transport};
+use crate::transport::{Outbox, TlsEnd, Transport};
 
 mod fleet;
 mod inbound;
@@ -660,14 +660,9 @@ impl Driver {
             awaits_proxy_header: from_balancer.is_some(),
             ..Session::default()
         };
-        let config = self.tls.as_ref().filter(|_| tls);
-        let (transport, next) = match config.map(|config| TlsLink::new(&config.load_full())) {
-            None => (Transport::Plain, Next::Continue),
-            Some(Ok(link)) => (Transport::Tls(Box::new(link)), Next::Continue),
-            Some(Err(error)) => {
-                tracing::warn!(%error, "cannot start a TLS session");
-                (Transport::Plain, Next::Close)
-            }
+        let (transport, next) = match Transport::accepted(self.tls.as_ref().filter(|_| tls)) {
+            Some(transport) => (transport, Next::Continue),
+            None => (Transport::Plain, Next::Close),
         };
         let parts = Parts {
             conn,
@@ -748,20 +743,12 @@ impl Driver {
             out,
             stats: &self.stats,
         };
-        let Transport::Tls(tls) = transport else {
-            return conn.on_data(bytes, &mut cx);
-        };
-        self.plaintext.clear();
-        let end = tls.receive(bytes, &mut self.plaintext, outbox);
-        if let Some((tls13, resumed)) = tls.established() {
-            let kind = TlsHandshake { tls13, resumed };
-            Counters::bump(&self.stats.tls_handshakes[kind.index()]);
-        }
+        let received = transport.receive(bytes, &mut self.plaintext, outbox, &self.stats);
         let mut next = Next::Continue;
-        if !self.plaintext.is_empty() {
-            next = conn.on_data(&self.plaintext, &mut cx);
+        if !received.data.is_empty() {
+            next = conn.on_data(received.data, &mut cx);
         }
-        match end {
+        match received.end {
             TlsEnd::Open => next,
             TlsEnd::Closed if next == Next::Continue => conn.on_eof(&mut cx),
             TlsEnd::Closed => next,
@@ -769,13 +756,7 @@ impl Driver {
                 *transport = Transport::Plain;
                 conn.refuse(Rejection::PlainHttpToTlsPort, &mut cx)
             }
-            TlsEnd::Failed(error) => {
-                tracing::debug!(%error, "TLS handshake failed");
-                let kind = TlsFailure::of(&error);
-                let index = TlsFailure::ALL.iter().position(|&k| k == kind).unwrap_or(0);
-                Counters::bump(&self.stats.tls_failures[index]);
-                Next::Close
-            }
+            TlsEnd::Failed(_) => Next::Close,
         }
     }
 

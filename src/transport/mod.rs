@@ -19,6 +19,8 @@ mod tls_session;
 pub use tls_session::{TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
 
 use crate::conn::Next;
+use crate::stats::{Counters, TlsFailure, TlsHandshake};
+use crate::tls::SharedTlsConfig;
 
 /// How a connection's bytes travel: as they are, or inside TLS records.
 pub enum Transport {
@@ -28,7 +30,65 @@ pub enum Transport {
     Tls(Box<TlsLink>),
 }
 
+/// What one read of the socket gave the connection.
+pub struct Received<'a> {
+    /// The connection's bytes: as read, or decrypted.
+    pub data: &'a [u8],
+    /// Over TLS, whether the stream goes on ([`TlsEnd::Open`] over plain TCP).
+    pub end: TlsEnd,
+}
+
 impl Transport {
+    /// The transport of a connection accepted on a TLS listener with `tls` (`None`: plain
+    /// TCP); `None` when a TLS session cannot start (said in the log): the connection is
+    /// closed unanswered.
+    pub fn accepted(tls: Option<&SharedTlsConfig>) -> Option<Transport> {
+        let Some(config) = tls else {
+            return Some(Transport::Plain);
+        };
+        match TlsLink::new(&config.load_full()) {
+            Ok(link) => Some(Transport::Tls(Box::new(link))),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a TLS session");
+                None
+            }
+        }
+    }
+
+    /// Bytes read from the socket: over TLS, decrypted into `plaintext` (the records for
+    /// the peer, the handshake's and alerts, go to `outbox`), and a handshake that completes
+    /// or fails counted in `stats`; over plain TCP, the bytes themselves.
+    pub fn receive<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        plaintext: &'a mut Vec<u8>,
+        outbox: &mut Outbox,
+        stats: &Counters,
+    ) -> Received<'a> {
+        let Transport::Tls(tls) = self else {
+            return Received {
+                data: bytes,
+                end: TlsEnd::Open,
+            };
+        };
+        plaintext.clear();
+        let end = tls.receive(bytes, plaintext, outbox);
+        if let Some((tls13, resumed)) = tls.established() {
+            let kind = TlsHandshake { tls13, resumed };
+            Counters::bump(&stats.tls_handshakes[kind.index()]);
+        }
+        if let TlsEnd::Failed(error) = &end {
+            tracing::debug!(%error, "TLS handshake failed");
+            let kind = TlsFailure::of(error);
+            let index = TlsFailure::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+            Counters::bump(&stats.tls_failures[index]);
+        }
+        Received {
+            data: plaintext,
+            end,
+        }
+    }
+
     /// Whether the connection speaks TLS (terminated here).
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
