@@ -207,12 +207,6 @@ impl Parts {
         self.session.flushed()
     }
 
-    /// Proxy mode, as the relay begins: what the client sent after its request, held back
-    /// until the upstream's 101 was checked, to be sent to the upstream first.
-    pub fn take_held_client_bytes(&mut self) -> Vec<u8> {
-        self.conn.take_held_client_bytes()
-    }
-
     /// A connection refused at accept: plain, outside any accounting.
     pub(super) fn refused(conn: Conn) -> Parts {
         Parts {

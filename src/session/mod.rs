@@ -340,6 +340,16 @@ impl Driver {
         }
     }
 
+    /// Proxy mode, the upstream's 101 checked: the relay `link` begins with `answer` (the
+    /// 101 and whatever followed it) toward the client, and toward the upstream what the
+    /// client sent after its request, held back until now; the client's TLS session, if it
+    /// has one, becomes the link's. `answer` is emptied.
+    pub fn begin_relay(&self, parts: &mut Parts, link: &mut Link, answer: &mut Vec<u8>) {
+        let held = parts.conn.take_held_client_bytes();
+        link.begin(&mut parts.transport, answer, &held);
+        answer.clear();
+    }
+
     /// Proxy mode: appends to `out` the request to send the upstream now connected for
     /// the connection (only the request: see [`Conn::write_upstream_request`]).
     pub fn upstream_request(&self, parts: &mut Parts, peers: Peers, now: u64, out: &mut Vec<u8>) {

@@ -363,10 +363,9 @@ impl Reactor {
         };
         if let (Next::Relay, Some(upstream)) = (next, client.upstream.as_mut()) {
             // The upstream's 101 leads the relayed bytes, through the same pipe.
-            let from_client = client.parts.take_held_client_bytes();
-            let (transport, outbox) = (&mut client.parts.transport, &mut client.parts.outbox);
-            upstream.begin(transport, outbox, &self.out, &from_client);
-            self.out.clear();
+            // What the client had not taken yet goes first.
+            upstream.take_over(&mut client.parts.outbox);
+            (self.driver).begin_relay(&mut client.parts, &mut upstream.link, &mut self.out);
         }
         if !client.parts.wants_upstream() {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream

@@ -38,7 +38,7 @@ use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
 use crate::session::turn::Backend as _;
 use crate::session::{Backlog, Event, UpstreamFailure};
-use crate::transport::{Outbox, Transport};
+use crate::transport::Outbox;
 
 /// A client's upstream socket, the readiness of both sides, and the [`Link`].
 pub(super) struct Upstream {
@@ -80,18 +80,11 @@ impl Upstream {
     }
 
     /// The relay starts: `held` (output the client's socket has not taken, TLS records of
-    /// its handshake) and then the upstream's `answer` lead the bytes to the client.
-    pub(super) fn begin(
-        &mut self,
-        transport: &mut Transport,
-        held: &mut Outbox,
-        answer: &[u8],
-        from_client: &[u8],
-    ) {
+    /// its handshake) leads the bytes to the client, through the relay's pipe.
+    pub(super) fn take_over(&mut self, held: &mut Outbox) {
         let to_client = &mut self.link.toward(Side::Client).pipe;
         to_client.push(held.pending());
         held.sent(held.pending().len());
-        self.link.begin(transport, answer, from_client);
     }
 
     /// What waits for the client's socket, and whether it took any since last asked.

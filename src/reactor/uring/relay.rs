@@ -224,11 +224,7 @@ impl Reactor {
         let Some(upstream) = client.upstream.as_mut() else {
             return;
         };
-        let from_client = client.parts.take_held_client_bytes();
-        upstream
-            .link
-            .begin(&mut client.parts.transport, &self.out, &from_client);
-        self.out.clear();
+        (self.driver).begin_relay(&mut client.parts, &mut upstream.link, &mut self.out);
         self.send_to(key, Side::Client);
         // Bytes the client sent after its request were held back until now.
         self.send_to(key, Side::Upstream)
