@@ -92,13 +92,6 @@ pub enum IoBackend {
     Auto,
 }
 
-/// How the upstream learns the client's address in proxy mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProxyProtocol {
-    /// A PROXY protocol v2 header before the request, instead of X-Forwarded-* headers.
-    V2,
-}
-
 /// Flags of `wsedge serve`.
 #[derive(Debug, Clone, Args)]
 #[command(args_override_self = true)]
@@ -265,7 +258,7 @@ pub struct ServeArgs {
     pub upstream_max_connections: u32,
     /// Pass the client's address as a PROXY protocol header instead of X-Forwarded-For.
     #[arg(long, value_enum, value_name = "VERSION")]
-    pub upstream_proxy_protocol: Option<ProxyProtocol>,
+    pub upstream_proxy_protocol: Option<Forwarding>,
     /// Connections start with a PROXY protocol header (v1 or v2, from an L4 balancer) that
     /// names the client: its address counts for per-address limits, X-Forwarded-For, the
     /// PROXY header sent upstream. Needs --proxy-protocol-from.
@@ -561,10 +554,7 @@ impl ServeArgs {
                     healthz_min_up_percent: self.healthz_min_upstreams_up,
                     connect_timeout_ms: self.upstream_connect_timeout_ms,
                     response_timeout_ms: self.upstream_response_timeout_ms,
-                    forwarding: match self.upstream_proxy_protocol {
-                        Some(ProxyProtocol::V2) => Forwarding::ProxyV2,
-                        None => Forwarding::Headers,
-                    },
+                    forwarding: self.upstream_proxy_protocol.unwrap_or_default(),
                     accept_from: self
                         .accept_proxy_protocol
                         .then(|| self.proxy_protocol_from.clone()),

@@ -102,6 +102,13 @@ pub enum Next {
     Relay,
 }
 
+impl Next {
+    /// Whether the stream ends after this output (the transport closes its session then).
+    pub fn ends_stream(self) -> bool {
+        matches!(self, Next::Close | Next::HalfClose)
+    }
+}
+
 /// Everything a connection needs from its caller for one event.
 pub struct Ctx<'a> {
     /// Server settings.

@@ -49,14 +49,17 @@ pub use upstreams::{Balance, Lease, Pick, Upstreams, REFUSED_BACKOFF_MS};
 /// slowly. A longer announced body is a 502; a body without a length is cut here.
 pub const MAX_PASSED_ANSWER_BYTES: u64 = 64 * 1024;
 
-/// How the upstream learns the client's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the upstream learns the client's address (`--upstream-proxy-protocol v2` names the
+/// one that is not the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Forwarding {
     /// The edge's own `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Real-IP` (the client's
     /// forwarding headers are dropped).
     #[default]
+    #[value(skip)]
     Headers,
-    /// A PROXY protocol v2 header before the request, and no forwarding header at all.
+    /// A PROXY protocol v2 header before the request, instead of X-Forwarded-* headers.
+    #[value(name = "v2")]
     ProxyV2,
 }
 

@@ -18,7 +18,6 @@ mod tls_session;
 
 pub use tls_session::{TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
 
-use crate::conn::Next;
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::tls::SharedTlsConfig;
 
@@ -103,10 +102,10 @@ impl Transport {
     }
 
     /// The output of the last call on its way to the socket: over TLS sealed into records in
-    /// `outbox` (`out` left empty), with `close_notify` after it when `next` ends the stream;
+    /// `outbox` (`out` left empty), with `close_notify` after it when the stream `ends`;
     /// over plain TCP left in `out`, for the backend to write as it is. A TLS handshake cut
     /// short (a timeout, a failure) gets no `close_notify`: there is no session to end.
-    pub fn seal(&mut self, next: Next, out: &mut Vec<u8>, outbox: &mut Outbox) {
+    pub fn seal(&mut self, ends: bool, out: &mut Vec<u8>, outbox: &mut Outbox) {
         let Transport::Tls(tls) = self else {
             return;
         };
@@ -114,7 +113,7 @@ impl Transport {
             tls.send(out, outbox);
             out.clear();
         }
-        if matches!(next, Next::Close | Next::HalfClose) && !tls.is_handshaking() {
+        if ends && !tls.is_handshaking() {
             tls.close_notify(outbox);
         }
     }

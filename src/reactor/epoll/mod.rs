@@ -379,7 +379,7 @@ impl Reactor {
         client
             .parts
             .transport
-            .seal(next, &mut self.out, &mut client.parts.outbox);
+            .seal(next.ends_stream(), &mut self.out, &mut client.parts.outbox);
         let written = match nothing_waited {
             true if self.out.is_empty() => {
                 flush(&client.stream, &mut client.parts.outbox).map(|()| 0)

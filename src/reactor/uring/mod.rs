@@ -778,7 +778,7 @@ impl Reactor {
         client
             .parts
             .transport
-            .seal(next, &mut self.out, &mut client.parts.outbox);
+            .seal(next.ends_stream(), &mut self.out, &mut client.parts.outbox);
         client.parts.outbox.push(&self.out);
         self.out.clear();
         let sending = !client.parts.outbox.is_empty() && !client.parts.outbox.is_sending();
