@@ -357,6 +357,38 @@ fn an_upstream_that_never_answers_gives_504(io: Io) {
     drop(hold_rx);
 }
 
+fn an_abandoned_upstream_connection_is_reset_and_holds_no_port(io: Io) {
+    // The upstream reads the forwarded request and never answers; its client gives up. The
+    // edge's close of that connection must be a reset: a FIN would leave the edge's end in
+    // TIME_WAIT, one local port toward the upstream held for a minute per abandoned upgrade.
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let silent = raw_upstream(1, move |mut stream, _| {
+        let mut byte = [0u8; 1];
+        let _ = seen_tx.send(stream.read(&mut byte).map_err(|e| e.kind()));
+    });
+    let server = proxy(io, &[silent], &["--upstream-response-timeout-ms", "300"]);
+    let (head, _) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 504);
+    let ended = seen_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream saw its end");
+    assert_eq!(
+        ended,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "closed, not reset"
+    );
+    let port = format!("dport = :{}", silent.port());
+    let ss = std::process::Command::new("ss")
+        .args(["-tanH", "state", "time-wait", &port])
+        .output()
+        .expect("ss (iproute2)");
+    let lingering = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        lingering.trim().is_empty(),
+        "TIME_WAIT toward the upstream: {lingering}"
+    );
+}
+
 fn an_upstream_that_cannot_be_reached_in_time_gives_504(io: Io) {
     // A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
     // it hangs in SYN_SENT, as to a host that went away.
@@ -828,6 +860,7 @@ on_both_backends!(
     an_upstream_that_is_down_gives_502,
     an_upstream_that_never_answers_gives_504,
     an_upstream_that_cannot_be_reached_in_time_gives_504,
+    an_abandoned_upstream_connection_is_reset_and_holds_no_port,
     an_upstream_101_with_the_wrong_accept_gives_502,
     an_upstream_that_refuses_is_skipped,
     an_upstream_101_in_http_1_0_gives_502,

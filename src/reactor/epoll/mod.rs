@@ -370,7 +370,11 @@ impl Reactor {
         if !client.parts.wants_upstream() {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream
             // side is done.
-            client.upstream = None;
+            if let Some(upstream) = client.upstream.take() {
+                if self.driver.resets_upstream(&client.parts) {
+                    upstream.reset_on_close();
+                }
+            }
         }
         // Over TLS the records (the handshake's too) are in the outbox; over plain TCP the
         // output goes straight from the reactor's buffer when nothing waits: the common
@@ -449,6 +453,11 @@ impl Reactor {
     fn close(&mut self, key: usize) {
         if let Some(mut client) = self.clients.try_remove(key) {
             let now = self.driver.now();
+            if let Some(upstream) = &client.upstream {
+                if self.driver.resets_upstream(&client.parts) {
+                    upstream.reset_on_close();
+                }
+            }
             // Dropping the stream closes it, which also removes it from epoll.
             self.driver.closed(key, &mut client.parts, now);
         }

@@ -79,6 +79,12 @@ impl Upstream {
         source.hup |= hup;
     }
 
+    /// The socket is to be reset when it closes (see
+    /// [`Driver::resets_upstream`](crate::session::Driver::resets_upstream)).
+    pub(super) fn reset_on_close(&self) {
+        sys::reset_on_close(&self.stream);
+    }
+
     /// The relay starts: `held` (output the client's socket has not taken, TLS records of
     /// its handshake) leads the bytes to the client, through the relay's pipe.
     pub(super) fn take_over(&mut self, held: &mut Outbox) {

@@ -312,6 +312,9 @@ impl Reactor {
         };
         upstream.retired = true;
         if let Some(fd) = upstream.fd.take() {
+            if self.driver.resets_upstream(&client.parts) {
+                sys::reset_on_close(&fd);
+            }
             // The ring closes it from here on.
             self.cancel_and_close(key, ops, Ops::UPSTREAM, fd.into_raw_fd(), Op::UpClose);
         }
