@@ -256,6 +256,11 @@ pub struct ServeArgs {
     /// a jittered Retry-After. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub upstream_max_connections: u32,
+    /// A local address to open upstream connections from (repeatable: they take turns),
+    /// so that each adds a full range of local ports toward each upstream (nginx's
+    /// proxy_bind, HAProxy's source). Default: the kernel's choice.
+    #[arg(long = "upstream-source", value_name = "ADDR")]
+    pub upstream_sources: Vec<std::net::IpAddr>,
     /// Pass the client's address as a PROXY protocol header instead of X-Forwarded-For.
     #[arg(long, value_enum, value_name = "VERSION")]
     pub upstream_proxy_protocol: Option<Forwarding>,
@@ -385,6 +390,19 @@ fn read_token_file(value: &str) -> Result<TokenFromFile, String> {
 const LINGER_MS: u64 = 2_000;
 
 impl ServeArgs {
+    /// Checks what needs the host: every `--upstream-source` is one of its addresses (at
+    /// startup and at each reload).
+    pub fn check_host(&self) -> Result<(), String> {
+        for source in &self.upstream_sources {
+            if let Err(error) = crate::sys::is_local_address(*source) {
+                return Err(format!(
+                    "--upstream-source {source}: not an address of this host ({error})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what single flags cannot: the proxy flags go with `--after proxy`, and it
     /// needs at least one `--upstream`.
     pub fn validate(&self) -> Result<(), String> {
@@ -394,6 +412,9 @@ impl ServeArgs {
         }
         if !proxy && !self.upstreams.is_empty() {
             return Err("--upstream is only used with --after proxy".into());
+        }
+        if !proxy && !self.upstream_sources.is_empty() {
+            return Err("--upstream-source is only used with --after proxy".into());
         }
         if !proxy && self.upstream_max_connections > 0 {
             return Err("--upstream-max-connections is only used with --after proxy".into());
@@ -561,6 +582,7 @@ impl ServeArgs {
                     balance: self.upstream_balance,
                     hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
+                    sources: self.upstream_sources.clone(),
                 },
             },
             limits: Limits {

@@ -98,6 +98,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Err(message) = args.validate() {
         serve_usage_error(clap::error::ErrorKind::ArgumentConflict, message)
     }
+    if let Err(message) = args.check_host() {
+        serve_usage_error(clap::error::ErrorKind::InvalidValue, message)
+    }
     let (backend, why) = match (args.io, probe()) {
         (IoBackend::Epoll, _) => (Backend::Epoll, "--io epoll".to_string()),
         (IoBackend::Uring, Ok(())) => (Backend::Uring, "--io uring".to_string()),

@@ -121,7 +121,8 @@ impl Reloader {
     /// again under it, or why it could not be parsed. What can change live is published for
     /// new connections.
     pub fn apply(&self, path: &Path, parsed: Result<ServeArgs, String>) -> Reloaded {
-        let args = match parsed.and_then(|args| args.validate().map(|()| args)) {
+        let checked = parsed.and_then(|args| args.validate().and(args.check_host()).map(|()| args));
+        let args = match checked {
             Ok(args) => args,
             Err(error) => return Reloaded::Kept(format!("{}: {error}", path.display())),
         };

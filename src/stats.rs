@@ -96,6 +96,10 @@ event_counters! {
     /// Proxy mode: upstream connection attempts that failed (refused, unreachable, reset).
     upstream_connect_failures => "wsedge_upstream_connect_failures",
         "Proxy mode: upstream connection attempts refused or failed.";
+    /// Proxy mode: upstream connections that found no local port left (`EADDRNOTAVAIL`),
+    /// answered 503: see `--upstream-source`.
+    upstream_ports_exhausted => "wsedge_upstream_ports_exhausted",
+        "Proxy mode: upstream connections refused for want of a local port.";
     /// Proxy mode: upstreams that did not connect or answer in time (504).
     upstream_timeouts => "wsedge_upstream_timeouts",
         "Proxy mode: upstreams that did not connect or answer in time (504).";

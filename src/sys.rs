@@ -115,12 +115,40 @@ pub fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::o
 
 /// A non-blocking, close-on-exec TCP socket of `addr`'s family, not yet connected: an
 /// upstream connection in proxy mode.
-pub fn upstream_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {
-    socket2::Socket::new(
+pub fn upstream_socket(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM.nonblocking().cloexec(),
         None,
-    )
+    )?;
+    if let Some(source) = source {
+        // The port is picked at connect, by the whole 4-tuple, not at bind by the address
+        // alone: each source address then has the full port range toward each upstream.
+        let no_port: libc::c_int = 1;
+        // SAFETY: a valid socket, and a pointer to an int of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&no_port as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.bind(&std::net::SocketAddr::new(source, 0).into())?;
+    }
+    Ok(socket)
+}
+
+/// Whether `ip` is an address of this host (a socket can be bound to it).
+pub fn is_local_address(ip: std::net::IpAddr) -> io::Result<()> {
+    std::net::UdpSocket::bind((ip, 0)).map(drop)
 }
 
 /// Shuts down the write side of `socket` (a FIN after what was sent). A socket the peer

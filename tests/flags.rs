@@ -313,6 +313,11 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--upstream-source",
+        &["proxy::upstream_connections_take_turns_among_the_upstream_sources"],
+    ),
+    (
+        "serve",
         "--defer-accept-secs",
         &["flags::defer_accept_keeps_a_silent_client_in_the_kernel"],
     ),

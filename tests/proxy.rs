@@ -357,6 +357,39 @@ fn an_upstream_that_never_answers_gives_504(io: Io) {
     drop(hold_rx);
 }
 
+fn upstream_connections_take_turns_among_the_upstream_sources(io: Io) {
+    // Each source address adds a full range of local ports toward each upstream.
+    let (peer_tx, peer_rx) = mpsc::channel();
+    let upstream = raw_upstream(4, move |stream, _| {
+        let _ = peer_tx.send(stream.peer_addr().unwrap().ip());
+    });
+    let sources = [
+        "--upstream-source",
+        "127.0.0.2",
+        "--upstream-source",
+        "127.0.0.3",
+        "--threads",
+        "1",
+    ];
+    let server = proxy(io, &[upstream], &sources);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut client = server.connect();
+        client.write_all(&upgrade_request("/", &[])).unwrap();
+        clients.push(client);
+    }
+    let mut seen: Vec<String> = (0..4)
+        .map(|_| {
+            peer_rx
+                .recv_timeout(DEADLINE)
+                .expect("a connection")
+                .to_string()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]);
+}
+
 fn an_abandoned_upstream_connection_is_reset_and_holds_no_port(io: Io) {
     // The upstream reads the forwarded request and never answers; its client gives up. The
     // edge's close of that connection must be a reset: a FIN would leave the edge's end in
@@ -861,6 +894,7 @@ on_both_backends!(
     an_upstream_that_never_answers_gives_504,
     an_upstream_that_cannot_be_reached_in_time_gives_504,
     an_abandoned_upstream_connection_is_reset_and_holds_no_port,
+    upstream_connections_take_turns_among_the_upstream_sources,
     an_upstream_101_with_the_wrong_accept_gives_502,
     an_upstream_that_refuses_is_skipped,
     an_upstream_101_in_http_1_0_gives_502,

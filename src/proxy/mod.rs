@@ -90,6 +90,9 @@ pub struct ProxyConfig {
     /// Live connections one upstream may hold (server total; each reactor takes its
     /// share); 0: no limit.
     pub max_connections_per_upstream: u32,
+    /// `--upstream-source`: local addresses upstream connections are opened from, in turn
+    /// (those of the upstream's family); empty: the kernel's choice.
+    pub sources: Vec<std::net::IpAddr>,
     /// `--accept-proxy-protocol`: connections come from balancers in these networks, each
     /// starting with a PROXY header (v1 or v2) that names the client; from anywhere else
     /// they are refused. `None`: clients connect directly.
@@ -110,6 +113,7 @@ impl Default for ProxyConfig {
             balance: Balance::RoundRobin,
             hash_key: None,
             max_connections_per_upstream: 0,
+            sources: Vec::new(),
             accept_from: None,
         }
     }

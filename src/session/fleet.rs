@@ -2,6 +2,7 @@
 //! (and on each retry), this reactor's share of the active health checks and when they run,
 //! and what a reload's new list of upstreams means for both.
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -21,6 +22,10 @@ pub struct Fleet {
     /// each upstream's connection limit.
     index: usize,
     reactors: usize,
+    /// The `--upstream-source` whose turn is next.
+    next_source: usize,
+    /// When running out of local ports toward an upstream was last logged.
+    ports_logged: Option<u64>,
 }
 
 impl Fleet {
@@ -42,6 +47,8 @@ impl Fleet {
             checks_ready: false,
             index: 0,
             reactors: 1,
+            next_source: 0,
+            ports_logged: None,
         };
         fleet.assign_checks(proxy, 0);
         fleet
@@ -50,6 +57,8 @@ impl Fleet {
     /// This reactor is `index` of `reactors`: it takes its share of the checks.
     pub fn place(&mut self, index: usize, reactors: usize, proxy: &ProxyConfig) {
         (self.index, self.reactors) = (index, reactors.max(1));
+        // Reactors start their turns at different sources, as at different upstreams.
+        self.next_source = index;
         self.assign_checks(proxy, 0);
     }
 
@@ -144,6 +153,37 @@ impl Fleet {
             *attempts += 1;
         }
         picked
+    }
+
+    /// The local address to open a connection to `upstream` from: the `--upstream-source`
+    /// addresses of its family take turns (`None`: the kernel's choice).
+    pub fn source_for(&mut self, proxy: &ProxyConfig, upstream: SocketAddr) -> Option<IpAddr> {
+        let family = |ip: &&IpAddr| ip.is_ipv4() == upstream.is_ipv4();
+        let count = proxy.sources.iter().filter(family).count();
+        if count == 0 {
+            return None;
+        }
+        self.next_source = self.next_source.wrapping_add(1);
+        proxy
+            .sources
+            .iter()
+            .filter(family)
+            .nth(self.next_source % count)
+            .copied()
+    }
+
+    /// No local port was left toward `upstream` (`EADDRNOTAVAIL` at connect): said at most
+    /// once a second, as what it is.
+    pub fn ports_exhausted(&mut self, upstream: SocketAddr, now: u64) {
+        if self.ports_logged.is_some_and(|at| now < at + 1000) {
+            return;
+        }
+        self.ports_logged = Some(now);
+        tracing::warn!(
+            %upstream,
+            "no local port left toward the upstream (connections in TIME_WAIT, or too many at \
+             once): add --upstream-source addresses or widen net.ipv4.ip_local_port_range"
+        );
     }
 
     /// A connection to upstream `index` begins: counted until the lease is dropped.

@@ -220,7 +220,7 @@ impl Driver {
         (mut attempts, client): (usize, Option<IpAddr>),
         now: u64,
         out: &mut Vec<u8>,
-        mut open: impl FnMut(SocketAddr) -> io::Result<S>,
+        mut open: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
         let conn = &mut parts.conn;
         // The client's key, for hash balancing: the same upstream on every attempt's order.
@@ -243,7 +243,8 @@ impl Driver {
             };
             let lease = self.fleet.lease(index);
             let link = Link::with_lease(index, attempts, lease);
-            let error = match open(addr) {
+            let source = self.fleet.source_for(&self.config.proxy, addr);
+            let error = match open(addr, source) {
                 Ok(socket) => return Ok((link, socket)),
                 Err(error) => error,
             };
@@ -284,6 +285,16 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> UpstreamFailure {
+        if error.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            // Out of local ports toward this upstream: accepting more clients is not what
+            // ran out, so it goes on; this client comes back later.
+            Counters::bump(&self.stats.upstream_ports_exhausted);
+            if let Some(addr) = link.lease().map(|lease| lease.addr()) {
+                self.fleet.ports_exhausted(addr, now);
+            }
+            let refusal = self.admission.overloaded();
+            return UpstreamFailure::Answer(conn.refuse(refusal, &mut self.cx(now, out)));
+        }
         if sys::is_local_exhaustion(error) {
             return UpstreamFailure::Answer(self.exhausted(conn, error, now, out));
         }

@@ -312,27 +312,17 @@ fn out_of_descriptors_a_lingering_connection_with_nothing_to_send_is_closed_at_o
 #[test]
 fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault() {
     let mut driver = driver(Limits::default());
-    for errno in [
-        libc::EMFILE,
-        libc::ENFILE,
-        libc::ENOMEM,
-        libc::EADDRNOTAVAIL,
-    ] {
+    for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
         let mut peer = accept(&mut driver, 0, "192.0.2.1", 1_000);
         let error = std::io::Error::from_raw_os_error(errno);
         let link = driver.link_to(0);
         let failure = driver.upstream_failed(&mut peer.parts, &link, &error, 1_000, &mut peer.out);
         assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose), "{errno}");
         assert_eq!(peer.status(), "503");
-        // Out of descriptors or memory, lingering connections are reclaimed at once (a
-        // port has nothing to do with them); then the loop wakes up when the pause is over.
-        let reclaims = errno != libc::EADDRNOTAVAIL;
-        assert_eq!(
-            driver.wait(1_000, true) == Some(std::time::Duration::ZERO),
-            reclaims
-        );
-        let turn = driver.turn(1_000);
-        assert_eq!(turn == Turn::Resettle, reclaims, "{errno}");
+        // Lingering connections are reclaimed at once; then the loop wakes up when the
+        // pause is over.
+        assert_eq!(driver.wait(1_000, true), Some(std::time::Duration::ZERO));
+        assert_eq!(driver.turn(1_000), Turn::Resettle, "{errno}");
         let pause = driver
             .wait(1_000, true)
             .expect("a wake-up at the pause's end");
@@ -345,6 +335,26 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
     assert_eq!(
         picked(driver.next_upstream(&mut 0, None, 1_000)).0,
         picked(untouched.next_upstream(&mut 0, None, 1_000)).0
+    );
+}
+
+#[test]
+fn out_of_local_ports_is_a_503_counted_as_such_and_accepting_goes_on() {
+    let mut driver = driver(Limits::default());
+    let mut peer = accept(&mut driver, 0, "192.0.2.1", 1_000);
+    let error = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+    let link = driver.link_to(0);
+    let failure = driver.upstream_failed(&mut peer.parts, &link, &error, 1_000, &mut peer.out);
+    assert_eq!(failure, UpstreamFailure::Answer(Next::HalfClose));
+    assert_eq!(peer.status(), "503");
+    assert!(peer.retry_after() >= 1);
+    assert_eq!(count(&driver.stats.upstream_ports_exhausted), 1);
+    assert_eq!(count(&driver.stats.accept_pauses), 0);
+    assert!(driver.accepting(1_000), "descriptors did not run out");
+    assert_eq!(
+        count(&driver.stats.upstream_connect_failures),
+        0,
+        "not the upstream's fault"
     );
 }
 

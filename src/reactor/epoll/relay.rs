@@ -268,8 +268,12 @@ fn set_nodelay_once(to: &TcpStream, flow: &mut Flow) {
 
 /// Starts a non-blocking connection to `addr` and writes as much of `request` (the
 /// forwarded request) as it takes now: returns the socket and how much that was.
-fn connect_and_send(addr: SocketAddr, request: &[u8]) -> io::Result<(TcpStream, usize)> {
-    let socket = sys::upstream_socket(addr)?;
+fn connect_and_send(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    request: &[u8],
+) -> io::Result<(TcpStream, usize)> {
+    let socket = sys::upstream_socket(addr, source)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -309,7 +313,7 @@ impl Reactor {
             (attempts, Some(peer.ip())),
             now,
             &mut self.out,
-            |addr| connect_and_send(addr, &request),
+            |addr, source| connect_and_send(addr, source, &request),
         );
         let next = match opened {
             Ok((link, (stream, written))) => {

@@ -92,7 +92,9 @@ impl Reactor {
             (attempts, client_ip),
             now,
             &mut self.out,
-            |addr| sys::upstream_socket(addr).map(|socket| (OwnedFd::from(socket), addr)),
+            |addr, source| {
+                sys::upstream_socket(addr, source).map(|socket| (OwnedFd::from(socket), addr))
+            },
         );
         let (link, (fd, addr)) = match opened {
             Ok(opened) => opened,
