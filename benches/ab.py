@@ -60,8 +60,10 @@ def cpu_seconds(pid):
 CERT = None  # (cert, key) with --tls
 
 
-def make_cert():
-    directory = tempfile.mkdtemp(prefix="wsedge-ab-")
+def make_cert(directory=None):
+    """A self-signed ECDSA P-256 certificate for localhost, in `directory` (a fresh temporary
+    one by default): (cert, key) paths."""
+    directory = directory or tempfile.mkdtemp(prefix="wsedge-ab-")
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",

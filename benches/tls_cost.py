@@ -25,22 +25,11 @@ import subprocess
 import tempfile
 import time
 
-from ab import cpu_seconds, free_port, start as ab_start
+from ab import cpu_seconds, free_port, make_cert, rss_bytes, start as ab_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR = None  # the tls_floor bench binary, built in main()
 BASELINE = None  # --baseline
-
-
-def make_cert(directory):
-    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost",
-         "-addext", "basicConstraints=critical,CA:FALSE"],
-        check=True, capture_output=True)
-    return cert, key
 
 
 def nginx_argv(port, cert, key):
@@ -75,14 +64,6 @@ def start(wsedge, io, after, port, cert, key, group="x25519", version="1.3"):
             "--tls-cert", cert, "--tls-key", key, "--tls-groups", group,
             "--tls-versions", version]
     return ab_start(argv, port, "0")
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def storm(args, io, resume, cert, key, group="x25519", version="1.3"):

@@ -325,6 +325,13 @@ fn summary(title: &str, report: &Report, elapsed: Duration) {
     }
 }
 
+/// With `--json`, the run's figures and `extra` as one JSON object, the last line of stdout.
+fn print_json(wanted: bool, report: &Report, elapsed: Duration, extra: serde_json::Value) {
+    if wanted {
+        println!("{}", report::json(report, elapsed, extra));
+    }
+}
+
 /// The text report of a run, per-interval lines when it was merged, the plot, the JSON.
 fn report_outcome(
     common_json: bool,

@@ -204,5 +204,8 @@ mod tests {
         for (index, kind) in Refusal::KINDS.iter().enumerate() {
             assert_eq!(kind.kind_index(), index, "{kind:?}");
         }
+        for (index, kind) in Rejection::KINDS.iter().enumerate() {
+            assert_eq!(kind.kind_index(), index, "{kind:?}");
+        }
     }
 }

@@ -255,21 +255,3 @@ impl Rejection {
         }
     }
 }
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status().code(), self.reason())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Rejection;
-
-    #[test]
-    fn kind_indices_match_the_list() {
-        for (index, kind) in Rejection::KINDS.iter().enumerate() {
-            assert_eq!(kind.kind_index(), index, "{kind:?}");
-        }
-    }
-}

@@ -93,15 +93,7 @@ pub fn run(args: HoldArgs, fd_limit: u64) -> anyhow::Result<()> {
     if let Some(bytes) = per_conn {
         println!("  server RSS grew {bytes:.0} bytes per held connection");
     }
-    if common.json {
-        println!(
-            "{}",
-            report::json(
-                &report,
-                elapsed,
-                json!({ "connections": connections, "established": established, "establish_secs": establish_secs, "server_rss_bytes_per_conn": per_conn })
-            )
-        );
-    }
+    let extra = json!({ "connections": connections, "established": established, "establish_secs": establish_secs, "server_rss_bytes_per_conn": per_conn });
+    print_json(common.json, &report, elapsed, extra);
     Ok(())
 }

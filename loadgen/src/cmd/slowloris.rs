@@ -43,15 +43,7 @@ pub fn run(args: SlowlorisArgs) -> anyhow::Result<()> {
     for (kind, count) in &report.errors {
         println!("  error {:<20} {count}", kind.name());
     }
-    if common.json {
-        println!(
-            "{}",
-            report::json(
-                &report,
-                elapsed,
-                json!({ "connections": connections, "cut_off": report.cutoff.len(), "never_cut": report.never_cut, "cutoff_us": report::percentiles(&report.cutoff) })
-            )
-        );
-    }
+    let extra = json!({ "connections": connections, "cut_off": report.cutoff.len(), "never_cut": report.never_cut, "cutoff_us": report::percentiles(&report.cutoff) });
+    print_json(common.json, &report, elapsed, extra);
     Ok(())
 }
