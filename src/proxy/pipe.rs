@@ -79,6 +79,22 @@ impl Pipe {
     }
 }
 
+impl crate::transport::Sink for Pipe {
+    fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+        crate::transport::append_to(self.tail(), len, fill)
+    }
+}
+
+impl crate::transport::Queue for Pipe {
+    fn unsent(&mut self) -> &[u8] {
+        Pipe::unsent(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        Pipe::consume(self, n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,8 +119,8 @@ impl Transport {
     }
 }
 
-/// Where bytes bound for a socket queue up: a connection's [`Outbox`], or a relay's
-/// [`crate::proxy::Pipe`] (TLS records go to either).
+/// Where bytes bound for a socket queue up: a connection's [`Outbox`], or a relay's pipe
+/// (`proxy::Pipe`, which implements it there): TLS records go to either.
 pub trait Sink {
     /// Appends what `fill` writes into `len` bytes of room at the end (it returns how many
     /// it wrote), so that records are made in place.
@@ -144,13 +144,8 @@ impl Sink for Outbox {
     }
 }
 
-impl Sink for crate::proxy::Pipe {
-    fn append(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
-        append_to(self.tail(), len, fill)
-    }
-}
-
-fn append_to(tail: &mut Vec<u8>, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+/// Appends to `tail` what `fill` writes into `len` bytes of room (a [`Sink`]'s append).
+pub fn append_to(tail: &mut Vec<u8>, len: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
     let start = tail.len();
     tail.resize(start + len, 0);
     let written = fill(&mut tail[start..]).min(len);
@@ -173,16 +168,6 @@ impl Queue for Outbox {
 
     fn consume(&mut self, n: usize) {
         self.sent(n)
-    }
-}
-
-impl Queue for crate::proxy::Pipe {
-    fn unsent(&mut self) -> &[u8] {
-        crate::proxy::Pipe::unsent(self)
-    }
-
-    fn consume(&mut self, n: usize) {
-        crate::proxy::Pipe::consume(self, n)
     }
 }
 
