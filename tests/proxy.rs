@@ -714,6 +714,32 @@ fn a_silent_relay_is_closed_at_the_idle_timeout(io: Io) {
         .expect("the upstream side closed too");
 }
 
+fn a_relay_the_edge_closes_ends_with_a_fin_at_the_upstream(io: Io) {
+    // Only a connection abandoned before its relay began is reset: a relay closed at the
+    // idle timeout (or by a drain) ends cleanly on both sides, as it always did.
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let upstream = raw_upstream(1, move |mut stream, head| {
+        stream.write_all(&switching_protocols(&head)).unwrap();
+        let mut buf = [0u8; 1024];
+        let ended = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) => continue,
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        let _ = ended_tx.send(ended);
+    });
+    let server = proxy(io, &[upstream], &["--idle-timeout-ms", "300"]);
+    let (head, mut stream) = exchange(&server, &upgrade_request("/", &[]));
+    assert_eq!(head.status, 101);
+    assert!(read_to_close(&mut stream, head.rest).is_empty());
+    let ended = ended_rx
+        .recv_timeout(DEADLINE)
+        .expect("the upstream side ended");
+    assert_eq!(ended, Ok(()), "the relay's upstream was reset, not closed");
+}
+
 fn sigterm_closes_relays_and_exits_0(io: Io) {
     let upstream = raw_upstream(1, move |mut stream, head| {
         stream.write_all(&switching_protocols(&head)).unwrap();
@@ -879,6 +905,7 @@ on_both_backends!(
     out_of_descriptors_every_client_gets_101_or_503_and_nothing_spins,
     a_tungstenite_upstream_echoes_through_the_proxy,
     a_silent_relay_is_closed_at_the_idle_timeout,
+    a_relay_the_edge_closes_ends_with_a_fin_at_the_upstream,
     sigterm_closes_relays_and_exits_0,
     upstream_failures_show_in_metrics,
     a_client_that_does_not_read_holds_back_the_upstream,

@@ -86,6 +86,8 @@ pub struct Link {
     /// The upstream's connection is established (it took bytes, or the connect completed):
     /// a failure before that is a refusal, and the next upstream is tried.
     pub confirmed: bool,
+    /// The relay began (the upstream's 101 was checked and passed on).
+    began: bool,
     to_client: Flow,
     to_upstream: Flow,
     /// The client's TLS session, once the relay has started.
@@ -132,6 +134,7 @@ impl Link {
             upstream,
             attempts,
             confirmed: false,
+            began: false,
             to_client,
             to_upstream: Flow::default(),
             tls: None,
@@ -143,9 +146,19 @@ impl Link {
     /// the client and `held`, the plaintext the client sent after its request, toward the
     /// upstream: from here on the client's TLS session, if it has one, is the link's.
     pub fn begin(&mut self, transport: &mut Transport, answer: &[u8], held: &[u8]) {
+        self.began = true;
         self.tls = transport.take_tls();
         self.relay_in(Side::Upstream, answer);
         self.to_upstream.pipe.push(held);
+    }
+
+    /// Whether the edge, closing the upstream's socket now, resets it. Before the relay
+    /// began the connection was abandoned (its client left, or it failed, timed out or
+    /// refused): a close would leave the edge's end in TIME_WAIT, holding a local port
+    /// toward the upstream for a minute, and a storm of abandoned upgrades runs the ports
+    /// out. A relay's end is a FIN, or a reset of the survivor when one side broke.
+    pub fn resets_on_close(&self) -> bool {
+        !self.began
     }
 
     /// Whether the relayed bytes are the sockets' bytes (no TLS to pass through): only then

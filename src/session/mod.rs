@@ -351,15 +351,6 @@ impl Driver {
         }
     }
 
-    /// Proxy mode: whether the upstream connection of `parts`, now being closed by the edge,
-    /// is reset rather than closed. Before its relay began it was abandoned (its client left,
-    /// or it failed, timed out or refused): a close would leave the edge's end in TIME_WAIT,
-    /// holding a local port toward that upstream for a minute, and a storm of abandoned
-    /// upgrades would run the ports out. A relay's ends follow [`Link`]'s rules instead.
-    pub fn resets_upstream(&self, parts: &Parts) -> bool {
-        !parts.is_relaying()
-    }
-
     /// Proxy mode, the upstream's 101 checked: the relay `link` begins with `answer` (the
     /// 101 and whatever followed it) toward the client, and toward the upstream what the
     /// client sent after its request, held back until now; the client's TLS session, if it

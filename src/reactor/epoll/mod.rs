@@ -371,9 +371,7 @@ impl Reactor {
             // A 502, 504 or passed-through refusal is all the client gets: the upstream
             // side is done.
             if let Some(upstream) = client.upstream.take() {
-                if self.driver.resets_upstream(&client.parts) {
-                    upstream.reset_on_close();
-                }
+                upstream.abandon();
             }
         }
         // Over TLS the records (the handshake's too) are in the outbox; over plain TCP the
@@ -454,9 +452,7 @@ impl Reactor {
         if let Some(mut client) = self.clients.try_remove(key) {
             let now = self.driver.now();
             if let Some(upstream) = &client.upstream {
-                if self.driver.resets_upstream(&client.parts) {
-                    upstream.reset_on_close();
-                }
+                upstream.abandon();
             }
             // Dropping the stream closes it, which also removes it from epoll.
             self.driver.closed(key, &mut client.parts, now);

@@ -79,10 +79,12 @@ impl Upstream {
         source.hup |= hup;
     }
 
-    /// The socket is to be reset when it closes (see
-    /// [`Driver::resets_upstream`](crate::session::Driver::resets_upstream)).
-    pub(super) fn reset_on_close(&self) {
-        sys::reset_on_close(&self.stream);
+    /// The socket is about to close: reset, if its relay never began
+    /// ([`Link::resets_on_close`]).
+    pub(super) fn abandon(&self) {
+        if self.link.resets_on_close() {
+            sys::reset_on_close(&self.stream);
+        }
     }
 
     /// The relay starts: `held` (output the client's socket has not taken, TLS records of

@@ -314,7 +314,7 @@ impl Reactor {
         };
         upstream.retired = true;
         if let Some(fd) = upstream.fd.take() {
-            if self.driver.resets_upstream(&client.parts) {
+            if upstream.link.resets_on_close() {
                 sys::reset_on_close(&fd);
             }
             // The ring closes it from here on.
