@@ -153,6 +153,26 @@ impl TimerWheel {
         self.cursor = now + 1;
     }
 
+    /// Calls `visit(key)` for every deadline `<= until`, leaving the wheel as it is. Costs
+    /// one step per tick to `until`, capped at one round.
+    pub fn due_by(&self, until: u64, mut visit: impl FnMut(u32)) {
+        if self.len == 0 || until < self.cursor {
+            return;
+        }
+        let ticks = (until - self.cursor + 1).min(SLOTS as u64);
+        for step in 0..ticks {
+            let slot = ((self.cursor + step) % SLOTS as u64) as usize;
+            let mut key = self.heads[slot];
+            while key != NIL {
+                let entry = self.entries[key as usize];
+                if entry.deadline <= until {
+                    visit(key);
+                }
+                key = entry.next;
+            }
+        }
+    }
+
     /// Ticks from `now` until the wheel may next have something to fire: the distance to
     /// the next occupied slot (a lower bound, exact unless that slot's entries are due on
     /// a later round). `None` when nothing is scheduled.
@@ -185,6 +205,20 @@ mod tests {
         wheel.expire(now, |k| keys.push(k));
         keys.sort_unstable();
         keys
+    }
+
+    #[test]
+    fn due_by_lists_what_is_due_by_then_and_fires_nothing() {
+        let mut wheel = TimerWheel::new(0);
+        wheel.schedule(1, 100);
+        wheel.schedule(2, 1_500);
+        wheel.schedule(3, 2_500);
+        let mut due = Vec::new();
+        wheel.due_by(2_000, |k| due.push(k));
+        due.sort_unstable();
+        assert_eq!(due, [1, 2]);
+        assert_eq!(wheel.len(), 3);
+        assert_eq!(fired(&mut wheel, 100), [1]);
     }
 
     #[test]

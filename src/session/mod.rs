@@ -99,6 +99,9 @@ pub enum Turn {
     /// An upstream was retired: settle every connection (its relays get their close
     /// times), and go on serving.
     Resettle,
+    /// Descriptors or memory ran out: settle the connections [`Driver::reclaimable`] lists
+    /// (those lingering are closed), and go on serving.
+    Reclaim,
 }
 
 impl Driver {
@@ -196,9 +199,20 @@ impl Driver {
                 self.start_draining(now);
                 Turn::StartDrain
             }
-            _ if std::mem::take(&mut self.resettle) | self.reclaiming => Turn::Resettle,
+            _ if std::mem::take(&mut self.resettle) => Turn::Resettle,
+            _ if self.reclaiming => Turn::Reclaim,
             _ => Turn::Serve,
         }
+    }
+
+    /// The connections a [`Turn::Reclaim`] settles: every one whose deadline falls within
+    /// the linger, which includes every lingering one, found on the wheel rather than by
+    /// visiting every connection (a reactor may hold millions).
+    pub fn reclaimable(&self, now: u64) -> Vec<usize> {
+        let mut keys = Vec::new();
+        let until = now.saturating_add(self.config.linger_ms);
+        self.wheel.due_by(until, |key| keys.push(key as usize));
+        keys
     }
 
     /// Proxy mode: the next upstream for a client that has tried `attempts` (counted here);

@@ -295,9 +295,14 @@ fn out_of_descriptors_a_lingering_connection_with_nothing_to_send_is_closed_at_o
     assert!(lingering.parts.conn.is_lingering() && flushing.parts.conn.is_lingering());
     // Before any shortage, a linger runs its course.
     assert_eq!(lingering.settle(&mut driver, false, 1_010), Next::Continue);
+    // On the wheel: a lingering connection's deadline is within the linger, an upgraded
+    // one without an idle timeout has none.
+    driver.arm(1, &mut lingering.parts, 1_010);
+    driver.arm(0, &mut open.parts, 1_010);
     let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
     driver.pause_accepting(1_010, &emfile);
-    assert_eq!(driver.turn(1_010), Turn::Resettle);
+    assert_eq!(driver.turn(1_010), Turn::Reclaim);
+    assert_eq!(driver.reclaimable(1_010), [1]);
     assert_eq!(lingering.settle(&mut driver, false, 1_010), Next::Close);
     // Output still going out, or a connection in use, is not given up for it.
     assert_eq!(flushing.settle(&mut driver, true, 1_010), Next::Continue);
@@ -322,7 +327,7 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
         // Lingering connections are reclaimed at once; then the loop wakes up when the
         // pause is over.
         assert_eq!(driver.wait(1_000, true), Some(std::time::Duration::ZERO));
-        assert_eq!(driver.turn(1_000), Turn::Resettle, "{errno}");
+        assert_eq!(driver.turn(1_000), Turn::Reclaim, "{errno}");
         let pause = driver
             .wait(1_000, true)
             .expect("a wake-up at the pause's end");

@@ -38,6 +38,11 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
             tracing::info!(connections = backend.load().0, "draining");
         }
         Turn::Resettle => settle_all(backend, now),
+        Turn::Reclaim => {
+            for key in backend.driver().reclaimable(now) {
+                backend.settle(key, now);
+            }
+        }
         Turn::Serve => {}
     }
     backend.accept(now);
