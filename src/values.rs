@@ -32,6 +32,18 @@ pub fn duration(value: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration that may be zero (`0`, `0s`), as where nothing at all is meant.
+pub fn duration_or_zero(value: &str) -> Result<Duration, String> {
+    match value
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .trim()
+        .parse::<f64>()
+    {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => duration(value),
+    }
+}
+
 /// A duration of at most `max` (see [`duration`]).
 pub fn duration_up_to(value: &str, max: Duration) -> Result<Duration, String> {
     let parsed = duration(value)?;
@@ -82,6 +94,10 @@ mod tests {
         }
         assert!(duration_up_to("2h", Duration::from_secs(3600)).is_err());
         assert!(duration_up_to("59m", Duration::from_secs(3600)).is_ok());
+        assert_eq!(duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("3s"), Ok(Duration::from_secs(3)));
+        assert!(duration_or_zero("-1s").is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One load worker: a mio event loop driving many client connections through the
 //! handshake, in one of four modes. Workers share nothing but progress counters.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,6 +19,7 @@ use wsedge::handshake::{
 
 use crate::net;
 use crate::report::{record, ErrorKind, Report};
+use crate::retry::{self, RetryPolicy};
 use crate::target::Target;
 
 /// How connections arrive and what happens after the 101.
@@ -39,6 +42,14 @@ pub enum Mode {
     Slowloris {
         connections: usize,
         byte_interval: Duration,
+    },
+    /// `clients` clients, first attempts spread over `spread`, each retrying by `retry`
+    /// until it holds an upgraded connection, which it then keeps; the run ends when all
+    /// are in.
+    Reconnect {
+        clients: usize,
+        spread: Duration,
+        retry: RetryPolicy,
     },
 }
 
@@ -139,6 +150,24 @@ struct Slot {
     /// Slowloris: bytes of the request sent so far; hold: next ping.
     trickled: usize,
     next_tick: Instant,
+    /// `reconnect`: the client this attempt is for.
+    client: u32,
+}
+
+/// A slot that is no reconnecting client's attempt.
+const NO_CLIENT: u32 = u32::MAX;
+
+/// `reconnect`: the clients of one worker.
+struct Clients {
+    policy: RetryPolicy,
+    /// Failed attempts of each client since it was last in.
+    failures: Vec<u32>,
+    /// Attempts of each client since the run began.
+    attempts: Vec<u32>,
+    /// Clients waiting for their next attempt, soonest first.
+    waiting: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Clients holding an upgraded connection.
+    inside: usize,
 }
 
 /// Result of one worker.
@@ -168,6 +197,10 @@ struct Worker<'a> {
     established: usize,
     /// `wss://`: the name the server's certificate must carry (SNI too).
     server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// `reconnect`: its clients.
+    clients: Option<Clients>,
+    /// When the run began: the zero of `reconnect`'s timeline.
+    began: Instant,
 }
 
 const SWEEP: Duration = Duration::from_millis(10);
@@ -203,13 +236,38 @@ pub fn run(
         server_name: plan.tls.as_ref().and_then(|_| {
             rustls::pki_types::ServerName::try_from(plan.target.server_name.clone()).ok()
         }),
+        clients: None,
+        began: Instant::now(),
     };
+    if let Mode::Reconnect {
+        clients,
+        spread,
+        retry,
+    } = plan.mode
+    {
+        let clients = share.min(clients);
+        let mut waiting = BinaryHeap::with_capacity(clients);
+        for client in 0..clients {
+            let uniform = worker.uniform();
+            waiting.push(Reverse((
+                worker.began + spread.mul_f64(uniform),
+                client as u32,
+            )));
+        }
+        worker.clients = Some(Clients {
+            policy: retry,
+            failures: vec![0; clients],
+            attempts: vec![0; clients],
+            waiting,
+            inside: 0,
+        });
+    }
     worker.run(share)
 }
 
 impl Worker<'_> {
     fn run(&mut self, share: usize) -> io::Result<WorkerResult> {
-        let start = Instant::now();
+        let start = self.began;
         let end = start + self.plan.duration;
         let mut events = Events::with_capacity(1024);
         let mut next_arrival = start;
@@ -281,6 +339,16 @@ impl Worker<'_> {
                     }
                     true
                 }
+                Mode::Reconnect { .. } => {
+                    while let Some(client) = self.next_due_client(now) {
+                        self.launch_for(client, now);
+                    }
+                    let Some(clients) = &self.clients else { break };
+                    if clients.inside == clients.failures.len() {
+                        break;
+                    }
+                    true
+                }
             };
             if !launching && self.slots.is_empty() {
                 break;
@@ -288,6 +356,9 @@ impl Worker<'_> {
             let mut timeout = SWEEP.min(interval_end.saturating_duration_since(now));
             if let Mode::Rate { .. } = self.plan.mode {
                 timeout = timeout.min(next_arrival.saturating_duration_since(now));
+            }
+            if let Some(Reverse((at, _))) = self.clients.as_ref().and_then(|c| c.waiting.peek()) {
+                timeout = timeout.min(at.saturating_duration_since(now));
             }
             self.poll.poll(
                 &mut events,
@@ -325,6 +396,10 @@ impl Worker<'_> {
                     self.finish(key, None, now);
                 }
             }
+        }
+        if let Some(clients) = &self.clients {
+            self.report.clients_not_in +=
+                clients.failures.len().saturating_sub(clients.inside) as u64;
         }
         self.close_interval();
         Ok(WorkerResult {
@@ -380,15 +455,67 @@ impl Worker<'_> {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// A random number in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `reconnect`: the next client whose wait is over, taken off the queue.
+    fn next_due_client(&mut self, now: Instant) -> Option<u32> {
+        let clients = self.clients.as_mut()?;
+        match clients.waiting.peek() {
+            Some(Reverse((at, _))) if *at <= now => clients.waiting.pop().map(|Reverse((_, c))| c),
+            _ => None,
+        }
+    }
+
+    /// `reconnect`: an attempt of `client` begins.
+    fn launch_for(&mut self, client: u32, now: Instant) {
+        if let Some(clients) = self.clients.as_mut() {
+            clients.attempts[client as usize] += 1;
+        }
+        self.report.moment(now - self.began).attempts += 1;
+        self.launch_attempt(now, now, client);
+    }
+
+    /// `reconnect`: an attempt of `client` failed; it waits and tries again.
+    fn attempt_failed(&mut self, client: u32, kind: ErrorKind, response: &[u8], now: Instant) {
+        if matches!(kind, ErrorKind::Status(_)) {
+            self.report.moment(now - self.began).refused += 1;
+        }
+        let uniform = self.uniform();
+        let Some(clients) = self.clients.as_mut() else {
+            return;
+        };
+        let failures = &mut clients.failures[client as usize];
+        *failures = failures.saturating_add(1);
+        let retry_after = match kind {
+            ErrorKind::Status(_) => retry::retry_after(response),
+            _ => None,
+        };
+        let wait = clients.policy.wait(*failures, uniform, retry_after);
+        clients.waiting.push(Reverse((now + wait, client)));
+    }
+
     fn launch(&mut self, intended: Instant, now: Instant) {
+        self.launch_attempt(intended, now, NO_CLIENT);
+    }
+
+    fn launch_attempt(&mut self, intended: Instant, now: Instant, client: u32) {
         self.started += 1;
         let source = (!self.plan.sources.is_empty()).then(|| {
             self.source_index = (self.source_index + 1) % self.plan.sources.len();
             self.plan.sources[self.source_index]
         });
+        let failed = |worker: &mut Self, kind: ErrorKind| {
+            worker.count_error(kind);
+            if client != NO_CLIENT {
+                worker.attempt_failed(client, kind, &[], now);
+            }
+        };
         let mut stream = match net::connect(self.plan.target.addr, source) {
             Ok(stream) => stream,
-            Err(error) => return self.count_error(ErrorKind::from_io(&error)),
+            Err(error) => return failed(self, ErrorKind::from_io(&error)),
         };
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.next_random().to_le_bytes());
@@ -400,13 +527,13 @@ impl Worker<'_> {
             token,
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            return self.count_error(ErrorKind::from_io(&error));
+            return failed(self, ErrorKind::from_io(&error));
         }
         let tls = match (&self.plan.tls, self.server_name.clone()) {
             (Some(config), Some(name)) => {
                 match rustls::ClientConnection::new(Arc::clone(config), name) {
                     Ok(conn) => Some(Box::new(conn)),
-                    Err(_) => return self.count_error(ErrorKind::Tls),
+                    Err(_) => return failed(self, ErrorKind::Tls),
                 }
             }
             _ => None,
@@ -426,6 +553,7 @@ impl Worker<'_> {
             deadline: now + self.plan.connect_timeout,
             trickled: 0,
             next_tick: now,
+            client,
         });
         self.progress.in_flight.fetch_add(1, Relaxed);
     }
@@ -509,7 +637,9 @@ impl Worker<'_> {
             match tls.write_tls(&mut &slot.stream) {
                 Ok(_) => {
                     record(&mut self.report.connect, now - slot.started);
-                    slot.deadline = now + self.plan.handshake_timeout;
+                    if slot.client == NO_CLIENT {
+                        slot.deadline = now + self.plan.handshake_timeout;
+                    }
                     slot.phase = Phase::Securing;
                     slot.sent = now;
                 }
@@ -523,7 +653,9 @@ impl Worker<'_> {
         match (&slot.stream).write(&self.request) {
             Ok(n) if n == self.request.len() => {
                 record(&mut self.report.connect, now - slot.started);
-                slot.deadline = now + self.plan.handshake_timeout;
+                if slot.client == NO_CLIENT {
+                    slot.deadline = now + self.plan.handshake_timeout;
+                }
                 slot.phase = Phase::Reading;
                 slot.sent = now;
             }
@@ -677,6 +809,22 @@ impl Worker<'_> {
         self.progress.ok.fetch_add(1, Relaxed);
         record(&mut self.report.total, now - slot.intended);
         record(&mut self.report.handshake, now - slot.sent);
+        if let (Some(clients), client) = (self.clients.as_mut(), slot.client as usize) {
+            clients.inside += 1;
+            clients.failures[client] = 0;
+            record(&mut self.report.clients_in, now - self.began);
+            let _ = self
+                .report
+                .attempts
+                .record(u64::from(clients.attempts[client]).max(1));
+            self.report.moment(now - self.began).clients_in += 1;
+            slot.phase = Phase::Holding;
+            slot.response = Vec::new();
+            slot.next_tick = now + Duration::from_secs(86_400 * 365);
+            self.established += 1;
+            self.progress.established.fetch_add(1, Relaxed);
+            return;
+        }
         if let Mode::Hold { ping_interval, .. } = self.plan.mode {
             slot.phase = Phase::Holding;
             slot.response = Vec::new();
@@ -690,13 +838,22 @@ impl Worker<'_> {
     }
 
     /// Closes a slot, counting `error` if it failed.
-    fn finish(&mut self, key: usize, error: Option<ErrorKind>, _now: Instant) {
+    fn finish(&mut self, key: usize, error: Option<ErrorKind>, now: Instant) {
         let Some(slot) = self.slots.try_remove(key) else {
             return;
         };
         self.progress.in_flight.fetch_sub(1, Relaxed);
         if let Some(kind) = error {
             self.count_error(kind);
+            if slot.client != NO_CLIENT {
+                if slot.phase == Phase::Holding {
+                    // In, and dropped: the client comes back like any other.
+                    if let Some(clients) = self.clients.as_mut() {
+                        clients.inside -= 1;
+                    }
+                }
+                self.attempt_failed(slot.client, kind, &slot.response, now);
+            }
         }
         match self.plan.close {
             CloseMode::Rst => net::reset_on_close(&slot.stream),

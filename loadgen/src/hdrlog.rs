@@ -117,6 +117,8 @@ impl LogWriter {
                 "errors": errors_json(&self.totals),
                 "unfinished": self.totals.unfinished,
                 "tls_resumed": self.totals.tls_resumed,
+                "clients_not_in": self.totals.clients_not_in,
+                "timeline": crate::report::timeline_json(&self.totals.timeline),
                 "duration_s": duration.as_secs_f64(),
             })
         )?;
@@ -125,12 +127,15 @@ impl LogWriter {
     }
 }
 
-/// The phases written as tagged lines, beside the untagged total.
-fn phases(report: &Report) -> [(&'static str, &Histogram<u64>); 3] {
+/// The phases written as tagged lines, beside the untagged total (`client_in` and
+/// `attempts` are `reconnect`'s: when each client got in, and after how many attempts).
+fn phases(report: &Report) -> [(&'static str, &Histogram<u64>); 5] {
     [
         ("connect", &report.connect),
         ("handshake", &report.handshake),
         ("tls", &report.tls),
+        ("client_in", &report.clients_in),
+        ("attempts", &report.attempts),
     ]
 }
 
@@ -151,6 +156,8 @@ pub enum Phase {
     Connect,
     Handshake,
     Tls,
+    ClientIn,
+    Attempts,
 }
 
 /// One histogram line read back, still compressed: a long log costs its text in memory,
@@ -210,6 +217,8 @@ fn parse(text: &[u8]) -> anyhow::Result<RunLog> {
                     Some("connect") => Phase::Connect,
                     Some("handshake") => Phase::Handshake,
                     Some("tls") => Phase::Tls,
+                    Some("client_in") => Phase::ClientIn,
+                    Some("attempts") => Phase::Attempts,
                     Some(_) => continue,
                 };
                 lines.push(LoggedLine {
@@ -249,6 +258,8 @@ fn parse(text: &[u8]) -> anyhow::Result<RunLog> {
             totals.ok = summary["ok"].as_u64().context("the summary has no ok")?;
             totals.unfinished = summary["unfinished"].as_u64().unwrap_or(0);
             totals.tls_resumed = summary["tls_resumed"].as_u64().unwrap_or(0);
+            totals.clients_not_in = summary["clients_not_in"].as_u64().unwrap_or(0);
+            totals.timeline = crate::report::timeline_from_json(&summary["timeline"]);
             (Some(totals), summary["duration_s"].as_f64())
         }
         None => (None, None),

@@ -9,6 +9,7 @@ mod net;
 mod plot;
 mod processes;
 mod report;
+mod retry;
 mod runner;
 mod server;
 mod start_at;
@@ -46,6 +47,9 @@ enum Command {
     Ramp(cmd::ramp::RampArgs),
     /// Establish N upgraded connections and hold them.
     Hold(cmd::hold::HoldArgs),
+    /// N clients coming back at once, each retrying by its backoff until it holds an
+    /// upgraded connection: how long until all are in, and what it cost.
+    Reconnect(cmd::reconnect::ReconnectArgs),
     /// Clients that trickle the handshake; measures how long the server takes to cut them off.
     Slowloris(cmd::slowloris::SlowlorisArgs),
     /// Merges --hdr-log files of several processes or machines into one report.
@@ -411,6 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ramp(args) => cmd::ramp::run(args),
         Command::Hold(args) => cmd::hold::run(args, fd_limit),
         Command::Slowloris(args) => cmd::slowloris::run(args),
+        Command::Reconnect(args) => cmd::reconnect::run(args, fd_limit),
         Command::Merge(args) => cmd::merge_logs::run(args),
         Command::PlotCompare(args) => cmd::plot_compare::run(args),
     }

@@ -81,6 +81,8 @@ pub fn merge(
                 Phase::Connect => &mut interval.connect,
                 Phase::Handshake => &mut interval.handshake,
                 Phase::Tls => &mut interval.tls,
+                Phase::ClientIn => &mut interval.clients_in,
+                Phase::Attempts => &mut interval.attempts,
             };
             target
                 .add(&histogram)
@@ -106,6 +108,8 @@ pub fn merge(
             report.ok += totals.ok;
             report.unfinished += totals.unfinished;
             report.tls_resumed += totals.tls_resumed;
+            report.clients_not_in += totals.clients_not_in;
+            crate::report::add_timeline(&mut report.timeline, &totals.timeline);
             for (kind, count) in &totals.errors {
                 *report.errors.entry(*kind).or_default() += count;
             }

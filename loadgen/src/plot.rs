@@ -1,6 +1,7 @@
 //! `--plot FILE.svg`: pictures of a run for people, drawn with `plotters` into SVG that any
-//! browser shows. Three kinds: the latency percentile distribution (storm, rate, merge),
-//! latency against offered rate (ramp), and contenders side by side (benches/compare.sh).
+//! browser shows. Four kinds: the latency percentile distribution (storm, rate, merge),
+//! latency against offered rate (ramp), a reconnect storm's recovery (reconnect), and
+//! contenders side by side (benches/compare.sh).
 
 use std::path::Path;
 
@@ -128,6 +129,110 @@ pub fn percentiles(
             });
     }
     legend(&mut chart)?;
+    write(&root, path)
+}
+
+/// A reconnect storm's recovery: attempts, refusals and clients in per second on the left
+/// axis; on the right, the share of clients in and (with `--server-pid`) the server's CPU.
+/// `timeline` holds [`crate::report::Moment`]s of a tenth of a second each.
+pub fn recovery(
+    path: &Path,
+    title: &str,
+    timeline: &[crate::report::Moment],
+    clients: u64,
+    server_cpu: &[(f64, f64)],
+) -> anyhow::Result<()> {
+    let step = crate::report::MOMENT.as_secs_f64();
+    let x_max = (timeline.len() as f64 * step)
+        .max(server_cpu.last().map_or(0.0, |p| p.0))
+        .max(step);
+    type Pick = fn(&crate::report::Moment) -> u64;
+    let rates: [(&str, Pick); 3] = [
+        ("attempts/s", |m| m.attempts),
+        ("refusals/s", |m| m.refused),
+        ("clients in/s", |m| m.clients_in),
+    ];
+    let y_max = timeline
+        .iter()
+        .map(|m| m.attempts.max(m.clients_in))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        / step
+        * 1.1;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let percent_max = server_cpu.iter().map(|p| p.1).fold(100.0, f64::max) * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .right_y_label_area_size(80)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(failed)?
+        .set_secondary_coord(0f64..x_max, 0f64..percent_max);
+    chart
+        .configure_mesh()
+        .x_desc("seconds from the start of the storm")
+        .y_desc("per second")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(failed)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("% (clients in; server CPU of one core)")
+        .draw()
+        .map_err(failed)?;
+    for (index, (name, pick)) in rates.iter().enumerate() {
+        let color = color(index);
+        let points: Vec<(f64, f64)> = timeline
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ((i as f64 + 0.5) * step, pick(m) as f64 / step))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(failed)?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    let mut inside = 0u64;
+    let share: Vec<(f64, f64)> = timeline
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            inside += m.clients_in;
+            (
+                (i + 1) as f64 * step,
+                100.0 * inside as f64 / clients.max(1) as f64,
+            )
+        })
+        .collect();
+    let black = BLACK;
+    chart
+        .draw_secondary_series(LineSeries::new(share, black.stroke_width(3)))
+        .map_err(failed)?
+        .label("clients in, % (right axis)")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], black.stroke_width(3)));
+    if !server_cpu.is_empty() {
+        let grey = RGBColor(110, 110, 110);
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                server_cpu.to_vec(),
+                3,
+                3,
+                grey.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label("server CPU, % of one core (right axis)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+            });
+    }
+    legend(&mut *chart)?;
     write(&root, path)
 }
 

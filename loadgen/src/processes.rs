@@ -30,6 +30,8 @@ const PARENT_ONLY: &[(&str, bool)] = &[
     ("--step", true),
     ("--step-duration", true),
     ("--slo-p99", true),
+    ("--clients", true),
+    ("--server-pid", true),
 ];
 
 /// The parent's arguments after the subcommand, less the flags of [`PARENT_ONLY`]: the

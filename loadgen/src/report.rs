@@ -125,7 +125,29 @@ pub struct Report {
     pub never_cut: u64,
     /// Handshakes still in flight when the run ended (neither success nor error).
     pub unfinished: u64,
+    /// `reconnect`: when each client got in, from the run's start, in µs.
+    pub clients_in: Histogram<u64>,
+    /// `reconnect`: the attempts each client made until it got in.
+    pub attempts: Histogram<u64>,
+    /// `reconnect`: clients still not in when the run ended.
+    pub clients_not_in: u64,
+    /// `reconnect`: what happened in each tenth of a second from the run's start.
+    pub timeline: Vec<Moment>,
 }
+
+/// `reconnect`: one tenth of a second of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moment {
+    /// Attempts begun.
+    pub attempts: u64,
+    /// Attempts answered with a status other than 101.
+    pub refused: u64,
+    /// Clients that got in.
+    pub clients_in: u64,
+}
+
+/// The length of one [`Moment`].
+pub const MOMENT: Duration = Duration::from_millis(100);
 
 impl Default for Report {
     fn default() -> Self {
@@ -140,6 +162,10 @@ impl Default for Report {
             tls_resumed: 0,
             never_cut: 0,
             unfinished: 0,
+            clients_in: histogram(),
+            attempts: histogram(),
+            clients_not_in: 0,
+            timeline: Vec::new(),
         }
     }
 }
@@ -151,6 +177,8 @@ pub struct Counters {
     pub errors: BTreeMap<ErrorKind, u64>,
     pub unfinished: u64,
     pub tls_resumed: u64,
+    pub clients_not_in: u64,
+    pub timeline: Vec<Moment>,
 }
 
 /// Records a duration in µs (at least 1: the histogram starts there).
@@ -162,6 +190,16 @@ impl Report {
     /// Counts one failure.
     pub fn fail(&mut self, kind: ErrorKind) {
         *self.errors.entry(kind).or_default() += 1;
+    }
+
+    /// The moment `since_start` falls in, added if new (a run is bounded in time, so the
+    /// timeline is too).
+    pub fn moment(&mut self, since_start: Duration) -> &mut Moment {
+        let index = (since_start.as_millis() / MOMENT.as_millis()) as usize;
+        if self.timeline.len() <= index {
+            self.timeline.resize(index + 1, Moment::default());
+        }
+        &mut self.timeline[index]
     }
 
     /// All failures.
@@ -183,7 +221,51 @@ impl Report {
         self.never_cut += other.never_cut;
         self.tls_resumed += other.tls_resumed;
         self.unfinished += other.unfinished;
+        let _ = self.clients_in.add(&other.clients_in);
+        let _ = self.attempts.add(&other.attempts);
+        self.clients_not_in += other.clients_not_in;
+        add_timeline(&mut self.timeline, &other.timeline);
     }
+}
+
+/// Adds `other` to `into`, moment by moment.
+pub fn add_timeline(into: &mut Vec<Moment>, other: &[Moment]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), Moment::default());
+    }
+    for (sum, moment) in into.iter_mut().zip(other) {
+        sum.attempts += moment.attempts;
+        sum.refused += moment.refused;
+        sum.clients_in += moment.clients_in;
+    }
+}
+
+/// The timeline as `[[attempts, refused, clients_in], …]`, a tenth of a second each.
+pub fn timeline_json(timeline: &[Moment]) -> Value {
+    timeline
+        .iter()
+        .map(|m| json!([m.attempts, m.refused, m.clients_in]))
+        .collect()
+}
+
+/// Reads [`timeline_json`] back.
+pub fn timeline_from_json(value: &Value) -> Vec<Moment> {
+    value
+        .as_array()
+        .map(|moments| {
+            moments
+                .iter()
+                .map(|m| {
+                    let at = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
+                    Moment {
+                        attempts: at(0),
+                        refused: at(1),
+                        clients_in: at(2),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// p50, p90, p99, p99.9 and max, in µs, as JSON.

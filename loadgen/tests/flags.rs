@@ -627,6 +627,44 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
         "--byte-interval",
         &["loadgen::slowloris_clients_are_all_cut_off_by_wsedge"],
     ),
+    (
+        "reconnect",
+        "--clients",
+        &[
+            "reconnect::every_client_retries_until_it_is_in_and_each_attempt_is_counted",
+            "reconnect::impossible_policies_are_usage_errors_naming_the_flag",
+        ],
+    ),
+    (
+        "reconnect",
+        "--spread",
+        &["reconnect::spread_spaces_the_first_attempts"],
+    ),
+    (
+        "reconnect",
+        "--attempt-timeout",
+        &["reconnect::attempt_timeout_gives_up_an_unanswered_attempt_and_tries_again"],
+    ),
+    (
+        "reconnect",
+        "--backoff",
+        &["reconnect::backoff_and_jitter_set_the_wait_between_attempts"],
+    ),
+    (
+        "reconnect",
+        "--jitter",
+        &["reconnect::backoff_and_jitter_set_the_wait_between_attempts"],
+    ),
+    (
+        "reconnect",
+        "--retry-after",
+        &["reconnect::retry_after_ignore_leaves_the_wait_to_the_backoff"],
+    ),
+    (
+        "reconnect",
+        "--server-pid",
+        &["reconnect::server_pid_and_plot_show_the_server_cpu_and_the_recovery"],
+    ),
 ];
 
 /// The long flags `wsedge-loadgen SUBCOMMAND --help` lists: clap's own definitions, read
@@ -666,6 +704,7 @@ fn every_flag_has_a_test_of_its_effect() {
         "ramp",
         "hold",
         "slowloris",
+        "reconnect",
         "merge",
         "plot-compare",
     ] {

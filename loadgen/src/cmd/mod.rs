@@ -6,6 +6,7 @@ pub mod merge_logs;
 pub mod plot_compare;
 pub mod ramp;
 pub mod rate;
+pub mod reconnect;
 pub mod slowloris;
 pub mod storm;
 
