@@ -256,6 +256,16 @@ pub struct ServeArgs {
     /// a jittered Retry-After. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub upstream_max_connections: u32,
+    /// Upgrades forwarded to one upstream and not answered yet, at most (split over the
+    /// reactors; relays established do not count): N, or auto to find it from the
+    /// upstream's answer latency as it goes. Clients past it wait at the edge
+    /// (--upstream-queue-ms), newest first under overload.
+    #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = crate::proxy::pending::PendingLimit::parse)]
+    pub upstream_max_pending: crate::proxy::pending::PendingLimit,
+    /// How long a client waits at the edge for an upstream to take its upgrade, in ms;
+    /// then 503 with Retry-After. 0: no wait. Default: the handshake timeout.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub upstream_queue_ms: Option<u64>,
     /// A local address to open upstream connections from (repeatable: they take turns),
     /// so that each adds a full range of local ports toward each upstream (nginx's
     /// proxy_bind, HAProxy's source). Default: the kernel's choice.
@@ -415,6 +425,12 @@ impl ServeArgs {
         }
         if !proxy && !self.upstream_sources.is_empty() {
             return Err("--upstream-source is only used with --after proxy".into());
+        }
+        if !proxy && self.upstream_queue_ms.is_some() {
+            return Err("--upstream-queue-ms is only used with --after proxy".into());
+        }
+        if !proxy && self.upstream_max_pending != crate::proxy::pending::PendingLimit::Auto {
+            return Err("--upstream-max-pending is only used with --after proxy".into());
         }
         if !proxy && self.upstream_max_connections > 0 {
             return Err("--upstream-max-connections is only used with --after proxy".into());
@@ -582,6 +598,10 @@ impl ServeArgs {
                     balance: self.upstream_balance,
                     hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
+                    max_pending: self.upstream_max_pending,
+                    queue_ms: self
+                        .upstream_queue_ms
+                        .unwrap_or(self.handshake_timeout_ms),
                     sources: self.upstream_sources.clone(),
                 },
             },

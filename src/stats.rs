@@ -106,6 +106,24 @@ event_counters! {
     /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
     upstream_refusals_passed => "wsedge_upstream_refusals_passed",
         "Proxy mode: upstream answers other than 101 passed to the client.";
+    /// Proxy mode: clients that waited at the edge for an upstream with room for their
+    /// upgrade (`--upstream-max-pending`).
+    upstream_queued => "wsedge_upstream_queued",
+        "Proxy mode: clients that waited at the edge for an upstream with room.";
+    /// Proxy mode: milliseconds waited by the clients sent on from the queue, summed.
+    upstream_queue_wait_ms => "wsedge_upstream_queue_wait_ms",
+        "Proxy mode: milliseconds clients waited at the edge before being sent on, summed.";
+    /// Proxy mode: clients refused with 503 because no upstream had room within
+    /// `--upstream-queue-ms`.
+    upstream_shed => "wsedge_upstream_shed",
+        "Proxy mode: clients refused (503) because no upstream had room in time.";
+    /// Proxy mode: clients that left while they waited; nothing was forwarded for them.
+    upstream_left_waiting => "wsedge_upstream_left_waiting",
+        "Proxy mode: clients that left while waiting at the edge (nothing forwarded).";
+    /// Proxy mode: clients that left after their upgrade was sent on to an upstream (or
+    /// while it was being), before its answer: work the app did for no one.
+    upstream_abandoned_pending => "wsedge_upstream_abandoned_pending",
+        "Proxy mode: clients that left after their upgrade was forwarded, before the answer.";
     /// Handshakes the client abandoned: it closed or reset the connection before any
     /// outcome (101, a status, or the timeout). With the other outcomes it accounts for every
     /// accepted connection: see [`Snapshot::unaccounted`].
@@ -130,6 +148,9 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Handshakes in progress now (gauge, set once per loop turn).
     pub handshaking: AtomicU64,
+    /// Proxy mode: clients waiting at the edge for an upstream with room (gauge, set once
+    /// per loop turn).
+    pub upstream_waiting: AtomicU64,
     /// TLS handshakes completed, by [`TlsHandshake::index`]: version, full or resumed.
     pub tls_handshakes: [AtomicU64; TlsHandshake::KINDS],
     /// TLS handshakes that failed, by [`TlsFailure`] (the connection also ends as
@@ -253,6 +274,12 @@ impl Counters {
     #[inline]
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
     }
 
     /// The sum of several reactors' counters.

@@ -207,6 +207,21 @@ pub fn reset_on_close(socket: impl std::os::fd::AsFd) {
     let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
 }
 
+/// Whether `socket`'s peer has gone: it shut down its side (FIN) or reset the connection,
+/// whatever unread bytes precede that. One `poll` that does not wait; used on a client
+/// that waited at the edge, when its turn comes.
+pub fn peer_gone(socket: impl std::os::fd::AsFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut watched = libc::pollfd {
+        fd: socket.as_fd().as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut watched, 1, 0) };
+    ready > 0 && watched.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Sets `TCP_NODELAY` on `socket`. A failure leaves Nagle on, which only delays small
 /// writes: nothing to report.
 pub fn set_nodelay(socket: impl std::os::fd::AsFd) {

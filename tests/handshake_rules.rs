@@ -203,6 +203,10 @@ fn every_rejection_is_a_complete_response() {
             retry_after_secs: 7,
         }
         .into(),
+        Answer::Refused(Refusal::UpstreamsBusy { .. }) => Refusal::UpstreamsBusy {
+            retry_after_secs: 7,
+        }
+        .into(),
         other => other,
     });
     for rejection in all {

@@ -133,6 +133,9 @@ enum Phase {
     Lingering,
     /// Proxy mode: waiting for the upstream's connection and answer.
     Upstream,
+    /// Proxy mode: the request is valid, and waits at the edge for an upstream to have room
+    /// for one more upgrade (`--upstream-max-pending`); nothing was forwarded.
+    Queued,
     /// Proxy mode: passing the upstream's refusal (not a 101) through to the client.
     Answering,
     /// Proxy mode: upgraded; the backend relays bytes, the connection keeps the deadline.
@@ -252,8 +255,37 @@ impl Conn {
     pub fn wants_upstream(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Upstream | Phase::Answering | Phase::Relaying
+            Phase::Upstream | Phase::Queued | Phase::Answering | Phase::Relaying
         )
+    }
+
+    /// Proxy mode: whether the upstream's answer is still awaited (or the request waits to
+    /// be forwarded).
+    pub fn awaits_upstream_answer(&self) -> bool {
+        matches!(self.phase, Phase::Upstream | Phase::Queued)
+    }
+
+    /// Proxy mode: whether the request waits at the edge for an upstream with room.
+    pub fn is_queued(&self) -> bool {
+        self.phase == Phase::Queued
+    }
+
+    /// Proxy mode: no upstream has room for the request now; it waits at the edge until
+    /// `until` (then the driver answers 503).
+    pub fn queue(&mut self, until: u64) {
+        if self.phase == Phase::Upstream {
+            self.phase = Phase::Queued;
+            self.deadline = until;
+        }
+    }
+
+    /// Proxy mode: an upstream has room; the request goes on its way, with the connect
+    /// timeout from now.
+    pub fn unqueue(&mut self, now: u64, config: &ConnConfig) {
+        if self.phase == Phase::Queued {
+            self.phase = Phase::Upstream;
+            self.deadline = now.saturating_add(config.proxy.connect_timeout_ms);
+        }
     }
 
     /// Whether bytes are relayed between client and upstream (proxy mode, after the 101).
@@ -305,7 +337,11 @@ impl Conn {
     /// client, and is counted so. Backends call it once, when they close a connection; it
     /// is idempotent.
     pub fn on_closed(&mut self, stats: &Counters) {
-        if matches!(self.phase, Phase::Handshake | Phase::Upstream) {
+        if matches!(self.phase, Phase::Handshake | Phase::Upstream | Phase::Queued) {
+            if self.phase == Phase::Upstream {
+                // Sent on to an upstream, or being: work the app does for no one.
+                Counters::bump(&stats.upstream_abandoned_pending);
+            }
             Counters::bump(&stats.handshakes_abandoned);
             self.phase = Phase::Done;
             self.deadline = NO_DEADLINE;
@@ -505,6 +541,14 @@ impl Conn {
                 self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::Timeout));
                 self.reject(Refusal::UpstreamTimeout, cx)
             }
+            // The driver answers a wait that ran out (with a paced Retry-After) before it
+            // gets here; this is the same answer with the shortest wait.
+            Phase::Queued => self.reject(
+                Refusal::UpstreamsBusy {
+                    retry_after_secs: 1,
+                },
+                cx,
+            ),
             Phase::Relaying => {
                 if self.drain_code.is_none() {
                     Counters::bump(&cx.stats.idle_timeouts);
@@ -564,7 +608,7 @@ impl Conn {
             Phase::Open | Phase::Closing => self.frames(input, cx),
             // Waiting for the upstream: what the client sends goes after its request, so it
             // is kept, not consumed (backends do not read the client then, which bounds it).
-            Phase::Upstream => (0, Next::Continue),
+            Phase::Upstream | Phase::Queued => (0, Next::Continue),
             // The relay moves the client's bytes itself; a refusal being passed on or a
             // linger discards them.
             Phase::Lingering | Phase::Done | Phase::Answering | Phase::Relaying => {

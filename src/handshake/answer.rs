@@ -36,11 +36,17 @@ pub enum Refusal {
         /// Value of the `Retry-After` header.
         retry_after_secs: u32,
     },
+    /// Proxy mode: the client waited `--upstream-queue-ms` for an upstream with room for
+    /// one more upgrade (`--upstream-max-pending`); retry after this many seconds.
+    UpstreamsBusy {
+        /// Value of the `Retry-After` header.
+        retry_after_secs: u32,
+    },
 }
 
 impl Refusal {
     /// Every kind of refusal, in [`Refusal::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Refusal; 6] = [
+    pub const KINDS: [Refusal; 7] = [
         Refusal::Overloaded {
             retry_after_secs: 0,
         },
@@ -53,6 +59,9 @@ impl Refusal {
             retry_after_secs: 0,
         },
         Refusal::NoUpstreamUp {
+            retry_after_secs: 0,
+        },
+        Refusal::UpstreamsBusy {
             retry_after_secs: 0,
         },
     ];
@@ -74,7 +83,8 @@ impl Refusal {
             Refusal::UpstreamTimeout => Status::GatewayTimeout,
             Refusal::Overloaded { .. }
             | Refusal::UpstreamsFull { .. }
-            | Refusal::NoUpstreamUp { .. } => Status::ServiceUnavailable,
+            | Refusal::NoUpstreamUp { .. }
+            | Refusal::UpstreamsBusy { .. } => Status::ServiceUnavailable,
         }
     }
 
@@ -89,6 +99,7 @@ impl Refusal {
                 "every upstream is at its connection limit, retry later"
             }
             Refusal::NoUpstreamUp { .. } => "no upstream is up, retry later",
+            Refusal::UpstreamsBusy { .. } => "the upstreams are busy setting up sessions, retry later",
         }
     }
 
@@ -98,7 +109,8 @@ impl Refusal {
             Refusal::Overloaded { retry_after_secs }
             | Refusal::RateLimited { retry_after_secs }
             | Refusal::UpstreamsFull { retry_after_secs }
-            | Refusal::NoUpstreamUp { retry_after_secs } => Some(retry_after_secs),
+            | Refusal::NoUpstreamUp { retry_after_secs }
+            | Refusal::UpstreamsBusy { retry_after_secs } => Some(retry_after_secs),
             Refusal::UpstreamFailed | Refusal::UpstreamTimeout => None,
         }
     }

@@ -47,7 +47,7 @@ impl Collector for ServerMetrics {
                     .encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, Field); 2] = [
+        let gauges: [(&str, &str, Field); 3] = [
             (
                 "wsedge_open_connections",
                 "Connections held (upgraded, handshaking, closing).",
@@ -57,6 +57,11 @@ impl Collector for ServerMetrics {
                 "wsedge_handshaking_connections",
                 "Handshakes in progress.",
                 |c| &c.handshaking,
+            ),
+            (
+                "wsedge_upstream_waiting_clients",
+                "Proxy mode: clients waiting at the edge for an upstream with room.",
+                |c| &c.upstream_waiting,
             ),
         ];
         for (name, help, field) in gauges {
@@ -192,7 +197,7 @@ impl ServerMetrics {
         let health = self.live.health();
         let statuses: Vec<_> = upstreams.iter().map(|u| health.status(u.addr)).collect();
         let label = |u: &crate::proxy::Upstream| ("upstream", u.addr.to_string());
-        let gauges: [(&str, &str, UpstreamGauge); 4] = [
+        let gauges: [(&str, &str, UpstreamGauge); 6] = [
             (
                 "wsedge_upstream_up",
                 "1 while the upstream is in rotation (health checks pass).",
@@ -207,6 +212,17 @@ impl ServerMetrics {
                 "wsedge_upstream_connections",
                 "Relayed connections to the upstream now (all reactors).",
                 |_, status| i64::from(status.live()),
+            ),
+            (
+                "wsedge_upstream_pending_upgrades",
+                "Upgrades forwarded to the upstream and not answered yet (all reactors).",
+                |_, status| i64::from(status.pending().0),
+            ),
+            (
+                "wsedge_upstream_pending_limit",
+                "How many upgrades the upstream may have pending (--upstream-max-pending; \
+                 with auto, what was found), all reactors.",
+                |_, status| i64::from(status.pending().1),
             ),
             (
                 "wsedge_upstream_health_check_seconds",

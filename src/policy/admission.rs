@@ -227,6 +227,12 @@ impl Admission {
 
     /// The 503 for a client when every upstream is down or draining, with a jittered
     /// `Retry-After`.
+    pub(crate) fn upstreams_busy(&mut self) -> crate::handshake::Refusal {
+        crate::handshake::Refusal::UpstreamsBusy {
+            retry_after_secs: self.retry_after(),
+        }
+    }
+
     pub(crate) fn no_upstream_up(&mut self) -> crate::handshake::Refusal {
         crate::handshake::Refusal::NoUpstreamUp {
             retry_after_secs: self.retry_after(),

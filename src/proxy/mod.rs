@@ -27,6 +27,7 @@ mod forward;
 pub mod health;
 mod inbound;
 mod link;
+pub mod pending;
 mod pipe;
 mod proxy_v2;
 mod target;
@@ -90,6 +91,10 @@ pub struct ProxyConfig {
     /// Live connections one upstream may hold (server total; each reactor takes its
     /// share); 0: no limit.
     pub max_connections_per_upstream: u32,
+    /// Forwarded upgrades one upstream may have unanswered (`--upstream-max-pending`).
+    pub max_pending: pending::PendingLimit,
+    /// How long a client waits at the edge for a pending slot, in ms (then 503); 0: none.
+    pub queue_ms: u64,
     /// `--upstream-source`: local addresses upstream connections are opened from, in turn
     /// (those of the upstream's family); empty: the kernel's choice.
     pub sources: Vec<std::net::IpAddr>,
@@ -113,6 +118,8 @@ impl Default for ProxyConfig {
             balance: Balance::RoundRobin,
             hash_key: None,
             max_connections_per_upstream: 0,
+            max_pending: pending::PendingLimit::Auto,
+            queue_ms: 10_000,
             sources: Vec::new(),
             accept_from: None,
         }

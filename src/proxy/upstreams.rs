@@ -6,12 +6,13 @@
 //! without a shared counter on every connection's path. A connection is counted from the
 //! moment its upstream is chosen until its [`Lease`] is dropped with the upstream side.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use super::health::{Failure, HealthBoard, UpstreamStatus};
+use super::pending::{Limiter, PendingLimit};
 use super::Upstream;
 
 /// How long an upstream that refused a connection is passed over, in ms.
@@ -60,17 +61,46 @@ struct Slot {
     down_until: Cell<u64>,
     /// When a reload removed it or marked it `drain` ([`NOT_RETIRED`]: it serves).
     retired_at: Cell<u64>,
+    /// Upgrades forwarded to it from this reactor and not answered yet.
+    pending: Cell<u32>,
+    /// How many may be (`--upstream-max-pending`).
+    limiter: RefCell<Limiter>,
+    /// The upstream's shared gauges: this slot's limit is counted in them while it lives.
+    status: Arc<UpstreamStatus>,
 }
 
 const NOT_RETIRED: u64 = u64::MAX;
 
-impl Default for Slot {
-    fn default() -> Self {
+impl Slot {
+    fn new(status: Arc<UpstreamStatus>) -> Slot {
+        let limiter = Limiter::new(PendingLimit::Auto, 1);
+        status.limit_moved(0, limiter.limit());
         Slot {
             live: Cell::new(0),
             down_until: Cell::new(0),
             retired_at: Cell::new(NOT_RETIRED),
+            pending: Cell::new(0),
+            limiter: RefCell::new(limiter),
+            status,
         }
+    }
+
+    fn has_room(&self) -> bool {
+        self.pending.get() < self.limiter.borrow().limit()
+    }
+
+    /// Runs `change` on the limiter, keeping the shared gauge of limits in step.
+    fn adjust(&self, change: impl FnOnce(&mut Limiter)) {
+        let mut limiter = self.limiter.borrow_mut();
+        let before = limiter.limit();
+        change(&mut limiter);
+        self.status.limit_moved(before, limiter.limit());
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.status.limit_moved(self.limiter.borrow().limit(), 0);
     }
 }
 
@@ -81,6 +111,11 @@ pub struct Lease {
     slot: Rc<Slot>,
     status: Arc<UpstreamStatus>,
     addr: SocketAddr,
+    /// Counted among the upstream's pending upgrades until it answers ([`Lease::answered`])
+    /// or the lease ends.
+    pending: Cell<bool>,
+    /// When the upgrade was sent on its way, for the answer's latency.
+    since: std::time::Instant,
 }
 
 impl Lease {
@@ -99,10 +134,32 @@ impl Lease {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// The upstream answered the upgrade (a 101 or a refusal): it is no longer pending, and
+    /// how long the answer took teaches `auto` its limit.
+    pub fn answered(&self) {
+        if !self.pending.replace(false) {
+            return;
+        }
+        let pending = self.slot.pending.get().saturating_sub(1);
+        self.slot.pending.set(pending);
+        self.status.pending_ended();
+        let latency = self.since.elapsed();
+        self.slot.adjust(|limiter| limiter.answered(latency, pending));
+    }
+
+    /// Whether the upgrade is still unanswered.
+    pub fn is_pending(&self) -> bool {
+        self.pending.get()
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.pending.replace(false) {
+            self.slot.pending.set(self.slot.pending.get().saturating_sub(1));
+            self.status.pending_ended();
+        }
         self.slot.live.set(self.slot.live.get().saturating_sub(1));
         self.status.connection_ended();
     }
@@ -115,6 +172,9 @@ pub enum Pick {
     Upstream(usize, SocketAddr),
     /// Every upstream that is up is at its connection limit.
     Full,
+    /// Every upstream that could take the client has its most upgrades pending
+    /// (`--upstream-max-pending`): the client waits for one to answer.
+    Busy,
     /// Every upstream is down (failed its health checks) or draining.
     NoneUp,
     /// There are no upstreams.
@@ -134,7 +194,7 @@ impl Upstreams {
                     drain: u.drain,
                     current: 0,
                     status: health.status(u.addr),
-                    slot: Rc::default(),
+                    slot: Rc::new(Slot::new(health.status(u.addr))),
                 })
                 .collect(),
             next: if upstreams.is_empty() {
@@ -206,10 +266,14 @@ impl Upstreams {
             .live
             .set(member.slot.live.get().saturating_add(1));
         member.status.connection_started();
+        member.slot.pending.set(member.slot.pending.get().saturating_add(1));
+        member.status.pending_started();
         Some(Lease {
             slot: Rc::clone(&member.slot),
             status: Arc::clone(&member.status),
             addr: member.addr,
+            pending: Cell::new(true),
+            since: std::time::Instant::now(),
         })
     }
 
@@ -229,13 +293,22 @@ impl Upstreams {
             .clone()
             .filter(|&i| cap == 0 || members[i].slot.live.get() < cap)
             .collect();
-        let Some(&first_open) = open.first() else {
+        if open.is_empty() {
             return match up.count() {
                 0 => Pick::NoneUp,
                 _ => Pick::Full,
             };
+        }
+        let hashed = balance == Balance::Hash && key.is_some();
+        // A hashed client waits for its own upstream; any other takes one with room.
+        let ready: Vec<usize> = match hashed {
+            true => open.clone(),
+            false => open.iter().copied().filter(|&i| members[i].slot.has_room()).collect(),
         };
-        let fresh = open
+        let Some(&first_open) = ready.first() else {
+            return Pick::Busy;
+        };
+        let fresh = ready
             .iter()
             .copied()
             .filter(|&i| members[i].slot.down_until.get() <= now);
@@ -257,8 +330,37 @@ impl Upstreams {
             (Balance::RoundRobin | Balance::Hash, _) => self.weighted_turn(fresh.collect()),
         }
         .unwrap_or(first_open);
+        if !self.members[index].slot.has_room() {
+            return Pick::Busy;
+        }
         self.next = (index + 1) % count;
         Pick::Upstream(index, self.members[index].addr)
+    }
+
+    /// Whether some upstream up, not draining and under its connection cap has room for
+    /// one more pending upgrade: a client waiting for one can be sent on.
+    pub fn has_room(&self, cap: u32) -> bool {
+        self.members.iter().any(|m| {
+            !m.drain
+                && m.status.is_up()
+                && (cap == 0 || m.slot.live.get() < cap)
+                && m.slot.has_room()
+        })
+    }
+
+    /// Applies `--upstream-max-pending` (this reactor's share among `reactors`) to every
+    /// upstream.
+    pub fn set_pending_limit(&self, kind: PendingLimit, reactors: usize) {
+        for member in &self.members {
+            member.slot.adjust(|limiter| limiter.reconfigure(kind, reactors));
+        }
+    }
+
+    /// Upgrades pending at upstream `index` from this reactor, and its limit.
+    pub fn pending(&self, index: usize) -> (u32, u32) {
+        self.members.get(index).map_or((0, 0), |m| {
+            (m.slot.pending.get(), m.slot.limiter.borrow().limit())
+        })
     }
 
     /// Smooth weighted round-robin over `candidates` (in turn order): each gains its weight,
@@ -302,6 +404,10 @@ impl Upstreams {
                 );
             }
             slot.down_until.set(now + REFUSED_BACKOFF_MS);
+        }
+        if kind == Failure::Timeout && lease.is_pending() {
+            // Too slow to answer: fewer at once.
+            slot.adjust(Limiter::failed);
         }
         if lease.status.failed(kind, fall) {
             tracing::warn!(upstream = %lease.addr, kind = kind.label(), "upstream out of rotation");

@@ -50,8 +50,19 @@ impl Fleet {
             next_source: 0,
             ports_logged: None,
         };
+        fleet.upstreams.set_pending_limit(proxy.max_pending, 1);
         fleet.assign_checks(proxy, 0);
         fleet
+    }
+
+    /// How many reactors share the upstreams.
+    pub fn reactors(&self) -> usize {
+        self.reactors
+    }
+
+    /// Whether some upstream has room for one more upgrade (under `cap` live connections).
+    pub fn has_room(&self, cap: u32) -> bool {
+        self.upstreams.has_room(cap)
     }
 
     /// This reactor is `index` of `reactors`: it takes its share of the checks.
@@ -59,6 +70,7 @@ impl Fleet {
         (self.index, self.reactors) = (index, reactors.max(1));
         // Reactors start their turns at different sources, as at different upstreams.
         self.next_source = index;
+        self.upstreams.set_pending_limit(proxy.max_pending, self.reactors);
         self.assign_checks(proxy, 0);
     }
 
@@ -119,6 +131,9 @@ impl Fleet {
             let (pool, any_retired) = self.upstreams.reconfigured(&new.upstreams, health, now);
             self.upstreams = pool;
             retired = any_retired;
+        }
+        if upstreams_changed || new.max_pending != old.max_pending {
+            self.upstreams.set_pending_limit(new.max_pending, self.reactors);
         }
         if upstreams_changed || new.health != old.health {
             if self.checker.is_none() && new.health.is_some() && self.index == 0 {

@@ -35,11 +35,13 @@ use crate::transport::{Outbox, TlsEnd, Transport};
 mod connection;
 mod fleet;
 mod inbound;
+mod queue;
 pub mod turn;
 use connection::NO_SEND_DEADLINE;
 pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
+use queue::WaitQueue;
 pub use turn::Backend;
 
 /// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
@@ -84,6 +86,10 @@ pub struct Driver {
     /// the same way when it runs short).
     reclaim_wanted: bool,
     reclaiming: bool,
+    /// Proxy mode: clients waiting for an upstream with room for their upgrade.
+    waiting: WaitQueue,
+    /// How many connections wait so now (the queue may hold stale entries besides).
+    queued_now: usize,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -137,6 +143,8 @@ impl Driver {
             resettle: false,
             reclaim_wanted: false,
             reclaiming: false,
+            waiting: WaitQueue::default(),
+            queued_now: 0,
         }
     }
 
@@ -228,22 +236,28 @@ impl Driver {
     /// cannot be opened is passed over and the next one tried; `Err` is the client's answer:
     /// a 502 once every upstream was tried, a 503 when every upstream is at its connection
     /// limit or the edge itself has no descriptor, memory or port left.
+    ///
+    /// When every upstream that could take the client has its most upgrades pending
+    /// (`--upstream-max-pending`), the client waits at the edge (`Err(Next::Continue)`,
+    /// nothing to do) until [`Driver::next_waiting`] hands it out again, or its wait runs
+    /// out (503).
     pub fn open_upstream<S>(
         &mut self,
-        parts: &mut Parts,
+        (key, parts): (usize, &mut Parts),
         (mut attempts, client): (usize, Option<IpAddr>),
         now: u64,
         out: &mut Vec<u8>,
         mut open: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
         let conn = &mut parts.conn;
+        self.unqueue(conn, now);
         // The client's key, for hash balancing: the same upstream on every attempt's order.
-        let key = match (&self.config.proxy.hash_key, conn.request_head()) {
+        let affinity = match (&self.config.proxy.hash_key, conn.request_head()) {
             (Some(hash_key), Some(head)) => hash_key.hash_of(head, client),
             _ => None,
         };
         loop {
-            let (index, addr) = match self.next_upstream(&mut attempts, key, now) {
+            let (index, addr) = match self.next_upstream(&mut attempts, affinity, now) {
                 Pick::Upstream(index, addr) => (index, addr),
                 Pick::None => return Err(conn.on_upstream_failed(&mut self.cx(now, out))),
                 Pick::Full => {
@@ -254,6 +268,7 @@ impl Driver {
                     let refusal = self.admission.no_upstream_up();
                     return Err(conn.refuse(refusal, &mut self.cx(now, out)));
                 }
+                Pick::Busy => return Err(self.wait_for_room(key, conn, now, out)),
             };
             let lease = self.fleet.lease(index);
             let link = Link::with_lease(index, attempts, lease);
@@ -268,6 +283,70 @@ impl Driver {
                 return Err(next);
             }
         }
+    }
+
+    /// No upstream has room for the client's upgrade: it waits at the edge for
+    /// `--upstream-queue-ms`, or is refused at once when there is no wait.
+    fn wait_for_room(&mut self, key: usize, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
+        let wait = self.config.proxy.queue_ms;
+        if wait == 0 || self.draining {
+            return self.shed(conn, now, out);
+        }
+        let until = now.saturating_add(wait);
+        conn.queue(until);
+        self.waiting.push(key, now, until);
+        self.queued_now += 1;
+        Counters::bump(&self.stats.upstream_queued);
+        Next::Continue
+    }
+
+    /// The client leaves the queue (it goes on its way, is refused, or left).
+    fn unqueue(&mut self, conn: &mut Conn, now: u64) {
+        if conn.is_queued() {
+            conn.unqueue(now, &self.config);
+            self.queued_now = self.queued_now.saturating_sub(1);
+        }
+    }
+
+    /// A client the upstreams have no room for is refused: 503, with a Retry-After
+    /// spreading the refused clients' returns.
+    fn shed(&mut self, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
+        Counters::bump(&self.stats.upstream_shed);
+        let refusal = self.admission.upstreams_busy();
+        conn.refuse(refusal, &mut self.cx(now, out))
+    }
+
+    /// Proxy mode: the next waiting client to send on, if an upstream has room for it and
+    /// it still waits ([`Parts::waits_since`] tells, by the backend's `parts`); the backend
+    /// then checks the client is still there and calls [`Driver::open_upstream`] for it, or
+    /// [`Driver::left_while_waiting`].
+    pub fn next_waiting(&mut self, now: u64, parts: impl Fn(usize) -> Option<u64>) -> Option<usize> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let cap = self
+            .config
+            .proxy
+            .max_connections_per_upstream
+            .div_ceil(self.fleet.reactors() as u32);
+        while self.fleet.has_room(cap) {
+            let waiting = self.waiting.pop(now)?;
+            if parts(waiting.key) == Some(waiting.until) {
+                Counters::add(&self.stats.upstream_queue_wait_ms, now.saturating_sub(waiting.since));
+                return Some(waiting.key);
+            }
+        }
+        None
+    }
+
+    /// Proxy mode: a waiting client had left when its turn came: nothing was forwarded for
+    /// it, and it is closed.
+    pub fn left_while_waiting(&mut self, parts: &mut Parts) {
+        Counters::bump(&self.stats.upstream_left_waiting);
+        if parts.conn.is_queued() {
+            self.queued_now = self.queued_now.saturating_sub(1);
+        }
+        parts.conn.on_closed(&self.stats);
     }
 
     /// A link to upstream `index`, counted as [`Driver::open_upstream`] counts one.
@@ -377,7 +456,8 @@ impl Driver {
 
     /// Proxy mode: appends to `out` the request to send the upstream now connected for
     /// the connection (only the request: see [`Conn::write_upstream_request`]).
-    pub fn upstream_request(&self, parts: &mut Parts, peers: Peers, now: u64, out: &mut Vec<u8>) {
+    pub fn upstream_request(&mut self, parts: &mut Parts, peers: Peers, now: u64, out: &mut Vec<u8>) {
+        self.unqueue(&mut parts.conn, now);
         parts
             .conn
             .write_upstream_request(peers, &mut self.cx(now, out));
@@ -673,6 +753,9 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        if lease.is_pending() && !conn.awaits_upstream_answer() {
+            lease.answered();
+        }
         match conn.take_upstream_outcome() {
             Some(UpstreamOutcome::Failed(fault)) => {
                 Upstreams::failed(lease, fault, now, self.config.proxy.fall(), &fault.label())
@@ -696,6 +779,9 @@ impl Driver {
     /// stops counting as open and as a handshake in progress now, not when the slot goes.
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
+        if conn.is_queued() {
+            self.queued_now = self.queued_now.saturating_sub(1);
+        }
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -712,6 +798,12 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        if conn.is_queued() {
+            // Waited its --upstream-queue-ms: nothing was forwarded, and no upstream will
+            // have room soon enough.
+            self.unqueue(conn, now);
+            return self.shed(conn, now, out);
+        }
         let send_overdue = now >= session.send_deadline;
         if session.after_flush == AfterFlush::Close || (output_waiting && send_overdue) {
             // Output given up is counted however the connection was ending, as io_uring's
@@ -813,6 +905,9 @@ impl Driver {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
+        if conn.is_queued() {
+            self.queued_now = self.queued_now.saturating_sub(1);
+        }
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();
@@ -845,6 +940,7 @@ impl Driver {
     /// drain's window is over (with what is left).
     pub fn end_turn(&mut self, open: usize, idle: bool, now: u64) -> bool {
         self.turn += 1;
+        (self.stats.upstream_waiting).store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
         let window_over = self
             .admission
             .end_turn(&self.stats, open, now, &self.config);

@@ -24,6 +24,15 @@ pub trait Backend {
     fn resume(&mut self, now: u64);
     /// Connections open, and whether nothing is open or in flight.
     fn load(&self) -> (usize, bool);
+    /// Proxy mode: the next waiting client an upstream has room for
+    /// ([`Driver::next_waiting`], with the backend's connections to check it against).
+    fn next_waiting(&mut self, now: u64) -> Option<usize>;
+    /// Whether client `key` has left (closed or reset its connection).
+    fn client_gone(&self, key: usize) -> bool;
+    /// Client `key` left while it waited: [`Driver::left_while_waiting`], then close it.
+    fn drop_waiting(&mut self, key: usize, now: u64);
+    /// Sends waiting client `key` on to an upstream ([`Driver::open_upstream`]).
+    fn forward(&mut self, key: usize, now: u64);
 }
 
 /// Finishes a turn after the events were handled: the driver's turn (a drain starting, a
@@ -47,11 +56,24 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
     }
     backend.accept(now);
     backend.resume(now);
+    send_on_waiting(backend, now);
     while let Some(key) = backend.driver().next_expired(now) {
         backend.settle(key, now);
     }
     let (open, idle) = backend.load();
     backend.driver().end_turn(open, idle, now)
+}
+
+/// Proxy mode: the clients waiting at the edge that the upstreams now have room for go on
+/// their way; one that left meanwhile costs the upstream nothing, since nothing of it was
+/// forwarded.
+fn send_on_waiting(backend: &mut impl Backend, now: u64) {
+    while let Some(key) = backend.next_waiting(now) {
+        match backend.client_gone(key) {
+            true => backend.drop_waiting(key, now),
+            false => backend.forward(key, now),
+        }
+    }
 }
 
 /// Settles every connection: each gets what a drain, a retired upstream or a shortage of

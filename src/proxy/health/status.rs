@@ -46,6 +46,10 @@ pub struct UpstreamStatus {
     streak: AtomicI32,
     /// Relayed connections, all reactors.
     live: AtomicU32,
+    /// Upgrades forwarded and not answered yet, all reactors.
+    pending: AtomicU32,
+    /// The reactors' limits on those, summed.
+    pending_limit: AtomicU32,
     failures: [AtomicU64; Failure::ALL.len()],
     checks_passed: AtomicU64,
     /// Duration of the last active check, in µs.
@@ -59,6 +63,8 @@ impl Default for UpstreamStatus {
             up: AtomicBool::new(true),
             streak: AtomicI32::new(0),
             live: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            pending_limit: AtomicU32::new(0),
             failures: Default::default(),
             checks_passed: AtomicU64::new(0),
             last_check_us: AtomicU64::new(0),
@@ -113,6 +119,34 @@ impl UpstreamStatus {
         let _ = self
             .live
             .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// An upgrade was forwarded (counted until [`UpstreamStatus::pending_ended`]).
+    pub fn pending_started(&self) {
+        self.pending.fetch_add(1, Relaxed);
+    }
+
+    /// A forwarded upgrade was answered, or given up.
+    pub fn pending_ended(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// A reactor's limit on pending upgrades moved from `before` to `after`.
+    pub fn limit_moved(&self, before: u32, after: u32) {
+        if after >= before {
+            self.pending_limit.fetch_add(after - before, Relaxed);
+        } else {
+            let _ = self.pending_limit.fetch_update(Relaxed, Relaxed, |n| {
+                Some(n.saturating_sub(before - after))
+            });
+        }
+    }
+
+    /// Upgrades pending now and the reactors' limits on them, summed.
+    pub fn pending(&self) -> (u32, u32) {
+        (self.pending.load(Relaxed), self.pending_limit.load(Relaxed))
     }
 
     /// Relayed connections now, all reactors.

@@ -465,6 +465,30 @@ impl turn::Backend for Reactor {
         &mut self.driver
     }
 
+    fn next_waiting(&mut self, now: u64) -> Option<usize> {
+        let clients = &self.clients;
+        (self.driver).next_waiting(now, |key| clients.get(key).and_then(|c| c.parts.waits_until()))
+    }
+
+    fn client_gone(&self, key: usize) -> bool {
+        self.clients
+            .get(key)
+            .is_none_or(|client| sys::peer_gone(&client.stream))
+    }
+
+    fn drop_waiting(&mut self, key: usize, _now: u64) {
+        if let Some(client) = self.clients.get_mut(key) {
+            self.driver.left_while_waiting(&mut client.parts);
+        }
+        self.close(key);
+    }
+
+    fn forward(&mut self, key: usize, now: u64) {
+        if self.connect_upstream(key, 0, now) {
+            self.settle(key, now);
+        }
+    }
+
     fn load(&self) -> (usize, bool) {
         (self.clients.len(), self.clients.is_empty())
     }

@@ -311,7 +311,7 @@ impl Reactor {
         (self.driver).upstream_request(&mut client.parts, peers, now, &mut self.out);
         let mut request = std::mem::take(&mut self.out);
         let opened = self.driver.open_upstream(
-            &mut client.parts,
+            (key, &mut client.parts),
             (attempts, Some(peer.ip())),
             now,
             &mut self.out,

@@ -832,6 +832,31 @@ impl turn::Backend for Reactor {
         &mut self.driver
     }
 
+    fn next_waiting(&mut self, now: u64) -> Option<usize> {
+        let clients = &self.clients;
+        (self.driver).next_waiting(now, |key| clients.get(key).and_then(|c| c.parts.waits_until()))
+    }
+
+    fn client_gone(&self, key: usize) -> bool {
+        self.clients
+            .get(key)
+            .and_then(Client::socket)
+            .is_none_or(sys::peer_gone)
+    }
+
+    fn drop_waiting(&mut self, key: usize, now: u64) {
+        if let Some(client) = self.clients.get_mut(key) {
+            self.driver.left_while_waiting(&mut client.parts);
+        }
+        self.apply(key, Next::Close);
+        turn::Backend::settle(self, key, now);
+    }
+
+    fn forward(&mut self, key: usize, now: u64) {
+        self.connect_upstream(key, 0, now);
+        turn::Backend::settle(self, key, now);
+    }
+
     fn load(&self) -> (usize, bool) {
         let idle = self.clients.is_empty() && self.listeners.iter().all(|l| !l.armed);
         (self.clients.len(), idle)

@@ -88,7 +88,7 @@ impl Reactor {
             false => None,
         };
         let opened = self.driver.open_upstream(
-            &mut client.parts,
+            (key, &mut client.parts),
             (attempts, client_ip),
             now,
             &mut self.out,
