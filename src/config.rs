@@ -599,9 +599,7 @@ impl ServeArgs {
                     hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
                     max_pending: self.upstream_max_pending,
-                    queue_ms: self
-                        .upstream_queue_ms
-                        .unwrap_or(self.handshake_timeout_ms),
+                    queue_ms: self.upstream_queue_ms.unwrap_or(self.handshake_timeout_ms),
                     sources: self.upstream_sources.clone(),
                 },
             },

@@ -56,6 +56,9 @@ rejects_flag! {
     trust_without_accepting:     ["--proxy-protocol-from", "10.0.0.0/8"] names "--accept-proxy-protocol";
     not_a_cidr:                  ["--accept-proxy-protocol", "--proxy-protocol-from", "10.0.0.0/33"] names "--proxy-protocol-from";
     cap_without_proxy:           ["--upstream-max-connections", "5"] names "--upstream-max-connections";
+    pending_without_proxy:       ["--upstream-max-pending", "5"] names "--upstream-max-pending";
+    pending_not_a_limit:         ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-max-pending", "0"] names "--upstream-max-pending";
+    queue_without_proxy:         ["--upstream-queue-ms", "100"] names "--upstream-queue-ms";
     source_without_proxy:        ["--upstream-source", "127.0.0.2"] names "--upstream-source";
     source_not_an_address:       ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-source", "localhost"] names "--upstream-source";
     source_not_of_this_host:     ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-source", "192.0.2.1"] names "--upstream-source";

@@ -254,6 +254,19 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--upstream-max-pending",
+        &[
+            "upstream_pacing::never_more_upgrades_pending_at_an_upstream_than_its_limit",
+            "upstream_pacing::a_client_that_leaves_while_it_waits_is_never_forwarded",
+        ],
+    ),
+    (
+        "serve",
+        "--upstream-queue-ms",
+        &["upstream_pacing::a_client_past_its_wait_gets_503_with_a_retry_after_in_range"],
+    ),
+    (
+        "serve",
         "--takeover",
         &[
             "takeover::a_storm_crosses_five_hand_overs_with_nothing_refused_or_reset",

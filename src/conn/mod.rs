@@ -337,7 +337,10 @@ impl Conn {
     /// client, and is counted so. Backends call it once, when they close a connection; it
     /// is idempotent.
     pub fn on_closed(&mut self, stats: &Counters) {
-        if matches!(self.phase, Phase::Handshake | Phase::Upstream | Phase::Queued) {
+        if matches!(
+            self.phase,
+            Phase::Handshake | Phase::Upstream | Phase::Queued
+        ) {
             if self.phase == Phase::Upstream {
                 // Sent on to an upstream, or being: work the app does for no one.
                 Counters::bump(&stats.upstream_abandoned_pending);

@@ -99,7 +99,9 @@ impl Refusal {
                 "every upstream is at its connection limit, retry later"
             }
             Refusal::NoUpstreamUp { .. } => "no upstream is up, retry later",
-            Refusal::UpstreamsBusy { .. } => "the upstreams are busy setting up sessions, retry later",
+            Refusal::UpstreamsBusy { .. } => {
+                "the upstreams are busy setting up sessions, retry later"
+            }
         }
     }
 

@@ -145,7 +145,8 @@ impl Lease {
         self.slot.pending.set(pending);
         self.status.pending_ended();
         let latency = self.since.elapsed();
-        self.slot.adjust(|limiter| limiter.answered(latency, pending));
+        self.slot
+            .adjust(|limiter| limiter.answered(latency, pending));
     }
 
     /// Whether the upgrade is still unanswered.
@@ -157,7 +158,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.pending.replace(false) {
-            self.slot.pending.set(self.slot.pending.get().saturating_sub(1));
+            self.slot
+                .pending
+                .set(self.slot.pending.get().saturating_sub(1));
             self.status.pending_ended();
         }
         self.slot.live.set(self.slot.live.get().saturating_sub(1));
@@ -266,7 +269,10 @@ impl Upstreams {
             .live
             .set(member.slot.live.get().saturating_add(1));
         member.status.connection_started();
-        member.slot.pending.set(member.slot.pending.get().saturating_add(1));
+        member
+            .slot
+            .pending
+            .set(member.slot.pending.get().saturating_add(1));
         member.status.pending_started();
         Some(Lease {
             slot: Rc::clone(&member.slot),
@@ -303,7 +309,11 @@ impl Upstreams {
         // A hashed client waits for its own upstream; any other takes one with room.
         let ready: Vec<usize> = match hashed {
             true => open.clone(),
-            false => open.iter().copied().filter(|&i| members[i].slot.has_room()).collect(),
+            false => open
+                .iter()
+                .copied()
+                .filter(|&i| members[i].slot.has_room())
+                .collect(),
         };
         let Some(&first_open) = ready.first() else {
             return Pick::Busy;
@@ -352,7 +362,9 @@ impl Upstreams {
     /// upstream.
     pub fn set_pending_limit(&self, kind: PendingLimit, reactors: usize) {
         for member in &self.members {
-            member.slot.adjust(|limiter| limiter.reconfigure(kind, reactors));
+            member
+                .slot
+                .adjust(|limiter| limiter.reconfigure(kind, reactors));
         }
     }
 

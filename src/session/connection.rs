@@ -189,7 +189,10 @@ impl Parts {
     /// Proxy mode: while the request waits at the edge for an upstream with room, when
     /// the wait ends (what [`Driver::next_waiting`] checks a queue entry against).
     pub fn waits_until(&self) -> Option<u64> {
-        self.conn.is_queued().then(|| self.conn.deadline()).flatten()
+        self.conn
+            .is_queued()
+            .then(|| self.conn.deadline())
+            .flatten()
     }
 
     /// Whether it was admitted (counted as a handshake in progress) rather than refused at

@@ -70,7 +70,8 @@ impl Fleet {
         (self.index, self.reactors) = (index, reactors.max(1));
         // Reactors start their turns at different sources, as at different upstreams.
         self.next_source = index;
-        self.upstreams.set_pending_limit(proxy.max_pending, self.reactors);
+        self.upstreams
+            .set_pending_limit(proxy.max_pending, self.reactors);
         self.assign_checks(proxy, 0);
     }
 
@@ -133,7 +134,8 @@ impl Fleet {
             retired = any_retired;
         }
         if upstreams_changed || new.max_pending != old.max_pending {
-            self.upstreams.set_pending_limit(new.max_pending, self.reactors);
+            self.upstreams
+                .set_pending_limit(new.max_pending, self.reactors);
         }
         if upstreams_changed || new.health != old.health {
             if self.checker.is_none() && new.health.is_some() && self.index == 0 {

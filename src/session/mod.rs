@@ -320,7 +320,11 @@ impl Driver {
     /// it still waits ([`Parts::waits_since`] tells, by the backend's `parts`); the backend
     /// then checks the client is still there and calls [`Driver::open_upstream`] for it, or
     /// [`Driver::left_while_waiting`].
-    pub fn next_waiting(&mut self, now: u64, parts: impl Fn(usize) -> Option<u64>) -> Option<usize> {
+    pub fn next_waiting(
+        &mut self,
+        now: u64,
+        parts: impl Fn(usize) -> Option<u64>,
+    ) -> Option<usize> {
         if self.waiting.is_empty() {
             return None;
         }
@@ -332,7 +336,10 @@ impl Driver {
         while self.fleet.has_room(cap) {
             let waiting = self.waiting.pop(now)?;
             if parts(waiting.key) == Some(waiting.until) {
-                Counters::add(&self.stats.upstream_queue_wait_ms, now.saturating_sub(waiting.since));
+                Counters::add(
+                    &self.stats.upstream_queue_wait_ms,
+                    now.saturating_sub(waiting.since),
+                );
                 return Some(waiting.key);
             }
         }
@@ -342,11 +349,17 @@ impl Driver {
     /// Proxy mode: a waiting client had left when its turn came: nothing was forwarded for
     /// it, and it is closed.
     pub fn left_while_waiting(&mut self, parts: &mut Parts) {
-        Counters::bump(&self.stats.upstream_left_waiting);
-        if parts.conn.is_queued() {
-            self.queued_now = self.queued_now.saturating_sub(1);
-        }
+        self.leave_queue(&mut parts.conn);
         parts.conn.on_closed(&self.stats);
+    }
+
+    /// A connection ends (its client left, or it is closed) while it waits at the edge:
+    /// counted as a client that left while waiting, for whom nothing was forwarded.
+    fn leave_queue(&mut self, conn: &mut Conn) {
+        if conn.is_queued() {
+            self.queued_now = self.queued_now.saturating_sub(1);
+            Counters::bump(&self.stats.upstream_left_waiting);
+        }
     }
 
     /// A link to upstream `index`, counted as [`Driver::open_upstream`] counts one.
@@ -425,8 +438,17 @@ impl Driver {
 
     /// Carries `event` to the connection; its output is appended to `out`. Carry out what
     /// it returns.
-    pub fn handle(&self, parts: &mut Parts, event: Event<'_>, now: u64, out: &mut Vec<u8>) -> Next {
+    pub fn handle(
+        &mut self,
+        parts: &mut Parts,
+        event: Event<'_>,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
         let conn = &mut parts.conn;
+        if event == Event::PeerClosed {
+            self.leave_queue(conn);
+        }
         let mut cx = self.cx(now, out);
         match event {
             Event::PeerClosed => conn.on_eof(&mut cx),
@@ -449,6 +471,9 @@ impl Driver {
     /// client sent after its request, held back until now; the client's TLS session, if it
     /// has one, becomes the link's. `answer` is emptied.
     pub fn begin_relay(&self, parts: &mut Parts, link: &mut Link, answer: &mut Vec<u8>) {
+        if let Some(lease) = link.lease() {
+            lease.answered();
+        }
         let held = parts.conn.take_held_client_bytes();
         link.begin(&mut parts.transport, answer, &held);
         answer.clear();
@@ -456,7 +481,13 @@ impl Driver {
 
     /// Proxy mode: appends to `out` the request to send the upstream now connected for
     /// the connection (only the request: see [`Conn::write_upstream_request`]).
-    pub fn upstream_request(&mut self, parts: &mut Parts, peers: Peers, now: u64, out: &mut Vec<u8>) {
+    pub fn upstream_request(
+        &mut self,
+        parts: &mut Parts,
+        peers: Peers,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) {
         self.unqueue(&mut parts.conn, now);
         parts
             .conn
@@ -779,9 +810,7 @@ impl Driver {
     /// stops counting as open and as a handshake in progress now, not when the slot goes.
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
-        if conn.is_queued() {
-            self.queued_now = self.queued_now.saturating_sub(1);
-        }
+        self.leave_queue(conn);
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -905,9 +934,7 @@ impl Driver {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
-        if conn.is_queued() {
-            self.queued_now = self.queued_now.saturating_sub(1);
-        }
+        self.leave_queue(conn);
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();
@@ -940,7 +967,8 @@ impl Driver {
     /// drain's window is over (with what is left).
     pub fn end_turn(&mut self, open: usize, idle: bool, now: u64) -> bool {
         self.turn += 1;
-        (self.stats.upstream_waiting).store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
+        (self.stats.upstream_waiting)
+            .store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
         let window_over = self
             .admission
             .end_turn(&self.stats, open, now, &self.config);

@@ -56,10 +56,11 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
     }
     backend.accept(now);
     backend.resume(now);
-    send_on_waiting(backend, now);
     while let Some(key) = backend.driver().next_expired(now) {
         backend.settle(key, now);
     }
+    // Last: the events and deadlines above are what free upstreams' room.
+    send_on_waiting(backend, now);
     let (open, idle) = backend.load();
     backend.driver().end_turn(open, idle, now)
 }

@@ -138,9 +138,9 @@ impl UpstreamStatus {
         if after >= before {
             self.pending_limit.fetch_add(after - before, Relaxed);
         } else {
-            let _ = self.pending_limit.fetch_update(Relaxed, Relaxed, |n| {
-                Some(n.saturating_sub(before - after))
-            });
+            let _ = self
+                .pending_limit
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(before - after)));
         }
     }
 

@@ -834,7 +834,9 @@ impl turn::Backend for Reactor {
 
     fn next_waiting(&mut self, now: u64) -> Option<usize> {
         let clients = &self.clients;
-        (self.driver).next_waiting(now, |key| clients.get(key).and_then(|c| c.parts.waits_until()))
+        (self.driver).next_waiting(now, |key| {
+            clients.get(key).and_then(|c| c.parts.waits_until())
+        })
     }
 
     fn client_gone(&self, key: usize) -> bool {
