@@ -184,7 +184,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
          backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, \
-         metrics={}, max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}-{}s, drain={}s/{}, fd_limit={fd_limit})",
+         metrics={}, max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}, drain={}s/{}, fd_limit={fd_limit})",
         addrs.join(","),
         config.threads,
         config.pin,
@@ -192,7 +192,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             wsedge::conn::AfterUpgrade::Close => "close".to_string(),
             wsedge::conn::AfterUpgrade::Echo => "echo".to_string(),
             wsedge::conn::AfterUpgrade::Proxy => format!(
-                "proxy to {} ({}, connect {}ms, answer {}ms)",
+                "proxy to {} ({}, connect {}ms, answer {}ms, pending {}, queue {}ms)",
                 config
                     .conn
                     .proxy
@@ -207,6 +207,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 },
                 config.conn.proxy.connect_timeout_ms,
                 config.conn.proxy.response_timeout_ms,
+                config.conn.proxy.max_pending,
+                config.conn.proxy.queue_ms,
             ),
         },
         config.conn.handshake_timeout_ms,
@@ -230,8 +232,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         limit_text(config.limits.max_pending_handshakes),
         limit_text(config.limits.max_connections_per_ip as usize),
         limit_text(config.limits.max_handshakes_per_ip_per_sec as usize),
-        config.limits.retry_after_secs.0,
-        config.limits.retry_after_secs.1,
+        config.limits.retry_after_secs,
         config.limits.drain_window_ms / 1000,
         config.limits.drain_close_code,
     );

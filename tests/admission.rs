@@ -314,7 +314,7 @@ fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
             },
             limits: Limits {
                 max_connections: 1,
-                retry_after_secs: (30, 5),
+                retry_after_secs: wsedge::policy::RetryAfter::Range(30, 5),
                 ..Limits::default()
             },
             handover: false,

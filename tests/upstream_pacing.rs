@@ -211,9 +211,15 @@ fn a_client_past_its_wait_gets_503_with_a_retry_after_in_range(io: Io) {
     wait_until("the first upgrade at the app", || {
         app.seen.load(SeqCst) == 1
     });
+    // In proxy mode the Retry-After is paced by default (`auto`): one second per slot of
+    // the rate measured, at least 1 and at most 300.
+    assert!(server.log().contains("retry_after=auto"), "{}", server.log());
     let mut late = send_request(&server);
     late.set_read_timeout(Some(DEADLINE)).unwrap();
-    assert_eq!(read_head(&mut late).status, 503);
+    let head = read_head(&mut late);
+    assert_eq!(head.status, 503);
+    let retry: u32 = head.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry), "Retry-After {retry}");
     assert_eq!(
         common::metric_sum(&server.metrics_addr(), "wsedge_upstream_queued_total"),
         0.0

@@ -265,6 +265,11 @@ impl Conn {
         matches!(self.phase, Phase::Upstream | Phase::Queued)
     }
 
+    /// Proxy mode: when the connection was accepted (while its request is kept).
+    pub fn accepted_at(&self) -> Option<u64> {
+        self.buffers.as_ref().map(|b| b.accepted_at)
+    }
+
     /// Proxy mode: whether the request waits at the edge for an upstream with room.
     pub fn is_queued(&self) -> bool {
         self.phase == Phase::Queued

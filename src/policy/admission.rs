@@ -50,6 +50,103 @@ impl AcceptPause {
     }
 }
 
+/// How a refusal's `Retry-After` is chosen (`--retry-after-secs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// Uniformly from this range, in seconds, so that the refused clients do not all come
+    /// back at the same instant.
+    Range(u32, u32),
+    /// Paced by what this reactor measures it upgrades a second: the refused clients'
+    /// returns are given successive slots at that rate,
+    /// so that they come back over the time the server (or its app fleet) needs for them,
+    /// not as one wave.
+    Auto,
+}
+
+impl RetryAfter {
+    /// Parses `MIN-MAX` (or one number) in seconds, or `auto`.
+    pub fn parse(value: &str) -> Result<RetryAfter, String> {
+        if value == "auto" {
+            return Ok(RetryAfter::Auto);
+        }
+        let (low, high) = value.split_once('-').unwrap_or((value, value));
+        match (low.trim().parse::<u32>(), high.trim().parse::<u32>()) {
+            (Ok(low), Ok(high)) if low <= high && high <= 86_400 => {
+                Ok(RetryAfter::Range(low, high))
+            }
+            _ => Err(
+                "a range is MIN-MAX seconds with MIN <= MAX <= 86400, e.g. 5-30, or auto".into(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryAfter::Range(low, high) => write!(f, "{low}-{high}s"),
+            RetryAfter::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// `--retry-after-secs auto`: the longest wait given, in seconds.
+pub const AUTO_RETRY_AFTER_MAX_SECS: u32 = 300;
+/// `--retry-after-secs auto`: the rate assumed before any is measured, per reactor and
+/// second (a storm's first refusals may come before its first upgrades).
+const AUTO_RATE_FLOOR: f64 = 50.0;
+
+/// This reactor's upgrades a second, measured over windows of at least half a second, and
+/// the return slots given to refused clients.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Upgrades counted at the start of the window, and when it started.
+    window: Option<(u64, u64)>,
+    /// Smoothed upgrades a second (0: none measured yet).
+    rate: f64,
+    /// The next free return slot, in the reactor's ms clock (fractional: at thousands a
+    /// second, slots are closer than a millisecond).
+    next_return: f64,
+    now: u64,
+}
+
+impl Pacing {
+    fn observe(&mut self, upgraded: u64, now: u64) {
+        self.now = now;
+        let Some((count, since)) = self.window else {
+            self.window = Some((upgraded, now));
+            return;
+        };
+        let elapsed = now.saturating_sub(since);
+        if elapsed < 500 {
+            return;
+        }
+        let rate = upgraded.saturating_sub(count) as f64 * 1000.0 / elapsed as f64;
+        // A window without upgrades says nothing of what the fleet can take while it is
+        // stuck or idle: the estimate is kept.
+        if rate > 0.0 {
+            self.rate = match self.rate {
+                0.0 => rate,
+                old => 0.7 * old + 0.3 * rate,
+            };
+        }
+        self.window = Some((upgraded, now));
+    }
+
+    /// The next refused client's wait, in seconds: its return slot. The clients waiting at
+    /// the edge are not counted ahead of it: they are being refused too when their wait
+    /// runs out, or served by then, and the newest waiting go first (a returner is one).
+    fn next(&mut self) -> u32 {
+        let rate = self.rate.max(AUTO_RATE_FLOOR);
+        let gap = (1000.0 / rate).max(0.01);
+        let now = self.now as f64;
+        let slot = self.next_return.max(now);
+        self.next_return = slot + gap;
+        let secs = ((slot - now) / 1000.0).ceil().max(1.0);
+        (secs as u32).min(AUTO_RETRY_AFTER_MAX_SECS)
+    }
+}
+
 /// Admission limits and drain behaviour, per reactor (the server divides its totals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -61,9 +158,8 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Handshakes per second one client address may start (token bucket); 0: no limit.
     pub max_handshakes_per_ip_per_sec: u64,
-    /// `Retry-After` of a 503 is drawn uniformly from this range, in seconds, so that the
-    /// refused clients do not all come back at the same instant.
-    pub retry_after_secs: (u32, u32),
+    /// How the `Retry-After` of a 503 or 429 is chosen.
+    pub retry_after_secs: RetryAfter,
     /// Upgraded connections are closed at times spread uniformly over this window after a
     /// SIGTERM, in ms.
     pub drain_window_ms: u64,
@@ -94,7 +190,7 @@ impl Default for Limits {
             max_pending_handshakes: 0,
             max_connections_per_ip: 0,
             max_handshakes_per_ip_per_sec: 0,
-            retry_after_secs: (5, 30),
+            retry_after_secs: RetryAfter::Range(5, 30),
             drain_window_ms: 30_000,
             drain_close_code: 1012,
         }
@@ -110,6 +206,7 @@ pub(crate) struct Admission {
     handshaking: usize,
     rng: u64,
     drain_started: Option<u64>,
+    pacing: Pacing,
 }
 
 impl Admission {
@@ -124,6 +221,7 @@ impl Admission {
             handshaking: 0,
             rng: seed | 1,
             drain_started: None,
+            pacing: Pacing::default(),
         }
     }
 
@@ -151,9 +249,13 @@ impl Admission {
     }
 
     /// A `Retry-After` drawn from the configured range, whichever way round its ends were
-    /// given (the library does not require `Limits` to come from the CLI's checks).
+    /// given (the library does not require `Limits` to come from the CLI's checks), or the
+    /// next return slot (`auto`).
     fn retry_after(&mut self) -> u32 {
-        let (a, b) = self.limits.retry_after_secs;
+        let (a, b) = match self.limits.retry_after_secs {
+            RetryAfter::Range(a, b) => (a, b),
+            RetryAfter::Auto => return self.pacing.next(),
+        };
         let (low, high) = (a.min(b), a.max(b));
         let offset = self.random_below(u64::from(high - low) + 1);
         low.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX))
@@ -283,12 +385,16 @@ impl Admission {
     /// relaxed store each per turn, not per connection) and says whether a drain's window is
     /// over, so that the reactor must exit with `open` connections left.
     pub(crate) fn end_turn(
-        &self,
+        &mut self,
         stats: &Counters,
         open: usize,
         now: u64,
         config: &ConnConfig,
     ) -> bool {
+        if self.limits.retry_after_secs == RetryAfter::Auto {
+            self.pacing
+                .observe(stats.upgraded.load(Ordering::Relaxed), now);
+        }
         stats.open.store(open as u64, Ordering::Relaxed);
         stats
             .handshaking
@@ -309,5 +415,58 @@ impl Admission {
     fn drain_deadline(&self, handshake_timeout_ms: u64, linger_ms: u64) -> Option<u64> {
         self.drain_started
             .map(|start| start + self.limits.drain_window_ms.max(handshake_timeout_ms) + linger_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Retry-After of `count` clients refused at once, at `rate` upgrades a second, by
+    /// how many got each value.
+    fn paced(rate: u64, count: usize) -> std::collections::BTreeMap<u32, usize> {
+        let mut pacing = Pacing::default();
+        pacing.observe(0, 0);
+        pacing.observe(rate, 1000);
+        let mut by_secs = std::collections::BTreeMap::new();
+        for _ in 0..count {
+            *by_secs.entry(pacing.next()).or_default() += 1;
+        }
+        by_secs
+    }
+
+    #[test]
+    fn auto_gives_the_refused_return_slots_at_the_measured_rate() {
+        let by_secs = paced(400, 2_000);
+        // 400 a second: 2,000 returns spread over 5 seconds, about 400 in each.
+        assert_eq!(by_secs.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        for (secs, count) in &by_secs {
+            assert!((399..=402).contains(count), "{secs} s: {count}");
+        }
+    }
+
+    #[test]
+    fn auto_assumes_a_rate_before_any_is_measured_and_caps_the_wait() {
+        let mut pacing = Pacing::default();
+        pacing.observe(0, 0);
+        let first: Vec<u32> = (0..200).map(|_| pacing.next()).collect();
+        assert_eq!(first.iter().filter(|&&s| s == 1).count(), 51);
+        assert!(first.iter().all(|&s| s <= 4));
+        let mut pacing = Pacing::default();
+        pacing.observe(0, 0);
+        for _ in 0..50 * 400 {
+            pacing.next();
+        }
+        assert_eq!(pacing.next(), AUTO_RETRY_AFTER_MAX_SECS);
+    }
+
+    #[test]
+    fn the_flag_takes_a_range_or_auto() {
+        assert_eq!(RetryAfter::parse("auto"), Ok(RetryAfter::Auto));
+        assert_eq!(RetryAfter::parse("5-30"), Ok(RetryAfter::Range(5, 30)));
+        assert_eq!(RetryAfter::parse("7"), Ok(RetryAfter::Range(7, 7)));
+        for bad in ["30-5", "x", "1-99999", ""] {
+            assert!(RetryAfter::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ mod live;
 pub mod per_ip;
 mod shutdown;
 
-pub use admission::Limits;
 pub(crate) use admission::{AcceptPause, Admission};
+pub use admission::{Limits, RetryAfter};
 pub use live::{Live, LiveSettings};
 pub use shutdown::{Shutdown, ShutdownState, Wake};

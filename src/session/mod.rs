@@ -41,7 +41,7 @@ use connection::NO_SEND_DEADLINE;
 pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
-use queue::WaitQueue;
+use queue::{Patience, WaitQueue};
 pub use turn::Backend;
 
 /// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
@@ -90,6 +90,8 @@ pub struct Driver {
     waiting: WaitQueue,
     /// How many connections wait so now (the queue may hold stale entries besides).
     queued_now: usize,
+    /// How long waiting clients were seen to bear before they left.
+    patience: Patience,
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -145,6 +147,7 @@ impl Driver {
             reclaiming: false,
             waiting: WaitQueue::default(),
             queued_now: 0,
+            patience: Patience::default(),
         }
     }
 
@@ -288,11 +291,14 @@ impl Driver {
     /// No upstream has room for the client's upgrade: it waits at the edge for
     /// `--upstream-queue-ms`, or is refused at once when there is no wait.
     fn wait_for_room(&mut self, key: usize, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
-        let wait = self.config.proxy.queue_ms;
-        if wait == 0 || self.draining {
+        let mut until = now.saturating_add(self.config.proxy.queue_ms);
+        if let (Some(bound), Some(accepted)) = (self.patience.bound(now), conn.accepted_at()) {
+            // Refused, with a time to come back, before it would give up on its own.
+            until = until.min(accepted.saturating_add(bound));
+        }
+        if until <= now || self.draining {
             return self.shed(conn, now, out);
         }
-        let until = now.saturating_add(wait);
         conn.queue(until);
         self.waiting.push(key, now, until);
         self.queued_now += 1;
@@ -348,17 +354,22 @@ impl Driver {
 
     /// Proxy mode: a waiting client had left when its turn came: nothing was forwarded for
     /// it, and it is closed.
-    pub fn left_while_waiting(&mut self, parts: &mut Parts) {
-        self.leave_queue(&mut parts.conn);
+    pub fn left_while_waiting(&mut self, parts: &mut Parts, now: u64) {
+        self.leave_queue(&mut parts.conn, now);
         parts.conn.on_closed(&self.stats);
     }
 
     /// A connection ends (its client left, or it is closed) while it waits at the edge:
-    /// counted as a client that left while waiting, for whom nothing was forwarded.
-    fn leave_queue(&mut self, conn: &mut Conn) {
-        if conn.is_queued() {
-            self.queued_now = self.queued_now.saturating_sub(1);
-            Counters::bump(&self.stats.upstream_left_waiting);
+    /// counted as a client that left while waiting, for whom nothing was forwarded, and
+    /// what it bore teaches the queue the clients' patience.
+    fn leave_queue(&mut self, conn: &mut Conn, now: u64) {
+        if !conn.is_queued() {
+            return;
+        }
+        self.queued_now = self.queued_now.saturating_sub(1);
+        Counters::bump(&self.stats.upstream_left_waiting);
+        if let Some(accepted) = conn.accepted_at() {
+            self.patience.left_after(now.saturating_sub(accepted), now);
         }
     }
 
@@ -447,7 +458,7 @@ impl Driver {
     ) -> Next {
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
-            self.leave_queue(conn);
+            self.leave_queue(conn, now);
         }
         let mut cx = self.cx(now, out);
         match event {
@@ -810,7 +821,7 @@ impl Driver {
     /// stops counting as open and as a handshake in progress now, not when the slot goes.
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
-        self.leave_queue(conn);
+        self.leave_queue(conn, self.now());
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -934,7 +945,7 @@ impl Driver {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
-        self.leave_queue(conn);
+        self.leave_queue(conn, now);
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();
@@ -969,9 +980,7 @@ impl Driver {
         self.turn += 1;
         (self.stats.upstream_waiting)
             .store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
-        let window_over = self
-            .admission
-            .end_turn(&self.stats, open, now, &self.config);
+        let window_over = (self.admission).end_turn(&self.stats, open, now, &self.config);
         (self.draining && idle) || window_over
     }
 

@@ -12,6 +12,45 @@ use std::collections::VecDeque;
 /// How long the queue must have stayed non-empty before the newest are served first.
 pub const CONGESTED_AFTER_MS: u64 = 100;
 
+/// A client is made to wait at most this share of the patience its peers showed: refused
+/// (with a time to come back) before it gives up on its own, it returns when told instead
+/// of at its backoff's whim, and no answer is computed for a client already gone.
+const PATIENCE_SHARE: f64 = 0.8;
+/// What was learned of the clients' patience is forgotten this long after the last client
+/// that left while waiting: clients may have become more patient since.
+const PATIENCE_MEMORY_MS: u64 = 60_000;
+
+/// How long clients bear from their connection to their answer before they give up,
+/// learned from those that left while waiting at the edge (a smoothed mean).
+#[derive(Debug, Default)]
+pub struct Patience {
+    estimate_ms: Option<f64>,
+    last_departure: u64,
+}
+
+impl Patience {
+    /// A client left `waited` ms after it connected.
+    pub fn left_after(&mut self, waited: u64, now: u64) {
+        let waited = waited as f64;
+        self.estimate_ms = Some(match self.estimate_ms {
+            None => waited,
+            Some(old) => 0.9 * old + 0.1 * waited,
+        });
+        self.last_departure = now;
+    }
+
+    /// How long after its connection a client may be kept waiting, when clients were seen
+    /// to give up (`None`: nothing known, or forgotten).
+    pub fn bound(&self, now: u64) -> Option<u64> {
+        match self.estimate_ms {
+            Some(ms) if now.saturating_sub(self.last_departure) < PATIENCE_MEMORY_MS => {
+                Some((ms * PATIENCE_SHARE) as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// One waiting client: its connection's key, when it began to wait and when its wait ends
 /// (the connection's deadline while it waits: an entry whose connection no longer waits
 /// until then is stale, its key perhaps reused).
@@ -88,6 +127,17 @@ mod tests {
         queue.push(7, 5_000, 15_000);
         queue.push(8, 5_000, 15_000);
         assert_eq!(queue.pop(5_001).map(|w| w.key), Some(7));
+    }
+
+    #[test]
+    fn clients_are_made_to_wait_less_than_they_were_seen_to_bear_and_this_is_forgotten() {
+        let mut patience = Patience::default();
+        assert_eq!(patience.bound(0), None);
+        for _ in 0..50 {
+            patience.left_after(5_000, 1_000);
+        }
+        assert_eq!(patience.bound(1_000), Some(4_000));
+        assert_eq!(patience.bound(1_000 + PATIENCE_MEMORY_MS), None);
     }
 
     #[test]

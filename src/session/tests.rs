@@ -106,7 +106,7 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
 fn over_the_connection_limit_a_client_gets_503_with_a_retry_after_in_range() {
     let limits = Limits {
         max_connections: 2,
-        retry_after_secs: (5, 30),
+        retry_after_secs: crate::policy::RetryAfter::Range(5, 30),
         ..Limits::default()
     };
     let mut driver = driver(limits);

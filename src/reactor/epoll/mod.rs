@@ -302,6 +302,16 @@ impl Reactor {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
+            if client.parts.waits_until().is_some() && sys::peer_gone(&client.stream) {
+                // Waiting at the edge for an upstream with room, and gone: nothing of it
+                // will be forwarded.
+                let closed = Event::PeerClosed;
+                let next = (self.driver).handle(&mut client.parts, closed, now, &mut self.out);
+                if self.apply(key, next) {
+                    self.settle(key, now);
+                }
+                return;
+            }
             if client.parts.wants_upstream() {
                 // The client is read again once the upstream has answered: until then
                 // its bytes wait in the kernel (back-pressure, not a buffer of ours).
@@ -478,9 +488,9 @@ impl turn::Backend for Reactor {
             .is_none_or(|client| sys::peer_gone(&client.stream))
     }
 
-    fn drop_waiting(&mut self, key: usize, _now: u64) {
+    fn drop_waiting(&mut self, key: usize, now: u64) {
         if let Some(client) = self.clients.get_mut(key) {
-            self.driver.left_while_waiting(&mut client.parts);
+            self.driver.left_while_waiting(&mut client.parts, now);
         }
         self.close(key);
     }
@@ -528,8 +538,10 @@ impl turn::Backend for Reactor {
         } else {
             Interest::READABLE
         };
-        if !client.registered && client.parts.wants_upstream() && !client.parts.is_relaying() {
-            // Proxy mode, waiting for the upstream: the client is not read until it answers.
+        let forwarded = client.parts.wants_upstream() && client.parts.waits_until().is_none();
+        if !client.registered && forwarded && !client.parts.is_relaying() {
+            // Proxy mode, waiting for the upstream: the client is not read until it answers
+            // (one waiting at the edge is watched, so that it is known when it leaves).
             return self.arm_timer(key, now);
         }
         let registry = self.poll.registry();

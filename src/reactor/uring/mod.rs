@@ -848,7 +848,7 @@ impl turn::Backend for Reactor {
 
     fn drop_waiting(&mut self, key: usize, now: u64) {
         if let Some(client) = self.clients.get_mut(key) {
-            self.driver.left_while_waiting(&mut client.parts);
+            self.driver.left_while_waiting(&mut client.parts, now);
         }
         self.apply(key, Next::Close);
         turn::Backend::settle(self, key, now);
