@@ -266,8 +266,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N|auto", default_value = "auto", value_parser = crate::proxy::pending::PendingLimit::parse)]
     pub upstream_max_pending: crate::proxy::pending::PendingLimit,
     /// How long a client waits at the edge for an upstream to take its upgrade, in ms;
-    /// then 503 with Retry-After. 0: no wait. Default: 4000, or the handshake timeout if
-    /// shorter (less when waiting clients are seen to give up sooner).
+    /// then 503 with Retry-After. 0: no wait. Default: 4000 (less when waiting clients are
+    /// seen to give up sooner).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub upstream_queue_ms: Option<u64>,
     /// A local address to open upstream connections from (repeatable: they take turns),
@@ -325,11 +325,12 @@ fn parse_upstream(value: &str) -> Result<crate::proxy::UpstreamTarget, String> {
 }
 
 /// `--upstream-queue-ms` when not given: common WebSocket clients give an attempt 4-20 s
-/// (reconnecting-websocket 4, Phoenix 10, Socket.IO 20); a client refused with a time to
-/// come back before it gives up returns when told, one that times out returns at its
+/// (reconnecting-websocket 4, Phoenix 10, Socket.IO 20). A client refused with a time to
+/// come back before it gives up returns when told; one that times out returns at its
 /// backoff's whim, and the answer the app computed for it is lost. Measured in a storm of
-/// 8,000 clients through the edge to a 2 ms app (docs/performance.md): a 4 s wait brought
-/// 5 s clients back with 1.8 attempts each, a 10 s wait with 2.3, at the same time.
+/// 8,000 clients through the edge to a 2 ms app (docs/performance.md#storms-through-the-edge):
+/// with a 4 s wait, 5 s clients and Socket.IO's 20 s clients were all back within 1.2x the
+/// app's floor with 1.8 attempts each; a 10 s wait took 5 s clients 2.3 attempts.
 const DEFAULT_QUEUE_MS: u64 = 4_000;
 
 fn parse_drain_code(value: &str) -> Result<u16, String> {
@@ -603,8 +604,7 @@ impl ServeArgs {
                     hash_key: self.upstream_hash_key.clone(),
                     max_connections_per_upstream: self.upstream_max_connections,
                     max_pending: self.upstream_max_pending,
-                    queue_ms: (self.upstream_queue_ms)
-                        .unwrap_or(DEFAULT_QUEUE_MS.min(self.handshake_timeout_ms)),
+                    queue_ms: (self.upstream_queue_ms).unwrap_or(DEFAULT_QUEUE_MS),
                     sources: self.upstream_sources.clone(),
                 },
             },

@@ -213,7 +213,11 @@ fn a_client_past_its_wait_gets_503_with_a_retry_after_in_range(io: Io) {
     });
     // In proxy mode the Retry-After is paced by default (`auto`): one second per slot of
     // the rate measured, at least 1 and at most 300.
-    assert!(server.log().contains("retry_after=auto"), "{}", server.log());
+    assert!(
+        server.log().contains("retry_after=auto"),
+        "{}",
+        server.log()
+    );
     let mut late = send_request(&server);
     late.set_read_timeout(Some(DEADLINE)).unwrap();
     let head = read_head(&mut late);

@@ -19,6 +19,9 @@ const PATIENCE_SHARE: f64 = 0.8;
 /// What was learned of the clients' patience is forgotten this long after the last client
 /// that left while waiting: clients may have become more patient since.
 const PATIENCE_MEMORY_MS: u64 = 60_000;
+/// Departures seen (within the memory) before they bound anyone's wait: a few clients
+/// closing a tab say nothing of the others.
+const PATIENCE_SAMPLES: u32 = 32;
 
 /// How long clients bear from their connection to their answer before they give up,
 /// learned from those that left while waiting at the edge (a smoothed mean).
@@ -26,16 +29,21 @@ const PATIENCE_MEMORY_MS: u64 = 60_000;
 pub struct Patience {
     estimate_ms: Option<f64>,
     last_departure: u64,
+    samples: u32,
 }
 
 impl Patience {
     /// A client left `waited` ms after it connected.
     pub fn left_after(&mut self, waited: u64, now: u64) {
         let waited = waited as f64;
-        self.estimate_ms = Some(match self.estimate_ms {
-            None => waited,
-            Some(old) => 0.9 * old + 0.1 * waited,
+        if now.saturating_sub(self.last_departure) >= PATIENCE_MEMORY_MS {
+            self.samples = 0;
+        }
+        self.estimate_ms = Some(match (self.estimate_ms, self.samples) {
+            (Some(old), 1..) => 0.9 * old + 0.1 * waited,
+            _ => waited,
         });
+        self.samples = self.samples.saturating_add(1);
         self.last_departure = now;
     }
 
@@ -43,7 +51,10 @@ impl Patience {
     /// to give up (`None`: nothing known, or forgotten).
     pub fn bound(&self, now: u64) -> Option<u64> {
         match self.estimate_ms {
-            Some(ms) if now.saturating_sub(self.last_departure) < PATIENCE_MEMORY_MS => {
+            Some(ms)
+                if self.samples >= PATIENCE_SAMPLES
+                    && now.saturating_sub(self.last_departure) < PATIENCE_MEMORY_MS =>
+            {
                 Some((ms * PATIENCE_SHARE) as u64)
             }
             _ => None,
@@ -133,6 +144,11 @@ mod tests {
     fn clients_are_made_to_wait_less_than_they_were_seen_to_bear_and_this_is_forgotten() {
         let mut patience = Patience::default();
         assert_eq!(patience.bound(0), None);
+        for _ in 0..PATIENCE_SAMPLES - 1 {
+            patience.left_after(300, 1_000);
+        }
+        assert_eq!(patience.bound(1_000), None, "a few departures bound no one");
+        let mut patience = Patience::default();
         for _ in 0..50 {
             patience.left_after(5_000, 1_000);
         }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Reconnect storms through the edge: N clients at once against an app server whose session
+# setup costs CPU, straight to it, through wsedge and through nginx, for two client retry
+# policies; prints how long until every client is back against the app's floor, attempts
+# per client and the app's wasted sessions (see benches/storm.py for the flags).
+#
+#   benches/storm.sh [--clients 8000] [--rounds 2] [--setup-ms 2] [--edge-args "..."]
+#
+# Needs Python websockets in target/thirdparty/venv (.ci/run installs it) and nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p wsedge -p wsedge-loadgen
+if [ ! -x target/thirdparty/venv/bin/python ]; then
+  python3 -m venv target/thirdparty/venv
+fi
+target/thirdparty/venv/bin/python -c 'import websockets' 2>/dev/null ||
+  target/thirdparty/venv/bin/pip install -q 'websockets>=13,<18'
+ulimit -n "$(ulimit -Hn)"
+exec python3 benches/storm.py "$@"
