@@ -2,8 +2,9 @@
 //! requests not yet answered. An app server's session setup costs it CPU; past what it can
 //! set up at once, more in flight only lengthen every answer until clients give up on
 //! answers the app is still computing. A fixed N, or `auto`: the limit found as it goes
-//! from the answers' latency, as TCP Vegas finds a window and Netflix's concurrency-limits
-//! and Envoy's adaptive concurrency find a request limit. Established relays never count.
+//! from the answers' latency (additive increase while they come within a target, decrease
+//! past it), as Netflix's concurrency-limits and Envoy's adaptive concurrency find a
+//! request limit. Established relays never count.
 
 use std::time::Duration;
 
@@ -46,10 +47,14 @@ impl std::fmt::Display for PendingLimit {
 pub const AUTO_START: u32 = 4;
 /// The most `auto` grows to, per reactor and upstream.
 pub const AUTO_MAX: u32 = 1_000;
-/// Vegas's bounds on the estimated queue at the upstream: grow below `ALPHA`, shrink above
-/// `BETA`. A few upgrades waiting keep the app busy; more only add latency.
-const ALPHA: f64 = 2.0;
-const BETA: f64 = 4.0;
+/// `auto` keeps an upstream's answer latency under this many times its own (the least seen
+/// while it was not queued)...
+const TARGET_TIMES_FLOOR: u64 = 4;
+/// ...or this, whichever is longer, in µs: an app that answers within it is not in
+/// trouble, however many are in flight. A latency target, as CoDel's: in a steady state
+/// the limit does not bind (the clients are not made to wait at the edge, which costs the
+/// edge a little per client); when a herd arrives and answers take seconds, it does.
+const TARGET_FLOOR_US: u64 = 20_000;
 /// The latency floor is the least latency of answers that came while the upstream had at
 /// most half its limit in flight (not queued behind others); after this many such answers
 /// it becomes the least of them, so that it follows an upstream that became slower for
@@ -111,16 +116,12 @@ impl Limiter {
                 self.samples = 0;
             }
         }
-        let floor = self.floor as f64;
-        // Vegas: of `limit` in flight, this many are waiting rather than being served.
-        let queued = f64::from(self.limit) * (1.0 - floor / us as f64);
-        if queued < ALPHA {
-            // Grow only when the limit is what holds clients back, not an idle upstream.
-            if pending + 1 >= self.limit {
-                self.limit = (self.limit + 1).min(AUTO_MAX);
-            }
-        } else if queued > BETA {
+        let target = (self.floor.saturating_mul(TARGET_TIMES_FLOOR)).max(TARGET_FLOOR_US);
+        if us > target {
             self.limit = self.limit.saturating_sub(1).max(1);
+        } else if pending + 1 >= self.limit {
+            // Grown only when the limit is what holds clients back, not an idle upstream.
+            self.limit = (self.limit + 1).min(AUTO_MAX);
         }
     }
 
@@ -151,15 +152,28 @@ mod tests {
     }
 
     #[test]
-    fn auto_settles_a_few_above_one_for_an_app_that_serves_one_at_a_time() {
+    fn auto_keeps_a_slow_app_s_answers_near_the_target() {
         let mut limiter = Limiter::new(PendingLimit::Auto, 1);
         let cost = Duration::from_millis(2);
         for _ in 0..5_000 {
             let in_flight = limiter.limit();
             limiter.answered(serial_app_latency(cost, in_flight), in_flight - 1);
         }
+        // Its answers come within 4x what they took with 4 in flight: 32 ms, 16 at once.
         let limit = limiter.limit();
-        assert!((2..=8).contains(&limit), "{limit}");
+        assert!((15..=17).contains(&limit), "{limit}");
+    }
+
+    #[test]
+    fn auto_does_not_bind_while_answers_come_within_the_target() {
+        let mut limiter = Limiter::new(PendingLimit::Auto, 1);
+        for _ in 0..5_000 {
+            let in_flight = limiter.limit();
+            // A fast app: 50 µs each, one at a time; 64 in flight wait 3.2 ms.
+            let latency = Duration::from_micros(50) * in_flight;
+            limiter.answered(latency, in_flight - 1);
+        }
+        assert!(limiter.limit() >= 64, "{}", limiter.limit());
     }
 
     #[test]
@@ -185,6 +199,7 @@ mod tests {
         let before = limiter.limit();
         // Now 64 workers at 10 ms each, under light load for a while, then under a storm.
         let slower = |n: u32| Duration::from_millis(10) * n.div_ceil(64);
+        assert!(before < 64);
         for _ in 0..FLOOR_WINDOW {
             limiter.answered(slower(1), 0);
         }

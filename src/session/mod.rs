@@ -288,6 +288,30 @@ impl Driver {
         }
     }
 
+    /// Whether some upstream has room for one more upgrade from this reactor.
+    fn upstream_room(&self) -> bool {
+        let proxy = &self.config.proxy;
+        let cap = (proxy.max_connections_per_upstream).div_ceil(self.fleet.reactors() as u32);
+        self.fleet.has_room(cap)
+    }
+
+    /// Proxy mode, before the forwarded request is written: when no upstream has room, the
+    /// client waits (or is refused) at once, and nothing is written for it
+    /// ([`Driver::open_upstream`] would find the same, later).
+    pub fn hold_if_busy(
+        &mut self,
+        (key, parts): (usize, &mut Parts),
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<Next> {
+        if self.upstream_room() {
+            return None;
+        }
+        let conn = &mut parts.conn;
+        self.unqueue(conn, now);
+        Some(self.wait_for_room(key, conn, now, out))
+    }
+
     /// No upstream has room for the client's upgrade: it waits at the edge for
     /// `--upstream-queue-ms`, or is refused at once when there is no wait.
     fn wait_for_room(&mut self, key: usize, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
@@ -323,9 +347,8 @@ impl Driver {
     }
 
     /// Proxy mode: the next waiting client to send on, if an upstream has room for it and
-    /// it still waits ([`Parts::waits_since`] tells, by the backend's `parts`); the backend
-    /// then checks the client is still there and calls [`Driver::open_upstream`] for it, or
-    /// [`Driver::left_while_waiting`].
+    /// it still waits (`parts` gives [`Parts::waits_until`] of the backend's connection
+    /// `key`); the backend then calls [`Driver::open_upstream`] for it.
     pub fn next_waiting(
         &mut self,
         now: u64,
@@ -334,12 +357,7 @@ impl Driver {
         if self.waiting.is_empty() {
             return None;
         }
-        let cap = self
-            .config
-            .proxy
-            .max_connections_per_upstream
-            .div_ceil(self.fleet.reactors() as u32);
-        while self.fleet.has_room(cap) {
+        while self.upstream_room() {
             let waiting = self.waiting.pop(now)?;
             if parts(waiting.key) == Some(waiting.until) {
                 Counters::add(
@@ -350,13 +368,6 @@ impl Driver {
             }
         }
         None
-    }
-
-    /// Proxy mode: a waiting client had left when its turn came: nothing was forwarded for
-    /// it, and it is closed.
-    pub fn left_while_waiting(&mut self, parts: &mut Parts, now: u64) {
-        self.leave_queue(&mut parts.conn, now);
-        parts.conn.on_closed(&self.stats);
     }
 
     /// A connection ends (its client left, or it is closed) while it waits at the edge:

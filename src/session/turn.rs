@@ -27,10 +27,6 @@ pub trait Backend {
     /// Proxy mode: the next waiting client an upstream has room for
     /// ([`Driver::next_waiting`], with the backend's connections to check it against).
     fn next_waiting(&mut self, now: u64) -> Option<usize>;
-    /// Whether client `key` has left (closed or reset its connection).
-    fn client_gone(&self, key: usize) -> bool;
-    /// Client `key` left while it waited: [`Driver::left_while_waiting`], then close it.
-    fn drop_waiting(&mut self, key: usize, now: u64);
     /// Sends waiting client `key` on to an upstream ([`Driver::open_upstream`]).
     fn forward(&mut self, key: usize, now: u64);
 }
@@ -66,14 +62,11 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
 }
 
 /// Proxy mode: the clients waiting at the edge that the upstreams now have room for go on
-/// their way; one that left meanwhile costs the upstream nothing, since nothing of it was
-/// forwarded.
+/// their way. One that left while waiting was closed when the backend saw it go (a read of
+/// 0 or an error: both backends watch a waiting client), and nothing of it was forwarded.
 fn send_on_waiting(backend: &mut impl Backend, now: u64) {
     while let Some(key) = backend.next_waiting(now) {
-        match backend.client_gone(key) {
-            true => backend.drop_waiting(key, now),
-            false => backend.forward(key, now),
-        }
+        backend.forward(key, now);
     }
 }
 

@@ -482,19 +482,6 @@ impl turn::Backend for Reactor {
         })
     }
 
-    fn client_gone(&self, key: usize) -> bool {
-        self.clients
-            .get(key)
-            .is_none_or(|client| sys::peer_gone(&client.stream))
-    }
-
-    fn drop_waiting(&mut self, key: usize, now: u64) {
-        if let Some(client) = self.clients.get_mut(key) {
-            self.driver.left_while_waiting(&mut client.parts, now);
-        }
-        self.close(key);
-    }
-
     fn forward(&mut self, key: usize, now: u64) {
         if self.connect_upstream(key, 0, now) {
             self.settle(key, now);

@@ -294,6 +294,10 @@ impl Reactor {
         let Some(client) = self.clients.get_mut(key) else {
             return false;
         };
+        if let Some(next) = (self.driver).hold_if_busy((key, &mut client.parts), now, &mut self.out)
+        {
+            return next == Next::Continue || self.apply(key, next);
+        }
         let local = match self.driver.forwarding() {
             Forwarding::ProxyV2 => client.stream.local_addr().ok(),
             Forwarding::Headers => None,

@@ -839,21 +839,6 @@ impl turn::Backend for Reactor {
         })
     }
 
-    fn client_gone(&self, key: usize) -> bool {
-        self.clients
-            .get(key)
-            .and_then(Client::socket)
-            .is_none_or(sys::peer_gone)
-    }
-
-    fn drop_waiting(&mut self, key: usize, now: u64) {
-        if let Some(client) = self.clients.get_mut(key) {
-            self.driver.left_while_waiting(&mut client.parts, now);
-        }
-        self.apply(key, Next::Close);
-        turn::Backend::settle(self, key, now);
-    }
-
     fn forward(&mut self, key: usize, now: u64) {
         self.connect_upstream(key, 0, now);
         turn::Backend::settle(self, key, now);
