@@ -7,6 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use plotters::chart::DualCoordChartContext;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
@@ -218,22 +220,43 @@ pub fn recovery(
         .label("clients in, % (right axis)")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], black.stroke_width(3)));
     if !server_cpu.is_empty() {
-        let grey = RGBColor(110, 110, 110);
-        chart
-            .draw_secondary_series(DashedLineSeries::new(
-                server_cpu.to_vec(),
-                3,
-                3,
-                grey.stroke_width(2),
-            ))
-            .map_err(failed)?
-            .label("server CPU, % of one core (right axis)")
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
-            });
+        server_cpu_line(
+            &mut chart,
+            server_cpu,
+            "server CPU, % of one core (right axis)",
+        )?;
     }
     legend(&mut *chart)?;
     write(&root, path)
+}
+
+/// The server's CPU as a dashed grey line on a chart's right-hand axis; returns its colour.
+fn server_cpu_line<'a, X, Y>(
+    chart: &mut DualCoordChartContext<
+        'a,
+        SVGBackend<'a>,
+        Cartesian2d<X, Y>,
+        Cartesian2d<RangedCoordf64, RangedCoordf64>,
+    >,
+    points: &[(f64, f64)],
+    label: &str,
+) -> anyhow::Result<RGBColor>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged,
+{
+    let grey = RGBColor(110, 110, 110);
+    chart
+        .draw_secondary_series(DashedLineSeries::new(
+            points.to_vec(),
+            3,
+            3,
+            grey.stroke_width(2),
+        ))
+        .map_err(failed)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+    Ok(grey)
 }
 
 /// One step of a ramp, as the ramp plot needs it.
@@ -326,19 +349,7 @@ pub fn ramp(
             .y_desc("server CPU (% of one core)")
             .draw()
             .map_err(failed)?;
-        let grey = RGBColor(110, 110, 110);
-        chart
-            .draw_secondary_series(DashedLineSeries::new(
-                cpu.clone(),
-                3,
-                3,
-                grey.stroke_width(2),
-            ))
-            .map_err(failed)?
-            .label("server CPU (right axis)")
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
-            });
+        let grey = server_cpu_line(&mut chart, &cpu, "server CPU (right axis)")?;
         chart
             .draw_secondary_series(
                 cpu.into_iter()

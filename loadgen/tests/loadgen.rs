@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wsedge::conn::AfterUpgrade;
-use wsedge::reactor::{Server, ServerConfig};
+use wsedge::reactor::Server;
 
 mod support;
 use support::{server_config, wsedge};
@@ -344,32 +344,10 @@ fn wsedge_tls() -> (Server, u16, std::path::PathBuf) {
     wsedge_tls_with(Vec::new())
 }
 
-/// wsedge on a TLS listener, offering the key-exchange `groups` (empty: rustls's).
+/// wsedge in close mode on a TLS listener, offering the key-exchange `groups` (empty:
+/// rustls's).
 fn wsedge_tls_with(groups: Vec<wsedge::tls::TlsGroup>) -> (Server, u16, std::path::PathBuf) {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("loadgen-wss-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let settings = wsedge::tls::TlsSettings {
-        pairs: vec![(cert.clone(), key)],
-        groups,
-        ..Default::default()
-    };
-    let config = ServerConfig {
-        listen: Vec::new(),
-        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(wsedge::tls::shared(
-            wsedge::tls::server_config(&settings).unwrap(),
-        )),
-        ..server_config(AfterUpgrade::Close, 5_000)
-    };
-    let server = Server::start(config).expect("start wsedge");
-    let port = server.local_addrs()[0].port();
-    (server, port, cert)
+    support::wsedge_tls(AfterUpgrade::Close, groups)
 }
 
 #[test]

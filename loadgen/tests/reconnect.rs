@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use wsedge::conn::AfterUpgrade;
-use wsedge::reactor::{Server, ServerConfig};
 
 mod support;
 
@@ -323,26 +322,8 @@ fn server_pid_and_plot_show_the_server_cpu_and_the_recovery() {
 
 #[test]
 fn wss_clients_come_back_through_tls() {
-    let dir = std::env::temp_dir().join(format!("reconnect-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let settings = wsedge::tls::TlsSettings {
-        pairs: vec![(cert.clone(), key)],
-        ..Default::default()
-    };
-    let config = ServerConfig {
-        listen: Vec::new(),
-        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
-        tls: Some(wsedge::tls::shared(
-            wsedge::tls::server_config(&settings).unwrap(),
-        )),
-        ..support::server_config(AfterUpgrade::Echo, 10_000)
-    };
-    let server = Server::start(config).expect("start wsedge");
-    let url = format!("wss://localhost:{}/", server.local_addrs()[0].port());
+    let (_server, port, cert) = support::wsedge_tls(AfterUpgrade::Echo, Vec::new());
+    let url = format!("wss://localhost:{port}/");
     let (code, stdout, stderr, json) = support::loadgen(&[
         "reconnect",
         &url,
@@ -359,7 +340,6 @@ fn wss_clients_come_back_through_tls() {
     assert_eq!(json["clients_in"], 30, "{json}");
     assert_eq!(json["attempts_total"], 30, "{json}");
     assert!(json["tls_latency_us"]["p50"].as_u64() > Some(0), "{json}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -103,3 +103,36 @@ pub fn total_of(lines: &[LogLine]) -> hdrhistogram::Histogram<u64> {
 pub fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("wsedge-loadgen-{}-{name}", std::process::id()))
 }
+
+/// An in-process wsedge (`after` the 101) with one TLS listener on a fresh self-signed
+/// certificate for `localhost`, offering the key-exchange `groups` (empty: rustls's);
+/// returns the server, the TLS port and the certificate's PEM file.
+pub fn wsedge_tls(
+    after: AfterUpgrade,
+    groups: Vec<wsedge::tls::TlsGroup>,
+) -> (Server, u16, std::path::PathBuf) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("loadgen-wss-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let settings = wsedge::tls::TlsSettings {
+        pairs: vec![(cert.clone(), key)],
+        groups,
+        ..Default::default()
+    };
+    let config = ServerConfig {
+        listen: Vec::new(),
+        listen_tls: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(wsedge::tls::shared(
+            wsedge::tls::server_config(&settings).unwrap(),
+        )),
+        ..server_config(after, 10_000)
+    };
+    let server = Server::start(config).expect("start wsedge");
+    let port = server.local_addrs()[0].port();
+    (server, port, cert)
+}
