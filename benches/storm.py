@@ -14,7 +14,10 @@ same run). Wasted sessions are the app's upgrades beyond the clients that got in
 set up for clients that had given up.
 
     benches/storm.py [--clients 8000] [--rounds 2] [--setup-ms 2] [--paths direct,wsedge,nginx]
-                     [--policies impatient,socketio] [--secs 90] [--edge-args "..."]
+                     [--policies impatient,socketio] [--secs 90] [--edge-args "..."] [--apps 1]
+
+With `--apps 2` two app servers share CPU 0 behind the edges (so the floor is the same):
+the edges balance over them; `direct` goes to the first only and is skipped.
 """
 import argparse
 import json
@@ -72,9 +75,14 @@ def stop(proc, log=None):
     return log.read()
 
 
-def app(setup_ms):
-    return started([VENV_PY, "benches/storm_app.py", str(APP_PORT), str(setup_ms)],
+def app(setup_ms, port=APP_PORT):
+    return started([VENV_PY, "benches/storm_app.py", str(port), str(setup_ms)],
                    "listening on")
+
+
+def app_ports(apps):
+    """The app servers' ports: the first is APP_PORT, the others after the edge's."""
+    return [APP_PORT] + [EDGE_PORT + i for i in range(1, apps)]
 
 
 def app_upgrades(output):
@@ -84,11 +92,12 @@ def app_upgrades(output):
     return None
 
 
-def nginx():
+def nginx(ports):
     prefix = tempfile.mkdtemp(prefix="wsedge-storm-nginx-")
+    servers = "\n        ".join(f"server 127.0.0.1:{p};" for p in ports)
     with open(os.path.join(ROOT, "benches", "contenders", "nginx-proxy.conf")) as f:
         conf = (f.read().replace("@PORT@", str(EDGE_PORT))
-                .replace("@UPSTREAM@", f"127.0.0.1:{APP_PORT}").replace("@PREFIX@", prefix))
+                .replace("server @UPSTREAM@;", servers).replace("@PREFIX@", prefix))
     path = os.path.join(prefix, "nginx.conf")
     with open(path, "w") as f:
         f.write(conf)
@@ -105,10 +114,10 @@ def nginx():
     raise SystemExit("nginx did not start")
 
 
-def wsedge(extra):
+def wsedge(extra, ports):
+    upstreams = [arg for p in ports for arg in ("--upstream", f"127.0.0.1:{p}")]
     return started([WSEDGE, "serve", "--listen", f"127.0.0.1:{EDGE_PORT}", "--after", "proxy",
-                    "--upstream", f"127.0.0.1:{APP_PORT}", "--threads", "1",
-                    "--backlog", "4096"] + extra, "listening on")
+                    "--threads", "1", "--backlog", "4096"] + upstreams + extra, "listening on")
 
 
 def loadgen(args):
@@ -133,21 +142,23 @@ def floor_rate(setup_ms):
 
 def one(path, policy, args):
     """One storm on one path; returns its row."""
-    app_proc, app_log = app(args.setup_ms)
+    ports = app_ports(args.apps)
+    apps = [app(args.setup_ms, p) for p in ports]
     edge = edge_log = None
     port = APP_PORT
     try:
         if path == "wsedge":
-            edge, edge_log = wsedge(shlex.split(args.edge_args))
+            edge, edge_log = wsedge(shlex.split(args.edge_args), ports)
             port = EDGE_PORT
         elif path == "nginx":
-            edge, edge_log = nginx()
+            edge, edge_log = nginx(ports)
             port = EDGE_PORT
         run = loadgen(["reconnect", f"ws://127.0.0.1:{port}/", "--clients", str(args.clients),
                        "--duration", f"{args.secs}s"] + POLICIES[policy])
     finally:
         edge_out = stop(edge, edge_log) if edge else ""
-        upgrades = app_upgrades(stop(app_proc, app_log))
+        counts = [app_upgrades(stop(proc, log)) for proc, log in apps]
+        upgrades = None if None in counts else sum(counts)
     stopped = next((l for l in edge_out.splitlines() if "stopped:" in l), "")
     counters = dict(w.split("=", 1) for w in stopped.split("stopped:")[-1].split() if "=" in w)
     return {
@@ -177,7 +188,11 @@ def main():
     parser.add_argument("--secs", type=int, default=90, help="longest a storm may take")
     parser.add_argument("--edge-args", default="", help="extra wsedge serve flags")
     parser.add_argument("--json", metavar="FILE", help="also write every row here")
+    parser.add_argument("--apps", type=int, default=1, choices=[1, 2, 3, 4],
+                        help="app servers behind the edges (sharing CPU 0)")
     args = parser.parse_args()
+    if args.apps > 1:
+        args.paths = ",".join(p for p in args.paths.split(",") if p != "direct")
     rows = []
     rate = floor_rate(args.setup_ms)
     floor = args.clients / rate
