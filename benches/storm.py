@@ -180,7 +180,18 @@ def one(path, policy, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=8000)
+    parser.add_argument("--own", action="store_true",
+                        help="storm the server's own handshakes with its CPU capped "
+                        "(benches/storm_own.py) instead of an app behind an edge")
+    parser.add_argument("--tls", action="store_true", help="--own: wss:// clients")
+    parser.add_argument("--cap", type=int, default=20,
+                        help="--own: the server's CPU cap, percent of one core")
+    parser.add_argument("--servers", default="epoll,uring,floor,nginx",
+                        help="--own: servers to storm")
+    parser.add_argument("--wsedge-args", default="", help="--own: extra wsedge serve flags")
+    parser.add_argument("--baseline", metavar="BIN",
+                        help="--own: another wsedge build, interleaved as baseline-epoll/uring")
+    parser.add_argument("--clients", type=int)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--setup-ms", type=float, default=2.0)
     parser.add_argument("--paths", default="direct,wsedge,nginx")
@@ -191,6 +202,12 @@ def main():
     parser.add_argument("--apps", type=int, default=1, choices=[1, 2, 3, 4],
                         help="app servers behind the edges (sharing CPU 0)")
     args = parser.parse_args()
+    if args.own:
+        import storm_own
+        args.clients = args.clients or 10000
+        args.policies = args.policies
+        return storm_own.main(args)
+    args.clients = args.clients or 8000
     if args.apps > 1:
         args.paths = ",".join(p for p in args.paths.split(",") if p != "direct")
     rows = []

@@ -25,6 +25,7 @@ struct Client {
     stream: TcpStream,
     tls: rustls::ServerConnection,
     request: Vec<u8>,
+    answered: bool,
 }
 
 fn main() -> io::Result<()> {
@@ -49,6 +50,7 @@ fn main() -> io::Result<()> {
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let hold = std::env::var_os("FLOOR_HOLD").is_some();
     let mut clients: HashMap<usize, Client> = HashMap::new();
     let mut next = 0usize;
     let mut events = Events::with_capacity(1024);
@@ -68,6 +70,7 @@ fn main() -> io::Result<()> {
                             stream,
                             tls,
                             request: Vec::new(),
+                            answered: false,
                         },
                     );
                 }
@@ -75,7 +78,7 @@ fn main() -> io::Result<()> {
             }
             let key = event.token().0;
             let done = match clients.get_mut(&key) {
-                Some(client) => serve(client),
+                Some(client) => serve(client, hold),
                 None => false,
             };
             if done {
@@ -85,8 +88,10 @@ fn main() -> io::Result<()> {
     }
 }
 
-/// Reads what came; returns whether the connection is finished.
-fn serve(client: &mut Client) -> bool {
+/// Reads what came; returns whether the connection is finished. Held (`FLOOR_HOLD` set in
+/// the environment, for storms of clients that stay: `benches/storm.py --own`), it answers
+/// the 101 alone and keeps the connection until the client closes it.
+fn serve(client: &mut Client, hold: bool) -> bool {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match client.stream.read(&mut buf) {
@@ -102,13 +107,19 @@ fn serve(client: &mut Client) -> bool {
                     }
                 }
                 let _ = client.tls.reader().read_to_end(&mut client.request);
+                if client.answered {
+                    client.request.clear();
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(_) => return true,
         }
     }
-    let answered = client.request.windows(4).any(|w| w == b"\r\n\r\n");
-    if answered {
+    let answered = !client.answered && client.request.windows(4).any(|w| w == b"\r\n\r\n");
+    if answered && hold {
+        client.answered = true;
+        let _ = client.tls.writer().write_all(&ANSWER[..ANSWER.len() - 4]);
+    } else if answered {
         let _ = client.tls.writer().write_all(ANSWER);
         client.tls.send_close_notify();
     }
@@ -117,5 +128,5 @@ fn serve(client: &mut Client) -> bool {
             return true;
         }
     }
-    answered
+    answered && !hold
 }

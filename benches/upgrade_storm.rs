@@ -459,9 +459,17 @@ fn idle_memory(count: usize, io: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The floor: the least a server can do per upgrade with epoll.
+/// The floor: the least a server can do per upgrade with epoll. With `FLOOR_HOLD` set in its
+/// environment it answers the 101 alone and holds the connection until the client closes it
+/// (for storms of clients that stay, `benches/storm.py --own`).
 fn floor_server(port: &str) -> std::io::Result<()> {
     pin_to_cpu(0);
+    let hold = std::env::var_os("FLOOR_HOLD").is_some();
+    let answer = if hold {
+        &CANNED_101[..CANNED_101.len() - 4]
+    } else {
+        CANNED_101
+    };
     let addr = format!("127.0.0.1:{port}")
         .parse()
         .map_err(|_| std::io::Error::other("--port takes a number"))?;
@@ -471,7 +479,7 @@ fn floor_server(port: &str) -> std::io::Result<()> {
     poll.registry()
         .register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
     let mut events = Events::with_capacity(1024);
-    let mut clients = slab::Slab::<(TcpStream, Vec<u8>)>::new();
+    let mut clients = slab::Slab::<(TcpStream, Vec<u8>, bool)>::new();
     loop {
         poll.poll(&mut events, None)?;
         for event in events.iter() {
@@ -483,22 +491,29 @@ fn floor_server(port: &str) -> std::io::Result<()> {
                         Token(entry.key()),
                         Interest::READABLE,
                     )?;
-                    entry.insert((stream, Vec::new()));
+                    entry.insert((stream, Vec::new(), false));
                 }
                 continue;
             }
             let key = event.token().0;
-            let Some((stream, seen)) = clients.get_mut(key) else {
+            let Some((stream, seen, answered)) = clients.get_mut(key) else {
                 continue;
             };
             let mut buf = [0u8; 4096];
             let finished = match stream.read(&mut buf) {
                 Ok(0) => true,
+                Ok(_) if *answered => false,
                 Ok(n) => {
                     seen.extend_from_slice(&buf[..n]);
                     if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = stream.write_all(CANNED_101);
-                        true
+                        let _ = stream.write_all(answer);
+                        if hold {
+                            // Held: what the client sends from now on is read and dropped.
+                            *answered = true;
+                            false
+                        } else {
+                            true
+                        }
                     } else {
                         false
                     }

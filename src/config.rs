@@ -156,6 +156,12 @@ pub struct ServeArgs {
     /// Time from accept to a complete handshake request, in ms.
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub handshake_timeout_ms: u64,
+    /// How long TLS clients wait for their answer before they give up (their attempt
+    /// timeout: 5s, 20s ...): a client that has waited so long that its handshake would end
+    /// later is reset before any key exchange is spent on it (one that left is, always).
+    /// Default: the handshake timeout.
+    #[arg(long, value_name = "DURATION", value_parser = |v: &str| crate::values::duration_up_to(v, std::time::Duration::from_secs(3600)))]
+    pub client_patience: Option<std::time::Duration>,
     /// Close upgraded connections silent this long with 1001, in ms; 0 = never.
     #[arg(long, value_name = "MS", allow_negative_numbers = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
     pub idle_timeout_ms: u64,
@@ -574,6 +580,9 @@ impl ServeArgs {
                 },
                 after: self.after,
                 handshake_timeout_ms: self.handshake_timeout_ms,
+                client_patience_ms: self
+                    .client_patience
+                    .map_or(self.handshake_timeout_ms, |d| d.as_millis() as u64),
                 idle_timeout_ms: self.idle_timeout_ms,
                 send_timeout_ms: self.send_timeout_ms,
                 max_message_bytes: self.max_message_bytes as usize,

@@ -129,6 +129,15 @@ event_counters! {
     /// accepted connection: see [`Snapshot::unaccounted`].
     handshakes_abandoned => "wsedge_handshakes_abandoned",
         "Handshakes the client closed or reset before any outcome.";
+    /// TLS connections reset before any work was spent on them (no ClientHello read, no
+    /// key exchange): the client had already left, or could not be answered within
+    /// `--client-patience`. An outcome of its own (not also counted as abandoned).
+    shed_before_work => "wsedge_shed_before_work",
+        "TLS connections reset before any work: the client had left, or was past its patience.";
+    /// TLS key exchanges spent on clients that left (or timed out) before their answer:
+    /// work done for no one. These connections end as abandoned or timed out.
+    tls_handshakes_wasted => "wsedge_tls_handshakes_wasted",
+        "TLS key exchanges spent on clients that left before their answer.";
 }
 
 /// What one reactor has seen: its [`Events`] (reached through this struct too), and the
@@ -297,7 +306,8 @@ impl Snapshot {
     /// Accepted connections whose handshake has no outcome counted yet: those in progress
     /// (0 once the server is idle). Every accepted connection ends in exactly one of:
     /// upgraded, rejected (a status, 408 and admission refusals included), an upstream's
-    /// refusal passed on, a silent handshake timeout, or abandoned by the client.
+    /// refusal passed on, a silent handshake timeout, abandoned by the client, or shed
+    /// before any work.
     pub fn unaccounted(&self) -> i128 {
         let silent_timeouts =
             i128::from(self.handshake_timeouts) - i128::from(self.timeouts_answered);
@@ -307,5 +317,6 @@ impl Snapshot {
             - i128::from(self.upstream_refusals_passed)
             - silent_timeouts
             - i128::from(self.handshakes_abandoned)
+            - i128::from(self.shed_before_work)
     }
 }

@@ -222,6 +222,42 @@ pub fn peer_gone(socket: impl std::os::fd::AsFd) -> bool {
     ready > 0 && watched.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// What the kernel knows of an accepted connection that nothing has been spent on yet:
+/// whether its client is still there, and how long it has waited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waited {
+    /// The client closed or reset its side (its FIN or RST arrived, whatever data came
+    /// before it): it gave up.
+    pub left: bool,
+    /// Milliseconds since the client's last data arrived: for a connection whose first
+    /// bytes are all in (a TLS ClientHello), how long the client has been waiting for an
+    /// answer.
+    pub ms: u64,
+}
+
+/// [`Waited`] for `socket`, from one `TCP_INFO` (`None` if the kernel will not say).
+pub fn waited(socket: impl std::os::fd::AsFd) -> Option<Waited> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain old data, valid when zeroed.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the size given, written by the kernel.
+    let got = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    const TCP_ESTABLISHED: u8 = 1;
+    (got == 0).then_some(Waited {
+        left: info.tcpi_state != TCP_ESTABLISHED,
+        ms: u64::from(info.tcpi_last_data_recv),
+    })
+}
+
 /// Sets `TCP_NODELAY` on `socket`. A failure leaves Nagle on, which only delays small
 /// writes: nothing to report.
 pub fn set_nodelay(socket: impl std::os::fd::AsFd) {

@@ -71,6 +71,10 @@ pub struct ConnConfig {
     pub after: AfterUpgrade,
     /// Time from accept to a complete request, in ms.
     pub handshake_timeout_ms: u64,
+    /// How long a TLS client is taken to wait for its answer (`--client-patience`): one
+    /// that has waited so long that its handshake would end later is shed before its key
+    /// exchange.
+    pub client_patience_ms: u64,
     /// Time an upgraded connection may stay silent, in ms; 0 disables.
     pub idle_timeout_ms: u64,
     /// How long output may wait for a client that takes none of it, in ms.
@@ -351,6 +355,16 @@ impl Conn {
                 Counters::bump(&stats.upstream_abandoned_pending);
             }
             Counters::bump(&stats.handshakes_abandoned);
+            self.phase = Phase::Done;
+            self.deadline = NO_DEADLINE;
+        }
+    }
+
+    /// Ends a handshake before any of its bytes were read: the connection is shed (counted
+    /// once, as that outcome, not as abandoned when it closes).
+    pub fn shed(&mut self, stats: &Counters) {
+        if self.phase == Phase::Handshake {
+            Counters::bump(&stats.shed_before_work);
             self.phase = Phase::Done;
             self.deadline = NO_DEADLINE;
         }

@@ -109,6 +109,7 @@ mod tests {
             policy: crate::handshake::Policy::default(),
             after: crate::conn::AfterUpgrade::Proxy,
             handshake_timeout_ms: 1000,
+            client_patience_ms: 1000,
             idle_timeout_ms: 0,
             send_timeout_ms: 30_000,
             max_message_bytes: 64,

@@ -62,6 +62,20 @@ pub struct Session {
     pub(super) awaits_proxy_header: bool,
     /// `--accept-proxy-protocol`: the header read so far, then the client it named.
     pub(super) inbound: Option<InboundSlot>,
+    /// TLS: where the client's ClientHello stands in the turn's key exchanges.
+    pub(super) hello: Hello,
+}
+
+/// A TLS client's ClientHello, before it is read ([`Driver::before_key_exchange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hello {
+    /// Not asked about yet.
+    #[default]
+    Unasked,
+    /// Waiting for a key exchange in a later turn.
+    Queued,
+    /// Its key exchange is granted this turn.
+    Granted,
 }
 
 pub(super) const NO_SEND_DEADLINE: u64 = u64::MAX;
@@ -76,6 +90,7 @@ impl Default for Session {
             awaits_proxy_header: false,
             inbound: None,
             send_deadline: NO_SEND_DEADLINE,
+            hello: Hello::Unasked,
         }
     }
 }
@@ -178,6 +193,12 @@ impl Parts {
     /// Whether bytes are relayed between client and upstream (proxy mode, after the 101).
     pub fn is_relaying(&self) -> bool {
         self.conn.is_relaying()
+    }
+
+    /// Whether this is a TLS connection nothing has been read from: before its first read
+    /// the backend asks [`Driver::before_key_exchange`] whether to read it at all.
+    pub fn awaits_client_hello(&self) -> bool {
+        self.transport.awaits_client_hello()
     }
 
     /// Whether the connection needs its upstream socket (proxy mode): once this turns

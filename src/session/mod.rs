@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
-use crate::policy::{AcceptPause, Admission, Limits, Live, Shutdown, ShutdownState};
+use crate::policy::{
+    AcceptPause, Admission, KeyExchange, KeyExchangeJudge, Limits, Live, Shutdown, ShutdownState,
+};
 use crate::proxy::health::Failure;
 use crate::proxy::{Link, Peers, Pick, Upstreams};
 use crate::stats::Counters;
@@ -38,7 +40,9 @@ mod inbound;
 mod queue;
 pub mod turn;
 use connection::NO_SEND_DEADLINE;
-pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
+pub use connection::{
+    Action, AfterFlush, Backlog, Event, Hello, Parts, Session, UpstreamFailure,
+};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
 use queue::{Patience, WaitQueue};
@@ -92,6 +96,35 @@ pub struct Driver {
     queued_now: usize,
     /// How long waiting clients were seen to bear before they left.
     patience: Patience,
+    /// Whether a TLS client is still worth its key exchange.
+    key_exchanges: KeyExchangeJudge,
+    /// TLS clients whose ClientHello waits for a key exchange in a later turn.
+    hellos: WaitQueue,
+    /// Key exchanges granted this turn.
+    key_exchanges_this_turn: usize,
+    /// The queued ClientHello [`Driver::next_key_exchange`] gave back last.
+    granted: Option<usize>,
+}
+
+/// Key exchanges a turn starts at most. A turn finishes the handshakes it started before
+/// it starts more: their clients' next flights are read as the next turn's events, and the
+/// ClientHellos past this many wait in a queue ([`Driver::next_key_exchange`]), newest
+/// first under overload. Without it a storm's ClientHellos, all ready at once, would each
+/// get their key exchange before any client's Finished is read (an event loop serves its
+/// ready list in order), and no handshake would end until every one had begun: past the
+/// clients' patience, all of them. 16 exchanges are about 2 ms of a core.
+pub const KEY_EXCHANGES_PER_TURN: usize = 16;
+
+/// What to do with a TLS connection whose ClientHello is in ([`Driver::before_key_exchange`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloStep {
+    /// Read it: its key exchange is spent now.
+    Read,
+    /// Leave it: it waits for a later turn, and the backend gives it back through
+    /// [`Driver::next_key_exchange`] (uring: hold the bytes already received).
+    Wait,
+    /// Shed: carry this out (a reset, nothing answered).
+    Shed(Next),
 }
 
 /// What a reactor does at the start of a loop turn, after its wait.
@@ -148,6 +181,10 @@ impl Driver {
             waiting: WaitQueue::default(),
             queued_now: 0,
             patience: Patience::default(),
+            key_exchanges: KeyExchangeJudge::default(),
+            hellos: WaitQueue::default(),
+            key_exchanges_this_turn: 0,
+            granted: None,
         }
     }
 
@@ -470,6 +507,7 @@ impl Driver {
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
             self.leave_queue(conn, now);
+            count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         }
         let mut cx = self.cx(now, out);
         match event {
@@ -619,6 +657,74 @@ impl Driver {
         (parts, next)
     }
 
+    /// A TLS connection's first bytes (its ClientHello) are in, not read yet, and `waited`
+    /// is what the kernel says of the client ([`sys::waited`]): a client that left, or that
+    /// would give up before its handshake could end (`--client-patience`), is shed before
+    /// any work is spent on it; past this turn's [`KEY_EXCHANGES_PER_TURN`] the others wait
+    /// for a later turn.
+    pub fn before_key_exchange(
+        &mut self,
+        key: usize,
+        parts: &mut Parts,
+        waited: Option<sys::Waited>,
+        now: u64,
+    ) -> HelloStep {
+        let verdict = (self.key_exchanges).judge(waited, self.config.client_patience_ms);
+        if verdict != KeyExchange::Spend {
+            parts.conn.shed(&self.stats);
+            // A reset: the client (if still there) fails its attempt at once and backs
+            // off, and no FIN handshake or TIME_WAIT is kept for it.
+            parts.session.given_up = true;
+            return HelloStep::Shed(Next::Close);
+        }
+        match parts.session.hello {
+            Hello::Granted => HelloStep::Read,
+            Hello::Queued if self.granted == Some(key) => {
+                self.granted = None;
+                parts.session.hello = Hello::Granted;
+                HelloStep::Read
+            }
+            Hello::Queued => HelloStep::Wait,
+            Hello::Unasked if self.key_exchanges_this_turn < KEY_EXCHANGES_PER_TURN => {
+                self.key_exchanges_this_turn += 1;
+                parts.session.hello = Hello::Granted;
+                HelloStep::Read
+            }
+            Hello::Unasked => match parts.conn.deadline() {
+                Some(until) => {
+                    parts.session.hello = Hello::Queued;
+                    self.hellos.push(key, now, until);
+                    HelloStep::Wait
+                }
+                None => HelloStep::Read,
+            },
+        }
+    }
+
+    /// The next queued ClientHello this turn has a key exchange left for (the oldest while
+    /// the queue drains, the newest once it is congested), as its key; `parts` gives the
+    /// backend's connection for a key. The backend then reads it (epoll) or hands in the
+    /// bytes it held (uring): [`Driver::before_key_exchange`] still judges the client first.
+    pub fn next_key_exchange<'p>(
+        &mut self,
+        now: u64,
+        parts: impl Fn(usize) -> Option<&'p Parts>,
+    ) -> Option<usize> {
+        while self.key_exchanges_this_turn < KEY_EXCHANGES_PER_TURN {
+            let waiting = self.hellos.pop(now)?;
+            let still = parts(waiting.key).is_some_and(|found| {
+                found.session.hello == Hello::Queued
+                    && found.conn.deadline() == Some(waiting.until)
+            });
+            if still {
+                self.key_exchanges_this_turn += 1;
+                self.granted = Some(waiting.key);
+                return Some(waiting.key);
+            }
+        }
+        None
+    }
+
     /// Bytes read from the connection's socket: through its transport (TLS: decrypted, the
     /// handshake's records queued in `outbox`), the plaintext goes to the connection. Plain
     /// HTTP on a TLS listener gets a plaintext 400; a TLS failure closes once its alert is
@@ -692,11 +798,18 @@ impl Driver {
         let received = transport.receive(bytes, &mut self.plaintext, outbox, &self.stats);
         let mut next = Next::Continue;
         if !received.data.is_empty() {
+            let started = conn.accepted_at().filter(|_| conn.is_handshaking());
             next = conn.on_data(received.data, &mut cx);
+            if let Some(started) = started.filter(|_| !conn.is_handshaking()) {
+                self.key_exchanges.finished(now.saturating_sub(started));
+            }
         }
         match received.end {
             TlsEnd::Open => next,
-            TlsEnd::Closed if next == Next::Continue => conn.on_eof(&mut cx),
+            TlsEnd::Closed if next == Next::Continue => {
+                count_wasted_key_exchange(conn, transport, cx.stats);
+                conn.on_eof(&mut cx)
+            }
             TlsEnd::Closed => next,
             TlsEnd::PlainHttp => {
                 *transport = Transport::Plain;
@@ -833,6 +946,7 @@ impl Driver {
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.leave_queue(conn, self.now());
+        count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -957,6 +1071,7 @@ impl Driver {
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
         self.leave_queue(conn, now);
+        count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if session.handshaking {
             self.admission.handshake_ended();
@@ -989,6 +1104,7 @@ impl Driver {
     /// drain's window is over (with what is left).
     pub fn end_turn(&mut self, open: usize, idle: bool, now: u64) -> bool {
         self.turn += 1;
+        self.key_exchanges_this_turn = 0;
         (self.stats.upstream_waiting)
             .store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
         let window_over = (self.admission).end_turn(&self.stats, open, now, &self.config);
@@ -1002,6 +1118,14 @@ impl Driver {
             out,
             stats: &self.stats,
         }
+    }
+}
+
+/// A connection closing: if its client leaves before its answer after a TLS key exchange
+/// was spent on it, that exchange was work for no one.
+fn count_wasted_key_exchange(conn: &Conn, transport: &Transport, stats: &Counters) {
+    if conn.is_handshaking() && transport.spent_key_exchange() {
+        Counters::bump(&stats.tls_handshakes_wasted);
     }
 }
 

@@ -19,6 +19,7 @@ fn driver(limits: Limits) -> Driver {
         policy: Policy::default(),
         after: AfterUpgrade::Echo,
         handshake_timeout_ms: 1000,
+        client_patience_ms: 1000,
         idle_timeout_ms: 0,
         send_timeout_ms: 30_000,
         max_message_bytes: 1 << 16,

@@ -24,6 +24,11 @@ pub trait Backend {
     fn resume(&mut self, now: u64);
     /// Connections open, and whether nothing is open or in flight.
     fn load(&self) -> (usize, bool);
+    /// The next TLS client whose ClientHello waited for a key exchange
+    /// ([`Driver::next_key_exchange`], with the backend's connections).
+    fn next_key_exchange(&mut self, now: u64) -> Option<usize>;
+    /// Reads (or hands in the held bytes of) client `key`'s ClientHello.
+    fn start_key_exchange(&mut self, key: usize, now: u64);
     /// Proxy mode: the next waiting client an upstream has room for
     /// ([`Driver::next_waiting`], with the backend's connections to check it against).
     fn next_waiting(&mut self, now: u64) -> Option<usize>;
@@ -49,6 +54,12 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
             }
         }
         Turn::Serve => {}
+    }
+    // The handshakes started in earlier turns were finished by this turn's events; what
+    // the turn's budget of key exchanges has left goes to the ClientHellos that waited,
+    // before new clients are accepted.
+    while let Some(key) = backend.next_key_exchange(now) {
+        backend.start_key_exchange(key, now);
     }
     backend.accept(now);
     backend.resume(now);

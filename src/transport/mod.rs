@@ -88,6 +88,34 @@ impl Transport {
         }
     }
 
+    /// Whether this is a TLS connection nothing has arrived on yet: its first bytes are the
+    /// ClientHello, and reading them spends the key exchange.
+    pub fn awaits_client_hello(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.is_fresh())
+    }
+
+    /// Keeps a fresh TLS connection's first bytes unread for a later turn (see
+    /// [`TlsLink::keep_unread`]); false when they cannot be kept (read them now).
+    pub fn keep_unread(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Transport::Tls(tls) => tls.keep_unread(bytes),
+            Transport::Plain => false,
+        }
+    }
+
+    /// The bytes [`Transport::keep_unread`] kept.
+    pub fn take_unread(&mut self) -> Vec<u8> {
+        match self {
+            Transport::Tls(tls) => tls.take_unread(),
+            Transport::Plain => Vec::new(),
+        }
+    }
+
+    /// Whether a TLS key exchange was spent on this connection.
+    pub fn spent_key_exchange(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.has_answered())
+    }
+
     /// Whether the connection speaks TLS (terminated here).
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

@@ -30,6 +30,8 @@ pub struct TlsLink {
     started: bool,
     /// The completed handshake was reported ([`TlsLink::established`]).
     reported: bool,
+    /// The server's first flight was written: a key exchange (or a resumption) was spent.
+    answered: bool,
 }
 
 /// How a read from a TLS socket ended, beside the plaintext it gave.
@@ -73,6 +75,7 @@ impl TlsLink {
             partial: Vec::new(),
             started: false,
             reported: false,
+            answered: false,
         })
     }
 
@@ -204,7 +207,10 @@ impl TlsLink {
                         plaintext.extend_from_slice(record.payload);
                     }
                 }
-                ConnectionState::EncodeTlsData(mut encode) => encode_into(records, &mut encode),
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    self.answered = true;
+                    encode_into(records, &mut encode)
+                }
                 // The records are in the sink: the backend sends them from there.
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::PeerClosed | ConnectionState::Closed => end = TlsEnd::Closed,
@@ -276,6 +282,34 @@ impl TlsLink {
     /// records): at most [`MAX_HELD_BEFORE_HANDSHAKE`] while handshaking.
     pub fn held(&self) -> usize {
         self.partial.len()
+    }
+
+    /// Whether no byte has been read into the session yet: nothing was spent on the client.
+    pub fn is_fresh(&self) -> bool {
+        !self.started
+    }
+
+    /// Keeps the first bytes of a fresh session unread, for a later turn's key exchange
+    /// ([`TlsLink::take_unread`]); false (nothing kept) past what a ClientHello can take.
+    pub fn keep_unread(&mut self, bytes: &[u8]) -> bool {
+        let fits = self.partial.len().saturating_add(bytes.len()) <= MAX_HELD_BEFORE_HANDSHAKE;
+        if fits && !self.started {
+            self.partial.extend_from_slice(bytes);
+        }
+        fits && !self.started
+    }
+
+    /// The bytes [`TlsLink::keep_unread`] kept, to be received now.
+    pub fn take_unread(&mut self) -> Vec<u8> {
+        match self.started {
+            true => Vec::new(),
+            false => std::mem::take(&mut self.partial),
+        }
+    }
+
+    /// Whether the server's first flight went out: the key exchange was spent.
+    pub fn has_answered(&self) -> bool {
+        self.answered
     }
 
     /// Whether the TLS handshake is done.

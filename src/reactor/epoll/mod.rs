@@ -27,7 +27,9 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, Parts};
+use crate::session::{
+    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Parts,
+};
 use crate::transport::Queue;
 use relay::Upstream;
 
@@ -321,6 +323,20 @@ impl Reactor {
                 // Blocked on a flush: the writable edge resumes this connection.
                 return self.settle(key, now);
             }
+            if client.parts.awaits_client_hello() {
+                let waited = sys::waited(&client.stream);
+                match (self.driver).before_key_exchange(key, &mut client.parts, waited, now) {
+                    HelloStep::Read => {}
+                    // Its bytes wait in the kernel; the queue gives it back.
+                    HelloStep::Wait => return self.settle(key, now),
+                    HelloStep::Shed(next) => {
+                        if self.apply(key, next) {
+                            self.settle(key, now);
+                        }
+                        return;
+                    }
+                }
+            }
             let read = (&client.stream).read(&mut self.read_buffer);
             if std::mem::take(&mut client.eager) {
                 self.eager_reads.learn(matches!(read, Ok(n) if n > 0));
@@ -473,6 +489,15 @@ impl Reactor {
 impl turn::Backend for Reactor {
     fn driver(&mut self) -> &mut Driver {
         &mut self.driver
+    }
+
+    fn next_key_exchange(&mut self, now: u64) -> Option<usize> {
+        let clients = &self.clients;
+        (self.driver).next_key_exchange(now, |key| clients.get(key).map(|c| &c.parts))
+    }
+
+    fn start_key_exchange(&mut self, key: usize, now: u64) {
+        self.drive(key, now)
     }
 
     fn next_waiting(&mut self, now: u64) -> Option<usize> {

@@ -36,7 +36,9 @@ use slab::Slab;
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
-use crate::session::{turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, Parts};
+use crate::session::{
+    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Parts,
+};
 use buf_ring::BufRing;
 use relay::Upstream;
 use submit::Submissions;
@@ -600,7 +602,19 @@ impl Reactor {
             return self.pass_fins(key);
         }
         let next = if let (Side::Client, Some((_, data))) = (side, data) {
-            (self.driver).received(&mut client.parts, data, now, &mut self.out)
+            let step = match client.parts.awaits_client_hello() {
+                true => {
+                    let waited = client.socket().and_then(sys::waited);
+                    (self.driver).before_key_exchange(key, &mut client.parts, waited, now)
+                }
+                false => HelloStep::Read,
+            };
+            match step {
+                HelloStep::Shed(next) => next,
+                // Held until the queue gives it back (a ClientHello, 2 KB at most).
+                HelloStep::Wait if client.parts.transport.keep_unread(data) => Next::Continue,
+                _ => (self.driver).received(&mut client.parts, data, now, &mut self.out),
+            }
         } else {
             let event = match (side, data) {
                 (Side::Client, _) if result == 0 => Event::PeerClosed,
@@ -830,6 +844,26 @@ impl Reactor {
 impl turn::Backend for Reactor {
     fn driver(&mut self) -> &mut Driver {
         &mut self.driver
+    }
+
+    fn next_key_exchange(&mut self, now: u64) -> Option<usize> {
+        let clients = &self.clients;
+        (self.driver).next_key_exchange(now, |key| clients.get(key).map(|c| &c.parts))
+    }
+
+    fn start_key_exchange(&mut self, key: usize, now: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let waited = client.socket().and_then(sys::waited);
+        let next = match (self.driver).before_key_exchange(key, &mut client.parts, waited, now) {
+            HelloStep::Shed(next) => next,
+            _ => {
+                let unread = client.parts.transport.take_unread();
+                (self.driver).received(&mut client.parts, &unread, now, &mut self.out)
+            }
+        };
+        self.apply(key, next)
     }
 
     fn next_waiting(&mut self, now: u64) -> Option<usize> {
