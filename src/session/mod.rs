@@ -104,6 +104,9 @@ pub struct Driver {
     key_exchanges_this_turn: usize,
     /// The queued ClientHello [`Driver::next_key_exchange`] gave back last.
     granted: Option<usize>,
+    /// ClientHellos queued and still waiting (the queue may hold stale entries besides):
+    /// while there are, the reactor does not sleep.
+    hellos_waiting: usize,
 }
 
 /// Key exchanges a turn starts at most. A turn finishes the handshakes it started before
@@ -185,6 +188,7 @@ impl Driver {
             hellos: WaitQueue::default(),
             key_exchanges_this_turn: 0,
             granted: None,
+            hellos_waiting: 0,
         }
     }
 
@@ -671,6 +675,7 @@ impl Driver {
     ) -> HelloStep {
         let verdict = (self.key_exchanges).judge(waited, self.config.client_patience_ms);
         if verdict != KeyExchange::Spend {
+            self.leave_hellos(&mut parts.session);
             parts.conn.shed(&self.stats);
             // A reset: the client (if still there) fails its attempt at once and backs
             // off, and no FIN handshake or TIME_WAIT is kept for it.
@@ -681,6 +686,7 @@ impl Driver {
             Hello::Granted => HelloStep::Read,
             Hello::Queued if self.granted == Some(key) => {
                 self.granted = None;
+                self.leave_hellos(&mut parts.session);
                 parts.session.hello = Hello::Granted;
                 HelloStep::Read
             }
@@ -694,10 +700,19 @@ impl Driver {
                 Some(until) => {
                     parts.session.hello = Hello::Queued;
                     self.hellos.push(key, now, until);
+                    self.hellos_waiting += 1;
                     HelloStep::Wait
                 }
                 None => HelloStep::Read,
             },
+        }
+    }
+
+    /// A connection's ClientHello stops waiting in the queue (granted, shed, or closed).
+    fn leave_hellos(&mut self, session: &mut Session) {
+        if session.hello == Hello::Queued {
+            session.hello = Hello::Unasked;
+            self.hellos_waiting = self.hellos_waiting.saturating_sub(1);
         }
     }
 
@@ -946,6 +961,7 @@ impl Driver {
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.leave_queue(conn, self.now());
+        self.leave_hellos(session);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
@@ -1031,7 +1047,7 @@ impl Driver {
     /// How long the loop may wait for events: until the next deadline, and with listeners
     /// left unwatched while accepting is paused (`paused_listeners`), until the pause ends.
     pub fn wait(&self, now: u64, paused_listeners: bool) -> Option<std::time::Duration> {
-        if self.reclaim_wanted {
+        if self.reclaim_wanted || self.hellos_waiting > 0 {
             return Some(std::time::Duration::ZERO);
         }
         let mut wait = self.wheel.next_wake(now);
@@ -1071,6 +1087,7 @@ impl Driver {
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
         self.leave_queue(conn, now);
+        self.leave_hellos(session);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if session.handshaking {
