@@ -437,6 +437,13 @@ impl ServeArgs {
         if !proxy && !self.upstream_sources.is_empty() {
             return Err("--upstream-source is only used with --after proxy".into());
         }
+        if self.listen_tls.is_empty() && self.client_patience.is_some() {
+            return Err(
+                "--client-patience is only used with --listen-tls (it bounds TLS \
+                        key exchanges)"
+                    .into(),
+            );
+        }
         if !proxy && self.upstream_queue_ms.is_some() {
             return Err("--upstream-queue-ms is only used with --after proxy".into());
         }

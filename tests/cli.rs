@@ -59,6 +59,9 @@ rejects_flag! {
     pending_without_proxy:       ["--upstream-max-pending", "5"] names "--upstream-max-pending";
     pending_not_a_limit:         ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-max-pending", "0"] names "--upstream-max-pending";
     queue_without_proxy:         ["--upstream-queue-ms", "100"] names "--upstream-queue-ms";
+    patience_without_tls:        ["--client-patience", "5s"] names "--client-patience";
+    patience_not_a_duration:     ["--client-patience", "soon"] names "--client-patience";
+    patience_too_long:           ["--client-patience", "2h"] names "--client-patience";
     source_without_proxy:        ["--upstream-source", "127.0.0.2"] names "--upstream-source";
     source_not_an_address:       ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-source", "localhost"] names "--upstream-source";
     source_not_of_this_host:     ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-source", "192.0.2.1"] names "--upstream-source";

@@ -262,6 +262,11 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--client-patience",
+        &["tls::a_client_past_its_patience_is_reset_before_its_key_exchange"],
+    ),
+    (
+        "serve",
         "--upstream-queue-ms",
         &["upstream_pacing::a_client_past_its_wait_gets_503_with_a_retry_after_in_range"],
     ),

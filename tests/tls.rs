@@ -758,7 +758,114 @@ fn a_corrupt_record_while_relaying_gets_an_alert_and_the_upstream_a_fin(io: Io) 
         .expect("the upstream got a FIN");
 }
 
+/// `count` TLS clients that connect and send their ClientHello while the server is stopped
+/// (SIGSTOP: the kernel completes their connections and queues their bytes), then `then`
+/// for each; the server goes on after `aged` more (the kernel's clock runs meanwhile: the
+/// clients' age is what the test sets, whatever the machine's speed).
+fn clients_queued_while_stopped(
+    server: &Server,
+    cert: &Cert,
+    count: usize,
+    then: impl Fn(&TcpStream),
+    aged: Duration,
+) -> Vec<TcpStream> {
+    server.signal(libc::SIGSTOP);
+    // The signal is delivered, not yet acted on, when kill(2) returns: wait until every
+    // thread is stopped.
+    let tasks = format!("/proc/{}/task", server.pid());
+    common::wait_until("the server stopped", || {
+        std::fs::read_dir(&tasks).unwrap().all(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
+            let stat = stat.unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('T') || state.starts_with('t')
+        })
+    });
+    let clients: Vec<TcpStream> = (0..count)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(tls_addr(server)).unwrap();
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(default_client(cert), name).unwrap();
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            tcp.write_all(&hello).unwrap();
+            then(&tcp);
+            tcp
+        })
+        .collect();
+    std::thread::sleep(aged);
+    server.signal(libc::SIGCONT);
+    clients
+}
+
+/// What a shed client sees: its connection ends (a reset) without a byte of ServerHello.
+fn ended_unanswered(mut tcp: TcpStream) {
+    let mut buffer = [0u8; 64];
+    let read = tcp.read(&mut buffer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "expected no answer, got {read:?}"
+    );
+}
+
+/// Clients that gave up (FIN after their ClientHello) while queued are shed before any
+/// work: no key exchange is spent on them, whatever their age.
+fn a_client_that_left_before_its_turn_costs_no_key_exchange(io: Io) {
+    let dir = scratch("left");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let server = serve(io, &cert, &["--metrics", "127.0.0.1:0", "--threads", "1"]);
+    let leave = |tcp: &TcpStream| tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let gone = clients_queued_while_stopped(&server, &cert, 20, leave, Duration::ZERO);
+    server.wait_for_metric("wsedge_shed_before_work_total", |n| n >= 20.0);
+    for tcp in gone {
+        ended_unanswered(tcp);
+    }
+    let metrics = server.metrics_addr();
+    assert_eq!(
+        common::metric_sum(&metrics, "wsedge_tls_handshakes_total"),
+        0.0
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "wsedge_tls_handshakes_wasted_total"),
+        0.0
+    );
+    // The server goes on serving.
+    handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+}
+
+/// `--client-patience`: clients that have waited so long that their handshake would end
+/// past it are reset before their key exchange; younger ones are served.
+fn a_client_past_its_patience_is_reset_before_its_key_exchange(io: Io) {
+    let dir = scratch("patience");
+    let cert = cert(&dir, "server", &["localhost"]);
+    let args = [
+        "--metrics",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--client-patience",
+        "1s",
+    ];
+    let server = serve(io, &cert, &args);
+    let aged = Duration::from_millis(1500);
+    let waited = clients_queued_while_stopped(&server, &cert, 10, |_| {}, aged);
+    server.wait_for_metric("wsedge_shed_before_work_total", |n| n >= 10.0);
+    for tcp in waited {
+        ended_unanswered(tcp);
+    }
+    let metrics = server.metrics_addr();
+    assert_eq!(
+        common::metric_sum(&metrics, "wsedge_tls_handshakes_total"),
+        0.0
+    );
+    handshake(tls_addr(&server), default_client(&cert), "localhost").unwrap();
+    server.wait_for_metric("wsedge_tls_handshakes_total", |n| n >= 1.0);
+}
+
 on_both_backends!(
+    a_client_that_left_before_its_turn_costs_no_key_exchange,
+    a_client_past_its_patience_is_reset_before_its_key_exchange,
     an_oversized_client_hello_in_tiny_records_gets_an_alert_at_the_bound,
     proxy_mode_relays_a_tls_client_to_a_plaintext_upstream,
     the_upstream_of_a_tls_client_sees_x_forwarded_proto_https,

@@ -92,14 +92,20 @@ mod tests {
     fn a_client_is_shed_when_its_handshake_would_end_past_its_patience() {
         let mut judge = KeyExchangeJudge::default();
         assert_eq!(judge.judge(waited(false, 4_900), 5_000), KeyExchange::Spend);
-        assert_eq!(judge.judge(waited(false, 4_951), 5_000), KeyExchange::TooLate);
+        assert_eq!(
+            judge.judge(waited(false, 4_951), 5_000),
+            KeyExchange::TooLate
+        );
         // Handshakes taking 1 s to finish here: the margin grows with them.
         for _ in 0..200 {
             judge.finished(1_000);
         }
         assert!((judge.finish_ms() - 1_000.0).abs() < 1.0);
         assert_eq!(judge.judge(waited(false, 3_900), 5_000), KeyExchange::Spend);
-        assert_eq!(judge.judge(waited(false, 4_100), 5_000), KeyExchange::TooLate);
+        assert_eq!(
+            judge.judge(waited(false, 4_100), 5_000),
+            KeyExchange::TooLate
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod per_ip;
 mod shutdown;
 
 pub(crate) use admission::{AcceptPause, Admission};
+pub use admission::{Limits, RetryAfter};
 pub use key_exchange::KeyExchange;
 pub(crate) use key_exchange::KeyExchangeJudge;
-pub use admission::{Limits, RetryAfter};
 pub use live::{Live, LiveSettings};
 pub use shutdown::{Shutdown, ShutdownState, Wake};

@@ -62,20 +62,6 @@ pub struct Session {
     pub(super) awaits_proxy_header: bool,
     /// `--accept-proxy-protocol`: the header read so far, then the client it named.
     pub(super) inbound: Option<InboundSlot>,
-    /// TLS: where the client's ClientHello stands in the turn's key exchanges.
-    pub(super) hello: Hello,
-}
-
-/// A TLS client's ClientHello, before it is read ([`Driver::before_key_exchange`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Hello {
-    /// Not asked about yet.
-    #[default]
-    Unasked,
-    /// Waiting for a key exchange in a later turn.
-    Queued,
-    /// Its key exchange is granted this turn.
-    Granted,
 }
 
 pub(super) const NO_SEND_DEADLINE: u64 = u64::MAX;
@@ -90,7 +76,6 @@ impl Default for Session {
             awaits_proxy_header: false,
             inbound: None,
             send_deadline: NO_SEND_DEADLINE,
-            hello: Hello::Unasked,
         }
     }
 }

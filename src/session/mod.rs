@@ -32,7 +32,7 @@ use crate::proxy::{Link, Peers, Pick, Upstreams};
 use crate::stats::Counters;
 use crate::sys;
 use crate::timer::TimerWheel;
-use crate::transport::{Outbox, TlsEnd, Transport};
+use crate::transport::{Hello, Outbox, TlsEnd, Transport};
 
 mod connection;
 mod fleet;
@@ -40,9 +40,7 @@ mod inbound;
 mod queue;
 pub mod turn;
 use connection::NO_SEND_DEADLINE;
-pub use connection::{
-    Action, AfterFlush, Backlog, Event, Hello, Parts, Session, UpstreamFailure,
-};
+pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
 use queue::{Patience, WaitQueue};
@@ -675,30 +673,30 @@ impl Driver {
     ) -> HelloStep {
         let verdict = (self.key_exchanges).judge(waited, self.config.client_patience_ms);
         if verdict != KeyExchange::Spend {
-            self.leave_hellos(&mut parts.session);
+            self.leave_hellos(&mut parts.transport);
             parts.conn.shed(&self.stats);
             // A reset: the client (if still there) fails its attempt at once and backs
             // off, and no FIN handshake or TIME_WAIT is kept for it.
             parts.session.given_up = true;
             return HelloStep::Shed(Next::Close);
         }
-        match parts.session.hello {
+        match parts.transport.hello() {
             Hello::Granted => HelloStep::Read,
             Hello::Queued if self.granted == Some(key) => {
                 self.granted = None;
-                self.leave_hellos(&mut parts.session);
-                parts.session.hello = Hello::Granted;
+                self.leave_hellos(&mut parts.transport);
+                parts.transport.set_hello(Hello::Granted);
                 HelloStep::Read
             }
             Hello::Queued => HelloStep::Wait,
             Hello::Unasked if self.key_exchanges_this_turn < KEY_EXCHANGES_PER_TURN => {
                 self.key_exchanges_this_turn += 1;
-                parts.session.hello = Hello::Granted;
+                parts.transport.set_hello(Hello::Granted);
                 HelloStep::Read
             }
             Hello::Unasked => match parts.conn.deadline() {
                 Some(until) => {
-                    parts.session.hello = Hello::Queued;
+                    parts.transport.set_hello(Hello::Queued);
                     self.hellos.push(key, now, until);
                     self.hellos_waiting += 1;
                     HelloStep::Wait
@@ -709,9 +707,9 @@ impl Driver {
     }
 
     /// A connection's ClientHello stops waiting in the queue (granted, shed, or closed).
-    fn leave_hellos(&mut self, session: &mut Session) {
-        if session.hello == Hello::Queued {
-            session.hello = Hello::Unasked;
+    fn leave_hellos(&mut self, transport: &mut Transport) {
+        if transport.hello() == Hello::Queued {
+            transport.set_hello(Hello::Unasked);
             self.hellos_waiting = self.hellos_waiting.saturating_sub(1);
         }
     }
@@ -728,7 +726,7 @@ impl Driver {
         while self.key_exchanges_this_turn < KEY_EXCHANGES_PER_TURN {
             let waiting = self.hellos.pop(now)?;
             let still = parts(waiting.key).is_some_and(|found| {
-                found.session.hello == Hello::Queued
+                found.transport.hello() == Hello::Queued
                     && found.conn.deadline() == Some(waiting.until)
             });
             if still {
@@ -961,7 +959,7 @@ impl Driver {
     pub fn closing(&mut self, parts: &mut Parts) {
         let (conn, session) = (&mut parts.conn, &mut parts.session);
         self.leave_queue(conn, self.now());
-        self.leave_hellos(session);
+        self.leave_hellos(&mut parts.transport);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if std::mem::take(&mut session.handshaking) {
@@ -1087,7 +1085,7 @@ impl Driver {
         self.wheel.cancel(key as u32);
         self.inbound.release(&mut session.inbound);
         self.leave_queue(conn, now);
-        self.leave_hellos(session);
+        self.leave_hellos(&mut parts.transport);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if session.handshaking {

@@ -15,6 +15,36 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 const UPSTREAMS: [&str; 2] = ["10.0.0.1:9000", "10.0.0.2:9000"];
 
 fn driver(limits: Limits) -> Driver {
+    driver_with_tls(limits, None)
+}
+
+/// A driver whose connections accepted as `tls` get a TLS session (a fresh self-signed
+/// certificate).
+fn tls_driver() -> Driver {
+    let dir = std::env::temp_dir().join(format!("wsedge-driver-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let settings = crate::tls::TlsSettings {
+        pairs: vec![(cert, key)],
+        versions: vec![crate::tls::TlsVersion::V1_3],
+        groups: vec![crate::tls::TlsGroup::X25519],
+    };
+    let config = crate::tls::server_config(&settings).unwrap();
+    driver_with_tls(Limits::default(), Some(crate::tls::shared(config)))
+}
+
+fn accept_tls(driver: &mut Driver, open: usize, now: u64) -> Peer {
+    let mut out = Vec::new();
+    let peer = Some("192.0.2.1".parse().unwrap());
+    let (parts, next) = driver.accepted(open, peer, true, now, &mut out);
+    assert!(parts.awaits_client_hello());
+    Peer { parts, out, next }
+}
+
+fn driver_with_tls(limits: Limits, tls: Option<crate::tls::SharedTlsConfig>) -> Driver {
     let config = ConnConfig {
         policy: Policy::default(),
         after: AfterUpgrade::Echo,
@@ -39,7 +69,7 @@ fn driver(limits: Limits) -> Driver {
         limits,
         7,
         shutdown,
-        None,
+        tls,
         Arc::default(),
     )
 }
@@ -542,4 +572,88 @@ fn a_session_stays_at_24_bytes() {
     // Every connection holds one, upgraded and idle ones included: the PROXY header's
     // state is a 4-byte handle here, its bytes in the driver only while it is read.
     assert!(std::mem::size_of::<Session>() <= 24);
+}
+
+#[test]
+fn a_turn_starts_so_many_key_exchanges_and_the_rest_wait_newest_first_under_overload() {
+    let mut driver = tls_driver();
+    let there = Some(sys::Waited { left: false, ms: 0 });
+    let count_all = KEY_EXCHANGES_PER_TURN + 4;
+    let mut peers: Vec<Peer> = (0..count_all)
+        .map(|key| accept_tls(&mut driver, key, 0))
+        .collect();
+    let steps: Vec<HelloStep> = (peers.iter_mut().enumerate())
+        .map(|(key, peer)| driver.before_key_exchange(key, &mut peer.parts, there, 0))
+        .collect();
+    assert!(steps[..KEY_EXCHANGES_PER_TURN]
+        .iter()
+        .all(|&s| s == HelloStep::Read));
+    assert!(steps[KEY_EXCHANGES_PER_TURN..]
+        .iter()
+        .all(|&s| s == HelloStep::Wait));
+    // Spent for this turn: the queued wait, and the reactor does not sleep meanwhile.
+    assert_eq!(
+        driver.next_key_exchange(0, |k| peers.get(k).map(|p| &p.parts)),
+        None
+    );
+    assert_eq!(driver.wait(0, false), Some(std::time::Duration::ZERO));
+    driver.end_turn(count_all, false, 0);
+    // The queue has not been empty for 100 ms: congested, so the newest go first.
+    let newest = count_all - 1;
+    let now = 200;
+    assert_eq!(
+        driver.next_key_exchange(now, |k| peers.get(k).map(|p| &p.parts)),
+        Some(newest)
+    );
+    let step = driver.before_key_exchange(newest, &mut peers[newest].parts, there, now);
+    assert_eq!(step, HelloStep::Read, "given back, it is read");
+    // One that left while queued is shed when its turn comes: reset, nothing read.
+    let next = driver.next_key_exchange(now, |k| peers.get(k).map(|p| &p.parts));
+    assert_eq!(next, Some(newest - 1));
+    let left = Some(sys::Waited {
+        left: true,
+        ms: 150,
+    });
+    let step = driver.before_key_exchange(newest - 1, &mut peers[newest - 1].parts, left, now);
+    assert_eq!(step, HelloStep::Shed(Next::Close));
+    assert_eq!(count(&driver.stats.shed_before_work), 1);
+    // One closed while queued is skipped.
+    driver.closed(newest - 2, &mut peers[newest - 2].parts, now);
+    let next = driver.next_key_exchange(now, |k| peers.get(k).map(|p| &p.parts));
+    assert_eq!(next, Some(newest - 3));
+    let step = driver.before_key_exchange(newest - 3, &mut peers[newest - 3].parts, there, now);
+    assert_eq!(step, HelloStep::Read);
+    // Nothing waits now: the reactor may sleep again.
+    assert_eq!(
+        driver.next_key_exchange(now, |k| peers.get(k).map(|p| &p.parts)),
+        None
+    );
+    assert_ne!(driver.wait(now, false), Some(std::time::Duration::ZERO));
+    // Shed and abandoned are distinct outcomes: the shed one is not also abandoned.
+    driver.closed(newest - 1, &mut peers[newest - 1].parts, now);
+    assert_eq!(
+        count(&driver.stats.handshakes_abandoned),
+        1,
+        "only the closed one"
+    );
+}
+
+#[test]
+fn a_client_past_its_patience_is_shed_and_a_young_one_read() {
+    // The test driver's clients bear 1 s; a handshake is taken to need 50 ms at first.
+    let mut driver = tls_driver();
+    let mut old = accept_tls(&mut driver, 0, 0);
+    let aged = Some(sys::Waited {
+        left: false,
+        ms: 960,
+    });
+    let step = driver.before_key_exchange(0, &mut old.parts, aged, 0);
+    assert_eq!(step, HelloStep::Shed(Next::Close));
+    let mut young = accept_tls(&mut driver, 1, 0);
+    let fresh = Some(sys::Waited {
+        left: false,
+        ms: 900,
+    });
+    let step = driver.before_key_exchange(1, &mut young.parts, fresh, 0);
+    assert_eq!(step, HelloStep::Read);
 }

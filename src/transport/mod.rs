@@ -29,6 +29,20 @@ pub enum Transport {
     Tls(Box<TlsLink>),
 }
 
+/// A TLS client's ClientHello before it is read: where it stands in the reactor's key
+/// exchanges (`session::Driver::before_key_exchange` decides; kept here, in the TLS
+/// session, since only TLS connections have one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hello {
+    /// Not asked about yet.
+    #[default]
+    Unasked,
+    /// Waiting for a key exchange in a later turn.
+    Queued,
+    /// Its key exchange is granted.
+    Granted,
+}
+
 /// What one read of the socket gave the connection.
 pub struct Received<'a> {
     /// The connection's bytes: as read, or decrypted.
@@ -108,6 +122,21 @@ impl Transport {
         match self {
             Transport::Tls(tls) => tls.take_unread(),
             Transport::Plain => Vec::new(),
+        }
+    }
+
+    /// Where the ClientHello stands ([`Hello::Granted`] for plain TCP: nothing to wait for).
+    pub fn hello(&self) -> Hello {
+        match self {
+            Transport::Tls(tls) => tls.hello,
+            Transport::Plain => Hello::Granted,
+        }
+    }
+
+    /// Records where the ClientHello stands (TLS only).
+    pub fn set_hello(&mut self, hello: Hello) {
+        if let Transport::Tls(tls) = self {
+            tls.hello = hello;
         }
     }
 

@@ -32,6 +32,8 @@ pub struct TlsLink {
     reported: bool,
     /// The server's first flight was written: a key exchange (or a resumption) was spent.
     answered: bool,
+    /// Where the ClientHello stands in the reactor's key exchanges.
+    pub(super) hello: super::Hello,
 }
 
 /// How a read from a TLS socket ended, beside the plaintext it gave.
@@ -76,6 +78,7 @@ impl TlsLink {
             started: false,
             reported: false,
             answered: false,
+            hello: super::Hello::Unasked,
         })
     }
 
