@@ -292,6 +292,8 @@ COUNTERS = {
     "upstream_timeouts": "wsedge_upstream_timeouts_total",
     "refusals_passed": "wsedge_upstream_refusals_passed_total",
     "abandoned": "wsedge_handshakes_abandoned_total",
+    # Plain listeners only: nothing is shed before its key exchange.
+    "shed": "wsedge_shed_before_work_total",
     # No client of the mix stops reading: no output is ever given up.
     "send_timeouts": "wsedge_send_timeouts_total",
 }
@@ -341,7 +343,8 @@ def main():
         counted = {key: int(m.get(name, 0)) for key, name in COUNTERS.items()}
         accepted = int(m.get("wsedge_accepted_connections_total", 0))
         outcomes = (counted["upgraded"] + counted["rejected"] + counted["refusals_passed"]
-                    + counted["handshake_timeouts"] - counted["answered_timeouts"] + counted["abandoned"])
+                    + counted["handshake_timeouts"] - counted["answered_timeouts"] + counted["abandoned"]
+                    + counted["shed"])
         print(f"{server.name}: accepted {accepted}, upgraded {counted['upgraded']}, rejected "
               f"{counted['rejected']}, timeouts {counted['handshake_timeouts']}, abandoned "
               f"{counted['abandoned']}; descriptors {server.fds_at_start} -> {fds}; "
