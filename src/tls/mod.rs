@@ -205,6 +205,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     // Plaintext waits in the connection's own buffers, never in rustls's.
     config.send_half_rtt_data = false;
+    // A TLS 1.3 connection keeps only its record layer once the handshake is done
+    // (`transport::TlsLink`): rustls hands over the traffic keys, and the key log gives the
+    // secrets key updates derive from.
+    config.enable_secret_extraction = true;
+    config.key_log = Arc::new(crate::transport::TrafficSecrets);
     Ok(Arc::new(config))
 }
 

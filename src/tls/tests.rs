@@ -188,3 +188,162 @@ fn a_failure_in_the_middle_of_a_reassembled_hello_gets_its_alert_without_a_panic
     assert!(matches!(end, TlsEnd::Failed(_)), "{end:?}");
     assert_eq!(outbox.pending().first(), Some(&0x15), "an alert");
 }
+
+/// A rustls client and a wsedge TLS session, in memory: the client's records go to the
+/// server's `receive`, the server's outbox to the client.
+struct Pair13 {
+    client: rustls::ClientConnection,
+    link: crate::transport::TlsLink,
+    /// What the client has read.
+    received: Vec<u8>,
+}
+
+impl Pair13 {
+    fn connected(tag: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair13 {
+        let dir = scratch(tag);
+        let good = pair(&dir, "good", &["a.test"]);
+        let settings = TlsSettings {
+            pairs: vec![(good.cert.clone(), good.key.clone())],
+            versions: Vec::new(),
+            groups: Vec::new(),
+        };
+        let server = server_config(&settings).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(&good.cert).unwrap();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = "a.test".try_into().unwrap();
+        let mut pair = Pair13 {
+            client: rustls::ClientConnection::new(Arc::new(client), name).unwrap(),
+            link: crate::transport::TlsLink::new(&server).unwrap(),
+            received: Vec::new(),
+        };
+        while pair.client.is_handshaking() || pair.link.is_handshaking() {
+            let (_, end) = pair.client_flight_in();
+            assert_eq!(end, crate::transport::TlsEnd::Open);
+        }
+        pair
+    }
+
+    /// What the client has to send goes to the server, and the server's answer back:
+    /// the plaintext the server read, and how its read ended.
+    fn client_flight_in(&mut self) -> (Vec<u8>, crate::transport::TlsEnd) {
+        let mut records = Vec::new();
+        while self.client.wants_write() {
+            self.client.write_tls(&mut records).unwrap();
+        }
+        let (mut plaintext, mut outbox) = (Vec::new(), crate::transport::Outbox::default());
+        let end = self.link.receive(&records, &mut plaintext, &mut outbox);
+        self.server_flight_out(outbox);
+        (plaintext, end)
+    }
+
+    fn server_flight_out(&mut self, outbox: crate::transport::Outbox) {
+        let mut input = outbox.pending();
+        while !input.is_empty() {
+            self.client.read_tls(&mut input).unwrap();
+            self.client.process_new_packets().unwrap();
+            let _ = std::io::Read::read_to_end(&mut self.client.reader(), &mut self.received);
+        }
+    }
+
+    /// The server sends `text`; what the client reads.
+    fn server_says(&mut self, text: &[u8]) -> Vec<u8> {
+        let mut outbox = crate::transport::Outbox::default();
+        self.link.send(text, &mut outbox);
+        self.server_flight_out(outbox);
+        std::mem::take(&mut self.received)
+    }
+
+    fn echo(&mut self, text: &[u8]) {
+        std::io::Write::write_all(&mut self.client.writer(), text).unwrap();
+        let (read, end) = self.client_flight_in();
+        assert_eq!(end, crate::transport::TlsEnd::Open);
+        assert_eq!(read, text);
+        assert_eq!(self.server_says(text), text);
+    }
+}
+
+#[test]
+fn after_a_tls13_handshake_only_the_record_layer_stays_and_carries_both_ways() {
+    let mut pair = Pair13::connected("records13", &[&rustls::version::TLS13]);
+    assert!(pair.link.is_handed_over(), "rustls's connection dropped");
+    pair.echo(b"hello");
+    // Larger than a record: split into several, each sealed on its own.
+    let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+    pair.echo(&big);
+}
+
+#[test]
+fn key_updates_the_client_asks_for_are_answered_and_both_directions_move_on() {
+    let mut pair = Pair13::connected("keyupdate", &[&rustls::version::TLS13]);
+    for round in 0..3 {
+        // rustls asks the peer to update too (update_requested).
+        pair.client.refresh_traffic_keys().unwrap();
+        pair.echo(format!("after update {round}").as_bytes());
+    }
+}
+
+#[test]
+fn close_notify_ends_the_stream_and_a_corrupt_record_fails_with_bad_record_mac() {
+    let mut pair = Pair13::connected("close13", &[&rustls::version::TLS13]);
+    pair.client.send_close_notify();
+    let (_, end) = pair.client_flight_in();
+    assert_eq!(end, crate::transport::TlsEnd::Closed);
+
+    let mut pair = Pair13::connected("corrupt13", &[&rustls::version::TLS13]);
+    std::io::Write::write_all(&mut pair.client.writer(), b"data").unwrap();
+    let mut records = Vec::new();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut records).unwrap();
+    }
+    let last = records.len() - 1;
+    records[last] ^= 1;
+    let (mut plaintext, mut outbox) = (Vec::new(), crate::transport::Outbox::default());
+    let end = pair.link.receive(&records, &mut plaintext, &mut outbox);
+    assert!(
+        matches!(end, crate::transport::TlsEnd::Failed(_)),
+        "{end:?}"
+    );
+    assert!(plaintext.is_empty());
+    let mut input = outbox.pending();
+    pair.client.read_tls(&mut input).unwrap();
+    let error = pair.client.process_new_packets().unwrap_err();
+    assert_eq!(
+        error,
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
+}
+
+#[test]
+fn records_split_anywhere_across_reads_come_out_whole() {
+    let mut pair = Pair13::connected("split13", &[&rustls::version::TLS13]);
+    let text: Vec<u8> = (0..3_000u32).map(|i| (i % 251) as u8).collect();
+    std::io::Write::write_all(&mut pair.client.writer(), &text).unwrap();
+    let mut records = Vec::new();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut records).unwrap();
+    }
+    let (mut plaintext, mut outbox) = (Vec::new(), crate::transport::Outbox::default());
+    for piece in records.chunks(7) {
+        let end = pair.link.receive(piece, &mut plaintext, &mut outbox);
+        assert_eq!(end, crate::transport::TlsEnd::Open);
+    }
+    assert_eq!(plaintext, text);
+}
+
+#[test]
+fn tls12_stays_with_rustls() {
+    let mut pair = Pair13::connected("records12", &[&rustls::version::TLS12]);
+    assert!(!pair.link.is_handed_over());
+    pair.echo(b"over TLS 1.2");
+}

@@ -14,9 +14,10 @@
 //! front only once [`Outbox::sent`] reports the completion. This is the one place that rule
 //! is enforced. epoll writes synchronously and never has a send in flight.
 
+mod tls_records;
 mod tls_session;
 
-pub use tls_session::{TlsEnd, TlsLink, MAX_HELD_BEFORE_HANDSHAKE};
+pub use tls_session::{TlsEnd, TlsLink, TrafficSecrets, MAX_HELD_BEFORE_HANDSHAKE};
 
 use crate::stats::{Counters, TlsFailure, TlsHandshake};
 use crate::tls::SharedTlsConfig;

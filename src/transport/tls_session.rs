@@ -19,11 +19,21 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
 };
 
+use super::tls_records::{Ended, HandedOver, Records, Secret, Suite};
 use super::Sink;
 
-/// One connection's TLS state.
+/// One connection's TLS state: rustls's connection through the handshake (and for TLS 1.2
+/// all along); once a TLS 1.3 handshake is done, only its record layer ([`Records`]).
 pub struct TlsLink {
-    conn: UnbufferedServerConnection,
+    /// rustls's connection, until a TLS 1.3 handshake hands over to `records`.
+    conn: Option<Box<UnbufferedServerConnection>>,
+    /// TLS 1.3 after the handshake.
+    records: Option<Box<Records>>,
+    /// The application traffic secrets, (client's, server's), captured as rustls derives
+    /// them, for the hand-over.
+    secrets: Option<Box<(Secret, Secret)>>,
+    /// Once the handshake is done: whether it is TLS 1.3 and resumed, until reported.
+    outcome: Option<(bool, bool)>,
     /// Ciphertext short of a whole record, kept for the next read (unallocated when empty).
     partial: Vec<u8>,
     /// Bytes have arrived: the first read decides whether this is TLS at all.
@@ -69,11 +79,80 @@ thread_local! {
 
 type Status<'c, 'i> = UnbufferedStatus<'c, 'i, ServerConnectionData>;
 
+thread_local! {
+    /// The application traffic secrets rustls derived in this thread's last handshake step
+    /// (client's, server's): logged by [`TrafficSecrets`] inside the call that derived
+    /// them, taken right after it by the connection that made the call.
+    static CAPTURED: RefCell<(Option<Secret>, Option<Secret>)> = const { RefCell::new((None, None)) };
+}
+
+/// rustls's key log, used for one thing: a TLS 1.3 connection's application traffic
+/// secrets, which its record layer derives key updates from once rustls is gone.
+#[derive(Debug)]
+pub struct TrafficSecrets;
+
+const CLIENT_TRAFFIC: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for TrafficSecrets {
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_TRAFFIC || label == SERVER_TRAFFIC
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        CAPTURED.with(|captured| {
+            if let Ok(mut captured) = captured.try_borrow_mut() {
+                match label {
+                    CLIENT_TRAFFIC => captured.0 = Secret::new(secret),
+                    SERVER_TRAFFIC => captured.1 = Secret::new(secret),
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// Both secrets, once both were logged (and forgets them here).
+fn take_traffic_secrets() -> Option<(Secret, Secret)> {
+    CAPTURED.with(|captured| {
+        let mut captured = captured.try_borrow_mut().ok()?;
+        match &mut *captured {
+            (client @ Some(_), server @ Some(_)) => Some((client.take()?, server.take()?)),
+            _ => None,
+        }
+    })
+}
+
+fn conn_handshaking(conn: &Option<Box<UnbufferedServerConnection>>) -> bool {
+    conn.as_ref().is_some_and(|conn| conn.is_handshaking())
+}
+
+fn handed_over_failed() -> rustls::Error {
+    rustls::Error::General("TLS record layer hand-over failed".into())
+}
+
+/// A direction's key and IV as rustls hands them over.
+fn key_and_iv(secrets: &rustls::ConnectionTrafficSecrets) -> Option<(&[u8], &[u8])> {
+    match secrets {
+        rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | rustls::ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+            Some((key.as_ref(), iv.as_ref()))
+        }
+        _ => None,
+    }
+}
+
 impl TlsLink {
     /// A server session for a connection just accepted on a TLS listener.
     pub fn new(config: &Arc<rustls::ServerConfig>) -> Result<TlsLink, rustls::Error> {
         Ok(TlsLink {
-            conn: UnbufferedServerConnection::new(Arc::clone(config))?,
+            conn: Some(Box::new(UnbufferedServerConnection::new(Arc::clone(
+                config,
+            ))?)),
+            records: None,
+            secrets: None,
+            outcome: None,
             partial: Vec::new(),
             started: false,
             reported: false,
@@ -124,7 +203,7 @@ impl TlsLink {
         // Judged on what is left once everything whole is processed: a client's Finished
         // with its first request behind it in one read is not held at all.
         if end == TlsEnd::Open
-            && self.conn.is_handshaking()
+            && self.is_handshaking()
             && self.partial.len() > MAX_HELD_BEFORE_HANDSHAKE
         {
             self.partial = Vec::new();
@@ -175,11 +254,22 @@ impl TlsLink {
         plaintext: &mut Vec<u8>,
         records: &mut impl Sink,
     ) -> (usize, TlsEnd) {
+        if let Some(layer) = self.records.as_deref_mut() {
+            let (consumed, ended) = layer.receive(buffer, plaintext, records);
+            let end = match ended {
+                Ended::Open => TlsEnd::Open,
+                Ended::Closed => TlsEnd::Closed,
+                Ended::Failed(why) => TlsEnd::Failed(rustls::Error::General(why.into())),
+            };
+            return (consumed, end);
+        }
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return (0, TlsEnd::Failed(handed_over_failed()));
+        };
         let mut consumed = 0;
         let mut end = TlsEnd::Open;
         for _ in 0..MAX_STEPS {
-            let Status { mut discard, state } =
-                self.conn.process_tls_records(&mut buffer[consumed..]);
+            let Status { mut discard, state } = conn.process_tls_records(&mut buffer[consumed..]);
             let state = match state {
                 Ok(state) => state,
                 Err(error) => {
@@ -232,8 +322,72 @@ impl TlsLink {
         if let TlsEnd::Failed(error) = &end {
             let rest = buffer.get_mut(consumed..).unwrap_or_default();
             self.queued_after_failure(error, rest, records);
+            return (consumed, end);
+        }
+        if let Some(captured) = take_traffic_secrets() {
+            self.secrets = Some(Box::new(captured));
+        }
+        if end == TlsEnd::Open && !conn_handshaking(&self.conn) && self.outcome.is_none() {
+            end = self.handshake_done();
         }
         (consumed, end)
+    }
+
+    /// The handshake just completed: its outcome is kept for [`TlsLink::established`], and
+    /// a TLS 1.3 connection hands over to its record layer (rustls's connection is dropped).
+    fn handshake_done(&mut self) -> TlsEnd {
+        let Some(conn) = self.conn.as_deref() else {
+            return TlsEnd::Open;
+        };
+        let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.outcome = Some((tls13, resumed));
+        let suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|suite| Suite::of(suite.suite()));
+        let (Some(suite), Some(secrets), true) = (suite, self.secrets.take(), tls13) else {
+            // Not one this layer carries (or the secrets were not seen): rustls goes on.
+            return TlsEnd::Open;
+        };
+        let Some(conn) = self.conn.take() else {
+            return TlsEnd::Open;
+        };
+        let (client, server) = *secrets;
+        match (*conn).dangerous_into_kernel_connection() {
+            Ok((extracted, _kernel)) => {
+                let (tx_seq, tx) = &extracted.tx;
+                let (rx_seq, rx) = &extracted.rx;
+                let layer = match (key_and_iv(tx), key_and_iv(rx)) {
+                    (Some((tx_key, tx_iv)), Some((rx_key, rx_iv))) => Records::new(
+                        suite,
+                        HandedOver {
+                            key: tx_key,
+                            iv: tx_iv,
+                            seq: *tx_seq,
+                            secret: server,
+                        },
+                        HandedOver {
+                            key: rx_key,
+                            iv: rx_iv,
+                            seq: *rx_seq,
+                            secret: client,
+                        },
+                    ),
+                    _ => None,
+                };
+                match layer {
+                    Some(layer) => {
+                        self.records = Some(Box::new(layer));
+                        TlsEnd::Open
+                    }
+                    None => TlsEnd::Failed(handed_over_failed()),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "TLS record layer hand-over failed");
+                TlsEnd::Failed(error)
+            }
+        }
     }
 
     /// After `error`, writes what rustls queued with it: its alert, and before it the rest of
@@ -258,8 +412,11 @@ impl TlsLink {
                 | rustls::Error::PeerMisbehaved(_)
         );
         let calls = if in_a_record { 1 } else { MAX_STEPS };
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return;
+        };
         for _ in 0..calls {
-            match self.conn.process_tls_records(rest).state {
+            match conn.process_tls_records(rest).state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(records, &mut encode),
                 _ => return,
             }
@@ -269,6 +426,9 @@ impl TlsLink {
     /// Seals the connection's plaintext into records in `records`. Before the handshake is
     /// done there is no session to seal it with: it is dropped (nothing is written then).
     pub fn send(&mut self, plaintext: &[u8], records: &mut impl Sink) {
+        if let Some(layer) = self.records.as_deref_mut() {
+            return layer.send(plaintext, records);
+        }
         self.with_held(records, |traffic, out| {
             traffic.encrypt(plaintext, out).map_err(too_small)
         });
@@ -276,6 +436,9 @@ impl TlsLink {
 
     /// Queues `close_notify`: the peer learns that the end of the stream is not a truncation.
     pub fn close_notify(&mut self, records: &mut impl Sink) {
+        if let Some(layer) = self.records.as_deref_mut() {
+            return layer.close_notify(records);
+        }
         self.with_held(records, |traffic, out| {
             traffic.queue_close_notify(out).map_err(too_small)
         });
@@ -315,21 +478,25 @@ impl TlsLink {
         self.answered
     }
 
-    /// Whether the TLS handshake is done.
+    /// Whether only the TLS 1.3 record layer is left (rustls's connection dropped).
+    pub fn is_handed_over(&self) -> bool {
+        self.records.is_some()
+    }
+
+    /// Whether the TLS handshake is still going on.
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        conn_handshaking(&self.conn)
     }
 
     /// Once, right after the handshake completed: whether it is TLS 1.3, and whether it
     /// resumed a session.
     pub fn established(&mut self) -> Option<(bool, bool)> {
-        if self.reported || self.conn.is_handshaking() {
+        if self.reported {
             return None;
         }
+        let outcome = self.outcome?;
         self.reported = true;
-        let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-        let resumed = self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        Some((tls13, resumed))
+        Some(outcome)
     }
 
     /// [`TlsLink::with_traffic`] over the ciphertext this connection holds.
@@ -363,9 +530,11 @@ impl TlsLink {
     ) -> usize {
         let mut consumed = 0;
         let len = incoming.len();
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return 0;
+        };
         for _ in 0..MAX_STEPS {
-            let Status { discard, state } =
-                self.conn.process_tls_records(&mut incoming[consumed..]);
+            let Status { discard, state } = conn.process_tls_records(&mut incoming[consumed..]);
             consumed = (consumed + discard).min(len);
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_into(records, &mut encode),
