@@ -25,7 +25,12 @@ use super::Sink;
 /// One connection's TLS state: rustls's connection through the handshake (and for TLS 1.2
 /// all along); once a TLS 1.3 handshake is done, only its record layer ([`Records`]).
 pub struct TlsLink {
-    /// rustls's connection, until a TLS 1.3 handshake hands over to `records`.
+    /// The settings its rustls connection is made with, when its ClientHello is read: a
+    /// client waiting for its key exchange (queued, or in the kernel's buffers) holds no
+    /// rustls state.
+    config: Option<Arc<rustls::ServerConfig>>,
+    /// rustls's connection, from the ClientHello until a TLS 1.3 handshake hands over to
+    /// `records`.
     conn: Option<Box<UnbufferedServerConnection>>,
     /// TLS 1.3 after the handshake.
     records: Option<Box<Records>>,
@@ -123,10 +128,6 @@ fn take_traffic_secrets() -> Option<(Secret, Secret)> {
     })
 }
 
-fn conn_handshaking(conn: &Option<Box<UnbufferedServerConnection>>) -> bool {
-    conn.as_ref().is_some_and(|conn| conn.is_handshaking())
-}
-
 fn handed_over_failed() -> rustls::Error {
     rustls::Error::General("TLS record layer hand-over failed".into())
 }
@@ -144,12 +145,12 @@ fn key_and_iv(secrets: &rustls::ConnectionTrafficSecrets) -> Option<(&[u8], &[u8
 }
 
 impl TlsLink {
-    /// A server session for a connection just accepted on a TLS listener.
+    /// A server session for a connection just accepted on a TLS listener (its rustls
+    /// connection is made when the first bytes are read).
     pub fn new(config: &Arc<rustls::ServerConfig>) -> Result<TlsLink, rustls::Error> {
         Ok(TlsLink {
-            conn: Some(Box::new(UnbufferedServerConnection::new(Arc::clone(
-                config,
-            ))?)),
+            config: Some(Arc::clone(config)),
+            conn: None,
             records: None,
             secrets: None,
             outcome: None,
@@ -263,6 +264,12 @@ impl TlsLink {
             };
             return (consumed, end);
         }
+        if let Some(config) = self.config.take() {
+            match UnbufferedServerConnection::new(config) {
+                Ok(conn) => self.conn = Some(Box::new(conn)),
+                Err(error) => return (0, TlsEnd::Failed(error)),
+            }
+        }
         let Some(conn) = self.conn.as_deref_mut() else {
             return (0, TlsEnd::Failed(handed_over_failed()));
         };
@@ -327,7 +334,7 @@ impl TlsLink {
         if let Some(captured) = take_traffic_secrets() {
             self.secrets = Some(Box::new(captured));
         }
-        if end == TlsEnd::Open && !conn_handshaking(&self.conn) && self.outcome.is_none() {
+        if end == TlsEnd::Open && !self.is_handshaking() && self.outcome.is_none() {
             end = self.handshake_done();
         }
         (consumed, end)
@@ -485,7 +492,10 @@ impl TlsLink {
 
     /// Whether the TLS handshake is still going on.
     pub fn is_handshaking(&self) -> bool {
-        conn_handshaking(&self.conn)
+        match &self.conn {
+            Some(conn) => conn.is_handshaking(),
+            None => self.config.is_some(),
+        }
     }
 
     /// Once, right after the handshake completed: whether it is TLS 1.3, and whether it
