@@ -361,6 +361,11 @@ impl Admission {
         }
     }
 
+    /// Handshakes in progress now.
+    pub(crate) fn handshaking(&self) -> usize {
+        self.handshaking
+    }
+
     /// A counted handshake ended (upgraded, refused, timed out or closed).
     pub(crate) fn handshake_ended(&mut self) {
         self.handshaking = self.handshaking.saturating_sub(1);

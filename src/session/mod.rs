@@ -25,7 +25,8 @@ use std::sync::Arc;
 use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
 use crate::policy::{
-    AcceptPause, Admission, KeyExchange, KeyExchangeJudge, Limits, Live, Shutdown, ShutdownState,
+    AcceptPause, Admission, AfterBurst, KeyExchange, KeyExchangeJudge, Limits, Live, Shutdown,
+    ShutdownState,
 };
 use crate::proxy::health::Failure;
 use crate::proxy::{Link, Peers, Pick, Upstreams};
@@ -105,6 +106,8 @@ pub struct Driver {
     /// ClientHellos queued and still waiting (the queue may hold stale entries besides):
     /// while there are, the reactor does not sleep.
     hellos_waiting: usize,
+    /// When a burst of handshakes is over, to give their memory back.
+    after_burst: AfterBurst,
 }
 
 /// Key exchanges a turn starts at most. A turn finishes the handshakes it started before
@@ -187,6 +190,7 @@ impl Driver {
             key_exchanges_this_turn: 0,
             granted: None,
             hellos_waiting: 0,
+            after_burst: AfterBurst::default(),
         }
     }
 
@@ -1120,6 +1124,9 @@ impl Driver {
     pub fn end_turn(&mut self, open: usize, idle: bool, now: u64) -> bool {
         self.turn += 1;
         self.key_exchanges_this_turn = 0;
+        if (self.after_burst).trim_now(self.admission.handshaking(), now) {
+            sys::return_free_memory();
+        }
         (self.stats.upstream_waiting)
             .store(self.queued_now as u64, std::sync::atomic::Ordering::Relaxed);
         let window_over = (self.admission).end_turn(&self.stats, open, now, &self.config);
