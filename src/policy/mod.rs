@@ -7,8 +7,8 @@
 
 mod admission;
 mod key_exchange;
-mod memory;
 mod live;
+mod memory;
 pub mod per_ip;
 mod shutdown;
 
@@ -16,6 +16,6 @@ pub(crate) use admission::{AcceptPause, Admission};
 pub use admission::{Limits, RetryAfter};
 pub use key_exchange::KeyExchange;
 pub(crate) use key_exchange::KeyExchangeJudge;
-pub(crate) use memory::AfterBurst;
 pub use live::{Live, LiveSettings};
+pub(crate) use memory::AfterBurst;
 pub use shutdown::{Shutdown, ShutdownState, Wake};
