@@ -140,6 +140,24 @@ def floor_rate(setup_ms):
     return run["upgrades_per_sec"]
 
 
+def stopped_counters(output):
+    """The counters of a wsedge's `stopped:` line, by name."""
+    stopped = next((l for l in output.splitlines() if "stopped:" in l), "")
+    return dict(w.split("=", 1) for w in stopped.split("stopped:")[-1].split() if "=" in w)
+
+
+def recovery(run, clients):
+    """What a reconnect run says of the clients' return."""
+    return {
+        "clients_in": run["clients_in"],
+        "all_in_s": run["in_after_s"]["p100"],
+        "p50_in_s": run["in_after_s"]["p50"],
+        # Over every client, in or not (the loadgen's own mean is over those in).
+        "attempts": run["attempts_total"] / clients,
+        "refusals": sum(run["refusals"].values()),
+    }
+
+
 def one(path, policy, args):
     """One storm on one path; returns its row."""
     ports = app_ports(args.apps)
@@ -159,17 +177,11 @@ def one(path, policy, args):
         edge_out = stop(edge, edge_log) if edge else ""
         counts = [app_upgrades(stop(proc, log)) for proc, log in apps]
         upgrades = None if None in counts else sum(counts)
-    stopped = next((l for l in edge_out.splitlines() if "stopped:" in l), "")
-    counters = dict(w.split("=", 1) for w in stopped.split("stopped:")[-1].split() if "=" in w)
+    counters = stopped_counters(edge_out)
     return {
         "path": path,
         "policy": policy,
-        "clients_in": run["clients_in"],
-        "all_in_s": run["in_after_s"]["p100"],
-        "p50_in_s": run["in_after_s"]["p50"],
-        # Over every client, in or not (the loadgen's own mean is over those in).
-        "attempts": run["attempts_total"] / args.clients,
-        "refusals": sum(run["refusals"].values()),
+        **recovery(run, args.clients),
         "timeouts": run["errors"].get("handshake_timeout", 0) + run["errors"].get("connect_timeout", 0),
         "app_sessions": upgrades,
         "wasted_sessions": None if upgrades is None else max(0, upgrades - run["clients_in"]),

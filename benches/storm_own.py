@@ -35,7 +35,7 @@ import tempfile
 import time
 
 from ab import free_port, make_cert
-from storm import LOADGEN, POLICIES, ROOT, WSEDGE, loadgen, started, stop
+from storm import POLICIES, ROOT, WSEDGE, loadgen, recovery, stop, stopped_counters
 from tls_cost import nginx_argv
 
 BACKLOG = 16384
@@ -198,16 +198,11 @@ def one(name, policy, args, cert, key, cap):
         spent_ns = cpu_ns(proc.pid) - before
     finally:
         output = stop(proc, log)
-    stopped = next((l for l in output.splitlines() if "stopped:" in l), "")
-    counters = dict(w.split("=", 1) for w in stopped.split("stopped:")[-1].split() if "=" in w)
+    counters = stopped_counters(output)
     return {
         "server": name,
         "policy": policy,
-        "clients_in": run["clients_in"],
-        "all_in_s": run["in_after_s"]["p100"],
-        "p50_in_s": run["in_after_s"]["p50"],
-        "attempts": run["attempts_total"] / args.clients,
-        "refusals": sum(run["refusals"].values()),
+        **recovery(run, args.clients),
         "errors": run["errors"],
         "cpu_us_per_client": spent_ns / 1000 / max(1, run["clients_in"]),
         "cpu_us_per_client_ticks": run.get("server_cpu_us_per_client"),

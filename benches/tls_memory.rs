@@ -45,48 +45,9 @@ static ALLOCATOR: Counting = Counting;
 
 const CONNECTIONS: usize = 1000;
 
-fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let dir = std::env::temp_dir().join(format!("wsedge-tls-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
-    let cert = params.self_signed(&key).expect("certificate");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-    let settings = wsedge::tls::TlsSettings {
-        pairs: vec![(cert_path, key_path)],
-        versions: vec![wsedge::tls::TlsVersion::V1_3],
-        groups: vec![wsedge::tls::TlsGroup::X25519],
-    };
-    let server = wsedge::tls::server_config(&settings).expect("server config");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    (server, Arc::new(client))
-}
-
-fn client_flight(client: &mut rustls::ClientConnection) -> Vec<u8> {
-    let mut flight = Vec::new();
-    while client.wants_write() {
-        client.write_tls(&mut flight).expect("client write");
-    }
-    flight
-}
-
-fn client_takes(client: &mut rustls::ClientConnection, mut records: &[u8]) {
-    while !records.is_empty() {
-        client.read_tls(&mut records).expect("client read");
-        client.process_new_packets().expect("client process");
-    }
-}
+#[path = "common/tls_pair.rs"]
+mod tls_pair;
+use tls_pair::{client_flight, client_takes, configs};
 
 /// Bytes in use on the C heap (Rust's and aws-lc's allocations alike).
 fn malloc_in_use() -> isize {

@@ -127,6 +127,11 @@ fn alpn_and_groups_reach_the_config() {
 
 /// A server configuration with one certificate and the default versions and groups.
 fn default_config(tag: &str) -> Arc<rustls::ServerConfig> {
+    default_pair(tag).0
+}
+
+/// [`default_config`], and its certificate's PEM file.
+fn default_pair(tag: &str) -> (Arc<rustls::ServerConfig>, PathBuf) {
     let dir = scratch(tag);
     let good = pair(&dir, "good", &["a.test"]);
     let settings = TlsSettings {
@@ -134,7 +139,7 @@ fn default_config(tag: &str) -> Arc<rustls::ServerConfig> {
         versions: Vec::new(),
         groups: Vec::new(),
     };
-    server_config(&settings).unwrap()
+    (server_config(&settings).unwrap(), good.cert)
 }
 
 /// A ClientHello trickled a byte a record (found by the `tls_records` fuzz target: rustls
@@ -200,17 +205,10 @@ struct Pair13 {
 
 impl Pair13 {
     fn connected(tag: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair13 {
-        let dir = scratch(tag);
-        let good = pair(&dir, "good", &["a.test"]);
-        let settings = TlsSettings {
-            pairs: vec![(good.cert.clone(), good.key.clone())],
-            versions: Vec::new(),
-            groups: Vec::new(),
-        };
-        let server = server_config(&settings).unwrap();
+        let (server, cert) = default_pair(tag);
         let mut roots = rustls::RootCertStore::empty();
         use rustls::pki_types::pem::PemObject;
-        let pem = std::fs::read(&good.cert).unwrap();
+        let pem = std::fs::read(cert).unwrap();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots.add(cert.unwrap()).unwrap();
         }
