@@ -5,7 +5,9 @@ how much of the app's work was for clients that had left.
 N clients (wsedge-loadgen reconnect) come back at once, on CPU 1; the app
 (benches/storm_app.py, SETUP_MS of CPU per upgrade, one process) and the edge share CPU 0.
 Paths: straight to the app, through wsedge (proxy mode, defaults), through nginx (its
-standard WebSocket proxy, benches/contenders/nginx-proxy.conf). Client policies:
+standard WebSocket proxy, benches/contenders/nginx-proxy.conf), through HAProxy
+(benches/contenders/haproxy-proxy.cfg: what it offers to pace an app does not fit held
+WebSockets, see there). Client policies:
 impatient (5 s per attempt, exponential backoff 250 ms..10 s, full jitter) and Socket.IO's
 defaults (20 s, 1 s doubling to 5 s, randomised by +-50%); Retry-After honoured.
 
@@ -13,7 +15,8 @@ The floor is N divided by the app's closed-loop upgrade rate (64 in flight, meas
 same run). Wasted sessions are the app's upgrades beyond the clients that got in: sessions
 set up for clients that had given up.
 
-    benches/storm.py [--clients 8000] [--rounds 2] [--setup-ms 2] [--paths direct,wsedge,nginx]
+    benches/storm.py [--clients 8000] [--rounds 2] [--setup-ms 2]
+                     [--paths direct,wsedge,nginx,haproxy]
                      [--policies impatient,socketio] [--secs 90] [--edge-args "..."] [--apps 1]
 
 With `--apps 2` two app servers share CPU 0 behind the edges (so the floor is the same):
@@ -114,6 +117,26 @@ def nginx(ports):
     raise SystemExit("nginx did not start")
 
 
+def haproxy(ports):
+    prefix = tempfile.mkdtemp(prefix="wsedge-storm-haproxy-")
+    servers = "\n".join(f"    server app{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
+    with open(os.path.join(ROOT, "benches", "contenders", "haproxy-proxy.cfg")) as f:
+        conf = f.read().replace("@PORT@", str(EDGE_PORT)).replace("@SERVERS@", servers)
+    path = os.path.join(prefix, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(conf)
+    proc = subprocess.Popen(["taskset", "-c", "0", "haproxy", "-db", "-f", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            import socket
+            socket.create_connection(("127.0.0.1", EDGE_PORT), timeout=0.2).close()
+            return proc, None
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("haproxy did not start")
+
+
 def wsedge(extra, ports):
     upstreams = [arg for p in ports for arg in ("--upstream", f"127.0.0.1:{p}")]
     return started([WSEDGE, "serve", "--listen", f"127.0.0.1:{EDGE_PORT}", "--after", "proxy",
@@ -171,6 +194,9 @@ def one(path, policy, args):
         elif path == "nginx":
             edge, edge_log = nginx(ports)
             port = EDGE_PORT
+        elif path == "haproxy":
+            edge, edge_log = haproxy(ports)
+            port = EDGE_PORT
         run = loadgen(["reconnect", f"ws://127.0.0.1:{port}/", "--clients", str(args.clients),
                        "--duration", f"{args.secs}s"] + POLICIES[policy])
     finally:
@@ -206,7 +232,7 @@ def main():
     parser.add_argument("--clients", type=int)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--setup-ms", type=float, default=2.0)
-    parser.add_argument("--paths", default="direct,wsedge,nginx")
+    parser.add_argument("--paths", default="direct,wsedge,nginx,haproxy")
     parser.add_argument("--policies", default="impatient,socketio")
     parser.add_argument("--secs", type=int, default=90, help="longest a storm may take")
     parser.add_argument("--edge-args", default="", help="extra wsedge serve flags")

@@ -6,7 +6,8 @@
 #
 #   benches/storm.sh [--clients 8000] [--rounds 2] [--setup-ms 2] [--edge-args "..."]
 #
-# Needs Python websockets in target/thirdparty/venv (.ci/run installs it) and nginx.
+# Needs Python websockets in target/thirdparty/venv (.ci/run installs it), nginx and HAProxy;
+# --own (the server's own handshakes, its CPU capped by a cgroup) needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p wsedge -p wsedge-loadgen
