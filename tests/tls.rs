@@ -846,7 +846,7 @@ fn a_client_past_its_patience_is_reset_before_its_key_exchange(io: Io) {
         "--threads",
         "1",
         "--client-patience",
-        "1s",
+        "3s",
     ];
     let server = serve(io, &cert, &args);
     let aged = Duration::from_millis(3500);
