@@ -292,6 +292,27 @@ fn key_updates_the_client_asks_for_are_answered_and_both_directions_move_on() {
 }
 
 #[test]
+fn past_its_record_budget_the_server_updates_its_own_keys_and_the_client_follows() {
+    let mut pair = Pair13::connected("ownupdate", &[&rustls::version::TLS13]);
+    pair.link.update_keys_every(3);
+    // Each message is one record of 8 bytes: a key update of ours (a record of 27 bytes)
+    // goes before every third.
+    let mut updates = 0;
+    for round in 0..9 {
+        let text = format!("record {round}");
+        let mut outbox = crate::transport::Outbox::default();
+        pair.link.send(text.as_bytes(), &mut outbox);
+        let sealed = outbox.pending().len();
+        assert!(sealed == 30 || sealed == 30 + 27, "{sealed}");
+        updates += usize::from(sealed > 30);
+        pair.server_flight_out(outbox);
+        assert_eq!(std::mem::take(&mut pair.received), text.as_bytes());
+    }
+    assert_eq!(updates, 3, "one before every third record");
+    pair.echo(b"and the client's side goes on");
+}
+
+#[test]
 fn close_notify_ends_the_stream_and_a_corrupt_record_fails_with_bad_record_mac() {
     let mut pair = Pair13::connected("close13", &[&rustls::version::TLS13]);
     pair.client.send_close_notify();

@@ -196,6 +196,9 @@ pub(super) struct Records {
     suite: Suite,
     tx: Keys,
     rx: Keys,
+    /// Records sealed under one key before our own key update ([`RECORDS_PER_KEY`]; lower
+    /// in tests).
+    records_per_key: u64,
 }
 
 /// What rustls hands over for one direction: key, IV, next sequence number, and the traffic
@@ -213,6 +216,7 @@ impl Records {
             suite,
             tx: Keys::handed_over(suite, tx.key, tx.iv, tx.seq, tx.secret)?,
             rx: Keys::handed_over(suite, rx.key, rx.iv, rx.seq, rx.secret)?,
+            records_per_key: RECORDS_PER_KEY,
         })
     }
 
@@ -237,8 +241,12 @@ impl Records {
             if header[0] != APPLICATION_DATA {
                 return (consumed, self.fail(alert::UNEXPECTED_MESSAGE, records));
             }
-            if !(TAG + 1..=MAX_CIPHERTEXT).contains(&len) {
+            if len > MAX_CIPHERTEXT {
                 return (consumed, self.fail(alert::RECORD_OVERFLOW, records));
+            }
+            if len <= TAG {
+                // Too short to hold a tag and a content type: it cannot authenticate.
+                return (consumed, self.fail(alert::BAD_RECORD_MAC, records));
             }
             let Some(body) = rest.get_mut(HEADER..HEADER + len) else {
                 return (consumed, Ended::Open);
@@ -298,6 +306,13 @@ impl Records {
         Ended::Open
     }
 
+    /// Lowers the records sealed under one key before our own key update, so that a test
+    /// reaches it.
+    #[cfg(test)]
+    pub(super) fn update_keys_every(&mut self, records: u64) {
+        self.records_per_key = records;
+    }
+
     /// Seals `plaintext` into application data records in `records`.
     pub(super) fn send(&mut self, plaintext: &[u8], records: &mut impl Sink) {
         for chunk in plaintext.chunks(MAX_PLAINTEXT) {
@@ -325,7 +340,7 @@ impl Records {
     /// sealed in place at the end of `records`; past the key's record budget our own key
     /// update goes first.
     fn seal(&mut self, kind: u8, content: &[u8], records: &mut impl Sink) {
-        if self.tx.seq >= RECORDS_PER_KEY && kind != HANDSHAKE {
+        if self.tx.seq >= self.records_per_key && kind != HANDSHAKE {
             self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], records);
             if self.tx.update(self.suite).is_none() {
                 return;

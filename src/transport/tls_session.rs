@@ -485,6 +485,15 @@ impl TlsLink {
         self.answered
     }
 
+    /// Makes the record layer update its own keys after so many records (tests only: the
+    /// real budget is 2^24).
+    #[cfg(test)]
+    pub(crate) fn update_keys_every(&mut self, records: u64) {
+        if let Some(layer) = self.records.as_deref_mut() {
+            layer.update_keys_every(records);
+        }
+    }
+
     /// Whether only the TLS 1.3 record layer is left (rustls's connection dropped).
     pub fn is_handed_over(&self) -> bool {
         self.records.is_some()
