@@ -27,6 +27,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def app_upgrades(output):
     return None
 
 
+def wait_listening(port):
+    """Returns once something accepts connections on `port` (10 s at most)."""
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
 def nginx(ports):
     prefix = tempfile.mkdtemp(prefix="wsedge-storm-nginx-")
     servers = "\n        ".join(f"server 127.0.0.1:{p};" for p in ports)
@@ -107,14 +119,8 @@ def nginx(ports):
     proc = subprocess.Popen(["taskset", "-c", "0", "nginx", "-p", prefix, "-c", path,
                              "-e", "stderr"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            import socket
-            socket.create_connection(("127.0.0.1", EDGE_PORT), timeout=0.2).close()
-            return proc, None
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("nginx did not start")
+    wait_listening(EDGE_PORT)
+    return proc, None
 
 
 def haproxy(ports):
@@ -127,14 +133,8 @@ def haproxy(ports):
         f.write(conf)
     proc = subprocess.Popen(["taskset", "-c", "0", "haproxy", "-db", "-f", path],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            import socket
-            socket.create_connection(("127.0.0.1", EDGE_PORT), timeout=0.2).close()
-            return proc, None
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("haproxy did not start")
+    wait_listening(EDGE_PORT)
+    return proc, None
 
 
 def wsedge(extra, ports):

@@ -35,7 +35,8 @@ import tempfile
 import time
 
 from ab import free_port, make_cert
-from storm import POLICIES, ROOT, WSEDGE, loadgen, recovery, stop, stopped_counters
+from storm import (POLICIES, ROOT, WSEDGE, loadgen, recovery, stop, stopped_counters,
+                   wait_listening)
 from tls_cost import nginx_argv
 
 BACKLOG = 16384
@@ -165,17 +166,6 @@ def cpu_ns(pid):
         except OSError:
             pass
     return total
-
-
-def wait_listening(port):
-    import socket
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def one(name, policy, args, cert, key, cap):
