@@ -18,22 +18,28 @@ fn driver(limits: Limits) -> Driver {
     driver_with_tls(limits, None)
 }
 
-/// A driver whose connections accepted as `tls` get a TLS session (a fresh self-signed
-/// certificate).
+/// A driver whose connections accepted as `tls` get a TLS session. The certificate is made
+/// once per test process: tests run in parallel, and each writing the same files raced
+/// (a key read beside another test's certificate).
 fn tls_driver() -> Driver {
-    let dir = std::env::temp_dir().join(format!("wsedge-driver-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let settings = crate::tls::TlsSettings {
-        pairs: vec![(cert, key)],
-        versions: vec![crate::tls::TlsVersion::V1_3],
-        groups: vec![crate::tls::TlsGroup::X25519],
-    };
-    let config = crate::tls::server_config(&settings).unwrap();
-    driver_with_tls(Limits::default(), Some(crate::tls::shared(config)))
+    static CONFIG: std::sync::OnceLock<crate::tls::SharedTlsConfig> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wsedge-driver-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        let settings = crate::tls::TlsSettings {
+            pairs: vec![(cert, key)],
+            versions: vec![crate::tls::TlsVersion::V1_3],
+            groups: vec![crate::tls::TlsGroup::X25519],
+        };
+        let config = crate::tls::server_config(&settings).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::tls::shared(config)
+    });
+    driver_with_tls(Limits::default(), Some(config.clone()))
 }
 
 fn accept_tls(driver: &mut Driver, open: usize, now: u64) -> Peer {
