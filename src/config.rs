@@ -276,6 +276,27 @@ pub struct ServeArgs {
     /// seen to give up sooner).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub upstream_queue_ms: Option<u64>,
+    /// Forward requests that are not upgrades, on paths under PREFIX, to the upstreams as
+    /// plain HTTP/1.1 (repeatable; e.g. /socket.io/ for Engine.IO's polling, /sockjs/ for
+    /// SockJS's /info): one request per connection, the body bounded by --http-max-body.
+    /// Default: none (every request that is not an upgrade gets 426).
+    #[arg(long = "http-path", value_name = "PREFIX", value_parser = parse_path)]
+    pub http_paths: Vec<String>,
+    /// Bound on the upstream's response to a forwarded HTTP request (a long poll is held
+    /// for tens of seconds), then 504; and on a response's silence once it flows.
+    /// Default: 60s.
+    #[arg(long, value_name = "DURATION", value_parser = |v: &str| crate::values::duration_up_to(v, std::time::Duration::from_secs(3600)))]
+    pub http_timeout: Option<std::time::Duration>,
+    /// Largest request body forwarded under --http-path, in bytes (413 beyond) [default:
+    /// 1048576, Socket.IO's own limit].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=67_108_864))]
+    pub http_max_body: Option<u64>,
+    /// Keep each client on one upstream with a cookie of this name: a response to a client
+    /// without it (or whose upstream is down or draining) sets it to an opaque id of the
+    /// upstream that served it; requests and upgrades carrying it go there.
+    /// --upstream-balance picks for clients without it.
+    #[arg(long, value_name = "NAME", value_parser = parse_cookie_name)]
+    pub sticky_cookie: Option<String>,
     /// A local address to open upstream connections from (repeatable: they take turns),
     /// so that each adds a full range of local ports toward each upstream (nginx's
     /// proxy_bind, HAProxy's source). Default: the kernel's choice.
@@ -353,6 +374,17 @@ fn parse_path(value: &str) -> Result<String, String> {
     }
     if value.contains('?') || value.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err("a path may not contain '?', spaces or control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_cookie_name(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(is_token_char) || value.len() > 64 {
+        return Err(
+            "a cookie name is an HTTP token of at most 64 bytes (letters, digits, \
+             !#$%&'*+-.^_`|~)"
+                .into(),
+        );
     }
     Ok(value.to_owned())
 }
@@ -442,6 +474,24 @@ impl ServeArgs {
                 "--client-patience is only used with --listen-tls (it bounds TLS \
                         key exchanges)"
                     .into(),
+            );
+        }
+        let http_flags = [
+            ("--http-path", !self.http_paths.is_empty()),
+            ("--http-timeout", self.http_timeout.is_some()),
+            ("--http-max-body", self.http_max_body.is_some()),
+            ("--sticky-cookie", self.sticky_cookie.is_some()),
+        ];
+        if let Some((flag, _)) = http_flags.iter().find(|(_, given)| *given && !proxy) {
+            return Err(format!(
+                "{flag} is only used with --after proxy (it concerns requests forwarded upstream)"
+            ));
+        }
+        if self.http_paths.is_empty()
+            && (self.http_timeout.is_some() || self.http_max_body.is_some())
+        {
+            return Err(
+                "--http-timeout and --http-max-body are only used with --http-path PREFIX".into(),
             );
         }
         if !proxy && self.upstream_queue_ms.is_some() {
@@ -584,6 +634,10 @@ impl ServeArgs {
                     auth_token,
                     subprotocols: self.subprotocols.clone(),
                     require_subprotocol: self.require_subprotocol,
+                    http_paths: self.http_paths.clone(),
+                    max_http_body_bytes: self
+                        .http_max_body
+                        .unwrap_or(crate::handshake::DEFAULT_MAX_HTTP_BODY_BYTES),
                 },
                 after: self.after,
                 handshake_timeout_ms: self.handshake_timeout_ms,
@@ -622,6 +676,12 @@ impl ServeArgs {
                     max_pending: self.upstream_max_pending,
                     queue_ms: (self.upstream_queue_ms).unwrap_or(DEFAULT_QUEUE_MS),
                     sources: self.upstream_sources.clone(),
+                    http_timeout_ms: self
+                        .http_timeout
+                        .map_or(crate::proxy::DEFAULT_HTTP_TIMEOUT_MS, |d| {
+                            d.as_millis() as u64
+                        }),
+                    sticky_cookie: self.sticky_cookie.clone(),
                 },
             },
             limits: Limits {

@@ -106,6 +106,10 @@ event_counters! {
     /// Proxy mode: upstream refusals (a status other than 101) passed to the client.
     upstream_refusals_passed => "wsedge_upstream_refusals_passed",
         "Proxy mode: upstream answers other than 101 passed to the client.";
+    /// Proxy mode: plain HTTP requests forwarded under `--http-path` whose upstream answer
+    /// was passed on (an outcome of their own, beside upgrades).
+    http_forwarded => "wsedge_http_forwarded",
+        "Proxy mode: plain HTTP requests (--http-path) whose upstream answer was passed on.";
     /// Proxy mode: clients that waited at the edge for an upstream with room for their
     /// upgrade (`--upstream-max-pending`).
     upstream_queued => "wsedge_upstream_queued",
@@ -306,7 +310,7 @@ impl Snapshot {
     /// Accepted connections whose handshake has no outcome counted yet: those in progress
     /// (0 once the server is idle). Every accepted connection ends in exactly one of:
     /// upgraded, rejected (a status, 408 and admission refusals included), an upstream's
-    /// refusal passed on, a silent handshake timeout, abandoned by the client, or shed
+    /// refusal passed on, a plain HTTP request's answer passed on, a silent handshake timeout, abandoned by the client, or shed
     /// before any work.
     pub fn unaccounted(&self) -> i128 {
         let silent_timeouts =
@@ -315,6 +319,7 @@ impl Snapshot {
             - i128::from(self.upgraded)
             - i128::from(self.rejected)
             - i128::from(self.upstream_refusals_passed)
+            - i128::from(self.http_forwarded)
             - silent_timeouts
             - i128::from(self.handshakes_abandoned)
             - i128::from(self.shed_before_work)

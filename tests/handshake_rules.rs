@@ -50,6 +50,7 @@ fn outcome(request: &[u8], policy: &Policy) -> Result<Option<String>, Rejection>
         Parse::Upgrade(upgrade) => Ok(upgrade.protocol.map(str::to_owned)),
         Parse::Reject(rejection) => Err(rejection),
         Parse::Partial => panic!("complete request parsed as partial"),
+        Parse::Http(request) => panic!("no --http-path, yet forwarded as HTTP: {request:?}"),
     }
 }
 

@@ -26,13 +26,14 @@ mod utf8;
 use std::mem;
 
 use crate::handshake::{
-    parse_request, write_rejection, write_switching_protocols, Answer, Parse, Policy, Refusal,
-    Rejection, ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
+    parse_request, write_rejection, write_switching_protocols, Answer, HttpRequest, Parse, Policy,
+    Refusal, Rejection, ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
 use crate::proxy::health::Failure;
+use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead};
 use crate::proxy::{
-    answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
-    ProxyConfig, MAX_PASSED_ANSWER_BYTES,
+    answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
+    Forwarded, Peers, ProxyConfig, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
 use frame::{
@@ -144,6 +145,10 @@ enum Phase {
     Answering,
     /// Proxy mode: upgraded; the backend relays bytes, the connection keeps the deadline.
     Relaying,
+    /// Proxy mode, a plain HTTP request (`--http-path`): the upstream's answer flows to
+    /// the client through the relay, until the upstream closes (one request per
+    /// connection); the client is not read.
+    Exchanging,
     /// Nothing left to do but close.
     Done,
 }
@@ -187,6 +192,14 @@ struct Buffers {
     /// Proxy mode, relaying: what the client sent after its request, held back until the
     /// upstream's 101 was checked, for the relay to send first.
     held: Vec<u8>,
+    /// Proxy mode: the request is plain HTTP with a body of this many bytes after its head
+    /// (`--http-path`), not an upgrade.
+    http_body_len: Option<u64>,
+    /// A `100 Continue` was sent for the body the client holds back.
+    continued: bool,
+    /// `--sticky-cookie`: the upstream id the answer sets in the client's cookie, and
+    /// whether the cookie is `Secure` (the client came over TLS).
+    set_cookie: Option<(u64, bool)>,
 }
 
 impl Conn {
@@ -259,7 +272,11 @@ impl Conn {
     pub fn wants_upstream(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Upstream | Phase::Queued | Phase::Answering | Phase::Relaying
+            Phase::Upstream
+                | Phase::Queued
+                | Phase::Answering
+                | Phase::Relaying
+                | Phase::Exchanging
         )
     }
 
@@ -297,9 +314,32 @@ impl Conn {
         }
     }
 
-    /// Whether bytes are relayed between client and upstream (proxy mode, after the 101).
+    /// Whether bytes are relayed between client and upstream (proxy mode, after the 101,
+    /// or an upstream's answer to a plain HTTP request on its way).
     pub fn is_relaying(&self) -> bool {
-        self.phase == Phase::Relaying
+        matches!(self.phase, Phase::Relaying | Phase::Exchanging)
+    }
+
+    /// Proxy mode: whether what is relayed is one HTTP answer, not a WebSocket: the
+    /// client's side is not read, and the upstream's close ends it.
+    pub fn is_exchange(&self) -> bool {
+        self.phase == Phase::Exchanging
+    }
+
+    /// Proxy mode: whether the request waiting for an upstream is plain HTTP
+    /// (`--http-path`), not an upgrade.
+    pub fn is_http_request(&self) -> bool {
+        self.buffers
+            .as_ref()
+            .is_some_and(|b| b.http_body_len.is_some())
+    }
+
+    /// `--sticky-cookie`: the answer to this client sets its cookie to upstream `id`
+    /// (`secure`: over TLS); `None` leaves the cookie as the client sent it.
+    pub fn set_sticky_cookie(&mut self, cookie: Option<(u64, bool)>) {
+        if self.awaits_upstream_answer() {
+            self.buffers().set_cookie = cookie;
+        }
     }
 
     /// Whether the connection has said all it will and only waits, for the linger, for the
@@ -392,7 +432,22 @@ impl Conn {
         let forwarding = cx.config.proxy.forwarding;
         let buffers = self.buffers();
         let head_len = buffers.head_len;
-        write_upstream_request(&buffers.pending[..head_len], peers, forwarding, cx.out);
+        let head = &buffers.pending[..head_len];
+        let Some(body_len) = buffers.http_body_len else {
+            write_upstream_request(head, peers, forwarding, Forwarded::Upgrade, cx.out);
+            return;
+        };
+        write_upstream_request(
+            head,
+            peers,
+            forwarding,
+            Forwarded::Http { body_len },
+            cx.out,
+        );
+        // The body as the edge framed it, and nothing after it (see `crate::proxy::http`).
+        let end = head_len.saturating_add(body_len as usize);
+        cx.out
+            .extend_from_slice(buffers.pending.get(head_len..end).unwrap_or_default());
         // All is kept until the upstream has answered: the answer is checked against the
         // head, and another upstream may need the same bytes if this one refuses.
     }
@@ -413,7 +468,12 @@ impl Conn {
     /// (bounded by the response timeout).
     pub fn on_upstream_connected(&mut self, cx: &Ctx<'_>) {
         if self.phase == Phase::Upstream {
-            self.deadline = cx.now.saturating_add(cx.config.proxy.response_timeout_ms);
+            let wait = match self.is_http_request() {
+                // A long poll is answered when there is something to say.
+                true => cx.config.proxy.http_timeout_ms,
+                false => cx.config.proxy.response_timeout_ms,
+            };
+            self.deadline = cx.now.saturating_add(wait);
         }
     }
 
@@ -422,6 +482,7 @@ impl Conn {
     /// connection closes after it; an invalid answer becomes a 502.
     pub fn on_upstream_data(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
         match self.phase {
+            Phase::Upstream if self.is_http_request() => return self.http_answer(data, cx),
             Phase::Upstream => {}
             Phase::Answering => return self.pass_answer(data, cx),
             _ => return Next::Continue,
@@ -447,10 +508,18 @@ impl Conn {
                 self.buffers().message = kept;
                 Next::Continue
             }
-            ResponseCheck::Accepted { .. } => {
+            ResponseCheck::Accepted { header_len, .. } => {
                 // The upstream's own 101 goes to the client as it is (its Set-Cookie and
-                // other headers included), with any frames that came along.
-                cx.out.extend_from_slice(response);
+                // other headers included), with any frames that came along; the edge's
+                // sticky cookie is added at the end of the head.
+                match (self.buffers().set_cookie, &cx.config.proxy.sticky_cookie) {
+                    (Some((id, secure)), Some(name)) if header_len >= 2 => {
+                        cx.out.extend_from_slice(&response[..header_len - 2]);
+                        sticky::write_set_cookie(name, id, secure, cx.out);
+                        cx.out.extend_from_slice(&response[header_len - 2..]);
+                    }
+                    _ => cx.out.extend_from_slice(response),
+                }
                 Counters::bump(&cx.stats.upgraded);
                 self.upstream_outcome = Some(UpstreamOutcome::Served);
                 let buffers = self.buffers();
@@ -489,6 +558,52 @@ impl Conn {
                 self.reject(Refusal::UpstreamFailed, cx)
             }
         }
+    }
+
+    /// Proxy mode: bytes of the upstream's answer to a plain HTTP request, before its head
+    /// was passed on. A final head with a framing the client can rely on is rewritten for
+    /// the client (`Connection: close`, the sticky cookie) and the relay carries the rest
+    /// ([`Next::Relay`]); interim answers are dropped; anything else is a 502.
+    fn http_answer(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Next {
+        let mut partial = mem::take(&mut self.buffers().message);
+        let answer = if partial.is_empty() {
+            data
+        } else {
+            partial.extend_from_slice(data);
+            &partial
+        };
+        let mut at = 0;
+        let head_len = loop {
+            match answer_head(&answer[at..]) {
+                AnswerHead::Partial => {
+                    let kept = answer[at..].to_vec();
+                    self.buffers().message = kept;
+                    return Next::Continue;
+                }
+                AnswerHead::Interim(len) => at += len,
+                AnswerHead::Final { head_len, .. } => break head_len,
+                AnswerHead::Invalid => {
+                    tracing::debug!("upstream answered a forwarded request badly");
+                    self.upstream_outcome = Some(UpstreamOutcome::Failed(Failure::InvalidAnswer));
+                    return self.reject(Refusal::UpstreamFailed, cx);
+                }
+            }
+        };
+        let answer = &answer[at..];
+        let mut cookie = Vec::new();
+        if let (Some((id, secure)), Some(name)) =
+            (self.buffers().set_cookie, &cx.config.proxy.sticky_cookie)
+        {
+            sticky::write_set_cookie(name, id, secure, &mut cookie);
+        }
+        write_client_answer_head(&answer[..head_len], &cookie, cx.out);
+        cx.out.extend_from_slice(&answer[head_len..]);
+        Counters::bump(&cx.stats.http_forwarded);
+        self.upstream_outcome = Some(UpstreamOutcome::Served);
+        self.phase = Phase::Exchanging;
+        self.drop_input();
+        self.touch(cx);
+        Next::Relay
     }
 
     /// Passes an upstream's refusal on, up to the end of its body.
@@ -577,6 +692,11 @@ impl Conn {
                 }
                 self.finish()
             }
+            // An answer that stopped flowing: the client sees it cut at the close.
+            Phase::Exchanging => {
+                Counters::bump(&cx.stats.upstream_timeouts);
+                self.finish()
+            }
             Phase::Answering | Phase::Closing | Phase::Lingering | Phase::Done => self.finish(),
         }
     }
@@ -633,9 +753,11 @@ impl Conn {
             Phase::Upstream | Phase::Queued => (0, Next::Continue),
             // The relay moves the client's bytes itself; a refusal being passed on or a
             // linger discards them.
-            Phase::Lingering | Phase::Done | Phase::Answering | Phase::Relaying => {
-                (input.len(), Next::Continue)
-            }
+            Phase::Lingering
+            | Phase::Done
+            | Phase::Answering
+            | Phase::Relaying
+            | Phase::Exchanging => (input.len(), Next::Continue),
         }
     }
 
@@ -643,6 +765,7 @@ impl Conn {
         let upgrade = match parse_request(input, &cx.config.policy) {
             Parse::Partial => return (0, Next::Continue),
             Parse::Reject(rejection) => return (input.len(), self.reject(rejection, cx)),
+            Parse::Http(request) => return self.http_request(request, input, cx),
             Parse::Upgrade(upgrade) => upgrade,
         };
         // Until now the deadline is the handshake's: accept time plus the timeout.
@@ -684,6 +807,38 @@ impl Conn {
         }
     }
 
+    /// A plain request under `--http-path`: once its body is in, it goes to an upstream
+    /// like an upgrade ([`Next::Proxy`]), with the request kept for
+    /// [`Conn::write_upstream_request`].
+    fn http_request(
+        &mut self,
+        request: HttpRequest,
+        input: &[u8],
+        cx: &mut Ctx<'_>,
+    ) -> (usize, Next) {
+        if cx.config.after != AfterUpgrade::Proxy {
+            // Configuration keeps `--http-path` to proxy mode; without an upstream this is
+            // what any request that is not an upgrade gets.
+            return (input.len(), self.reject(Rejection::MissingUpgrade, cx));
+        }
+        if request.complete_within(input.len()).is_none() {
+            let buffers = self.buffers();
+            if request.expects_continue && !buffers.continued {
+                buffers.continued = true;
+                cx.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            return (0, Next::Continue);
+        }
+        let accepted = self.deadline.saturating_sub(cx.config.handshake_timeout_ms);
+        self.phase = Phase::Upstream;
+        self.deadline = cx.now.saturating_add(cx.config.proxy.connect_timeout_ms);
+        let buffers = self.buffers();
+        buffers.head_len = request.header_len;
+        buffers.http_body_len = Some(request.body_len);
+        buffers.accepted_at = accepted;
+        (0, Next::Proxy)
+    }
+
     fn reject(&mut self, answer: impl Into<Answer>, cx: &mut Ctx<'_>) -> Next {
         let rejection = answer.into();
         let mut response = [0u8; MAX_RESPONSE_LEN];
@@ -706,7 +861,11 @@ impl Conn {
         if self.drain_code.is_some() {
             return;
         }
-        self.deadline = match cx.config.idle_timeout_ms {
+        let idle = match self.phase {
+            Phase::Exchanging => cx.config.proxy.http_timeout_ms,
+            _ => cx.config.idle_timeout_ms,
+        };
+        self.deadline = match idle {
             0 => NO_DEADLINE,
             idle => cx.now.saturating_add(idle),
         };

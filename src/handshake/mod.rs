@@ -32,7 +32,9 @@ pub use client::{
     check_response, check_response_with, write_request, ClientRequest, ResponseCheck,
     ResponseError, MAX_RESPONSE_HEADER_BYTES,
 };
-pub use policy::{Policy, DEFAULT_MAX_HEADER_BYTES, MAX_HEADERS};
+pub use policy::{
+    is_under, Policy, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HTTP_BODY_BYTES, MAX_HEADERS,
+};
 pub use rejection::{Rejection, Status};
-pub use request::{parse_request, Parse, Upgrade};
+pub use request::{parse_request, HttpRequest, Parse, Upgrade};
 pub use response::{write_rejection, write_switching_protocols, BufferTooSmall, MAX_RESPONSE_LEN};

@@ -28,6 +28,24 @@ pub struct Policy {
     pub subprotocols: Vec<String>,
     /// Refuse (400) clients that offer none of [`Policy::subprotocols`].
     pub require_subprotocol: bool,
+    /// `--http-path`: path prefixes under which a request that is not an upgrade is
+    /// forwarded as plain HTTP (proxy mode). Empty: every such request gets 426.
+    pub http_paths: Vec<String>,
+    /// `--http-max-body`: the largest request body forwarded under [`Policy::http_paths`].
+    pub max_http_body_bytes: u64,
+}
+
+/// Default `--http-max-body`: Socket.IO's own `maxHttpBufferSize` (1 MB) fits.
+pub const DEFAULT_MAX_HTTP_BODY_BYTES: u64 = 1 << 20;
+
+/// Whether `path` is `prefix` or under it, segment-wise: `/socket.io` and `/socket.io/`
+/// both hold `/socket.io/` and `/socket.io/?EIO=4`'s path, but not `/socket.iox`.
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl Default for Policy {
@@ -39,6 +57,8 @@ impl Default for Policy {
             auth_token: None,
             subprotocols: Vec::new(),
             require_subprotocol: false,
+            http_paths: Vec::new(),
+            max_http_body_bytes: DEFAULT_MAX_HTTP_BODY_BYTES,
         }
     }
 }

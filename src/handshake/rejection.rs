@@ -16,6 +16,12 @@ pub enum Status {
     MethodNotAllowed,
     /// 408: the handshake did not complete in time.
     RequestTimeout,
+    /// 411: a request body without `Content-Length` (chunked), which the edge does not forward.
+    LengthRequired,
+    /// 413: a request body over `--http-max-body`.
+    ContentTooLarge,
+    /// 417: an `Expect` other than `100-continue`.
+    ExpectationFailed,
     /// 426: not a WebSocket upgrade, or the wrong protocol version.
     UpgradeRequired,
     /// 429: this client is over its rate (`Retry-After`).
@@ -40,6 +46,9 @@ impl Status {
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
+            Status::LengthRequired => 411,
+            Status::ContentTooLarge => 413,
+            Status::ExpectationFailed => 417,
             Status::UpgradeRequired => 426,
             Status::TooManyRequests => 429,
             Status::HeaderFieldsTooLarge => 431,
@@ -58,6 +67,9 @@ impl Status {
             Status::NotFound => "HTTP/1.1 404 Not Found",
             Status::MethodNotAllowed => "HTTP/1.1 405 Method Not Allowed",
             Status::RequestTimeout => "HTTP/1.1 408 Request Timeout",
+            Status::LengthRequired => "HTTP/1.1 411 Length Required",
+            Status::ContentTooLarge => "HTTP/1.1 413 Content Too Large",
+            Status::ExpectationFailed => "HTTP/1.1 417 Expectation Failed",
             Status::UpgradeRequired => "HTTP/1.1 426 Upgrade Required",
             Status::TooManyRequests => "HTTP/1.1 429 Too Many Requests",
             Status::HeaderFieldsTooLarge => "HTTP/1.1 431 Request Header Fields Too Large",
@@ -129,11 +141,26 @@ pub enum Rejection {
     Timeout,
     /// Plain HTTP arrived on a TLS listener (answered in plaintext, as nginx does).
     PlainHttpToTlsPort,
+    /// `--http-path`: a method the edge does not forward (`CONNECT`, `TRACE`, unknown).
+    HttpMethodNotForwarded,
+    /// `--http-path`: a path with dot segments, encoded slashes or dots, or a backslash,
+    /// which an upstream could resolve outside the prefix.
+    AmbiguousPath,
+    /// `--http-path`: `Content-Length` is not one decimal number (or two disagree).
+    InvalidContentLength,
+    /// `--http-path`: `Content-Length` and `Transfer-Encoding` together (a smuggling shape).
+    ConflictingFraming,
+    /// `--http-path`: a body framed by `Transfer-Encoding` (chunked), not forwarded.
+    ChunkedBody,
+    /// `--http-path`: a body over `--http-max-body`.
+    BodyTooLarge,
+    /// `--http-path`: an `Expect` other than `100-continue`.
+    UnsupportedExpectation,
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 27] = {
+    pub const KINDS: [Rejection; 34] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -163,6 +190,13 @@ impl Rejection {
             NoAcceptableSubprotocol,
             Timeout,
             PlainHttpToTlsPort,
+            HttpMethodNotForwarded,
+            AmbiguousPath,
+            InvalidContentLength,
+            ConflictingFraming,
+            ChunkedBody,
+            BodyTooLarge,
+            UnsupportedExpectation,
         ]
     };
 
@@ -193,7 +227,14 @@ impl Rejection {
             | RepeatedKey
             | InvalidKey
             | NoAcceptableSubprotocol
-            | PlainHttpToTlsPort => Status::BadRequest,
+            | PlainHttpToTlsPort
+            | AmbiguousPath
+            | InvalidContentLength
+            | ConflictingFraming => Status::BadRequest,
+            HttpMethodNotForwarded => Status::MethodNotAllowed,
+            ChunkedBody => Status::LengthRequired,
+            BodyTooLarge => Status::ContentTooLarge,
+            UnsupportedExpectation => Status::ExpectationFailed,
             MissingCredentials | InvalidCredentials => Status::Unauthorized,
             OriginNotAllowed => Status::Forbidden,
             PathNotFound => Status::NotFound,
@@ -237,6 +278,13 @@ impl Rejection {
             NoAcceptableSubprotocol => "no supported subprotocol offered",
             Timeout => "handshake not completed in time",
             PlainHttpToTlsPort => "plain HTTP sent to a TLS port: use wss:// (or https://)",
+            HttpMethodNotForwarded => "method not forwarded",
+            AmbiguousPath => "dot segments, encoded slashes or backslashes in the path",
+            InvalidContentLength => "malformed Content-Length",
+            ConflictingFraming => "Content-Length with Transfer-Encoding",
+            ChunkedBody => "chunked request bodies are not forwarded: send Content-Length",
+            BodyTooLarge => "request body too large",
+            UnsupportedExpectation => "only Expect: 100-continue is understood",
         }
     }
 
@@ -245,6 +293,7 @@ impl Rejection {
         use Rejection::*;
         match self {
             MethodNotAllowed => "Allow: GET\r\n",
+            HttpMethodNotForwarded => "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n",
             MissingUpgrade | MissingConnectionUpgrade => "Upgrade: websocket\r\n",
             MissingVersion | UnsupportedVersion => {
                 "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

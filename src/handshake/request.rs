@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use subtle::ConstantTimeEq;
 
 use super::accept::{accept_key, is_valid_key, ACCEPT_LEN};
-use super::policy::{Policy, MAX_HEADERS};
+use super::policy::{is_under, Policy, MAX_HEADERS};
 use super::rejection::Rejection;
 use super::tokens::{has_token_ignore_case, list_elements, trim_ows};
 
@@ -21,6 +21,33 @@ pub enum Parse<'b> {
     Upgrade(Upgrade<'b>),
     /// An invalid request: answer with the rejection's status and close.
     Reject(Rejection),
+    /// A valid request that is not an upgrade, under an `--http-path` prefix: forward it
+    /// as plain HTTP (proxy mode).
+    Http(HttpRequest),
+}
+
+/// A validated plain HTTP request to forward: its framing is the edge's own reading, the
+/// one the upstream will be sent (the head up to `header_len`, then exactly `body_len`
+/// bytes; nothing after them is ever forwarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Length of the header block.
+    pub header_len: usize,
+    /// The body's length, from `Content-Length` (0 without one), at most
+    /// [`Policy::max_http_body_bytes`].
+    pub body_len: u64,
+    /// The client sent `Expect: 100-continue` and waits for a `100` before its body: the
+    /// edge answers it (and does not pass the expectation on).
+    pub expects_continue: bool,
+}
+
+impl HttpRequest {
+    /// The whole request's length (head and body), if the request is complete in `len`
+    /// bytes.
+    pub fn complete_within(&self, len: usize) -> Option<usize> {
+        let total = (self.header_len as u64).checked_add(self.body_len)?;
+        (total <= len as u64).then_some(total as usize)
+    }
 }
 
 /// A validated upgrade request, borrowing from the read buffer.
@@ -76,11 +103,19 @@ pub fn parse_request<'b>(buf: &'b [u8], policy: &Policy) -> Parse<'b> {
     match request.parse_with_uninit_headers(window, &mut slots) {
         Ok(httparse::Status::Complete(header_len)) => {
             match validate(&request, &window[..header_len], policy) {
-                Ok((target, key, protocol)) => Parse::Upgrade(Upgrade {
+                Ok(Valid::Upgrade(target, key, protocol)) => Parse::Upgrade(Upgrade {
                     header_len,
                     target,
                     key,
                     protocol,
+                }),
+                Ok(Valid::Http {
+                    body_len,
+                    expects_continue,
+                }) => Parse::Http(HttpRequest {
+                    header_len,
+                    body_len,
+                    expects_continue,
                 }),
                 Err(rejection) => Parse::Reject(rejection),
             }
@@ -119,6 +154,7 @@ enum Field {
     Authorization,
     ContentLength,
     TransferEncoding,
+    Expect,
     Other,
 }
 
@@ -128,6 +164,7 @@ fn classify(name: &str) -> Field {
     match name.len() {
         4 if is("host") => Field::Host,
         6 if is("origin") => Field::Origin,
+        6 if is("expect") => Field::Expect,
         7 if is("upgrade") => Field::Upgrade,
         10 if is("connection") => Field::Connection,
         13 if is("authorization") => Field::Authorization,
@@ -154,15 +191,98 @@ struct Seen<'b> {
     origin: &'b [u8],
     authorization: Option<&'b [u8]>,
     has_body: bool,
+    /// Every `Content-Length` read as one number: `Err` when one is not, or two differ.
+    content_length: Option<Result<u64, ()>>,
+    transfer_encoding: bool,
+    expect: Option<&'b [u8]>,
 }
 
-type Validated<'b> = (&'b str, &'b [u8], Option<&'b str>);
+/// What a request that passed the rules is.
+enum Valid<'b> {
+    /// An upgrade: its target, key and chosen subprotocol.
+    Upgrade(&'b str, &'b [u8], Option<&'b str>),
+    /// A plain request under an `--http-path` prefix.
+    Http {
+        body_len: u64,
+        expects_continue: bool,
+    },
+}
+
+/// The methods forwarded under `--http-path`: what browsers' and frameworks' requests use
+/// (`OPTIONS` for CORS preflights); never `CONNECT` or `TRACE`.
+const FORWARDED_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// One `Content-Length` value as a number: digits only (no sign, no list), at most 19 of
+/// them, so that it always fits.
+fn content_length(value: &[u8]) -> Result<u64, ()> {
+    let digits = trim_ows(value);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(());
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether a path could mean another path to an upstream that resolves it: a dot segment,
+/// an encoded dot or slash, or a backslash. Such a path under a prefix could reach a
+/// resource outside it.
+fn is_ambiguous_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let encoded = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    });
+    encoded
+        || bytes.contains(&b'\\')
+        || path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// The checks of a plain request under an `--http-path` prefix, after those every request
+/// passes (syntax, `Host`, target): method, path, framing and body size.
+fn validate_http(
+    method: &str,
+    path: &str,
+    seen: &Seen<'_>,
+    policy: &Policy,
+) -> Result<Valid<'static>, Rejection> {
+    if !FORWARDED_METHODS.contains(&method) {
+        return Err(Rejection::HttpMethodNotForwarded);
+    }
+    if is_ambiguous_path(path) {
+        return Err(Rejection::AmbiguousPath);
+    }
+    let body_len = match (seen.content_length, seen.transfer_encoding) {
+        (Some(_), true) => return Err(Rejection::ConflictingFraming),
+        (None, true) => return Err(Rejection::ChunkedBody),
+        (Some(Err(())), false) => return Err(Rejection::InvalidContentLength),
+        (Some(Ok(length)), false) => length,
+        (None, false) => 0,
+    };
+    if body_len > policy.max_http_body_bytes {
+        return Err(Rejection::BodyTooLarge);
+    }
+    let expects_continue = match seen.expect {
+        None => false,
+        Some(value) if value.eq_ignore_ascii_case(b"100-continue") => body_len > 0,
+        Some(_) => return Err(Rejection::UnsupportedExpectation),
+    };
+    Ok(Valid::Http {
+        body_len,
+        expects_continue,
+    })
+}
 
 fn validate<'b>(
     request: &httparse::Request<'_, 'b>,
     header_block: &[u8],
     policy: &Policy,
-) -> Result<Validated<'b>, Rejection> {
+) -> Result<Valid<'b>, Rejection> {
     // httparse tolerates a lone LF as a line ending; RFC 7230 section 3.5 lets a server
     // reject it, and a strict edge must (request smuggling hides in such differences).
     if has_bare_lf(header_block) {
@@ -173,7 +293,7 @@ fn validate<'b>(
     else {
         return Err(Rejection::MalformedRequestLine);
     };
-    if method != "GET" {
+    if method != "GET" && policy.http_paths.is_empty() {
         return Err(Rejection::MethodNotAllowed);
     }
     if version < 1 {
@@ -202,8 +322,19 @@ fn validate<'b>(
                 seen.origin = trim_ows(value);
             }
             Field::Authorization => seen.authorization = Some(trim_ows(value)),
-            Field::ContentLength => seen.has_body |= trim_ows(value) != b"0",
-            Field::TransferEncoding => seen.has_body = true,
+            Field::ContentLength => {
+                seen.has_body |= trim_ows(value) != b"0";
+                let this = content_length(value);
+                seen.content_length = match seen.content_length {
+                    Some(before) if before != this => Some(Err(())),
+                    _ => Some(this),
+                };
+            }
+            Field::TransferEncoding => {
+                seen.has_body = true;
+                seen.transfer_encoding = true;
+            }
+            Field::Expect => seen.expect = Some(trim_ows(value)),
             Field::Protocol | Field::Other => {}
         }
     }
@@ -214,6 +345,19 @@ fn validate<'b>(
         _ => return Err(Rejection::RepeatedHost),
     }
     let (path, query) = split_target(target).ok_or(Rejection::MalformedTarget)?;
+    let http = !seen.upgrade_websocket && policy.http_paths.iter().any(|p| is_under(path, p));
+    let http = if http {
+        Some(validate_http(method, path, &seen, policy)?)
+    } else if method != "GET" {
+        return Err(Rejection::MethodNotAllowed);
+    } else {
+        None
+    };
+    // The rules of who may come in hold for both kinds of request.
+    check_origin_and_token(&seen, query, policy)?;
+    if let Some(http) = http {
+        return Ok(http);
+    }
     if seen.has_body {
         // An upgrade carries no body; bytes after the header block are frames. Accepting a
         // body here would let a client smuggle a second request past a proxy behind us.
@@ -239,6 +383,15 @@ fn validate<'b>(
         1 => return Err(Rejection::InvalidKey),
         _ => return Err(Rejection::RepeatedKey),
     }
+    let protocol = choose_subprotocol(request.headers, &policy.subprotocols);
+    if protocol.is_none() && policy.require_subprotocol {
+        return Err(Rejection::NoAcceptableSubprotocol);
+    }
+    Ok(Valid::Upgrade(target, seen.key, protocol))
+}
+
+/// `--allowed-origin` and `--auth-token`, for upgrades and forwarded requests alike.
+fn check_origin_and_token(seen: &Seen<'_>, query: &str, policy: &Policy) -> Result<(), Rejection> {
     if !policy.allowed_origins.is_empty() && seen.origins > 0 {
         let allowed = seen.origins == 1
             && policy
@@ -259,11 +412,7 @@ fn validate<'b>(
             return Err(Rejection::InvalidCredentials);
         }
     }
-    let protocol = choose_subprotocol(request.headers, &policy.subprotocols);
-    if protocol.is_none() && policy.require_subprotocol {
-        return Err(Rejection::NoAcceptableSubprotocol);
-    }
-    Ok((target, seen.key, protocol))
+    Ok(())
 }
 
 /// Whether some LF in `block` is not preceded by CR.
@@ -371,5 +520,106 @@ mod tests {
         );
         assert_eq!(query_param("access_tokenx=1", b"access_token"), None);
         assert_eq!(query_param("access_token=", b"access_token"), None);
+    }
+
+    /// A policy forwarding plain requests under `/socket.io/` (bodies up to 100 bytes).
+    fn http_policy() -> Policy {
+        Policy {
+            http_paths: vec!["/socket.io/".into()],
+            max_http_body_bytes: 100,
+            ..Policy::default()
+        }
+    }
+
+    fn http(request: &str) -> Parse<'_> {
+        parse_request(request.as_bytes(), &http_policy())
+    }
+
+    #[test]
+    fn a_plain_request_under_an_http_path_is_forwarded_with_its_framing() {
+        let get = "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(
+            http(get),
+            Parse::Http(HttpRequest {
+                header_len: get.len(),
+                body_len: 0,
+                expects_continue: false
+            })
+        );
+        let post = "POST /socket.io/?sid=a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\
+                    Expect: 100-continue\r\n\r\n";
+        assert_eq!(
+            http(post),
+            Parse::Http(HttpRequest {
+                header_len: post.len(),
+                body_len: 5,
+                expects_continue: true
+            })
+        );
+        let Parse::Http(request) = http(post) else {
+            panic!()
+        };
+        assert_eq!(request.complete_within(post.len() + 4), None);
+        assert_eq!(
+            request.complete_within(post.len() + 9),
+            Some(post.len() + 5)
+        );
+        // The prefix is matched by segment, and an upgrade on it is still an upgrade.
+        let bare = "OPTIONS /socket.io HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert!(matches!(http(bare), Parse::Http(_)));
+        let upgrade = "GET /socket.io/?transport=websocket HTTP/1.1\r\nHost: h\r\n\
+            Upgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert!(matches!(http(upgrade), Parse::Upgrade(_)));
+    }
+
+    #[test]
+    fn a_plain_request_is_refused_for_what_could_be_smuggled_or_held() {
+        let cases = [
+            ("GET /socket.iox HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::MissingUpgrade),
+            ("POST /other HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::MethodNotAllowed),
+            ("TRACE /socket.io/ HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::HttpMethodNotForwarded),
+            ("CONNECT /socket.io/ HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::HttpMethodNotForwarded),
+            ("GET /socket.io/../admin HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::AmbiguousPath),
+            ("GET /socket.io/%2e%2e/admin HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::AmbiguousPath),
+            ("GET /socket.io/a%2Fb HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::AmbiguousPath),
+            ("GET /socket.io/a\\b HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::AmbiguousPath),
+            ("GET /socket.io/ HTTP/1.1\r\n\r\n", Rejection::MissingHost),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Rejection::ConflictingFraming),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", Rejection::ChunkedBody),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Rejection::InvalidContentLength),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n", Rejection::InvalidContentLength),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n", Rejection::InvalidContentLength),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n", Rejection::InvalidContentLength),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 101\r\n\r\n", Rejection::BodyTooLarge),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: nothing\r\n\r\n", Rejection::UnsupportedExpectation),
+            ("GET /socket.io/ HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", Rejection::BareLineFeed),
+            ("GET /socket.io/ HTTP/1.1\r\nHost: h\r\nX: y\r\n folded\r\n\r\n", Rejection::MalformedHeaderName),
+        ];
+        for (request, rejection) in cases {
+            assert_eq!(http(request), Parse::Reject(rejection), "{request:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_request_meets_the_origin_and_token_rules_of_an_upgrade() {
+        let policy = Policy {
+            allowed_origins: vec!["https://app.example".into()],
+            auth_token: Some(b"s3cret".to_vec()),
+            ..http_policy()
+        };
+        let parse = |r: &'static str| parse_request(r.as_bytes(), &policy);
+        assert_eq!(
+            parse("GET /socket.io/ HTTP/1.1\r\nHost: h\r\nOrigin: https://evil.example\r\n\r\n"),
+            Parse::Reject(Rejection::OriginNotAllowed)
+        );
+        assert_eq!(
+            parse("GET /socket.io/ HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Parse::Reject(Rejection::MissingCredentials)
+        );
+        assert!(matches!(
+            parse("GET /socket.io/?access_token=s3cret HTTP/1.1\r\nHost: h\r\nOrigin: https://app.example\r\n\r\n"),
+            Parse::Http(_)
+        ));
     }
 }

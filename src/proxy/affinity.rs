@@ -66,16 +66,7 @@ impl HashKey {
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value)?,
-            HashKey::Cookie(name) => request
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                .flat_map(|h| h.value.split(|&b| b == b';'))
-                .find_map(|pair| {
-                    let pair = pair.trim_ascii();
-                    let at = pair.iter().position(|&b| b == b'=')?;
-                    (&pair[..at] == name.as_bytes()).then(|| &pair[at + 1..])
-                })?,
+            HashKey::Cookie(name) => cookie(request.headers, name)?,
             HashKey::ClientIp => return None,
             HashKey::Query(name) => {
                 let path = request.path?;
@@ -90,6 +81,19 @@ impl HashKey {
         value.hash(&mut hasher);
         Some(hasher.finish())
     }
+}
+
+/// The value of cookie `name` among the request's `headers` (in any `Cookie` header).
+pub(crate) fn cookie<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..at] == name.as_bytes()).then(|| &pair[at + 1..])
+        })
 }
 
 /// The rendezvous score of upstream `addr` for a key hashed to `key`: the highest wins.

@@ -69,16 +69,32 @@ fn is_edge_owned(name: &str) -> bool {
             && same(&name[..OWNED_PREFIX.len()], OWNED_PREFIX.as_bytes())
 }
 
-/// Appends to `out` the request to send the upstream for the client request `head` (a
+/// What a forwarded request is, for the headers the edge writes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// A WebSocket upgrade: `Upgrade: websocket` and `Connection: Upgrade`.
+    Upgrade,
+    /// A plain request under `--http-path` with a body of this many bytes (the body is the
+    /// caller's to append): `Connection: close` and the edge's own `Content-Length`; the
+    /// client's `Expect` was answered by the edge and is not passed on.
+    Http {
+        /// The body's length as the edge read it.
+        body_len: u64,
+    },
+}
+
+/// Appends to `out` the request head to send the upstream for the client request `head` (a
 /// complete, validated header block): same method, target and end-to-end headers; the
-/// hop-by-hop ones regenerated as `Upgrade: websocket` and `Connection: Upgrade`, whatever
-/// spelling the client used; and the client's address as `forwarding` says.
+/// hop-by-hop ones regenerated as `kind` says (for an upgrade `Upgrade: websocket` and
+/// `Connection: Upgrade`, whatever spelling the client used); and the client's address as
+/// `forwarding` says.
 ///
 /// Returns false if `head` is not a complete request (a caller bug, not client input).
 pub fn write_upstream_request(
     head: &[u8],
     peers: Peers,
     forwarding: Forwarding,
+    kind: Forwarded,
     out: &mut Vec<u8>,
 ) -> bool {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -103,9 +119,18 @@ pub fn write_upstream_request(
             .filter(|h| h.name.eq_ignore_ascii_case("connection"))
             .any(|h| has_token_ignore_case(h.value, name.as_bytes()))
     };
+    // The edge frames a forwarded body itself, and answered any expectation already.
+    let edge_framed = |name: &str| {
+        matches!(kind, Forwarded::Http { .. })
+            && (name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("expect"))
+    };
     for header in headers {
         let name = header.name;
-        if is_edge_owned(name) || is_hop_by_hop(name) || listed_in_connection(name) {
+        if is_edge_owned(name)
+            || is_hop_by_hop(name)
+            || listed_in_connection(name)
+            || edge_framed(name)
+        {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -113,7 +138,20 @@ pub fn write_upstream_request(
         out.extend_from_slice(header.value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    match kind {
+        Forwarded::Upgrade => {
+            out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+        }
+        Forwarded::Http { body_len } => {
+            out.extend_from_slice(b"Connection: close\r\n");
+            let announces_body = !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS");
+            if body_len > 0 || announces_body {
+                use std::io::Write;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "Content-Length: {body_len}\r\n");
+            }
+        }
+    }
     if forwarding == Forwarding::Headers {
         // The edge is where clients enter: what a client says of its own address is not
         // passed on, only what the edge saw (or what a trusted balancer's PROXY header said).
@@ -301,7 +339,13 @@ mod tests {
 
     fn forwarded(head: &[u8], forwarding: Forwarding) -> String {
         let mut out = Vec::new();
-        assert!(write_upstream_request(head, peers(), forwarding, &mut out));
+        assert!(write_upstream_request(
+            head,
+            peers(),
+            forwarding,
+            Forwarded::Upgrade,
+            &mut out
+        ));
         String::from_utf8(out).unwrap()
     }
 
@@ -379,6 +423,7 @@ mod tests {
             &forged_request(),
             peers(),
             Forwarding::ProxyV2,
+            Forwarded::Upgrade,
             &mut out
         ));
         let text = String::from_utf8_lossy(&out[28..]).to_ascii_lowercase();
@@ -400,6 +445,7 @@ mod tests {
             head,
             peers,
             Forwarding::Headers,
+            Forwarded::Upgrade,
             &mut out
         ));
         let text = String::from_utf8(out).unwrap();
@@ -414,12 +460,52 @@ mod tests {
             CHROME,
             peers(),
             Forwarding::ProxyV2,
+            Forwarded::Upgrade,
             &mut out
         ));
         assert!(out.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"));
         let text = String::from_utf8_lossy(&out[28..]);
         assert!(text.starts_with("GET "));
         assert!(!text.contains("X-Forwarded-For") && !text.contains("X-Real-IP"));
+    }
+
+    #[test]
+    fn a_plain_request_is_closed_and_framed_by_the_edge() {
+        let head = b"POST /socket.io/?EIO=4&transport=polling&sid=x HTTP/1.1\r\nHost: h\r\n\
+            Content-Length: 007\r\nExpect: 100-continue\r\nConnection: keep-alive\r\n\
+            Keep-Alive: timeout=5\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: io=1\r\n\r\n";
+        let mut out = Vec::new();
+        let kind = Forwarded::Http { body_len: 7 };
+        assert!(write_upstream_request(
+            head,
+            peers(),
+            Forwarding::Headers,
+            kind,
+            &mut out
+        ));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /socket.io/?EIO=4&transport=polling&sid=x HTTP/1.1\r\nHost: h\r\n\
+             Cookie: io=1\r\nConnection: close\r\nContent-Length: 7\r\n\
+             X-Forwarded-For: 198.51.100.4\r\nX-Forwarded-Proto: http\r\n\
+             X-Real-IP: 198.51.100.4\r\n\r\n"
+        );
+        let mut get = Vec::new();
+        let head = b"GET /sockjs/info HTTP/1.1\r\nHost: h\r\n\r\n";
+        let kind = Forwarded::Http { body_len: 0 };
+        assert!(write_upstream_request(
+            head,
+            peers(),
+            Forwarding::ProxyV2,
+            kind,
+            &mut get
+        ));
+        let text = String::from_utf8_lossy(&get[28..]);
+        assert_eq!(
+            text,
+            "GET /sockjs/info HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        );
     }
 
     const KEY_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\

@@ -152,6 +152,19 @@ impl Link {
         self.to_upstream.pipe.push(held);
     }
 
+    /// The relay of one plain HTTP answer starts with its head (rewritten) and whatever
+    /// followed toward the client. Nothing more is taken from the client: its direction
+    /// counts as ended and passed, so its socket is not read, no FIN goes to the upstream
+    /// (Node's and others' HTTP servers abort a request whose client half-closes), and the
+    /// pair closes once the upstream's close has reached the client.
+    pub fn begin_exchange(&mut self, transport: &mut Transport, answer: &[u8]) {
+        self.began = true;
+        self.tls = transport.take_tls();
+        self.relay_in(Side::Upstream, answer);
+        self.to_upstream.fin.read();
+        let _ = self.to_upstream.fin.pass_now(false);
+    }
+
     /// Whether the edge, closing the upstream's socket now, resets it. Before the relay
     /// began the connection was abandoned (its client left, or it failed, timed out or
     /// refused): a close would leave the edge's end in TIME_WAIT, holding a local port
@@ -253,6 +266,24 @@ mod tests {
         assert!(!link.toward(Side::Upstream).fin_due(false), "passed once");
         assert!(!link.is_over(), "a half-close keeps the other way open");
         link.toward(Side::Client).fin.read();
+        assert!(link.toward(Side::Client).fin_due(false));
+        assert!(link.is_over());
+    }
+
+    #[test]
+    fn an_exchange_never_reads_the_client_and_ends_with_the_upstreams_close() {
+        let mut link = Link::new(0, 1);
+        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(!link.may_read(Side::Client), "the client is not read");
+        assert!(
+            !link.toward(Side::Upstream).fin_due(false),
+            "no FIN to the upstream"
+        );
+        assert!(link.may_read(Side::Upstream));
+        link.end_of(Side::Upstream);
+        let n = link.toward(Side::Client).pipe.unsent().len();
+        link.toward(Side::Client).pipe.consume(n);
+        assert!(!link.is_over(), "the close is still to pass");
         assert!(link.toward(Side::Client).fin_due(false));
         assert!(link.is_over());
     }

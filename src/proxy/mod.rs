@@ -18,6 +18,8 @@
 //! | which upstream next (weighted round-robin, least-connections or a hash of the client's key, skipping the down, draining, refusing and full ones) | [`Upstreams`], [`HashKey`] |
 //! | the upstreams as given and as resolved (`HOST:PORT weight=N drain`, names looked up again) | [`UpstreamTarget`], [`resolve_all`] |
 //! | upstream health: shared status, active checks, passive failures | [`health`] |
+//! | plain HTTP under `--http-path`: the answer's head read and rewritten | [`http`] |
+//! | `--sticky-cookie`: the upstream id a client's cookie names, and the one it is given | [`sticky`] |
 //! | one direction of a relay, bounded | [`Pipe`] |
 //! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
@@ -25,18 +27,20 @@ mod affinity;
 mod fin;
 mod forward;
 pub mod health;
+pub mod http;
 mod inbound;
 mod link;
 pub mod pending;
 mod pipe;
 mod proxy_v2;
+pub mod sticky;
 mod target;
 mod upstreams;
 
 pub use affinity::{score, weighted_score, HashKey};
 pub use fin::Fin;
 pub use forward::{
-    answer_length, check_upstream_response, write_upstream_request, AnswerLength, Peers,
+    answer_length, check_upstream_response, write_upstream_request, AnswerLength, Forwarded, Peers,
 };
 pub use inbound::{parse_proxy_header, ProxyHeader};
 pub use link::{Flow, Link, Side};
@@ -102,7 +106,16 @@ pub struct ProxyConfig {
     /// starting with a PROXY header (v1 or v2) that names the client; from anywhere else
     /// they are refused. `None`: clients connect directly.
     pub accept_from: Option<Vec<ipnet::IpNet>>,
+    /// `--http-timeout`: bound on an upstream's response to a forwarded HTTP request, and
+    /// on its silence once it flows, in ms.
+    pub http_timeout_ms: u64,
+    /// `--sticky-cookie`: the cookie that keeps a client on its upstream.
+    pub sticky_cookie: Option<String>,
 }
+
+/// Default `--http-timeout`: longer than the long polls of Socket.IO (25 s) and SockJS
+/// (25 s) with room for their answers.
+pub const DEFAULT_HTTP_TIMEOUT_MS: u64 = 60_000;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -122,6 +135,8 @@ impl Default for ProxyConfig {
             queue_ms: 10_000,
             sources: Vec::new(),
             accept_from: None,
+            http_timeout_ms: DEFAULT_HTTP_TIMEOUT_MS,
+            sticky_cookie: None,
         }
     }
 }

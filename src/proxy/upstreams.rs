@@ -347,6 +347,30 @@ impl Upstreams {
         Pick::Upstream(index, self.members[index].addr)
     }
 
+    /// `--sticky-cookie`: the upstream whose id is `id`, if it can take the client now: up,
+    /// not draining, under `cap` live connections and not recently refused. With no room for
+    /// one more pending upgrade it is [`Pick::Busy`] (the client waits for its own). `None`:
+    /// no such upstream, or it cannot serve; the client is balanced as one without a cookie
+    /// (and gets a new cookie).
+    pub fn pick_pinned(&mut self, id: u64, now: u64, cap: u32) -> Option<Pick> {
+        let index = self
+            .members
+            .iter()
+            .position(|m| super::sticky::upstream_id(m.addr) == id)?;
+        let member = &self.members[index];
+        let usable = !member.drain
+            && member.status.is_up()
+            && (cap == 0 || member.slot.live.get() < cap)
+            && member.slot.down_until.get() <= now;
+        if !usable {
+            return None;
+        }
+        if !member.slot.has_room() {
+            return Some(Pick::Busy);
+        }
+        Some(Pick::Upstream(index, member.addr))
+    }
+
     /// Whether some upstream up, not draining and under its connection cap has room for
     /// one more pending upgrade: a client waiting for one can be sent on.
     pub fn has_room(&self, cap: u32) -> bool {

@@ -152,11 +152,14 @@ impl Fleet {
     /// The next upstream for a client that has tried `attempts` (counted here);
     /// [`Pick::None`] once every upstream was tried for it, [`Pick::Full`] when every
     /// upstream holds this reactor's share of `--upstream-max-connections`.
+    ///
+    /// `pin` is the upstream id a client's sticky cookie names: its first attempt goes there
+    /// while that upstream can take it; a retry (after it refused) is balanced.
     pub fn next(
         &mut self,
         proxy: &ProxyConfig,
         attempts: &mut usize,
-        key: Option<u64>,
+        (key, pin): (Option<u64>, Option<u64>),
         now: u64,
     ) -> Pick {
         if *attempts >= self.upstreams.len() {
@@ -165,7 +168,13 @@ impl Fleet {
         let cap = proxy
             .max_connections_per_upstream
             .div_ceil(self.reactors as u32);
-        let picked = self.upstreams.pick(now, proxy.balance, cap, key);
+        let pinned = pin
+            .filter(|_| *attempts == 0)
+            .and_then(|id| self.upstreams.pick_pinned(id, now, cap));
+        let picked = match pinned {
+            Some(pick) => pick,
+            None => self.upstreams.pick(now, proxy.balance, cap, key),
+        };
         if let Pick::Upstream(..) = picked {
             *attempts += 1;
         }

@@ -44,7 +44,7 @@ use connection::NO_SEND_DEADLINE;
 pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
-use queue::{Patience, WaitQueue};
+use queue::{Patience, WaitQueue, Waiting};
 pub use turn::Backend;
 
 /// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
@@ -91,6 +91,14 @@ pub struct Driver {
     reclaiming: bool,
     /// Proxy mode: clients waiting for an upstream with room for their upgrade.
     waiting: WaitQueue,
+    /// The waiting client [`Driver::next_waiting`] handed out last, while it is being sent
+    /// on: if its own upstream still has no room (a hashed or sticky client, while others
+    /// have room), it goes to `bounced`, not back into `waiting`.
+    handed_out: Option<Waiting>,
+    /// Waiting clients handed out this turn that had to wait again: back in `waiting` once
+    /// the turn's hand-outs are over, so that one client cannot be handed out again and
+    /// again in one turn (the turn would never end) and the others still get their chance.
+    bounced: Vec<Waiting>,
     /// How many connections wait so now (the queue may hold stale entries besides).
     queued_now: usize,
     /// How long waiting clients were seen to bear before they left.
@@ -183,6 +191,8 @@ impl Driver {
             reclaim_wanted: false,
             reclaiming: false,
             waiting: WaitQueue::default(),
+            handed_out: None,
+            bounced: Vec::new(),
             queued_now: 0,
             patience: Patience::default(),
             key_exchanges: KeyExchangeJudge::default(),
@@ -273,8 +283,13 @@ impl Driver {
     /// [`Pick::None`] once every upstream was tried for it (its answer is then
     /// [`Conn::on_upstream_failed`], 502), [`Pick::Full`] when every upstream holds its share
     /// of `--upstream-max-connections`.
-    pub fn next_upstream(&mut self, attempts: &mut usize, key: Option<u64>, now: u64) -> Pick {
-        self.fleet.next(&self.config.proxy, attempts, key, now)
+    pub fn next_upstream(
+        &mut self,
+        attempts: &mut usize,
+        affinity: (Option<u64>, Option<u64>),
+        now: u64,
+    ) -> Pick {
+        self.fleet.next(&self.config.proxy, attempts, affinity, now)
     }
 
     /// Proxy mode: opens a connection for this client, which has tried `attempts` upstreams,
@@ -302,8 +317,15 @@ impl Driver {
             (Some(hash_key), Some(head)) => hash_key.hash_of(head, client),
             _ => None,
         };
+        // The upstream the client's sticky cookie names, if it has one.
+        let config = Arc::clone(&self.config);
+        let sticky = config.proxy.sticky_cookie.as_deref();
+        let pin = match (sticky, conn.request_head()) {
+            (Some(name), Some(head)) => crate::proxy::sticky::requested_id(head, name),
+            _ => None,
+        };
         loop {
-            let (index, addr) = match self.next_upstream(&mut attempts, affinity, now) {
+            let (index, addr) = match self.next_upstream(&mut attempts, (affinity, pin), now) {
                 Pick::Upstream(index, addr) => (index, addr),
                 Pick::None => return Err(conn.on_upstream_failed(&mut self.cx(now, out))),
                 Pick::Full => {
@@ -316,6 +338,13 @@ impl Driver {
                 }
                 Pick::Busy => return Err(self.wait_for_room(key, conn, now, out)),
             };
+            if sticky.is_some() {
+                // A client not already on this upstream learns it with the answer.
+                let id = crate::proxy::sticky::upstream_id(addr);
+                let tls = parts.transport.is_tls();
+                conn.set_sticky_cookie((pin != Some(id)).then_some((id, tls)));
+            }
+            self.sent_on(key, now);
             let lease = self.fleet.lease(index);
             let link = Link::with_lease(index, attempts, lease);
             let source = self.fleet.source_for(&self.config.proxy, addr);
@@ -363,6 +392,14 @@ impl Driver {
             // Refused, with a time to come back, before it would give up on its own.
             until = until.min(accepted.saturating_add(bound));
         }
+        if let Some(bounced) = self.handed_out.take().filter(|w| w.key == key) {
+            // Handed out this turn and still no room for it: the same wait, kept aside
+            // until the turn's hand-outs are over.
+            conn.queue(bounced.until);
+            self.queued_now += 1;
+            self.bounced.push(bounced);
+            return Next::Continue;
+        }
         if until <= now || self.draining {
             return self.shed(conn, now, out);
         }
@@ -397,20 +434,34 @@ impl Driver {
         now: u64,
         parts: impl Fn(usize) -> Option<u64>,
     ) -> Option<usize> {
-        if self.waiting.is_empty() {
+        self.handed_out = None;
+        if self.waiting.is_empty() && self.bounced.is_empty() {
             return None;
         }
         while self.upstream_room() {
-            let waiting = self.waiting.pop(now)?;
+            let Some(waiting) = self.waiting.pop(now) else {
+                break;
+            };
             if parts(waiting.key) == Some(waiting.until) {
-                Counters::add(
-                    &self.stats.upstream_queue_wait_ms,
-                    now.saturating_sub(waiting.since),
-                );
+                self.handed_out = Some(waiting);
                 return Some(waiting.key);
             }
         }
+        for bounced in self.bounced.drain(..) {
+            self.waiting.restore(bounced);
+        }
         None
+    }
+
+    /// Proxy mode: a waiting client handed out by [`Driver::next_waiting`] is on its way
+    /// (its upstream had room): what it waited is counted.
+    fn sent_on(&mut self, key: usize, now: u64) {
+        if let Some(waiting) = self.handed_out.take().filter(|w| w.key == key) {
+            Counters::add(
+                &self.stats.upstream_queue_wait_ms,
+                now.saturating_sub(waiting.since),
+            );
+        }
     }
 
     /// A connection ends (its client left, or it is closed) while it waits at the edge:
@@ -540,8 +591,12 @@ impl Driver {
         if let Some(lease) = link.lease() {
             lease.answered();
         }
-        let held = parts.conn.take_held_client_bytes();
-        link.begin(&mut parts.transport, answer, &held);
+        if parts.conn.is_exchange() {
+            link.begin_exchange(&mut parts.transport, answer);
+        } else {
+            let held = parts.conn.take_held_client_bytes();
+            link.begin(&mut parts.transport, answer, &held);
+        }
         answer.clear();
     }
 

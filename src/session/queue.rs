@@ -113,6 +113,13 @@ impl WaitQueue {
         next
     }
 
+    /// Puts back a client taken out by [`WaitQueue::pop`] that has to wait on, with its
+    /// wait as it was.
+    pub fn restore(&mut self, waiting: Waiting) {
+        self.busy_since.get_or_insert(waiting.since);
+        self.order.push_back(waiting);
+    }
+
     /// Whether no entry is held.
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()

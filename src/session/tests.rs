@@ -243,24 +243,30 @@ fn a_refusing_upstream_is_passed_over_and_the_next_tried_for_the_same_client() {
     let mut peer = accept(&mut driver, 0, "192.0.2.1", 0);
     let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
     let mut attempts = 0;
-    let (first, _) = picked(driver.next_upstream(&mut attempts, None, 0));
+    let (first, _) = picked(driver.next_upstream(&mut attempts, (None, None), 0));
     let link = driver.link_to(first);
     let failure = driver.upstream_failed(&mut peer.parts, &link, &refused, 0, &mut peer.out);
     assert_eq!(failure, UpstreamFailure::TryNext);
-    let (second, _) = picked(driver.next_upstream(&mut attempts, None, 0));
+    let (second, _) = picked(driver.next_upstream(&mut attempts, (None, None), 0));
     assert_ne!(first, second);
     // Each was tried once for this client: no more.
-    assert_eq!(driver.next_upstream(&mut attempts, None, 0), Pick::None);
+    assert_eq!(
+        driver.next_upstream(&mut attempts, (None, None), 0),
+        Pick::None
+    );
     assert_eq!(count(&driver.stats.upstream_connect_failures), 1);
     // New clients skip the refuser until its backoff ends.
     for _ in 0..4 {
         let mut fresh = 0;
-        assert_eq!(picked(driver.next_upstream(&mut fresh, None, 10)).0, second);
+        assert_eq!(
+            picked(driver.next_upstream(&mut fresh, (None, None), 10)).0,
+            second
+        );
     }
     let mut fresh = 0;
     let later = REFUSED_BACKOFF_MS + 10;
     let picks: Vec<usize> = (0..2)
-        .map(|_| picked(driver.next_upstream(&mut fresh, None, later)).0)
+        .map(|_| picked(driver.next_upstream(&mut fresh, (None, None), later)).0)
         .collect();
     assert!(picks.contains(&first), "back in rotation after its backoff");
 }
@@ -375,8 +381,8 @@ fn running_out_of_local_resources_is_a_503_and_a_pause_not_the_upstreams_fault()
     // Nothing was passed over: the first upstream is still first in line.
     let mut untouched = self::driver(Limits::default());
     assert_eq!(
-        picked(driver.next_upstream(&mut 0, None, 1_000)).0,
-        picked(untouched.next_upstream(&mut 0, None, 1_000)).0
+        picked(driver.next_upstream(&mut 0, (None, None), 1_000)).0,
+        picked(untouched.next_upstream(&mut 0, (None, None), 1_000)).0
     );
 }
 
