@@ -518,3 +518,132 @@ fn text_arriving_after_our_close_is_not_checked() {
     assert_eq!(h.feed(&frame[..frame.len() - 10]), Next::Continue);
     assert!(h.take_out().is_empty(), "no second Close");
 }
+
+// Proxy mode, plain HTTP under `--http-path`.
+
+impl Harness {
+    fn http() -> Self {
+        let mut h = Harness::new(AfterUpgrade::Proxy);
+        h.config.policy.http_paths = vec!["/socket.io/".into()];
+        h.config.proxy.sticky_cookie = Some("srv".into());
+        h
+    }
+
+    fn connected(&mut self) {
+        let cx = Ctx {
+            config: &self.config,
+            now: self.now,
+            out: &mut self.out,
+            stats: &self.stats,
+        };
+        self.conn.on_upstream_connected(&cx);
+    }
+}
+
+const POLL_POST: &[u8] = b"POST /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\nHost: a\r\n\
+Content-Length: 6\r\nExpect: 100-continue\r\n\r\n";
+
+#[test]
+fn a_plain_request_goes_upstream_once_its_body_is_in_and_nothing_after_it() {
+    let mut h = Harness::http();
+    assert_eq!(h.feed(POLL_POST), Next::Continue);
+    assert_eq!(h.take_out(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(h.feed(b"4hel"), Next::Continue);
+    assert!(h.out.is_empty(), "one 100 Continue");
+    // The body's end, and a pipelined request the edge never forwards.
+    assert_eq!(
+        h.feed(b"lo GET /socket.io/admin HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Next::Proxy
+    );
+    assert!(h.conn.is_http_request());
+    h.forward();
+    let forwarded = String::from_utf8(h.take_out()).unwrap();
+    assert!(forwarded.starts_with("POST /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\n"));
+    assert!(
+        forwarded.contains("Connection: close\r\nContent-Length: 6\r\n"),
+        "{forwarded}"
+    );
+    assert!(!forwarded.contains("Expect"), "{forwarded}");
+    assert!(forwarded.ends_with("\r\n\r\n4hello"), "{forwarded}");
+    h.connected();
+    assert_eq!(
+        h.conn.deadline(),
+        Some(h.config.proxy.http_timeout_ms),
+        "a long poll's wait"
+    );
+}
+
+#[test]
+fn an_upstreams_answer_is_rewritten_for_the_client_and_relayed_until_it_closes() {
+    let mut h = Harness::http();
+    assert_eq!(
+        h.feed(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Next::Proxy
+    );
+    h.conn.set_sticky_cookie(Some((0xab, true)));
+    h.forward();
+    h.take_out();
+    h.connected();
+    // An interim answer is dropped; the final head is rewritten; the body follows.
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
+        Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n0{}";
+    assert_eq!(h.upstream_sends(&answer[..30]), Next::Continue);
+    assert_eq!(h.upstream_sends(&answer[30..]), Next::Relay);
+    let out = String::from_utf8(h.take_out()).unwrap();
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\
+         Set-Cookie: srv=00000000000000ab; Path=/; HttpOnly; SameSite=Lax; Secure\r\n\r\n0{}"
+    );
+    assert!(h.conn.is_exchange() && h.conn.is_relaying() && !h.conn.is_open());
+    assert_eq!(
+        h.stats
+            .http_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        h.stats.upgraded.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // An answer that stops flowing is cut at the HTTP timeout.
+    assert_eq!(h.conn.deadline(), Some(h.config.proxy.http_timeout_ms));
+    assert_eq!(h.timeout(), Next::Close);
+}
+
+#[test]
+fn an_answer_the_client_could_misread_is_a_502() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        let mut h = Harness::http();
+        assert_eq!(
+            h.feed(b"GET /socket.io/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Next::Proxy
+        );
+        h.forward();
+        h.take_out();
+        assert_eq!(h.upstream_sends(answer), Next::HalfClose);
+        let out = String::from_utf8(h.take_out()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+    }
+}
+
+#[test]
+fn a_sticky_cookie_rides_on_the_upstreams_101() {
+    let mut h = Harness::http();
+    assert_eq!(h.feed(REQUEST), Next::Proxy);
+    h.conn.set_sticky_cookie(Some((1, false)));
+    h.forward();
+    h.take_out();
+    assert_eq!(h.upstream_sends(UPSTREAM_101), Next::Relay);
+    let out = String::from_utf8(h.take_out()).unwrap();
+    let head = String::from_utf8_lossy(UPSTREAM_101);
+    let expected = format!(
+        "{}Set-Cookie: srv=0000000000000001; Path=/; HttpOnly; SameSite=Lax\r\n\r\n",
+        head.strip_suffix("\r\n").unwrap()
+    );
+    assert_eq!(out, expected);
+}

@@ -669,3 +669,72 @@ fn a_client_past_its_patience_is_shed_and_a_young_one_read() {
     let step = driver.before_key_exchange(1, &mut young.parts, fresh, 0);
     assert_eq!(step, HelloStep::Read);
 }
+
+/// A sticky (or hashed) client waits for its own upstream while another has room: handed
+/// out of the queue and sent back, it waits aside for the rest of the turn; the turn ends
+/// (it looped forever), and once its upstream has room it goes there.
+#[test]
+fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
+    let mut config = (*driver(Limits::default()).config).clone();
+    config.after = AfterUpgrade::Proxy;
+    config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
+    config.proxy.sticky_cookie = Some("srv".into());
+    let mut driver = Driver::new(
+        Arc::new(config),
+        Arc::new(Counters::default()),
+        Limits::default(),
+        7,
+        Arc::new(crate::policy::Shutdown::default()),
+        None,
+        Arc::default(),
+    );
+    // A first client takes the one pending slot of some upstream.
+    let mut first = accept(&mut driver, 0, "192.0.2.1", 0);
+    let mut cx = driver.cx(0, &mut first.out);
+    assert_eq!(first.parts.conn.on_data(REQUEST, &mut cx), Next::Proxy);
+    let opened = driver.open_upstream(
+        (0, &mut first.parts),
+        (0, None),
+        0,
+        &mut first.out,
+        |a, _| Ok::<_, std::io::Error>(a),
+    );
+    let (first_link, busy_addr) = opened.expect("a first upstream");
+    // A second client's cookie names that upstream: it waits, though the other has room.
+    let cookie = format!("srv={:016x}", crate::proxy::sticky::upstream_id(busy_addr));
+    let request = String::from_utf8_lossy(REQUEST)
+        .replace("Host: a\r\n", &format!("Host: a\r\nCookie: {cookie}\r\n"));
+    let mut second = accept(&mut driver, 1, "192.0.2.2", 0);
+    let mut cx = driver.cx(0, &mut second.out);
+    let next = second.parts.conn.on_data(request.as_bytes(), &mut cx);
+    assert_eq!(next, Next::Proxy);
+    let mut open = |driver: &mut Driver, second: &mut Peer, now| {
+        driver.open_upstream(
+            (1, &mut second.parts),
+            (0, None),
+            now,
+            &mut second.out,
+            |a, _| Ok::<_, std::io::Error>(a),
+        )
+    };
+    assert_eq!(
+        open(&mut driver, &mut second, 0).err(),
+        Some(Next::Continue)
+    );
+    assert!(second.parts.conn.is_queued());
+    let until = second.parts.waits_until();
+    let waits = move |key: usize| if key == 1 { until } else { None };
+    assert_eq!(driver.next_waiting(10, waits), Some(1));
+    assert_eq!(
+        open(&mut driver, &mut second, 10).err(),
+        Some(Next::Continue)
+    );
+    assert_eq!(second.parts.waits_until(), until, "the same wait");
+    assert_eq!(driver.next_waiting(10, waits), None, "once a turn");
+    assert!(second.parts.conn.is_queued(), "still waiting, for its own");
+    // Its upstream answers the first client: the second goes there, with no new cookie.
+    first_link.lease().unwrap().answered();
+    assert_eq!(driver.next_waiting(20, waits), Some(1));
+    let (_, addr) = open(&mut driver, &mut second, 20).expect("its own upstream");
+    assert_eq!(addr, busy_addr);
+}
