@@ -200,6 +200,10 @@ struct Buffers {
     /// `--sticky-cookie`: the upstream id the answer sets in the client's cookie, and
     /// whether the cookie is `Secure` (the client came over TLS).
     set_cookie: Option<(u64, bool)>,
+    /// Exchanging: the body bytes of the answer still to relay after those passed with its
+    /// head, when its length is known (`None`: until the upstream closes), until the relay
+    /// takes it ([`Conn::take_answer_body_left`]).
+    answer_body_left: Option<Option<u64>>,
 }
 
 impl Conn {
@@ -221,11 +225,12 @@ impl Conn {
 
     /// Frees the buffers once none holds anything.
     fn release_idle_buffers(&mut self) {
-        let idle = self
-            .buffers
-            .as_ref()
-            .is_some_and(|b| b.pending.is_empty() && b.message.is_empty() && b.held.is_empty())
-            && self.phase != Phase::Answering;
+        let idle = self.buffers.as_ref().is_some_and(|b| {
+            b.pending.is_empty()
+                && b.message.is_empty()
+                && b.held.is_empty()
+                && b.answer_body_left.is_none()
+        }) && self.phase != Phase::Answering;
         if idle {
             self.buffers = None;
         }
@@ -590,6 +595,20 @@ impl Conn {
             }
         };
         let answer = &answer[at..];
+        // The body's length, as the client will read it: the relay passes that much and
+        // no more, so an upstream that keeps its connection open (or sends more) cannot
+        // hold the client or slip it bytes of another answer.
+        let head_request = self
+            .buffers
+            .as_ref()
+            .is_some_and(|b| b.pending.starts_with(b"HEAD "));
+        let body_len = match answer_length(&answer[..head_len]) {
+            _ if head_request => Some(0),
+            AnswerLength::Exactly(total) => Some(total.saturating_sub(head_len as u64)),
+            _ => None,
+        };
+        let arrived = &answer[head_len..];
+        let passed = body_len.map_or(arrived.len(), |len| arrived.len().min(len as usize));
         let mut cookie = Vec::new();
         if let (Some((id, secure)), Some(name)) =
             (self.buffers().set_cookie, &cx.config.proxy.sticky_cookie)
@@ -597,13 +616,27 @@ impl Conn {
             sticky::write_set_cookie(name, id, secure, &mut cookie);
         }
         write_client_answer_head(&answer[..head_len], &cookie, cx.out);
-        cx.out.extend_from_slice(&answer[head_len..]);
+        cx.out.extend_from_slice(&arrived[..passed]);
         Counters::bump(&cx.stats.http_forwarded);
         self.upstream_outcome = Some(UpstreamOutcome::Served);
         self.phase = Phase::Exchanging;
         self.drop_input();
+        let left = body_len.map(|len| len - passed as u64);
+        self.buffers().answer_body_left = Some(left);
         self.touch(cx);
         Next::Relay
+    }
+
+    /// Exchanging, once: how many bytes of the answer's body the relay still passes
+    /// (`None`: until the upstream closes).
+    pub fn take_answer_body_left(&mut self) -> Option<u64> {
+        let left = self
+            .buffers
+            .as_mut()
+            .and_then(|b| b.answer_body_left.take())
+            .flatten();
+        self.release_idle_buffers();
+        left
     }
 
     /// Passes an upstream's refusal on, up to the end of its body.

@@ -92,6 +92,9 @@ pub struct Link {
     to_upstream: Flow,
     /// The client's TLS session, once the relay has started.
     tls: Option<Box<TlsLink>>,
+    /// An exchange's answer whose length is known: the bytes still to pass to the client.
+    /// The rest of what the upstream sends is dropped, and the relay ends at the last one.
+    answer_left: Option<u64>,
     /// Counts this connection against its upstream until the link goes.
     lease: Option<super::Lease>,
 }
@@ -138,6 +141,7 @@ impl Link {
             to_client,
             to_upstream: Flow::default(),
             tls: None,
+            answer_left: None,
             lease: None,
         }
     }
@@ -157,12 +161,25 @@ impl Link {
     /// counts as ended and passed, so its socket is not read, no FIN goes to the upstream
     /// (Node's and others' HTTP servers abort a request whose client half-closes), and the
     /// pair closes once the upstream's close has reached the client.
-    pub fn begin_exchange(&mut self, transport: &mut Transport, answer: &[u8]) {
+    ///
+    /// With `body_left` (the answer's body still to come, when its length is known) the
+    /// relay passes exactly that much more and ends there, whatever the upstream does after
+    /// it (an upstream that keeps the connection open, or sends more).
+    pub fn begin_exchange(
+        &mut self,
+        transport: &mut Transport,
+        answer: &[u8],
+        body_left: Option<u64>,
+    ) {
         self.began = true;
         self.tls = transport.take_tls();
         self.relay_in(Side::Upstream, answer);
         self.to_upstream.fin.read();
         let _ = self.to_upstream.fin.pass_now(false);
+        self.answer_left = body_left;
+        if body_left == Some(0) {
+            self.end_of(Side::Upstream);
+        }
     }
 
     /// Whether the edge, closing the upstream's socket now, resets it. Before the relay
@@ -177,12 +194,26 @@ impl Link {
     /// Whether the relayed bytes are the sockets' bytes (no TLS to pass through): only then
     /// may a backend write straight from its read buffer or splice.
     pub fn is_plain(&self) -> bool {
-        self.tls.is_none()
+        // An answer of known length is counted as it passes: through the pipes only.
+        self.tls.is_none() && self.answer_left.is_none()
     }
 
     /// Bytes read from `source`, queued toward the other side (through the client's TLS
     /// session, if it has one).
-    pub fn relay_in(&mut self, source: Side, bytes: &[u8]) {
+    pub fn relay_in(&mut self, source: Side, mut bytes: &[u8]) {
+        if let (Side::Upstream, Some(left)) = (source, self.answer_left) {
+            let passed = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            bytes = &bytes[..passed];
+            self.answer_left = Some(left - passed as u64);
+            if left == passed as u64 {
+                self.relay_in_unlimited(source, bytes);
+                return self.end_of(Side::Upstream);
+            }
+        }
+        self.relay_in_unlimited(source, bytes);
+    }
+
+    fn relay_in_unlimited(&mut self, source: Side, bytes: &[u8]) {
         let Some(tls) = self.tls.as_deref_mut() else {
             return self.toward(source.other()).pipe.push(bytes);
         };
@@ -273,7 +304,7 @@ mod tests {
     #[test]
     fn an_exchange_never_reads_the_client_and_ends_with_the_upstreams_close() {
         let mut link = Link::new(0, 1);
-        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\n");
+        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\n", None);
         assert!(!link.may_read(Side::Client), "the client is not read");
         assert!(
             !link.toward(Side::Upstream).fin_due(false),
@@ -286,6 +317,29 @@ mod tests {
         assert!(!link.is_over(), "the close is still to pass");
         assert!(link.toward(Side::Client).fin_due(false));
         assert!(link.is_over());
+    }
+
+    #[test]
+    fn an_answer_of_known_length_ends_at_its_last_byte_whatever_follows() {
+        let mut link = Link::new(0, 1);
+        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\nab", Some(1));
+        assert!(!link.is_plain(), "counted through the pipes");
+        link.relay_in(Side::Upstream, b"cHTTP/1.1 200 smuggled");
+        let pipe = &mut link.toward(Side::Client).pipe;
+        assert_eq!(pipe.unsent(), b"HTTP/1.1 200 OK\r\n\r\nabc");
+        let n = pipe.unsent().len();
+        pipe.consume(n);
+        assert!(!link.may_read(Side::Upstream), "nothing more is taken");
+        assert!(link.toward(Side::Client).fin_due(false));
+        assert!(link.is_over());
+        // An answer complete with its head ends at once.
+        let mut link = Link::new(0, 1);
+        link.begin_exchange(
+            &mut Transport::Plain,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            Some(0),
+        );
+        assert!(!link.may_read(Side::Upstream));
     }
 
     #[test]

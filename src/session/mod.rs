@@ -592,7 +592,8 @@ impl Driver {
             lease.answered();
         }
         if parts.conn.is_exchange() {
-            link.begin_exchange(&mut parts.transport, answer);
+            let body_left = parts.conn.take_answer_body_left();
+            link.begin_exchange(&mut parts.transport, answer, body_left);
         } else {
             let held = parts.conn.take_held_client_bytes();
             link.begin(&mut parts.transport, answer, &held);

@@ -1,0 +1,218 @@
+//! Real WebSocket frameworks behind the edge, with their default clients: Socket.IO
+//! (Node's `socket.io` and Python's `python-socketio` as servers, `socket.io-client`
+//! polling first, then upgrading) and SockJS (`sockjs` with `sockjs-client`, `/info`
+//! first). Two app servers behind `--http-path` and `--sticky-cookie`, both backends,
+//! plain and `wss`.
+//!
+//! `.ci/run` installs them (into `target/thirdparty/`) and sets
+//! `WSEDGE_REQUIRE_THIRD_PARTY=1`, which turns a missing one into a failure; on a developer
+//! machine without them these tests say so and pass.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use common::{Io, Server, DEADLINE};
+
+fn thirdparty() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty")
+}
+
+fn script(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(path)
+}
+
+/// The Node modules, or `None` (after saying why) when they are missing and not required.
+fn node_modules(module: &str) -> Option<PathBuf> {
+    let modules = thirdparty().join("node/node_modules");
+    if modules.join(module).exists() {
+        return Some(modules);
+    }
+    let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+    assert!(!required, "{module} is required: {modules:?} has none");
+    eprintln!("skipping: no {module} in {modules:?} (run .ci/run to install it)");
+    None
+}
+
+/// An app server that prints "listening PORT", killed on drop.
+struct App {
+    child: Child,
+    addr: String,
+}
+
+impl App {
+    fn start(mut command: Command) -> App {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the app server");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.strip_prefix("listening ") {
+                    let _ = tx.send(port.trim().to_owned());
+                }
+            }
+        });
+        let Ok(port) = rx.recv_timeout(DEADLINE) else {
+            let _ = child.kill();
+            panic!("the app server did not start");
+        };
+        App {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn node(modules: &Path, path: &str, name: &str) -> App {
+        let mut command = Command::new("node");
+        command
+            .env("NODE_PATH", modules)
+            .arg(script(path))
+            .args(["0", name]);
+        App::start(command)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The edge in front of `apps`, forwarding `prefix`, with a TLS listener on a certificate
+/// for 127.0.0.1 (its file returned for the clients to trust); `sticky` or not.
+fn edge(io: Io, apps: &[&App], prefix: &str, sticky: bool) -> (Server, PathBuf) {
+    let dir = common::scratch(&format!("frameworks-{io:?}"));
+    let cert = common::cert(&dir, "server", &["127.0.0.1"]);
+    let mut args = vec!["--after", "proxy", "--http-path", prefix];
+    for app in apps {
+        args.extend(["--upstream", app.addr.as_str()]);
+    }
+    if sticky {
+        args.extend(["--sticky-cookie", "wsedge"]);
+    }
+    let server = Server::start_tls(io, &cert, &args);
+    (server, cert.cert.clone())
+}
+
+/// Runs a Node client script; its stdout, and whether it succeeded.
+fn node_client(modules: &Path, path: &str, args: &[String]) -> (bool, String) {
+    let output = Command::new("node")
+        .env("NODE_PATH", modules)
+        .arg(script(path))
+        .args(args)
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), format!("{stdout}{stderr}"))
+}
+
+const CLIENTS: usize = 30;
+
+/// `socket.io-client` with its defaults, `CLIENTS` of them, over `http://` and `https://`:
+/// every one upgrades to WebSocket and has its message answered, by both app servers
+/// between them, and none is told "Session ID unknown".
+fn socketio_clients_all_upgrade(io: Io, apps: &[&App], modules: &Path) {
+    let (server, ca) = edge(io, apps, "/socket.io/", true);
+    let plain = format!("http://{}", server.addr);
+    let tls = format!("https://{}", server.tls_addr());
+    for (url, ca) in [(plain, None), (tls, Some(&ca))] {
+        let mut args = vec![url.clone(), CLIENTS.to_string()];
+        args.extend(ca.map(|ca| ca.display().to_string()));
+        let (ok, report) = node_client(modules, "clients/socketio_client.js", &args);
+        let expected = format!("clients {CLIENTS} upgraded {CLIENTS} messages {CLIENTS} servers 2");
+        assert!(
+            ok && report.contains(&expected),
+            "{url}: {report}\nedge log:\n{}",
+            server.log()
+        );
+        assert!(!report.contains("Session ID unknown"), "{report}");
+    }
+}
+
+fn socketio_node(io: Io) {
+    let Some(modules) = node_modules("socket.io") else {
+        return;
+    };
+    let a = App::node(&modules, "upstreams/socketio_server.js", "a");
+    let b = App::node(&modules, "upstreams/socketio_server.js", "b");
+    socketio_clients_all_upgrade(io, &[&a, &b], &modules);
+}
+
+fn socketio_python(io: Io) {
+    let Some(modules) = node_modules("socket.io-client") else {
+        return;
+    };
+    let python = thirdparty().join("venv/bin/python");
+    let has_socketio = Command::new(&python)
+        .args(["-c", "import socketio, aiohttp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_socketio {
+        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+        assert!(!required, "python-socketio is required in {python:?}");
+        eprintln!("skipping: no python-socketio in {python:?} (run .ci/run)");
+        return;
+    }
+    let app = |name: &str| {
+        let mut command = Command::new(&python);
+        command
+            .arg(script("upstreams/socketio_server.py"))
+            .args(["0", name]);
+        App::start(command)
+    };
+    let (a, b) = (app("a"), app("b"));
+    socketio_clients_all_upgrade(io, &[&a, &b], &modules);
+}
+
+fn sockjs(io: Io) {
+    let Some(modules) = node_modules("sockjs") else {
+        return;
+    };
+    let a = App::node(&modules, "upstreams/sockjs_server.js", "a");
+    let b = App::node(&modules, "upstreams/sockjs_server.js", "b");
+    let (server, _) = edge(io, &[&a, &b], "/sockjs/", true);
+    let args = [
+        format!("http://{}/sockjs", server.addr),
+        CLIENTS.to_string(),
+    ];
+    let (ok, report) = node_client(&modules, "clients/sockjs_client.js", &args);
+    let expected = format!("clients {CLIENTS} echoed {CLIENTS} transports websocket");
+    assert!(
+        ok && report.contains(&expected),
+        "{report}\nedge log:\n{}",
+        server.log()
+    );
+}
+
+on_both_backends!(socketio_node, socketio_python, sockjs);
+
+/// Without the sticky cookie the default client's polling requests and upgrade are spread
+/// over both servers, and Socket.IO refuses the requests that reach the server that does
+/// not know their session: what the sticky cookie is for (and proof that the tests above
+/// can fail).
+#[test]
+fn without_stickiness_the_default_socketio_client_is_told_session_id_unknown() {
+    let Some(modules) = node_modules("socket.io") else {
+        return;
+    };
+    let a = App::node(&modules, "upstreams/socketio_server.js", "a");
+    let b = App::node(&modules, "upstreams/socketio_server.js", "b");
+    let (server, _) = edge(Io::Epoll, &[&a, &b], "/socket.io/", false);
+    let args = [format!("http://{}", server.addr), "10".to_owned()];
+    let (ok, report) = node_client(&modules, "clients/socketio_client.js", &args);
+    assert!(!ok, "{report}");
+    assert!(report.contains("Session ID unknown"), "{report}");
+}
