@@ -59,6 +59,14 @@ rejects_flag! {
     pending_without_proxy:       ["--upstream-max-pending", "5"] names "--upstream-max-pending";
     pending_not_a_limit:         ["--after", "proxy", "--upstream", "127.0.0.1:9", "--upstream-max-pending", "0"] names "--upstream-max-pending";
     queue_without_proxy:         ["--upstream-queue-ms", "100"] names "--upstream-queue-ms";
+    http_path_without_proxy:     ["--http-path", "/socket.io/"] names "--http-path";
+    http_path_relative:          ["--after", "proxy", "--upstream", "127.0.0.1:9", "--http-path", "socket.io"] names "--http-path";
+    http_timeout_without_paths:  ["--after", "proxy", "--upstream", "127.0.0.1:9", "--http-timeout", "30s"] names "--http-timeout";
+    http_timeout_not_a_duration: ["--after", "proxy", "--upstream", "127.0.0.1:9", "--http-path", "/a", "--http-timeout", "later"] names "--http-timeout";
+    http_body_without_paths:     ["--after", "proxy", "--upstream", "127.0.0.1:9", "--http-max-body", "10"] names "--http-max-body";
+    http_body_too_large:         ["--after", "proxy", "--upstream", "127.0.0.1:9", "--http-path", "/a", "--http-max-body", "999999999"] names "--http-max-body";
+    sticky_without_proxy:        ["--sticky-cookie", "srv"] names "--sticky-cookie";
+    sticky_name_not_a_token:     ["--after", "proxy", "--upstream", "127.0.0.1:9", "--sticky-cookie", "a=b"] names "--sticky-cookie";
     patience_without_tls:        ["--client-patience", "5s"] names "--client-patience";
     patience_not_a_duration:     ["--client-patience", "soon"] names "--client-patience";
     patience_too_long:           ["--client-patience", "2h"] names "--client-patience";

@@ -267,6 +267,37 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--http-path",
+        &[
+            "http_paths::forwards_with_the_edges_framing_and_headers",
+            "frameworks::socketio_node",
+            "frameworks::sockjs",
+        ],
+    ),
+    (
+        "serve",
+        "--http-timeout",
+        &[
+            "http_paths::a_silent_upstream_is_a_504_at_the_http_timeout",
+            "http_paths::a_long_poll_held_25_seconds_is_answered",
+        ],
+    ),
+    (
+        "serve",
+        "--http-max-body",
+        &["http_paths::refuses_what_could_be_smuggled_or_is_too_large"],
+    ),
+    (
+        "serve",
+        "--sticky-cookie",
+        &[
+            "http_paths::a_sticky_cookie_keeps_requests_and_the_upgrade_on_one_upstream",
+            "http_paths::a_client_whose_upstream_is_gone_is_moved_with_a_new_cookie",
+            "frameworks::without_stickiness_the_default_socketio_client_is_told_session_id_unknown",
+        ],
+    ),
+    (
+        "serve",
         "--upstream-queue-ms",
         &["upstream_pacing::a_client_past_its_wait_gets_503_with_a_retry_after_in_range"],
     ),
