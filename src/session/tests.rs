@@ -708,7 +708,7 @@ fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
     let mut cx = driver.cx(0, &mut second.out);
     let next = second.parts.conn.on_data(request.as_bytes(), &mut cx);
     assert_eq!(next, Next::Proxy);
-    let mut open = |driver: &mut Driver, second: &mut Peer, now| {
+    let open = |driver: &mut Driver, second: &mut Peer, now| {
         driver.open_upstream(
             (1, &mut second.parts),
             (0, None),
