@@ -70,6 +70,15 @@ pub struct CheckArgs {
     /// Print the facts and the verdict as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// URL is a Socket.IO (Engine.IO 4) path, e.g. ws://host/socket.io/: do its polling
+    /// handshake (sid, pingInterval, upgrades), then the upgrade with that sid and the
+    /// cookies set, then 2probe, 3probe, 5; name the link that broke.
+    #[arg(long, conflicts_with_all = ["sockjs", "ping"])]
+    pub socketio: bool,
+    /// URL is a SockJS prefix, e.g. ws://host/sockjs: GET /info, then the upgrade to
+    /// /<server>/<session>/websocket and its open frame; name the link that broke.
+    #[arg(long, conflicts_with = "ping")]
+    pub sockjs: bool,
 }
 
 fn parse_check_url(value: &str) -> Result<String, String> {

@@ -383,7 +383,13 @@ fn check(args: &CheckArgs) -> ExitCode {
         insecure: args.insecure,
         ping: args.ping,
     };
-    match wsedge::check::run(&options) {
+    use wsedge::check::framework::{self, Framework};
+    let checked = match (args.socketio, args.sockjs) {
+        (true, _) => framework::run(Framework::SocketIo, &options),
+        (_, true) => framework::run(Framework::SockJs, &options),
+        _ => wsedge::check::run(&options),
+    };
+    match checked {
         Ok(report) => {
             if args.json {
                 println!("{}", report.json());

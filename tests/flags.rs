@@ -372,6 +372,16 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "check",
+        "--socketio",
+        &["frameworks::check_socketio_names_the_link_that_broke"],
+    ),
+    (
+        "check",
+        "--sockjs",
+        &["frameworks::check_sockjs_follows_info_to_the_open_frame"],
+    ),
+    (
+        "check",
         "--subprotocol",
         &["check::an_unoffered_subprotocol_would_fail_in_a_browser"],
     ),

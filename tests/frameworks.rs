@@ -216,3 +216,79 @@ fn without_stickiness_the_default_socketio_client_is_told_session_id_unknown() {
     assert!(!ok, "{report}");
     assert!(report.contains("Session ID unknown"), "{report}");
 }
+
+/// `wsedge check --socketio`: the whole Engine.IO handshake through a sticky edge; without
+/// stickiness (one reactor, so that round-robin sends the upgrade to the other server) the
+/// broken link is named with its fix; a path the edge does not forward is named too.
+#[test]
+fn check_socketio_names_the_link_that_broke() {
+    let Some(modules) = node_modules("socket.io") else {
+        return;
+    };
+    let a = App::node(&modules, "upstreams/socketio_server.js", "a");
+    let b = App::node(&modules, "upstreams/socketio_server.js", "b");
+    let check = |url: String| {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+            .args(["check", "--socketio", &url])
+            .output()
+            .expect("run wsedge check");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+    let (sticky, _) = edge(Io::Uring, &[&a, &b], "/socket.io/", true);
+    let (code, text) = check(format!("ws://{}/socket.io/", sticky.addr));
+    assert_eq!(code, Some(0), "{text}");
+    for step in [
+        "Engine.IO open: sid ",
+        "upgrades [\"websocket\"]",
+        "cookies set by the polling answer: wsedge",
+        "3probe received",
+    ] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    let (code, text) = check(format!("ws://{}/elsewhere/", sticky.addr));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("got 426") && text.contains("--http-path"),
+        "{text}"
+    );
+    let mut args = vec![
+        "--after",
+        "proxy",
+        "--http-path",
+        "/socket.io/",
+        "--threads",
+        "1",
+    ];
+    args.extend(["--upstream", a.addr.as_str(), "--upstream", b.addr.as_str()]);
+    let spread = Server::start(Io::Epoll, &args);
+    let (code, text) = check(format!("ws://{}/socket.io/", spread.addr));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains("Session ID unknown") && text.contains("--sticky-cookie"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_sockjs_follows_info_to_the_open_frame() {
+    let Some(modules) = node_modules("sockjs") else {
+        return;
+    };
+    let a = App::node(&modules, "upstreams/sockjs_server.js", "a");
+    let (server, ca) = edge(Io::Epoll, &[&a], "/sockjs/", false);
+    let output = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["check", "--sockjs", "--json"])
+        .arg(format!(
+            "wss://127.0.0.1:{}/sockjs",
+            server.tls_addr().port()
+        ))
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .expect("run wsedge check");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(report["ok"], true, "{text}");
+    assert!(text.contains("SockJS info: websocket true"), "{text}");
+    assert!(text.contains("open frame o received"), "{text}");
+}

@@ -5,6 +5,7 @@
 //! must satisfy come from the handshake core's client check, not from a second copy.
 
 pub mod client_tls;
+pub mod framework;
 pub mod verdict;
 
 use std::io::{self, Read, Write};
@@ -119,6 +120,8 @@ pub struct Report {
     pub close_code: Option<u16>,
     /// `--ping`: why no pong or no close came (the timeout, or a frame over the bound).
     pub ping_error: Option<String>,
+    /// `--socketio`, `--sockjs`: what the framework's own handshake showed, a line a step.
+    pub framework: Vec<String>,
     /// The conclusion.
     pub verdict: Verdict,
 }
@@ -199,46 +202,71 @@ fn mask_secret(line: &str) -> String {
     line.to_owned()
 }
 
+impl Report {
+    fn new(url: &str) -> Report {
+        Report {
+            url: url.to_owned(),
+            address: None,
+            timings: Vec::new(),
+            tls: None,
+            request: Vec::new(),
+            response: Vec::new(),
+            body: None,
+            pong: None,
+            close_code: None,
+            ping_error: None,
+            framework: Vec::new(),
+            verdict: Verdict::ResponseTimeout,
+        }
+    }
+}
+
+/// What a step of the check ends in: on to the next step, or the verdict (a network or
+/// protocol failure). The outer `Err` is a usage error (a bad host name for TLS).
+type Step<T> = Result<Result<T, Verdict>, String>;
+
 /// Runs the check. Never panics on what the network does; everything ends in a verdict.
 pub fn run(options: &CheckOptions) -> Result<Report, String> {
     let url = parse_url(&options.url)?;
-    let mut report = Report {
-        url: options.url.clone(),
-        address: None,
-        timings: Vec::new(),
-        tls: None,
-        request: Vec::new(),
-        response: Vec::new(),
-        body: None,
-        pong: None,
-        close_code: None,
-        ping_error: None,
-        verdict: Verdict::ResponseTimeout,
+    let mut report = Report::new(&options.url);
+    let started = Instant::now();
+    let mut stream = match open(&url, options, &mut report)? {
+        Ok(stream) => stream,
+        Err(verdict) => return Ok(conclude(report, verdict)),
     };
+    let verdict = match upgrade(&mut stream, &url, options, &[], &mut report)? {
+        Ok((protocol, early)) => {
+            if options.ping {
+                let deadline = Instant::now() + options.timeout;
+                ping_and_close(&mut stream, &early, &mut report, deadline);
+            }
+            Verdict::Upgraded { protocol }
+        }
+        Err(verdict) => verdict,
+    };
+    report.timings.push(("total", started.elapsed()));
+    Ok(conclude(report, verdict))
+}
+
+/// Resolves, connects and (for `wss://`) completes TLS, recording each step.
+fn open(url: &CheckUrl, options: &CheckOptions, report: &mut Report) -> Step<Stream> {
     let tls_config = if url.secure {
         Some(client_tls::client_config(options.insecure)?)
     } else {
         None
     };
-    let started = Instant::now();
-
     let step = Instant::now();
     let addr = match (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map(|mut a| a.next())
     {
         Ok(Some(addr)) => addr,
-        Ok(None) => {
-            return Ok(conclude(
-                report,
-                Verdict::Dns(format!("{} has no address", url.host)),
-            ))
-        }
+        Ok(None) => return Ok(Err(Verdict::Dns(format!("{} has no address", url.host)))),
         Err(error) => {
-            return Ok(conclude(
-                report,
-                Verdict::Dns(format!("cannot resolve {}: {error}", url.host)),
-            ))
+            return Ok(Err(Verdict::Dns(format!(
+                "cannot resolve {}: {error}",
+                url.host
+            ))))
         }
     };
     report.timings.push(("dns", step.elapsed()));
@@ -248,7 +276,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
     let tcp = match TcpStream::connect_timeout(&addr, options.timeout) {
         Ok(tcp) => tcp,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Ok(conclude(report, Verdict::ConnectRefused))
+            return Ok(Err(Verdict::ConnectRefused))
         }
         Err(e)
             if matches!(
@@ -256,9 +284,9 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ) =>
         {
-            return Ok(conclude(report, Verdict::ConnectTimeout))
+            return Ok(Err(Verdict::ConnectTimeout))
         }
-        Err(e) => return Ok(conclude(report, Verdict::ConnectFailed(e.to_string()))),
+        Err(e) => return Ok(Err(Verdict::ConnectFailed(e.to_string()))),
     };
     report.timings.push(("tcp connect", step.elapsed()));
     tcp.set_read_timeout(Some(options.timeout))
@@ -267,7 +295,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
 
-    let mut stream = match tls_config {
+    let stream = match tls_config {
         None => Stream::Plain(tcp),
         Some(config) => {
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())
@@ -289,7 +317,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
                         }
                         _ => client_tls::classify(&error),
                     };
-                    return Ok(conclude(report, Verdict::Tls(failure)));
+                    return Ok(Err(Verdict::Tls(failure)));
                 }
             }
             report.timings.push(("tls handshake", step.elapsed()));
@@ -313,21 +341,28 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         }
     };
 
+    Ok(Ok(stream))
+}
+
+/// Sends the upgrade request for `url` (with `extra` header lines besides the options'
+/// own) and checks the answer: the chosen subprotocol and the bytes that came after the
+/// 101, or the verdict.
+fn upgrade(
+    stream: &mut Stream,
+    url: &CheckUrl,
+    options: &CheckOptions,
+    extra: &[String],
+    report: &mut Report,
+) -> Step<(Option<String>, Vec<u8>)> {
     let key = key_from_nonce(&random_nonce());
-    let mut extra: Vec<String> = options.headers.clone();
+    let mut extra: Vec<String> = options.headers.iter().chain(extra).cloned().collect();
     if let Some(origin) = &options.origin {
         extra.push(format!("Origin: {origin}"));
     }
     if let Some(token) = &options.token {
         extra.push(format!("Authorization: Bearer {token}"));
     }
-    let host = if (url.secure && url.port == 443) || (!url.secure && url.port == 80) {
-        url.host.clone()
-    } else if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
+    let host = host_header(url);
     let protocols: Vec<&str> = options.subprotocols.iter().map(String::as_str).collect();
     let extra_refs: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut request =
@@ -354,7 +389,7 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
     if let Err(error) = stream.write_all(&request).and_then(|()| stream.flush()) {
         let reset = error.kind() == io::ErrorKind::ConnectionReset
             || error.kind() == io::ErrorKind::BrokenPipe;
-        return Ok(conclude(report, Verdict::ClosedEarly { reset }));
+        return Ok(Err(Verdict::ClosedEarly { reset }));
     }
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
@@ -372,22 +407,22 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
             ResponseCheck::Failed(error) => break (header_block_len(&received), Err(error)),
         }
         if Instant::now() >= deadline {
-            return Ok(conclude(report, Verdict::ResponseTimeout));
+            return Ok(Err(Verdict::ResponseTimeout));
         }
         match stream.read(&mut buf) {
             Ok(0) => {
-                record_response(&mut report, &received);
-                return Ok(conclude(report, Verdict::ClosedEarly { reset: false }));
+                record_response(report, &received);
+                return Ok(Err(Verdict::ClosedEarly { reset: false }));
             }
             Ok(n) => {
                 first_byte.get_or_insert_with(|| step.elapsed());
                 if received.is_empty() && matches!(buf[0], 0x15 | 0x16) && !url.secure {
-                    return Ok(conclude(report, Verdict::TlsOnPlainPort));
+                    return Ok(Err(Verdict::TlsOnPlainPort));
                 }
                 received.extend_from_slice(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return Ok(conclude(report, Verdict::ClosedEarly { reset: true }))
+                return Ok(Err(Verdict::ClosedEarly { reset: true }))
             }
             Err(e)
                 if matches!(
@@ -395,26 +430,20 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Ok(conclude(report, Verdict::ResponseTimeout))
+                return Ok(Err(Verdict::ResponseTimeout))
             }
-            Err(e) => return Ok(conclude(report, Verdict::ConnectFailed(e.to_string()))),
+            Err(e) => return Ok(Err(Verdict::ConnectFailed(e.to_string()))),
         }
     };
     if let Some(first) = first_byte {
         report.timings.push(("first byte", first));
     }
-    record_response(&mut report, &received[..header_len.min(received.len())]);
+    record_response(report, &received[..header_len.min(received.len())]);
     let verdict = match outcome {
-        Ok(protocol) => {
-            if options.ping {
-                let deadline = Instant::now() + options.timeout;
-                ping_and_close(&mut stream, &received[header_len..], &mut report, deadline);
-            }
-            Verdict::Upgraded { protocol }
-        }
+        Ok(protocol) => return Ok(Ok((protocol, received[header_len..].to_vec()))),
         Err(ResponseError::NotSwitching { status }) => {
             let deadline = Instant::now() + options.timeout;
-            let body = read_body(&mut stream, &received, header_len, deadline);
+            let body = read_body(stream, &received, header_len, deadline);
             report.body = body.clone();
             Verdict::Status {
                 code: status,
@@ -423,8 +452,18 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         }
         Err(error) => Verdict::BadUpgrade(error),
     };
-    report.timings.push(("total", started.elapsed()));
-    Ok(conclude(report, verdict))
+    Ok(Err(verdict))
+}
+
+/// The `Host` header for `url` (the port only when it is not the scheme's).
+fn host_header(url: &CheckUrl) -> String {
+    if (url.secure && url.port == 443) || (!url.secure && url.port == 80) {
+        url.host.clone()
+    } else if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    }
 }
 
 fn conclude(mut report: Report, verdict: Verdict) -> Report {
@@ -640,6 +679,9 @@ impl Report {
         if let Some(addr) = self.address {
             out += &format!("* {} -> {addr}\n", self.url);
         }
+        for line in &self.framework {
+            out += &format!("* {line}\n");
+        }
         for (name, time) in &self.timings {
             out += &format!("* {name:<13} {:>9.3} ms\n", time.as_secs_f64() * 1e3);
         }
@@ -693,6 +735,7 @@ impl Report {
             "pong_ms": self.pong.map(|p| p.as_secs_f64() * 1e3),
             "close_code": self.close_code,
             "ping_error": self.ping_error,
+            "framework": self.framework,
             "verdict": self.verdict.kind(),
             "explanation": self.verdict.explain(),
             "ok": self.verdict.exit_code() == 0,

@@ -38,6 +38,38 @@ pub enum Verdict {
     ResponseTimeout,
     /// The TLS handshake failed.
     Tls(TlsFailure),
+    /// `--socketio`, `--sockjs`: the framework's handshake and the upgrade went through.
+    FrameworkUpgraded(&'static str),
+    /// `--socketio`, `--sockjs`: a link of the framework's own handshake broke.
+    Framework(FrameworkFailure),
+}
+
+/// Which link of a framework's handshake broke (`--socketio`, `--sockjs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameworkFailure {
+    /// The polling handshake (or SockJS's `/info`) got this status.
+    PollingRefused {
+        /// The status code.
+        status: u16,
+        /// The body's first line.
+        body: String,
+    },
+    /// The polling answer is not an Engine.IO 4 open packet.
+    NotEngineIo(String),
+    /// `/info` is not SockJS's JSON.
+    NotSockJs(String),
+    /// The server does not offer the WebSocket transport.
+    NoWebSocketOffered,
+    /// The upgrade was refused with "Session ID unknown": it reached another server than
+    /// the polling request.
+    SessionUnknown {
+        /// The polling answer set cookies, and they were sent with the upgrade.
+        sticky_cookie: bool,
+    },
+    /// Upgraded, but `2probe` got no `3probe`.
+    ProbeUnanswered,
+    /// Upgraded, but no SockJS open frame came.
+    NoOpenFrame,
 }
 
 /// Why a TLS handshake failed, as far as it matters to an operator.
@@ -62,7 +94,10 @@ impl Verdict {
     /// 6 network, 7 TLS (2 stays clap's usage error).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Verdict::Upgraded { .. } => 0,
+            Verdict::Upgraded { .. } | Verdict::FrameworkUpgraded(_) => 0,
+            Verdict::Framework(FrameworkFailure::PollingRefused { .. })
+            | Verdict::Framework(FrameworkFailure::SessionUnknown { .. }) => 4,
+            Verdict::Framework(_) => 5,
             Verdict::Status {
                 code: 100..=399, ..
             } => 3,
@@ -81,7 +116,18 @@ impl Verdict {
     /// A short machine-readable name.
     pub fn kind(&self) -> String {
         match self {
-            Verdict::Upgraded { .. } => "ok".into(),
+            Verdict::Upgraded { .. } | Verdict::FrameworkUpgraded(_) => "ok".into(),
+            Verdict::Framework(failure) => match failure {
+                FrameworkFailure::PollingRefused { status, .. } => {
+                    format!("polling_refused_{status}")
+                }
+                FrameworkFailure::NotEngineIo(_) => "not_engine_io".into(),
+                FrameworkFailure::NotSockJs(_) => "not_sockjs".into(),
+                FrameworkFailure::NoWebSocketOffered => "no_websocket_offered".into(),
+                FrameworkFailure::SessionUnknown { .. } => "session_unknown".into(),
+                FrameworkFailure::ProbeUnanswered => "probe_unanswered".into(),
+                FrameworkFailure::NoOpenFrame => "no_open_frame".into(),
+            },
             Verdict::Status { code, .. } => format!("status_{code}"),
             Verdict::BadUpgrade(error) => format!("bad_upgrade: {error}"),
             Verdict::TlsOnPlainPort => "tls_on_plain_port".into(),
@@ -102,6 +148,33 @@ impl Verdict {
         match self {
             Verdict::Upgraded { protocol: Some(p) } => format!("ok: upgraded to WebSocket, subprotocol {p}"),
             Verdict::Upgraded { protocol: None } => "ok: upgraded to WebSocket (no subprotocol)".into(),
+            Verdict::FrameworkUpgraded(what) => format!("ok: {what}"),
+            Verdict::Framework(FrameworkFailure::PollingRefused { status, body }) => format!(
+                "the framework's first request (polling or /info) got {status} ({body}): the path or the \
+                 proxy in front refuses plain HTTP; behind wsedge, forward it with --http-path PREFIX"
+            ),
+            Verdict::Framework(FrameworkFailure::NotEngineIo(body)) => format!(
+                "the polling answer is not an Engine.IO 4 open packet ({body}): not a Socket.IO v3/v4 \
+                 server at this path"
+            ),
+            Verdict::Framework(FrameworkFailure::NotSockJs(body)) => {
+                format!("/info is not SockJS's JSON ({body}): not a SockJS server at this path")
+            }
+            Verdict::Framework(FrameworkFailure::NoWebSocketOffered) => {
+                "the server does not offer the websocket transport: clients stay on polling".into()
+            }
+            Verdict::Framework(FrameworkFailure::SessionUnknown { sticky_cookie }) => format!(
+                "the upgrade was refused with \"Session ID unknown\": it reached another server than the \
+                 polling request{}; make the balancer sticky (wsedge --sticky-cookie NAME, nginx ip_hash, \
+                 HAProxy cookie SERVERID insert) or have clients skip polling (transports: [\"websocket\"])",
+                if *sticky_cookie { " although its cookies were sent back" } else { " (no cookie pins the client)" }
+            ),
+            Verdict::Framework(FrameworkFailure::ProbeUnanswered) => {
+                "upgraded, but 2probe got no 3probe: the WebSocket reached something that is not this session's server".into()
+            }
+            Verdict::Framework(FrameworkFailure::NoOpenFrame) => {
+                "upgraded, but no SockJS open frame (o) came".into()
+            }
             Verdict::Status { code: 200..=299, .. } => format!(
                 "the upgrade was not honoured: {} came back as if to a plain request; a proxy in the path \
                  likely dropped the hop-by-hop Upgrade/Connection headers; fix it at the proxy (nginx: \
