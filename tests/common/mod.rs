@@ -582,6 +582,15 @@ impl PythonUpstream {
 
     /// Starts it on `port` (0: any), or returns `None` as [`PythonUpstream::start`] does.
     pub fn start_on(port: u16) -> Option<PythonUpstream> {
+        PythonUpstream::start_with(port, false)
+    }
+
+    /// Starts one that negotiates permessage-deflate.
+    pub fn start_deflating() -> Option<PythonUpstream> {
+        PythonUpstream::start_with(0, true)
+    }
+
+    fn start_with(port: u16, deflate: bool) -> Option<PythonUpstream> {
         let python = std::env::var_os("WSEDGE_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -599,6 +608,7 @@ impl PythonUpstream {
         let mut child = Command::new(python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/python_upstream.py"))
             .arg(port.to_string())
+            .env("WSEDGE_DEFLATE", if deflate { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -7,10 +7,14 @@ Usage: python_upstream.py [PORT]  prints "listening PORT" once it accepts connec
   /port           sends the port it listens on as one text message, then echoes
   /headers        sends the request headers it received as one JSON text message, then echoes
   /close/CODE     closes at once with CODE and reason "bye"
+  /extensions     sends the extensions negotiated (JSON list of names), then echoes
+
+With WSEDGE_DEFLATE=1 in its environment it negotiates permessage-deflate (off otherwise).
   anything else   echoes every message; subprotocol "chat" if the client offers it
 """
 import asyncio
 import json
+import os
 import sys
 
 from websockets.asyncio.server import serve
@@ -33,6 +37,8 @@ async def handler(ws):
         await ws.send(str(ws.local_address[1]))
     elif path == "/headers":
         await ws.send(json.dumps([[k, v] for k, v in ws.request.headers.raw_items()]))
+    elif path == "/extensions":
+        await ws.send(json.dumps([e.name for e in ws.protocol.extensions]))
     elif path.startswith("/close/"):
         await ws.close(int(path.split("/")[2]), "bye")
         return
@@ -48,7 +54,7 @@ async def main():
         process_request=process_request,
         select_subprotocol=select_subprotocol,
         max_size=2 * 1024 * 1024,
-        compression=None,
+        compression="deflate" if os.environ.get("WSEDGE_DEFLATE") == "1" else None,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"listening {port}", flush=True)
