@@ -291,6 +291,8 @@ COUNTERS = {
     "upstream_connect_failures": "wsedge_upstream_connect_failures_total",
     "upstream_timeouts": "wsedge_upstream_timeouts_total",
     "refusals_passed": "wsedge_upstream_refusals_passed_total",
+    # No --http-path here: nothing is forwarded as plain HTTP.
+    "http_forwarded": "wsedge_http_forwarded_total",
     "abandoned": "wsedge_handshakes_abandoned_total",
     # Plain listeners only: nothing is shed before its key exchange.
     "shed": "wsedge_shed_before_work_total",
@@ -343,6 +345,7 @@ def main():
         counted = {key: int(m.get(name, 0)) for key, name in COUNTERS.items()}
         accepted = int(m.get("wsedge_accepted_connections_total", 0))
         outcomes = (counted["upgraded"] + counted["rejected"] + counted["refusals_passed"]
+                    + counted["http_forwarded"]
                     + counted["handshake_timeouts"] - counted["answered_timeouts"] + counted["abandoned"]
                     + counted["shed"])
         print(f"{server.name}: accepted {accepted}, upgraded {counted['upgraded']}, rejected "

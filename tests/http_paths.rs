@@ -369,7 +369,43 @@ fn origin_and_token_rules_hold_for_plain_requests(io: Io) {
     assert_eq!((head.status, body.as_str()), (200, "a"));
 }
 
+/// A forwarded answer is an outcome of its own: the counters still add up to `accepted`.
+fn forwarded_requests_are_counted_as_their_own_outcome(io: Io) {
+    let (a, _seen) = naming_upstream("a");
+    let args = [
+        "--after",
+        "proxy",
+        "--upstream",
+        &a.to_string(),
+        "--http-path",
+        "/socket.io/",
+        "--http-max-body",
+        "10",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start(io, &args);
+    for _ in 0..3 {
+        assert_eq!(body(&server, &get("/socket.io/", "")).1, "a");
+    }
+    let (head, _) = exchange(
+        &server,
+        b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n",
+    );
+    assert_eq!(head.status, 413);
+    let (head, _upgraded) = exchange(&server, &common::upgrade_request("/socket.io/", &[]));
+    assert_eq!(head.status, 101);
+    server.wait_for_metric("wsedge_http_forwarded_total", |n| n == 3.0);
+    server.wait_for_metric("wsedge_handshaking_connections", |n| n == 0.0);
+    let metrics = server.metrics_addr();
+    let total = |name| common::metric_sum(&metrics, name);
+    assert_eq!(total("wsedge_accepted_connections_total"), 5.0);
+    assert_eq!(total("wsedge_upgrades_total"), 1.0);
+    assert_eq!(total("wsedge_rejected_handshakes_total"), 1.0);
+}
+
 on_both_backends!(
+    forwarded_requests_are_counted_as_their_own_outcome,
     forwards_with_the_edges_framing_and_headers,
     refuses_what_could_be_smuggled_or_is_too_large,
     a_silent_upstream_is_a_504_at_the_http_timeout,

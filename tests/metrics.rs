@@ -224,6 +224,7 @@ fn every_accepted_connection_has_exactly_one_outcome(io: Io) {
         by_name["wsedge_upgrades_total"]
             + by_name["wsedge_rejected_handshakes_total"]
             + by_name["wsedge_upstream_refusals_passed_total"]
+            + by_name["wsedge_http_forwarded_total"]
             + (by_name["wsedge_handshake_timeouts_total"] - answered_timeouts)
             + by_name["wsedge_handshakes_abandoned_total"]
             + by_name["wsedge_shed_before_work_total"]

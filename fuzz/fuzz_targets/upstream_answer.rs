@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wsedge::handshake::{accept_key, ResponseCheck};
+use wsedge::proxy::http::{answer_head, write_client_answer_head, AnswerHead};
 use wsedge::proxy::{answer_length, check_upstream_response, AnswerLength};
 
 const HEAD: &[u8] = b"GET /chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -32,5 +33,25 @@ fuzz_target!(|response: &[u8]| {
         let mut longer = response.to_vec();
         longer.extend_from_slice(b"more body");
         assert_eq!(answer_length(&longer), length);
+    }
+    // The answer to a plain HTTP request (`--http-path`): a final head is within the bytes,
+    // judged the same with more body after it, and rewritten into a head that parses, says
+    // `Connection: close` once and keeps none of the upstream's connection headers.
+    if let AnswerHead::Final { head_len, .. } = answer_head(response) {
+        assert!(head_len <= response.len());
+        let mut longer = response.to_vec();
+        longer.extend_from_slice(b"more body");
+        assert_eq!(answer_head(&longer), answer_head(response));
+        let mut out = Vec::new();
+        assert!(write_client_answer_head(&response[..head_len], b"", &mut out));
+        let mut slots = [httparse::EMPTY_HEADER; 80];
+        let mut parsed = httparse::Response::new(&mut slots);
+        assert!(matches!(parsed.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
+        let connection: Vec<_> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive"))
+            .collect();
+        assert!(connection.len() == 1 && connection[0].value == b"close", "{connection:?}");
     }
 });

@@ -11,6 +11,9 @@ pub fn config(after: AfterUpgrade) -> ConnConfig {
         policy: Policy {
             max_header_bytes: 1024,
             subprotocols: vec!["chat".into(), "superchat".into()],
+            // Plain requests under it take the `--http-path` rules (framing, path, body).
+            http_paths: vec!["/socket.io/".into()],
+            max_http_body_bytes: 64,
             ..Policy::default()
         },
         after,
