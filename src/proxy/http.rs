@@ -55,7 +55,9 @@ pub fn answer_head(bytes: &[u8]) -> AnswerHead {
     match status {
         101 => return AnswerHead::Invalid,
         100..=199 => return AnswerHead::Interim(head_len),
-        _ => {}
+        200..=599 => {}
+        // Not a status of RFC 9110 (three digits, 1xx to 5xx): nothing a client can read.
+        _ => return AnswerHead::Invalid,
     }
     let has = |name: &str| {
         parsed
@@ -173,6 +175,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 011 \x87\n\n\n:\0\0\n",
+            b"HTTP/1.1 600 Beyond\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
             assert_eq!(
