@@ -416,3 +416,23 @@ on_both_backends!(
     over_tls_the_cookie_is_secure,
     origin_and_token_rules_hold_for_plain_requests,
 );
+
+/// The TOML keys are the flags' names: a config file turns the forwarding and the cookie on.
+#[test]
+fn the_toml_keys_are_the_flags_names() {
+    let (a, _seen) = naming_upstream("a");
+    let path = std::env::temp_dir().join(format!("wsedge-http-paths-{}.toml", std::process::id()));
+    let text = format!(
+        "after = \"proxy\"\nupstream = [\"{a}\"]\nhttp-path = [\"/socket.io/\"]\n\
+         http-timeout = \"30s\"\nhttp-max-body = 100\nsticky-cookie = \"srv\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let server = Server::start(Io::Epoll, &["--config", path.to_str().unwrap()]);
+    let (head, answer) = body(&server, &get("/socket.io/", ""));
+    assert_eq!(answer, "a");
+    assert!(head
+        .header("set-cookie")
+        .is_some_and(|c| c.starts_with("srv=")));
+    let big = b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n";
+    assert_eq!(exchange(&server, big).0.status, 413);
+}
