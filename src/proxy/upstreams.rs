@@ -149,6 +149,17 @@ impl Lease {
             .adjust(|limiter| limiter.answered(latency, pending));
     }
 
+    /// What was sent is not an upgrade (a plain request under `--http-path`): it is not
+    /// counted among the upstream's pending upgrades, and its answer teaches `auto` nothing
+    /// (a long poll is answered when the app has something to say, 25 s later).
+    pub fn not_an_upgrade(&self) {
+        if self.pending.replace(false) {
+            let pending = self.slot.pending.get().saturating_sub(1);
+            self.slot.pending.set(pending);
+            self.status.pending_ended();
+        }
+    }
+
     /// Whether the upgrade is still unanswered.
     pub fn is_pending(&self) -> bool {
         self.pending.get()

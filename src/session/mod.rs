@@ -346,6 +346,9 @@ impl Driver {
             }
             self.sent_on(key, now);
             let lease = self.fleet.lease(index);
+            if conn.is_http_request() {
+                lease.as_ref().inspect(|lease| lease.not_an_upgrade());
+            }
             let link = Link::with_lease(index, attempts, lease);
             let source = self.fleet.source_for(&self.config.proxy, addr);
             let error = match open(addr, source) {

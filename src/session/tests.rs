@@ -738,3 +738,43 @@ fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
     let (_, addr) = open(&mut driver, &mut second, 20).expect("its own upstream");
     assert_eq!(addr, busy_addr);
 }
+
+/// A forwarded plain request (a long poll, answered 25 s later) is not one of an upstream's
+/// pending upgrades: it takes no slot of `--upstream-max-pending`.
+#[test]
+fn a_forwarded_plain_request_takes_no_pending_slot() {
+    let mut config = (*driver(Limits::default()).config).clone();
+    config.after = AfterUpgrade::Proxy;
+    config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
+    config.proxy.upstreams.truncate(1);
+    config.policy.http_paths = vec!["/socket.io/".into()];
+    let mut driver = Driver::new(
+        Arc::new(config),
+        Arc::new(Counters::default()),
+        Limits::default(),
+        7,
+        Arc::new(crate::policy::Shutdown::default()),
+        None,
+        Arc::default(),
+    );
+    let open = |driver: &mut Driver, peer: &mut Peer, key| {
+        driver.open_upstream(
+            (key, &mut peer.parts),
+            (0, None),
+            0,
+            &mut peer.out,
+            |a, _| Ok::<_, std::io::Error>(a),
+        )
+    };
+    let mut poll = accept(&mut driver, 0, "192.0.2.1", 0);
+    let mut cx = driver.cx(0, &mut poll.out);
+    let request = b"GET /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(poll.parts.conn.on_data(request, &mut cx), Next::Proxy);
+    let (poll_link, _) = open(&mut driver, &mut poll, 0).expect("forwarded");
+    assert!(!poll_link.lease().unwrap().is_pending());
+    let mut upgrade = accept(&mut driver, 1, "192.0.2.2", 0);
+    let mut cx = driver.cx(0, &mut upgrade.out);
+    assert_eq!(upgrade.parts.conn.on_data(REQUEST, &mut cx), Next::Proxy);
+    let (link, _) = open(&mut driver, &mut upgrade, 1).expect("room for the upgrade");
+    assert!(link.lease().unwrap().is_pending());
+}
