@@ -404,7 +404,60 @@ fn forwarded_requests_are_counted_as_their_own_outcome(io: Io) {
     assert_eq!(total("wsedge_rejected_handshakes_total"), 1.0);
 }
 
+/// Answers larger than the relay's pipes arrive whole through the bounded relay, over TLS
+/// too: one of known length (cut at its end: the upstream's extra bytes never arrive) and a
+/// chunked one (until the upstream closes).
+fn large_answers_arrive_whole_over_plain_and_tls(io: Io) {
+    const SIZE: usize = 1 << 20;
+    let up = common::raw_upstream(4, |mut stream, head| {
+        let text = String::from_utf8_lossy(&head);
+        let body = common::pattern(SIZE, 7);
+        if text.starts_with("GET /socket.io/chunked") {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for chunk in body.chunks(100_000) {
+                let _ = write!(stream, "{:x}\r\n", chunk.len());
+                let _ = stream.write_all(chunk);
+                let _ = stream.write_all(b"\r\n");
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        } else {
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+            let _ = stream.write_all(&body);
+            let _ = stream.write_all(b"EXTRA BYTES NOBODY FRAMED");
+        }
+    });
+    let dir = common::scratch(&format!("http-large-{io:?}"));
+    let cert = common::cert(&dir, "server", &["127.0.0.1"]);
+    let args = [
+        "--after",
+        "proxy",
+        "--upstream",
+        &up.to_string(),
+        "--http-path",
+        "/socket.io/",
+    ];
+    let server = Server::start_tls(io, &cert, &args);
+    for (scheme, addr) in [("http", server.addr), ("https", server.tls_addr())] {
+        for path in ["/socket.io/length", "/socket.io/chunked"] {
+            let output = Command::new("curl")
+                .args(["-sS", "--max-time", "15", "--cacert"])
+                .arg(&cert.cert)
+                .arg(format!("{scheme}://{addr}{path}"))
+                .output()
+                .expect("curl");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(output.status.success(), "{scheme} {path}: {stderr}");
+            assert_eq!(output.stdout.len(), SIZE, "{scheme} {path}");
+            assert!(
+                output.stdout == common::pattern(SIZE, 7),
+                "{scheme} {path}: bytes differ"
+            );
+        }
+    }
+}
+
 on_both_backends!(
+    large_answers_arrive_whole_over_plain_and_tls,
     forwarded_requests_are_counted_as_their_own_outcome,
     forwards_with_the_edges_framing_and_headers,
     refuses_what_could_be_smuggled_or_is_too_large,
