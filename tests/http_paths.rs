@@ -48,6 +48,38 @@ fn text_key_restored(_lowercased: &str) -> Vec<u8> {
     format!("Sec-WebSocket-Key: {}\r\n\r\n", common::KEY).into_bytes()
 }
 
+/// The edge in front of `upstreams`, forwarding `/socket.io/`, with `extra` flags.
+fn edge(io: Io, upstreams: &[SocketAddr], extra: &[&str]) -> Server {
+    Server::start(
+        io,
+        &edge_args(upstreams, extra)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// [`edge`] with a TLS listener on `cert` besides.
+fn edge_tls(io: Io, cert: &common::Cert, upstreams: &[SocketAddr], extra: &[&str]) -> Server {
+    let args = edge_args(upstreams, extra);
+    Server::start_tls(
+        io,
+        cert,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+fn edge_args(upstreams: &[SocketAddr], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--after", "proxy", "--http-path", "/socket.io/"]
+        .map(String::from)
+        .to_vec();
+    for upstream in upstreams {
+        args.extend(["--upstream".to_owned(), upstream.to_string()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: app\r\n{extra}\r\n").into_bytes()
 }
@@ -62,15 +94,7 @@ fn body(server: &Server, request: &[u8]) -> (common::Head, String) {
 
 fn forwards_with_the_edges_framing_and_headers(io: Io) {
     let (up, seen) = naming_upstream("a");
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[up], &[]);
     // A poll's POST with a forged address, then a pipelined request the edge never forwards.
     let request = b"POST /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\nHost: app\r\n\
         X-Forwarded-For: 6.6.6.6\r\nConnection: keep-alive\r\nContent-Length: 6\r\n\r\n\
@@ -106,17 +130,7 @@ fn refuses_what_could_be_smuggled_or_is_too_large(io: Io) {
     let up = common::raw_upstream(8, move |_, _| {
         count.fetch_add(1, Relaxed);
     });
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--http-max-body",
-        "1000",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[up], &["--http-max-body", "1000"]);
     let cases: [(&[u8], u16); 5] = [
         (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413),
         (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
@@ -140,17 +154,7 @@ fn a_silent_upstream_is_a_504_at_the_http_timeout(io: Io) {
     let up = common::raw_upstream(1, move |stream, _| {
         let _ = hold.send(stream);
     });
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--http-timeout",
-        "1s",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[up], &["--http-timeout", "1s"]);
     let (head, _) = exchange(&server, &get("/socket.io/", ""));
     assert_eq!(head.status, 504);
     drop(held);
@@ -163,15 +167,7 @@ fn a_long_poll_held_25_seconds_is_answered(io: Io) {
         std::thread::sleep(std::time::Duration::from_secs(25));
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n6");
     });
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[up], &[]);
     let mut stream = server.connect();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
@@ -192,17 +188,7 @@ fn an_upstream_that_keeps_its_connection_does_not_hold_the_client(io: Io) {
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra");
         std::thread::sleep(std::time::Duration::from_secs(40));
     });
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--http-timeout",
-        "120s",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[up], &["--http-timeout", "120s"]);
     // `exchange` reads with the tests' deadline (15 s): the close must come well before the
     // upstream lets go (40 s) or the HTTP timeout (120 s).
     let (head, body) = body(&server, &get("/socket.io/", ""));
@@ -215,19 +201,7 @@ fn an_upstream_that_keeps_its_connection_does_not_hold_the_client(io: Io) {
 fn a_sticky_cookie_keeps_requests_and_the_upgrade_on_one_upstream(io: Io) {
     let (a, _seen_a) = naming_upstream("a");
     let (b, _seen_b) = naming_upstream("b");
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &a.to_string(),
-        "--upstream",
-        &b.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--sticky-cookie",
-        "srv",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[a, b], &["--sticky-cookie", "srv"]);
     let (head, first) = body(&server, &get("/socket.io/", ""));
     let set = head
         .header("set-cookie")
@@ -269,19 +243,7 @@ fn a_client_whose_upstream_is_gone_is_moved_with_a_new_cookie(io: Io) {
         .unwrap()
         .local_addr()
         .unwrap();
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &a.to_string(),
-        "--upstream",
-        &gone.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--sticky-cookie",
-        "srv",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(io, &[a, gone], &["--sticky-cookie", "srv"]);
     let id = wsedge::proxy::sticky::upstream_id(gone);
     let (head, body) = body(
         &server,
@@ -302,17 +264,7 @@ fn over_tls_the_cookie_is_secure(io: Io) {
     let (a, _seen) = naming_upstream("a");
     let dir = common::scratch(&format!("http-paths-{io:?}"));
     let cert = common::cert(&dir, "server", &["127.0.0.1"]);
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &a.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--sticky-cookie",
-        "srv",
-    ];
-    let server = Server::start_tls(io, &cert, &args);
+    let server = edge_tls(io, &cert, &[a], &["--sticky-cookie", "srv"]);
     let url = format!("https://{}/socket.io/?EIO=4", server.tls_addr());
     let output = Command::new("curl")
         .args(["-sS", "-i", "--max-time", "15", "--cacert"])
@@ -333,19 +285,16 @@ fn over_tls_the_cookie_is_secure(io: Io) {
 /// `--allowed-origin` and `--auth-token` hold for plain requests as for upgrades.
 fn origin_and_token_rules_hold_for_plain_requests(io: Io) {
     let (a, _seen) = naming_upstream("a");
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &a.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--allowed-origin",
-        "https://app.example",
-        "--auth-token",
-        "s3cret",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(
+        io,
+        &[a],
+        &[
+            "--allowed-origin",
+            "https://app.example",
+            "--auth-token",
+            "s3cret",
+        ],
+    );
     let (head, _) = exchange(
         &server,
         &get(
@@ -372,19 +321,11 @@ fn origin_and_token_rules_hold_for_plain_requests(io: Io) {
 /// A forwarded answer is an outcome of its own: the counters still add up to `accepted`.
 fn forwarded_requests_are_counted_as_their_own_outcome(io: Io) {
     let (a, _seen) = naming_upstream("a");
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &a.to_string(),
-        "--http-path",
-        "/socket.io/",
-        "--http-max-body",
-        "10",
-        "--metrics",
-        "127.0.0.1:0",
-    ];
-    let server = Server::start(io, &args);
+    let server = edge(
+        io,
+        &[a],
+        &["--http-max-body", "10", "--metrics", "127.0.0.1:0"],
+    );
     for _ in 0..3 {
         assert_eq!(body(&server, &get("/socket.io/", "")).1, "a");
     }
@@ -428,15 +369,7 @@ fn large_answers_arrive_whole_over_plain_and_tls(io: Io) {
     });
     let dir = common::scratch(&format!("http-large-{io:?}"));
     let cert = common::cert(&dir, "server", &["127.0.0.1"]);
-    let args = [
-        "--after",
-        "proxy",
-        "--upstream",
-        &up.to_string(),
-        "--http-path",
-        "/socket.io/",
-    ];
-    let server = Server::start_tls(io, &cert, &args);
+    let server = edge_tls(io, &cert, &[up], &[]);
     for (scheme, addr) in [("http", server.addr), ("https", server.tls_addr())] {
         for path in ["/socket.io/length", "/socket.io/chunked"] {
             let output = Command::new("curl")

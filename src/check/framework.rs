@@ -125,13 +125,8 @@ fn socketio(
         ));
     }
     let ws = path_with(url, "", &format!("EIO=4&transport=websocket&sid={sid}"));
-    let mut stream = match open_for(&ws, options, report)? {
-        Ok(stream) => stream,
-        Err(verdict) => return Ok(verdict),
-    };
-    let extra: Vec<String> = cookie_header(&cookies).into_iter().collect();
-    let early = match upgrade(&mut stream, &ws, options, &extra, report)? {
-        Ok((_, early)) => early,
+    let (mut stream, early) = match upgraded(&ws, options, &cookies, report)? {
+        Ok(upgraded) => upgraded,
         Err(Verdict::Status { code: 400, hint })
             if hint
                 .as_deref()
@@ -196,13 +191,8 @@ fn sockjs(url: &CheckUrl, options: &CheckOptions, report: &mut Report) -> Result
         .collect();
     let server = u16::from(nonce[8]) % 1000;
     let ws = path_with(url, &format!("{server:03}/{session}/websocket"), "");
-    let mut stream = match open_for(&ws, options, report)? {
-        Ok(stream) => stream,
-        Err(verdict) => return Ok(verdict),
-    };
-    let extra: Vec<String> = cookie_header(&cookies).into_iter().collect();
-    let early = match upgrade(&mut stream, &ws, options, &extra, report)? {
-        Ok((_, early)) => early,
+    let (mut stream, early) = match upgraded(&ws, options, &cookies, report)? {
+        Ok(upgraded) => upgraded,
         Err(verdict) => return Ok(verdict),
     };
     let deadline = Instant::now() + options.timeout;
@@ -216,11 +206,22 @@ fn sockjs(url: &CheckUrl, options: &CheckOptions, report: &mut Report) -> Result
     ))
 }
 
-/// Connects for one more step (each step its own connection, as the clients do).
-fn open_for(url: &CheckUrl, options: &CheckOptions, report: &mut Report) -> super::Step<Stream> {
+/// The upgrade step, on a connection of its own as the clients make it, with the `cookies`
+/// the framework's first answer set: the stream and what came after the 101.
+fn upgraded(
+    url: &CheckUrl,
+    options: &CheckOptions,
+    cookies: &[String],
+    report: &mut Report,
+) -> super::Step<(Stream, Vec<u8>)> {
     // Each step's timings are its own; the report keeps the last connection's.
     report.timings.clear();
-    open(url, options, report)
+    let mut stream = match open(url, options, report)? {
+        Ok(stream) => stream,
+        Err(verdict) => return Ok(Err(verdict)),
+    };
+    let extra: Vec<String> = cookie_header(cookies).into_iter().collect();
+    Ok(upgrade(&mut stream, url, options, &extra, report)?.map(|(_, early)| (stream, early)))
 }
 
 /// One plain `GET` on a connection of its own, read to its end.

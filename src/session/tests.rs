@@ -670,16 +670,12 @@ fn a_client_past_its_patience_is_shed_and_a_young_one_read() {
     assert_eq!(step, HelloStep::Read);
 }
 
-/// A sticky (or hashed) client waits for its own upstream while another has room: handed
-/// out of the queue and sent back, it waits aside for the rest of the turn; the turn ends
-/// (it looped forever), and once its upstream has room it goes there.
-#[test]
-fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
+/// A proxy-mode driver, its configuration adjusted by `adjust`.
+fn proxy_driver(adjust: impl FnOnce(&mut ConnConfig)) -> Driver {
     let mut config = (*driver(Limits::default()).config).clone();
     config.after = AfterUpgrade::Proxy;
-    config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
-    config.proxy.sticky_cookie = Some("srv".into());
-    let mut driver = Driver::new(
+    adjust(&mut config);
+    Driver::new(
         Arc::new(config),
         Arc::new(Counters::default()),
         Limits::default(),
@@ -687,7 +683,18 @@ fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
         Arc::new(crate::policy::Shutdown::default()),
         None,
         Arc::default(),
-    );
+    )
+}
+
+/// A sticky (or hashed) client waits for its own upstream while another has room: handed
+/// out of the queue and sent back, it waits aside for the rest of the turn; the turn ends
+/// (it looped forever), and once its upstream has room it goes there.
+#[test]
+fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
+    let mut driver = proxy_driver(|config| {
+        config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
+        config.proxy.sticky_cookie = Some("srv".into());
+    });
     // A first client takes the one pending slot of some upstream.
     let mut first = accept(&mut driver, 0, "192.0.2.1", 0);
     let mut cx = driver.cx(0, &mut first.out);
@@ -743,20 +750,11 @@ fn a_client_waiting_for_its_own_busy_upstream_is_handed_out_once_a_turn() {
 /// pending upgrades: it takes no slot of `--upstream-max-pending`.
 #[test]
 fn a_forwarded_plain_request_takes_no_pending_slot() {
-    let mut config = (*driver(Limits::default()).config).clone();
-    config.after = AfterUpgrade::Proxy;
-    config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
-    config.proxy.upstreams.truncate(1);
-    config.policy.http_paths = vec!["/socket.io/".into()];
-    let mut driver = Driver::new(
-        Arc::new(config),
-        Arc::new(Counters::default()),
-        Limits::default(),
-        7,
-        Arc::new(crate::policy::Shutdown::default()),
-        None,
-        Arc::default(),
-    );
+    let mut driver = proxy_driver(|config| {
+        config.proxy.max_pending = crate::proxy::pending::PendingLimit::Fixed(1);
+        config.proxy.upstreams.truncate(1);
+        config.policy.http_paths = vec!["/socket.io/".into()];
+    });
     let open = |driver: &mut Driver, peer: &mut Peer, key| {
         driver.open_upstream(
             (key, &mut peer.parts),
