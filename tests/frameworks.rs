@@ -11,12 +11,10 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
-use common::{Io, Server, DEADLINE};
+use common::{Io, Server};
 
 fn thirdparty() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty")
@@ -48,25 +46,8 @@ struct App {
 
 impl App {
     fn start(mut command: Command) -> App {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the app server");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("listening ") {
-                    let _ = tx.send(port.trim().to_owned());
-                }
-            }
-        });
-        let Ok(port) = rx.recv_timeout(DEADLINE) else {
-            let _ = child.kill();
-            panic!("the app server did not start");
-        };
+        command.stdin(Stdio::null());
+        let (child, port) = common::start_listening(&mut command, "the app server");
         App {
             child,
             addr: format!("127.0.0.1:{port}"),

@@ -566,6 +566,31 @@ pub fn tungstenite_upstream() -> SocketAddr {
     addr
 }
 
+/// Spawns `command` (an app server that prints "listening PORT" once it accepts
+/// connections; its stdin as the caller set it) and waits for that line: the child and its
+/// port.
+pub fn start_listening(command: &mut Command, what: &str) -> (Child, u16) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line.strip_prefix("listening ") {
+                let _ = tx.send(port.trim().parse::<u16>().expect("port"));
+            }
+        }
+    });
+    let Ok(port) = rx.recv_timeout(DEADLINE) else {
+        let _ = child.kill();
+        panic!("{what} did not start");
+    };
+    (child, port)
+}
+
 /// The Python `websockets` app server, stopped on drop.
 pub struct PythonUpstream {
     child: Child,
@@ -605,28 +630,14 @@ impl PythonUpstream {
             eprintln!("skipping: {python:?} is missing (run .ci/run to install it)");
             return None;
         }
-        let mut child = Command::new(python)
+        let mut command = Command::new(python);
+        command
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams/python_upstream.py"))
             .arg(port.to_string())
             .env("WSEDGE_DEFLATE", if deflate { "1" } else { "0" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the Python upstream");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.strip_prefix("listening ") {
-                    let _ = tx.send(port.trim().parse::<u16>().expect("port"));
-                }
-            }
-        });
-        let Ok(port) = rx.recv_timeout(DEADLINE) else {
-            let _ = child.kill();
-            panic!("the Python upstream did not start");
-        };
+            // Ends when its stdin closes: never outlives its test.
+            .stdin(Stdio::piped());
+        let (child, port) = start_listening(&mut command, "the Python upstream");
         Some(PythonUpstream {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
