@@ -239,6 +239,10 @@ fn every_rejection_is_a_complete_response() {
         );
         assert_eq!(header("Connection"), Some("close"));
         let required: &[(&str, &str)] = match rejection.status() {
+            // A method `--http-path` does not forward: the ones it does.
+            Status::MethodNotAllowed if rejection == Answer::Rejected(HttpMethodNotForwarded) => {
+                &[("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
+            }
             Status::MethodNotAllowed => &[("Allow", "GET")],
             Status::UpgradeRequired
                 if matches!(
