@@ -345,18 +345,14 @@ fn validate<'b>(
         _ => return Err(Rejection::RepeatedHost),
     }
     let (path, query) = split_target(target).ok_or(Rejection::MalformedTarget)?;
-    let http = !seen.upgrade_websocket && policy.http_paths.iter().any(|p| is_under(path, p));
-    let http = if http {
-        Some(validate_http(method, path, &seen, policy)?)
-    } else if method != "GET" {
-        return Err(Rejection::MethodNotAllowed);
-    } else {
-        None
-    };
-    // The rules of who may come in hold for both kinds of request.
-    check_origin_and_token(&seen, query, policy)?;
-    if let Some(http) = http {
+    if !seen.upgrade_websocket && policy.http_paths.iter().any(|p| is_under(path, p)) {
+        let http = validate_http(method, path, &seen, policy)?;
+        // Who may come in is decided as for an upgrade.
+        check_origin_and_token(&seen, query, policy)?;
         return Ok(http);
+    }
+    if method != "GET" {
+        return Err(Rejection::MethodNotAllowed);
     }
     if seen.has_body {
         // An upgrade carries no body; bytes after the header block are frames. Accepting a
@@ -383,6 +379,7 @@ fn validate<'b>(
         1 => return Err(Rejection::InvalidKey),
         _ => return Err(Rejection::RepeatedKey),
     }
+    check_origin_and_token(&seen, query, policy)?;
     let protocol = choose_subprotocol(request.headers, &policy.subprotocols);
     if protocol.is_none() && policy.require_subprotocol {
         return Err(Rejection::NoAcceptableSubprotocol);
