@@ -164,18 +164,29 @@ fn sockjs(io: Io) {
     };
     let a = App::node(&modules, "upstreams/sockjs_server.js", "a");
     let b = App::node(&modules, "upstreams/sockjs_server.js", "b");
-    let (server, _) = edge(io, &[&a, &b], "/sockjs/", true);
-    let args = [
+    let (server, ca) = edge(io, &[&a, &b], "/sockjs/", true);
+    let urls = [
         format!("http://{}/sockjs", server.addr),
-        CLIENTS.to_string(),
+        format!("https://{}/sockjs", server.tls_addr()),
     ];
-    let (ok, report) = node_client(&modules, "clients/sockjs_client.js", &args);
-    let expected = format!("clients {CLIENTS} echoed {CLIENTS} transports websocket");
-    assert!(
-        ok && report.contains(&expected),
-        "{report}\nedge log:\n{}",
-        server.log()
-    );
+    for url in urls {
+        let output = Command::new("node")
+            .env("NODE_PATH", &modules)
+            // The test certificate, trusted by every TLS client of the process.
+            .env("NODE_EXTRA_CA_CERTS", &ca)
+            .arg(script("clients/sockjs_client.js"))
+            .args([url.as_str(), &CLIENTS.to_string()])
+            .output()
+            .expect("run the client");
+        let report = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        let expected = format!("clients {CLIENTS} echoed {CLIENTS} transports websocket");
+        assert!(
+            output.status.success() && report.contains(&expected),
+            "{url}: {report}\nedge log:\n{}",
+            server.log()
+        );
+    }
 }
 
 on_both_backends!(socketio_node, socketio_python, sockjs);
