@@ -183,17 +183,33 @@ fn a_long_poll_held_25_seconds_is_answered(io: Io) {
 /// An upstream that answers (a refusal here) and keeps its connection: the client has its
 /// whole answer and its connection closed at the answer's end, not at a timeout.
 fn an_upstream_that_keeps_its_connection_does_not_hold_the_client(io: Io) {
-    let up = common::raw_upstream(1, |mut stream, _| {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope");
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra");
-        std::thread::sleep(std::time::Duration::from_secs(40));
-    });
-    let server = edge(io, &[up], &["--http-timeout", "120s"]);
-    // `exchange` reads with the tests' deadline (15 s): the close must come well before the
-    // upstream lets go (40 s) or the HTTP timeout (120 s).
-    let (head, body) = body(&server, &get("/socket.io/", ""));
-    assert_eq!(head.status, 404);
-    assert_eq!(body, "nope", "the answer's bytes, none after them");
+    // A refusal framed by its length, and an answer framed by chunks: each followed by
+    // bytes nobody framed, and the connection kept.
+    let answers: [(&[u8], u16, &str); 2] = [
+        (
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+            404,
+            "nope",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            200,
+            "2\r\nok\r\n0\r\n\r\n",
+        ),
+    ];
+    for (answer, status, expected) in answers {
+        let up = common::raw_upstream(1, move |mut stream, _| {
+            let _ = stream.write_all(answer);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra");
+            std::thread::sleep(std::time::Duration::from_secs(40));
+        });
+        let server = edge(io, &[up], &["--http-timeout", "120s"]);
+        // `exchange` reads with the tests' deadline (15 s): the close must come well before
+        // the upstream lets go (40 s) or the HTTP timeout (120 s).
+        let (head, body) = body(&server, &get("/socket.io/", ""));
+        assert_eq!(head.status, status);
+        assert_eq!(body, expected, "the answer's bytes, none after them");
+    }
 }
 
 /// The first answer to a client sets the cookie; with it, its requests and its upgrade go

@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wsedge::handshake::{accept_key, ResponseCheck};
+use wsedge::proxy::chunked::ChunkedEnd;
 use wsedge::proxy::http::{answer_head, write_client_answer_head, AnswerHead};
 use wsedge::proxy::{answer_length, check_upstream_response, AnswerLength};
 
@@ -53,5 +54,23 @@ fuzz_target!(|response: &[u8]| {
             .filter(|h| h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive"))
             .collect();
         assert!(connection.len() == 1 && connection[0].value == b"close", "{connection:?}");
+    }
+    // The same bytes as a chunked body: its end (or its break) does not depend on how the
+    // bytes are split, and never lies past them.
+    let whole = ChunkedEnd::default().feed(response);
+    if let Ok(Some(end)) = whole {
+        assert!(end <= response.len());
+    }
+    let cut = response.len() / 2;
+    let mut split = ChunkedEnd::default();
+    let first = split.feed(&response[..cut]);
+    let joined = match first {
+        Ok(None) => split.feed(&response[cut..]).map(|end| end.map(|n| n + cut)),
+        other => other,
+    };
+    match (whole, joined) {
+        (Err(_), Err(_)) => {}
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "split at {cut}"),
+        (a, b) => panic!("whole {a:?}, split {b:?}"),
     }
 });

@@ -30,7 +30,7 @@ use crate::handshake::{
     Refusal, Rejection, ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
 use crate::proxy::health::Failure;
-use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead};
+use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead, BodyEnd};
 use crate::proxy::{
     answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
     Forwarded, Peers, ProxyConfig, MAX_PASSED_ANSWER_BYTES,
@@ -200,10 +200,9 @@ struct Buffers {
     /// `--sticky-cookie`: the upstream id the answer sets in the client's cookie, and
     /// whether the cookie is `Secure` (the client came over TLS).
     set_cookie: Option<(u64, bool)>,
-    /// Exchanging: the body bytes of the answer still to relay after those passed with its
-    /// head, when its length is known (`None`: until the upstream closes), until the relay
-    /// takes it ([`Conn::take_answer_body_left`]).
-    answer_body_left: Option<Option<u64>>,
+    /// Exchanging: where the answer's body ends, past the bytes passed with its head, until
+    /// the relay takes it ([`Conn::take_answer_end`]).
+    answer_end: Option<BodyEnd>,
 }
 
 impl Conn {
@@ -229,7 +228,7 @@ impl Conn {
             b.pending.is_empty()
                 && b.message.is_empty()
                 && b.held.is_empty()
-                && b.answer_body_left.is_none()
+                && b.answer_end.is_none()
         }) && self.phase != Phase::Answering;
         if idle {
             self.buffers = None;
@@ -602,13 +601,12 @@ impl Conn {
             .buffers
             .as_ref()
             .is_some_and(|b| b.pending.starts_with(b"HEAD "));
-        let body_len = match answer_length(&answer[..head_len]) {
-            _ if head_request => Some(0),
-            AnswerLength::Exactly(total) => Some(total.saturating_sub(head_len as u64)),
-            _ => None,
-        };
+        let mut end = BodyEnd::of(&answer[..head_len], head_request);
         let arrived = &answer[head_len..];
-        let passed = body_len.map_or(arrived.len(), |len| arrived.len().min(len as usize));
+        let (passed, over) = end.pass(arrived);
+        if over {
+            end = BodyEnd::Length(0);
+        }
         let mut cookie = Vec::new();
         if let (Some((id, secure)), Some(name)) =
             (self.buffers().set_cookie, &cx.config.proxy.sticky_cookie)
@@ -621,22 +619,16 @@ impl Conn {
         self.upstream_outcome = Some(UpstreamOutcome::Served);
         self.phase = Phase::Exchanging;
         self.drop_input();
-        let left = body_len.map(|len| len - passed as u64);
-        self.buffers().answer_body_left = Some(left);
+        self.buffers().answer_end = Some(end);
         self.touch(cx);
         Next::Relay
     }
 
-    /// Exchanging, once: how many bytes of the answer's body the relay still passes
-    /// (`None`: until the upstream closes).
-    pub fn take_answer_body_left(&mut self) -> Option<u64> {
-        let left = self
-            .buffers
-            .as_mut()
-            .and_then(|b| b.answer_body_left.take())
-            .flatten();
+    /// Exchanging, once: where the rest of the answer's body ends, for the relay.
+    pub fn take_answer_end(&mut self) -> BodyEnd {
+        let end = self.buffers.as_mut().and_then(|b| b.answer_end.take());
         self.release_idle_buffers();
-        left
+        end.unwrap_or(BodyEnd::Close)
     }
 
     /// Passes an upstream's refusal on, up to the end of its body.

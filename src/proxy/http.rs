@@ -11,6 +11,7 @@
 //! as the answer to another request. Smuggling needs two messages on one connection;
 //! there never are.
 
+use super::chunked::ChunkedEnd;
 use super::{answer_length, AnswerLength};
 use crate::handshake::MAX_HEADERS;
 
@@ -73,6 +74,76 @@ pub fn answer_head(bytes: &[u8]) -> AnswerHead {
         AnswerLength::Exactly(_) | AnswerLength::UntilClose => {
             AnswerHead::Final { head_len, status }
         }
+    }
+}
+
+/// Where an answer's body ends, as the relay passes it on: the client is given the body and
+/// nothing after it, whatever the upstream sends or keeps open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// After this many more bytes.
+    Length(u64),
+    /// After the last chunk and the trailers.
+    Chunked(ChunkedEnd),
+    /// When the upstream closes (no length, or a transfer coding other than chunked last).
+    Close,
+}
+
+impl BodyEnd {
+    /// Where the body of the answer whose complete head is `head` ends (`head_request`: the
+    /// request was a `HEAD`, whose answer has no body whatever its head says).
+    pub fn of(head: &[u8], head_request: bool) -> BodyEnd {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        if head_request || parsed.parse(head).is_err() {
+            return BodyEnd::Length(0);
+        }
+        let chunked_last = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .last()
+            .map(|h| {
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+            });
+        match (chunked_last, answer_length(head)) {
+            (_, AnswerLength::Exactly(total))
+                if matches!(parsed.code, Some(100..=199 | 204 | 304)) =>
+            {
+                BodyEnd::Length(total.saturating_sub(head.len() as u64))
+            }
+            (Some(true), _) => BodyEnd::Chunked(ChunkedEnd::default()),
+            (Some(false), _) => BodyEnd::Close,
+            (None, AnswerLength::Exactly(total)) => {
+                BodyEnd::Length(total.saturating_sub(head.len() as u64))
+            }
+            (None, _) => BodyEnd::Close,
+        }
+    }
+
+    /// Of `bytes`, the body's next ones, how many belong to it, and whether it is over
+    /// after them. A chunked body that breaks its grammar is over where it broke: the
+    /// client, which reads the same framing, sees it cut.
+    pub fn pass(&mut self, bytes: &[u8]) -> (usize, bool) {
+        match self {
+            BodyEnd::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                (take as usize, *left == 0)
+            }
+            BodyEnd::Chunked(reader) => match reader.feed(bytes) {
+                Ok(Some(end)) => (end, true),
+                Ok(None) => (bytes.len(), false),
+                Err(_) => (0, true),
+            },
+            BodyEnd::Close => (bytes.len(), false),
+        }
+    }
+
+    /// Whether the end is found in the bytes (not at the upstream's close).
+    pub fn is_framed(&self) -> bool {
+        !matches!(self, BodyEnd::Close)
     }
 }
 
@@ -192,6 +263,37 @@ mod tests {
         ]
         .concat();
         assert_eq!(answer_head(&endless), AnswerHead::Invalid);
+    }
+
+    #[test]
+    fn a_body_ends_by_its_length_its_last_chunk_or_the_close() {
+        let end = |head: &[u8]| BodyEnd::of(head, false);
+        assert_eq!(
+            end(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"),
+            BodyEnd::Length(3)
+        );
+        assert_eq!(
+            end(b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n"),
+            BodyEnd::Length(0)
+        );
+        assert_eq!(
+            BodyEnd::of(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true),
+            BodyEnd::Length(0)
+        );
+        assert!(matches!(
+            end(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            BodyEnd::Chunked(_)
+        ));
+        assert_eq!(
+            end(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            BodyEnd::Close
+        );
+        assert_eq!(end(b"HTTP/1.1 200 OK\r\n\r\n"), BodyEnd::Close);
+        let mut chunked = end(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.pass(b"2\r\nok\r\n"), (7, false));
+        assert_eq!(chunked.pass(b"0\r\n\r\nHTTP/1.1 200 smuggled"), (5, true));
+        let mut broken = end(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(broken.pass(b"zz\r\n"), (0, true));
     }
 
     #[test]

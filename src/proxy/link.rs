@@ -18,6 +18,7 @@
 //! directions: its alert goes to the client, then both FINs. Such a relay never splices
 //! (the bytes have to pass through the cipher) and is written from the pipes only.
 
+use super::http::BodyEnd;
 use super::{Fin, Pipe};
 use crate::transport::{TlsEnd, TlsLink, Transport};
 
@@ -92,9 +93,9 @@ pub struct Link {
     to_upstream: Flow,
     /// The client's TLS session, once the relay has started.
     tls: Option<Box<TlsLink>>,
-    /// An exchange's answer whose length is known: the bytes still to pass to the client.
-    /// The rest of what the upstream sends is dropped, and the relay ends at the last one.
-    answer_left: Option<u64>,
+    /// An exchange whose answer's end is in its bytes (a length, the last chunk): where it
+    /// ends. What the upstream sends after it is dropped, and the relay ends there.
+    answer_end: Option<BodyEnd>,
     /// Counts this connection against its upstream until the link goes.
     lease: Option<super::Lease>,
 }
@@ -141,7 +142,7 @@ impl Link {
             to_client,
             to_upstream: Flow::default(),
             tls: None,
-            answer_left: None,
+            answer_end: None,
             lease: None,
         }
     }
@@ -162,24 +163,18 @@ impl Link {
     /// (Node's and others' HTTP servers abort a request whose client half-closes), and the
     /// pair closes once the upstream's close has reached the client.
     ///
-    /// With `body_left` (the answer's body still to come, when its length is known) the
-    /// relay passes exactly that much more and ends there, whatever the upstream does after
-    /// it (an upstream that keeps the connection open, or sends more).
-    pub fn begin_exchange(
-        &mut self,
-        transport: &mut Transport,
-        answer: &[u8],
-        body_left: Option<u64>,
-    ) {
+    /// The relay passes the rest of the body up to `end` and ends there, whatever the
+    /// upstream does after it (keeps its connection open, or sends more).
+    pub fn begin_exchange(&mut self, transport: &mut Transport, answer: &[u8], end: BodyEnd) {
         self.began = true;
         self.tls = transport.take_tls();
         self.relay_in(Side::Upstream, answer);
         self.to_upstream.fin.read();
         let _ = self.to_upstream.fin.pass_now(false);
-        self.answer_left = body_left;
-        if body_left == Some(0) {
-            self.end_of(Side::Upstream);
+        if end == BodyEnd::Length(0) {
+            return self.end_of(Side::Upstream);
         }
+        self.answer_end = Some(end).filter(BodyEnd::is_framed);
     }
 
     /// Whether the edge, closing the upstream's socket now, resets it. Before the relay
@@ -194,18 +189,18 @@ impl Link {
     /// Whether the relayed bytes are the sockets' bytes (no TLS to pass through): only then
     /// may a backend write straight from its read buffer or splice.
     pub fn is_plain(&self) -> bool {
-        // An answer of known length is counted as it passes: through the pipes only.
-        self.tls.is_none() && self.answer_left.is_none()
+        // An answer whose end is in its bytes is read as it passes: through the pipes only.
+        self.tls.is_none() && self.answer_end.is_none()
     }
 
     /// Bytes read from `source`, queued toward the other side (through the client's TLS
     /// session, if it has one).
     pub fn relay_in(&mut self, source: Side, mut bytes: &[u8]) {
-        if let (Side::Upstream, Some(left)) = (source, self.answer_left) {
-            let passed = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if let (Side::Upstream, Some(end)) = (source, self.answer_end.as_mut()) {
+            let (passed, over) = end.pass(bytes);
             bytes = &bytes[..passed];
-            self.answer_left = Some(left - passed as u64);
-            if left == passed as u64 {
+            if over {
+                self.answer_end = None;
                 self.relay_in_unlimited(source, bytes);
                 return self.end_of(Side::Upstream);
             }
@@ -304,7 +299,11 @@ mod tests {
     #[test]
     fn an_exchange_never_reads_the_client_and_ends_with_the_upstreams_close() {
         let mut link = Link::new(0, 1);
-        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\n", None);
+        link.begin_exchange(
+            &mut Transport::Plain,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            BodyEnd::Close,
+        );
         assert!(!link.may_read(Side::Client), "the client is not read");
         assert!(
             !link.toward(Side::Upstream).fin_due(false),
@@ -322,7 +321,8 @@ mod tests {
     #[test]
     fn an_answer_of_known_length_ends_at_its_last_byte_whatever_follows() {
         let mut link = Link::new(0, 1);
-        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\nab", Some(1));
+        let end = BodyEnd::Length(1);
+        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\nab", end);
         assert!(!link.is_plain(), "counted through the pipes");
         link.relay_in(Side::Upstream, b"cHTTP/1.1 200 smuggled");
         let pipe = &mut link.toward(Side::Client).pipe;
@@ -337,9 +337,19 @@ mod tests {
         link.begin_exchange(
             &mut Transport::Plain,
             b"HTTP/1.1 204 No Content\r\n\r\n",
-            Some(0),
+            BodyEnd::Length(0),
         );
         assert!(!link.may_read(Side::Upstream));
+        // A chunked one at its last chunk, however the bytes come.
+        let mut link = Link::new(0, 1);
+        let chunked = BodyEnd::Chunked(Default::default());
+        link.begin_exchange(&mut Transport::Plain, b"HTTP/1.1 200 OK\r\n\r\n", chunked);
+        link.relay_in(Side::Upstream, b"3\r\nabc\r");
+        assert!(link.may_read(Side::Upstream));
+        link.relay_in(Side::Upstream, b"\n0\r\n\r\nHTTP/1.1 200 smuggled");
+        assert!(!link.may_read(Side::Upstream), "over at its last chunk");
+        let pipe = &mut link.toward(Side::Client).pipe;
+        assert!(pipe.unsent().ends_with(b"3\r\nabc\r\n0\r\n\r\n"));
     }
 
     #[test]

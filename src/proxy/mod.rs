@@ -24,6 +24,7 @@
 //! | a client's upstream side: attempts, bytes and FINs each way, when a relay is over | [`Link`], [`Fin`] |
 
 mod affinity;
+pub mod chunked;
 mod fin;
 mod forward;
 pub mod health;

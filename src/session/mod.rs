@@ -595,8 +595,8 @@ impl Driver {
             lease.answered();
         }
         if parts.conn.is_exchange() {
-            let body_left = parts.conn.take_answer_body_left();
-            link.begin_exchange(&mut parts.transport, answer, body_left);
+            let end = parts.conn.take_answer_end();
+            link.begin_exchange(&mut parts.transport, answer, end);
         } else {
             let held = parts.conn.take_held_client_bytes();
             link.begin(&mut parts.transport, answer, &held);
