@@ -101,8 +101,7 @@ impl BodyEnd {
         let chunked_last = parsed
             .headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            .last()
+            .rfind(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
             .map(|h| {
                 let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
                 last.trim_ascii().eq_ignore_ascii_case(b"chunked")
