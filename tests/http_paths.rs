@@ -99,10 +99,10 @@ fn forwards_with_the_edges_framing_and_headers(io: Io) {
     let request = b"POST /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\nHost: app\r\n\
         X-Forwarded-For: 6.6.6.6\r\nConnection: keep-alive\r\nContent-Length: 6\r\n\r\n\
         4helloGET /socket.io/admin HTTP/1.1\r\nHost: app\r\n\r\n";
-    let (head, body) = body(&server, request);
+    let (head, answer) = body(&server, request);
     assert_eq!(head.status, 200);
     assert_eq!(head.header("connection"), Some("close"));
-    assert_eq!(body, "a");
+    assert_eq!(answer, "a");
     let forwarded = String::from_utf8(seen.recv_timeout(DEADLINE).unwrap()).unwrap();
     assert!(forwarded.starts_with("POST /socket.io/?EIO=4&transport=polling&sid=s HTTP/1.1\r\n"));
     assert!(
@@ -119,6 +119,21 @@ fn forwards_with_the_edges_framing_and_headers(io: Io) {
         seen.try_recv().is_err(),
         "the pipelined request was not forwarded"
     );
+    // A chunked body (Node's clients send one when they stream a POST) is decoded and
+    // forwarded with its length; its trailers and what follows stay behind.
+    let chunked = b"POST /socket.io/?sid=s HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+        3\r\n4he\r\n3;ext=1\r\nllo\r\n0\r\nX-Trailer: t\r\n\r\nGET /socket.io/admin HTTP/1.1\r\n\r\n";
+    assert_eq!(body(&server, chunked).1, "a");
+    let forwarded = String::from_utf8(seen.recv_timeout(DEADLINE).unwrap()).unwrap();
+    assert!(
+        forwarded.contains("Connection: close\r\nContent-Length: 6\r\n"),
+        "{forwarded}"
+    );
+    assert!(
+        !forwarded.to_ascii_lowercase().contains("transfer-encoding"),
+        "{forwarded}"
+    );
+    assert!(forwarded.ends_with("\r\n\r\n4hello"), "{forwarded}");
     // Outside the prefix, a request that is not an upgrade is still a 426.
     let (head, _) = exchange(&server, &get("/other", ""));
     assert_eq!(head.status, 426);
@@ -131,10 +146,17 @@ fn refuses_what_could_be_smuggled_or_is_too_large(io: Io) {
         count.fetch_add(1, Relaxed);
     });
     let server = edge(io, &[up], &["--http-max-body", "1000"]);
-    let cases: [(&[u8], u16); 5] = [
+    let mut too_much =
+        b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    too_much.extend_from_slice(b"3e9\r\n");
+    too_much.extend_from_slice(&[b'x'; 1001]);
+    too_much.extend_from_slice(b"\r\n0\r\n\r\n");
+    let cases: [(&[u8], u16); 7] = [
         (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413),
+        (&too_much, 413),
         (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 411),
+        (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 411),
+        (b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", 400),
         (b"GET /socket.io/../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"TRACE /socket.io/ HTTP/1.1\r\nHost: a\r\n\r\n", 405),
     ];

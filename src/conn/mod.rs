@@ -29,6 +29,7 @@ use crate::handshake::{
     parse_request, write_rejection, write_switching_protocols, Answer, HttpRequest, Parse, Policy,
     Refusal, Rejection, ResponseCheck, ResponseError, MAX_RESPONSE_LEN,
 };
+use crate::proxy::chunked::{self, ChunkedEnd};
 use crate::proxy::health::Failure;
 use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead, BodyEnd};
 use crate::proxy::{
@@ -197,6 +198,10 @@ struct Buffers {
     http_body_len: Option<u64>,
     /// A `100 Continue` was sent for the body the client holds back.
     continued: bool,
+    /// A chunked request body: its reader and how many of its bytes it has read, while it
+    /// arrives; then the decoded body, forwarded with a `Content-Length`.
+    chunked: Option<(ChunkedEnd, usize)>,
+    decoded_body: Option<Vec<u8>>,
     /// `--sticky-cookie`: the upstream id the answer sets in the client's cookie, and
     /// whether the cookie is `Secure` (the client came over TLS).
     set_cookie: Option<(u64, bool)>,
@@ -449,6 +454,10 @@ impl Conn {
             cx.out,
         );
         // The body as the edge framed it, and nothing after it (see `crate::proxy::http`).
+        if let Some(decoded) = &buffers.decoded_body {
+            cx.out.extend_from_slice(decoded);
+            return;
+        }
         let end = head_len.saturating_add(body_len as usize);
         cx.out
             .extend_from_slice(buffers.pending.get(head_len..end).unwrap_or_default());
@@ -846,22 +855,69 @@ impl Conn {
             // what any request that is not an upgrade gets.
             return (input.len(), self.reject(Rejection::MissingUpgrade, cx));
         }
-        if request.complete_within(input.len()).is_none() {
+        let body = match request.chunked {
+            true => {
+                match self.chunked_body(&request, input, cx.config.policy.max_http_body_bytes) {
+                    Ok(body) => body,
+                    Err(rejection) => return (input.len(), self.reject(rejection, cx)),
+                }
+            }
+            false => request.complete_within(input.len()).map(|_| None),
+        };
+        let Some(decoded) = body else {
             let buffers = self.buffers();
             if request.expects_continue && !buffers.continued {
                 buffers.continued = true;
                 cx.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             return (0, Next::Continue);
-        }
+        };
         let accepted = self.deadline.saturating_sub(cx.config.handshake_timeout_ms);
         self.phase = Phase::Upstream;
         self.deadline = cx.now.saturating_add(cx.config.proxy.connect_timeout_ms);
         let buffers = self.buffers();
         buffers.head_len = request.header_len;
-        buffers.http_body_len = Some(request.body_len);
+        buffers.http_body_len = Some(
+            decoded
+                .as_ref()
+                .map_or(request.body_len, |d| d.len() as u64),
+        );
+        buffers.decoded_body = decoded;
+        buffers.chunked = None;
         buffers.accepted_at = accepted;
         (0, Next::Proxy)
+    }
+
+    /// A chunked request body as it arrives in `input` (the request from its first byte):
+    /// `None` while its last chunk has not come, then its data. Bounded: its bytes on the
+    /// wire by twice the limit (tiny chunks cost their framing), its data by the limit.
+    fn chunked_body(
+        &mut self,
+        request: &HttpRequest,
+        input: &[u8],
+        max_body: u64,
+    ) -> Result<Option<Option<Vec<u8>>>, Rejection> {
+        let buffers = self.buffers();
+        let (mut reader, read) = buffers.chunked.unwrap_or_default();
+        let body = input.get(request.header_len..).unwrap_or_default();
+        let new = body.get(read..).unwrap_or_default();
+        let wire_limit = max_body.saturating_mul(2).saturating_add(64 * 1024);
+        match reader.feed(new) {
+            Err(_) => Err(Rejection::MalformedChunkedBody),
+            Ok(None) if (body.len() as u64) > wire_limit => Err(Rejection::BodyTooLarge),
+            Ok(None) => {
+                buffers.chunked = Some((reader, body.len()));
+                Ok(None)
+            }
+            Ok(Some(end)) => {
+                let data =
+                    chunked::decode(&body[..read + end]).ok_or(Rejection::MalformedChunkedBody)?;
+                if data.len() as u64 > max_body {
+                    return Err(Rejection::BodyTooLarge);
+                }
+                Ok(Some(Some(data)))
+            }
+        }
     }
 
     fn reject(&mut self, answer: impl Into<Answer>, cx: &mut Ctx<'_>) -> Next {

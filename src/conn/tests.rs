@@ -574,6 +574,35 @@ fn a_plain_request_goes_upstream_once_its_body_is_in_and_nothing_after_it() {
 }
 
 #[test]
+fn a_chunked_body_is_read_to_its_last_chunk_decoded_and_forwarded_with_its_length() {
+    let mut h = Harness::http();
+    let head = b"POST /socket.io/?sid=s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+        Expect: 100-continue\r\n\r\n";
+    assert_eq!(h.feed(head), Next::Continue);
+    assert_eq!(h.take_out(), b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(h.feed(b"3\r\n4he\r\n3\r"), Next::Continue);
+    assert_eq!(
+        h.feed(b"\nllo\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+        Next::Proxy
+    );
+    h.forward();
+    let forwarded = String::from_utf8(h.take_out()).unwrap();
+    assert!(
+        forwarded.contains("Connection: close\r\nContent-Length: 6\r\n"),
+        "{forwarded}"
+    );
+    assert!(!forwarded.contains("Transfer-Encoding"), "{forwarded}");
+    assert!(forwarded.ends_with("\r\n\r\n4hello"), "{forwarded}");
+    // One that breaks the grammar is a 400, before anything is forwarded.
+    let mut h = Harness::http();
+    let bad = b"POST /socket.io/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    assert_eq!(h.feed(bad), Next::HalfClose);
+    assert!(String::from_utf8(h.take_out())
+        .unwrap()
+        .starts_with("HTTP/1.1 400 "));
+}
+
+#[test]
 fn an_upstreams_answer_is_rewritten_for_the_client_and_relayed_until_it_closes() {
     let mut h = Harness::http();
     assert_eq!(

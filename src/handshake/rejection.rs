@@ -150,17 +150,20 @@ pub enum Rejection {
     InvalidContentLength,
     /// `--http-path`: `Content-Length` and `Transfer-Encoding` together (a smuggling shape).
     ConflictingFraming,
-    /// `--http-path`: a body framed by `Transfer-Encoding` (chunked), not forwarded.
+    /// `--http-path`: a transfer coding other than `chunked` alone (a list, `gzip`, two
+    /// headers), not forwarded.
     ChunkedBody,
     /// `--http-path`: a body over `--http-max-body`.
     BodyTooLarge,
+    /// `--http-path`: a chunked body that breaks the chunked grammar.
+    MalformedChunkedBody,
     /// `--http-path`: an `Expect` other than `100-continue`.
     UnsupportedExpectation,
 }
 
 impl Rejection {
     /// Every kind of rejection, in [`Rejection::kind_index`] order (retry times zeroed).
-    pub const KINDS: [Rejection; 34] = {
+    pub const KINDS: [Rejection; 35] = {
         use Rejection::*;
         [
             MalformedRequestLine,
@@ -197,6 +200,7 @@ impl Rejection {
             ChunkedBody,
             BodyTooLarge,
             UnsupportedExpectation,
+            MalformedChunkedBody,
         ]
     };
 
@@ -230,7 +234,8 @@ impl Rejection {
             | PlainHttpToTlsPort
             | AmbiguousPath
             | InvalidContentLength
-            | ConflictingFraming => Status::BadRequest,
+            | ConflictingFraming
+            | MalformedChunkedBody => Status::BadRequest,
             HttpMethodNotForwarded => Status::MethodNotAllowed,
             ChunkedBody => Status::LengthRequired,
             BodyTooLarge => Status::ContentTooLarge,
@@ -282,7 +287,8 @@ impl Rejection {
             AmbiguousPath => "dot segments, encoded slashes or backslashes in the path",
             InvalidContentLength => "malformed Content-Length",
             ConflictingFraming => "Content-Length with Transfer-Encoding",
-            ChunkedBody => "chunked request bodies are not forwarded: send Content-Length",
+            ChunkedBody => "only Content-Length or Transfer-Encoding: chunked alone is forwarded",
+            MalformedChunkedBody => "malformed chunked body",
             BodyTooLarge => "request body too large",
             UnsupportedExpectation => "only Expect: 100-continue is understood",
         }

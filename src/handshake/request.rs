@@ -33,9 +33,12 @@ pub enum Parse<'b> {
 pub struct HttpRequest {
     /// Length of the header block.
     pub header_len: usize,
-    /// The body's length, from `Content-Length` (0 without one), at most
-    /// [`Policy::max_http_body_bytes`].
+    /// The body's length, from `Content-Length` (0 without one, or when `chunked`), at
+    /// most [`Policy::max_http_body_bytes`].
     pub body_len: u64,
+    /// The body is chunked (`Transfer-Encoding: chunked`, alone): the edge reads it to its
+    /// last chunk, decodes it, and forwards it with a `Content-Length`.
+    pub chunked: bool,
     /// The client sent `Expect: 100-continue` and waits for a `100` before its body: the
     /// edge answers it (and does not pass the expectation on).
     pub expects_continue: bool,
@@ -111,10 +114,12 @@ pub fn parse_request<'b>(buf: &'b [u8], policy: &Policy) -> Parse<'b> {
                 }),
                 Ok(Valid::Http {
                     body_len,
+                    chunked,
                     expects_continue,
                 }) => Parse::Http(HttpRequest {
                     header_len,
                     body_len,
+                    chunked,
                     expects_continue,
                 }),
                 Err(rejection) => Parse::Reject(rejection),
@@ -193,7 +198,9 @@ struct Seen<'b> {
     has_body: bool,
     /// Every `Content-Length` read as one number: `Err` when one is not, or two differ.
     content_length: Option<Result<u64, ()>>,
-    transfer_encoding: bool,
+    /// `Transfer-Encoding` headers seen, and whether the one seen says exactly `chunked`.
+    transfer_encodings: u32,
+    chunked: bool,
     expect: Option<&'b [u8]>,
 }
 
@@ -204,6 +211,7 @@ enum Valid<'b> {
     /// A plain request under an `--http-path` prefix.
     Http {
         body_len: u64,
+        chunked: bool,
         expects_continue: bool,
     },
 }
@@ -257,23 +265,27 @@ fn validate_http(
     if is_ambiguous_path(path) {
         return Err(Rejection::AmbiguousPath);
     }
-    let body_len = match (seen.content_length, seen.transfer_encoding) {
-        (Some(_), true) => return Err(Rejection::ConflictingFraming),
-        (None, true) => return Err(Rejection::ChunkedBody),
-        (Some(Err(())), false) => return Err(Rejection::InvalidContentLength),
-        (Some(Ok(length)), false) => length,
-        (None, false) => 0,
+    let body_len = match (seen.content_length, seen.transfer_encodings) {
+        (Some(_), 1..) => return Err(Rejection::ConflictingFraming),
+        // One coding, chunked alone: decoded and re-framed by the edge. Anything else
+        // (gzip, a list, two headers) would be the upstream's to read: refused.
+        (None, 1) if seen.chunked => None,
+        (None, 1..) => return Err(Rejection::ChunkedBody),
+        (Some(Err(())), _) => return Err(Rejection::InvalidContentLength),
+        (Some(Ok(length)), _) => Some(length),
+        (None, _) => Some(0),
     };
-    if body_len > policy.max_http_body_bytes {
+    if body_len.is_some_and(|len| len > policy.max_http_body_bytes) {
         return Err(Rejection::BodyTooLarge);
     }
     let expects_continue = match seen.expect {
         None => false,
-        Some(value) if value.eq_ignore_ascii_case(b"100-continue") => body_len > 0,
+        Some(value) if value.eq_ignore_ascii_case(b"100-continue") => body_len != Some(0),
         Some(_) => return Err(Rejection::UnsupportedExpectation),
     };
     Ok(Valid::Http {
-        body_len,
+        body_len: body_len.unwrap_or(0),
+        chunked: body_len.is_none(),
         expects_continue,
     })
 }
@@ -332,7 +344,8 @@ fn validate<'b>(
             }
             Field::TransferEncoding => {
                 seen.has_body = true;
-                seen.transfer_encoding = true;
+                seen.transfer_encodings += 1;
+                seen.chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
             }
             Field::Expect => seen.expect = Some(trim_ows(value)),
             Field::Protocol | Field::Other => {}
@@ -540,6 +553,7 @@ mod tests {
             Parse::Http(HttpRequest {
                 header_len: get.len(),
                 body_len: 0,
+                chunked: false,
                 expects_continue: false
             })
         );
@@ -550,6 +564,7 @@ mod tests {
             Parse::Http(HttpRequest {
                 header_len: post.len(),
                 body_len: 5,
+                chunked: false,
                 expects_continue: true
             })
         );
@@ -583,7 +598,8 @@ mod tests {
             ("GET /socket.io/a\\b HTTP/1.1\r\nHost: h\r\n\r\n", Rejection::AmbiguousPath),
             ("GET /socket.io/ HTTP/1.1\r\n\r\n", Rejection::MissingHost),
             ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Rejection::ConflictingFraming),
-            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", Rejection::ChunkedBody),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Rejection::ChunkedBody),
+            ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", Rejection::ChunkedBody),
             ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", Rejection::InvalidContentLength),
             ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n", Rejection::InvalidContentLength),
             ("POST /socket.io/ HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n", Rejection::InvalidContentLength),

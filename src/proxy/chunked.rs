@@ -141,6 +141,29 @@ impl ChunkedEnd {
     }
 }
 
+/// The data of a whole chunked `body` (as [`ChunkedEnd`] found its end), its extensions
+/// and trailers dropped; `None` if it is not one.
+pub fn decode(body: &[u8]) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let line = &rest[..line_end];
+        let digits = line
+            .iter()
+            .position(|b| !b.is_ascii_hexdigit())
+            .unwrap_or(line.len());
+        let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(data);
+        }
+        let size = usize::try_from(size).ok()?;
+        data.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size.checked_add(2)?..)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +199,14 @@ mod tests {
         let mut reader = ChunkedEnd::default();
         assert_eq!(reader.feed(b"4\r\nwi"), Ok(None));
         assert!(!reader.is_done());
+    }
+
+    #[test]
+    fn a_whole_body_decodes_to_its_data() {
+        let body = b"5\r\nhello\r\n1;x=y\r\n \r\n6\r\nworld!\r\n0\r\nT: v\r\n\r\n";
+        assert_eq!(end_of(body), Ok(Some(body.len())));
+        assert_eq!(decode(body).as_deref(), Some(&b"hello world!"[..]));
+        assert_eq!(decode(b"0\r\n\r\n").as_deref(), Some(&b""[..]));
     }
 
     #[test]

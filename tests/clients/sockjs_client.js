@@ -1,5 +1,8 @@
 // `sockjs-client` (GET /info first, then the WebSocket transport), N clients through the
 // edge. Usage: node sockjs_client.js URL N. Prints "clients N echoed E transports T".
+// The WebSocket transport only, with a generous timeout: the client's own pick of a
+// fallback depends on how fast the machine answers (its timeout is a few round trips), and
+// Node's client keeps no cookies for the fallbacks' stickiness as a browser would.
 const SockJS = require('sockjs-client');
 
 const [url, count = '10'] = process.argv.slice(2);
@@ -7,7 +10,7 @@ const total = Number(count);
 
 function one(i) {
   return new Promise((resolve) => {
-    const sock = new SockJS(url);
+    const sock = new SockJS(url, null, { transports: ['websocket'], timeout: 15000 });
     const timer = setTimeout(() => { sock.close(); resolve({ error: 'timed out' }); }, 20000);
     sock.onopen = () => sock.send(`hello ${i}`);
     sock.onmessage = (event) => {
