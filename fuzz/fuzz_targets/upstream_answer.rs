@@ -60,6 +60,9 @@ fuzz_target!(|response: &[u8]| {
     let whole = ChunkedEnd::default().feed(response);
     if let Ok(Some(end)) = whole {
         assert!(end <= response.len());
+        // What the reader took for a whole body decodes, to no more than its bytes.
+        let data = wsedge::proxy::chunked::decode(&response[..end]).expect("a whole body decodes");
+        assert!(data.len() <= end);
     }
     let cut = response.len() / 2;
     let mut split = ChunkedEnd::default();
