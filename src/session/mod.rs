@@ -317,10 +317,10 @@ impl Driver {
             (Some(hash_key), Some(head)) => hash_key.hash_of(head, client),
             _ => None,
         };
-        // The upstream the client's sticky cookie names, if it has one.
-        let config = Arc::clone(&self.config);
-        let sticky = config.proxy.sticky_cookie.as_deref();
-        let pin = match (sticky, conn.request_head()) {
+        // The upstream the client's sticky cookie names, if it has one (owned values: no
+        // borrow of the configuration held across the loop).
+        let sticky = self.config.proxy.sticky_cookie.is_some();
+        let pin = match (&self.config.proxy.sticky_cookie, conn.request_head()) {
             (Some(name), Some(head)) => crate::proxy::sticky::requested_id(head, name),
             _ => None,
         };
@@ -338,7 +338,7 @@ impl Driver {
                 }
                 Pick::Busy => return Err(self.wait_for_room(key, conn, now, out)),
             };
-            if sticky.is_some() {
+            if sticky {
                 // A client not already on this upstream learns it with the answer.
                 let id = crate::proxy::sticky::upstream_id(addr);
                 let tls = parts.transport.is_tls();
