@@ -41,6 +41,7 @@ fn main() -> io::Result<()> {
         pairs: vec![(cert.into(), key.into())],
         versions: vec![wsedge::tls::TlsVersion::V1_3],
         groups: vec![wsedge::tls::TlsGroup::X25519],
+        h2: false,
     };
     let config = wsedge::tls::server_config(&settings).map_err(io::Error::other)?;
     let addr = format!("127.0.0.1:{port}")

@@ -132,6 +132,15 @@ pub struct ServeArgs {
     /// x25519mlkem768].
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = crate::values::tls_group)]
     pub tls_groups: Vec<TlsGroup>,
+    /// Offer HTTP/2 on the TLS listeners (ALPN h2 beside http/1.1, with
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL): WebSockets arrive as extended CONNECT streams
+    /// (RFC 8441), as browsers send them over a connection they already hold.
+    #[arg(long)]
+    pub h2: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners, beside HTTP/1.1:
+    /// for internal hops (a balancer with `ws h2` toward wsedge).
+    #[arg(long)]
+    pub h2c: bool,
     /// Reactor threads [default: number of CPUs].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub threads: Option<NonZeroUsize>,
@@ -478,6 +487,23 @@ impl ServeArgs {
         if !proxy && !self.upstream_sources.is_empty() {
             return Err("--upstream-source is only used with --after proxy".into());
         }
+        if self.h2 && self.listen_tls.is_empty() {
+            return Err(
+                "--h2 is only used with --listen-tls (HTTP/2 is chosen by ALPN; \
+                        --h2c is the plain listeners' prior knowledge)"
+                    .into(),
+            );
+        }
+        if self.h2c && self.listen.is_empty() && !self.listen_tls.is_empty() {
+            return Err("--h2c is only used with a plain --listen (over TLS, --h2)".into());
+        }
+        if proxy && (self.h2 || self.h2c) {
+            let flag = if self.h2 { "--h2" } else { "--h2c" };
+            return Err(format!(
+                "{flag} is not available with --after proxy yet: WebSockets over HTTP/2 are \
+                 served in echo and close mode only"
+            ));
+        }
         if self.listen_tls.is_empty() && self.client_patience.is_some() {
             return Err(
                 "--client-patience is only used with --listen-tls (it bounds TLS \
@@ -581,6 +607,7 @@ impl ServeArgs {
                 .collect(),
             versions: self.tls_versions.clone(),
             groups: self.tls_groups.clone(),
+            h2: self.h2,
         })
     }
 
@@ -650,6 +677,7 @@ impl ServeArgs {
                 },
                 after: self.after,
                 handshake_timeout_ms: self.handshake_timeout_ms,
+                h2c: self.h2c,
                 client_patience_ms: self
                     .client_patience
                     .map_or(self.handshake_timeout_ms, |d| d.as_millis() as u64),

@@ -23,6 +23,7 @@ pub mod check;
 pub mod config;
 pub mod conn;
 pub mod handshake;
+pub mod http2;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

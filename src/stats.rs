@@ -142,6 +142,13 @@ event_counters! {
     /// work done for no one. These connections end as abandoned or timed out.
     tls_handshakes_wasted => "wsedge_tls_handshakes_wasted",
         "TLS key exchanges spent on clients that left before their answer.";
+    /// Connections that became HTTP/2 (`--h2`, `--h2c`): an outcome of their own, since
+    /// their WebSockets are streams, each with its own outcome.
+    h2_connections => "wsedge_h2_connections",
+        "Connections that became HTTP/2 (their WebSockets are streams).";
+    /// HTTP/2 streams opened: each ends in one outcome (upgraded, rejected, timed out,
+    /// abandoned), as an HTTP/1.1 connection does.
+    h2_streams => "wsedge_h2_streams", "HTTP/2 streams opened, each an upgrade or a request.";
 }
 
 /// What one reactor has seen: its [`Events`] (reached through this struct too), and the
@@ -311,11 +318,13 @@ impl Snapshot {
     /// (0 once the server is idle). Every accepted connection ends in exactly one of:
     /// upgraded, rejected (a status, 408 and admission refusals included), an upstream's
     /// refusal passed on, a plain HTTP request's answer passed on, a silent handshake timeout, abandoned by the client, or shed
-    /// before any work.
+    /// before any work; or it became HTTP/2, and each of its streams counts as an accepted
+    /// connection would.
     pub fn unaccounted(&self) -> i128 {
         let silent_timeouts =
             i128::from(self.handshake_timeouts) - i128::from(self.timeouts_answered);
-        i128::from(self.accepted)
+        i128::from(self.accepted) + i128::from(self.h2_streams)
+            - i128::from(self.h2_connections)
             - i128::from(self.upgraded)
             - i128::from(self.rejected)
             - i128::from(self.upstream_refusals_passed)

@@ -306,6 +306,7 @@ fn a_retry_range_given_backwards_through_the_library_still_answers_503() {
                 policy: wsedge::handshake::Policy::default(),
                 after: wsedge::conn::AfterUpgrade::Echo,
                 handshake_timeout_ms: 10_000,
+                h2c: false,
                 client_patience_ms: 10_000,
                 idle_timeout_ms: 0,
                 send_timeout_ms: 30_000,

@@ -17,6 +17,7 @@ pub fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         pairs: vec![(cert_path, key_path)],
         versions: vec![wsedge::tls::TlsVersion::V1_3],
         groups: vec![wsedge::tls::TlsGroup::X25519],
+        h2: false,
     };
     let server = wsedge::tls::server_config(&settings).expect("server config");
     let _ = std::fs::remove_dir_all(&dir);

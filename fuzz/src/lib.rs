@@ -18,6 +18,7 @@ pub fn config(after: AfterUpgrade) -> ConnConfig {
         },
         after,
         handshake_timeout_ms: 10_000,
+        h2c: false,
         client_patience_ms: 10_000,
         idle_timeout_ms: 0,
         send_timeout_ms: 30_000,

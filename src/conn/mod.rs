@@ -73,6 +73,8 @@ pub struct ConnConfig {
     pub after: AfterUpgrade,
     /// Time from accept to a complete request, in ms.
     pub handshake_timeout_ms: u64,
+    /// Plain connections that open with the HTTP/2 preface speak HTTP/2 (`--h2c`).
+    pub h2c: bool,
     /// How long a TLS client is taken to wait for its answer (`--client-patience`): one
     /// that has waited so long that its handshake would end later is shed before its key
     /// exchange.
@@ -261,6 +263,11 @@ impl Conn {
         self.release_idle_buffers();
     }
 
+    /// Whether part of a request or frame is held, waiting for the rest.
+    pub fn has_input(&self) -> bool {
+        self.has_pending()
+    }
+
     /// Whether the connection holds any heap memory (for tests of idle cost).
     pub fn holds_buffers(&self) -> bool {
         self.buffers.is_some()
@@ -355,6 +362,14 @@ impl Conn {
     /// client to finish (so that late input does not turn the close into a reset).
     pub fn is_lingering(&self) -> bool {
         self.phase == Phase::Lingering
+    }
+
+    /// The connection turned out to speak HTTP/2: its WebSockets are streams, each with a
+    /// connection of its own (`crate::http2`); this one has nothing left to do or wait for.
+    pub fn became_http2(&mut self) {
+        self.phase = Phase::Done;
+        self.deadline = NO_DEADLINE;
+        self.drop_input();
     }
 
     /// Whether the handshake is still in progress.

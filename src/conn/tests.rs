@@ -8,6 +8,7 @@ fn config(after: AfterUpgrade) -> ConnConfig {
         policy: Policy::default(),
         after,
         handshake_timeout_ms: 1000,
+        h2c: false,
         client_patience_ms: 1000,
         idle_timeout_ms: 5000,
         send_timeout_ms: 30_000,

@@ -109,6 +109,7 @@ mod tests {
             policy: crate::handshake::Policy::default(),
             after: crate::conn::AfterUpgrade::Proxy,
             handshake_timeout_ms: 1000,
+            h2c: false,
             client_patience_ms: 1000,
             idle_timeout_ms: 0,
             send_timeout_ms: 30_000,

@@ -4,6 +4,7 @@
 //! [`UpstreamFailure`]).
 
 use crate::conn::{Conn, Next};
+use crate::http2::Http2;
 use crate::transport::{Outbox, Transport};
 
 use super::inbound::InboundSlot;
@@ -168,6 +169,9 @@ pub struct Parts {
     pub(super) conn: Conn,
     /// The state above it: the driver's alone.
     pub(super) session: Session,
+    /// Once the client speaks HTTP/2 (`--h2`, `--h2c`): its streams, each with its own
+    /// protocol state; `conn` is then done. The driver's alone.
+    pub(super) h2: Option<Box<Http2>>,
     /// Plain TCP or TLS.
     pub transport: Transport,
     /// Output the socket has not taken yet.
@@ -227,6 +231,7 @@ impl Parts {
         Parts {
             conn,
             session: Session::default(),
+            h2: None,
             transport: Transport::Plain,
             outbox: Outbox::default(),
         }

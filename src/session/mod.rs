@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
 use crate::handshake::Rejection;
+use crate::http2::{self, Http2};
 use crate::policy::{
     AcceptPause, Admission, AfterBurst, KeyExchange, KeyExchangeJudge, Limits, Live, Shutdown,
     ShutdownState,
@@ -564,6 +565,9 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
+            return h2.on_eof(&mut self.cx(now, out));
+        }
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
             self.leave_queue(conn, now);
@@ -716,6 +720,7 @@ impl Driver {
         let parts = Parts {
             conn,
             session,
+            h2: None,
             transport,
             outbox: Outbox::default(),
         };
@@ -819,11 +824,18 @@ impl Driver {
         let Parts {
             conn,
             session,
+            h2,
             transport,
             outbox,
         } = parts;
+        let mut parts = Client {
+            conn,
+            h2,
+            transport,
+            outbox,
+        };
         if !session.awaits_proxy_header {
-            return self.received_after_header(conn, transport, outbox, bytes, now, out);
+            return self.received_after_header(&mut parts, bytes, now, out);
         }
         let (client, rest) = match self.inbound.read(&mut session.inbound, bytes) {
             HeaderRead::Partial => return Next::Continue,
@@ -840,8 +852,8 @@ impl Driver {
                 Ok(ip_key) => session.ip_key = ip_key,
                 Err(refusal) => {
                     Counters::bump(&self.stats.admission_rejections);
-                    let next = conn.refuse(refusal, &mut self.cx(now, out));
-                    if transport.is_tls() {
+                    let next = parts.conn.refuse(refusal, &mut self.cx(now, out));
+                    if parts.transport.is_tls() {
                         // No key exchange is spent on it: the connection just ends.
                         out.clear();
                         return Next::Close;
@@ -852,19 +864,23 @@ impl Driver {
         }
         match rest.is_empty() {
             true => Next::Continue,
-            false => self.received_after_header(conn, transport, outbox, &rest, now, out),
+            false => self.received_after_header(&mut parts, &rest, now, out),
         }
     }
 
     fn received_after_header(
         &mut self,
-        conn: &mut Conn,
-        transport: &mut Transport,
-        outbox: &mut Outbox,
+        client: &mut Client<'_>,
         bytes: &[u8],
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
+        let Client {
+            conn,
+            h2,
+            transport,
+            outbox,
+        } = client;
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -872,6 +888,28 @@ impl Driver {
             stats: &self.stats,
         };
         let received = transport.receive(bytes, &mut self.plaintext, outbox, &self.stats);
+        let becomes_h2 = match transport.is_tls() {
+            true => transport.speaks_h2(),
+            false => cx.config.h2c && !conn.has_input() && http2::starts_preface(received.data),
+        };
+        if h2.is_none() && becomes_h2 && conn.is_handshaking() {
+            Counters::bump(&cx.stats.h2_connections);
+            conn.became_http2();
+            **h2 = Some(Http2::new(&cx));
+        }
+        if let Some(h2) = h2.as_deref_mut() {
+            return match received.end {
+                TlsEnd::Open => h2.receive(received.data, &mut cx),
+                TlsEnd::Closed => {
+                    let _ = h2.receive(received.data, &mut cx);
+                    h2.on_eof(&mut cx)
+                }
+                TlsEnd::PlainHttp | TlsEnd::Failed(_) => {
+                    h2.close(cx.stats);
+                    Next::Close
+                }
+            };
+        }
         let mut next = Next::Continue;
         if !received.data.is_empty() {
             let started = conn.accepted_at().filter(|_| conn.is_handshaking());
@@ -888,7 +926,7 @@ impl Driver {
             }
             TlsEnd::Closed => next,
             TlsEnd::PlainHttp => {
-                *transport = Transport::Plain;
+                **transport = Transport::Plain;
                 conn.refuse(Rejection::PlainHttpToTlsPort, &mut cx)
             }
             TlsEnd::Failed(_) => Next::Close,
@@ -925,7 +963,55 @@ impl Driver {
     ) -> Next {
         let backlog = Backlog::of(&mut parts.outbox, relay);
         let (conn, session) = (&mut parts.conn, &mut parts.session);
+        if let Some(h2) = parts.h2.as_deref_mut() {
+            return self.settle_http2(h2, conn, session, backlog, now, out);
+        }
         self.settle_state(conn, session, (backlog, link), now, out)
+    }
+
+    /// [`Driver::settle`] for a connection that speaks HTTP/2: its streams carry the
+    /// deadlines and the drain (`GOAWAY`, then each WebSocket its Close).
+    fn settle_http2(
+        &mut self,
+        h2: &mut Http2,
+        conn: &Conn,
+        session: &mut Session,
+        backlog: Backlog,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        self.track_send(session, backlog, now);
+        if session.handshaking && !conn.is_handshaking() {
+            session.handshaking = false;
+            self.admission.handshake_ended();
+        }
+        let mut cx = Ctx {
+            config: &self.config,
+            now,
+            out,
+            stats: &self.stats,
+        };
+        if self.draining {
+            let admission = &mut self.admission;
+            let next = h2.on_shutdown(|| admission.drain_close(), &mut cx);
+            if next != Next::Continue {
+                return next;
+            }
+        }
+        let send_overdue = now >= session.send_deadline;
+        if session.after_flush == AfterFlush::Close || (backlog.waiting && send_overdue) {
+            if backlog.waiting && send_overdue {
+                Counters::bump(&self.stats.send_timeouts);
+                session.given_up = true;
+                return Next::Close;
+            }
+            // The last output is on its way; the send deadline (the linger) bounds it.
+            return Next::Continue;
+        }
+        match h2.deadline(self.config.send_timeout_ms) {
+            Some(at) if at <= now => h2.on_timeout(&mut cx),
+            _ => Next::Continue,
+        }
     }
 
     /// [`Driver::settle`] with the whole backlog known.
@@ -1025,6 +1111,9 @@ impl Driver {
         self.leave_hellos(&mut parts.transport);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
+        if let Some(h2) = parts.h2.as_deref_mut() {
+            h2.close(&self.stats);
+        }
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
         }
@@ -1130,7 +1219,14 @@ impl Driver {
         if session.awaits_flush() && session.send_deadline == NO_SEND_DEADLINE {
             session.send_deadline = now.saturating_add(self.config.linger_ms);
         }
-        self.deadline(conn, session)
+        let own = self.deadline(conn, session);
+        match parts.h2.as_deref() {
+            Some(h2) => match (h2.deadline(self.config.send_timeout_ms), own) {
+                (Some(streams), Some(own)) => Some(streams.min(own)),
+                (streams, own) => streams.or(own),
+            },
+            None => own,
+        }
     }
 
     /// The earlier of the connection's own deadline and the send deadline.
@@ -1151,6 +1247,9 @@ impl Driver {
         self.leave_hellos(&mut parts.transport);
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
+        if let Some(h2) = parts.h2.as_deref_mut() {
+            h2.close(&self.stats);
+        }
         if session.handshaking {
             self.admission.handshake_ended();
         }
@@ -1200,6 +1299,14 @@ impl Driver {
             stats: &self.stats,
         }
     }
+}
+
+/// What reading a connection touches: all of its [`Parts`] but the session.
+struct Client<'a> {
+    conn: &'a mut Conn,
+    h2: &'a mut Option<Box<Http2>>,
+    transport: &'a mut Transport,
+    outbox: &'a mut Outbox,
 }
 
 /// A connection closing: if its client leaves before its answer after a TLS key exchange

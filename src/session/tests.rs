@@ -34,6 +34,7 @@ fn tls_driver() -> Driver {
             pairs: vec![(cert, key)],
             versions: vec![crate::tls::TlsVersion::V1_3],
             groups: vec![crate::tls::TlsGroup::X25519],
+            h2: false,
         };
         let config = crate::tls::server_config(&settings).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -55,6 +56,7 @@ fn driver_with_tls(limits: Limits, tls: Option<crate::tls::SharedTlsConfig>) -> 
         policy: Policy::default(),
         after: AfterUpgrade::Echo,
         handshake_timeout_ms: 1000,
+        h2c: false,
         client_patience_ms: 1000,
         idle_timeout_ms: 0,
         send_timeout_ms: 30_000,

@@ -12,9 +12,12 @@ use rustls::crypto::{aws_lc_rs, ring, CryptoProvider, SupportedKxGroup};
 
 pub use certs::{CertError, SniResolver};
 
-/// The only application protocol spoken: a client that offers ALPN without it (only `h2`)
-/// gets the `no_application_protocol` alert.
+/// The application protocol always spoken: a client that offers ALPN without it (only
+/// `h2` while `--h2` is off) gets the `no_application_protocol` alert.
 pub const ALPN: &[u8] = b"http/1.1";
+
+/// HTTP/2 (`--h2`): offered first, so that a client offering both gets it.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// A TLS protocol version wsedge can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +118,8 @@ pub struct TlsSettings {
     pub versions: Vec<TlsVersion>,
     /// Key-exchange groups in preference order; empty means the provider's defaults.
     pub groups: Vec<TlsGroup>,
+    /// Offer HTTP/2 by ALPN (`--h2`).
+    pub h2: bool,
 }
 
 /// Why the TLS settings cannot be used; each names the flag to fix.
@@ -193,7 +198,10 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
         .map_err(TlsError::Rejected)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = match settings.h2 {
+        true => vec![ALPN_H2.to_vec(), ALPN.to_vec()],
+        false => vec![ALPN.to_vec()],
+    };
     config.ignore_client_order = true;
     // A storm is clients coming back: stateless tickets (rotated every 6 hours, the
     // previous key still accepted) and a bounded TLS 1.2 session cache.

@@ -113,6 +113,7 @@ fn alpn_and_groups_reach_the_config() {
         pairs: vec![(good.cert.clone(), good.key.clone())],
         versions: vec![TlsVersion::V1_3],
         groups: vec![TlsGroup::X25519],
+        h2: false,
     };
     let config = server_config(&settings).unwrap();
     assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
@@ -138,6 +139,7 @@ fn default_pair(tag: &str) -> (Arc<rustls::ServerConfig>, PathBuf) {
         pairs: vec![(good.cert.clone(), good.key.clone())],
         versions: Vec::new(),
         groups: Vec::new(),
+        h2: false,
     };
     (server_config(&settings).unwrap(), good.cert)
 }

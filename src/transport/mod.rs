@@ -146,6 +146,12 @@ impl Transport {
         matches!(self, Transport::Tls(tls) if tls.has_answered())
     }
 
+    /// Whether the client chose HTTP/2 by ALPN (TLS only: a plain client says so with the
+    /// preface).
+    pub fn speaks_h2(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.speaks_h2())
+    }
+
     /// Whether the connection speaks TLS (terminated here).
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))

@@ -47,6 +47,8 @@ pub struct TlsLink {
     reported: bool,
     /// The server's first flight was written: a key exchange (or a resumption) was spent.
     answered: bool,
+    /// ALPN chose `h2`: the connection speaks HTTP/2 once the handshake is done.
+    h2: bool,
     /// Where the ClientHello stands in the reactor's key exchanges.
     pub(super) hello: super::Hello,
 }
@@ -158,6 +160,7 @@ impl TlsLink {
             started: false,
             reported: false,
             answered: false,
+            h2: false,
             hello: super::Hello::Unasked,
         })
     }
@@ -349,6 +352,7 @@ impl TlsLink {
         let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.outcome = Some((tls13, resumed));
+        self.h2 = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
         let suite = conn
             .negotiated_cipher_suite()
             .and_then(|suite| Suite::of(suite.suite()));
@@ -497,6 +501,11 @@ impl TlsLink {
     /// Whether only the TLS 1.3 record layer is left (rustls's connection dropped).
     pub fn is_handed_over(&self) -> bool {
         self.records.is_some()
+    }
+
+    /// Whether the client chose HTTP/2 (ALPN `h2`) in a completed handshake.
+    pub fn speaks_h2(&self) -> bool {
+        self.h2
     }
 
     /// Whether the TLS handshake is still going on.

@@ -32,6 +32,7 @@ pub fn server_config(after: AfterUpgrade, handshake_timeout_ms: u64) -> ServerCo
             },
             after,
             handshake_timeout_ms,
+            h2c: false,
             client_patience_ms: handshake_timeout_ms,
             idle_timeout_ms: 0,
             send_timeout_ms: 30_000,

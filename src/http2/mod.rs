@@ -1,0 +1,301 @@
+//! WebSockets over HTTP/2 (RFC 8441): one client connection carrying many WebSockets, each
+//! an extended CONNECT stream, on TLS listeners with ALPN `h2` (`--h2`) or plain ones with
+//! prior knowledge (`--h2c`).
+//!
+//! The h2 crate's server connection is driven here with no runtime and no I/O: the bytes
+//! the reactor read go into an in-memory [`pipe`], the connection is polled with a waker
+//! that does nothing (it is polled again after every read, deadline and drain: nothing
+//! else can move it), and the frames it writes come out into the caller's output, which
+//! the backend seals and sends like any other. Both backends therefore run it unchanged,
+//! below the driver. Each stream runs the same [`Conn`](crate::conn::Conn) an HTTP/1.1
+//! client gets ([`stream`]).
+//!
+//! # Bounds
+//! - At most [`MAX_STREAMS`] streams at once (more are refused with `REFUSED_STREAM` by
+//!   h2), [`MAX_STREAMS_PER_CONNECTION`] over the connection's life (then `GOAWAY`, as
+//!   nginx's `keepalive_requests`), and [`MAX_UNANSWERED_RESETS`] streams reset by the
+//!   client before their answer (rapid reset, CVE-2023-44487: then `GOAWAY` with
+//!   `ENHANCE_YOUR_CALM`); h2 itself bounds the resets of streams not yet accepted.
+//! - A header block, CONTINUATION frames included, is at most [`MAX_HEADER_LIST`] bytes
+//!   decoded (HPACK bombs, CONTINUATION floods): h2 refuses more.
+//! - Each stream's window is [`STREAM_WINDOW`], the connection's the sum of its streams',
+//!   so that one stream holding its window never stalls another; a stream's output waits
+//!   for the client's window at most [`stream::MAX_UNSENT`] bytes and `--send-timeout-ms`.
+//! - A connection with no stream is closed (`GOAWAY`) after `--handshake-timeout-ms`, the
+//!   bound on a connection that has not upgraded anything; a stream's deadlines are its
+//!   connection's (idle, close, drain).
+//! - PING and SETTINGS floods: their answers go out with the rest of the output, and the
+//!   reading stops while the socket has not taken it (back-pressure), under
+//!   `--send-timeout-ms`.
+
+mod pipe;
+mod stream;
+
+pub use stream::{h2_response, write_http1_request};
+
+use bytes::Bytes;
+use h2::server::{Connection, Handshake};
+use h2::Reason;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::conn::frame::CloseCode;
+use crate::conn::{Ctx, Next};
+use crate::stats::Counters;
+use pipe::Pipe;
+use stream::{Ended, Stream};
+
+/// Streams open at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const MAX_STREAMS: u32 = 100;
+/// Streams over one connection's life; then a graceful `GOAWAY`.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+/// Streams the client may reset before their answer; then `GOAWAY ENHANCE_YOUR_CALM`.
+pub const MAX_UNANSWERED_RESETS: u32 = 100;
+/// A stream's receive window (`SETTINGS_INITIAL_WINDOW_SIZE`).
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+/// Largest decoded header block (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// The client preface that opens an HTTP/2 connection with prior knowledge (RFC 9113 3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `first` (a plain connection's first bytes) can be the start of the HTTP/2
+/// preface.
+pub fn starts_preface(first: &[u8]) -> bool {
+    let n = first.len().min(PREFACE.len());
+    n > 0 && first[..n] == PREFACE[..n]
+}
+
+/// Rounds of reading, answering and sending per call: each round moves what the last one
+/// made possible; a call ends once a round moves nothing.
+const ROUNDS: usize = 8;
+
+enum State {
+    /// The preface and SETTINGS are being exchanged.
+    Starting(Handshake<Pipe, Bytes>),
+    Open(Connection<Pipe, Bytes>),
+    /// The connection ended (its GOAWAY, if any, is in the output).
+    Ended,
+}
+
+/// One client's HTTP/2 connection and its streams.
+pub struct Http2 {
+    pipe: Pipe,
+    state: State,
+    streams: Vec<Stream>,
+    /// Each stream's request written as HTTP/1.1, reused.
+    scratch: Vec<u8>,
+    /// While no stream is open: when the connection is closed.
+    idle_until: u64,
+    opened: u32,
+    unanswered_resets: u32,
+    going_away: bool,
+}
+
+impl Http2 {
+    /// The connection of a client that is known to speak HTTP/2 (ALPN `h2`, or the preface
+    /// on a `--h2c` listener), at `now`.
+    pub fn new(cx: &Ctx<'_>) -> Box<Http2> {
+        let pipe = Pipe::default();
+        let state = State::Starting(
+            h2::server::Builder::new()
+                .enable_connect_protocol()
+                .max_concurrent_streams(MAX_STREAMS)
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(STREAM_WINDOW * MAX_STREAMS)
+                .max_header_list_size(MAX_HEADER_LIST)
+                .max_send_buffer_size(stream::MAX_UNSENT)
+                .handshake(pipe.clone()),
+        );
+        Box::new(Http2 {
+            pipe,
+            state,
+            streams: Vec::new(),
+            scratch: Vec::new(),
+            idle_until: cx.now.saturating_add(cx.config.handshake_timeout_ms),
+            opened: 0,
+            unanswered_resets: 0,
+            going_away: false,
+        })
+    }
+
+    /// Bytes from the client.
+    pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) -> Next {
+        self.pipe.push(bytes);
+        self.drive(cx)
+    }
+
+    /// The client closed its side.
+    pub fn on_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
+        self.pipe.close_input();
+        // Whatever the client said last is answered; the connection ends either way.
+        let _ = self.drive(cx);
+        self.close(cx.stats);
+        Next::Close
+    }
+
+    /// The socket closes, for any reason: streams without an answer were abandoned.
+    pub fn close(&mut self, stats: &Counters) {
+        for stream in &mut self.streams {
+            stream.on_connection_closed(stats);
+        }
+        self.streams.clear();
+        self.state = State::Ended;
+    }
+
+    /// When [`Http2::on_timeout`] is due.
+    pub fn deadline(&self, send_timeout_ms: u64) -> Option<u64> {
+        let streams = self
+            .streams
+            .iter()
+            .filter_map(|s| s.deadline(send_timeout_ms))
+            .min();
+        match self.streams.is_empty() {
+            true => Some(self.idle_until),
+            false => streams,
+        }
+    }
+
+    /// A deadline passed: the streams' are carried out; a connection with no stream left
+    /// since `--handshake-timeout-ms` is closed with `GOAWAY`.
+    pub fn on_timeout(&mut self, cx: &mut Ctx<'_>) -> Next {
+        let send_timeout = cx.config.send_timeout_ms;
+        for stream in &mut self.streams {
+            if stream.deadline(send_timeout).is_some_and(|at| at <= cx.now) {
+                stream.on_timeout(cx);
+            }
+        }
+        if self.streams.is_empty() && cx.now >= self.idle_until {
+            match &mut self.state {
+                State::Open(conn) => conn.abrupt_shutdown(Reason::NO_ERROR),
+                // The preface or SETTINGS never came: nothing to say.
+                _ => self.state = State::Ended,
+            }
+        }
+        self.drive(cx)
+    }
+
+    /// The server drains: `GOAWAY` (no new stream), and each open WebSocket its Close at
+    /// the time `close_at` gives it.
+    pub fn on_shutdown(
+        &mut self,
+        mut close_at: impl FnMut() -> (u64, CloseCode),
+        cx: &mut Ctx<'_>,
+    ) -> Next {
+        if !self.going_away {
+            self.going_away = true;
+            match &mut self.state {
+                State::Open(conn) => conn.graceful_shutdown(),
+                _ => self.state = State::Ended,
+            }
+        }
+        for stream in self.streams.iter_mut().filter(|s| s.is_open()) {
+            let (at, code) = close_at();
+            stream.on_shutdown(at, code, cx);
+        }
+        self.drive(cx)
+    }
+
+    /// Polls the connection and its streams until nothing moves; their output is appended
+    /// to `cx.out`. [`Next::Close`] once the connection has ended.
+    fn drive(&mut self, cx: &mut Ctx<'_>) -> Next {
+        let mut task = Context::from_waker(Waker::noop());
+        for _ in 0..ROUNDS {
+            let mut progress = self.poll_connection(&mut task, cx);
+            for stream in &mut self.streams {
+                progress |= stream.pump(&mut task, cx);
+                progress |= stream.flush(cx.now, cx.stats);
+            }
+            self.retire(cx);
+            if !progress {
+                break;
+            }
+        }
+        // What the streams queued last goes out as frames.
+        self.poll_connection(&mut task, cx);
+        self.pipe.take_output(cx.out);
+        match self.state {
+            State::Ended => {
+                self.close(cx.stats);
+                Next::Close
+            }
+            _ => Next::Continue,
+        }
+    }
+
+    /// Moves the connection: frames read and written, new streams taken; false when
+    /// nothing came.
+    fn poll_connection(&mut self, task: &mut Context<'_>, cx: &mut Ctx<'_>) -> bool {
+        if let State::Starting(handshake) = &mut self.state {
+            match Pin::new(handshake).poll(task) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(conn)) => self.state = State::Open(conn),
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(%error, "HTTP/2 connection failed to start");
+                    self.state = State::Ended;
+                    return true;
+                }
+            }
+        }
+        let State::Open(conn) = &mut self.state else {
+            return false;
+        };
+        let mut progress = false;
+        loop {
+            match conn.poll_accept(task) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    progress = true;
+                    let (head, recv) = request.into_parts();
+                    Counters::bump(&cx.stats.h2_streams);
+                    self.opened += 1;
+                    let stream = Stream::open(&head, recv, respond, &mut self.scratch, cx);
+                    self.streams.push(stream);
+                    if self.opened >= MAX_STREAMS_PER_CONNECTION && !self.going_away {
+                        self.going_away = true;
+                        conn.graceful_shutdown();
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "HTTP/2 connection error");
+                    self.state = State::Ended;
+                    return true;
+                }
+                Poll::Ready(None) => {
+                    self.state = State::Ended;
+                    return true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Drops the streams that ended; too many reset before their answer ends the
+    /// connection.
+    fn retire(&mut self, cx: &Ctx<'_>) {
+        let before = self.streams.len();
+        let mut resets = 0;
+        self.streams.retain(|s| match s.ended() {
+            Ended::No => true,
+            Ended::Done => false,
+            Ended::ResetUnanswered => {
+                resets += 1;
+                false
+            }
+        });
+        self.unanswered_resets += resets;
+        if self.unanswered_resets > MAX_UNANSWERED_RESETS {
+            if let State::Open(conn) = &mut self.state {
+                tracing::debug!("HTTP/2: too many streams reset before their answer");
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            }
+        }
+        if before > 0 && self.streams.is_empty() {
+            self.idle_until = cx.now.saturating_add(cx.config.handshake_timeout_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

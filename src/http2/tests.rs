@@ -1,0 +1,97 @@
+use super::*;
+
+fn request(method: &str, uri: &str, protocol: Option<&str>, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    if let Some(protocol) = protocol {
+        builder = builder.extension(h2::ext::Protocol::from(protocol));
+    }
+    let (head, ()) = builder
+        .body(())
+        .map(http::Request::into_parts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    write_http1_request(&head, &mut out);
+    out
+}
+
+#[test]
+fn an_extended_connect_is_written_as_the_upgrade_it_stands_for() {
+    let written = request(
+        "CONNECT",
+        "https://example.com/chat?room=1",
+        Some("websocket"),
+        &[
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat"),
+            ("origin", "https://example.com"),
+            // Not RFC 8441's, and not trusted: the stand-in replaces it.
+            ("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+            ("content-length", "5"),
+        ],
+    );
+    let text = String::from_utf8(written).unwrap_or_default();
+    assert_eq!(
+        text,
+        "GET /chat?room=1 HTTP/1.1\r\nhost: example.com\r\nupgrade: websocket\r\n\
+         connection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-protocol: chat\r\n\
+         origin: https://example.com\r\n\r\n"
+    );
+}
+
+#[test]
+fn other_requests_keep_their_method_and_target() {
+    let text = |w: Vec<u8>| String::from_utf8(w).unwrap_or_default();
+    assert_eq!(
+        text(request("GET", "https://example.com/", None, &[])),
+        "GET / HTTP/1.1\r\nhost: example.com\r\n\r\n"
+    );
+    assert_eq!(
+        text(request("CONNECT", "example.com:443", None, &[])),
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n"
+    );
+    // A :protocol other than websocket is still asked as an upgrade, and refused as one.
+    assert!(text(request("CONNECT", "https://a/x", Some("h2c"), &[])).contains("upgrade: h2c\r\n"));
+}
+
+#[test]
+fn a_101_becomes_200_without_the_headers_http2_does_not_carry() {
+    let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n\x88\x02\x03\xe8";
+    let Some(Ok((response, head_len))) = h2_response(answer) else {
+        panic!("the head parses");
+    };
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(&answer[head_len..], b"\x88\x02\x03\xe8");
+    let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["sec-websocket-protocol"]);
+}
+
+#[test]
+fn a_refusal_keeps_its_status_and_headers() {
+    let answer = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy";
+    let Some(Ok((response, head_len))) = h2_response(answer) else {
+        panic!("the head parses");
+    };
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"7"[..])
+    );
+    assert!(response.headers().get("connection").is_none());
+    assert_eq!(&answer[head_len..], b"busy");
+    assert!(h2_response(b"HTTP/1.1 503 Serv").is_none());
+}
+
+#[test]
+fn only_the_preface_is_taken_for_http2() {
+    assert!(starts_preface(PREFACE));
+    assert!(starts_preface(b"PRI * HT"));
+    assert!(starts_preface(&[PREFACE, b"\x00\x00\x00\x04"].concat()));
+    assert!(!starts_preface(b"GET / HTTP/1.1\r\n"));
+    assert!(!starts_preface(b"PRI * HTTP/1.1\r\n"));
+    assert!(!starts_preface(b""));
+}
