@@ -180,11 +180,17 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         })
         .collect();
     let policy = &config.conn.policy;
+    let http2 = match (args.h2, args.h2c) {
+        (true, true) => "h2,h2c",
+        (true, false) => "h2",
+        (false, true) => "h2c",
+        (false, false) => "off",
+    };
     tracing::info!(
         "listening on {} (threads={}, pinned={}, backend={backend} ({why}), after={}, \
          handshake_timeout={}ms, idle_timeout={}, max_header_bytes={}, max_message_bytes={}, \
          backlog={}, defer_accept={}, paths={}, subprotocols={}, origins={}, auth={}, \
-         metrics={}, max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}, drain={}s/{}, fd_limit={fd_limit})",
+         metrics={}, max_connections={}, max_pending_handshakes={}, per_ip_connections={}, per_ip_rate={}/s, retry_after={}, drain={}s/{}, fd_limit={fd_limit}, http2={http2})",
         addrs.join(","),
         config.threads,
         config.pin,

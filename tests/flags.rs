@@ -262,6 +262,22 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "serve",
+        "--h2",
+        &[
+            "http2::node_http2_client",
+            "http2::curl_speaks_http2_only_where_offered",
+        ],
+    ),
+    (
+        "serve",
+        "--h2c",
+        &[
+            "http2::an_extended_connect_is_upgraded_and_echoes",
+            "http2::without_h2c_the_preface_is_an_http1_request",
+        ],
+    ),
+    (
+        "serve",
         "--client-patience",
         &["tls::a_client_past_its_patience_is_reset_before_its_key_exchange"],
     ),

@@ -1,0 +1,619 @@
+//! WebSockets over HTTP/2 (RFC 8441, `--h2`, `--h2c`): real clients (Node's `http2`,
+//! curl), and HTTP/2's known attacks written frame by frame, each refused at a bounded
+//! cost.
+
+#[macro_use]
+mod common;
+
+use common::{Io, Server, DEADLINE};
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The error code of a RST_STREAM or GOAWAY.
+    fn code(&self) -> u32 {
+        let at = if self.kind == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+}
+
+/// A client that writes HTTP/2 frame by frame.
+struct Raw {
+    socket: TcpStream,
+    read: Vec<u8>,
+    decoder: hpack::Decoder<'static>,
+}
+
+impl Raw {
+    /// The preface and `settings`, on a fresh connection to `server`'s plain listener.
+    fn connect(server: &Server, settings: &[(u16, u32)]) -> Raw {
+        let socket = TcpStream::connect(server.addr).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut raw = Raw {
+            socket,
+            read: Vec::new(),
+            decoder: hpack::Decoder::new(),
+        };
+        raw.socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        let mut payload = Vec::new();
+        for (id, value) in settings {
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&value.to_be_bytes());
+        }
+        raw.send(SETTINGS, 0, 0, &payload);
+        raw
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let frame = Raw::frame(kind, flags, stream, payload);
+        self.socket.write_all(&frame).unwrap();
+    }
+
+    /// The next frame; `None` once the server closed the connection.
+    fn next(&mut self) -> Option<Frame> {
+        loop {
+            if self.read.len() >= 9 {
+                let len =
+                    u32::from_be_bytes([0, self.read[0], self.read[1], self.read[2]]) as usize;
+                if self.read.len() >= 9 + len {
+                    let frame = Frame {
+                        kind: self.read[3],
+                        flags: self.read[4],
+                        stream: u32::from_be_bytes(self.read[5..9].try_into().unwrap())
+                            & 0x7fff_ffff,
+                        payload: self.read[9..9 + len].to_vec(),
+                    };
+                    self.read.drain(..9 + len);
+                    if frame.kind == SETTINGS && frame.flags & ACK == 0 {
+                        // The server may have closed already: what it said is still read.
+                        let ack = Raw::frame(SETTINGS, ACK, 0, &[]);
+                        let _ = self.socket.write_all(&ack);
+                    }
+                    return Some(frame);
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match self.socket.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("reading the server: {e}"),
+            }
+        }
+    }
+
+    /// Frames until one that `wanted` takes; panics if the connection ends first.
+    fn until(&mut self, what: &str, wanted: impl Fn(&Frame) -> bool) -> Frame {
+        let mut seen = Vec::new();
+        loop {
+            match self.next() {
+                Some(frame) if wanted(&frame) => return frame,
+                Some(frame) => seen.push((frame.kind, frame.flags, frame.stream, frame.payload.len())),
+                None => panic!("the connection ended before {what}; frames seen (kind, flags, stream, length): {seen:?}"),
+            }
+        }
+    }
+
+    /// The `:status` of a HEADERS frame's block.
+    fn status(&mut self, frame: &Frame) -> u16 {
+        let fields = self.decoder.decode(&frame.payload).unwrap();
+        let status = fields.iter().find(|(n, _)| n == b":status").unwrap();
+        std::str::from_utf8(&status.1).unwrap().parse().unwrap()
+    }
+
+    /// Opens stream `id` with an extended CONNECT to `path`.
+    fn open(&mut self, id: u32, path: &str) {
+        let block = block(&connect_fields(path, &[]));
+        self.send(HEADERS, END_HEADERS, id, &block);
+    }
+}
+
+fn connect_fields<'a>(path: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut fields = vec![
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "localhost"),
+        ("sec-websocket-version", "13"),
+    ];
+    fields.extend_from_slice(extra);
+    fields
+}
+
+/// An HPACK block of literal fields, never indexed and not Huffman-coded.
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x10);
+        for text in [name, value] {
+            integer(&mut out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    out
+}
+
+/// An HPACK integer with a 7-bit prefix (a string's length, no Huffman).
+fn integer(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128 + 128) as u8);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A masked client frame.
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    common::client_frame(true, opcode, payload)
+}
+
+fn h2c(io: Io, extra: &[&str]) -> Server {
+    let mut args = vec!["--h2c", "--after", "echo", "--path", "/chat"];
+    args.extend_from_slice(extra);
+    Server::start(io, &args)
+}
+
+fn an_extended_connect_is_upgraded_and_echoes(io: Io) {
+    let server = h2c(io, &[]);
+    let mut raw = Raw::connect(&server, &[]);
+    let settings = raw.until("the server's SETTINGS", |f| {
+        f.kind == SETTINGS && f.flags & ACK == 0
+    });
+    let enables_connect = settings.payload.chunks(6).any(|s| s == [0, 8, 0, 0, 0, 1]);
+    assert!(
+        enables_connect,
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 in {settings:?}"
+    );
+    raw.open(1, "/chat");
+    let headers = raw.until("the answer", |f| f.kind == HEADERS);
+    assert_eq!(raw.status(&headers), 200);
+    raw.send(DATA, 0, 1, &ws_frame(1, b"over h2"));
+    let data = raw.until("the echo", |f| f.kind == DATA && f.stream == 1);
+    assert_eq!(data.payload, b"\x81\x07over h2");
+    // The stream's end is the WebSocket's FIN: the server ends its side too.
+    raw.send(DATA, 0, 1, &ws_frame(8, &1000u16.to_be_bytes()));
+    let close = raw.until("the Close", |f| f.kind == DATA && !f.payload.is_empty());
+    assert_eq!(close.payload, b"\x88\x02\x03\xe8");
+    assert_eq!(
+        close.flags & END_STREAM,
+        END_STREAM,
+        "the Close ends the server's side"
+    );
+    raw.send(DATA, END_STREAM, 1, &[]);
+    // The connection goes on: the next stream is answered.
+    raw.open(3, "/chat");
+    let headers = raw.until("the next answer", |f| f.kind == HEADERS && f.stream == 3);
+    assert_eq!(raw.status(&headers), 200);
+}
+
+fn refusals_are_the_http1_statuses(io: Io) {
+    let server = h2c(
+        io,
+        &[
+            "--allowed-origin",
+            "https://good.example",
+            "--subprotocols",
+            "chat",
+            "--require-subprotocol",
+        ],
+    );
+    let mut raw = Raw::connect(&server, &[]);
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16);
+    let cases: [Case; 4] = [
+        (
+            &[
+                ("origin", "https://good.example"),
+                ("sec-websocket-protocol", "chat"),
+            ],
+            "/chat",
+            200,
+        ),
+        (
+            &[
+                ("origin", "https://evil.example"),
+                ("sec-websocket-protocol", "chat"),
+            ],
+            "/chat",
+            403,
+        ),
+        (
+            &[
+                ("origin", "https://good.example"),
+                ("sec-websocket-protocol", "chat"),
+            ],
+            "/other",
+            404,
+        ),
+        (&[("origin", "https://good.example")], "/chat", 400),
+    ];
+    for (n, (extra, path, status)) in cases.iter().enumerate() {
+        let id = 1 + 2 * n as u32;
+        let fields = connect_fields(path, extra);
+        raw.send(HEADERS, END_HEADERS, id, &block(&fields));
+        let headers = raw.until("an answer", |f| f.kind == HEADERS && f.stream == id);
+        assert_eq!(raw.status(&headers), *status, "{extra:?} {path}");
+    }
+    // A version other than 13, and a request that is not an upgrade.
+    let old = [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/chat"),
+        (":authority", "x"),
+        ("sec-websocket-version", "8"),
+        ("origin", "https://good.example"),
+        ("sec-websocket-protocol", "chat"),
+    ];
+    raw.send(HEADERS, END_HEADERS, 9, &block(&old));
+    let headers = raw.until("an answer", |f| f.kind == HEADERS && f.stream == 9);
+    assert_eq!(raw.status(&headers), 426);
+    let get = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/chat"),
+        (":authority", "x"),
+    ];
+    raw.send(HEADERS, END_HEADERS | END_STREAM, 11, &block(&get));
+    let headers = raw.until("an answer", |f| f.kind == HEADERS && f.stream == 11);
+    assert_eq!(raw.status(&headers), 426);
+}
+
+fn more_streams_than_the_setting_are_refused(io: Io) {
+    let server = h2c(io, &[]);
+    let mut raw = Raw::connect(&server, &[]);
+    for n in 0..101 {
+        raw.open(1 + 2 * n, "/chat");
+    }
+    let refused = raw.until("a refused stream", |f| f.kind == RST_STREAM);
+    assert_eq!((refused.stream, refused.code()), (201, REFUSED_STREAM));
+    // The hundred before it are open WebSockets.
+    raw.send(DATA, 0, 199, &ws_frame(2, b"last"));
+    let echo = raw.until("the echo", |f| f.kind == DATA && f.stream == 199);
+    assert_eq!(echo.payload, b"\x82\x04last");
+}
+
+fn rapid_reset_ends_the_connection(io: Io) {
+    let server = h2c(io, &["--metrics", "127.0.0.1:0"]);
+    let mut raw = Raw::connect(&server, &[]);
+    let block = block(&connect_fields("/chat", &[]));
+    let mut burst = Vec::new();
+    for n in 0..2000u32 {
+        let id = 1 + 2 * n;
+        burst.extend(Raw::frame(HEADERS, END_HEADERS, id, &block));
+        burst.extend(Raw::frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    // The server may close before it has read the whole burst.
+    let _ = raw.socket.write_all(&burst);
+    let goaway = raw.until("GOAWAY", |f| f.kind == GOAWAY);
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM);
+    while raw.next().is_some() {}
+    let streams = common::metric_sum(&server.metrics_addr(), "wsedge_h2_streams_total");
+    assert!(
+        streams < 500.0,
+        "{streams} of 2000 streams were served before the GOAWAY"
+    );
+}
+
+fn a_continuation_flood_is_cut_short(io: Io) {
+    let server = h2c(io, &[]);
+    let mut raw = Raw::connect(&server, &[]);
+    raw.send(HEADERS, 0, 1, &block(&connect_fields("/chat", &[])));
+    let filler = block(&[("x-filler", &"a".repeat(1000))]);
+    let mut sent = 0usize;
+    // A megabyte of CONTINUATION without END_HEADERS: the server stops reading it.
+    while sent < 1 << 20 {
+        if raw
+            .socket
+            .write_all(&Raw::frame(CONTINUATION, 0, 1, &filler))
+            .is_err()
+        {
+            break;
+        }
+        sent += filler.len();
+    }
+    let end = loop {
+        match raw.next() {
+            Some(f) if f.kind == GOAWAY || f.kind == RST_STREAM => break Some(f),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    // h2 counts the CONTINUATION frames of a block, and stops at a few past what the
+    // header list size allows.
+    assert_eq!(
+        end.map(|f| (f.kind, f.code())),
+        Some((GOAWAY, ENHANCE_YOUR_CALM))
+    );
+}
+
+fn an_hpack_bomb_is_refused(io: Io) {
+    let server = h2c(io, &[]);
+    let mut raw = Raw::connect(&server, &[]);
+    // One 4 KB field added to the dynamic table, then referred to 64 times: 256 KB decoded
+    // from a block of a few bytes more than 4 KB.
+    let mut bomb = vec![0x40];
+    for text in ["x-bomb", &"b".repeat(4000)] {
+        integer(&mut bomb, text.len());
+        bomb.extend_from_slice(text.as_bytes());
+    }
+    let mut fields = block(&connect_fields("/chat", &[]));
+    fields.extend_from_slice(&bomb);
+    fields.extend(std::iter::repeat_n(0xbe, 64)); // index 62: the newest dynamic entry
+    raw.send(HEADERS, END_HEADERS, 1, &fields);
+    let refused = raw.until("a refusal", |f| {
+        f.kind == GOAWAY || f.kind == RST_STREAM || (f.kind == HEADERS && f.stream == 1)
+    });
+    // h2 takes a header list past SETTINGS_MAX_HEADER_LIST_SIZE as a connection error.
+    assert_eq!((refused.kind, refused.code()), (GOAWAY, ENHANCE_YOUR_CALM));
+    assert!(raw.until_end());
+}
+
+fn a_ping_flood_that_is_not_read_is_given_up(io: Io) {
+    let server = h2c(
+        io,
+        &["--send-timeout-ms", "500", "--metrics", "127.0.0.1:0"],
+    );
+    let mut raw = Raw::connect(&server, &[]);
+    raw.socket.set_nonblocking(true).unwrap();
+    let ping = Raw::frame(PING, 0, 0, &[7; 8]);
+    let pings: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 4096)
+        .collect();
+    // PINGs until neither the server nor the kernel takes more: the server stopped reading
+    // while its answers were not taken.
+    let started = Instant::now();
+    let mut stuck_since = None;
+    let mut at = 0;
+    loop {
+        match raw.socket.write(&pings[at..]) {
+            Ok(n) => {
+                at = (at + n) % pings.len();
+                stuck_since = None;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let since = *stuck_since.get_or_insert_with(Instant::now);
+                if since.elapsed().as_millis() > 200 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => break,
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the server read PINGs without end"
+        );
+    }
+    server.wait_for_metric("wsedge_send_timeouts_total", |n| n >= 1.0);
+    raw.socket.set_nonblocking(false).unwrap();
+    let mut sink = [0u8; 65536];
+    while matches!(raw.socket.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+fn a_stream_whose_window_stays_closed_is_reset(io: Io) {
+    let server = h2c(io, &["--send-timeout-ms", "500"]);
+    // No window for the server's DATA until the client says so; it never does.
+    let mut raw = Raw::connect(&server, &[(4, 0)]);
+    raw.open(1, "/chat");
+    let headers = raw.until("the answer", |f| f.kind == HEADERS);
+    assert_eq!(raw.status(&headers), 200);
+    raw.send(DATA, 0, 1, &ws_frame(1, b"echo me"));
+    let reset = raw.until("the reset", |f| f.kind == RST_STREAM || f.kind == DATA);
+    assert_eq!(
+        (reset.kind, reset.stream, reset.code()),
+        (RST_STREAM, 1, CANCEL)
+    );
+    // The connection goes on: a stream with a window is served.
+    raw.send(SETTINGS, 0, 0, &[0, 4, 0, 0, 0xff, 0xff]);
+    raw.open(3, "/chat");
+    raw.until("the next answer", |f| f.kind == HEADERS && f.stream == 3);
+}
+
+fn a_connection_without_streams_is_closed_with_goaway(io: Io) {
+    let server = h2c(io, &["--handshake-timeout-ms", "1000"]);
+    let mut raw = Raw::connect(&server, &[]);
+    let goaway = raw.until("GOAWAY", |f| f.kind == GOAWAY);
+    assert_eq!(goaway.code(), 0);
+    assert!(raw.until_end(), "closed after its GOAWAY");
+    // A header block that never ends holds nothing either.
+    let mut raw = Raw::connect(&server, &[]);
+    raw.send(HEADERS, 0, 1, &block(&connect_fields("/chat", &[])));
+    assert!(raw.until_end(), "closed");
+}
+
+impl Raw {
+    fn until_end(&mut self) -> bool {
+        while self.next().is_some() {}
+        true
+    }
+}
+
+fn a_drain_says_goaway_and_closes_each_websocket(io: Io) {
+    let server = h2c(io, &["--drain-secs", "1"]);
+    let mut raw = Raw::connect(&server, &[]);
+    raw.open(1, "/chat");
+    raw.until("the answer", |f| f.kind == HEADERS);
+    server.signal(libc::SIGTERM);
+    raw.until("GOAWAY", |f| f.kind == GOAWAY);
+    let close = raw.until("the Close", |f| f.kind == DATA && f.stream == 1);
+    assert_eq!(&close.payload[..2], b"\x88\x02");
+    assert_eq!(
+        u16::from_be_bytes([close.payload[2], close.payload[3]]),
+        1012
+    );
+}
+
+fn without_h2c_the_preface_is_an_http1_request(io: Io) {
+    let server = Server::start(io, &["--after", "echo"]);
+    let mut socket = server.connect();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    let head = common::read_head(&mut socket);
+    assert!(head.status >= 400, "{head:?}");
+}
+
+fn node(script: &str, args: &[String]) -> Option<std::process::Output> {
+    let found = Command::new("node").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_err(),
+            "node is required"
+        );
+        eprintln!("skipping: no node");
+        return None;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    Some(Command::new("node").arg(path).args(args).output().unwrap())
+}
+
+/// Node's own `http2` client: SETTINGS seen, two WebSockets on one connection, a refusal,
+/// a plain GET, the close handshake; over h2c and over TLS with ALPN h2.
+fn node_http2_client(io: Io) {
+    let dir = common::scratch(&format!("h2-node-{io:?}"));
+    let cert = common::cert(&dir, "server", &["127.0.0.1"]);
+    let args = [
+        "--h2",
+        "--h2c",
+        "--after",
+        "echo",
+        "--path",
+        "/chat",
+        "--subprotocols",
+        "v2,v1",
+    ];
+    let server = Server::start_tls(io, &cert, &args);
+    let urls = [
+        vec![format!("http://{}", server.addr)],
+        vec![
+            format!("https://{}", server.tls_addr()),
+            cert.cert.display().to_string(),
+        ],
+    ];
+    for url in urls {
+        let Some(output) = node("h2_client.js", &url) else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{url:?}: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            server.log()
+        );
+        for line in [
+            "settings ok",
+            "echo ok: 2 streams",
+            "rejection ok: 404",
+            "get ok: 426",
+            "close ok: 1000",
+        ] {
+            assert!(
+                stdout.contains(line),
+                "{url:?} did not say {line:?}: {stdout}"
+            );
+        }
+    }
+}
+
+/// curl over HTTP/2: ALPN h2 with --h2, prior knowledge with --h2c, HTTP/1.1 without.
+fn curl_speaks_http2_only_where_offered(io: Io) {
+    let dir = common::scratch(&format!("h2-curl-{io:?}"));
+    let cert = common::cert(&dir, "server", &["127.0.0.1"]);
+    let curl = |url: String, flag: &str| {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                "--cacert",
+            ])
+            .arg(&cert.cert)
+            .args([flag, &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let on = Server::start_tls(io, &cert, &["--h2", "--h2c", "--after", "echo"]);
+    assert_eq!(
+        curl(format!("https://{}/", on.tls_addr()), "--http2"),
+        "2 426"
+    );
+    assert_eq!(
+        curl(format!("http://{}/", on.addr), "--http2-prior-knowledge"),
+        "2 426"
+    );
+    let off = Server::start_tls(io, &cert, &["--after", "echo"]);
+    assert_eq!(
+        curl(format!("https://{}/", off.tls_addr()), "--http2"),
+        "1.1 426"
+    );
+}
+
+on_both_backends!(
+    an_extended_connect_is_upgraded_and_echoes,
+    refusals_are_the_http1_statuses,
+    more_streams_than_the_setting_are_refused,
+    rapid_reset_ends_the_connection,
+    a_continuation_flood_is_cut_short,
+    an_hpack_bomb_is_refused,
+    a_ping_flood_that_is_not_read_is_given_up,
+    a_stream_whose_window_stays_closed_is_reset,
+    a_connection_without_streams_is_closed_with_goaway,
+    a_drain_says_goaway_and_closes_each_websocket,
+    without_h2c_the_preface_is_an_http1_request,
+    node_http2_client,
+    curl_speaks_http2_only_where_offered,
+);
