@@ -77,6 +77,10 @@ enum State {
     Open(Connection<Pipe, Bytes>),
     /// The connection ended (its GOAWAY, if any, is in the output).
     Ended,
+    /// Ended, and its GOAWAY sent with the write side shut: what the client still sends
+    /// is read and dropped until it closes or this time passes, so that a close with
+    /// unread input (a reset) cannot destroy the GOAWAY before the client reads it.
+    Lingering(u64),
 }
 
 /// One client's HTTP/2 connection and its streams.
@@ -122,6 +126,9 @@ impl Http2 {
 
     /// Bytes from the client.
     pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) -> Next {
+        if let State::Lingering(_) = self.state {
+            return Next::Continue;
+        }
         self.pipe.push(bytes);
         self.drive(cx)
     }
@@ -141,11 +148,16 @@ impl Http2 {
             stream.on_connection_closed(stats);
         }
         self.streams.clear();
-        self.state = State::Ended;
+        if !matches!(self.state, State::Lingering(_)) {
+            self.state = State::Ended;
+        }
     }
 
     /// When [`Http2::on_timeout`] is due.
     pub fn deadline(&self, send_timeout_ms: u64) -> Option<u64> {
+        if let State::Lingering(until) = self.state {
+            return Some(until);
+        }
         let streams = self
             .streams
             .iter()
@@ -160,6 +172,12 @@ impl Http2 {
     /// A deadline passed: the streams' are carried out; a connection with no stream left
     /// since `--handshake-timeout-ms` is closed with `GOAWAY`.
     pub fn on_timeout(&mut self, cx: &mut Ctx<'_>) -> Next {
+        if let State::Lingering(until) = self.state {
+            return match cx.now >= until {
+                true => Next::Close,
+                false => Next::Continue,
+            };
+        }
         let send_timeout = cx.config.send_timeout_ms;
         for stream in &mut self.streams {
             if stream.deadline(send_timeout).is_some_and(|at| at <= cx.now) {
@@ -218,7 +236,8 @@ impl Http2 {
         match self.state {
             State::Ended => {
                 self.close(cx.stats);
-                Next::Close
+                self.state = State::Lingering(cx.now.saturating_add(cx.config.linger_ms));
+                Next::HalfClose
             }
             _ => Next::Continue,
         }
@@ -245,9 +264,16 @@ impl Http2 {
         loop {
             match conn.poll_accept(task) {
                 Poll::Pending => break,
-                Poll::Ready(Some(Ok((request, respond)))) => {
+                Poll::Ready(Some(Ok((request, mut respond)))) => {
                     progress = true;
                     let (head, recv) = request.into_parts();
+                    if let Some(why) = stream::malformed(&head) {
+                        // RFC 9113 8.1.1: a malformed request is a stream error, not a
+                        // request to answer.
+                        tracing::debug!(why, "HTTP/2 request malformed");
+                        respond.send_reset(Reason::PROTOCOL_ERROR);
+                        continue;
+                    }
                     Counters::bump(&cx.stats.h2_streams);
                     self.opened += 1;
                     let stream = Stream::open(&head, recv, respond, &mut self.scratch, cx);

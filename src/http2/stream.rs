@@ -87,6 +87,30 @@ pub fn write_http1_request(head: &http::request::Parts, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Why a request h2 let through is malformed all the same (RFC 9113 8.2.1, 8.3.1, 8.5),
+/// if it is: such a stream is reset, not answered.
+pub fn malformed(head: &http::request::Parts) -> Option<&'static str> {
+    let padded = |v: &[u8]| {
+        let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        blank(v.first()) || blank(v.last())
+    };
+    if head.headers.values().any(|v| padded(v.as_bytes())) {
+        return Some("a field value starts or ends with whitespace");
+    }
+    let authority = head.uri.authority().map(|a| a.as_str());
+    let host = head.headers.get(http::header::HOST).map(|h| h.as_bytes());
+    if let (Some(authority), Some(host)) = (authority, host) {
+        if authority.as_bytes() != host {
+            return Some("Host differs from :authority");
+        }
+    }
+    let extended = head.extensions.get::<h2::ext::Protocol>().is_some();
+    if head.method == Method::CONNECT && !extended && authority.is_none() {
+        return Some("CONNECT without :authority");
+    }
+    None
+}
+
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

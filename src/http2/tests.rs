@@ -95,3 +95,33 @@ fn only_the_preface_is_taken_for_http2() {
     assert!(!starts_preface(b"PRI * HTTP/1.1\r\n"));
     assert!(!starts_preface(b""));
 }
+
+#[test]
+fn malformed_requests_are_told_apart() {
+    let head = |method: &str, uri: &str, headers: &[(&str, &str)]| {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(())
+            .map(http::Request::into_parts)
+            .map(|(h, ())| h)
+    };
+    let ok = head("GET", "https://a.example/", &[("host", "a.example")]);
+    assert_eq!(ok.as_ref().map(stream::malformed).ok(), Some(None));
+    for (method, uri, headers) in [
+        ("GET", "https://a.example/", &[("x", " padded")][..]),
+        ("GET", "https://a.example/", &[("x", "padded\t")][..]),
+        ("GET", "https://a.example/", &[("host", "b.example")][..]),
+        ("CONNECT", "/", &[][..]),
+    ] {
+        let parsed = head(method, uri, headers);
+        assert!(
+            parsed
+                .as_ref()
+                .is_ok_and(|h| stream::malformed(h).is_some()),
+            "{method} {uri} {headers:?}"
+        );
+    }
+}
