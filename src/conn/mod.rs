@@ -1186,4 +1186,4 @@ impl Conn {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,7 +3,7 @@
 use super::*;
 use crate::proxy::Peers;
 
-fn config(after: AfterUpgrade) -> ConnConfig {
+pub(crate) fn config(after: AfterUpgrade) -> ConnConfig {
     ConnConfig {
         policy: Policy::default(),
         after,

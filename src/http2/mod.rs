@@ -28,6 +28,7 @@
 //!   reading stops while the socket has not taken it (back-pressure), under
 //!   `--send-timeout-ms`.
 
+pub mod client;
 mod pipe;
 mod stream;
 

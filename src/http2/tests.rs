@@ -125,3 +125,68 @@ fn malformed_requests_are_told_apart() {
         );
     }
 }
+
+/// The client codec against the server, in memory: SETTINGS, two WebSockets on one
+/// connection, an echo, a refusal, the stream's end; the accounting of streams.
+#[test]
+fn the_client_and_the_server_agree_in_memory() {
+    use crate::conn::{AfterUpgrade, Ctx};
+    use crate::stats::Counters;
+    use client::{Client, Connect, Frame};
+
+    let mut config = crate::conn::tests::config(AfterUpgrade::Echo);
+    config.policy.paths = vec!["/chat".into()];
+    let stats = Counters::default();
+    let mut out = Vec::new();
+    let mut cx = Ctx {
+        config: &config,
+        now: 0,
+        out: &mut out,
+        stats: &stats,
+    };
+    let mut server = Http2::new(&cx);
+    let mut client = Client::new();
+    let mut wire = Vec::new();
+    Client::start(&mut wire);
+    let request = |path| Connect {
+        scheme: "http",
+        authority: "a",
+        path,
+        protocols: &[],
+        headers: &[],
+    };
+    client.connect(&mut wire, 1, &request("/chat"));
+    client.connect(&mut wire, 3, &request("/nope"));
+    Client::data(&mut wire, 1, b"\x81\x82abcd\x09\x0b", false); // "hi", masked
+    assert_eq!(server.receive(&wire, &mut cx), Next::Continue);
+    client.received(cx.out);
+    cx.out.clear();
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = client.next() {
+        frames.push(frame);
+    }
+    assert!(frames.contains(&Frame::Settings {
+        ack: false,
+        connect_protocol: true
+    }));
+    let status = |id| {
+        frames.iter().find_map(|f| match f {
+            Frame::Headers { stream, status, .. } if *stream == id => *status,
+            _ => None,
+        })
+    };
+    assert_eq!((status(1), status(3)), (Some(200), Some(404)));
+    let echoed = frames
+        .iter()
+        .any(|f| matches!(f, Frame::Data { stream: 1, payload, .. } if payload == b"\x81\x02hi"));
+    assert!(echoed, "{frames:?}");
+    // Stream 1 ends both ways; stream 3 was refused and ended by the server.
+    let mut wire = Vec::new();
+    Client::data(&mut wire, 1, b"\x88\x80abcd", true);
+    let _ = server.receive(&wire, &mut cx);
+    let snapshot = Counters::sum([&stats]);
+    assert_eq!(
+        (snapshot.h2_streams, snapshot.upgraded, snapshot.rejected),
+        (2, 1, 1)
+    );
+}
