@@ -207,7 +207,7 @@ impl Client {
     }
 
     /// The next whole frame read, if one is.
-    pub fn next(&mut self) -> Result<Option<Frame>, ClientError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ClientError> {
         let Client { decoder, input, .. } = self;
         let Some(header) = input.get(..9) else {
             return Ok(None);

@@ -162,7 +162,7 @@ fn the_client_and_the_server_agree_in_memory() {
     client.received(cx.out);
     cx.out.clear();
     let mut frames = Vec::new();
-    while let Ok(Some(frame)) = client.next() {
+    while let Ok(Some(frame)) = client.next_frame() {
         frames.push(frame);
     }
     assert!(frames.contains(&Frame::Settings {
