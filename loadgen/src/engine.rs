@@ -87,6 +87,9 @@ pub struct Plan {
     pub proxy_header: Option<ProxyHeaderVersion>,
     /// Where each interval's figures go (`--hdr-log`), if anywhere.
     pub intervals: Option<IntervalSink>,
+    /// `--h2`: WebSockets over HTTP/2 (RFC 8441), this many extended CONNECT streams on
+    /// each connection; every stream counts as one upgrade.
+    pub h2_streams: Option<u32>,
 }
 
 /// Workers cut their figures into intervals counted from one shared origin, so that the
@@ -150,8 +153,29 @@ struct Slot {
     /// Slowloris: bytes of the request sent so far; hold: next ping.
     trickled: usize,
     next_tick: Instant,
+    /// `--h2`: the connection's streams.
+    h2: Option<Box<H2Conn>>,
     /// `reconnect`: the client this attempt is for.
     client: u32,
+}
+
+/// `--h2`: one connection's HTTP/2 state and its streams' answers.
+#[derive(Default)]
+struct H2Conn {
+    client: wsedge::http2::client::Client,
+    /// The extended CONNECTs are out (sent once the server's SETTINGS allowed them).
+    opened: bool,
+    /// Streams answered, upgraded or not.
+    answered: u32,
+    upgraded: u32,
+}
+
+/// What the frames read on an `--h2` connection came to.
+enum H2Outcome {
+    /// A stream was answered: upgraded, or refused for this reason.
+    Stream(Result<(), ErrorKind>),
+    /// The connection failed (or went away before every stream was answered).
+    Failed(ErrorKind),
 }
 
 /// A slot that is no reconnecting client's attempt.
@@ -553,6 +577,7 @@ impl Worker<'_> {
             deadline: now + self.plan.connect_timeout,
             trickled: 0,
             next_tick: now,
+            h2: self.plan.h2_streams.map(|_| Box::default()),
             client,
         });
         self.progress.in_flight.fetch_add(1, Relaxed);
@@ -591,6 +616,11 @@ impl Worker<'_> {
                     .as_bytes(),
                 ),
             }
+        }
+        if self.plan.h2_streams.is_some() {
+            // The streams' CONNECTs follow the server's SETTINGS (RFC 8441 3).
+            wsedge::http2::client::Client::start(&mut self.request);
+            return;
         }
         let start = self.request.len();
         let room = 512
@@ -675,6 +705,9 @@ impl Worker<'_> {
         if slot.tls.is_some() && slot.phase != Phase::Connecting {
             return self.on_readable_tls(key, now);
         }
+        if slot.h2.is_some() && matches!(slot.phase, Phase::Reading | Phase::Holding) {
+            return self.on_readable_h2(key, now);
+        }
         let mut buf = [0u8; 2048];
         loop {
             let result = (&slot.stream).read(&mut buf);
@@ -725,6 +758,7 @@ impl Worker<'_> {
         let mut buf = [0u8; 16 * 1024];
         let mut plaintext = Vec::new();
         let keep = slot.phase != Phase::Holding;
+        let h2 = slot.h2.is_some();
         let mut ended = false;
         while !ended {
             let n = match (&slot.stream).read(&mut buf) {
@@ -756,7 +790,11 @@ impl Worker<'_> {
                         break;
                     }
                     unread -= n;
-                    let room = MAX_RESPONSE_HEADER_BYTES.saturating_sub(plaintext.len());
+                    let room = match h2 {
+                        // Frames are read as they come: nothing piles up.
+                        true => n,
+                        false => MAX_RESPONSE_HEADER_BYTES.saturating_sub(plaintext.len()),
+                    };
                     if keep {
                         plaintext.extend_from_slice(&scratch[..n.min(room)]);
                     }
@@ -770,6 +808,10 @@ impl Worker<'_> {
             }
             slot.phase = Phase::Reading;
             slot.sent = now;
+            if h2 && tls.alpn_protocol() != Some(b"h2") {
+                // The server did not choose HTTP/2.
+                return self.finish(key, Some(ErrorKind::BadResponse), now);
+            }
         }
         while tls.wants_write() {
             match tls.write_tls(&mut &slot.stream) {
@@ -778,7 +820,11 @@ impl Worker<'_> {
                 Err(e) => return self.finish(key, Some(ErrorKind::from_io(&e)), now),
             }
         }
-        if slot.phase == Phase::Reading && !plaintext.is_empty() {
+        if h2 && slot.phase == Phase::Reading && !plaintext.is_empty() {
+            if !self.on_h2_bytes(key, &plaintext, now) {
+                return;
+            }
+        } else if slot.phase == Phase::Reading && !plaintext.is_empty() {
             slot.response.extend_from_slice(&plaintext);
             match check_response(&slot.response, &slot.key, &self.protocols) {
                 ResponseCheck::Partial => {}
@@ -791,16 +837,195 @@ impl Worker<'_> {
         if !ended {
             return;
         }
+        let Some(slot) = self.slots.get(key) else {
+            return;
+        };
         let kind = match slot.phase {
             Phase::Securing => ErrorKind::Tls,
             Phase::Holding => {
-                self.established -= 1;
-                self.progress.established.fetch_sub(1, Relaxed);
+                self.release_held(key);
                 ErrorKind::ClosedEarly
             }
             _ => ErrorKind::ClosedEarly,
         };
         self.finish(key, Some(kind), now)
+    }
+
+    /// A held slot closes: its upgraded connections (an `--h2` connection's streams) are
+    /// no longer established.
+    fn release_held(&mut self, key: usize) {
+        let held = self
+            .slots
+            .get(key)
+            .map_or(1, |s| s.h2.as_ref().map_or(1, |h| h.upgraded));
+        self.established = self.established.saturating_sub(held as usize);
+        self.progress
+            .established
+            .fetch_sub(u64::from(held), Relaxed);
+    }
+
+    /// `--h2`, plain: frames read until the socket is drained.
+    fn on_readable_h2(&mut self, key: usize, now: Instant) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(slot) = self.slots.get(key) else {
+                return;
+            };
+            let holding = slot.phase == Phase::Holding;
+            match (&slot.stream).read(&mut buf) {
+                Ok(0) if holding => {
+                    self.release_held(key);
+                    return self.finish(key, Some(ErrorKind::ClosedEarly), now);
+                }
+                Ok(0) => return self.finish(key, Some(ErrorKind::ClosedEarly), now),
+                // A held connection's frames are not read: pings, the server's own.
+                Ok(_) if holding => continue,
+                Ok(n) => {
+                    if !self.on_h2_bytes(key, &buf[..n], now) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if holding => {
+                    self.release_held(key);
+                    return self.finish(key, Some(ErrorKind::from_io(&e)), now);
+                }
+                Err(e) => return self.finish(key, Some(ErrorKind::from_io(&e)), now),
+            }
+        }
+    }
+
+    /// `--h2`: frames read from the server. Its SETTINGS open the streams; each stream's
+    /// answer is counted as an upgrade or an error; once all are answered the connection
+    /// is held or closed as the mode says. False when the slot is gone.
+    fn on_h2_bytes(&mut self, key: usize, bytes: &[u8], now: Instant) -> bool {
+        let streams = self.plan.h2_streams.unwrap_or(1);
+        let Some(slot) = self.slots.get_mut(key) else {
+            return false;
+        };
+        let Some(h2) = slot.h2.as_deref_mut() else {
+            return true;
+        };
+        use wsedge::http2::client::{Client, Connect, Frame};
+        h2.client.received(bytes);
+        let mut out = Vec::new();
+        let mut outcomes = Vec::new();
+        loop {
+            let frame = match h2.client.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    outcomes.push(H2Outcome::Failed(ErrorKind::BadResponse));
+                    break;
+                }
+            };
+            match frame {
+                Frame::Settings {
+                    ack: false,
+                    connect_protocol,
+                } => {
+                    Client::ack_settings(&mut out);
+                    if h2.opened {
+                        continue;
+                    }
+                    if !connect_protocol {
+                        outcomes.push(H2Outcome::Failed(ErrorKind::BadResponse));
+                        break;
+                    }
+                    let request = Connect {
+                        scheme: if slot.tls.is_some() { "https" } else { "http" },
+                        authority: &self.plan.target.host,
+                        path: &self.plan.target.path,
+                        protocols: &self.protocols,
+                        headers: &self.headers,
+                    };
+                    for n in 0..streams {
+                        h2.client.connect(&mut out, 1 + 2 * n, &request);
+                    }
+                    h2.opened = true;
+                    slot.sent = now;
+                }
+                Frame::Headers { status, .. } => {
+                    outcomes.push(H2Outcome::Stream(match status {
+                        Some(200) => Ok(()),
+                        Some(code) => Err(ErrorKind::Status(code)),
+                        None => Err(ErrorKind::BadResponse),
+                    }));
+                }
+                Frame::Reset { .. } => {
+                    outcomes.push(H2Outcome::Stream(Err(ErrorKind::StreamRefused)));
+                }
+                Frame::GoAway { .. } => {
+                    outcomes.push(H2Outcome::Failed(ErrorKind::StreamRefused));
+                    break;
+                }
+                Frame::Ping {
+                    ack: false,
+                    payload,
+                } => Client::pong(&mut out, payload),
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            let written = match slot.tls.as_deref_mut() {
+                Some(tls) => tls
+                    .writer()
+                    .write_all(&out)
+                    .and_then(|()| tls.write_tls(&mut &slot.stream).map(|_| ())),
+                // A few frames: a fresh socket's buffer takes them whole.
+                None => (&slot.stream).write_all(&out),
+            };
+            if let Err(error) = written {
+                self.finish(key, Some(ErrorKind::from_io(&error)), now);
+                return false;
+            }
+        }
+        for outcome in outcomes {
+            match outcome {
+                H2Outcome::Stream(result) => {
+                    let Some(h2) = self.slots.get_mut(key).and_then(|s| s.h2.as_deref_mut()) else {
+                        return false;
+                    };
+                    h2.answered += 1;
+                    match result {
+                        Ok(()) => {
+                            h2.upgraded += 1;
+                            let slot = &self.slots[key];
+                            let (intended, sent) = (slot.intended, slot.sent);
+                            self.report.ok += 1;
+                            self.progress.ok.fetch_add(1, Relaxed);
+                            record(&mut self.report.total, now - intended);
+                            record(&mut self.report.handshake, now - sent);
+                        }
+                        Err(kind) => self.count_error(kind),
+                    }
+                }
+                H2Outcome::Failed(kind) => {
+                    self.finish(key, Some(kind), now);
+                    return false;
+                }
+            }
+        }
+        let Some(slot) = self.slots.get_mut(key) else {
+            return false;
+        };
+        let done = slot.h2.as_ref().is_some_and(|h| h.answered >= streams);
+        if !done {
+            return true;
+        }
+        let upgraded = slot.h2.as_ref().map_or(0, |h| h.upgraded);
+        if let Mode::Hold { .. } = self.plan.mode {
+            slot.phase = Phase::Holding;
+            slot.next_tick = now + Duration::from_secs(86_400 * 365);
+            self.established += upgraded as usize;
+            self.progress
+                .established
+                .fetch_add(u64::from(upgraded), Relaxed);
+            return true;
+        }
+        self.finish(key, None, now);
+        false
     }
 
     fn on_upgraded(&mut self, key: usize, now: Instant) {
@@ -843,6 +1068,17 @@ impl Worker<'_> {
             return;
         };
         self.progress.in_flight.fetch_sub(1, Relaxed);
+        if let (Some(kind), Some(h2)) = (error, &slot.h2) {
+            // `--h2`: every stream left unanswered failed with the connection.
+            let unanswered = self
+                .plan
+                .h2_streams
+                .unwrap_or(1)
+                .saturating_sub(h2.answered);
+            for _ in 1..unanswered {
+                self.count_error(kind);
+            }
+        }
         if let Some(kind) = error {
             self.count_error(kind);
             if slot.client != NO_CLIENT {
@@ -858,7 +1094,7 @@ impl Worker<'_> {
         match self.plan.close {
             CloseMode::Rst => net::reset_on_close(&slot.stream),
             CloseMode::Fin => {}
-            CloseMode::Ws if error.is_none() => {
+            CloseMode::Ws if error.is_none() && slot.h2.is_none() => {
                 // Masked Close(1000), mask 0: the payload goes as is.
                 let _ = (&slot.stream).write(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
             }
@@ -901,7 +1137,7 @@ impl Worker<'_> {
                     self.finish(key, Some(ErrorKind::HandshakeTimeout), now)
                 }
                 Phase::Trickling => self.trickle(key, now),
-                Phase::Holding if now >= slot.next_tick => {
+                Phase::Holding if now >= slot.next_tick && slot.h2.is_none() => {
                     if let Mode::Hold {
                         ping_interval: Some(interval),
                         ..

@@ -143,6 +143,14 @@ struct Common {
     /// secp384r1, x25519mlkem768) [default: x25519, secp256r1, secp384r1].
     #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = wsedge::values::tls_group)]
     tls_groups: Vec<wsedge::tls::TlsGroup>,
+    /// WebSockets over HTTP/2 (RFC 8441): each connection speaks HTTP/2 (ALPN h2 over
+    /// wss://, prior knowledge over ws://) and opens --streams extended CONNECT streams
+    /// once the server's SETTINGS allow them; each stream counts as an upgrade.
+    #[arg(long)]
+    h2: bool,
+    /// --h2: streams opened on each connection (all at once).
+    #[arg(long, value_name = "N", requires = "h2", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    streams: u32,
     /// Start each connection with a PROXY protocol header (v1 or v2) naming a client, as an
     /// L4 balancer in front of the server would (ws:// targets).
     #[arg(long, value_enum, value_name = "VERSION")]
@@ -264,6 +272,26 @@ fn plan(common: &Common, mode: Mode) -> Plan {
             (None, _) => None,
         },
         intervals: None,
+        h2_streams: h2_streams(common, mode),
+    }
+}
+
+/// `--h2`'s streams per connection, for the modes that take it.
+fn h2_streams(common: &Common, mode: Mode) -> Option<u32> {
+    if !common.h2 {
+        return None;
+    }
+    match mode {
+        Mode::Slowloris { .. } | Mode::Reconnect { .. } => {
+            usage_error("--h2 is used with storm, rate and hold".into())
+        }
+        _ if common.key.is_some() => {
+            usage_error("--key is not used with --h2 (RFC 8441 has no key)".into())
+        }
+        _ if common.close == Close::Ws => {
+            usage_error("--close ws is not used with --h2: choose rst or fin".into())
+        }
+        _ => Some(common.streams),
     }
 }
 
@@ -296,6 +324,9 @@ fn tls_config(common: &Common) -> Option<Arc<rustls::ClientConfig>> {
     )
     .unwrap_or_else(|e| usage_error(e));
     let mut config = Arc::unwrap_or_clone(config);
+    if common.h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     config.resumption = match common.tls_resume {
         true => rustls::client::Resumption::store(Arc::new(tickets::ReturningClients::default())),
         false => rustls::client::Resumption::disabled(),

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     BadResponse,
     /// The TLS handshake failed (an alert, a certificate the client refused).
     Tls,
+    /// `--h2`: the server reset the stream, or went away before answering it.
+    StreamRefused,
     /// Any other socket error.
     Other,
 }
@@ -53,6 +55,7 @@ impl ErrorKind {
             ErrorKind::BadSubprotocol => "bad_subprotocol".into(),
             ErrorKind::Tls => "tls".into(),
             ErrorKind::BadResponse => "bad_response".into(),
+            ErrorKind::StreamRefused => "stream_refused".into(),
             ErrorKind::Other => "other".into(),
         }
     }
@@ -73,6 +76,7 @@ impl ErrorKind {
             ErrorKind::BadAccept,
             ErrorKind::BadSubprotocol,
             ErrorKind::BadResponse,
+            ErrorKind::StreamRefused,
             ErrorKind::Tls,
             ErrorKind::Other,
         ]

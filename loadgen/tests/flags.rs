@@ -427,6 +427,23 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     ),
     (
         "*",
+        "--h2",
+        &[
+            "loadgen::h2_streams_count_as_upgrades_on_h2c_and_h2",
+            "loadgen::h2_against_an_http1_server_fails_each_stream",
+            "loadgen::h2_flags_out_of_place_are_usage_errors",
+        ],
+    ),
+    (
+        "*",
+        "--streams",
+        &[
+            "loadgen::h2_streams_count_as_upgrades_on_h2c_and_h2",
+            "loadgen::h2_flags_out_of_place_are_usage_errors",
+        ],
+    ),
+    (
+        "*",
         "--insecure",
         &["loadgen::wss_storms_verify_every_upgrade_time_tls_and_resume_with_tls_resume"],
     ),

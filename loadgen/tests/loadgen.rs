@@ -498,3 +498,124 @@ fn proxy_header_names_a_client_as_a_balancer_would() {
     let (code, _, _) = loadgen(&["storm", "wss://localhost:1/", "--proxy-header", "v2"]);
     assert_eq!(code, 2, "wss:// with --proxy-header is a usage error");
 }
+
+/// `--h2`: every stream of every connection is an upgrade (h2c with prior knowledge, and
+/// wss:// with ALPN h2); a stream's refusal is counted per stream; a held connection holds
+/// all its streams.
+#[test]
+fn h2_streams_count_as_upgrades_on_h2c_and_h2() {
+    let mut config = server_config(AfterUpgrade::Echo, 10_000);
+    config.conn.h2c = true;
+    config.conn.policy.paths = vec!["/chat".into()];
+    let server = Server::start(config).expect("start wsedge");
+    let url = |path: &str| format!("ws://127.0.0.1:{}{path}", server.local_addrs()[0].port());
+    let storm = |url: &str, extra: &[&str]| {
+        let mut args = vec!["storm", url, "--h2", "--count", "5", "--concurrency", "2"];
+        args.extend_from_slice(&["--duration", "60s", "--json"]);
+        args.extend_from_slice(extra);
+        let (code, stdout, json) = loadgen(&args);
+        assert_eq!(code, 0, "{stdout}");
+        json.expect("JSON")
+    };
+    let run = storm(&url("/chat"), &["--streams", "4"]);
+    assert_eq!(
+        (run["ok"].as_u64(), run["errors_total"].as_u64()),
+        (Some(20), Some(0)),
+        "{run}"
+    );
+    let refused = storm(&url("/other"), &["--streams", "3"]);
+    assert_eq!(refused["errors"]["status_404"], 15, "{refused}");
+    let snapshot = wsedge::stats::Counters::sum(server.counters().iter().map(|c| &**c));
+    assert_eq!((snapshot.h2_connections, snapshot.h2_streams), (10, 35));
+    let (code, stdout, json) = loadgen(&[
+        "hold",
+        &url("/chat"),
+        "--h2",
+        "--streams",
+        "25",
+        "--connections",
+        "4",
+        "--hold",
+        "200ms",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(json.expect("JSON")["ok"], 100, "{stdout}");
+
+    let (_tls, port, cert) = support::wsedge_tls_offering(AfterUpgrade::Close, Vec::new(), true);
+    let url = format!("wss://localhost:{port}/");
+    let run = storm(&url, &["--ca", cert.to_str().unwrap(), "--streams", "2"]);
+    assert_eq!(run["ok"], 10, "{run}");
+    // Without --h2 the same server speaks HTTP/1.1 to it.
+    let (code, stdout, json) = loadgen(&[
+        "storm",
+        &url,
+        "--ca",
+        cert.to_str().unwrap(),
+        "--count",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(
+        (code, json.map(|j| j["ok"].clone())),
+        (0, Some(3.into())),
+        "{stdout}"
+    );
+}
+
+/// A server that does not speak HTTP/2 fails every stream of the connection.
+#[test]
+fn h2_against_an_http1_server_fails_each_stream() {
+    let server = wsedge(AfterUpgrade::Close, 10_000);
+    let url = format!("ws://127.0.0.1:{}/", server.local_addrs()[0].port());
+    let (code, stdout, json) = loadgen(&[
+        "storm",
+        &url,
+        "--h2",
+        "--streams",
+        "3",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    let json = json.expect("JSON");
+    assert_eq!((code, json["ok"].as_u64()), (0, Some(0)), "{stdout}");
+    assert_eq!(json["errors_total"], 6, "{json}");
+}
+
+#[test]
+fn h2_flags_out_of_place_are_usage_errors() {
+    for (args, says) in [
+        (
+            &["storm", "ws://127.0.0.1:1/", "--streams", "2"][..],
+            "--h2",
+        ),
+        (&["slowloris", "ws://127.0.0.1:1/", "--h2"], "--h2"),
+        (
+            &[
+                "storm",
+                "ws://127.0.0.1:1/",
+                "--h2",
+                "--key",
+                "dGhlIHNhbXBsZSBub25jZQ==",
+            ],
+            "--key",
+        ),
+        (
+            &["storm", "ws://127.0.0.1:1/", "--h2", "--close", "ws"],
+            "--close",
+        ),
+        (
+            &["storm", "ws://127.0.0.1:1/", "--h2", "--streams", "101"],
+            "--streams",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsedge-loadgen"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -113,6 +113,15 @@ pub fn wsedge_tls(
     after: AfterUpgrade,
     groups: Vec<wsedge::tls::TlsGroup>,
 ) -> (Server, u16, std::path::PathBuf) {
+    wsedge_tls_offering(after, groups, false)
+}
+
+/// [`wsedge_tls`], offering HTTP/2 by ALPN when `h2` (`--h2`).
+pub fn wsedge_tls_offering(
+    after: AfterUpgrade,
+    groups: Vec<wsedge::tls::TlsGroup>,
+    h2: bool,
+) -> (Server, u16, std::path::PathBuf) {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("loadgen-wss-{}-{n}", std::process::id()));
@@ -124,6 +133,7 @@ pub fn wsedge_tls(
     let settings = wsedge::tls::TlsSettings {
         pairs: vec![(cert.clone(), key)],
         groups,
+        h2,
         ..Default::default()
     };
     let config = ServerConfig {
