@@ -148,7 +148,7 @@ struct Common {
     /// once the server's SETTINGS allow them; each stream counts as an upgrade.
     #[arg(long)]
     h2: bool,
-    /// --h2: streams opened on each connection (all at once).
+    /// Streams opened on each connection, all at once (with --h2).
     #[arg(long, value_name = "N", requires = "h2", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     streams: u32,
     /// Start each connection with a PROXY protocol header (v1 or v2) naming a client, as an
