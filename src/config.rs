@@ -79,6 +79,10 @@ pub struct CheckArgs {
     /// /<server>/<session>/websocket and its open frame; name the link that broke.
     #[arg(long, conflicts_with = "ping")]
     pub sockjs: bool,
+    /// Over HTTP/2 (RFC 8441): ALPN h2 for wss://, prior knowledge for ws://; show the
+    /// server's SETTINGS (is extended CONNECT allowed?), the CONNECT and its status.
+    #[arg(long, conflicts_with_all = ["socketio", "sockjs", "ping"])]
+    pub h2: bool,
 }
 
 fn parse_check_url(value: &str) -> Result<String, String> {

@@ -388,6 +388,7 @@ fn check(args: &CheckArgs) -> ExitCode {
         timeout: args.timeout,
         insecure: args.insecure,
         ping: args.ping,
+        h2: args.h2,
     };
     use wsedge::check::framework::{self, Framework};
     let checked = match (args.socketio, args.sockjs) {

@@ -151,8 +151,6 @@ fn against_wsedge(io: Io) {
     assert!(json["timings"]["tcp_connect_ms"].is_f64());
 }
 
-on_both_backends!(against_wsedge);
-
 #[test]
 fn a_200_means_a_proxy_ate_the_upgrade() {
     let addr = server(|_| Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".into()));
@@ -408,4 +406,86 @@ fn a_bad_url_is_a_usage_error() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("ws:// or wss://"));
+}
+
+/// `check --h2` against wsedge: over h2c and over TLS with ALPN h2 an extended CONNECT is
+/// upgraded, refusals keep their status and the rule's reason, the token is masked; a
+/// server that offers no HTTP/2, or no prior knowledge, is named as such.
+fn h2_against_wsedge(io: Io) {
+    let dir = common::scratch(&format!("check-h2-{io:?}"));
+    let cert = common::cert(&dir, "server", &["localhost"]);
+    let args = [
+        "--h2",
+        "--h2c",
+        "--path",
+        "/chat",
+        "--subprotocols",
+        "chat",
+        "--auth-token",
+        "s3cret",
+    ];
+    let server = Server::start_tls(io, &cert, &args);
+    let plain = format!("ws://{}/chat", server.addr);
+    let (code, out) = check(&[&plain, "--h2", "--token", "s3cret", "--subprotocol", "chat"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(verdict(&out), "ok: upgraded to WebSocket, subprotocol chat");
+    assert!(out.contains("allow extended CONNECT"), "{out}");
+    assert!(out.contains("> :protocol: websocket"), "{out}");
+    assert!(
+        out.contains("> authorization: Bearer ******") && !out.contains("s3cret"),
+        "{out}"
+    );
+    assert!(out.contains("< :status: 200"), "{out}");
+
+    let (code, out) = check(&[&plain, "--h2"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        verdict(&out).starts_with("401: authentication required"),
+        "{out}"
+    );
+
+    let tls = format!("wss://localhost:{}/chat", server.tls_addr().port());
+    let (code, out) = check(&[&tls, "--h2", "--token", "s3cret", "--insecure"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ALPN h2"), "{out}");
+
+    // The same server without HTTP/2.
+    let without = Server::start_tls(io, &cert, &["--path", "/chat"]);
+    let tls = format!("wss://localhost:{}/chat", without.tls_addr().port());
+    let (code, out) = check(&[&tls, "--h2", "--insecure"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        verdict(&out).starts_with("HTTP/2 is not offered here (ALPN chose http/1.1)"),
+        "{out}"
+    );
+    let (code, out) = check(&[&format!("ws://{}/chat", without.addr), "--h2"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(verdict(&out).contains("wsedge --h2c"), "{out}");
+}
+
+on_both_backends!(against_wsedge, h2_against_wsedge);
+
+/// An HTTP/2 server that does not allow extended CONNECT (most do not: nginx, Go's
+/// default) is told apart from one that refuses the stream.
+#[test]
+fn h2_without_extended_connect_is_named() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let Ok(mut stream) = stream else { continue };
+            let mut preface = [0u8; 24 + 15];
+            let _ = stream.read_exact(&mut preface);
+            // SETTINGS with MAX_CONCURRENT_STREAMS only, then the reset of stream 1.
+            let _ = stream.write_all(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+            let _ = stream.write_all(&[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 7]);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let (code, out) = check(&[&format!("ws://{addr}/"), "--h2"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        verdict(&out).contains("does not allow extended CONNECT"),
+        "{out}"
+    );
 }

@@ -266,6 +266,7 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
         &[
             "http2::node_http2_client",
             "http2::curl_speaks_http2_only_where_offered",
+            "http2::browser_websocket_rides_the_pages_connection",
         ],
     ),
     (
@@ -274,6 +275,7 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
         &[
             "http2::an_extended_connect_is_upgraded_and_echoes",
             "http2::without_h2c_the_preface_is_an_http1_request",
+            "http2::haproxy_in_front_with_ws_h2",
         ],
     ),
     (
@@ -385,6 +387,14 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
         "serve",
         "--defer-accept-secs",
         &["flags::defer_accept_keeps_a_silent_client_in_the_kernel"],
+    ),
+    (
+        "check",
+        "--h2",
+        &[
+            "check::h2_against_wsedge",
+            "check::h2_without_extended_connect_is_named",
+        ],
     ),
     (
         "check",

@@ -602,6 +602,133 @@ fn curl_speaks_http2_only_where_offered(io: Io) {
     );
 }
 
+/// HAProxy 2.6 in front, speaking HTTP/2 with prior knowledge to wsedge and turning each
+/// client's HTTP/1.1 upgrade into an extended CONNECT stream (`proto h2 ws h2`): the
+/// WebSockets echo through it, and wsedge counts them as streams of HAProxy's connection.
+fn haproxy_in_front_with_ws_h2(io: Io) {
+    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+        assert!(!required, "HAProxy is required (apt install haproxy)");
+        eprintln!("skipping: no haproxy");
+        return;
+    };
+    let server = h2c(io, &["--metrics", "127.0.0.1:0"]);
+    let front = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = common::scratch(&format!("h2-haproxy-{io:?}"));
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 5s\n  \
+             timeout client 30s\n  timeout server 30s\n  timeout tunnel 30s\n\
+             frontend edge\n  bind {front}\n  default_backend wsedge\n\
+             backend wsedge\n  server w {} proto h2 ws h2\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(haproxy)
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(front).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy did not listen on {front}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut sockets = Vec::new();
+    for n in 0..3 {
+        let (mut socket, _) = tungstenite::connect(format!("ws://{front}/chat")).unwrap();
+        let text = format!("through HAProxy {n}");
+        socket
+            .send(tungstenite::Message::text(text.clone()))
+            .unwrap();
+        let echoed = socket.read().unwrap();
+        assert_eq!(echoed, tungstenite::Message::text(text));
+        sockets.push(socket);
+    }
+    server.wait_for_metric("wsedge_h2_streams_total", |n| n >= 3.0);
+    // HAProxy multiplexes: fewer connections than WebSockets reach wsedge.
+    let connections = common::metric_sum(&server.metrics_addr(), "wsedge_h2_connections_total");
+    assert!(
+        (1.0..=3.0).contains(&connections),
+        "{connections} HTTP/2 connections"
+    );
+    for mut socket in sockets {
+        socket.close(None).unwrap();
+        while socket.read().is_ok() {}
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Headless Chromium: a page on the server's origin, a fetch, then `new WebSocket(wss://)`
+/// to the same origin rides the page's HTTP/2 connection as an extended CONNECT stream: one
+/// TCP connection for the page and the socket, as the server counts them.
+fn browser_websocket_rides_the_pages_connection(io: Io) {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/thirdparty/node/node_modules");
+    let chromium = std::env::var_os("WSEDGE_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    if !modules.join("playwright-core").exists() || !chromium.exists() {
+        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+        assert!(!required, "Chromium and playwright-core are required");
+        eprintln!("skipping: no Chromium or playwright-core (run .ci/run)");
+        return;
+    }
+    let dir = common::scratch(&format!("h2-browser-{io:?}"));
+    let cert = common::cert(&dir, "server", &["localhost"]);
+    let args = [
+        "--h2",
+        "--after",
+        "echo",
+        "--path",
+        "/chat",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let server = Server::start_tls(io, &cert, &args);
+    let output = Command::new("node")
+        .env("NODE_PATH", &modules)
+        .env("WSEDGE_CHROMIUM", &chromium)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/browser_h2_client.js"))
+        .arg(format!("https://localhost:{}", server.tls_addr().port()))
+        .arg(&cert.cert)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("echo ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metrics = server.metrics_addr();
+    let count = |name: &str| common::metric_sum(&metrics, name);
+    assert_eq!(count("wsedge_upgrades_total"), 1.0);
+    assert_eq!(
+        (
+            count("wsedge_accepted_connections_total"),
+            count("wsedge_h2_connections_total")
+        ),
+        (1.0, 1.0),
+        "the page and its WebSocket share one connection"
+    );
+    assert!(count("wsedge_h2_streams_total") >= 2.0);
+}
+
 /// What `httpwg` (httpwg-cli, an h2spec successor) finds that is the h2 crate's choice of
 /// error code (PROTOCOL_ERROR where the suite wants FRAME_SIZE_ERROR, FLOW_CONTROL_ERROR,
 /// COMPRESSION_ERROR or STREAM_CLOSED: the connection or stream is refused all the same),
@@ -694,6 +821,8 @@ fn strip_colours(text: &str) -> String {
 }
 
 on_both_backends!(
+    browser_websocket_rides_the_pages_connection,
+    haproxy_in_front_with_ws_h2,
     httpwg_conformance,
     an_extended_connect_is_upgraded_and_echoes,
     refusals_are_the_http1_statuses,

@@ -6,6 +6,7 @@
 
 pub mod client_tls;
 pub mod framework;
+mod http2;
 pub mod verdict;
 
 use std::io::{self, Read, Write};
@@ -38,6 +39,8 @@ pub struct CheckOptions {
     pub insecure: bool,
     /// After a 101: ping, time the pong, close cleanly.
     pub ping: bool,
+    /// Over HTTP/2 (RFC 8441): ALPN h2 for `wss://`, prior knowledge for `ws://`.
+    pub h2: bool,
 }
 
 /// A parsed check URL.
@@ -234,6 +237,14 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
         Ok(stream) => stream,
         Err(verdict) => return Ok(conclude(report, verdict)),
     };
+    if options.h2 {
+        let verdict = match http2::upgrade(&mut stream, &url, options, &mut report)? {
+            Ok(protocol) => Verdict::Upgraded { protocol },
+            Err(verdict) => verdict,
+        };
+        report.timings.push(("total", started.elapsed()));
+        return Ok(conclude(report, verdict));
+    }
     let verdict = match upgrade(&mut stream, &url, options, &[], &mut report)? {
         Ok((protocol, early)) => {
             if options.ping {
@@ -250,10 +261,14 @@ pub fn run(options: &CheckOptions) -> Result<Report, String> {
 
 /// Resolves, connects and (for `wss://`) completes TLS, recording each step.
 fn open(url: &CheckUrl, options: &CheckOptions, report: &mut Report) -> Step<Stream> {
-    let tls_config = if url.secure {
-        Some(client_tls::client_config(options.insecure)?)
-    } else {
-        None
+    let tls_config = match url.secure {
+        true if options.h2 => {
+            let mut config = (*client_tls::client_config(options.insecure)?).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(std::sync::Arc::new(config))
+        }
+        true => Some(client_tls::client_config(options.insecure)?),
+        false => None,
     };
     let step = Instant::now();
     let addr = match (url.host.as_str(), url.port)

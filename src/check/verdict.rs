@@ -42,6 +42,25 @@ pub enum Verdict {
     FrameworkUpgraded(&'static str),
     /// `--socketio`, `--sockjs`: a link of the framework's own handshake broke.
     Framework(FrameworkFailure),
+    /// `--h2`: a link of the HTTP/2 handshake broke.
+    Http2(Http2Failure),
+}
+
+/// Which link of a WebSocket over HTTP/2 broke (`--h2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Http2Failure {
+    /// ALPN chose this instead of `h2`: the endpoint does not offer HTTP/2.
+    NotOffered(String),
+    /// The preface was answered in HTTP/1.x (this line): no HTTP/2 with prior knowledge.
+    NotHttp2(String),
+    /// The server's SETTINGS lack SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
+    NoExtendedConnect,
+    /// The server reset the stream with this code.
+    StreamReset(u32),
+    /// The server went away with this code before answering.
+    GoAway(u32),
+    /// Frames this client could not read.
+    Broken(String),
 }
 
 /// Which link of a framework's handshake broke (`--socketio`, `--sockjs`).
@@ -98,6 +117,9 @@ impl Verdict {
             Verdict::Framework(FrameworkFailure::PollingRefused { .. })
             | Verdict::Framework(FrameworkFailure::SessionUnknown { .. }) => 4,
             Verdict::Framework(_) => 5,
+            Verdict::Http2(Http2Failure::StreamReset(_) | Http2Failure::GoAway(_)) => 4,
+            Verdict::Http2(Http2Failure::Broken(_)) => 5,
+            Verdict::Http2(_) => 3,
             Verdict::Status {
                 code: 100..=399, ..
             } => 3,
@@ -127,6 +149,14 @@ impl Verdict {
                 FrameworkFailure::SessionUnknown { .. } => "session_unknown".into(),
                 FrameworkFailure::ProbeUnanswered => "probe_unanswered".into(),
                 FrameworkFailure::NoOpenFrame => "no_open_frame".into(),
+            },
+            Verdict::Http2(failure) => match failure {
+                Http2Failure::NotOffered(_) => "h2_not_offered".into(),
+                Http2Failure::NotHttp2(_) => "not_http2".into(),
+                Http2Failure::NoExtendedConnect => "no_extended_connect".into(),
+                Http2Failure::StreamReset(code) => format!("stream_reset_{code}"),
+                Http2Failure::GoAway(code) => format!("goaway_{code}"),
+                Http2Failure::Broken(_) => "h2_broken".into(),
             },
             Verdict::Status { code, .. } => format!("status_{code}"),
             Verdict::BadUpgrade(error) => format!("bad_upgrade: {error}"),
@@ -175,6 +205,29 @@ impl Verdict {
             Verdict::Framework(FrameworkFailure::NoOpenFrame) => {
                 "upgraded, but no SockJS open frame (o) came".into()
             }
+            Verdict::Http2(Http2Failure::NotOffered(chose)) => format!(
+                "HTTP/2 is not offered here (ALPN chose {chose}): the browser falls back to an HTTP/1.1 \
+                 upgrade; to offer it, wsedge --h2 (nginx has no RFC 8441)"
+            ),
+            Verdict::Http2(Http2Failure::NotHttp2(line)) => format!(
+                "the HTTP/2 preface got an HTTP/1.1 answer ({line}): this plain listener takes no prior \
+                 knowledge; wsedge --h2c"
+            ),
+            Verdict::Http2(Http2Failure::NoExtendedConnect) => {
+                "the server speaks HTTP/2 but does not allow extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL \
+                 not sent): WebSockets cannot ride its HTTP/2 connections (RFC 8441); browsers open a separate \
+                 HTTP/1.1 connection"
+                    .into()
+            }
+            Verdict::Http2(Http2Failure::StreamReset(code)) => format!(
+                "the server reset the WebSocket's stream ({}) instead of answering",
+                h2_code(*code)
+            ),
+            Verdict::Http2(Http2Failure::GoAway(code)) => format!(
+                "the server went away (GOAWAY {}) before answering the WebSocket's stream",
+                h2_code(*code)
+            ),
+            Verdict::Http2(Http2Failure::Broken(error)) => format!("the server's HTTP/2 could not be read: {error}"),
             Verdict::Status { code: 200..=299, .. } => format!(
                 "the upgrade was not honoured: {} came back as if to a plain request; a proxy in the path \
                  likely dropped the hop-by-hop Upgrade/Connection headers; fix it at the proxy (nginx: \
@@ -245,9 +298,35 @@ impl Verdict {
     }
 
     fn code_text(&self) -> String {
+        if let Verdict::Http2(_) = self {
+            return String::new();
+        }
         match self {
             Verdict::Status { code, .. } => code.to_string(),
             _ => String::new(),
         }
     }
+}
+
+/// An HTTP/2 error code's name (RFC 9113 7).
+fn h2_code(code: u32) -> String {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    NAMES
+        .get(code as usize)
+        .map_or(format!("error {code}"), |n| (*n).to_owned())
 }
