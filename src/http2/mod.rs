@@ -68,6 +68,10 @@ pub fn starts_preface(first: &[u8]) -> bool {
     n > 0 && first[..n] == PREFACE[..n]
 }
 
+/// How much input is handed to the connection at a time: a frame of the default maximum
+/// size and its header.
+const FEED: usize = 16 * 1024 + 9;
+
 /// Rounds of reading, answering and sending per call: each round moves what the last one
 /// made possible; a call ends once a round moves nothing.
 const ROUNDS: usize = 8;
@@ -125,13 +129,21 @@ impl Http2 {
         })
     }
 
-    /// Bytes from the client.
+    /// Bytes from the client, handed in a frame's worth at a time: the connection reads
+    /// all it is given, so the pipe never holds more than [`FEED`] (a large read kept whole
+    /// would leave the allocator's heap fragmented behind it).
     pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) -> Next {
-        if let State::Lingering(_) = self.state {
-            return Next::Continue;
+        for chunk in bytes.chunks(FEED) {
+            if let State::Lingering(_) = self.state {
+                return Next::Continue;
+            }
+            self.pipe.push(chunk);
+            let next = self.drive(cx);
+            if next != Next::Continue {
+                return next;
+            }
         }
-        self.pipe.push(bytes);
-        self.drive(cx)
+        Next::Continue
     }
 
     /// The client closed its side.
@@ -237,6 +249,7 @@ impl Http2 {
         match self.state {
             State::Ended => {
                 self.close(cx.stats);
+                self.pipe.drop_input();
                 self.state = State::Lingering(cx.now.saturating_add(cx.config.linger_ms));
                 Next::HalfClose
             }

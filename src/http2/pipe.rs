@@ -37,6 +37,13 @@ impl Pipe {
         buffers.input.extend_from_slice(bytes);
     }
 
+    /// Forgets what the connection has not read (it ended).
+    pub fn drop_input(&self) {
+        let mut buffers = self.0.borrow_mut();
+        buffers.input = Vec::new();
+        buffers.read_at = 0;
+    }
+
     /// The peer closed its side: once its bytes are read, the connection reads the end.
     pub fn close_input(&self) {
         self.0.borrow_mut().eof = true;
