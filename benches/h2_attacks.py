@@ -139,7 +139,7 @@ def flood(port, until, unit, connections=200):
             time.sleep(0.01)
     for s in sockets:
         s.close()
-    return f"{sent / 1e6:.1f} MB written before the server stopped reading"
+    return f"{sent / 1e6:.1f} MB of frames written, none of the answers read"
 
 
 def zero_window(port, until, connections=200, streams=100):
