@@ -8,6 +8,8 @@ resets the connections whose path asks for it). For SECS seconds, concurrently a
 
   storms        wsedge-loadgen storm (--count bounded) against each echo server
   held          wsedge-loadgen hold, pinging, against each echo server
+  h2 storms     wsedge-loadgen storm --h2 --streams 10 against each echo server (--h2c):
+                WebSockets as HTTP/2 streams, ten a connection
   slowloris     wsedge-loadgen slowloris against each echo server (cut at the 1 s handshake timeout)
   rejected      requests without Upgrade (426) and POSTs (405) against every server
   proxied       upgrades through each proxy, relaying random bytes both ways, checked
@@ -185,6 +187,16 @@ def storms(server, binary, deadline):
     return rounds(deadline, body)
 
 
+def h2_storms(server, binary, deadline):
+    def body():
+        result = loadgen(binary, "storm", f"ws://127.0.0.1:{server.port}/", "--h2", "--streams", "10",
+                         "--count", "200", "--concurrency", "4", "--duration", "120s",
+                         "--source-ips", "none")
+        assert result["errors_total"] == 0, result
+        server.expect(upgraded=result["ok"])
+    return rounds(deadline, body)
+
+
 def held(server, binary, deadline):
     def body():
         result = loadgen(binary, "hold", f"ws://127.0.0.1:{server.port}/", "--connections", "100",
@@ -312,7 +324,7 @@ def main():
     binary = os.path.join(options.bin_dir, "wsedge-loadgen")
     upstream = Upstream()
     proxy = ["--upstream", f"127.0.0.1:{upstream.port}"]
-    echo_servers = [Server(f"echo {io}", wsedge, io, "echo", []) for io in ("epoll", "uring")]
+    echo_servers = [Server(f"echo {io}", wsedge, io, "echo", ["--h2c"]) for io in ("epoll", "uring")]
     proxy_servers = [Server(f"proxy {io}", wsedge, io, "proxy", proxy) for io in ("epoll", "uring")]
     servers = echo_servers + proxy_servers
     deadline = time.monotonic() + options.secs
@@ -320,6 +332,7 @@ def main():
     for server in echo_servers:
         jobs += [("storms", storms, (server, binary, deadline)),
                  ("held", held, (server, binary, deadline)),
+                 ("h2 storms", h2_storms, (server, binary, deadline)),
                  ("slowloris", slowloris, (server, binary, deadline))]
     for server in proxy_servers:
         jobs += [("proxied", proxied, (server, deadline)),
@@ -348,6 +361,9 @@ def main():
                     + counted["http_forwarded"]
                     + counted["handshake_timeouts"] - counted["answered_timeouts"] + counted["abandoned"]
                     + counted["shed"])
+        # An HTTP/2 connection's outcome is its own; each of its streams has one besides.
+        h2_connections = int(m.get("wsedge_h2_connections_total", 0))
+        h2_streams = int(m.get("wsedge_h2_streams_total", 0))
         print(f"{server.name}: accepted {accepted}, upgraded {counted['upgraded']}, rejected "
               f"{counted['rejected']}, timeouts {counted['handshake_timeouts']}, abandoned "
               f"{counted['abandoned']}; descriptors {server.fds_at_start} -> {fds}; "
@@ -355,8 +371,9 @@ def main():
         if counted != expected:
             diff = {k: (counted[k], expected[k]) for k in COUNTERS if counted[k] != expected[k]}
             failures.append(f"{server.name}: counted (got, caused by the mix) {diff}")
-        if outcomes != accepted:
-            failures.append(f"{server.name}: outcomes {outcomes} != accepted {accepted}")
+        if outcomes + h2_connections != accepted + h2_streams:
+            failures.append(f"{server.name}: outcomes {outcomes} + HTTP/2 connections {h2_connections} "
+                            f"!= accepted {accepted} + HTTP/2 streams {h2_streams}")
         if fds != server.fds_at_start:
             failures.append(f"{server.name}: {fds} descriptors open, {server.fds_at_start} at start")
         if rss > server.rss_at_start + options.rss_margin_mib * 2**20:

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-30}
-targets=(handshake echo upstream_answer proxy_v2 proxy_header config client_check takeover_greeting tls_records)
+targets=(handshake echo upstream_answer proxy_v2 proxy_header config client_check takeover_greeting tls_records http2)
 cargo +nightly fuzz build -O "${targets[@]}" >/dev/null 2>&1 || cargo +nightly fuzz build -O
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
