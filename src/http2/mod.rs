@@ -100,7 +100,13 @@ pub struct Http2 {
     opened: u32,
     unanswered_resets: u32,
     going_away: bool,
+    /// In a drain: when this connection's GOAWAY goes out (a time of the drain window, as
+    /// a WebSocket's Close gets one, so that a drain does not turn every client away at
+    /// once); `NO_DEADLINE` outside a drain.
+    goaway_at: u64,
 }
+
+const NO_DEADLINE: u64 = u64::MAX;
 
 impl Http2 {
     /// The connection of a client that is known to speak HTTP/2 (ALPN `h2`, or the preface
@@ -126,6 +132,7 @@ impl Http2 {
             opened: 0,
             unanswered_resets: 0,
             going_away: false,
+            goaway_at: NO_DEADLINE,
         })
     }
 
@@ -171,14 +178,19 @@ impl Http2 {
         if let State::Lingering(until) = self.state {
             return Some(until);
         }
+        let goaway = (!self.going_away && self.goaway_at != NO_DEADLINE).then_some(self.goaway_at);
         let streams = self
             .streams
             .iter()
             .filter_map(|s| s.deadline(send_timeout_ms))
             .min();
-        match self.streams.is_empty() {
+        let own = match self.streams.is_empty() {
             true => Some(self.idle_until),
             false => streams,
+        };
+        match (own, goaway) {
+            (Some(own), Some(goaway)) => Some(own.min(goaway)),
+            (own, goaway) => own.or(goaway),
         }
     }
 
@@ -190,6 +202,9 @@ impl Http2 {
                 true => Next::Close,
                 false => Next::Continue,
             };
+        }
+        if !self.going_away && cx.now >= self.goaway_at {
+            self.go_away();
         }
         let send_timeout = cx.config.send_timeout_ms;
         for stream in &mut self.streams {
@@ -207,25 +222,38 @@ impl Http2 {
         self.drive(cx)
     }
 
-    /// The server drains: `GOAWAY` (no new stream), and each open WebSocket its Close at
+    /// The server drains: `GOAWAY` (no new stream) at a time `close_at` gives the
+    /// connection (at once without a WebSocket open), and each open WebSocket its Close at
     /// the time `close_at` gives it.
     pub fn on_shutdown(
         &mut self,
         mut close_at: impl FnMut() -> (u64, CloseCode),
         cx: &mut Ctx<'_>,
     ) -> Next {
-        if !self.going_away {
-            self.going_away = true;
-            match &mut self.state {
-                State::Open(conn) => conn.graceful_shutdown(),
-                _ => self.state = State::Ended,
-            }
+        if self.goaway_at == NO_DEADLINE {
+            self.goaway_at = match self.streams.iter().any(|s| s.is_open()) {
+                true => close_at().0,
+                false => cx.now,
+            };
+        }
+        if !self.going_away && cx.now >= self.goaway_at {
+            self.go_away();
         }
         for stream in self.streams.iter_mut().filter(|s| s.is_open()) {
             let (at, code) = close_at();
             stream.on_shutdown(at, code, cx);
         }
         self.drive(cx)
+    }
+
+    /// A graceful `GOAWAY`: no stream past those open; the connection ends with its last.
+    fn go_away(&mut self) {
+        self.going_away = true;
+        match &mut self.state {
+            State::Open(conn) => conn.graceful_shutdown(),
+            State::Starting(_) => self.state = State::Ended,
+            State::Ended | State::Lingering(_) => {}
+        }
     }
 
     /// Polls the connection and its streams until nothing moves; their output is appended
@@ -296,6 +324,8 @@ impl Http2 {
                         self.going_away = true;
                         conn.graceful_shutdown();
                     }
+                    // A stream that arrives in a drain before this connection's GOAWAY is
+                    // served; it closes with the others.
                 }
                 Poll::Ready(Some(Err(error))) => {
                     tracing::debug!(%error, "HTTP/2 connection error");

@@ -190,3 +190,61 @@ fn the_client_and_the_server_agree_in_memory() {
         (2, 1, 1)
     );
 }
+
+/// In a drain, a connection with a WebSocket open says GOAWAY at the time the drain gives
+/// it, not at once; one without says it at once.
+#[test]
+fn a_drain_spreads_its_goaways() {
+    use crate::conn::frame::CloseCode;
+    use crate::conn::{AfterUpgrade, Ctx};
+    use crate::stats::Counters;
+    use client::{Client, Connect, Frame};
+
+    let config = crate::conn::tests::config(AfterUpgrade::Echo);
+    let stats = Counters::default();
+    let frames_of = |bytes: &[u8]| {
+        let mut client = Client::new();
+        client.received(bytes);
+        let mut frames = Vec::new();
+        while let Ok(Some(frame)) = client.next_frame() {
+            frames.push(frame);
+        }
+        frames
+    };
+    let goaway = |frames: &[Frame]| frames.iter().any(|f| matches!(f, Frame::GoAway { .. }));
+    let mut wire = Vec::new();
+    Client::start(&mut wire);
+    let mut idle_wire = wire.clone();
+    let request = Connect {
+        scheme: "http",
+        authority: "a",
+        path: "/",
+        protocols: &[],
+        headers: &[],
+    };
+    Client::new().connect(&mut wire, 1, &request);
+
+    let mut out = Vec::new();
+    let mut cx = Ctx {
+        config: &config,
+        now: 0,
+        out: &mut out,
+        stats: &stats,
+    };
+    let mut busy = Http2::new(&cx);
+    let _ = busy.receive(&wire, &mut cx);
+    cx.out.clear();
+    let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx);
+    assert!(!goaway(&frames_of(cx.out)), "not before its time");
+    assert_eq!(busy.deadline(config.send_timeout_ms), Some(500));
+    cx.out.clear();
+    cx.now = 500;
+    let _ = busy.on_timeout(&mut cx);
+    assert!(goaway(&frames_of(cx.out)), "at its time");
+
+    let mut idle = Http2::new(&cx);
+    let _ = idle.receive(&idle_wire.split_off(0), &mut cx);
+    cx.out.clear();
+    let _ = idle.on_shutdown(|| (900, CloseCode(1012)), &mut cx);
+    assert!(goaway(&frames_of(cx.out)), "at once without a WebSocket");
+}

@@ -4,49 +4,19 @@
 // certificate the browser is told to trust, by its public key's SHA-256, as Chromium's
 // --ignore-certificate-errors-spki-list does for a test CA)
 // Prints one line per check; exits non-zero on the first failure.
-const crypto = require("crypto");
-const fs = require("fs");
-const { chromium } = require("playwright-core");
+const { launch, defineNextEvent } = require("./chromium");
 
 const [base, caFile] = process.argv.slice(2);
 
-function spkiHash(pemFile) {
-  const key = new crypto.X509Certificate(fs.readFileSync(pemFile)).publicKey;
-  const der = key.export({ type: "spki", format: "der" });
-  return crypto.createHash("sha256").update(der).digest("base64");
-}
-
 async function main() {
-  const args = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-features=LocalNetworkAccessChecks",
-  ];
-  if (caFile) {
-    args.push(`--ignore-certificate-errors-spki-list=${spkiHash(caFile)}`);
-  }
-  const browser = await chromium.launch({
-    executablePath: process.env.WSEDGE_CHROMIUM || "/usr/bin/chromium",
-    args,
-    timeout: 60000,
-  });
+  const browser = await launch(caFile);
   try {
     const page = await browser.newPage();
+    await defineNextEvent(page);
     const result = await page.evaluate(async (url) => {
       const ws = new WebSocket(url, ["v1", "v2"]);
       ws.binaryType = "arraybuffer";
-      const next = (type) =>
-        new Promise((resolve, reject) => {
-          ws.addEventListener(type, resolve, { once: true });
-          ws.addEventListener("error", () => reject(new Error(`error before ${type}`)), {
-            once: true,
-          });
-          setTimeout(() => reject(new Error(`no ${type} within 10 s`)), 10000);
-        });
+      const next = (type) => window.nextEvent(ws, type);
       await next("open");
       const protocol = ws.protocol;
       ws.send("héllo");

@@ -4,49 +4,22 @@
 // SETTINGS allow it. Which path was taken is read on the server (its counters).
 //
 // Usage: node browser_h2_client.js https://localhost:PORT CA_FILE
-const crypto = require("crypto");
-const fs = require("fs");
-const { chromium } = require("playwright-core");
+const { launch, defineNextEvent } = require("./chromium");
 
 const [base, caFile] = process.argv.slice(2);
 
-function spkiHash(pemFile) {
-  const key = new crypto.X509Certificate(fs.readFileSync(pemFile)).publicKey;
-  const der = key.export({ type: "spki", format: "der" });
-  return crypto.createHash("sha256").update(der).digest("base64");
-}
-
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.WSEDGE_CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--no-first-run",
-      "--disable-features=LocalNetworkAccessChecks",
-      `--ignore-certificate-errors-spki-list=${spkiHash(caFile)}`,
-    ],
-    timeout: 60000,
-  });
+  const browser = await launch(caFile);
   try {
     const page = await browser.newPage();
     // The page's own origin is the server's (its 426 is a page all the same): its
     // connection, and the socket's, are in the same pool (same network partition).
     await page.goto(`${base}/`);
+    await defineNextEvent(page);
     const result = await page.evaluate(async (base) => {
       await fetch(`${base}/`);
       const ws = new WebSocket(`${base.replace("https", "wss")}/chat`);
-      const next = (type) =>
-        new Promise((resolve, reject) => {
-          ws.addEventListener(type, resolve, { once: true });
-          ws.addEventListener("error", () => reject(new Error(`error before ${type}`)), {
-            once: true,
-          });
-          setTimeout(() => reject(new Error(`no ${type} within 10 s`)), 10000);
-        });
+      const next = (type) => window.nextEvent(ws, type);
       await next("open");
       ws.send("over h2");
       const text = (await next("message")).data;
