@@ -168,6 +168,10 @@ struct H2Conn {
     /// Streams answered, upgraded or not.
     answered: u32,
     upgraded: u32,
+    /// Why the first stream that failed did.
+    failure: Option<ErrorKind>,
+    /// `reconnect`: a refusal's `Retry-After`, as the head `retry::retry_after` reads.
+    retry_after: Vec<u8>,
 }
 
 /// What the frames read on an `--h2` connection came to.
@@ -946,7 +950,11 @@ impl Worker<'_> {
                     h2.opened = true;
                     slot.sent = now;
                 }
-                Frame::Headers { status, .. } => {
+                Frame::Headers { status, fields, .. } => {
+                    if let Some((_, wait)) = fields.iter().find(|(n, _)| n == "retry-after") {
+                        h2.retry_after =
+                            format!("HTTP/2\r\nretry-after: {wait}\r\n\r\n").into_bytes();
+                    }
                     outcomes.push(H2Outcome::Stream(match status {
                         Some(200) => Ok(()),
                         Some(code) => Err(ErrorKind::Status(code)),
@@ -998,7 +1006,10 @@ impl Worker<'_> {
                             record(&mut self.report.total, now - intended);
                             record(&mut self.report.handshake, now - sent);
                         }
-                        Err(kind) => self.count_error(kind),
+                        Err(kind) => {
+                            h2.failure.get_or_insert(kind);
+                            self.count_error(kind);
+                        }
                     }
                 }
                 H2Outcome::Failed(kind) => {
@@ -1015,6 +1026,24 @@ impl Worker<'_> {
             return true;
         }
         let upgraded = slot.h2.as_ref().map_or(0, |h| h.upgraded);
+        if self.clients.is_some() && slot.client != NO_CLIENT {
+            // `reconnect`: a client is in once every one of its streams is; otherwise the
+            // attempt failed (its streams' errors are counted) and it comes back.
+            if upgraded == streams {
+                self.client_in(key, upgraded, now);
+                return true;
+            }
+            let client = slot.client;
+            let failure = slot
+                .h2
+                .as_ref()
+                .and_then(|h| h.failure)
+                .unwrap_or(ErrorKind::Other);
+            let retry_after = slot.h2.as_mut().map(|h| std::mem::take(&mut h.retry_after));
+            self.attempt_failed(client, failure, &retry_after.unwrap_or_default(), now);
+            self.finish(key, None, now);
+            return false;
+        }
         if let Mode::Hold { .. } = self.plan.mode {
             slot.phase = Phase::Holding;
             slot.next_tick = now + Duration::from_secs(86_400 * 365);
@@ -1034,21 +1063,8 @@ impl Worker<'_> {
         self.progress.ok.fetch_add(1, Relaxed);
         record(&mut self.report.total, now - slot.intended);
         record(&mut self.report.handshake, now - slot.sent);
-        if let (Some(clients), client) = (self.clients.as_mut(), slot.client as usize) {
-            clients.inside += 1;
-            clients.failures[client] = 0;
-            record(&mut self.report.clients_in, now - self.began);
-            let _ = self
-                .report
-                .attempts
-                .record(u64::from(clients.attempts[client]).max(1));
-            self.report.moment(now - self.began).clients_in += 1;
-            slot.phase = Phase::Holding;
-            slot.response = Vec::new();
-            slot.next_tick = now + Duration::from_secs(86_400 * 365);
-            self.established += 1;
-            self.progress.established.fetch_add(1, Relaxed);
-            return;
+        if self.clients.is_some() && slot.client != NO_CLIENT {
+            return self.client_in(key, 1, now);
         }
         if let Mode::Hold { ping_interval, .. } = self.plan.mode {
             slot.phase = Phase::Holding;
@@ -1060,6 +1076,30 @@ impl Worker<'_> {
             return;
         }
         self.finish(key, None, now);
+    }
+
+    /// `reconnect`: the slot's client is in, holding `held` upgraded WebSockets (an `--h2`
+    /// connection's streams).
+    fn client_in(&mut self, key: usize, held: u32, now: Instant) {
+        let (Some(clients), Some(slot)) = (self.clients.as_mut(), self.slots.get_mut(key)) else {
+            return;
+        };
+        let client = slot.client as usize;
+        clients.inside += 1;
+        clients.failures[client] = 0;
+        record(&mut self.report.clients_in, now - self.began);
+        let _ = self
+            .report
+            .attempts
+            .record(u64::from(clients.attempts[client]).max(1));
+        self.report.moment(now - self.began).clients_in += 1;
+        slot.phase = Phase::Holding;
+        slot.response = Vec::new();
+        slot.next_tick = now + Duration::from_secs(86_400 * 365);
+        self.established += held as usize;
+        self.progress
+            .established
+            .fetch_add(u64::from(held), Relaxed);
     }
 
     /// Closes a slot, counting `error` if it failed.

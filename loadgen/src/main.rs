@@ -282,8 +282,8 @@ fn h2_streams(common: &Common, mode: Mode) -> Option<u32> {
         return None;
     }
     match mode {
-        Mode::Slowloris { .. } | Mode::Reconnect { .. } => {
-            usage_error("--h2 is used with storm, rate and hold".into())
+        Mode::Slowloris { .. } => {
+            usage_error("--h2 is used with storm, rate, ramp, hold and reconnect".into())
         }
         _ if common.key.is_some() => {
             usage_error("--key is not used with --h2 (RFC 8441 has no key)".into())

@@ -432,6 +432,7 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
             "loadgen::h2_streams_count_as_upgrades_on_h2c_and_h2",
             "loadgen::h2_against_an_http1_server_fails_each_stream",
             "loadgen::h2_flags_out_of_place_are_usage_errors",
+            "reconnect::h2_clients_hold_their_streams_and_retry_as_one",
         ],
     ),
     (

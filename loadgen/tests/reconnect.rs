@@ -368,3 +368,57 @@ fn impossible_policies_are_usage_errors_naming_the_flag() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--processes"), "{stderr}");
 }
+
+/// `--h2`: a client is one HTTP/2 connection holding `--streams` WebSockets, in once all of
+/// them are upgraded; an attempt whose streams are refused fails whole and comes back.
+#[test]
+fn h2_clients_hold_their_streams_and_retry_as_one() {
+    let mut config = support::server_config(AfterUpgrade::Echo, 10_000);
+    config.conn.h2c = true;
+    config.conn.policy.paths = vec!["/chat".into()];
+    let server = wsedge::reactor::Server::start(config).expect("start wsedge");
+    let port = server.local_addrs()[0].port();
+    let run = |path: &str, extra: &[&str]| {
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        let mut args = vec![
+            "reconnect",
+            &url,
+            "--clients",
+            "20",
+            "--h2",
+            "--streams",
+            "5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr, json) = support::loadgen(&args);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        json.unwrap_or_else(|| panic!("no JSON line: {stdout}"))
+    };
+    let json = run("/chat", &["--duration", "60s"]);
+    assert_eq!(
+        (json["clients_in"].as_u64(), json["attempts_total"].as_u64()),
+        (Some(20), Some(20)),
+        "{json}"
+    );
+    assert_eq!(json["ok"], 100, "{json}");
+    // Every stream refused (404): no client gets in, each tries again after its backoff.
+    let json = run(
+        "/elsewhere",
+        &[
+            "--duration",
+            "1s",
+            "--backoff",
+            "fixed:100ms",
+            "--jitter",
+            "none",
+        ],
+    );
+    assert_eq!(json["clients_in"], 0, "{json}");
+    assert!(json["attempts_total"].as_u64() >= Some(40), "{json}");
+    assert_eq!(
+        json["errors"]["status_404"].as_u64(),
+        json["attempts_total"].as_u64().map(|a| a * 5),
+        "{json}"
+    );
+}

@@ -132,7 +132,8 @@ pub fn run(args: ReconnectArgs, fd_limit: u64) -> anyhow::Result<()> {
             "p99": report.attempts.value_at_quantile(0.99),
             "max": report.attempts.max(),
         },
-        "attempts_total": report.ok + report.errors_total(),
+        // Counted as they start: with --h2 an attempt is a connection of several upgrades.
+        "attempts_total": report.timeline.iter().map(|m| m.attempts).sum::<u64>(),
         "refusals": figures.refusals_json(report),
         "recovery": report.timeline.iter().map(|m| m.clients_in).collect::<Vec<_>>(),
         "recovery_step_s": MOMENT.as_secs_f64(),
