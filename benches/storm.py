@@ -227,6 +227,10 @@ def main():
     parser.add_argument("--servers", default="epoll,uring,floor,nginx",
                         help="--own: servers to storm")
     parser.add_argument("--wsedge-args", default="", help="--own: extra wsedge serve flags")
+    parser.add_argument("--h2-streams", type=int, default=10,
+                        help="--own, servers epoll-h2 and uring-h2: WebSockets over HTTP/2, "
+                        "this many on each client's connection (the same sockets in all: "
+                        "--clients / K clients)")
     parser.add_argument("--baseline", metavar="BIN",
                         help="--own: another wsedge build, interleaved as baseline-epoll/uring")
     parser.add_argument("--clients", type=int)

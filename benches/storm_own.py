@@ -22,8 +22,14 @@ and patient (Socket.IO's defaults: 20 s, 1 s doubling to 5 s, randomised by +-50
 Retry-After honoured. Patient clients waste nothing when the server keeps up within 20 s:
 what impatient clients cost beyond them is work spent on clients that had left.
 
+HTTP/2 (servers `epoll-h2`, `uring-h2`: wsedge with `--h2`, or `--h2c` without `--tls`):
+the same sockets come back as WebSockets over HTTP/2 (RFC 8441), `--h2-streams` K on each
+client's connection (a browser's tabs on one origin), so `--clients`/K clients; a client
+is in once all its streams are, and the server CPU is per socket.
+
     benches/storm.py --own [--clients 10000] [--tls] [--cap 20] [--rounds 3]
-                           [--servers epoll,uring,floor,nginx] [--policies impatient,socketio]
+                           [--servers epoll,uring,floor,nginx,epoll-h2,uring-h2]
+                           [--policies impatient,socketio] [--h2-streams 10]
                            [--wsedge-args "..."] [--baseline BIN]
 """
 import json
@@ -144,8 +150,12 @@ def server_argv(name, port, args, cert, key):
         return argv
     binary, io = (args.baseline, name.removeprefix("baseline-")) if name.startswith(
         "baseline-") else (WSEDGE, name)
+    h2 = io.endswith("-h2")
+    io = io.removesuffix("-h2")
     argv = [binary, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", "echo",
             "--backlog", str(BACKLOG)]
+    if h2:
+        argv += ["--h2"] if args.tls else ["--h2c"]
     if args.tls:
         argv += ["--listen", f"127.0.0.1:{free_port()}", "--listen-tls", f"127.0.0.1:{port}",
                  "--tls-cert", cert, "--tls-key", key]
@@ -181,8 +191,12 @@ def one(name, policy, args, cert, key, cap):
         extra = ["--ca", cert] if args.tls else []
         if name == "floor":
             extra += ["--key", FLOOR_KEY]
+        streams = args.h2_streams if name.endswith("-h2") else 1
+        if streams > 1 or name.endswith("-h2"):
+            extra += ["--h2", "--streams", str(streams)]
+        clients = args.clients // streams
         before = cpu_ns(proc.pid)
-        run = loadgen(["reconnect", url, "--clients", str(args.clients), "--duration",
+        run = loadgen(["reconnect", url, "--clients", str(clients), "--duration",
                        f"{args.secs}s", "--close", "fin", "--server-pid", str(proc.pid)]
                       + extra + POLICIES[policy])
         spent_ns = cpu_ns(proc.pid) - before
@@ -192,9 +206,11 @@ def one(name, policy, args, cert, key, cap):
     return {
         "server": name,
         "policy": policy,
-        **recovery(run, args.clients),
+        **recovery(run, clients),
+        # Sockets, whatever carries them: a client over HTTP/2 holds `streams`.
+        "clients_in": run["clients_in"] * streams,
         "errors": run["errors"],
-        "cpu_us_per_client": spent_ns / 1000 / max(1, run["clients_in"]),
+        "cpu_us_per_client": spent_ns / 1000 / max(1, run["clients_in"] * streams),
         "cpu_us_per_client_ticks": run.get("server_cpu_us_per_client"),
         "counters": {k: int(v) for k, v in counters.items() if v.isdigit()},
     }
@@ -226,8 +242,8 @@ def main(args):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     print()
-    print(f"| policy | server | clients back (of {args.clients}) | all back after "
-          "| attempts per client | server CPU per client in |")
+    print(f"| policy | server | sockets back (of {args.clients}) | all back after "
+          "| attempts per client | server CPU per socket in |")
     print("|---|---|---|---|---|---|")
     for policy in args.policies.split(","):
         for name in servers:

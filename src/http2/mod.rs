@@ -140,6 +140,13 @@ impl Http2 {
     /// all it is given, so the pipe never holds more than [`FEED`] (a large read kept whole
     /// would leave the allocator's heap fragmented behind it).
     pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) -> Next {
+        if bytes.is_empty() {
+            // The TLS handshake just ended: the server's SETTINGS go out with its last flight.
+            return match self.state {
+                State::Lingering(_) => Next::Continue,
+                _ => self.drive(cx),
+            };
+        }
         for chunk in bytes.chunks(FEED) {
             if let State::Lingering(_) = self.state {
                 return Next::Continue;
