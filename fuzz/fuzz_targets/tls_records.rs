@@ -27,6 +27,7 @@ fn config() -> &'static Arc<rustls::ServerConfig> {
             pairs: vec![(cert_path, key_path)],
             versions: Vec::new(),
             groups: Vec::new(),
+            h2: false,
         };
         wsedge::tls::server_config(&settings).unwrap()
     })
