@@ -174,7 +174,10 @@ const COVERAGE: &[(&str, &str, &[&str])] = &[
     (
         "serve",
         "--max-handshakes-per-ip-per-sec",
-        &["admission::one_address_over_its_handshake_rate_gets_429_others_do_not"],
+        &[
+            "admission::one_address_over_its_handshake_rate_gets_429_others_do_not",
+            "http2::streams_spend_the_addresss_handshakes",
+        ],
     ),
     (
         "serve",

@@ -303,6 +303,46 @@ fn refusals_are_the_http1_statuses(io: Io) {
     assert_eq!(raw.status(&headers), 426);
 }
 
+/// `--max-handshakes-per-ip-per-sec` counts a connection's streams as it counts new
+/// connections: past the address's rate a stream gets 429 with `Retry-After`, and the
+/// connection goes on.
+fn streams_spend_the_addresss_handshakes(io: Io) {
+    let server = h2c(
+        io,
+        &[
+            "--max-handshakes-per-ip-per-sec",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut raw = Raw::connect(&server, &[]);
+    // The connection took the address's one handshake of this second.
+    for n in 0..10 {
+        raw.open(1 + 2 * n, "/chat");
+    }
+    let mut statuses = Vec::new();
+    while statuses.len() < 10 {
+        let headers = raw.until("an answer", |f| f.kind == HEADERS);
+        let fields = raw.decoder.decode(&headers.payload).unwrap();
+        let status = fields
+            .iter()
+            .find(|(n, _)| n == b":status")
+            .map(|(_, v)| v.clone());
+        let retry_after = fields.iter().any(|(n, _)| n == b"retry-after");
+        statuses.push((status.unwrap_or_default(), retry_after));
+    }
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == (b"429".to_vec(), true))
+        .count();
+    // A refill of one needs a second between the accept and the streams.
+    assert!(refused >= 9, "{statuses:?}");
+    let rejections =
+        common::metric_sum(&server.metrics_addr(), "wsedge_admission_rejections_total");
+    assert_eq!(rejections, refused as f64);
+}
+
 fn more_streams_than_the_setting_are_refused(io: Io) {
     let server = h2c(io, &[]);
     let mut raw = Raw::connect(&server, &[]);
@@ -842,6 +882,7 @@ on_both_backends!(
     httpwg_conformance,
     an_extended_connect_is_upgraded_and_echoes,
     refusals_are_the_http1_statuses,
+    streams_spend_the_addresss_handshakes,
     more_streams_than_the_setting_are_refused,
     rapid_reset_ends_the_connection,
     a_continuation_flood_is_cut_short,

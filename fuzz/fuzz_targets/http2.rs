@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ended = false;
     for piece in input.chunks(step) {
         cx.now = now;
-        let next = connection.receive(piece, &mut cx);
+        let next = connection.receive(piece, &mut cx, &mut |_| Ok(()));
         if next != Next::Continue {
             ended = true;
             break;
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if !ended {
-        let _ = connection.on_eof(&mut cx);
+        let _ = connection.on_eof(&mut cx, &mut |_| Ok(()));
     }
     connection.close(&stats);
     let s = Counters::sum([&stats]);

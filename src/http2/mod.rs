@@ -43,9 +43,20 @@ use std::task::{Context, Poll, Waker};
 
 use crate::conn::frame::CloseCode;
 use crate::conn::{Ctx, Next};
+use crate::handshake::Refusal;
 use crate::stats::Counters;
 use pipe::Pipe;
 use stream::{Ended, Stream};
+
+/// What admits each new stream, at a time: the driver's admission control (the address's
+/// handshakes a second), or the refusal the stream gets instead of its answer.
+pub type Admit<'a> = &'a mut dyn FnMut(u64) -> Result<(), Refusal>;
+
+/// Admits every stream: for the calls that read no new input (deadlines, the drain), where
+/// no stream can arrive.
+fn admit_all(_: u64) -> Result<(), Refusal> {
+    Ok(())
+}
 
 /// Streams open at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
 pub const MAX_STREAMS: u32 = 100;
@@ -139,12 +150,12 @@ impl Http2 {
     /// Bytes from the client, handed in a frame's worth at a time: the connection reads
     /// all it is given, so the pipe never holds more than [`FEED`] (a large read kept whole
     /// would leave the allocator's heap fragmented behind it).
-    pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) -> Next {
+    pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
         if bytes.is_empty() {
             // The TLS handshake just ended: the server's SETTINGS go out with its last flight.
             return match self.state {
                 State::Lingering(_) => Next::Continue,
-                _ => self.drive(cx),
+                _ => self.drive(cx, admit),
             };
         }
         for chunk in bytes.chunks(FEED) {
@@ -152,7 +163,7 @@ impl Http2 {
                 return Next::Continue;
             }
             self.pipe.push(chunk);
-            let next = self.drive(cx);
+            let next = self.drive(cx, admit);
             if next != Next::Continue {
                 return next;
             }
@@ -161,10 +172,10 @@ impl Http2 {
     }
 
     /// The client closed its side.
-    pub fn on_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
+    pub fn on_eof(&mut self, cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
         self.pipe.close_input();
         // Whatever the client said last is answered; the connection ends either way.
-        let _ = self.drive(cx);
+        let _ = self.drive(cx, admit);
         self.close(cx.stats);
         Next::Close
     }
@@ -226,7 +237,7 @@ impl Http2 {
                 _ => self.state = State::Ended,
             }
         }
-        self.drive(cx)
+        self.drive(cx, &mut admit_all)
     }
 
     /// The server drains: `GOAWAY` (no new stream) at a time `close_at` gives the
@@ -250,7 +261,7 @@ impl Http2 {
             let (at, code) = close_at();
             stream.on_shutdown(at, code, cx);
         }
-        self.drive(cx)
+        self.drive(cx, &mut admit_all)
     }
 
     /// A graceful `GOAWAY`: no stream past those open; the connection ends with its last.
@@ -265,10 +276,10 @@ impl Http2 {
 
     /// Polls the connection and its streams until nothing moves; their output is appended
     /// to `cx.out`. [`Next::Close`] once the connection has ended.
-    fn drive(&mut self, cx: &mut Ctx<'_>) -> Next {
+    fn drive(&mut self, cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
         let mut task = Context::from_waker(Waker::noop());
         for _ in 0..ROUNDS {
-            let mut progress = self.poll_connection(&mut task, cx);
+            let mut progress = self.poll_connection(&mut task, cx, admit);
             for stream in &mut self.streams {
                 progress |= stream.pump(&mut task, cx);
                 progress |= stream.flush(cx.now, cx.stats);
@@ -279,7 +290,7 @@ impl Http2 {
             }
         }
         // What the streams queued last goes out as frames.
-        self.poll_connection(&mut task, cx);
+        self.poll_connection(&mut task, cx, admit);
         self.pipe.take_output(cx.out);
         match self.state {
             State::Ended => {
@@ -294,7 +305,12 @@ impl Http2 {
 
     /// Moves the connection: frames read and written, new streams taken; false when
     /// nothing came.
-    fn poll_connection(&mut self, task: &mut Context<'_>, cx: &mut Ctx<'_>) -> bool {
+    fn poll_connection(
+        &mut self,
+        task: &mut Context<'_>,
+        cx: &mut Ctx<'_>,
+        admit: Admit<'_>,
+    ) -> bool {
         if let State::Starting(handshake) = &mut self.state {
             match Pin::new(handshake).poll(task) {
                 Poll::Pending => return false,
@@ -325,7 +341,9 @@ impl Http2 {
                     }
                     Counters::bump(&cx.stats.h2_streams);
                     self.opened += 1;
-                    let stream = Stream::open(&head, recv, respond, &mut self.scratch, cx);
+                    let admitted = admit(cx.now);
+                    let stream =
+                        Stream::open(&head, (recv, respond), admitted, &mut self.scratch, cx);
                     self.streams.push(stream);
                     if self.opened >= MAX_STREAMS_PER_CONNECTION && !self.going_away {
                         self.going_away = true;

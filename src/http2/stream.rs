@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use crate::conn::frame::CloseCode;
 use crate::conn::{Conn, Ctx, Next};
+use crate::handshake::Refusal;
 use crate::stats::Counters;
 
 /// The key given to the connection for a stream's upgrade: RFC 8441 has none (the stream
@@ -197,11 +198,12 @@ pub(super) struct Stream {
 
 impl Stream {
     /// A stream whose header block `head` arrived at `cx.now`: its connection judges it at
-    /// once (written as HTTP/1.1 into `scratch`).
+    /// once (written as HTTP/1.1 into `scratch`), unless admission control refused it
+    /// (`admitted`), when it gets that refusal.
     pub fn open(
         head: &http::request::Parts,
-        recv: RecvStream,
-        respond: SendResponse<Bytes>,
+        (recv, respond): (RecvStream, SendResponse<Bytes>),
+        admitted: Result<(), Refusal>,
         scratch: &mut Vec<u8>,
         cx: &mut Ctx<'_>,
     ) -> Stream {
@@ -217,9 +219,15 @@ impl Stream {
             stalled_since: None,
             ended: Ended::No,
         };
-        scratch.clear();
-        write_http1_request(head, scratch);
-        let next = stream.with_cx(cx, |conn, cx| conn.on_data(scratch, cx));
+        let next = match admitted {
+            Ok(()) => {
+                scratch.clear();
+                write_http1_request(head, scratch);
+                stream.with_cx(cx, |conn, cx| conn.on_data(scratch, cx))
+            }
+            // Refused as a new connection would be, without its request read.
+            Err(refusal) => stream.with_cx(cx, |conn, cx| conn.refuse(refusal, cx)),
+        };
         stream.after(next, cx.now, cx.config.linger_ms);
         stream
     }

@@ -158,7 +158,10 @@ fn the_client_and_the_server_agree_in_memory() {
     client.connect(&mut wire, 1, &request("/chat"));
     client.connect(&mut wire, 3, &request("/nope"));
     Client::data(&mut wire, 1, b"\x81\x82abcd\x09\x0b", false); // "hi", masked
-    assert_eq!(server.receive(&wire, &mut cx), Next::Continue);
+    assert_eq!(
+        server.receive(&wire, &mut cx, &mut |_| Ok(())),
+        Next::Continue
+    );
     client.received(cx.out);
     cx.out.clear();
     let mut frames = Vec::new();
@@ -183,7 +186,7 @@ fn the_client_and_the_server_agree_in_memory() {
     // Stream 1 ends both ways; stream 3 was refused and ended by the server.
     let mut wire = Vec::new();
     Client::data(&mut wire, 1, b"\x88\x80abcd", true);
-    let _ = server.receive(&wire, &mut cx);
+    let _ = server.receive(&wire, &mut cx, &mut |_| Ok(()));
     let snapshot = Counters::sum([&stats]);
     assert_eq!(
         (snapshot.h2_streams, snapshot.upgraded, snapshot.rejected),
@@ -232,7 +235,7 @@ fn a_drain_spreads_its_goaways() {
         stats: &stats,
     };
     let mut busy = Http2::new(&cx);
-    let _ = busy.receive(&wire, &mut cx);
+    let _ = busy.receive(&wire, &mut cx, &mut |_| Ok(()));
     cx.out.clear();
     let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx);
     assert!(!goaway(&frames_of(cx.out)), "not before its time");
@@ -243,8 +246,74 @@ fn a_drain_spreads_its_goaways() {
     assert!(goaway(&frames_of(cx.out)), "at its time");
 
     let mut idle = Http2::new(&cx);
-    let _ = idle.receive(&idle_wire.split_off(0), &mut cx);
+    let _ = idle.receive(&idle_wire.split_off(0), &mut cx, &mut |_| Ok(()));
     cx.out.clear();
     let _ = idle.on_shutdown(|| (900, CloseCode(1012)), &mut cx);
     assert!(goaway(&frames_of(cx.out)), "at once without a WebSocket");
+}
+
+/// A stream admission control refuses gets its refusal (429 with `Retry-After`), as a new
+/// connection over the address's rate would; the next one admitted is served.
+#[test]
+fn a_stream_over_the_address_rate_gets_429() {
+    use crate::conn::{AfterUpgrade, Ctx};
+    use crate::handshake::Refusal;
+    use crate::stats::Counters;
+    use client::{Client, Connect, Frame};
+
+    let config = crate::conn::tests::config(AfterUpgrade::Echo);
+    let stats = Counters::default();
+    let mut out = Vec::new();
+    let mut cx = Ctx {
+        config: &config,
+        now: 0,
+        out: &mut out,
+        stats: &stats,
+    };
+    let mut server = Http2::new(&cx);
+    let mut wire = Vec::new();
+    Client::start(&mut wire);
+    let mut client = Client::new();
+    let request = Connect {
+        scheme: "http",
+        authority: "a",
+        path: "/",
+        protocols: &[],
+        headers: &[],
+    };
+    client.connect(&mut wire, 1, &request);
+    client.connect(&mut wire, 3, &request);
+    let mut left = 1;
+    let mut admit = |_| match left {
+        0 => Err(Refusal::RateLimited {
+            retry_after_secs: 7,
+        }),
+        _ => {
+            left -= 1;
+            Ok(())
+        }
+    };
+    let _ = server.receive(&wire, &mut cx, &mut admit);
+    let mut reader = Client::new();
+    reader.received(cx.out);
+    let mut answers = Vec::new();
+    while let Ok(Some(frame)) = reader.next_frame() {
+        if let Frame::Headers {
+            stream,
+            status,
+            fields,
+            ..
+        } = frame
+        {
+            let retry = fields
+                .iter()
+                .find(|(n, _)| n == "retry-after")
+                .map(|(_, v)| v.clone());
+            answers.push((stream, status, retry));
+        }
+    }
+    assert_eq!(
+        answers,
+        [(1, Some(200), None), (3, Some(429), Some("7".into()))]
+    );
 }

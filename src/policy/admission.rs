@@ -319,6 +319,22 @@ impl Admission {
         }
     }
 
+    /// HTTP/2: a new stream on a connection from the address `ip_key` (0: untracked):
+    /// `--max-handshakes-per-ip-per-sec` applies to it as to a new connection; the refusal
+    /// is the same 429 with `Retry-After`.
+    pub(crate) fn admit_stream(
+        &mut self,
+        ip_key: u64,
+        now: u64,
+    ) -> Result<(), crate::handshake::Refusal> {
+        if ip_key == 0 || self.per_ip.admit_stream(ip_key, now).is_ok() {
+            return Ok(());
+        }
+        Err(crate::handshake::Refusal::RateLimited {
+            retry_after_secs: self.retry_after(),
+        })
+    }
+
     /// Proxy mode: every upstream is at its connection limit: 503 with a jittered
     /// `Retry-After`, as for the edge's own limits.
     pub(crate) fn upstreams_full(&mut self) -> crate::handshake::Refusal {

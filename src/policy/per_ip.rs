@@ -55,6 +55,25 @@ pub fn key(ip: IpAddr) -> u64 {
     }
 }
 
+impl Entry {
+    /// Takes one handshake from the address's bucket (refilled at `rate` a second, `rate`
+    /// deep), if one is left; always, without a rate.
+    fn take_handshake(&mut self, rate: u64, now: u64) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let burst = rate * 1000;
+        let refill = now.saturating_sub(self.last_ms) * rate;
+        self.tokens_milli = (self.tokens_milli + refill).min(burst);
+        self.last_ms = now;
+        if self.tokens_milli < 1000 {
+            return false;
+        }
+        self.tokens_milli -= 1000;
+        true
+    }
+}
+
 impl PerIpTable {
     /// A table enforcing `max_connections` (0: none) and `rate_per_sec` (0: none).
     pub fn new(max_connections: u32, rate_per_sec: u64) -> Self {
@@ -112,19 +131,29 @@ impl PerIpTable {
         if max_connections > 0 && entry.connections >= max_connections {
             return Err(Refusal::Connections);
         }
-        if rate > 0 {
-            let burst = rate * 1000;
-            let refill = now.saturating_sub(entry.last_ms) * rate;
-            entry.tokens_milli = (entry.tokens_milli + refill).min(burst);
-            entry.last_ms = now;
-            if entry.tokens_milli < 1000 {
-                return Err(Refusal::Rate);
-            }
-            entry.tokens_milli -= 1000;
+        if !entry.take_handshake(rate, now) {
+            return Err(Refusal::Rate);
         }
         entry.last_ms = now;
         entry.connections += 1;
         Ok(())
+    }
+
+    /// HTTP/2: one more WebSocket on a connection from `key` at `now`: it spends one of the
+    /// address's handshakes a second, as a new connection does (the connection count is
+    /// not touched: the stream rides a connection already counted).
+    pub fn admit_stream(&mut self, key: u64, now: u64) -> Result<(), Refusal> {
+        let rate = self.rate_per_sec;
+        if rate == 0 {
+            return Ok(());
+        }
+        let Some(index) = self.slot(key, now) else {
+            return Ok(());
+        };
+        match self.entries[index].take_handshake(rate, now) {
+            true => Ok(()),
+            false => Err(Refusal::Rate),
+        }
     }
 
     /// A connection admitted from `key` closed.

@@ -566,7 +566,16 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
-            return h2.on_eof(&mut self.cx(now, out));
+            let (admission, stats) = (&mut self.admission, &self.stats);
+            let ip_key = parts.session.ip_key;
+            let mut admit = |now| admit_stream(admission, stats, ip_key, now);
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out,
+                stats,
+            };
+            return h2.on_eof(&mut cx, &mut admit);
         }
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
@@ -833,6 +842,7 @@ impl Driver {
             h2,
             transport,
             outbox,
+            ip_key: session.ip_key,
         };
         if !session.awaits_proxy_header {
             return self.received_after_header(&mut parts, bytes, now, out);
@@ -849,7 +859,10 @@ impl Driver {
         session.awaits_proxy_header = false;
         if let Some(client) = client {
             match self.admission.admit_address(client.ip(), now) {
-                Ok(ip_key) => session.ip_key = ip_key,
+                Ok(ip_key) => {
+                    session.ip_key = ip_key;
+                    parts.ip_key = ip_key;
+                }
                 Err(refusal) => {
                     Counters::bump(&self.stats.admission_rejections);
                     let next = parts.conn.refuse(refusal, &mut self.cx(now, out));
@@ -880,14 +893,18 @@ impl Driver {
             h2,
             transport,
             outbox,
+            ip_key,
         } = client;
+        let (admission, stats) = (&mut self.admission, &self.stats);
+        let ip_key = *ip_key;
+        let mut admit = |now| admit_stream(admission, stats, ip_key, now);
         let mut cx = Ctx {
             config: &self.config,
             now,
             out,
-            stats: &self.stats,
+            stats,
         };
-        let received = transport.receive(bytes, &mut self.plaintext, outbox, &self.stats);
+        let received = transport.receive(bytes, &mut self.plaintext, outbox, stats);
         let becomes_h2 = match transport.is_tls() {
             true => transport.speaks_h2(),
             false => cx.config.h2c && !conn.has_input() && http2::starts_preface(received.data),
@@ -899,10 +916,10 @@ impl Driver {
         }
         if let Some(h2) = h2.as_deref_mut() {
             return match received.end {
-                TlsEnd::Open => h2.receive(received.data, &mut cx),
+                TlsEnd::Open => h2.receive(received.data, &mut cx, &mut admit),
                 TlsEnd::Closed => {
-                    let _ = h2.receive(received.data, &mut cx);
-                    h2.on_eof(&mut cx)
+                    let _ = h2.receive(received.data, &mut cx, &mut admit);
+                    h2.on_eof(&mut cx, &mut admit)
                 }
                 TlsEnd::PlainHttp | TlsEnd::Failed(_) => {
                     h2.close(cx.stats);
@@ -1301,12 +1318,29 @@ impl Driver {
     }
 }
 
-/// What reading a connection touches: all of its [`Parts`] but the session.
+/// What reading a connection touches: all of its [`Parts`] but the session, and the
+/// client's address in the per-address table.
 struct Client<'a> {
     conn: &'a mut Conn,
     h2: &'a mut Option<Box<Http2>>,
     transport: &'a mut Transport,
     outbox: &'a mut Outbox,
+    ip_key: u64,
+}
+
+/// HTTP/2: a new stream from the address `ip_key` is admitted as a new connection would be
+/// (its handshakes a second); a refusal is counted as admission control's.
+fn admit_stream(
+    admission: &mut Admission,
+    stats: &Counters,
+    ip_key: u64,
+    now: u64,
+) -> Result<(), crate::handshake::Refusal> {
+    let admitted = admission.admit_stream(ip_key, now);
+    if admitted.is_err() {
+        Counters::bump(&stats.admission_rejections);
+    }
+    admitted
 }
 
 /// A connection closing: if its client leaves before its answer after a TLS key exchange
