@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if !ended {
-        let _ = connection.on_eof(&mut cx, &mut |_| Ok(()));
+        let _ = connection.on_eof(&mut cx);
     }
     connection.close(&stats);
     let s = Counters::sum([&stats]);

@@ -52,8 +52,9 @@ use stream::{Ended, Stream};
 /// handshakes a second), or the refusal the stream gets instead of its answer.
 pub type Admit<'a> = &'a mut dyn FnMut(u64) -> Result<(), Refusal>;
 
-/// Admits every stream: for the calls that read no new input (deadlines, the drain), where
-/// no stream can arrive.
+/// Admits every stream: for the calls that read no new input (deadlines, the drain, the
+/// end of input), where no stream can arrive: [`Http2::receive`] takes in every stream
+/// its bytes open before it returns.
 fn admit_all(_: u64) -> Result<(), Refusal> {
     Ok(())
 }
@@ -171,11 +172,11 @@ impl Http2 {
         Next::Continue
     }
 
-    /// The client closed its side.
-    pub fn on_eof(&mut self, cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
+    /// The client closed its side. Everything it sent was read (and its streams admitted)
+    /// as it came: what is left to do is answer and end.
+    pub fn on_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
         self.pipe.close_input();
-        // Whatever the client said last is answered; the connection ends either way.
-        let _ = self.drive(cx, admit);
+        let _ = self.drive(cx, &mut admit_all);
         self.close(cx.stats);
         Next::Close
     }

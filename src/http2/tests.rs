@@ -126,48 +126,67 @@ fn malformed_requests_are_told_apart() {
     }
 }
 
-/// The client codec against the server, in memory: SETTINGS, two WebSockets on one
-/// connection, an echo, a refusal, the stream's end; the accounting of streams.
-#[test]
-fn the_client_and_the_server_agree_in_memory() {
-    use crate::conn::{AfterUpgrade, Ctx};
-    use crate::stats::Counters;
-    use client::{Client, Connect, Frame};
+use crate::conn::{AfterUpgrade, ConnConfig};
+use crate::stats::Counters;
+use client::{Client, Connect, Frame};
 
-    let mut config = crate::conn::tests::config(AfterUpgrade::Echo);
-    config.policy.paths = vec!["/chat".into()];
-    let stats = Counters::default();
-    let mut out = Vec::new();
-    let mut cx = Ctx {
-        config: &config,
+/// A call's context at time 0, writing into `out`.
+fn context<'a>(config: &'a ConnConfig, out: &'a mut Vec<u8>, stats: &'a Counters) -> Ctx<'a> {
+    Ctx {
+        config,
         now: 0,
-        out: &mut out,
-        stats: &stats,
-    };
-    let mut server = Http2::new(&cx);
-    let mut client = Client::new();
+        out,
+        stats,
+    }
+}
+
+/// A client's preface and SETTINGS, then an extended CONNECT for each `(stream, path)`.
+fn opening(streams: &[(u32, &str)]) -> Vec<u8> {
     let mut wire = Vec::new();
     Client::start(&mut wire);
-    let request = |path| Connect {
-        scheme: "http",
-        authority: "a",
-        path,
-        protocols: &[],
-        headers: &[],
-    };
-    client.connect(&mut wire, 1, &request("/chat"));
-    client.connect(&mut wire, 3, &request("/nope"));
-    Client::data(&mut wire, 1, b"\x81\x82abcd\x09\x0b", false); // "hi", masked
-    assert_eq!(
-        server.receive(&wire, &mut cx, &mut |_| Ok(())),
-        Next::Continue
-    );
-    client.received(cx.out);
-    cx.out.clear();
+    let mut client = Client::new();
+    for &(stream, path) in streams {
+        let request = Connect {
+            scheme: "http",
+            authority: "a",
+            path,
+            protocols: &[],
+            headers: &[],
+        };
+        client.connect(&mut wire, stream, &request);
+    }
+    wire
+}
+
+/// Every whole frame in `bytes`, as a fresh client reads them.
+fn frames_of(bytes: &[u8]) -> Vec<Frame> {
+    let mut client = Client::new();
+    client.received(bytes);
     let mut frames = Vec::new();
     while let Ok(Some(frame)) = client.next_frame() {
         frames.push(frame);
     }
+    frames
+}
+
+/// The client codec against the server, in memory: SETTINGS, two WebSockets on one
+/// connection, an echo, a refusal, the stream's end; the accounting of streams.
+#[test]
+fn the_client_and_the_server_agree_in_memory() {
+    let mut config = crate::conn::tests::config(AfterUpgrade::Echo);
+    config.policy.paths = vec!["/chat".into()];
+    let stats = Counters::default();
+    let mut out = Vec::new();
+    let mut cx = context(&config, &mut out, &stats);
+    let mut server = Http2::new(&cx);
+    let mut wire = opening(&[(1, "/chat"), (3, "/nope")]);
+    Client::data(&mut wire, 1, b"\x81\x82abcd\x09\x0b", false); // "hi", masked
+    assert_eq!(
+        server.receive(&wire, &mut cx, &mut admit_all),
+        Next::Continue
+    );
+    let frames = frames_of(cx.out);
+    cx.out.clear();
     assert!(frames.contains(&Frame::Settings {
         ack: false,
         connect_protocol: true
@@ -186,7 +205,7 @@ fn the_client_and_the_server_agree_in_memory() {
     // Stream 1 ends both ways; stream 3 was refused and ended by the server.
     let mut wire = Vec::new();
     Client::data(&mut wire, 1, b"\x88\x80abcd", true);
-    let _ = server.receive(&wire, &mut cx, &mut |_| Ok(()));
+    let _ = server.receive(&wire, &mut cx, &mut admit_all);
     let snapshot = Counters::sum([&stats]);
     assert_eq!(
         (snapshot.h2_streams, snapshot.upgraded, snapshot.rejected),
@@ -199,43 +218,14 @@ fn the_client_and_the_server_agree_in_memory() {
 #[test]
 fn a_drain_spreads_its_goaways() {
     use crate::conn::frame::CloseCode;
-    use crate::conn::{AfterUpgrade, Ctx};
-    use crate::stats::Counters;
-    use client::{Client, Connect, Frame};
 
     let config = crate::conn::tests::config(AfterUpgrade::Echo);
     let stats = Counters::default();
-    let frames_of = |bytes: &[u8]| {
-        let mut client = Client::new();
-        client.received(bytes);
-        let mut frames = Vec::new();
-        while let Ok(Some(frame)) = client.next_frame() {
-            frames.push(frame);
-        }
-        frames
-    };
     let goaway = |frames: &[Frame]| frames.iter().any(|f| matches!(f, Frame::GoAway { .. }));
-    let mut wire = Vec::new();
-    Client::start(&mut wire);
-    let mut idle_wire = wire.clone();
-    let request = Connect {
-        scheme: "http",
-        authority: "a",
-        path: "/",
-        protocols: &[],
-        headers: &[],
-    };
-    Client::new().connect(&mut wire, 1, &request);
-
     let mut out = Vec::new();
-    let mut cx = Ctx {
-        config: &config,
-        now: 0,
-        out: &mut out,
-        stats: &stats,
-    };
+    let mut cx = context(&config, &mut out, &stats);
     let mut busy = Http2::new(&cx);
-    let _ = busy.receive(&wire, &mut cx, &mut |_| Ok(()));
+    let _ = busy.receive(&opening(&[(1, "/")]), &mut cx, &mut admit_all);
     cx.out.clear();
     let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx);
     assert!(!goaway(&frames_of(cx.out)), "not before its time");
@@ -246,7 +236,7 @@ fn a_drain_spreads_its_goaways() {
     assert!(goaway(&frames_of(cx.out)), "at its time");
 
     let mut idle = Http2::new(&cx);
-    let _ = idle.receive(&idle_wire.split_off(0), &mut cx, &mut |_| Ok(()));
+    let _ = idle.receive(&opening(&[]), &mut cx, &mut admit_all);
     cx.out.clear();
     let _ = idle.on_shutdown(|| (900, CloseCode(1012)), &mut cx);
     assert!(goaway(&frames_of(cx.out)), "at once without a WebSocket");
@@ -256,33 +246,13 @@ fn a_drain_spreads_its_goaways() {
 /// connection over the address's rate would; the next one admitted is served.
 #[test]
 fn a_stream_over_the_address_rate_gets_429() {
-    use crate::conn::{AfterUpgrade, Ctx};
     use crate::handshake::Refusal;
-    use crate::stats::Counters;
-    use client::{Client, Connect, Frame};
 
     let config = crate::conn::tests::config(AfterUpgrade::Echo);
     let stats = Counters::default();
     let mut out = Vec::new();
-    let mut cx = Ctx {
-        config: &config,
-        now: 0,
-        out: &mut out,
-        stats: &stats,
-    };
+    let mut cx = context(&config, &mut out, &stats);
     let mut server = Http2::new(&cx);
-    let mut wire = Vec::new();
-    Client::start(&mut wire);
-    let mut client = Client::new();
-    let request = Connect {
-        scheme: "http",
-        authority: "a",
-        path: "/",
-        protocols: &[],
-        headers: &[],
-    };
-    client.connect(&mut wire, 1, &request);
-    client.connect(&mut wire, 3, &request);
     let mut left = 1;
     let mut admit = |_| match left {
         0 => Err(Refusal::RateLimited {
@@ -293,25 +263,25 @@ fn a_stream_over_the_address_rate_gets_429() {
             Ok(())
         }
     };
-    let _ = server.receive(&wire, &mut cx, &mut admit);
-    let mut reader = Client::new();
-    reader.received(cx.out);
-    let mut answers = Vec::new();
-    while let Ok(Some(frame)) = reader.next_frame() {
-        if let Frame::Headers {
-            stream,
-            status,
-            fields,
-            ..
-        } = frame
-        {
-            let retry = fields
-                .iter()
-                .find(|(n, _)| n == "retry-after")
-                .map(|(_, v)| v.clone());
-            answers.push((stream, status, retry));
-        }
-    }
+    let _ = server.receive(&opening(&[(1, "/"), (3, "/")]), &mut cx, &mut admit);
+    let answers: Vec<_> = frames_of(cx.out)
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Headers {
+                stream,
+                status,
+                fields,
+                ..
+            } => {
+                let retry = fields
+                    .iter()
+                    .find(|(n, _)| n == "retry-after")
+                    .map(|(_, v)| v.clone());
+                Some((stream, status, retry))
+            }
+            _ => None,
+        })
+        .collect();
     assert_eq!(
         answers,
         [(1, Some(200), None), (3, Some(429), Some("7".into()))]

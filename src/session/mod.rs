@@ -566,16 +566,7 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
-            let (admission, stats) = (&mut self.admission, &self.stats);
-            let ip_key = parts.session.ip_key;
-            let mut admit = |now| admit_stream(admission, stats, ip_key, now);
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out,
-                stats,
-            };
-            return h2.on_eof(&mut cx, &mut admit);
+            return h2.on_eof(&mut self.cx(now, out));
         }
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
@@ -919,7 +910,7 @@ impl Driver {
                 TlsEnd::Open => h2.receive(received.data, &mut cx, &mut admit),
                 TlsEnd::Closed => {
                     let _ = h2.receive(received.data, &mut cx, &mut admit);
-                    h2.on_eof(&mut cx, &mut admit)
+                    h2.on_eof(&mut cx)
                 }
                 TlsEnd::PlainHttp | TlsEnd::Failed(_) => {
                     h2.close(cx.stats);
@@ -998,10 +989,7 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         self.track_send(session, backlog, now);
-        if session.handshaking && !conn.is_handshaking() {
-            session.handshaking = false;
-            self.admission.handshake_ended();
-        }
+        self.count_handshake_end(conn, session);
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -1015,13 +1003,12 @@ impl Driver {
                 return next;
             }
         }
-        let send_overdue = now >= session.send_deadline;
-        if session.after_flush == AfterFlush::Close || (backlog.waiting && send_overdue) {
-            if backlog.waiting && send_overdue {
-                Counters::bump(&self.stats.send_timeouts);
-                session.given_up = true;
-                return Next::Close;
-            }
+        if backlog.waiting && now >= session.send_deadline {
+            Counters::bump(&self.stats.send_timeouts);
+            session.given_up = true;
+            return Next::Close;
+        }
+        if session.after_flush == AfterFlush::Close {
             // The last output is on its way; the send deadline (the linger) bounds it.
             return Next::Continue;
         }
@@ -1045,10 +1032,7 @@ impl Driver {
             Counters::bump(&self.stats.lingering_reclaimed);
             return Next::Close;
         }
-        if session.handshaking && !conn.is_handshaking() {
-            session.handshaking = false;
-            self.admission.handshake_ended();
-        }
+        self.count_handshake_end(conn, session);
         if let Some(lease) = link.and_then(Link::lease) {
             let next = self.settle_upstream(conn, lease, now, out);
             if next != Next::Continue {
@@ -1066,6 +1050,15 @@ impl Driver {
             return self.deadline_passed(conn, session, backlog.waiting, now, out);
         }
         Next::Continue
+    }
+
+    /// The handshake is over (answered, or the connection became HTTP/2): it stops counting
+    /// as one in progress.
+    fn count_handshake_end(&mut self, conn: &Conn, session: &mut Session) {
+        if session.handshaking && !conn.is_handshaking() {
+            session.handshaking = false;
+            self.admission.handshake_ended();
+        }
     }
 
     /// Every state has a deadline, sending included: while output waits for the client, it
