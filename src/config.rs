@@ -501,13 +501,6 @@ impl ServeArgs {
         if self.h2c && self.listen.is_empty() && !self.listen_tls.is_empty() {
             return Err("--h2c is only used with a plain --listen (over TLS, --h2)".into());
         }
-        if proxy && (self.h2 || self.h2c) {
-            let flag = if self.h2 { "--h2" } else { "--h2c" };
-            return Err(format!(
-                "{flag} is not available with --after proxy yet: WebSockets over HTTP/2 are \
-                 served in echo and close mode only"
-            ));
-        }
         if self.listen_tls.is_empty() && self.client_patience.is_some() {
             return Err(
                 "--client-patience is only used with --listen-tls (it bounds TLS \

@@ -69,7 +69,6 @@ rejects_flag! {
     sticky_name_not_a_token:     ["--after", "proxy", "--upstream", "127.0.0.1:9", "--sticky-cookie", "a=b"] names "--sticky-cookie";
     h2_without_tls:              ["--h2"] names "--h2";
     h2c_without_plain_listener:  ["--listen-tls", "127.0.0.1:0", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--h2c"] names "--h2c";
-    h2c_with_proxy:              ["--after", "proxy", "--upstream", "127.0.0.1:9", "--h2c"] names "--h2c";
     patience_without_tls:        ["--client-patience", "5s"] names "--client-patience";
     patience_not_a_duration:     ["--client-patience", "soon"] names "--client-patience";
     patience_too_long:           ["--client-patience", "2h"] names "--client-patience";

@@ -33,7 +33,7 @@ use crate::proxy::chunked::{self, ChunkedEnd};
 use crate::proxy::health::Failure;
 use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead, BodyEnd};
 use crate::proxy::{
-    answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
+    Lease, Upstreams, answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
     Forwarded, Peers, ProxyConfig, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
@@ -694,6 +694,22 @@ impl Conn {
     /// answering, a timeout).
     pub fn take_upstream_outcome(&mut self) -> Option<UpstreamOutcome> {
         self.upstream_outcome.take()
+    }
+
+    /// Proxy mode: what the upstream did since last asked is counted on its `lease`: its
+    /// pending upgrade ends once answered, and serving or failing this client goes to its
+    /// health (`fall`: the health checks' threshold, if any).
+    pub fn report_upstream(&mut self, lease: &Lease, now: u64, fall: Option<u32>) {
+        if lease.is_pending() && !self.awaits_upstream_answer() {
+            lease.answered();
+        }
+        match self.take_upstream_outcome() {
+            Some(UpstreamOutcome::Failed(fault)) => {
+                Upstreams::failed(lease, fault, now, fall, &fault.label())
+            }
+            Some(UpstreamOutcome::Served) => lease.status().served(),
+            None => {}
+        }
     }
 
     /// Proxy mode: relayed bytes moved, so the connection is not idle.

@@ -31,8 +31,11 @@
 pub mod client;
 mod pipe;
 mod stream;
+mod upstream;
 
-pub use stream::{h2_response, write_http1_request};
+pub use stream::{h2_response, write_http1_request, STANDIN_KEY};
+pub use crate::proxy::stream_sockets::{NoSockets, SocketId, Sockets};
+pub use upstream::{Keys, Open, Opened};
 
 use bytes::Bytes;
 use h2::server::{Connection, Handshake};
@@ -44,6 +47,7 @@ use std::task::{Context, Poll, Waker};
 use crate::conn::frame::CloseCode;
 use crate::conn::{Ctx, Next};
 use crate::handshake::Refusal;
+use crate::proxy::Peers;
 use crate::stats::Counters;
 use pipe::Pipe;
 use stream::{Ended, Stream};
@@ -116,14 +120,47 @@ pub struct Http2 {
     /// a WebSocket's Close gets one, so that a drain does not turn every client away at
     /// once); `NO_DEADLINE` outside a drain.
     goaway_at: u64,
+    /// Proxy mode: the streams' upstreams and who they are for.
+    proxy: Option<Box<ProxySide>>,
+    /// The client's socket has not taken all output: the upstreams are not read meanwhile
+    /// (what they send could not go anywhere).
+    output_waits: bool,
+}
+
+/// Proxy mode: what an HTTP/2 connection needs to open and feed its streams' upstreams.
+pub struct ProxySide {
+    /// The reactor's key of the client's connection, which owns the upstream sockets.
+    pub owner: usize,
+    /// The client as the upstreams see it (forwarding headers, PROXY v2).
+    pub peers: Peers,
+    /// Each stream's fresh `Sec-WebSocket-Key`.
+    keys: Keys,
+    /// The upstreams' bytes are read into this.
+    buffer: Box<[u8]>,
+}
+
+/// Bytes read from an upstream at a time (a frame's worth of DATA).
+const UPSTREAM_READ: usize = 16 * 1024;
+
+impl ProxySide {
+    /// For the connection the backend knows as `owner`, from the client `peers` names.
+    pub fn new(owner: usize, peers: Peers) -> Box<ProxySide> {
+        Box::new(ProxySide {
+            owner,
+            peers,
+            keys: Keys::new(),
+            buffer: vec![0; UPSTREAM_READ].into_boxed_slice(),
+        })
+    }
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
 
 impl Http2 {
     /// The connection of a client that is known to speak HTTP/2 (ALPN `h2`, or the preface
-    /// on a `--h2c` listener), at `now`.
-    pub fn new(cx: &Ctx<'_>) -> Box<Http2> {
+    /// on a `--h2c` listener), at `now`; in proxy mode with what its streams' upstreams
+    /// need.
+    pub fn new(cx: &Ctx<'_>, proxy: Option<Box<ProxySide>>) -> Box<Http2> {
         let pipe = Pipe::default();
         let state = State::Starting(
             h2::server::Builder::new()
@@ -145,18 +182,65 @@ impl Http2 {
             unanswered_resets: 0,
             going_away: false,
             goaway_at: NO_DEADLINE,
+            proxy,
+            output_waits: false,
         })
+    }
+
+    /// Proxy mode: what its streams' upstreams need.
+    pub fn proxy_side(&self) -> Option<&ProxySide> {
+        self.proxy.as_deref()
+    }
+
+    /// Whether the client's socket has not taken all output yet (the upstreams are not
+    /// read meanwhile).
+    pub fn set_output_waiting(&mut self, waits: bool) {
+        self.output_waits = waits;
+    }
+
+    /// Proxy mode: whether a stream waits for an upstream connection.
+    pub fn wants_upstreams(&self) -> bool {
+        self.streams.iter().any(Stream::wants_upstream)
+    }
+
+    /// Proxy mode: whether a stream's upstream failed before answering, and the next is
+    /// to be tried.
+    pub fn retries_upstreams(&self) -> bool {
+        self.streams.iter().any(Stream::retries_upstream)
+    }
+
+    /// Proxy mode: `open` gives each stream waiting for one its upstream connection, or
+    /// its refusal; [`Http2::relay`] then carries the answers.
+    pub fn open_upstreams(&mut self, open: Open<'_>, now: u64, linger_ms: u64) {
+        for stream in self.streams.iter_mut().filter(|s| s.wants_upstream()) {
+            stream.open_upstream(open, now, linger_ms);
+        }
+    }
+
+    /// Proxy mode: moves the streams' bytes to and from their upstreams (after the
+    /// upstreams' sockets were reported ready, and after every other call).
+    pub fn relay(&mut self, cx: &mut Ctx<'_>, io: &mut dyn Sockets) -> Next {
+        match self.state {
+            State::Lingering(_) => Next::Continue,
+            _ => self.drive(cx, &mut admit_all, io),
+        }
     }
 
     /// Bytes from the client, handed in a frame's worth at a time: the connection reads
     /// all it is given, so the pipe never holds more than [`FEED`] (a large read kept whole
     /// would leave the allocator's heap fragmented behind it).
-    pub fn receive(&mut self, bytes: &[u8], cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
+    pub fn receive(
+        &mut self,
+        bytes: &[u8],
+        cx: &mut Ctx<'_>,
+        admit: Admit<'_>,
+        io: &mut dyn Sockets,
+    ) -> Next {
         if bytes.is_empty() {
             // The TLS handshake just ended: the server's SETTINGS go out with its last flight.
             return match self.state {
                 State::Lingering(_) => Next::Continue,
-                _ => self.drive(cx, admit),
+                _ => self.drive(cx, admit, io),
             };
         }
         for chunk in bytes.chunks(FEED) {
@@ -164,7 +248,7 @@ impl Http2 {
                 return Next::Continue;
             }
             self.pipe.push(chunk);
-            let next = self.drive(cx, admit);
+            let next = self.drive(cx, admit, io);
             if next != Next::Continue {
                 return next;
             }
@@ -174,17 +258,18 @@ impl Http2 {
 
     /// The client closed its side. Everything it sent was read (and its streams admitted)
     /// as it came: what is left to do is answer and end.
-    pub fn on_eof(&mut self, cx: &mut Ctx<'_>) -> Next {
+    pub fn on_eof(&mut self, cx: &mut Ctx<'_>, io: &mut dyn Sockets) -> Next {
         self.pipe.close_input();
-        let _ = self.drive(cx, &mut admit_all);
-        self.close(cx.stats);
+        let _ = self.drive(cx, &mut admit_all, io);
+        self.close(cx.stats, io);
         Next::Close
     }
 
-    /// The socket closes, for any reason: streams without an answer were abandoned.
-    pub fn close(&mut self, stats: &Counters) {
+    /// The socket closes, for any reason: streams without an answer were abandoned, and
+    /// the streams' upstreams are reset.
+    pub fn close(&mut self, stats: &Counters, io: &mut dyn Sockets) {
         for stream in &mut self.streams {
-            stream.on_connection_closed(stats);
+            stream.on_connection_closed(io, stats);
         }
         self.streams.clear();
         if !matches!(self.state, State::Lingering(_)) {
@@ -215,7 +300,7 @@ impl Http2 {
 
     /// A deadline passed: the streams' are carried out; a connection with no stream left
     /// since `--handshake-timeout-ms` is closed with `GOAWAY`.
-    pub fn on_timeout(&mut self, cx: &mut Ctx<'_>) -> Next {
+    pub fn on_timeout(&mut self, cx: &mut Ctx<'_>, io: &mut dyn Sockets) -> Next {
         if let State::Lingering(until) = self.state {
             return match cx.now >= until {
                 true => Next::Close,
@@ -238,7 +323,7 @@ impl Http2 {
                 _ => self.state = State::Ended,
             }
         }
-        self.drive(cx, &mut admit_all)
+        self.drive(cx, &mut admit_all, io)
     }
 
     /// The server drains: `GOAWAY` (no new stream) at a time `close_at` gives the
@@ -248,6 +333,7 @@ impl Http2 {
         &mut self,
         mut close_at: impl FnMut() -> (u64, CloseCode),
         cx: &mut Ctx<'_>,
+        io: &mut dyn Sockets,
     ) -> Next {
         if self.goaway_at == NO_DEADLINE {
             self.goaway_at = match self.streams.iter().any(|s| s.is_open()) {
@@ -262,7 +348,7 @@ impl Http2 {
             let (at, code) = close_at();
             stream.on_shutdown(at, code, cx);
         }
-        self.drive(cx, &mut admit_all)
+        self.drive(cx, &mut admit_all, io)
     }
 
     /// A graceful `GOAWAY`: no stream past those open; the connection ends with its last.
@@ -277,15 +363,19 @@ impl Http2 {
 
     /// Polls the connection and its streams until nothing moves; their output is appended
     /// to `cx.out`. [`Next::Close`] once the connection has ended.
-    fn drive(&mut self, cx: &mut Ctx<'_>, admit: Admit<'_>) -> Next {
+    fn drive(&mut self, cx: &mut Ctx<'_>, admit: Admit<'_>, io: &mut dyn Sockets) -> Next {
         let mut task = Context::from_waker(Waker::noop());
+        let may_read = !self.output_waits;
         for _ in 0..ROUNDS {
             let mut progress = self.poll_connection(&mut task, cx, admit);
             for stream in &mut self.streams {
                 progress |= stream.pump(&mut task, cx);
+                if let Some(proxy) = self.proxy.as_deref_mut() {
+                    progress |= stream.relay(io, may_read, &mut proxy.buffer, cx);
+                }
                 progress |= stream.flush(cx.now, cx.stats);
             }
-            self.retire(cx);
+            self.retire(cx, io);
             if !progress {
                 break;
             }
@@ -295,7 +385,7 @@ impl Http2 {
         self.pipe.take_output(cx.out);
         match self.state {
             State::Ended => {
-                self.close(cx.stats);
+                self.close(cx.stats, io);
                 self.pipe.drop_input();
                 self.state = State::Lingering(cx.now.saturating_add(cx.config.linger_ms));
                 Next::HalfClose
@@ -343,8 +433,17 @@ impl Http2 {
                     Counters::bump(&cx.stats.h2_streams);
                     self.opened += 1;
                     let admitted = admit(cx.now);
+                    let fresh;
+                    let key: &[u8] = match self.proxy.as_deref_mut() {
+                        Some(proxy) => {
+                            fresh = proxy.keys.next();
+                            &fresh
+                        }
+                        None => STANDIN_KEY,
+                    };
+                    let halves = (recv, respond);
                     let stream =
-                        Stream::open(&head, (recv, respond), admitted, &mut self.scratch, cx);
+                        Stream::open(&head, halves, (admitted, key), &mut self.scratch, cx);
                     self.streams.push(stream);
                     if self.opened >= MAX_STREAMS_PER_CONNECTION && !self.going_away {
                         self.going_away = true;
@@ -369,13 +468,17 @@ impl Http2 {
 
     /// Drops the streams that ended; too many reset before their answer ends the
     /// connection.
-    fn retire(&mut self, cx: &Ctx<'_>) {
+    fn retire(&mut self, cx: &Ctx<'_>, io: &mut dyn Sockets) {
         let before = self.streams.len();
         let mut resets = 0;
-        self.streams.retain(|s| match s.ended() {
+        self.streams.retain_mut(|s| match s.ended() {
             Ended::No => true,
-            Ended::Done => false,
+            Ended::Done => {
+                s.release(io);
+                false
+            }
             Ended::ResetUnanswered => {
+                s.release(io);
                 resets += 1;
                 false
             }

@@ -9,6 +9,7 @@
 //! socket's FIN, a reset its RST.
 
 use bytes::Bytes;
+use std::io;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
@@ -17,11 +18,15 @@ use std::task::{Context, Poll};
 use crate::conn::frame::CloseCode;
 use crate::conn::{Conn, Ctx, Next};
 use crate::handshake::Refusal;
+use crate::proxy::Link;
 use crate::stats::Counters;
+use super::upstream::{Open, Upstream};
+use crate::proxy::stream_sockets::Sockets;
 
-/// The key given to the connection for a stream's upgrade: RFC 8441 has none (the stream
-/// is the proof that the server speaks WebSocket), and its accept value is not sent.
-const STANDIN_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// The key given to the connection for a stream's upgrade served here: RFC 8441 has none
+/// (the stream is the proof that the server speaks WebSocket), and its accept value is not
+/// sent. A proxied stream gets a fresh one instead, which its upstream's `101` must answer.
+pub const STANDIN_KEY: &[u8; 24] = b"dGhlIHNhbXBsZSBub25jZQ==";
 
 /// Output a stream may hold for a client whose window is closed: past this its input is
 /// not read (its own window closes in turn); other streams are not held up.
@@ -51,10 +56,10 @@ const NOT_PASSED: [&str; 4] = [
 ];
 
 /// Writes `head` (an HTTP/2 request) as the HTTP/1.1 request it stands for into `out`. An
-/// extended CONNECT becomes a `GET` with `Upgrade: <:protocol>` and a stand-in key, so that
-/// the connection judges it as it would the classic upgrade; any other request keeps its
-/// method, and gets what an HTTP/1.1 client would.
-pub fn write_http1_request(head: &http::request::Parts, out: &mut Vec<u8>) {
+/// extended CONNECT becomes a `GET` with `Upgrade: <:protocol>` and `key` as its
+/// `Sec-WebSocket-Key`, so that the connection judges it as it would the classic upgrade;
+/// any other request keeps its method, and gets what an HTTP/1.1 client would.
+pub fn write_http1_request(head: &http::request::Parts, key: &[u8], out: &mut Vec<u8>) {
     let protocol = head.extensions.get::<h2::ext::Protocol>();
     let uri = &head.uri;
     let target = match (&head.method, protocol) {
@@ -75,7 +80,7 @@ pub fn write_http1_request(head: &http::request::Parts, out: &mut Vec<u8>) {
     if let (Some(protocol), &Method::CONNECT) = (protocol, &head.method) {
         line(out, b"upgrade", protocol.as_str().as_bytes());
         line(out, b"connection", b"upgrade");
-        line(out, b"sec-websocket-key", STANDIN_KEY.as_bytes());
+        line(out, b"sec-websocket-key", key);
     }
     for (name, value) in &head.headers {
         let replaced = NOT_PASSED.contains(&name.as_str());
@@ -175,13 +180,24 @@ pub(super) enum Ended {
     ResetUnanswered,
 }
 
+/// Proxy mode: where the stream's upstream stands.
+enum Proxied {
+    /// Served here (echo, close), or its upstream is done with.
+    No,
+    /// Its request is valid and waits for the driver to open an upstream connection; the
+    /// last one tried failed with this, if one did.
+    Wanted(Option<(Link, io::Error)>),
+    Open(Box<Upstream>),
+}
+
 /// One stream: its connection, its two halves, and the output the client's window has not
 /// taken yet.
 pub(super) struct Stream {
     conn: Conn,
     recv: RecvStream,
     reply: Reply,
-    /// The connection's output not sent yet: its HTTP/1.1 head until answered, then frames.
+    /// The connection's output not sent yet: its HTTP/1.1 head until answered, then frames
+    /// (or, proxied, the upstream's bytes).
     unsent: Vec<u8>,
     /// The connection has said all it will: END_STREAM once `unsent` is out.
     ends: bool,
@@ -194,16 +210,19 @@ pub(super) struct Stream {
     /// Output waits for the client's window since then (`--send-timeout-ms` bounds it).
     stalled_since: Option<u64>,
     ended: Ended,
+    proxied: Proxied,
+    /// Upstreams tried for it (proxy mode).
+    attempts: usize,
 }
 
 impl Stream {
     /// A stream whose header block `head` arrived at `cx.now`: its connection judges it at
-    /// once (written as HTTP/1.1 into `scratch`), unless admission control refused it
-    /// (`admitted`), when it gets that refusal.
+    /// once (written as HTTP/1.1 with `key` into `scratch`), unless admission control
+    /// refused it (`admitted`), when it gets that refusal.
     pub fn open(
         head: &http::request::Parts,
         (recv, respond): (RecvStream, SendResponse<Bytes>),
-        admitted: Result<(), Refusal>,
+        (admitted, key): (Result<(), Refusal>, &[u8]),
         scratch: &mut Vec<u8>,
         cx: &mut Ctx<'_>,
     ) -> Stream {
@@ -218,11 +237,13 @@ impl Stream {
             linger_until: NO_DEADLINE,
             stalled_since: None,
             ended: Ended::No,
+            proxied: Proxied::No,
+            attempts: 0,
         };
         let next = match admitted {
             Ok(()) => {
                 scratch.clear();
-                write_http1_request(head, scratch);
+                write_http1_request(head, key, scratch);
                 stream.with_cx(cx, |conn, cx| conn.on_data(scratch, cx))
             }
             // Refused as a new connection would be, without its request read.
@@ -250,13 +271,24 @@ impl Stream {
     fn after(&mut self, next: Next, now: u64, linger_ms: u64) {
         match next {
             Next::Continue => {}
-            // Proxy mode does not reach a stream (refused at startup); ending it is safe.
-            Next::Close | Next::HalfClose | Next::Proxy | Next::Relay => {
-                if !self.ends {
-                    self.ends = true;
-                    self.linger_until = now.saturating_add(linger_ms);
+            Next::Proxy => self.proxied = Proxied::Wanted(None),
+            // The upstream's 101 is in `unsent`, to become the stream's 200.
+            Next::Relay => {}
+            Next::Close | Next::HalfClose => {
+                if let Proxied::Wanted(_) = self.proxied {
+                    self.proxied = Proxied::No;
                 }
+                self.end_here(now, linger_ms);
             }
+        }
+    }
+
+    /// The stream's side ends (END_STREAM once `unsent` is out); the client is given the
+    /// linger to end its own.
+    fn end_here(&mut self, now: u64, linger_ms: u64) {
+        if !self.ends {
+            self.ends = true;
+            self.linger_until = now.saturating_add(linger_ms);
         }
     }
 
@@ -275,16 +307,31 @@ impl Stream {
         (at != NO_DEADLINE).then_some(at)
     }
 
-    /// Reads what the client sent on the stream into its connection; false when nothing
-    /// came. Not while its output waits for the client's window: that closes the stream's
-    /// own window (back-pressure per stream).
+    /// Reads what the client sent on the stream into its connection (proxied: toward its
+    /// upstream); false when nothing came. Not while its output waits for the client's
+    /// window: that closes the stream's own window (back-pressure per stream); proxied,
+    /// not before the relay began, nor while the upstream has not taken the last DATA.
     pub fn pump(&mut self, task: &mut Context<'_>, cx: &mut Ctx<'_>) -> bool {
         let mut progress = false;
         while self.ended == Ended::No && !self.ended_there && self.unsent.len() < MAX_UNSENT {
+            let toward_upstream = match &mut self.proxied {
+                Proxied::Wanted(_) => break,
+                Proxied::Open(upstream) if !self.conn.is_relaying() || upstream.ended => {
+                    break;
+                }
+                Proxied::Open(upstream) if !upstream.toward.is_empty() => break,
+                Proxied::Open(upstream) => Some(upstream),
+                Proxied::No => None,
+            };
             match self.recv.poll_data(task) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(data))) => {
                     progress = true;
+                    if let Some(upstream) = toward_upstream {
+                        // Its capacity goes back to the client as the upstream takes it.
+                        upstream.toward.extend_from_slice(&data);
+                        continue;
+                    }
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     if self.ends {
                         continue;
@@ -295,7 +342,9 @@ impl Stream {
                 Poll::Ready(None) => {
                     progress = true;
                     self.ended_there = true;
-                    if !self.ends {
+                    if let Some(upstream) = toward_upstream {
+                        upstream.fin_owed = true;
+                    } else if !self.ends {
                         let next = self.with_cx(cx, |conn, cx| conn.on_eof(cx));
                         self.after(next, cx.now, cx.config.linger_ms);
                     }
@@ -319,6 +368,189 @@ impl Stream {
         self.conn.on_closed(stats);
     }
 
+    /// Proxy mode: whether the stream waits for an upstream connection, and how many it
+    /// tried.
+    pub fn wants_upstream(&self) -> bool {
+        self.ended == Ended::No && matches!(self.proxied, Proxied::Wanted(_))
+    }
+
+    /// Proxy mode: whether its upstream failed before answering (the next is to be tried).
+    pub fn retries_upstream(&self) -> bool {
+        self.ended == Ended::No && matches!(self.proxied, Proxied::Wanted(Some(_)))
+    }
+
+    /// Proxy mode: `open` gives the stream the upstream connection it waits for, or its
+    /// refusal (502, 503).
+    pub fn open_upstream(&mut self, open: Open<'_>, now: u64, linger_ms: u64) {
+        let Proxied::Wanted(failed) = std::mem::replace(&mut self.proxied, Proxied::No) else {
+            return;
+        };
+        match open(&mut self.conn, self.attempts, failed, &mut self.unsent) {
+            Ok(opened) => {
+                self.attempts = opened.link.attempts;
+                self.proxied = Proxied::Open(Box::new(Upstream::new(opened)));
+            }
+            // No upstream has room yet: the request waits, queued, under its deadline.
+            Err(Next::Continue) if self.conn.is_queued() => self.proxied = Proxied::Wanted(None),
+            Err(next) => self.after(next, now, linger_ms),
+        }
+    }
+
+    /// Proxy mode: moves bytes between the stream and its upstream socket (read from it
+    /// only while `may_read`: the client's socket has taken its output); false when
+    /// nothing moved. The upstream's answer is judged by the connection first.
+    pub fn relay(
+        &mut self,
+        io: &mut dyn Sockets,
+        may_read: bool,
+        buffer: &mut [u8],
+        cx: &mut Ctx<'_>,
+    ) -> bool {
+        if self.ended != Ended::No {
+            return false;
+        }
+        let mut upstream = match std::mem::replace(&mut self.proxied, Proxied::No) {
+            Proxied::Open(upstream) => upstream,
+            other => {
+                self.proxied = other;
+                return false;
+            }
+        };
+        let moved = self.relay_with(&mut upstream, io, may_read, buffer, cx);
+        if let Some(lease) = upstream.link.lease() {
+            self.conn.report_upstream(lease, cx.now, cx.config.proxy.fall());
+        }
+        match moved {
+            Err(error) => {
+                self.upstream_broke(upstream, error, io, cx);
+                true
+            }
+            Ok(progress) => {
+                if self.ends && !upstream.ended && !self.conn.is_relaying() {
+                    // Refused, failed or timed out (the answer is in `unsent`), or the
+                    // relay was ended at the edge (idle, drain): the upstream side is done.
+                    io.close(upstream.id, !upstream.relaying);
+                } else {
+                    self.proxied = Proxied::Open(upstream);
+                }
+                progress
+            }
+        }
+    }
+
+    fn relay_with(
+        &mut self,
+        upstream: &mut Upstream,
+        io: &mut dyn Sockets,
+        may_read: bool,
+        buffer: &mut [u8],
+        cx: &mut Ctx<'_>,
+    ) -> io::Result<bool> {
+        let mut progress = false;
+        if !upstream.toward.is_empty() {
+            let n = io.send(upstream.id, &upstream.toward)?;
+            if n > 0 {
+                progress = true;
+                upstream.toward.drain(..n);
+                let request = n.min(upstream.request_left);
+                upstream.request_left -= request;
+                let data = n - request;
+                if data > 0 {
+                    let _ = self.recv.flow_control().release_capacity(data);
+                    self.conn.on_relayed(cx);
+                }
+                if !upstream.link.confirmed {
+                    upstream.link.confirmed = true;
+                    self.conn.on_upstream_connected(cx);
+                }
+                if upstream.toward.is_empty() {
+                    upstream.toward = Vec::new();
+                }
+            }
+        }
+        if upstream.fin_owed && !upstream.fin_sent && upstream.toward.is_empty() {
+            upstream.fin_sent = true;
+            io.shut_write(upstream.id);
+        }
+        while may_read && !upstream.ended && !self.ends && self.unsent.len() < MAX_UNSENT {
+            let room = (MAX_UNSENT - self.unsent.len()).min(buffer.len());
+            let n = match io.receive(upstream.id, &mut buffer[..room]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            progress = true;
+            upstream.answered = true;
+            if n == 0 {
+                upstream.ended = true;
+                if upstream.relaying {
+                    // The upstream's FIN is the stream's END_STREAM.
+                    self.end_here(cx.now, cx.config.linger_ms);
+                } else {
+                    let next = self.with_cx(cx, |conn, cx| conn.on_upstream_eof(cx));
+                    self.after(next, cx.now, cx.config.linger_ms);
+                }
+                break;
+            }
+            let data = &buffer[..n];
+            if upstream.relaying {
+                self.unsent.extend_from_slice(data);
+                self.conn.on_relayed(cx);
+                continue;
+            }
+            let next = self.with_cx(cx, |conn, cx| conn.on_upstream_data(data, cx));
+            self.after(next, cx.now, cx.config.linger_ms);
+            if next == Next::Relay {
+                upstream.relaying = true;
+                if let Some(lease) = upstream.link.lease() {
+                    lease.answered();
+                }
+                // The client's DATA is not read before the answer: nothing was held.
+                drop(self.conn.take_held_client_bytes());
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Proxy mode: the upstream socket failed. Before any answer the next upstream is
+    /// tried (the driver counts the failure against this one); in the relay the stream is
+    /// reset, as a relayed socket's survivor is.
+    fn upstream_broke(
+        &mut self,
+        upstream: Box<Upstream>,
+        error: io::Error,
+        io: &mut dyn Sockets,
+        cx: &mut Ctx<'_>,
+    ) {
+        io.close(upstream.id, true);
+        if upstream.relaying {
+            tracing::debug!(%error, "HTTP/2 stream: upstream reset");
+            self.reset(Reason::CANCEL, cx.stats);
+        } else if upstream.answered {
+            let next = self.with_cx(cx, |conn, cx| conn.on_upstream_failed(cx));
+            self.after(next, cx.now, cx.config.linger_ms);
+        } else {
+            self.proxied = Proxied::Wanted(Some((upstream.link, error)));
+        }
+    }
+
+    /// Proxy mode: closes the stream's upstream socket, if it has one (with a RST when
+    /// `reset`, or when it was abandoned before its relay: a RST spares the edge a port in
+    /// TIME_WAIT, as for a relayed client).
+    fn close_upstream(&mut self, io: &mut dyn Sockets, reset: bool) {
+        if let Proxied::Open(upstream) = std::mem::replace(&mut self.proxied, Proxied::No) {
+            io.close(upstream.id, reset || !upstream.relaying);
+        }
+    }
+
+    /// The stream is retired: its upstream socket goes with it (reset unless both sides
+    /// ended it).
+    pub fn release(&mut self, io: &mut dyn Sockets) {
+        let clean = self.ended_here && self.ended_there;
+        self.close_upstream(io, !clean);
+    }
+
     /// Sends what the connection wrote, as far as the client's window allows; false when
     /// nothing moved.
     pub fn flush(&mut self, now: u64, stats: &Counters) -> bool {
@@ -328,7 +560,8 @@ impl Stream {
                 None => return false,
                 Some(Ok(answer)) => answer,
                 Some(Err(())) => {
-                    // The connection's own answer did not parse: a bug, said as one.
+                    // The connection's own answer (or the upstream's checked 101) did not
+                    // parse here: said as what it is.
                     tracing::warn!("HTTP/2 stream: the answer head did not parse");
                     respond.send_reset(Reason::INTERNAL_ERROR);
                     return self.gone(stats);
@@ -398,7 +631,8 @@ impl Stream {
     }
 
     /// A deadline of the stream's passed: the lingering end or a stalled output resets it;
-    /// the connection's own (idle, close, drain) is carried out by the connection.
+    /// the connection's own (idle, close, drain, the upstream's answer) is carried out by
+    /// the connection.
     pub fn on_timeout(&mut self, cx: &mut Ctx<'_>) {
         let now = cx.now;
         if now >= self.linger_until {
@@ -417,7 +651,8 @@ impl Stream {
         }
     }
 
-    /// The server drains: an open WebSocket gets its Close at `close_at`.
+    /// The server drains: an open WebSocket gets its Close at `close_at` (a relayed one
+    /// its END_STREAM then, as a relayed socket gets its FIN).
     pub fn on_shutdown(&mut self, close_at: u64, code: CloseCode, cx: &mut Ctx<'_>) {
         if self.ends {
             return;
@@ -432,7 +667,8 @@ impl Stream {
     }
 
     /// The connection under it ends: a stream without its answer was abandoned.
-    pub fn on_connection_closed(&mut self, stats: &Counters) {
+    pub fn on_connection_closed(&mut self, io: &mut dyn Sockets, stats: &Counters) {
+        self.close_upstream(io, true);
         if self.ended == Ended::No {
             self.ended = Ended::Done;
             self.conn.on_closed(stats);

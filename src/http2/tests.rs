@@ -13,7 +13,7 @@ fn request(method: &str, uri: &str, protocol: Option<&str>, headers: &[(&str, &s
         .map(http::Request::into_parts)
         .unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
-    write_http1_request(&head, &mut out);
+    write_http1_request(&head, super::stream::STANDIN_KEY, &mut out);
     out
 }
 

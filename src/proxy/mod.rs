@@ -35,6 +35,7 @@ pub mod pending;
 mod pipe;
 mod proxy_v2;
 pub mod sticky;
+pub mod stream_sockets;
 mod target;
 mod upstreams;
 

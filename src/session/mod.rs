@@ -22,7 +22,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::conn::{Conn, ConnConfig, Ctx, Next, UpstreamOutcome};
+use crate::conn::{Conn, ConnConfig, Ctx, Next};
 use crate::handshake::Rejection;
 use crate::http2::{self, Http2};
 use crate::policy::{
@@ -40,13 +40,17 @@ mod connection;
 mod fleet;
 mod inbound;
 mod queue;
+mod streams;
 pub mod turn;
 use connection::NO_SEND_DEADLINE;
 pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
 use inbound::{HeaderRead, InboundHeaders};
 use queue::{Patience, WaitQueue, Waiting};
+pub use streams::Origin;
+use streams::WaitsAs;
 pub use turn::Backend;
+use crate::proxy::stream_sockets::StreamSockets;
 
 /// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
 /// and in proxy mode which upstream to try and what its failure means.
@@ -60,6 +64,8 @@ pub struct Driver {
     draining: bool,
     /// Proxy mode: this reactor's view of the upstreams and its health checks.
     fleet: Fleet,
+    /// Proxy mode with HTTP/2 (`--h2`, `--h2c`): the streams' upstream sockets.
+    stream_sockets: Option<StreamSockets>,
     /// Each connection's one armed deadline, by its key.
     wheel: TimerWheel,
     /// The process's shutdown signal.
@@ -102,6 +108,9 @@ pub struct Driver {
     bounced: Vec<Waiting>,
     /// How many connections wait so now (the queue may hold stale entries besides).
     queued_now: usize,
+    /// Proxy mode over HTTP/2: the connections with streams waiting for an upstream with
+    /// room (settled again when one has it; a stream's own deadline bounds its wait).
+    streams_waiting: Vec<usize>,
     /// How long waiting clients were seen to bear before they left.
     patience: Patience,
     /// Whether a TLS client is still worth its key exchange.
@@ -171,6 +180,7 @@ impl Driver {
         health: Arc<crate::proxy::health::HealthBoard>,
     ) -> Self {
         let fleet = Fleet::new(&config.proxy, health, seed);
+        let stream_sockets = streams::sockets_for(&config, tls.as_ref(), fleet.checks_fd());
         Driver {
             config,
             stats,
@@ -178,6 +188,7 @@ impl Driver {
             accept_pause: AcceptPause::default(),
             draining: false,
             fleet,
+            stream_sockets,
             wheel: TimerWheel::new(0),
             shutdown,
             epoch: std::time::Instant::now(),
@@ -195,6 +206,7 @@ impl Driver {
             handed_out: None,
             bounced: Vec::new(),
             queued_now: 0,
+            streams_waiting: Vec::new(),
             patience: Patience::default(),
             key_exchanges: KeyExchangeJudge::default(),
             hellos: WaitQueue::default(),
@@ -219,16 +231,6 @@ impl Driver {
         self
     }
 
-    /// Proxy mode: the descriptor of this reactor's health checks, to watch for
-    /// readability ([`Driver::checks_ready`] when it is).
-    pub fn checks_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.fleet.checks_fd()
-    }
-
-    /// The health checks' descriptor was reported readable: they run this turn.
-    pub fn checks_ready(&mut self) {
-        self.fleet.checks_ready();
-    }
 
     /// Takes a newer generation of the settings, if one was published: connections accepted
     /// from now on follow it (a connection in its handshake answers by the new rules).
@@ -306,12 +308,26 @@ impl Driver {
     pub fn open_upstream<S>(
         &mut self,
         (key, parts): (usize, &mut Parts),
+        tried: (usize, Option<IpAddr>),
+        now: u64,
+        out: &mut Vec<u8>,
+        open: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<S>,
+    ) -> Result<(Link, S), Next> {
+        let tls = parts.transport.is_tls();
+        let waits = WaitsAs::Connection(key);
+        self.open_for((&mut parts.conn, waits, tls), tried, now, out, open)
+    }
+
+    /// [`Driver::open_upstream`] for `conn`, a client connection's or an HTTP/2 stream's
+    /// (`waits`), whose client spoke TLS if `tls`.
+    fn open_for<S>(
+        &mut self,
+        (conn, waits, tls): (&mut Conn, WaitsAs, bool),
         (mut attempts, client): (usize, Option<IpAddr>),
         now: u64,
         out: &mut Vec<u8>,
         mut open: impl FnMut(SocketAddr, Option<IpAddr>) -> io::Result<S>,
     ) -> Result<(Link, S), Next> {
-        let conn = &mut parts.conn;
         self.unqueue(conn, now);
         // The client's key, for hash balancing: the same upstream on every attempt's order.
         let affinity = match (&self.config.proxy.hash_key, conn.request_head()) {
@@ -337,15 +353,21 @@ impl Driver {
                     let refusal = self.admission.no_upstream_up();
                     return Err(conn.refuse(refusal, &mut self.cx(now, out)));
                 }
-                Pick::Busy => return Err(self.wait_for_room(key, conn, now, out)),
+                Pick::Busy => {
+                    return Err(match waits {
+                        WaitsAs::Connection(key) => self.wait_for_room(key, conn, now, out),
+                        WaitsAs::Stream(owner) => self.stream_waits(owner, conn, now, out),
+                    })
+                }
             };
             if sticky {
                 // A client not already on this upstream learns it with the answer.
                 let id = crate::proxy::sticky::upstream_id(addr);
-                let tls = parts.transport.is_tls();
                 conn.set_sticky_cookie((pin != Some(id)).then_some((id, tls)));
             }
-            self.sent_on(key, now);
+            if let WaitsAs::Connection(key) = waits {
+                self.sent_on(key, now);
+            }
             let lease = self.fleet.lease(index);
             if conn.is_http_request() {
                 lease.as_ref().inspect(|lease| lease.not_an_upgrade());
@@ -365,7 +387,7 @@ impl Driver {
     }
 
     /// Whether some upstream has room for one more upgrade from this reactor.
-    fn upstream_room(&self) -> bool {
+    pub(super) fn upstream_room(&self) -> bool {
         let proxy = &self.config.proxy;
         let cap = (proxy.max_connections_per_upstream).div_ceil(self.fleet.reactors() as u32);
         self.fleet.has_room(cap)
@@ -424,7 +446,7 @@ impl Driver {
 
     /// A client the upstreams have no room for is refused: 503, with a Retry-After
     /// spreading the refused clients' returns.
-    fn shed(&mut self, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
+    pub(super) fn shed(&mut self, conn: &mut Conn, now: u64, out: &mut Vec<u8>) -> Next {
         Counters::bump(&self.stats.upstream_shed);
         let refusal = self.admission.upstreams_busy();
         conn.refuse(refusal, &mut self.cx(now, out))
@@ -548,7 +570,10 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        let conn = &mut parts.conn;
+        self.unusable_for(&mut parts.conn, error, now, out)
+    }
+
+    fn unusable_for(&mut self, conn: &mut Conn, error: &io::Error, now: u64, out: &mut Vec<u8>) -> Next {
         if sys::is_local_exhaustion(error) || error.raw_os_error() == Some(libc::ENOSPC) {
             return self.exhausted(conn, error, now, out);
         }
@@ -566,7 +591,18 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
-            return h2.on_eof(&mut self.cx(now, out));
+            let mut none = http2::NoSockets;
+            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
+                Some(sockets) => sockets,
+                None => &mut none,
+            };
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out,
+                stats: &self.stats,
+            };
+            return h2.on_eof(&mut cx, io);
         }
         let conn = &mut parts.conn;
         if event == Event::PeerClosed {
@@ -816,6 +852,7 @@ impl Driver {
     /// as above; a missing or malformed header closes the connection, unanswered.
     pub fn received(
         &mut self,
+        origin: Origin<'_>,
         parts: &mut Parts,
         bytes: &[u8],
         now: u64,
@@ -834,6 +871,8 @@ impl Driver {
             transport,
             outbox,
             ip_key: session.ip_key,
+            origin,
+            told: session.inbound,
         };
         if !session.awaits_proxy_header {
             return self.received_after_header(&mut parts, bytes, now, out);
@@ -885,10 +924,23 @@ impl Driver {
             transport,
             outbox,
             ip_key,
+            origin,
+            told,
         } = client;
+        let becomes_h2 = h2.is_none() && conn.is_handshaking();
+        let proxy_side = match becomes_h2 && self.stream_sockets.is_some() {
+            true => self.proxy_side(*origin, *told, transport.is_tls()),
+            false => None,
+        };
+        let output_waits = !outbox.is_empty();
         let (admission, stats) = (&mut self.admission, &self.stats);
         let ip_key = *ip_key;
         let mut admit = |now| admit_stream(admission, stats, ip_key, now);
+        let mut none = http2::NoSockets;
+        let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
+            Some(sockets) => sockets,
+            None => &mut none,
+        };
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -896,26 +948,31 @@ impl Driver {
             stats,
         };
         let received = transport.receive(bytes, &mut self.plaintext, outbox, stats);
-        let becomes_h2 = match transport.is_tls() {
+        let speaks_h2 = match transport.is_tls() {
             true => transport.speaks_h2(),
             false => cx.config.h2c && !conn.has_input() && http2::starts_preface(received.data),
         };
-        if h2.is_none() && becomes_h2 && conn.is_handshaking() {
+        if h2.is_none() && speaks_h2 && becomes_h2 {
             Counters::bump(&cx.stats.h2_connections);
             conn.became_http2();
-            **h2 = Some(Http2::new(&cx));
+            **h2 = Some(Http2::new(&cx, proxy_side));
         }
         if let Some(h2) = h2.as_deref_mut() {
-            return match received.end {
-                TlsEnd::Open => h2.receive(received.data, &mut cx, &mut admit),
+            h2.set_output_waiting(output_waits);
+            let next = match received.end {
+                TlsEnd::Open => h2.receive(received.data, &mut cx, &mut admit, io),
                 TlsEnd::Closed => {
-                    let _ = h2.receive(received.data, &mut cx, &mut admit);
-                    h2.on_eof(&mut cx)
+                    let _ = h2.receive(received.data, &mut cx, &mut admit, io);
+                    h2.on_eof(&mut cx, io)
                 }
                 TlsEnd::PlainHttp | TlsEnd::Failed(_) => {
-                    h2.close(cx.stats);
+                    h2.close(cx.stats, io);
                     Next::Close
                 }
+            };
+            return match next {
+                Next::Continue => self.serve_streams(h2, output_waits, now, out),
+                next => next,
             };
         }
         let mut next = Next::Continue;
@@ -990,6 +1047,12 @@ impl Driver {
     ) -> Next {
         self.track_send(session, backlog, now);
         self.count_handshake_end(conn, session);
+        h2.set_output_waiting(backlog.waiting);
+        let mut none = http2::NoSockets;
+        let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
+            Some(sockets) => sockets,
+            None => &mut none,
+        };
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -998,7 +1061,7 @@ impl Driver {
         };
         if self.draining {
             let admission = &mut self.admission;
-            let next = h2.on_shutdown(|| admission.drain_close(), &mut cx);
+            let next = h2.on_shutdown(|| admission.drain_close(), &mut cx, io);
             if next != Next::Continue {
                 return next;
             }
@@ -1012,9 +1075,13 @@ impl Driver {
             // The last output is on its way; the send deadline (the linger) bounds it.
             return Next::Continue;
         }
-        match h2.deadline(self.config.send_timeout_ms) {
-            Some(at) if at <= now => h2.on_timeout(&mut cx),
+        let next = match h2.deadline(self.config.send_timeout_ms) {
+            Some(at) if at <= now => h2.on_timeout(&mut cx, io),
             _ => Next::Continue,
+        };
+        match next {
+            Next::Continue => self.serve_streams(h2, backlog.waiting, now, out),
+            next => next,
         }
     }
 
@@ -1091,16 +1158,7 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        if lease.is_pending() && !conn.awaits_upstream_answer() {
-            lease.answered();
-        }
-        match conn.take_upstream_outcome() {
-            Some(UpstreamOutcome::Failed(fault)) => {
-                Upstreams::failed(lease, fault, now, self.config.proxy.fall(), &fault.label())
-            }
-            Some(UpstreamOutcome::Served) => lease.status().served(),
-            None => {}
-        }
+        conn.report_upstream(lease, now, self.config.proxy.fall());
         if !conn.is_relaying() {
             return Next::Continue;
         }
@@ -1122,7 +1180,12 @@ impl Driver {
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if let Some(h2) = parts.h2.as_deref_mut() {
-            h2.close(&self.stats);
+            let mut none = http2::NoSockets;
+            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
+                Some(sockets) => sockets,
+                None => &mut none,
+            };
+            h2.close(&self.stats, io);
         }
         if std::mem::take(&mut session.handshaking) {
             self.admission.handshake_ended();
@@ -1258,7 +1321,12 @@ impl Driver {
         count_wasted_key_exchange(conn, &parts.transport, &self.stats);
         conn.on_closed(&self.stats);
         if let Some(h2) = parts.h2.as_deref_mut() {
-            h2.close(&self.stats);
+            let mut none = http2::NoSockets;
+            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
+                Some(sockets) => sockets,
+                None => &mut none,
+            };
+            h2.close(&self.stats, io);
         }
         if session.handshaking {
             self.admission.handshake_ended();
@@ -1319,6 +1387,9 @@ struct Client<'a> {
     transport: &'a mut Transport,
     outbox: &'a mut Outbox,
     ip_key: u64,
+    origin: Origin<'a>,
+    /// Behind a balancer: the PROXY header's slot, which names the client.
+    told: Option<inbound::InboundSlot>,
 }
 
 /// HTTP/2: a new stream from the address `ip_key` is admitted as a new connection would be

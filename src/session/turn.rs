@@ -63,11 +63,19 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
     }
     backend.accept(now);
     backend.resume(now);
+    // Proxy mode over HTTP/2: connections whose streams' upstreams have bytes or room.
+    while let Some(key) = backend.driver().next_stream_due() {
+        backend.settle(key, now);
+    }
     while let Some(key) = backend.driver().next_expired(now) {
         backend.settle(key, now);
     }
     // Last: the events and deadlines above are what free upstreams' room.
     send_on_waiting(backend, now);
+    backend.driver().wake_waiting_streams();
+    while let Some(key) = backend.driver().next_stream_due() {
+        backend.settle(key, now);
+    }
     let (open, idle) = backend.load();
     backend.driver().end_turn(open, idle, now)
 }

@@ -15,8 +15,9 @@
 //! budget in one turn is revisited on the next turn with a zero poll timeout, because no
 //! new edge would come for it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown as HalfClose, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,11 @@ use slab::Slab;
 
 use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
+use crate::proxy::stream_sockets::write_some;
 use crate::proxy::Side;
 use crate::session::{
-    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Parts,
+    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Origin,
+    Parts,
 };
 use crate::transport::Queue;
 use relay::Upstream;
@@ -36,8 +39,9 @@ use relay::Upstream;
 mod relay;
 
 const WAKER: Token = Token(usize::MAX);
-/// The health checks' own epoll descriptor (proxy mode).
-const HEALTH: Token = Token(usize::MAX - 1);
+/// The driver's own epoll descriptor (proxy mode: the health checks, the HTTP/2 streams'
+/// upstreams).
+const DRIVER_OWN: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `LISTENER_BASE + i`; connection keys stay far below.
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// The upstream socket of connection `key` has token `UPSTREAM_BASE + key`.
@@ -61,18 +65,6 @@ struct Client {
     peer: SocketAddr,
     /// Proxy mode: the upstream side, from the validated request until the relay ends.
     upstream: Option<Box<Upstream>>,
-}
-
-/// Writes as much of `bytes` as the socket takes now.
-fn write_some(mut to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match to.write(bytes) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Writes what `queue` holds until it is empty or the socket is full.
@@ -151,9 +143,9 @@ impl Reactor {
                 ready: true,
             });
         }
-        if let Some(fd) = driver.checks_fd() {
+        if let Some(fd) = driver.own_fd() {
             poll.registry()
-                .register(&mut mio::unix::SourceFd(&fd), HEALTH, Interest::READABLE)?;
+                .register(&mut mio::unix::SourceFd(&fd), DRIVER_OWN, Interest::READABLE)?;
         }
         let reactor = Reactor {
             poll,
@@ -189,7 +181,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    HEALTH => self.driver.checks_ready(),
+                    DRIVER_OWN => self.driver.own_ready(),
                     Token(t) if t >= LISTENER_BASE => {
                         if let Some(listener) = self.listeners.get_mut(t - LISTENER_BASE) {
                             listener.ready = true;
@@ -349,6 +341,10 @@ impl Reactor {
                 }
                 Ok(n) => (
                     self.driver.received(
+                        Origin {
+                            key,
+                            socket: client.stream.as_fd(),
+                        },
                         &mut client.parts,
                         &self.read_buffer[..n],
                         now,

@@ -26,13 +26,13 @@
 //! and stays readable: it is read again as soon as the other side has taken the pipe's bytes.
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
+use crate::proxy::stream_sockets::connect_and_send;
 use crate::conn::Next;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
@@ -266,24 +266,6 @@ fn set_nodelay_once(to: &TcpStream, flow: &mut Flow) {
     if flow.set_nodelay_now() {
         let _ = to.set_nodelay(true);
     }
-}
-
-/// Starts a non-blocking connection to `addr` and writes as much of `request` (the
-/// forwarded request) as it takes now: returns the socket and how much that was.
-fn connect_and_send(
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
-    request: &[u8],
-) -> io::Result<(TcpStream, usize)> {
-    let socket = sys::upstream_socket(addr, source)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let stream = TcpStream::from_std(socket.into());
-    let written = write_some(&stream, request)?;
-    Ok((stream, written))
 }
 
 impl Reactor {

@@ -37,7 +37,7 @@ use super::{sys, ReactorParts, Wake};
 use crate::conn::Next;
 use crate::proxy::Side;
 use crate::session::{
-    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Parts,
+    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Origin, Parts,
 };
 use buf_ring::BufRing;
 use relay::Upstream;
@@ -82,8 +82,9 @@ enum Op {
     Cancel,
     Accept,
     Wake,
-    /// The health checks' epoll descriptor is readable (proxy mode).
-    Health,
+    /// The driver's own epoll descriptor is readable (proxy mode: the health checks, the
+    /// HTTP/2 streams' upstreams).
+    DriverOwn,
 }
 
 impl Op {
@@ -102,7 +103,7 @@ impl Op {
         Op::Cancel,
         Op::Accept,
         Op::Wake,
-        Op::Health,
+        Op::DriverOwn,
     ];
 }
 
@@ -208,6 +209,15 @@ impl Client {
         Some((op, fd))
     }
 
+    /// The connection as the driver knows it, for one call while its socket is open
+    /// (the borrow is not tied to the slot, so that the slot's parts can go with it).
+    fn origin<'a>(&self, key: usize) -> Origin<'a> {
+        // SAFETY: the descriptor is open until its close, which is submitted only by
+        // `begin_close`, after the driver's call this is made for has returned.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        Origin { key, socket }
+    }
+
     /// The client's socket, while operations may still be started on it.
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         // SAFETY: the descriptor is open until its close, which is submitted only by
@@ -310,7 +320,7 @@ impl Reactor {
             completions: Vec::with_capacity(1024),
         };
         reactor.arm_wake();
-        reactor.arm_health();
+        reactor.arm_driver_own();
         reactor.arm_accepts(0);
         let wake: Wake = Arc::new(move || sys::eventfd_wake(wake_fd.as_fd()));
         Ok((reactor, wake))
@@ -343,12 +353,12 @@ impl Reactor {
         unsafe { self.push_entry(&read) };
     }
 
-    /// Watches the health checks' descriptor: one poll at a time, armed again when it fires.
-    fn arm_health(&mut self) {
-        if let Some(fd) = self.driver.checks_fd() {
+    /// Watches the driver's own descriptor: one poll at a time, armed again when it fires.
+    fn arm_driver_own(&mut self) {
+        if let Some(fd) = self.driver.own_fd() {
             let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
                 .build()
-                .user_data(user_data(WAKE_KEY, Op::Health));
+                .user_data(user_data(WAKE_KEY, Op::DriverOwn));
             self.push_plain(&poll);
         }
     }
@@ -430,12 +440,12 @@ impl Reactor {
         for &(data, result, flags) in &completions {
             match decode(data) {
                 (_, Some(Op::Wake)) => self.arm_wake(),
-                (_, Some(Op::Health)) => {
-                    self.driver.checks_ready();
+                (_, Some(Op::DriverOwn)) => {
+                    self.driver.own_ready();
                     // A failed poll is not armed again (no spinning on it): the checks
                     // still run when due, and see their answers then.
                     if result >= 0 {
-                        self.arm_health();
+                        self.arm_driver_own();
                     }
                 }
                 (key, Some(Op::Accept)) => self.on_accept(key - LISTENER_BASE, result, flags, now),
@@ -613,7 +623,10 @@ impl Reactor {
                 HelloStep::Shed(next) => next,
                 // Held until the queue gives it back (a ClientHello, 2 KB at most).
                 HelloStep::Wait if client.parts.transport.keep_unread(data) => Next::Continue,
-                _ => (self.driver).received(&mut client.parts, data, now, &mut self.out),
+                _ => {
+                    let origin = client.origin(key);
+                    (self.driver).received(origin, &mut client.parts, data, now, &mut self.out)
+                }
             }
         } else {
             let event = match (side, data) {
@@ -744,7 +757,7 @@ impl Reactor {
                 client.submitted(Op::Close);
                 self.push_plain(&Self::close_entry(key, fd, Op::Close));
             }
-            Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::Health | Op::UpClose => {}
+            Op::Close | Op::Cancel | Op::Accept | Op::Wake | Op::DriverOwn | Op::UpClose => {}
         }
         self.settle(key, now)
     }
@@ -860,7 +873,8 @@ impl turn::Backend for Reactor {
             HelloStep::Shed(next) => next,
             _ => {
                 let unread = client.parts.transport.take_unread();
-                (self.driver).received(&mut client.parts, &unread, now, &mut self.out)
+                let origin = client.origin(key);
+                (self.driver).received(origin, &mut client.parts, &unread, now, &mut self.out)
             }
         };
         self.apply(key, next)

@@ -19,7 +19,7 @@ use io_uring::{opcode, types};
 
 use super::{user_data, Client, Op, Ops, Reactor};
 use crate::conn::Next;
-use crate::proxy::{Forwarding, Link, Peers, Side};
+use crate::proxy::{Link, Peers, Side};
 use crate::reactor::sys;
 use crate::session::{Event, UpstreamFailure};
 
@@ -46,20 +46,6 @@ impl Client {
         let usable = !self.closing && !upstream.retired && upstream.link.confirmed;
         upstream.fd.as_ref().filter(|_| usable).map(|fd| fd.as_fd())
     }
-}
-
-/// The client as the upstream should see it, and the address it reached.
-fn peers(socket: BorrowedFd<'_>, forwarding: Forwarding, tls: bool) -> Option<Peers> {
-    let client = sys::socket_addr(socket, false)?;
-    let local = match forwarding {
-        Forwarding::ProxyV2 => sys::socket_addr(socket, true),
-        Forwarding::Headers => None,
-    };
-    Some(Peers {
-        client,
-        local: local.unwrap_or(client),
-        tls,
-    })
 }
 
 /// The operations that send to, and receive from, `side` (the receive while relaying).
@@ -145,7 +131,7 @@ impl Reactor {
         // Multishot accept reports no address: asked for here, once per proxied client.
         let socket = client.socket().filter(|_| result >= 0);
         let tls = client.parts.transport.is_tls();
-        let mut peers = socket.map(|socket| peers(socket, forwarding, tls));
+        let mut peers = socket.map(|socket| Peers::of(socket, forwarding, tls));
         // Behind a balancer, the client its PROXY header named.
         let named = self.driver.client_addr(&client.parts);
         if let (Some(Some(peers)), Some(client)) = (peers.as_mut(), named) {

@@ -1,0 +1,247 @@
+//! Proxy mode over HTTP/2: each stream's upstream connection, chosen, opened and retried
+//! as a client connection's is ([`Driver::open_upstream`]'s rules), on sockets the driver
+//! keeps ([`StreamSockets`]) because a backend's slot holds one upstream, not many.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use super::{inbound::InboundSlot, Driver, UpstreamFailure};
+use crate::stats::Counters;
+use crate::conn::{AfterUpgrade, Conn, ConnConfig, Ctx, Next};
+use crate::http2::{Http2, Opened, ProxySide};
+use crate::proxy::stream_sockets::{connect_and_send, StreamSockets};
+use crate::proxy::{Forwarding, Link, Peers};
+
+/// The connection bytes were read from, as a backend knows it: its key, and its socket
+/// (whose addresses a proxied HTTP/2 stream's upstream is told).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The backend's key for it.
+    pub key: usize,
+    /// Its socket, open for the call.
+    pub socket: BorrowedFd<'a>,
+}
+
+/// Rounds of opening upstreams and relaying per call: a stream whose upstream refused
+/// tries the next in the following round.
+const OPEN_ROUNDS: usize = 4;
+
+/// The streams' upstream sockets, when they can be needed: proxy mode with HTTP/2 on
+/// (`--h2c`, or ALPN `h2` offered). The health checks' descriptor `checks` is watched
+/// through theirs.
+pub(super) fn sockets_for(
+    config: &ConnConfig,
+    tls: Option<&crate::tls::SharedTlsConfig>,
+    checks: Option<std::os::fd::RawFd>,
+) -> Option<StreamSockets> {
+    let h2 = config.h2c
+        || tls.is_some_and(|tls| {
+            let alpn = &tls.load().alpn_protocols;
+            alpn.iter().any(|p| p == crate::tls::ALPN_H2)
+        });
+    if config.after != AfterUpgrade::Proxy || !h2 {
+        return None;
+    }
+    StreamSockets::new(checks)
+        .inspect_err(|error| {
+            tracing::warn!(%error, "no HTTP/2 upstream sockets on this reactor: streams get 503")
+        })
+        .ok()
+}
+
+/// Who waits at the edge when no upstream has room for a request.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum WaitsAs {
+    /// A client connection, by its key: in the queue, adaptive LIFO.
+    Connection(usize),
+    /// An HTTP/2 stream of the connection with this key: the stream keeps its request and
+    /// its deadline; the connection is settled again when an upstream has room.
+    Stream(usize),
+}
+
+impl Driver {
+    /// An HTTP/2 stream of connection `owner` waits for an upstream with room, as a client
+    /// connection would (`--upstream-queue-ms`), or is refused at once (503) when there is
+    /// no wait or the edge drains.
+    pub(super) fn stream_waits(
+        &mut self,
+        owner: usize,
+        conn: &mut Conn,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let until = now.saturating_add(self.config.proxy.queue_ms);
+        if until <= now || self.draining {
+            return self.shed(conn, now, out);
+        }
+        conn.queue(until);
+        Counters::bump(&self.stats.upstream_queued);
+        self.keep_waiting(owner);
+        Next::Continue
+    }
+
+    /// Connection `owner` has streams waiting for an upstream with room.
+    fn keep_waiting(&mut self, owner: usize) {
+        if !self.streams_waiting.contains(&owner) {
+            self.streams_waiting.push(owner);
+        }
+    }
+
+    /// At the turn's end, once events and deadlines freed what they free: if an upstream
+    /// has room, the connections with streams waiting for one are due.
+    pub fn wake_waiting_streams(&mut self) {
+        if self.streams_waiting.is_empty() || !self.upstream_room() {
+            return;
+        }
+        if let Some(sockets) = self.stream_sockets.as_mut() {
+            sockets.make_due(self.streams_waiting.drain(..));
+        }
+    }
+
+    /// The descriptor of the driver's own sockets (the HTTP/2 streams' upstreams, the
+    /// health checks), to watch for readability ([`Driver::own_ready`] when it is).
+    pub fn own_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.stream_sockets {
+            Some(sockets) => Some(sockets.fd()),
+            None => self.fleet.checks_fd(),
+        }
+    }
+
+    /// The driver's own descriptor was reported readable: the health checks run this
+    /// turn, and the connections whose streams' upstreams are ready are handed out
+    /// ([`Driver::next_stream_due`]).
+    pub fn own_ready(&mut self) {
+        match self.stream_sockets.as_mut() {
+            Some(sockets) => {
+                if sockets.ready() {
+                    self.fleet.checks_ready();
+                }
+            }
+            None => self.fleet.checks_ready(),
+        }
+    }
+
+    /// The next connection whose streams' upstream sockets were reported ready: settle it.
+    pub fn next_stream_due(&mut self) -> Option<usize> {
+        self.stream_sockets.as_mut()?.next_due()
+    }
+
+    /// What a new HTTP/2 connection's streams need to reach upstreams: the client (the
+    /// one a PROXY header `told`, or the socket's peer) and the address it reached.
+    pub(super) fn proxy_side(
+        &self,
+        origin: Origin<'_>,
+        told: Option<InboundSlot>,
+        tls: bool,
+    ) -> Option<Box<ProxySide>> {
+        let mut peers = Peers::of(origin.socket, self.config.proxy.forwarding, tls)?;
+        if let Some(client) = self.inbound.client(told) {
+            peers.client = client;
+        }
+        Some(ProxySide::new(origin.key, peers))
+    }
+
+    /// After every call into an HTTP/2 connection in proxy mode: the streams waiting for
+    /// an upstream get one (or their refusal), and bytes move between the streams and
+    /// their upstreams (not read while the client's output waits: `output_waits`).
+    pub(super) fn serve_streams(
+        &mut self,
+        h2: &mut Http2,
+        output_waits: bool,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let Some(mut sockets) = self.stream_sockets.take() else {
+            return Next::Continue;
+        };
+        let mut next = Next::Continue;
+        for _ in 0..OPEN_ROUNDS {
+            if h2.wants_upstreams() {
+                self.open_stream_upstreams(h2, &mut sockets, now);
+            }
+            h2.set_output_waiting(output_waits);
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out,
+                stats: &self.stats,
+            };
+            next = h2.relay(&mut cx, &mut sockets);
+            if next != Next::Continue || !h2.retries_upstreams() {
+                break;
+            }
+        }
+        self.stream_sockets = Some(sockets);
+        next
+    }
+
+    /// Each stream waiting for an upstream gets a connection to the next one the fleet
+    /// gives (its failed one counted against its upstream first), with the forwarded
+    /// request written; or its refusal (502, 503).
+    fn open_stream_upstreams(&mut self, h2: &mut Http2, sockets: &mut StreamSockets, now: u64) {
+        let Some(side) = h2.proxy_side() else {
+            return;
+        };
+        let (owner, peers) = (side.owner, side.peers);
+        let waits = WaitsAs::Stream(owner);
+        let linger_ms = self.config.linger_ms;
+        let mut open = |conn: &mut Conn,
+                        attempts: usize,
+                        failed: Option<(Link, io::Error)>,
+                        out: &mut Vec<u8>|
+         -> Result<Opened, Next> {
+            if conn.is_queued() {
+                if !self.upstream_room() {
+                    self.keep_waiting(owner);
+                    return Err(Next::Continue);
+                }
+                conn.unqueue(now, &self.config);
+            }
+            if let Some((link, error)) = failed {
+                if let UpstreamFailure::Answer(next) =
+                    self.failed_to_open(conn, &link, &error, now, out)
+                {
+                    return Err(next);
+                }
+            }
+            let mut request = Vec::new();
+            conn.write_upstream_request(peers, &mut self.cx(now, &mut request));
+            let tried = (attempts, Some(peers.client.ip()));
+            let (link, (stream, written)) =
+                self.open_for((conn, waits, peers.tls), tried, now, out, |addr, source| {
+                    connect_and_send(addr, source, &request)
+                })?;
+            let id = match sockets.add(stream, owner) {
+                Ok(id) => id,
+                Err(error) => return Err(self.unusable_for(conn, &error, now, out)),
+            };
+            if written > 0 {
+                conn.on_upstream_connected(&self.cx(now, out));
+            }
+            Ok(Opened {
+                id,
+                link,
+                request,
+                written,
+            })
+        };
+        h2.open_upstreams(&mut open, now, linger_ms);
+    }
+}
+
+impl Peers {
+    /// The client as an upstream should see it, from its socket: its address, and the
+    /// address it reached when the PROXY v2 header needs it.
+    pub fn of(socket: BorrowedFd<'_>, forwarding: Forwarding, tls: bool) -> Option<Peers> {
+        let client = crate::sys::socket_addr(socket, false)?;
+        let local = match forwarding {
+            Forwarding::ProxyV2 => crate::sys::socket_addr(socket, true),
+            Forwarding::Headers => None,
+        };
+        Some(Peers {
+            client,
+            local: local.unwrap_or(client),
+            tls,
+        })
+    }
+}
