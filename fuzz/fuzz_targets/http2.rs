@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wsedge::conn::{AfterUpgrade, Ctx, Next};
-use wsedge::http2::{client::Client, Http2};
+use wsedge::http2::{client::Client, Http2, NoSockets};
 use wsedge::stats::Counters;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     let mut now = 0;
     let mut cx = Ctx { config: &config, now, out: &mut out, stats: &stats };
-    let mut connection = Http2::new(&cx);
+    let mut connection = Http2::new(&cx, None);
     let mut input = Vec::new();
     Client::start(&mut input);
     input.extend_from_slice(frames);
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ended = false;
     for piece in input.chunks(step) {
         cx.now = now;
-        let next = connection.receive(piece, &mut cx, &mut |_| Ok(()));
+        let next = connection.receive(piece, &mut cx, &mut |_| Ok(()), &mut NoSockets);
         if next != Next::Continue {
             ended = true;
             break;
@@ -34,16 +34,16 @@ fuzz_target!(|data: &[u8]| {
         now += 700;
         cx.now = now;
         if connection.deadline(config.send_timeout_ms).is_some_and(|at| at <= now)
-            && connection.on_timeout(&mut cx) != Next::Continue
+            && connection.on_timeout(&mut cx, &mut NoSockets) != Next::Continue
         {
             ended = true;
             break;
         }
     }
     if !ended {
-        let _ = connection.on_eof(&mut cx);
+        let _ = connection.on_eof(&mut cx, &mut NoSockets);
     }
-    connection.close(&stats);
+    connection.close(&stats, &mut NoSockets);
     let s = Counters::sum([&stats]);
     let silent = s.handshake_timeouts - s.timeouts_answered;
     assert_eq!(

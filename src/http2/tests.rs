@@ -178,11 +178,11 @@ fn the_client_and_the_server_agree_in_memory() {
     let stats = Counters::default();
     let mut out = Vec::new();
     let mut cx = context(&config, &mut out, &stats);
-    let mut server = Http2::new(&cx);
+    let mut server = Http2::new(&cx, None);
     let mut wire = opening(&[(1, "/chat"), (3, "/nope")]);
     Client::data(&mut wire, 1, b"\x81\x82abcd\x09\x0b", false); // "hi", masked
     assert_eq!(
-        server.receive(&wire, &mut cx, &mut admit_all),
+        server.receive(&wire, &mut cx, &mut admit_all, &mut NoSockets),
         Next::Continue
     );
     let frames = frames_of(cx.out);
@@ -205,7 +205,7 @@ fn the_client_and_the_server_agree_in_memory() {
     // Stream 1 ends both ways; stream 3 was refused and ended by the server.
     let mut wire = Vec::new();
     Client::data(&mut wire, 1, b"\x88\x80abcd", true);
-    let _ = server.receive(&wire, &mut cx, &mut admit_all);
+    let _ = server.receive(&wire, &mut cx, &mut admit_all, &mut NoSockets);
     let snapshot = Counters::sum([&stats]);
     assert_eq!(
         (snapshot.h2_streams, snapshot.upgraded, snapshot.rejected),
@@ -224,21 +224,21 @@ fn a_drain_spreads_its_goaways() {
     let goaway = |frames: &[Frame]| frames.iter().any(|f| matches!(f, Frame::GoAway { .. }));
     let mut out = Vec::new();
     let mut cx = context(&config, &mut out, &stats);
-    let mut busy = Http2::new(&cx);
-    let _ = busy.receive(&opening(&[(1, "/")]), &mut cx, &mut admit_all);
+    let mut busy = Http2::new(&cx, None);
+    let _ = busy.receive(&opening(&[(1, "/")]), &mut cx, &mut admit_all, &mut NoSockets);
     cx.out.clear();
-    let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx);
+    let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx, &mut NoSockets);
     assert!(!goaway(&frames_of(cx.out)), "not before its time");
     assert_eq!(busy.deadline(config.send_timeout_ms), Some(500));
     cx.out.clear();
     cx.now = 500;
-    let _ = busy.on_timeout(&mut cx);
+    let _ = busy.on_timeout(&mut cx, &mut NoSockets);
     assert!(goaway(&frames_of(cx.out)), "at its time");
 
-    let mut idle = Http2::new(&cx);
-    let _ = idle.receive(&opening(&[]), &mut cx, &mut admit_all);
+    let mut idle = Http2::new(&cx, None);
+    let _ = idle.receive(&opening(&[]), &mut cx, &mut admit_all, &mut NoSockets);
     cx.out.clear();
-    let _ = idle.on_shutdown(|| (900, CloseCode(1012)), &mut cx);
+    let _ = idle.on_shutdown(|| (900, CloseCode(1012)), &mut cx, &mut NoSockets);
     assert!(goaway(&frames_of(cx.out)), "at once without a WebSocket");
 }
 
@@ -252,7 +252,7 @@ fn a_stream_over_the_address_rate_gets_429() {
     let stats = Counters::default();
     let mut out = Vec::new();
     let mut cx = context(&config, &mut out, &stats);
-    let mut server = Http2::new(&cx);
+    let mut server = Http2::new(&cx, None);
     let mut left = 1;
     let mut admit = |_| match left {
         0 => Err(Refusal::RateLimited {
@@ -263,7 +263,7 @@ fn a_stream_over_the_address_rate_gets_429() {
             Ok(())
         }
     };
-    let _ = server.receive(&opening(&[(1, "/"), (3, "/")]), &mut cx, &mut admit);
+    let _ = server.receive(&opening(&[(1, "/"), (3, "/")]), &mut cx, &mut admit, &mut NoSockets);
     let answers: Vec<_> = frames_of(cx.out)
         .into_iter()
         .filter_map(|frame| match frame {

@@ -1,6 +1,8 @@
 //! Shared harness: the real `wsedge` binary on an ephemeral port, and raw-socket helpers.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod h2;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
