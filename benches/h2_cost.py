@@ -17,7 +17,13 @@ the upgrades (streams) the load generator verified. Cases, each a closed loop:
 Memory: RSS over the base while `hold` keeps them, echo mode: per idle HTTP/1.1 connection,
 per HTTP/2 connection with one stream, and per stream with 100 streams on a connection.
 
-    benches/h2_cost.py [--rounds 5] [--secs 3] [--streams 100] [--idle 2000]
+With --proxy the server is the edge in proxy mode (--after proxy) in front of a wsedge
+upstream in close mode on CPU 1 (beside the load generator): each WebSocket, an HTTP/1.1
+upgrade or an HTTP/2 stream, is bridged to an HTTP/1.1 upgrade of its own upstream
+connection, answered with the upstream's 101 and closed by the upstream's Close. The
+figure is the edge's CPU alone; the memory figures are skipped.
+
+    benches/h2_cost.py [--rounds 5] [--secs 3] [--streams 100] [--idle 2000] [--proxy]
 """
 import argparse
 import os
@@ -31,10 +37,12 @@ from ab import cpu_seconds, free_port, make_cert, rss_bytes, start  # noqa: E402
 from compare import ROOT, median, run_json  # noqa: E402
 
 
-def serve(binary, io, after, port, tls_port, cert, key):
+def serve(binary, io, after, port, tls_port, cert, key, upstream=None):
     argv = [binary, "serve", "--io", io, "--threads", "1", "--no-pin", "--after", after,
             "--listen", f"127.0.0.1:{port}", "--listen-tls", f"127.0.0.1:{tls_port}",
             "--tls-cert", cert, "--tls-key", key, "--tls-groups", "x25519", "--h2", "--h2c"]
+    if upstream:
+        argv += ["--upstream", upstream, "--upstream-max-pending", "10000"]
     return start(argv, port, "0")
 
 
@@ -55,6 +63,8 @@ def main():
     parser.add_argument("--secs", type=float, default=3)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--proxy", action="store_true",
+                        help="the edge in proxy mode before a wsedge upstream (close mode)")
     parser.add_argument("--wsedge", default=os.path.join(ROOT, "target/release/wsedge"))
     parser.add_argument("--loadgen", default=os.path.join(ROOT, "target/release/wsedge-loadgen"))
     options = parser.parse_args()
@@ -63,10 +73,18 @@ def main():
     cost = {(io, name): [] for io in ("epoll", "uring") for name in table}
     rate = {(io, name): [] for io in ("epoll", "uring") for name in table}
     servers = {}
+    app = None
+    after, upstream = "close", None
     try:
+        if options.proxy:
+            app_port = free_port()
+            app = start([options.wsedge, "serve", "--threads", "1", "--no-pin", "--after", "close",
+                         "--listen", f"127.0.0.1:{app_port}"], app_port, "1")
+            after, upstream = "proxy", f"127.0.0.1:{app_port}"
         for io in ("epoll", "uring"):
             port, tls_port = free_port(), free_port()
-            servers[io] = (serve(options.wsedge, io, "close", port, tls_port, cert, key), port, tls_port)
+            process = serve(options.wsedge, io, after, port, tls_port, cert, key, upstream)
+            servers[io] = (process, port, tls_port)
         for round_ in range(options.rounds):
             order = [(io, name) for name in table for io in ("epoll", "uring")]
             if round_ % 2:
@@ -90,8 +108,11 @@ def main():
         for process, _, _ in servers.values():
             process.kill()
             process.wait()
+        if app:
+            app.kill()
+            app.wait()
     print(f"\nserver CPU per upgrade, {options.rounds} rounds interleaved, medians "
-          "(one reactor on CPU 0, wsedge-loadgen storm on CPU 1, --after close):")
+          f"(one reactor on CPU 0, wsedge-loadgen storm on CPU 1, --after {after}):")
     print("| case | epoll | io_uring | epoll / HTTP/1.1 | io_uring / HTTP/1.1 |")
     print("|---|---|---|---|---|")
     for name in table:
@@ -104,6 +125,8 @@ def main():
             per_round = [a / b for a, b in zip(cost[(io, name)], cost[(io, base)])]
             ratios.append(f"{median(per_round):.2f}")
         print(f"| {name} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} |")
+    if options.proxy:
+        return
 
     print(f"\nRSS per idle WebSocket (echo mode, held by `hold`, peak over base):")
     print("| held | epoll | io_uring |")

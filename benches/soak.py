@@ -8,8 +8,9 @@ resets the connections whose path asks for it). For SECS seconds, concurrently a
 
   storms        wsedge-loadgen storm (--count bounded) against each echo server
   held          wsedge-loadgen hold, pinging, against each echo server
-  h2 storms     wsedge-loadgen storm --h2 --streams 10 against each echo server (--h2c):
-                WebSockets as HTTP/2 streams, ten a connection
+  h2 storms     wsedge-loadgen storm --h2 --streams 10 against every server (--h2c):
+                WebSockets as HTTP/2 streams, ten a connection (through a proxy, each
+                stream its own upstream connection)
   slowloris     wsedge-loadgen slowloris against each echo server (cut at the 1 s handshake timeout)
   rejected      requests without Upgrade (426) and POSTs (405) against every server
   proxied       upgrades through each proxy, relaying random bytes both ways, checked
@@ -187,10 +188,10 @@ def storms(server, binary, deadline):
     return rounds(deadline, body)
 
 
-def h2_storms(server, binary, deadline):
+def h2_storms(server, binary, deadline, count=200):
     def body():
         result = loadgen(binary, "storm", f"ws://127.0.0.1:{server.port}/", "--h2", "--streams", "10",
-                         "--count", "200", "--concurrency", "4", "--duration", "120s",
+                         "--count", str(count), "--concurrency", "4", "--duration", "120s",
                          "--source-ips", "none")
         assert result["errors_total"] == 0, result
         server.expect(upgraded=result["ok"])
@@ -323,7 +324,7 @@ def main():
     wsedge = os.path.join(options.bin_dir, "wsedge")
     binary = os.path.join(options.bin_dir, "wsedge-loadgen")
     upstream = Upstream()
-    proxy = ["--upstream", f"127.0.0.1:{upstream.port}"]
+    proxy = ["--upstream", f"127.0.0.1:{upstream.port}", "--h2c"]
     echo_servers = [Server(f"echo {io}", wsedge, io, "echo", ["--h2c"]) for io in ("epoll", "uring")]
     proxy_servers = [Server(f"proxy {io}", wsedge, io, "proxy", proxy) for io in ("epoll", "uring")]
     servers = echo_servers + proxy_servers
@@ -336,7 +337,9 @@ def main():
                  ("slowloris", slowloris, (server, binary, deadline))]
     for server in proxy_servers:
         jobs += [("proxied", proxied, (server, deadline)),
-                 ("resets", upstream_resets, (server, deadline))]
+                 ("resets", upstream_resets, (server, deadline)),
+                 # Each stream is a thread of the script's upstream: fewer a round.
+                 ("h2 storms", h2_storms, (server, binary, deadline, 50))]
     jobs.append(("rejected", rejected, (servers, deadline)))
     failures, done = [], {}
 
