@@ -317,6 +317,36 @@ fn many_streams_reach_wsedge_echo_and_end(io: Io) {
     server.wait_for_metric("wsedge_h2_streams_total", |n| n == 100.0);
 }
 
+/// In a drain a relayed stream gets its END_STREAM, and its upstream its FIN, at a time of
+/// the drain window, with the connection's GOAWAY; an idle relay ends at
+/// `--idle-timeout-ms` the same way.
+fn a_drain_and_the_idle_timeout_end_relayed_streams(io: Io) {
+    for (extra, signal) in [
+        (["--drain-secs", "1"], true),
+        (["--idle-timeout-ms", "300"], false),
+    ] {
+        let upstream = Scripted::start();
+        let server = edge(io, &[&upstream.addr()], &extra);
+        let mut raw = Raw::connect(&server, &[]);
+        raw.open(1, "/");
+        let (mut up, request) = upstream.accept();
+        up.write_all(&switching(&request, "")).unwrap();
+        raw.until("the answer", |f| f.kind == HEADERS && f.stream == 1);
+        if signal {
+            server.signal(libc::SIGTERM);
+        }
+        let (mut goaway, mut ended) = (!signal, false);
+        while !goaway || !ended {
+            let frame = raw.until("GOAWAY and END_STREAM", |f| {
+                f.kind == GOAWAY || (f.stream == 1 && f.flags & END_STREAM != 0)
+            });
+            goaway |= frame.kind == GOAWAY;
+            ended |= frame.stream == 1;
+        }
+        assert_eq!(up.read(&mut [0u8; 16]).unwrap(), 0, "{extra:?}: the upstream's FIN");
+    }
+}
+
 /// Node's `http2` client through the proxy to Python `websockets`, over h2c and over TLS
 /// with ALPN h2: fresh keys and X-Forwarded-For upstream, a message larger than the
 /// windows both ways, a refusal passed on with its body, the upstream's Close, the close
@@ -380,5 +410,6 @@ on_both_backends!(
     upstream_refusals_and_failures_get_their_statuses,
     a_refused_upstream_is_passed_over,
     many_streams_reach_wsedge_echo_and_end,
+    a_drain_and_the_idle_timeout_end_relayed_streams,
     node_http2_client_through_the_proxy,
 );
