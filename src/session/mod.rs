@@ -180,7 +180,7 @@ impl Driver {
         health: Arc<crate::proxy::health::HealthBoard>,
     ) -> Self {
         let fleet = Fleet::new(&config.proxy, health, seed);
-        let stream_sockets = streams::sockets_for(&config, tls.as_ref(), fleet.checks_fd());
+        let stream_sockets = streams::sockets_for(&config, fleet.checks_fd());
         Driver {
             config,
             stats,

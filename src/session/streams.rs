@@ -26,20 +26,14 @@ pub struct Origin<'a> {
 /// tries the next in the following round.
 const OPEN_ROUNDS: usize = 4;
 
-/// The streams' upstream sockets, when they can be needed: proxy mode with HTTP/2 on
-/// (`--h2c`, or ALPN `h2` offered). The health checks' descriptor `checks` is watched
+/// The streams' upstream sockets, in proxy mode: HTTP/2 may be on from the start or turned
+/// on by a reload (`--h2c`, ALPN `h2`). The health checks' descriptor `checks` is watched
 /// through theirs.
 pub(super) fn sockets_for(
     config: &ConnConfig,
-    tls: Option<&crate::tls::SharedTlsConfig>,
     checks: Option<std::os::fd::RawFd>,
 ) -> Option<StreamSockets> {
-    let h2 = config.h2c
-        || tls.is_some_and(|tls| {
-            let alpn = &tls.load().alpn_protocols;
-            alpn.iter().any(|p| p == crate::tls::ALPN_H2)
-        });
-    if config.after != AfterUpgrade::Proxy || !h2 {
+    if config.after != AfterUpgrade::Proxy {
         return None;
     }
     StreamSockets::new(checks)
@@ -152,7 +146,14 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         let Some(mut sockets) = self.stream_sockets.take() else {
-            return Next::Continue;
+            self.refuse_streams(h2, now);
+            let mut cx = Ctx {
+                config: &self.config,
+                now,
+                out,
+                stats: &self.stats,
+            };
+            return h2.relay(&mut cx, &mut crate::http2::NoSockets);
         };
         let mut next = Next::Continue;
         for _ in 0..OPEN_ROUNDS {
@@ -173,6 +174,23 @@ impl Driver {
         }
         self.stream_sockets = Some(sockets);
         next
+    }
+
+    /// Without upstream sockets on this reactor (their epoll instance could not be made),
+    /// a stream that wants an upstream is refused as an overloaded edge refuses: 503.
+    fn refuse_streams(&mut self, h2: &mut Http2, now: u64) {
+        if !h2.wants_upstreams() {
+            return;
+        }
+        let linger_ms = self.config.linger_ms;
+        h2.open_upstreams(
+            &mut |conn, _, _, out| {
+                let refusal = self.admission.overloaded();
+                Err(conn.refuse(refusal, &mut self.cx(now, out)))
+            },
+            now,
+            linger_ms,
+        );
     }
 
     /// Each stream waiting for an upstream gets a connection to the next one the fleet
