@@ -49,7 +49,11 @@ impl Scripted {
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8];
-            assert_eq!(socket.read(&mut byte).unwrap(), 1, "the request ended early");
+            assert_eq!(
+                socket.read(&mut byte).unwrap(),
+                1,
+                "the request ended early"
+            );
             head.push(byte[0]);
         }
         (socket, String::from_utf8(head).unwrap())
@@ -120,7 +124,10 @@ fn a_stream_is_bridged_to_an_http1_upgrade(io: Io) {
     ];
     open_with(&mut raw, 1, "/room?id=7", &offered);
     let (mut up, request) = upstream.accept();
-    assert!(request.starts_with("GET /room?id=7 HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.starts_with("GET /room?id=7 HTTP/1.1\r\n"),
+        "{request}"
+    );
     let key = header(&request, "sec-websocket-key").unwrap().to_owned();
     assert_eq!(key.len(), 24, "{request}");
     assert_ne!(key, common::KEY, "a fresh key, not the stand-in: {request}");
@@ -138,7 +145,12 @@ fn a_stream_is_bridged_to_an_http1_upgrade(io: Io) {
         .unwrap();
     let answer = raw.until("the answer", |f| f.kind == HEADERS && f.stream == 1);
     let answer = fields(&mut raw, &answer);
-    let get = |name: &str| answer.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        answer
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(get(":status"), Some("200"), "{answer:?}");
     assert_eq!(get("sec-websocket-protocol"), Some("chat"), "{answer:?}");
     for absent in ["sec-websocket-accept", "upgrade", "connection"] {
@@ -155,7 +167,11 @@ fn a_stream_is_bridged_to_an_http1_upgrade(io: Io) {
     assert_eq!(data.payload, b"\x81\x05hello");
     // END_STREAM is the upstream's FIN, and its FIN the stream's END_STREAM.
     raw.send(DATA, END_STREAM, 1, &[]);
-    assert_eq!(up.read(&mut [0u8; 16]).unwrap(), 0, "the FIN reached the upstream");
+    assert_eq!(
+        up.read(&mut [0u8; 16]).unwrap(),
+        0,
+        "the FIN reached the upstream"
+    );
     up.shutdown(Shutdown::Write).unwrap();
     raw.until("END_STREAM", |f| {
         f.kind == DATA && f.stream == 1 && f.flags & END_STREAM != 0
@@ -208,7 +224,11 @@ fn resets_cross_the_bridge_both_ways(io: Io) {
 /// HTTP/1.1 client would get: its refusal passed on, 502, 504.
 fn upstream_refusals_and_failures_get_their_statuses(io: Io) {
     let upstream = Scripted::start();
-    let server = edge(io, &[&upstream.addr()], &["--upstream-response-timeout-ms", "300"]);
+    let server = edge(
+        io,
+        &[&upstream.addr()],
+        &["--upstream-response-timeout-ms", "300"],
+    );
     let mut raw = Raw::connect(&server, &[]);
     raw.open(1, "/private");
     let (mut up, _) = upstream.accept();
@@ -218,7 +238,10 @@ fn upstream_refusals_and_failures_get_their_statuses(io: Io) {
     .unwrap();
     let answer = raw.until("the refusal", |f| f.kind == HEADERS && f.stream == 1);
     let answer = fields(&mut raw, &answer);
-    assert!(answer.contains(&(":status".into(), "401".into())), "{answer:?}");
+    assert!(
+        answer.contains(&(":status".into(), "401".into())),
+        "{answer:?}"
+    );
     assert!(
         answer.contains(&("www-authenticate".into(), "Bearer".into())),
         "{answer:?}"
@@ -253,7 +276,10 @@ fn upstream_refusals_and_failures_get_their_statuses(io: Io) {
 /// An upstream that refuses the connection is passed over for the next; with none left
 /// the stream gets 502.
 fn a_refused_upstream_is_passed_over(io: Io) {
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let upstream = Scripted::start();
     let server = edge(io, &[&dead.to_string(), &upstream.addr()], &[]);
     let mut raw = Raw::connect(&server, &[]);
@@ -270,6 +296,49 @@ fn a_refused_upstream_is_passed_over(io: Io) {
     raw.open(1, "/");
     let answer = raw.until("the 502", |f| f.kind == HEADERS && f.stream == 1);
     assert_eq!(raw.status(&answer), 502);
+}
+
+/// A stream waits at the edge while its upstream has its most upgrades pending
+/// (`--upstream-max-pending`), goes on once one is answered, and gets 503 with
+/// `Retry-After` when its wait (`--upstream-queue-ms`) runs out.
+fn a_stream_waits_for_an_upstream_with_room(io: Io) {
+    let upstream = Scripted::start();
+    let extra = [
+        "--threads",
+        "1",
+        "--upstream-max-pending",
+        "1",
+        "--upstream-queue-ms",
+        "2000",
+    ];
+    let server = edge(io, &[&upstream.addr()], &extra);
+    let mut raw = Raw::connect(&server, &[]);
+    raw.open(1, "/first");
+    let (mut first, request) = upstream.accept();
+    raw.open(3, "/second");
+    server.wait_for_metric("wsedge_upstream_queued_total", |n| n == 1.0);
+    first.write_all(&switching(&request, "")).unwrap();
+    let (mut second, request) = upstream.accept();
+    assert!(request.starts_with("GET /second "), "{request}");
+    second.write_all(&switching(&request, "")).unwrap();
+    for id in [1, 3] {
+        let answer = raw.until("the answers", |f| f.kind == HEADERS && f.stream == id);
+        assert_eq!(raw.status(&answer), 200);
+    }
+    // Nothing answers the next one, and the one after it waits in vain.
+    raw.open(5, "/third");
+    let (_silent, _) = upstream.accept();
+    raw.open(7, "/fourth");
+    let refused = raw.until("the 503", |f| f.kind == HEADERS && f.stream == 7);
+    let refused = fields(&mut raw, &refused);
+    assert!(
+        refused.contains(&(":status".into(), "503".into())),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|(n, _)| n == "retry-after"),
+        "{refused:?}"
+    );
 }
 
 /// Many streams on a few connections through the proxy to wsedge's echo: every one
@@ -343,7 +412,11 @@ fn a_drain_and_the_idle_timeout_end_relayed_streams(io: Io) {
             goaway |= frame.kind == GOAWAY;
             ended |= frame.stream == 1;
         }
-        assert_eq!(up.read(&mut [0u8; 16]).unwrap(), 0, "{extra:?}: the upstream's FIN");
+        assert_eq!(
+            up.read(&mut [0u8; 16]).unwrap(),
+            0,
+            "{extra:?}: the upstream's FIN"
+        );
     }
 }
 
@@ -386,7 +459,10 @@ fn node_http2_client_through_the_proxy(io: Io) {
             "upstream close ok: 4001",
             "close ok: 1000",
         ] {
-            assert!(stdout.contains(line), "{url:?} did not say {line:?}: {stdout}");
+            assert!(
+                stdout.contains(line),
+                "{url:?} did not say {line:?}: {stdout}"
+            );
         }
     }
 }
@@ -409,6 +485,7 @@ on_both_backends!(
     resets_cross_the_bridge_both_ways,
     upstream_refusals_and_failures_get_their_statuses,
     a_refused_upstream_is_passed_over,
+    a_stream_waits_for_an_upstream_with_room,
     many_streams_reach_wsedge_echo_and_end,
     a_drain_and_the_idle_timeout_end_relayed_streams,
     node_http2_client_through_the_proxy,

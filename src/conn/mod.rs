@@ -33,8 +33,8 @@ use crate::proxy::chunked::{self, ChunkedEnd};
 use crate::proxy::health::Failure;
 use crate::proxy::http::{answer_head, write_client_answer_head, AnswerHead, BodyEnd};
 use crate::proxy::{
-    Lease, Upstreams, answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
-    Forwarded, Peers, ProxyConfig, MAX_PASSED_ANSWER_BYTES,
+    answer_length, check_upstream_response, sticky, write_upstream_request, AnswerLength,
+    Forwarded, Lease, Peers, ProxyConfig, Upstreams, MAX_PASSED_ANSWER_BYTES,
 };
 use crate::stats::Counters;
 use frame::{

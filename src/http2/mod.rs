@@ -33,8 +33,8 @@ mod pipe;
 mod stream;
 mod upstream;
 
-pub use stream::{h2_response, write_http1_request, STANDIN_KEY};
 pub use crate::proxy::stream_sockets::{NoSockets, SocketId, Sockets};
+pub use stream::{h2_response, write_http1_request, STANDIN_KEY};
 pub use upstream::{Keys, Open, Opened};
 
 use bytes::Bytes;

@@ -9,19 +9,19 @@
 //! socket's FIN, a reset its RST.
 
 use bytes::Bytes;
-use std::io;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use std::io;
 use std::task::{Context, Poll};
 
+use super::upstream::{Open, Upstream};
 use crate::conn::frame::CloseCode;
 use crate::conn::{Conn, Ctx, Next};
 use crate::handshake::Refusal;
+use crate::proxy::stream_sockets::Sockets;
 use crate::proxy::Link;
 use crate::stats::Counters;
-use super::upstream::{Open, Upstream};
-use crate::proxy::stream_sockets::Sockets;
 
 /// The key given to the connection for a stream's upgrade served here: RFC 8441 has none
 /// (the stream is the proof that the server speaks WebSocket), and its accept value is not
@@ -316,9 +316,8 @@ impl Stream {
         while self.ended == Ended::No && !self.ended_there && self.unsent.len() < MAX_UNSENT {
             let toward_upstream = match &mut self.proxied {
                 Proxied::Wanted(_) => break,
-                Proxied::Open(upstream) if !self.conn.is_relaying() || upstream.ended => {
-                    break;
-                }
+                // After the upstream's FIN its socket still reads: the client may go on.
+                Proxied::Open(_) if !self.conn.is_relaying() => break,
                 Proxied::Open(upstream) if !upstream.toward.is_empty() => break,
                 Proxied::Open(upstream) => Some(upstream),
                 Proxied::No => None,
@@ -418,7 +417,8 @@ impl Stream {
         };
         let moved = self.relay_with(&mut upstream, io, may_read, buffer, cx);
         if let Some(lease) = upstream.link.lease() {
-            self.conn.report_upstream(lease, cx.now, cx.config.proxy.fall());
+            self.conn
+                .report_upstream(lease, cx.now, cx.config.proxy.fall());
         }
         match moved {
             Err(error) => {

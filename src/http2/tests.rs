@@ -225,7 +225,12 @@ fn a_drain_spreads_its_goaways() {
     let mut out = Vec::new();
     let mut cx = context(&config, &mut out, &stats);
     let mut busy = Http2::new(&cx, None);
-    let _ = busy.receive(&opening(&[(1, "/")]), &mut cx, &mut admit_all, &mut NoSockets);
+    let _ = busy.receive(
+        &opening(&[(1, "/")]),
+        &mut cx,
+        &mut admit_all,
+        &mut NoSockets,
+    );
     cx.out.clear();
     let _ = busy.on_shutdown(|| (500, CloseCode(1012)), &mut cx, &mut NoSockets);
     assert!(!goaway(&frames_of(cx.out)), "not before its time");
@@ -263,7 +268,12 @@ fn a_stream_over_the_address_rate_gets_429() {
             Ok(())
         }
     };
-    let _ = server.receive(&opening(&[(1, "/"), (3, "/")]), &mut cx, &mut admit, &mut NoSockets);
+    let _ = server.receive(
+        &opening(&[(1, "/"), (3, "/")]),
+        &mut cx,
+        &mut admit,
+        &mut NoSockets,
+    );
     let answers: Vec<_> = frames_of(cx.out)
         .into_iter()
         .filter_map(|frame| match frame {

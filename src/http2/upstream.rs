@@ -93,7 +93,11 @@ impl Keys {
     /// Keys from a fresh random seed.
     pub fn new() -> Keys {
         use std::hash::{BuildHasher, Hasher};
-        Keys(std::collections::hash_map::RandomState::new().build_hasher().finish())
+        Keys(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
     }
 
     /// The next key.

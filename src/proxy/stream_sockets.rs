@@ -21,7 +21,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-
 /// A stream's upstream socket, as the driver keeps it.
 pub type SocketId = usize;
 
@@ -191,7 +190,10 @@ impl Sockets for StreamSockets {
     }
 
     fn receive(&mut self, id: SocketId, buf: &mut [u8]) -> io::Result<usize> {
-        let socket = self.sockets.get_mut(id).ok_or(io::ErrorKind::NotConnected)?;
+        let socket = self
+            .sockets
+            .get_mut(id)
+            .ok_or(io::ErrorKind::NotConnected)?;
         if !socket.readable {
             return Err(io::ErrorKind::WouldBlock.into());
         }

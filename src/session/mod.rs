@@ -42,6 +42,7 @@ mod inbound;
 mod queue;
 mod streams;
 pub mod turn;
+use crate::proxy::stream_sockets::StreamSockets;
 use connection::NO_SEND_DEADLINE;
 pub use connection::{Action, AfterFlush, Backlog, Event, Parts, Session, UpstreamFailure};
 use fleet::Fleet;
@@ -50,7 +51,6 @@ use queue::{Patience, WaitQueue, Waiting};
 pub use streams::Origin;
 use streams::WaitsAs;
 pub use turn::Backend;
-use crate::proxy::stream_sockets::StreamSockets;
 
 /// One reactor's decisions about its connections: admission, accounting, drain, deadlines,
 /// and in proxy mode which upstream to try and what its failure means.
@@ -230,7 +230,6 @@ impl Driver {
         self.fleet.place(index, reactors, &self.config.proxy);
         self
     }
-
 
     /// Takes a newer generation of the settings, if one was published: connections accepted
     /// from now on follow it (a connection in its handshake answers by the new rules).
@@ -573,7 +572,13 @@ impl Driver {
         self.unusable_for(&mut parts.conn, error, now, out)
     }
 
-    fn unusable_for(&mut self, conn: &mut Conn, error: &io::Error, now: u64, out: &mut Vec<u8>) -> Next {
+    fn unusable_for(
+        &mut self,
+        conn: &mut Conn,
+        error: &io::Error,
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Next {
         if sys::is_local_exhaustion(error) || error.raw_os_error() == Some(libc::ENOSPC) {
             return self.exhausted(conn, error, now, out);
         }
@@ -592,10 +597,7 @@ impl Driver {
     ) -> Next {
         if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
             let mut none = http2::NoSockets;
-            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
-                Some(sockets) => sockets,
-                None => &mut none,
-            };
+            let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
             let mut cx = Ctx {
                 config: &self.config,
                 now,
@@ -927,20 +929,13 @@ impl Driver {
             origin,
             told,
         } = client;
-        let becomes_h2 = h2.is_none() && conn.is_handshaking();
-        let proxy_side = match becomes_h2 && self.stream_sockets.is_some() {
-            true => self.proxy_side(*origin, *told, transport.is_tls()),
-            false => None,
-        };
         let output_waits = !outbox.is_empty();
+        let relays = self.stream_sockets.is_some();
         let (admission, stats) = (&mut self.admission, &self.stats);
         let ip_key = *ip_key;
         let mut admit = |now| admit_stream(admission, stats, ip_key, now);
         let mut none = http2::NoSockets;
-        let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
-            Some(sockets) => sockets,
-            None => &mut none,
-        };
+        let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -952,10 +947,17 @@ impl Driver {
             true => transport.speaks_h2(),
             false => cx.config.h2c && !conn.has_input() && http2::starts_preface(received.data),
         };
-        if h2.is_none() && speaks_h2 && becomes_h2 {
+        if h2.is_none() && speaks_h2 && conn.is_handshaking() {
             Counters::bump(&cx.stats.h2_connections);
             conn.became_http2();
-            **h2 = Some(Http2::new(&cx, proxy_side));
+            let forwarding = cx.config.proxy.forwarding;
+            let side = (*origin, *told);
+            let tls = transport.is_tls();
+            let proxy = match relays {
+                true => streams::proxy_side(&self.inbound, forwarding, side, tls),
+                false => None,
+            };
+            **h2 = Some(Http2::new(&cx, proxy));
         }
         if let Some(h2) = h2.as_deref_mut() {
             h2.set_output_waiting(output_waits);
@@ -1049,10 +1051,7 @@ impl Driver {
         self.count_handshake_end(conn, session);
         h2.set_output_waiting(backlog.waiting);
         let mut none = http2::NoSockets;
-        let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
-            Some(sockets) => sockets,
-            None => &mut none,
-        };
+        let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
         let mut cx = Ctx {
             config: &self.config,
             now,
@@ -1181,10 +1180,7 @@ impl Driver {
         conn.on_closed(&self.stats);
         if let Some(h2) = parts.h2.as_deref_mut() {
             let mut none = http2::NoSockets;
-            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
-                Some(sockets) => sockets,
-                None => &mut none,
-            };
+            let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
             h2.close(&self.stats, io);
         }
         if std::mem::take(&mut session.handshaking) {
@@ -1322,10 +1318,7 @@ impl Driver {
         conn.on_closed(&self.stats);
         if let Some(h2) = parts.h2.as_deref_mut() {
             let mut none = http2::NoSockets;
-            let io: &mut dyn http2::Sockets = match self.stream_sockets.as_mut() {
-                Some(sockets) => sockets,
-                None => &mut none,
-            };
+            let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
             h2.close(&self.stats, io);
         }
         if session.handshaking {

@@ -5,12 +5,13 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use super::{inbound::InboundSlot, Driver, UpstreamFailure};
-use crate::stats::Counters;
+use super::inbound::{InboundHeaders, InboundSlot};
+use super::{Driver, UpstreamFailure};
 use crate::conn::{AfterUpgrade, Conn, ConnConfig, Ctx, Next};
 use crate::http2::{Http2, Opened, ProxySide};
-use crate::proxy::stream_sockets::{connect_and_send, StreamSockets};
+use crate::proxy::stream_sockets::{connect_and_send, NoSockets, Sockets, StreamSockets};
 use crate::proxy::{Forwarding, Link, Peers};
+use crate::stats::Counters;
 
 /// The connection bytes were read from, as a backend knows it: its key, and its socket
 /// (whose addresses a proxied HTTP/2 stream's upstream is told).
@@ -41,6 +42,33 @@ pub(super) fn sockets_for(
             tracing::warn!(%error, "no HTTP/2 upstream sockets on this reactor: streams get 503")
         })
         .ok()
+}
+
+/// What a new HTTP/2 connection's streams need to reach upstreams: the client (the one a
+/// PROXY header `told` of, or the socket's peer) and the address it reached.
+pub(super) fn proxy_side(
+    inbound: &InboundHeaders,
+    forwarding: Forwarding,
+    (origin, told): (Origin<'_>, Option<InboundSlot>),
+    tls: bool,
+) -> Option<Box<ProxySide>> {
+    let mut peers = Peers::of(origin.socket, forwarding, tls)?;
+    if let Some(client) = inbound.client(told) {
+        peers.client = client;
+    }
+    Some(ProxySide::new(origin.key, peers))
+}
+
+/// The streams' upstream sockets as a stream moves bytes through them: this reactor's, or
+/// `none` where there are none (echo and close mode).
+pub(super) fn sockets_or<'a>(
+    sockets: &'a mut Option<StreamSockets>,
+    none: &'a mut NoSockets,
+) -> &'a mut dyn Sockets {
+    match sockets {
+        Some(sockets) => sockets,
+        None => none,
+    }
 }
 
 /// Who waits at the edge when no upstream has room for a request.
@@ -120,21 +148,6 @@ impl Driver {
         self.stream_sockets.as_mut()?.next_due()
     }
 
-    /// What a new HTTP/2 connection's streams need to reach upstreams: the client (the
-    /// one a PROXY header `told`, or the socket's peer) and the address it reached.
-    pub(super) fn proxy_side(
-        &self,
-        origin: Origin<'_>,
-        told: Option<InboundSlot>,
-        tls: bool,
-    ) -> Option<Box<ProxySide>> {
-        let mut peers = Peers::of(origin.socket, self.config.proxy.forwarding, tls)?;
-        if let Some(client) = self.inbound.client(told) {
-            peers.client = client;
-        }
-        Some(ProxySide::new(origin.key, peers))
-    }
-
     /// After every call into an HTTP/2 connection in proxy mode: the streams waiting for
     /// an upstream get one (or their refusal), and bytes move between the streams and
     /// their upstreams (not read while the client's output waits: `output_waits`).
@@ -146,6 +159,10 @@ impl Driver {
         out: &mut Vec<u8>,
     ) -> Next {
         let Some(mut sockets) = self.stream_sockets.take() else {
+            // Echo and close mode: nothing to do. Proxy mode without upstream sockets: 503s.
+            if !h2.wants_upstreams() {
+                return Next::Continue;
+            }
             self.refuse_streams(h2, now);
             let mut cx = Ctx {
                 config: &self.config,
@@ -179,9 +196,6 @@ impl Driver {
     /// Without upstream sockets on this reactor (their epoll instance could not be made),
     /// a stream that wants an upstream is refused as an overloaded edge refuses: 503.
     fn refuse_streams(&mut self, h2: &mut Http2, now: u64) {
-        if !h2.wants_upstreams() {
-            return;
-        }
         let linger_ms = self.config.linger_ms;
         h2.open_upstreams(
             &mut |conn, _, _, out| {

@@ -178,4 +178,3 @@ pub fn integer(out: &mut Vec<u8>, mut n: usize) {
 pub fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     super::client_frame(true, opcode, payload)
 }
-

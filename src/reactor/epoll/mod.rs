@@ -30,8 +30,7 @@ use crate::conn::Next;
 use crate::proxy::stream_sockets::write_some;
 use crate::proxy::Side;
 use crate::session::{
-    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Origin,
-    Parts,
+    turn, turn::Backend as _, Action, AfterFlush, Backlog, Driver, Event, HelloStep, Origin, Parts,
 };
 use crate::transport::Queue;
 use relay::Upstream;
@@ -144,8 +143,11 @@ impl Reactor {
             });
         }
         if let Some(fd) = driver.own_fd() {
-            poll.registry()
-                .register(&mut mio::unix::SourceFd(&fd), DRIVER_OWN, Interest::READABLE)?;
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                DRIVER_OWN,
+                Interest::READABLE,
+            )?;
         }
         let reactor = Reactor {
             poll,

@@ -32,8 +32,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{flush, write_some, Reactor, READ_BUDGET, UPSTREAM_BASE};
-use crate::proxy::stream_sockets::connect_and_send;
 use crate::conn::Next;
+use crate::proxy::stream_sockets::connect_and_send;
 use crate::proxy::{Flow, Forwarding, Link, Peers, Side};
 use crate::reactor::sys;
 use crate::session::turn::Backend as _;
