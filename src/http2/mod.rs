@@ -148,7 +148,7 @@ impl ProxySide {
         Box::new(ProxySide {
             owner,
             peers,
-            keys: Keys::new(),
+            keys: Keys::default(),
             buffer: vec![0; UPSTREAM_READ].into_boxed_slice(),
         })
     }
@@ -436,7 +436,7 @@ impl Http2 {
                     let fresh;
                     let key: &[u8] = match self.proxy.as_deref_mut() {
                         Some(proxy) => {
-                            fresh = proxy.keys.next();
+                            fresh = proxy.keys.fresh();
                             &fresh
                         }
                         None => STANDIN_KEY,

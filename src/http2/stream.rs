@@ -186,7 +186,7 @@ enum Proxied {
     No,
     /// Its request is valid and waits for the driver to open an upstream connection; the
     /// last one tried failed with this, if one did.
-    Wanted(Option<(Link, io::Error)>),
+    Wanted(Option<Box<(Link, io::Error)>>),
     Open(Box<Upstream>),
 }
 
@@ -384,7 +384,12 @@ impl Stream {
         let Proxied::Wanted(failed) = std::mem::replace(&mut self.proxied, Proxied::No) else {
             return;
         };
-        match open(&mut self.conn, self.attempts, failed, &mut self.unsent) {
+        match open(
+            &mut self.conn,
+            self.attempts,
+            failed.map(|f| *f),
+            &mut self.unsent,
+        ) {
             Ok(opened) => {
                 self.attempts = opened.link.attempts;
                 self.proxied = Proxied::Open(Box::new(Upstream::new(opened)));
@@ -531,7 +536,7 @@ impl Stream {
             let next = self.with_cx(cx, |conn, cx| conn.on_upstream_failed(cx));
             self.after(next, cx.now, cx.config.linger_ms);
         } else {
-            self.proxied = Proxied::Wanted(Some((upstream.link, error)));
+            self.proxied = Proxied::Wanted(Some(Box::new((upstream.link, error))));
         }
     }
 

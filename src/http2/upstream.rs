@@ -89,9 +89,9 @@ impl Upstream {
 /// per-connection random seed, with no syscall per stream.
 pub struct Keys(u64);
 
-impl Keys {
+impl Default for Keys {
     /// Keys from a fresh random seed.
-    pub fn new() -> Keys {
+    fn default() -> Keys {
         use std::hash::{BuildHasher, Hasher};
         Keys(
             std::collections::hash_map::RandomState::new()
@@ -99,9 +99,11 @@ impl Keys {
                 .finish(),
         )
     }
+}
 
+impl Keys {
     /// The next key.
-    pub fn next(&mut self) -> [u8; crate::handshake::KEY_LEN] {
+    pub fn fresh(&mut self) -> [u8; crate::handshake::KEY_LEN] {
         let mut nonce = [0u8; 16];
         for half in nonce.chunks_exact_mut(8) {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
