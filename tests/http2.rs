@@ -380,22 +380,6 @@ fn without_h2c_the_preface_is_an_http1_request(io: Io) {
     assert!(head.status >= 400, "{head:?}");
 }
 
-fn node(script: &str, args: &[String]) -> Option<std::process::Output> {
-    let found = Command::new("node").arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_err(),
-            "node is required"
-        );
-        eprintln!("skipping: no node");
-        return None;
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients")
-        .join(script);
-    Some(Command::new("node").arg(path).args(args).output().unwrap())
-}
-
 /// Node's own `http2` client: SETTINGS seen, two WebSockets on one connection, a refusal,
 /// a plain GET, the close handshake; over h2c and over TLS with ALPN h2.
 fn node_http2_client(io: Io) {
@@ -420,7 +404,7 @@ fn node_http2_client(io: Io) {
         ],
     ];
     for url in urls {
-        let Some(output) = node("h2_client.js", &url) else {
+        let Some(output) = common::node("h2_client.js", &url) else {
             return;
         };
         let stdout = String::from_utf8_lossy(&output.stdout);

@@ -11,8 +11,6 @@ use common::{Io, PythonUpstream, Server, DEADLINE};
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 /// An upstream whose every step the test takes by hand.
@@ -441,7 +439,7 @@ fn node_http2_client_through_the_proxy(io: Io) {
         ],
     ];
     for url in urls {
-        let Some(output) = node("h2_proxy_client.js", &url) else {
+        let Some(output) = common::node("h2_proxy_client.js", &url) else {
             return;
         };
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -465,19 +463,6 @@ fn node_http2_client_through_the_proxy(io: Io) {
             );
         }
     }
-}
-
-fn node(script: &str, args: &[String]) -> Option<std::process::Output> {
-    if Command::new("node").arg("--version").output().is_err() {
-        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
-        assert!(!required, "node is required");
-        eprintln!("skipping: no node");
-        return None;
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients")
-        .join(script);
-    Some(Command::new("node").arg(path).args(args).output().unwrap())
 }
 
 on_both_backends!(

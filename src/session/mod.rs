@@ -597,13 +597,11 @@ impl Driver {
     ) -> Next {
         if let (Some(h2), Event::PeerClosed) = (parts.h2.as_deref_mut(), event) {
             let mut none = http2::NoSockets;
-            let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
-            let mut cx = Ctx {
-                config: &self.config,
-                now,
-                out,
-                stats: &self.stats,
-            };
+            let (mut cx, io) = streams::h2_call(
+                (&self.config, &self.stats),
+                (&mut self.stream_sockets, &mut none),
+                (now, out),
+            );
             return h2.on_eof(&mut cx, io);
         }
         let conn = &mut parts.conn;
@@ -935,13 +933,11 @@ impl Driver {
         let ip_key = *ip_key;
         let mut admit = |now| admit_stream(admission, stats, ip_key, now);
         let mut none = http2::NoSockets;
-        let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out,
-            stats,
-        };
+        let (mut cx, io) = streams::h2_call(
+            (&self.config, stats),
+            (&mut self.stream_sockets, &mut none),
+            (now, out),
+        );
         let received = transport.receive(bytes, &mut self.plaintext, outbox, stats);
         let speaks_h2 = match transport.is_tls() {
             true => transport.speaks_h2(),
@@ -1051,13 +1047,11 @@ impl Driver {
         self.count_handshake_end(conn, session);
         h2.set_output_waiting(backlog.waiting);
         let mut none = http2::NoSockets;
-        let io = streams::sockets_or(&mut self.stream_sockets, &mut none);
-        let mut cx = Ctx {
-            config: &self.config,
-            now,
-            out,
-            stats: &self.stats,
-        };
+        let (mut cx, io) = streams::h2_call(
+            (&self.config, &self.stats),
+            (&mut self.stream_sockets, &mut none),
+            (now, out),
+        );
         if self.draining {
             let admission = &mut self.admission;
             let next = h2.on_shutdown(|| admission.drain_close(), &mut cx, io);

@@ -71,6 +71,22 @@ pub(super) fn sockets_or<'a>(
     }
 }
 
+/// What a call into an HTTP/2 connection takes: its context, and the streams' upstream
+/// sockets (`none` outside proxy mode).
+pub(super) fn h2_call<'a>(
+    (config, stats): (&'a ConnConfig, &'a Counters),
+    (sockets, none): (&'a mut Option<StreamSockets>, &'a mut NoSockets),
+    (now, out): (u64, &'a mut Vec<u8>),
+) -> (Ctx<'a>, &'a mut dyn Sockets) {
+    let cx = Ctx {
+        config,
+        now,
+        out,
+        stats,
+    };
+    (cx, sockets_or(sockets, none))
+}
+
 /// Who waits at the edge when no upstream has room for a request.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum WaitsAs {

@@ -661,3 +661,21 @@ impl Drop for PythonUpstream {
         let _ = self.child.wait();
     }
 }
+
+/// Runs Node on `script` (in `tests/clients`) with `args`, or returns `None` (after saying
+/// why) when Node is not installed and not required.
+pub fn node(script: &str, args: &[String]) -> Option<std::process::Output> {
+    let found = Command::new("node").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_err(),
+            "node is required"
+        );
+        eprintln!("skipping: no node");
+        return None;
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    Some(Command::new("node").arg(path).args(args).output().unwrap())
+}
