@@ -396,37 +396,18 @@ fn node_http2_client(io: Io) {
         "v2,v1",
     ];
     let server = Server::start_tls(io, &cert, &args);
-    let urls = [
-        vec![format!("http://{}", server.addr)],
-        vec![
-            format!("https://{}", server.tls_addr()),
-            cert.cert.display().to_string(),
-        ],
-    ];
-    for url in urls {
-        let Some(output) = common::node("h2_client.js", &url) else {
-            return;
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{url:?}: {stdout}\n{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            server.log()
-        );
-        for line in [
+    common::h2::node_says_over_both(
+        &server,
+        &cert,
+        "h2_client.js",
+        &[
             "settings ok",
             "echo ok: 2 streams",
             "rejection ok: 404",
             "get ok: 426",
             "close ok: 1000",
-        ] {
-            assert!(
-                stdout.contains(line),
-                "{url:?} did not say {line:?}: {stdout}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 /// curl over HTTP/2: ALPN h2 with --h2, prior knowledge with --h2c, HTTP/1.1 without.

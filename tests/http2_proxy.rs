@@ -431,38 +431,19 @@ fn node_http2_client_through_the_proxy(io: Io) {
     let app = upstream.addr.to_string();
     let args = ["--h2", "--h2c", "--after", "proxy", "--upstream", &app];
     let server = Server::start_tls(io, &cert, &args);
-    let urls = [
-        vec![format!("http://{}", server.addr)],
-        vec![
-            format!("https://{}", server.tls_addr()),
-            cert.cert.display().to_string(),
-        ],
-    ];
-    for url in urls {
-        let Some(output) = common::node("h2_proxy_client.js", &url) else {
-            return;
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{url:?}: {stdout}\n{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            server.log()
-        );
-        for line in [
+    common::h2::node_says_over_both(
+        &server,
+        &cert,
+        "h2_proxy_client.js",
+        &[
             "settings ok",
             "upstream request ok: fresh keys, X-Forwarded-For",
             "echo ok: 307200 bytes and a text",
             "refusal ok: 401 need a token",
             "upstream close ok: 4001",
             "close ok: 1000",
-        ] {
-            assert!(
-                stdout.contains(line),
-                "{url:?} did not say {line:?}: {stdout}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 on_both_backends!(

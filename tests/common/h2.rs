@@ -3,7 +3,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 
-use super::{Server, DEADLINE};
+use super::{Cert, Server, DEADLINE};
 
 #[allow(unused_imports)] // each test file uses its own subset
 pub use wsedge::http2::client::kind::{
@@ -177,4 +177,35 @@ pub fn integer(out: &mut Vec<u8>, mut n: usize) {
 /// A masked client frame.
 pub fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     super::client_frame(true, opcode, payload)
+}
+
+/// Runs the Node HTTP/2 client `script` (in `tests/clients`) against `server` over h2c and
+/// over TLS with ALPN h2 (trusting `cert`), and checks that it succeeded and said every line
+/// of `says`.
+pub fn node_says_over_both(server: &Server, cert: &Cert, script: &str, says: &[&str]) {
+    let urls = [
+        vec![format!("http://{}", server.addr)],
+        vec![
+            format!("https://{}", server.tls_addr()),
+            cert.cert.display().to_string(),
+        ],
+    ];
+    for url in urls {
+        let Some(output) = super::node(script, &url) else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{url:?}: {stdout}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            server.log()
+        );
+        for line in says {
+            assert!(
+                stdout.contains(line),
+                "{url:?} did not say {line:?}: {stdout}"
+            );
+        }
+    }
 }
