@@ -21,6 +21,10 @@ set up for clients that had given up.
 
 With `--apps 2` two app servers share CPU 0 behind the edges (so the floor is the same):
 the edges balance over them; `direct` goes to the first only and is skipped.
+
+Path `wsedge-h2`: the same sockets come back as WebSockets over HTTP/2 to wsedge (`--h2c`),
+`--h2-streams` K on each client's connection (so `--clients`/K clients, a client in once
+all its streams are), each stream bridged to its own upstream connection to the app.
 """
 import argparse
 import json
@@ -187,30 +191,39 @@ def one(path, policy, args):
     apps = [app(args.setup_ms, p) for p in ports]
     edge = edge_log = None
     port = APP_PORT
+    clients, h2 = args.clients, []
     try:
         if path == "wsedge":
             edge, edge_log = wsedge(shlex.split(args.edge_args), ports)
             port = EDGE_PORT
+        elif path == "wsedge-h2":
+            edge, edge_log = wsedge(["--h2c"] + shlex.split(args.edge_args), ports)
+            port = EDGE_PORT
+            clients = args.clients // args.h2_streams
+            h2 = ["--h2", "--streams", str(args.h2_streams)]
         elif path == "nginx":
             edge, edge_log = nginx(ports)
             port = EDGE_PORT
         elif path == "haproxy":
             edge, edge_log = haproxy(ports)
             port = EDGE_PORT
-        run = loadgen(["reconnect", f"ws://127.0.0.1:{port}/", "--clients", str(args.clients),
-                       "--duration", f"{args.secs}s"] + POLICIES[policy])
+        run = loadgen(["reconnect", f"ws://127.0.0.1:{port}/", "--clients", str(clients),
+                       "--duration", f"{args.secs}s"] + h2 + POLICIES[policy])
     finally:
         edge_out = stop(edge, edge_log) if edge else ""
         counts = [app_upgrades(stop(proc, log)) for proc, log in apps]
         upgrades = None if None in counts else sum(counts)
     counters = stopped_counters(edge_out)
+    sockets_in = run["clients_in"] * (args.h2_streams if h2 else 1)
     return {
         "path": path,
         "policy": policy,
-        **recovery(run, args.clients),
+        **recovery(run, clients),
+        # Sockets, not clients: an HTTP/2 client holds K.
+        "clients_in": sockets_in,
         "timeouts": run["errors"].get("handshake_timeout", 0) + run["errors"].get("connect_timeout", 0),
         "app_sessions": upgrades,
-        "wasted_sessions": None if upgrades is None else max(0, upgrades - run["clients_in"]),
+        "wasted_sessions": None if upgrades is None else max(0, upgrades - sockets_in),
         "edge": {k: int(counters[k]) for k in ("upstream_queued", "upstream_shed",
                  "upstream_left_waiting", "upstream_abandoned_pending") if k in counters},
     }
@@ -228,7 +241,8 @@ def main():
                         help="--own: servers to storm")
     parser.add_argument("--wsedge-args", default="", help="--own: extra wsedge serve flags")
     parser.add_argument("--h2-streams", type=int, default=10,
-                        help="--own, servers epoll-h2 and uring-h2: WebSockets over HTTP/2, "
+                        help="--own servers epoll-h2 and uring-h2, and path wsedge-h2: "
+                        "WebSockets over HTTP/2, "
                         "this many on each client's connection (the same sockets in all: "
                         "--clients / K clients)")
     parser.add_argument("--baseline", metavar="BIN",

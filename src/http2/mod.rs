@@ -217,6 +217,15 @@ impl Http2 {
         }
     }
 
+    /// Proxy mode: each stream whose wait for an upstream with room ran out by `now` gets
+    /// `refuse`'s answer.
+    pub fn refuse_overdue_waits(&mut self, refuse: Open<'_>, now: u64, linger_ms: u64) {
+        let overdue = |s: &&mut Stream| s.wants_upstream() && s.waited_out(now);
+        for stream in self.streams.iter_mut().filter(overdue) {
+            stream.open_upstream(refuse, now, linger_ms);
+        }
+    }
+
     /// Proxy mode: moves the streams' bytes to and from their upstreams (after the
     /// upstreams' sockets were reported ready, and after every other call).
     pub fn relay(&mut self, cx: &mut Ctx<'_>, io: &mut dyn Sockets) -> Next {

@@ -373,6 +373,11 @@ impl Stream {
         self.ended == Ended::No && matches!(self.proxied, Proxied::Wanted(_))
     }
 
+    /// Proxy mode: whether it waited for an upstream with room until its wait ran out.
+    pub fn waited_out(&self, now: u64) -> bool {
+        self.conn.is_queued() && self.conn.deadline().is_some_and(|at| at <= now)
+    }
+
     /// Proxy mode: whether its upstream failed before answering (the next is to be tried).
     pub fn retries_upstream(&self) -> bool {
         self.ended == Ended::No && matches!(self.proxied, Proxied::Wanted(Some(_)))

@@ -159,14 +159,6 @@ impl StreamSockets {
         std::mem::take(&mut self.checks_ready)
     }
 
-    /// Client connections to settle for another reason (their streams wait for an
-    /// upstream with room, and one has it now).
-    pub fn make_due(&mut self, owners: impl IntoIterator<Item = usize>) {
-        self.due.extend(owners);
-        self.due.sort_unstable();
-        self.due.dedup();
-    }
-
     /// The next client connection whose streams' upstreams have something to do.
     pub fn next_due(&mut self) -> Option<usize> {
         self.due.pop()

@@ -108,9 +108,12 @@ pub struct Driver {
     bounced: Vec<Waiting>,
     /// How many connections wait so now (the queue may hold stale entries besides).
     queued_now: usize,
-    /// Proxy mode over HTTP/2: the connections with streams waiting for an upstream with
-    /// room (settled again when one has it; a stream's own deadline bounds its wait).
-    streams_waiting: Vec<usize>,
+    /// Proxy mode over HTTP/2: the connection whose waiting stream [`Driver::next_waiting`]
+    /// handed out last, to be settled (its streams then take the room there is).
+    stream_handed_out: Option<usize>,
+    /// The connection being settled for it: a stream of it that must wait again is kept
+    /// aside (`bounced`) until the turn's hand-outs are over.
+    stream_handed_out_now: Option<usize>,
     /// How long waiting clients were seen to bear before they left.
     patience: Patience,
     /// Whether a TLS client is still worth its key exchange.
@@ -206,7 +209,8 @@ impl Driver {
             handed_out: None,
             bounced: Vec::new(),
             queued_now: 0,
-            streams_waiting: Vec::new(),
+            stream_handed_out: None,
+            stream_handed_out_now: None,
             patience: Patience::default(),
             key_exchanges: KeyExchangeJudge::default(),
             hellos: WaitQueue::default(),
@@ -460,6 +464,7 @@ impl Driver {
         parts: impl Fn(usize) -> Option<u64>,
     ) -> Option<usize> {
         self.handed_out = None;
+        self.stream_handed_out_now = None;
         if self.waiting.is_empty() && self.bounced.is_empty() {
             return None;
         }
@@ -467,6 +472,12 @@ impl Driver {
             let Some(waiting) = self.waiting.pop(now) else {
                 break;
             };
+            if let Some(owner) = streams::waiting_stream_of(waiting.key) {
+                // Its connection is settled next (`Driver::take_stream_handed_out`), and
+                // the hand-outs go on after.
+                self.stream_handed_out = Some(owner);
+                return None;
+            }
             if parts(waiting.key) == Some(waiting.until) {
                 self.handed_out = Some(waiting);
                 return Some(waiting.key);
@@ -1046,6 +1057,7 @@ impl Driver {
         self.track_send(session, backlog, now);
         self.count_handshake_end(conn, session);
         h2.set_output_waiting(backlog.waiting);
+        self.refuse_overdue_waits(h2, now);
         let mut none = http2::NoSockets;
         let (mut cx, io) = streams::h2_call(
             (&self.config, &self.stats),

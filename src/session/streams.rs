@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 
 use super::inbound::{InboundHeaders, InboundSlot};
+use super::queue::Waiting;
 use super::{Driver, UpstreamFailure};
 use crate::conn::{AfterUpgrade, Conn, ConnConfig, Ctx, Next};
 use crate::http2::{Http2, Opened, ProxySide};
@@ -87,6 +88,14 @@ pub(super) fn h2_call<'a>(
     (cx, sockets_or(sockets, none))
 }
 
+/// Marks a queue entry as an HTTP/2 stream's, of the connection with the key below it.
+const WAITING_STREAM: usize = 1 << (usize::BITS - 1);
+
+/// The connection of a queue entry that is an HTTP/2 stream's.
+pub(super) fn waiting_stream_of(key: usize) -> Option<usize> {
+    (key & WAITING_STREAM != 0).then_some(key & !WAITING_STREAM)
+}
+
 /// Who waits at the edge when no upstream has room for a request.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum WaitsAs {
@@ -98,9 +107,10 @@ pub(super) enum WaitsAs {
 }
 
 impl Driver {
-    /// An HTTP/2 stream of connection `owner` waits for an upstream with room, as a client
-    /// connection would (`--upstream-queue-ms`), or is refused at once (503) when there is
-    /// no wait or the edge drains.
+    /// An HTTP/2 stream of connection `owner` waits for an upstream with room in the queue
+    /// client connections wait in (adaptive LIFO, `--upstream-queue-ms`, refused with a
+    /// paced `Retry-After` before it would give up), or is refused at once (503) when
+    /// there is no wait or the edge drains.
     pub(super) fn stream_waits(
         &mut self,
         owner: usize,
@@ -108,32 +118,33 @@ impl Driver {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Next {
-        let until = now.saturating_add(self.config.proxy.queue_ms);
+        let mut until = now.saturating_add(self.config.proxy.queue_ms);
+        if let (Some(bound), Some(accepted)) = (self.patience.bound(now), conn.accepted_at()) {
+            until = until.min(accepted.saturating_add(bound));
+        }
         if until <= now || self.draining {
             return self.shed(conn, now, out);
         }
         conn.queue(until);
         Counters::bump(&self.stats.upstream_queued);
-        self.keep_waiting(owner);
+        let entry = Waiting {
+            key: owner | WAITING_STREAM,
+            since: now,
+            until,
+        };
+        match self.stream_handed_out_now == Some(owner) {
+            // Handed out this turn and still no room for it: kept aside, as a connection
+            // is, until the turn's hand-outs are over.
+            true => self.bounced.push(entry),
+            false => self.waiting.push(entry.key, now, until),
+        }
         Next::Continue
     }
 
-    /// Connection `owner` has streams waiting for an upstream with room.
-    fn keep_waiting(&mut self, owner: usize) {
-        if !self.streams_waiting.contains(&owner) {
-            self.streams_waiting.push(owner);
-        }
-    }
-
-    /// At the turn's end, once events and deadlines freed what they free: if an upstream
-    /// has room, the connections with streams waiting for one are due.
-    pub fn wake_waiting_streams(&mut self) {
-        if self.streams_waiting.is_empty() || !self.upstream_room() {
-            return;
-        }
-        if let Some(sockets) = self.stream_sockets.as_mut() {
-            sockets.make_due(self.streams_waiting.drain(..));
-        }
+    /// The connection whose waiting stream was handed out last, to settle now.
+    pub fn take_stream_handed_out(&mut self) -> Option<usize> {
+        self.stream_handed_out_now = self.stream_handed_out.take();
+        self.stream_handed_out_now
     }
 
     /// The descriptor of the driver's own sockets (the HTTP/2 streams' upstreams, the
@@ -209,6 +220,20 @@ impl Driver {
         next
     }
 
+    /// Streams whose wait for an upstream with room ran out are refused as a connection
+    /// is: 503 with a `Retry-After` paced by the upstreams' rate.
+    pub(super) fn refuse_overdue_waits(&mut self, h2: &mut Http2, now: u64) {
+        let linger_ms = self.config.linger_ms;
+        h2.refuse_overdue_waits(
+            &mut |conn, _, _, out| {
+                conn.unqueue(now, &self.config);
+                Err(self.shed(conn, now, out))
+            },
+            now,
+            linger_ms,
+        );
+    }
+
     /// Without upstream sockets on this reactor (their epoll instance could not be made),
     /// a stream that wants an upstream is refused as an overloaded edge refuses: 503.
     fn refuse_streams(&mut self, h2: &mut Http2, now: u64) {
@@ -240,7 +265,6 @@ impl Driver {
          -> Result<Opened, Next> {
             if conn.is_queued() {
                 if !self.upstream_room() {
-                    self.keep_waiting(owner);
                     return Err(Next::Continue);
                 }
                 conn.unqueue(now, &self.config);

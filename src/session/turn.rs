@@ -72,10 +72,6 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
     }
     // Last: the events and deadlines above are what free upstreams' room.
     send_on_waiting(backend, now);
-    backend.driver().wake_waiting_streams();
-    while let Some(key) = backend.driver().next_stream_due() {
-        backend.settle(key, now);
-    }
     let (open, idle) = backend.load();
     backend.driver().end_turn(open, idle, now)
 }
@@ -83,9 +79,20 @@ pub fn finish(backend: &mut impl Backend, now: u64) -> bool {
 /// Proxy mode: the clients waiting at the edge that the upstreams now have room for go on
 /// their way. One that left while waiting was closed when the backend saw it go (a read of
 /// 0 or an error: both backends watch a waiting client), and nothing of it was forwarded.
+///
+/// An HTTP/2 stream waiting in the same queue is handed out as its connection, which is
+/// settled: its waiting streams take the room there is. Each round takes one entry out of
+/// the queue (a stream of that connection that must wait again is kept aside until the
+/// hand-outs are over), so the rounds end.
 fn send_on_waiting(backend: &mut impl Backend, now: u64) {
-    while let Some(key) = backend.next_waiting(now) {
-        backend.forward(key, now);
+    loop {
+        while let Some(key) = backend.next_waiting(now) {
+            backend.forward(key, now);
+        }
+        let Some(owner) = backend.driver().take_stream_handed_out() else {
+            return;
+        };
+        backend.settle(owner, now);
     }
 }
 
