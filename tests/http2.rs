@@ -8,7 +8,6 @@ mod common;
 use common::{Io, Server, DEADLINE};
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -450,73 +449,8 @@ fn curl_speaks_http2_only_where_offered(io: Io) {
 /// client's HTTP/1.1 upgrade into an extended CONNECT stream (`proto h2 ws h2`): the
 /// WebSockets echo through it, and wsedge counts them as streams of HAProxy's connection.
 fn haproxy_in_front_with_ws_h2(io: Io) {
-    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
-        assert!(!required, "HAProxy is required (apt install haproxy)");
-        eprintln!("skipping: no haproxy");
-        return;
-    };
     let server = h2c(io, &["--metrics", "127.0.0.1:0"]);
-    let front = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let dir = common::scratch(&format!("h2-haproxy-{io:?}"));
-    let config = dir.join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
-            "global\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 5s\n  \
-             timeout client 30s\n  timeout server 30s\n  timeout tunnel 30s\n\
-             frontend edge\n  bind {front}\n  default_backend wsedge\n\
-             backend wsedge\n  server w {} proto h2 ws h2\n",
-            server.addr
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(haproxy)
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while TcpStream::connect(front).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "haproxy did not listen on {front}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let mut sockets = Vec::new();
-    for n in 0..3 {
-        let (mut socket, _) = tungstenite::connect(format!("ws://{front}/chat")).unwrap();
-        let text = format!("through HAProxy {n}");
-        socket
-            .send(tungstenite::Message::text(text.clone()))
-            .unwrap();
-        let echoed = socket.read().unwrap();
-        assert_eq!(echoed, tungstenite::Message::text(text));
-        sockets.push(socket);
-    }
-    server.wait_for_metric("wsedge_h2_streams_total", |n| n >= 3.0);
-    // HAProxy multiplexes: fewer connections than WebSockets reach wsedge.
-    let connections = common::metric_sum(&server.metrics_addr(), "wsedge_h2_connections_total");
-    assert!(
-        (1.0..=3.0).contains(&connections),
-        "{connections} HTTP/2 connections"
-    );
-    for mut socket in sockets {
-        socket.close(None).unwrap();
-        while socket.read().is_ok() {}
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    common::h2::through_haproxy_ws_h2(&server, "/chat", &format!("h2-haproxy-{io:?}"));
 }
 
 /// Headless Chromium: a page on the server's origin, a fetch, then `new WebSocket(wss://)`

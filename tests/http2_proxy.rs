@@ -418,6 +418,18 @@ fn a_drain_and_the_idle_timeout_end_relayed_streams(io: Io) {
     }
 }
 
+/// HAProxy in front speaking HTTP/2 to the edge (`proto h2 ws h2`), the edge bridging each
+/// stream to Python `websockets`: three tungstenite clients echo through both.
+fn haproxy_in_front_of_the_proxy(io: Io) {
+    let Some(upstream) = PythonUpstream::start() else {
+        return;
+    };
+    let app = upstream.addr.to_string();
+    let server = edge(io, &[&app], &[]);
+    common::h2::through_haproxy_ws_h2(&server, "/", &format!("h2-proxy-haproxy-{io:?}"));
+    server.wait_for_metric("wsedge_upgrades_total", |n| n == 3.0);
+}
+
 /// Node's `http2` client through the proxy to Python `websockets`, over h2c and over TLS
 /// with ALPN h2: fresh keys and X-Forwarded-For upstream, a message larger than the
 /// windows both ways, a refusal passed on with its body, the upstream's Close, the close
@@ -455,4 +467,5 @@ on_both_backends!(
     many_streams_reach_wsedge_echo_and_end,
     a_drain_and_the_idle_timeout_end_relayed_streams,
     node_http2_client_through_the_proxy,
+    haproxy_in_front_of_the_proxy,
 );

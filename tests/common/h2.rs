@@ -2,6 +2,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
 use super::{Cert, Server, DEADLINE};
 
@@ -208,4 +211,77 @@ pub fn node_says_over_both(server: &Server, cert: &Cert, script: &str, says: &[&
             );
         }
     }
+}
+
+/// Three tungstenite clients through HAProxy in front of `server` (which runs with
+/// `--h2c` and `--metrics`), HAProxy speaking HTTP/2 toward it (`proto h2 ws h2`): each
+/// echoes at `path`, and `server` counts them as streams of at most three connections.
+/// `scratch` names the test's directory. Skips (or fails, when required) without HAProxy.
+pub fn through_haproxy_ws_h2(server: &Server, path: &str, scratch: &str) {
+    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        let required = std::env::var("WSEDGE_REQUIRE_THIRD_PARTY").is_ok_and(|v| v == "1");
+        assert!(!required, "HAProxy is required (apt install haproxy)");
+        eprintln!("skipping: no haproxy");
+        return;
+    };
+    let front = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = super::scratch(scratch);
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 5s\n  \
+             timeout client 30s\n  timeout server 30s\n  timeout tunnel 30s\n\
+             frontend edge\n  bind {front}\n  default_backend wsedge\n\
+             backend wsedge\n  server w {} proto h2 ws h2\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(haproxy)
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(front).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy did not listen on {front}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut sockets = Vec::new();
+    for n in 0..3 {
+        let (mut socket, _) = tungstenite::connect(format!("ws://{front}{path}")).unwrap();
+        let text = format!("through HAProxy {n}");
+        socket
+            .send(tungstenite::Message::text(text.clone()))
+            .unwrap();
+        let echoed = socket.read().unwrap();
+        assert_eq!(echoed, tungstenite::Message::text(text));
+        sockets.push(socket);
+    }
+    server.wait_for_metric("wsedge_h2_streams_total", |n| n >= 3.0);
+    // HAProxy multiplexes: fewer connections than WebSockets reach wsedge.
+    let connections = super::metric_sum(&server.metrics_addr(), "wsedge_h2_connections_total");
+    assert!(
+        (1.0..=3.0).contains(&connections),
+        "{connections} HTTP/2 connections"
+    );
+    for mut socket in sockets {
+        socket.close(None).unwrap();
+        while socket.read().is_ok() {}
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
