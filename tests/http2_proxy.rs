@@ -418,6 +418,36 @@ fn a_drain_and_the_idle_timeout_end_relayed_streams(io: Io) {
     }
 }
 
+/// Behind a balancer (`--accept-proxy-protocol`), a stream's upstream is told the client
+/// the PROXY header named, even when the header, the preface and the stream come in one
+/// read.
+fn the_proxy_headers_client_reaches_the_upstream(io: Io) {
+    let upstream = Scripted::start();
+    let trust = [
+        "--accept-proxy-protocol",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+    ];
+    let server = edge(io, &[&upstream.addr()], &trust);
+    let mut socket = TcpStream::connect(server.addr).unwrap();
+    let mut first = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n".to_vec();
+    first.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    first.extend_from_slice(&Raw::frame(SETTINGS, 0, 0, &[]));
+    first.extend_from_slice(&Raw::frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &block(&connect_fields("/", &[])),
+    ));
+    socket.write_all(&first).unwrap();
+    let (_up, request) = upstream.accept();
+    assert_eq!(
+        header(&request, "x-forwarded-for"),
+        Some("203.0.113.7"),
+        "{request}"
+    );
+}
+
 /// HAProxy in front speaking HTTP/2 to the edge (`proto h2 ws h2`), the edge bridging each
 /// stream to Python `websockets`: three tungstenite clients echo through both.
 fn haproxy_in_front_of_the_proxy(io: Io) {
@@ -468,4 +498,5 @@ on_both_backends!(
     a_drain_and_the_idle_timeout_end_relayed_streams,
     node_http2_client_through_the_proxy,
     haproxy_in_front_of_the_proxy,
+    the_proxy_headers_client_reaches_the_upstream,
 );

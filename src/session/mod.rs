@@ -898,6 +898,8 @@ impl Driver {
             }
         };
         session.awaits_proxy_header = false;
+        // The slot that names the client exists from this read on.
+        parts.told = session.inbound;
         if let Some(client) = client {
             match self.admission.admit_address(client.ip(), now) {
                 Ok(ip_key) => {
